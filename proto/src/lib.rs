@@ -1,0 +1,13 @@
+//! shoal's model and wire protocols, generated from `proto/shoal.proto`.
+//!
+//! Everything the manager, the agent and the CLI exchange or store is defined there, once.
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}
+
+pub use v1::*;
+
+mod task_state;
+pub use task_state::*;
