@@ -1,1 +1,82 @@
-fn main(){}
+//! `shoal`: one binary that is the daemon, the CLI, and the per-container supervisor.
+
+mod cli;
+mod client;
+mod commands;
+mod daemon;
+mod output;
+mod units;
+
+use clap::Parser;
+
+use cli::{Cli, Command, ImageCommand, NodeCommand, ServiceCommand};
+use commands::{image, service, system};
+
+fn main() {
+    // The container supervisor is this binary re-executed. It must run before any thread (and
+    // so any tokio runtime) exists: it forks and clones, which is only safe single-threaded.
+    if std::env::args_os().nth(1).as_deref() == Some(shoal_agent::runtime::SUPERVISOR_ARG.as_ref()) {
+        std::process::exit(shoal_agent::runtime::supervisor_main());
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                        .unwrap_or_else(|_| "info,openraft=warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            // One process-wide rustls provider: ring (see STACK.md).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            daemon::run(args).await
+        }
+        Command::Version => {
+            system::version();
+            Ok(())
+        }
+        command => {
+            let mut client = client::connect(&cli.host).await?;
+            match command {
+                Command::Info(f) => system::info(&mut client, f).await,
+                Command::Node(NodeCommand::Ls(l)) => system::node_ls(&mut client, l).await,
+                Command::Service(s) => match s {
+                    ServiceCommand::Create(a) => service::create(&mut client, &a).await,
+                    ServiceCommand::Ls(l) => service::ls(&mut client, l).await,
+                    ServiceCommand::Ps { service: s, list } => service::ps(&mut client, &s, list).await,
+                    ServiceCommand::Inspect { services, format } => {
+                        service::inspect(&mut client, &services, format).await
+                    }
+                    ServiceCommand::Scale { targets, detach } => {
+                        service::scale(&mut client, &targets, detach).await
+                    }
+                    ServiceCommand::Logs { service: s, follow, tail, timestamps } => {
+                        service::logs(&mut client, &s, follow, tail, timestamps).await
+                    }
+                    ServiceCommand::Rm { services } => service::rm(&mut client, &services).await,
+                },
+                Command::Image(i) => match i {
+                    ImageCommand::Ls(l) => image::ls(&mut client, l).await,
+                    ImageCommand::Import { file, name } => image::import(&mut client, &file, &name).await,
+                    ImageCommand::Bootstrap { what } => image::bootstrap(&mut client, &what).await,
+                },
+                Command::Daemon(_) | Command::Version => Ok(()),
+            }
+        }
+    }
+}

@@ -1,1 +1,19 @@
-pub fn x(){}
+//! shoal's manager: the replicated store and the loops that act on it.
+//!
+//! - [`store`]: the cluster state and its pure, deterministic `apply` of a [`StoreCommand`];
+//! - [`raft`]: openraft over redb: makes every change durable and replicated, then applies it;
+//! - [`orchestrator`]: reconcile loops (desired services → tasks);
+//! - [`scheduler`]: a pure function that assigns tasks to nodes;
+//! - [`dispatcher`]: the gRPC service agents hold their sessions with;
+//! - [`control`]: the gRPC API the CLI calls.
+//!
+//! [`StoreCommand`]: shoal_proto::StoreCommand
+
+pub mod control;
+pub mod dispatcher;
+pub mod orchestrator;
+pub mod raft;
+pub mod scheduler;
+pub mod store;
+pub mod consensus;
+pub mod leader;

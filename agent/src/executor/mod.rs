@@ -1,0 +1,282 @@
+//! The executor turns the node's assigned task set into containers, and reports every state a
+//! task reaches. It reconciles: given the complete set each time, it starts what is missing,
+//! stops what is no longer wanted, removes what is gone, and after a daemon restart adopts the
+//! containers that are still running (their supervisors outlive the daemon) instead of
+//! replacing them, so no replica is ever duplicated.
+
+mod config;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use config::{container_config, container_name, stop_grace, DEFAULT_STOP_GRACE};
+use shoal_proto::{now_ms, Task, TaskState, TaskStatus, TaskStatusUpdate};
+use tokio::sync::{mpsc, watch};
+
+use crate::image::ImageStore;
+use crate::runtime::{ContainerStatus, ExitStatus, Runtime};
+
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Arc<Runtime>,
+    images: ImageStore,
+    updates: mpsc::UnboundedSender<TaskStatusUpdate>,
+    workers: Mutex<HashMap<String, watch::Sender<Option<Task>>>>,
+    /// Containers that exist on this node: found at start, then kept up to date.
+    containers: Mutex<HashSet<String>>,
+}
+
+impl Executor {
+    /// Returns the executor and the stream of status updates the session must deliver.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        images: ImageStore,
+    ) -> Result<(Executor, mpsc::UnboundedReceiver<TaskStatusUpdate>), crate::runtime::RuntimeError>
+    {
+        let containers = runtime.list()?.into_iter().map(|c| c.id).collect();
+        let (updates, rx) = mpsc::unbounded_channel();
+        let executor = Executor {
+            inner: Arc::new(Inner {
+                runtime,
+                images,
+                updates,
+                workers: Mutex::new(HashMap::new()),
+                containers: Mutex::new(containers),
+            }),
+        };
+        Ok((executor, rx))
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.runtime
+    }
+
+    /// Reconciles with the complete set of tasks assigned to this node.
+    pub fn assign(&self, tasks: Vec<Task>) {
+        let wanted: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        let mut workers = lock(&self.inner.workers);
+        workers.retain(|id, desired| {
+            if wanted.contains(id) {
+                return true;
+            }
+            // The task is gone from the store: its worker stops and removes the container.
+            let _ = desired.send(None);
+            false
+        });
+        for task in tasks {
+            if let Some(desired) = workers.get(&task.id) {
+                desired.send_if_modified(|current| {
+                    let changed = current.as_ref() != Some(&task);
+                    *current = Some(task.clone());
+                    changed
+                });
+                continue;
+            }
+            let observed = task.status.as_ref().map(|s| s.state()).unwrap_or_default();
+            let has_container = lock(&self.inner.containers).contains(&task.id);
+            if observed.is_terminal() && !has_container {
+                continue; // nothing ran, nothing to clean up
+            }
+            let (tx, rx) = watch::channel(Some(task.clone()));
+            workers.insert(task.id.clone(), tx);
+            let worker = Worker {
+                executor: self.clone(),
+                id: task.id.clone(),
+                reported: observed,
+            };
+            tokio::spawn(worker.run(rx));
+        }
+        // Containers with no task at all (deleted while the daemon was down): remove them.
+        let strays: Vec<String> = lock(&self.inner.containers)
+            .iter()
+            .filter(|id| !workers.contains_key(*id))
+            .cloned()
+            .collect();
+        drop(workers);
+        for id in strays {
+            let executor = self.clone();
+            tokio::spawn(async move { executor.remove_container(&id).await });
+        }
+    }
+
+    async fn remove_container(&self, id: &str) {
+        let grace = DEFAULT_STOP_GRACE;
+        if let Err(e) = self.inner.runtime.stop(id, grace).await {
+            tracing::debug!(container = id, "stop before removal: {e}");
+        }
+        match self.inner.runtime.remove(id).await {
+            Ok(()) => {
+                lock(&self.inner.containers).remove(id);
+            }
+            Err(e) => tracing::warn!(container = id, "could not remove container: {e}"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Follows one task from assignment to removal.
+struct Worker {
+    executor: Executor,
+    id: String,
+    /// The furthest state reported so far: reports only move forward.
+    reported: TaskState,
+}
+
+/// What the manager wants of the task right now; `None` when the task is gone.
+fn wanted(rx: &watch::Receiver<Option<Task>>) -> Option<TaskState> {
+    rx.borrow().as_ref().map(|t| t.desired_state())
+}
+
+impl Worker {
+    fn report(&mut self, state: TaskState, message: &str, fill: impl FnOnce(&mut TaskStatus)) {
+        if self.reported.is_terminal() || state <= self.reported {
+            return;
+        }
+        self.reported = state;
+        let mut status = TaskStatus {
+            state: state as i32,
+            timestamp: now_ms(),
+            message: message.into(),
+            container_id: self.id.clone(),
+            ..Default::default()
+        };
+        fill(&mut status);
+        let _ = self.executor.inner.updates.send(TaskStatusUpdate {
+            task_id: self.id.clone(),
+            status: Some(status),
+        });
+    }
+
+    fn report_exit(&mut self, exit: &ExitStatus, stopped: bool) {
+        let code = exit.code;
+        let (state, message, error) = if stopped {
+            (TaskState::Shutdown, "shutdown".to_string(), String::new())
+        } else if exit.oom_killed {
+            (TaskState::Failed, "failed".into(), "OOMKilled".into())
+        } else if code == 0 {
+            (TaskState::Complete, "finished".into(), String::new())
+        } else {
+            (TaskState::Failed, "failed".into(), format!("task: non-zero exit ({code})"))
+        };
+        self.report(state, &message, |s| {
+            s.exit_code = Some(code);
+            s.error = error;
+        });
+    }
+
+    async fn run(mut self, mut rx: watch::Receiver<Option<Task>>) {
+        let runtime = self.executor.inner.runtime.clone();
+        let existing = runtime.state(&self.id).ok().map(|c| c.status);
+        let interrupted = matches!(existing, Some(ContainerStatus::Created));
+        match existing {
+            Some(ContainerStatus::Running { pid }) => {
+                self.report(TaskState::Running, "running (adopted)", |s| s.pid = pid as u32);
+            }
+            Some(ContainerStatus::Exited(exit)) => self.report_exit(&exit, false),
+            Some(ContainerStatus::Created) | None => {
+                if interrupted {
+                    // A start the daemon did not live to finish: begin again from scratch.
+                    self.executor.remove_container(&self.id).await;
+                }
+                if wanted(&rx) == Some(TaskState::Running) {
+                    self.start(&rx).await;
+                } else {
+                    self.report(TaskState::Shutdown, "shutdown before start", |_| {});
+                }
+            }
+        }
+        // While the container runs: wait for its exit or for the manager to want it stopped.
+        if !self.reported.is_terminal() {
+            let stopped = loop {
+                if wanted(&rx) != Some(TaskState::Running) {
+                    break true;
+                }
+                tokio::select! {
+                    _ = runtime.wait(&self.id) => break false,
+                    changed = rx.changed() => if changed.is_err() { break true },
+                }
+            };
+            if stopped {
+                let grace = rx.borrow().as_ref().map(stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
+                if let Err(e) = runtime.stop(&self.id, grace).await {
+                    tracing::warn!(task = %self.id, "stop failed: {e}");
+                }
+            }
+            match runtime.wait(&self.id).await {
+                Ok(exit) => self.report_exit(&exit, stopped),
+                Err(e) => self.report(TaskState::Failed, "failed", |s| s.error = e.to_string()),
+            }
+        }
+        // Keep the exited container (and its logs) while the task is history; remove it when
+        // the task is removed or forgotten.
+        while !matches!(wanted(&rx), None | Some(TaskState::Remove)) {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        self.executor.remove_container(&self.id).await;
+        let mut workers = lock(&self.executor.inner.workers);
+        if workers.get(&self.id).is_some_and(|tx| rx.same_channel(&tx.subscribe())) {
+            workers.remove(&self.id);
+        }
+    }
+
+    /// accepted → preparing → ready → starting → running, or rejected/failed with the reason.
+    async fn start(&mut self, rx: &watch::Receiver<Option<Task>>) {
+        let Some(task) = rx.borrow().clone() else {
+            return;
+        };
+        self.report(TaskState::Accepted, "accepted", |_| {});
+        self.report(TaskState::Preparing, "preparing", |_| {});
+        let image_ref = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.container.as_ref())
+            .map(|c| c.image.clone())
+            .unwrap_or_default();
+        let images = self.executor.inner.images.clone();
+        let resolved = tokio::task::spawn_blocking(move || images.resolve(&image_ref)).await;
+        let resolved = match resolved {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.reject(&e.to_string()),
+            Err(e) => return self.reject(&format!("image lookup crashed: {e}")),
+        };
+        let image_config = resolved.image.config.clone().unwrap_or_default();
+        let config = match container_config(&task, &image_config, resolved.layer_dirs) {
+            Ok(c) => c,
+            Err(e) => return self.reject(&e),
+        };
+        self.report(TaskState::Ready, "ready", |_| {});
+        if wanted(rx) != Some(TaskState::Running) {
+            return self.report(TaskState::Shutdown, "shutdown before start", |_| {});
+        }
+        self.report(TaskState::Starting, "starting", |_| {});
+        lock(&self.executor.inner.containers).insert(self.id.clone());
+        match self.executor.inner.runtime.create_and_start(config).await {
+            Ok(state) => {
+                let pid = match state.status {
+                    ContainerStatus::Running { pid } => pid,
+                    ContainerStatus::Exited(_) | ContainerStatus::Created => 0,
+                };
+                self.report(TaskState::Running, "started", |s| s.pid = pid as u32);
+            }
+            Err(e) => {
+                lock(&self.executor.inner.containers).remove(&self.id);
+                self.report(TaskState::Failed, "starting container failed", |s| {
+                    s.error = e.to_string()
+                });
+            }
+        }
+    }
+
+    fn reject(&mut self, error: &str) {
+        self.report(TaskState::Rejected, "rejected", |s| s.error = error.into());
+    }
+}

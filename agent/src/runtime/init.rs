@@ -1,0 +1,495 @@
+//! The container's init before `execve`: runs in the child the supervisor forked into the new
+//! pid namespace, after the supervisor moved it into the cgroup and released it.
+//!
+//! Order: stdio → unshare(mnt, uts, ipc, net) → `/` rprivate → overlay rootfs → pivot_root →
+//! /proc, /sys, /dev, /dev/pts, /dev/shm → hostname → `lo` up → user lookup (in the image's
+//! /etc) → workdir → setgroups/setgid/setuid → chdir → PDEATHSIG → PATH lookup → setsid →
+//! signals reset → execve. Every failure becomes a [`StartError`] naming its stage.
+//!
+//! A later hardening pass adds capability dropping, no_new_privs, seccomp and masked paths
+//! between the user switch and the exec (see `finalize`).
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{mknod, umask, Mode, SFlag};
+use nix::unistd::{
+    access, chdir, execve, fchdir, pivot_root, sethostname, setgroups, setresgid, setresuid,
+    AccessFlags, Gid, Uid,
+};
+
+use super::lookup::{self, FileKind, DEFAULT_PATH};
+use super::supervisor::{write_json_fd, StartError};
+use super::user::{resolve_user, ExecUser};
+use super::{ContainerConfig, Stage};
+
+pub(crate) struct InitContext<'a> {
+    pub config: &'a ContainerConfig,
+    pub dir: &'a Path,
+    pub hostname: String,
+    /// Read end of the sync pipe: one byte = go, EOF = the supervisor died.
+    pub go: OwnedFd,
+    /// Write end (close-on-exec) of the error pipe.
+    pub report: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Never returns: execs the workload, or reports why not and exits.
+pub(crate) fn run(ctx: InitContext) -> ! {
+    let mut byte = [0u8; 1];
+    let released = loop {
+        match nix::unistd::read(&ctx.go, &mut byte) {
+            Ok(1) => break true,
+            Err(Errno::EINTR) => continue,
+            _ => break false,
+        }
+    };
+    if !released {
+        // SAFETY: leaving a forked child without running anything of the parent's.
+        unsafe { libc::_exit(1) }
+    }
+    let err = match setup(&ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = write_json_fd(&ctx.report, &err);
+    // SAFETY: as above.
+    unsafe { libc::_exit(127) }
+}
+
+fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
+    let cfg = ctx.config;
+    // Modes below are exact; the workload gets the usual 022.
+    umask(Mode::empty());
+    for (fd, target) in [(&ctx.stdout, 1), (&ctx.stderr, 2)] {
+        // SAFETY: dup2 onto a standard fd.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(StartError::errno(Stage::Supervisor, Errno::last(), "dup2 stdio"));
+        }
+    }
+
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET,
+    )
+    .map_err(|e| StartError::errno(Stage::Namespaces, e, "unshare(mnt, uts, ipc, net)"))?;
+
+    // Nothing we mount from here on propagates back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| StartError::errno(Stage::Rootfs, e, "make / rprivate"))?;
+
+    let rootfs = ctx.dir.join("rootfs");
+    let (opts_dir, opts) =
+        overlay_options(&cfg.layers, &ctx.dir.join("upper"), &ctx.dir.join("work"))
+            .map_err(|m| StartError::new(Stage::Rootfs, m))?;
+    if let Some(d) = &opts_dir {
+        chdir(d).map_err(|e| StartError::errno(Stage::Rootfs, e, format!("chdir {}", d.display())))?;
+    }
+    mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        StartError::errno(
+            Stage::Rootfs,
+            e,
+            format!(
+                "mount the overlay rootfs ({} layers) on {}",
+                cfg.layers.len(),
+                rootfs.display()
+            ),
+        )
+    })?;
+
+    pivot_into(&rootfs)?;
+    mount_filesystems()?;
+
+    sethostname(&ctx.hostname).map_err(|e| {
+        StartError::errno(Stage::Hostname, e, format!("sethostname {:?}", ctx.hostname))
+    })?;
+    loopback_up().map_err(|e| StartError::errno(Stage::Network, e, "bring up lo"))?;
+
+    let passwd = read_optional("/etc/passwd")?;
+    let group = read_optional("/etc/group")?;
+    let user = resolve_user(&cfg.user, passwd.as_deref(), group.as_deref())
+        .map_err(|e| StartError::new(Stage::User, e.to_string()))?;
+    let env = build_env(&cfg.env, &ctx.hostname, &user.home);
+
+    let cwd = if cfg.cwd.is_empty() { "/" } else { cfg.cwd.as_str() };
+    if !Path::new(cwd).exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(cwd)
+            .map_err(|e| io_start_error(Stage::Cwd, &e, format!("create working directory {cwd:?}")))?;
+    }
+    switch_user(&user)?;
+    chdir(cwd).map_err(|e| StartError::errno(Stage::Cwd, e, format!("chdir to working directory {cwd:?}")))?;
+
+    finalize(cfg, &env)
+}
+
+/// The last steps before exec (the place where capability dropping, no_new_privs and seccomp
+/// will go).
+fn finalize(cfg: &ContainerConfig, env: &[String]) -> Result<Infallible, StartError> {
+    // After the user switch: a credential change clears the parent-death signal.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| StartError::errno(Stage::Supervisor, e, "set the parent-death signal"))?;
+
+    let path = lookup::find_executable(&cfg.args[0], lookup::path_from_env(env), probe).map_err(
+        |e| {
+            let errno = match e {
+                lookup::LookupError::NotExecutable { .. } => Errno::EACCES,
+                lookup::LookupError::IsDir { .. } => Errno::EISDIR,
+                _ => Errno::ENOENT,
+            };
+            StartError {
+                stage: Stage::Exec,
+                errno: Some(errno as i32),
+                message: e.to_string(),
+            }
+        },
+    )?;
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| StartError::new(Stage::Exec, format!("{s:?} contains a NUL byte")))
+    };
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| StartError::new(Stage::Exec, "the executable path contains a NUL byte"))?;
+    let argv = cfg.args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+    let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+
+    // Its own session (no controlling terminal: none is inherited anyway).
+    let _ = nix::unistd::setsid();
+    umask(Mode::from_bits_truncate(0o022));
+    reset_signals();
+    // Nothing but 0, 1, 2 may leak into the workload.
+    // SAFETY: close_range(2) with the CLOEXEC flag only marks fds.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+
+    let Err(e) = execve(&c_path, &argv, &envp);
+    let hint = match e {
+        Errno::ENOENT => " (a missing interpreter or dynamic loader? check its #! line)",
+        Errno::ENOEXEC => " (not an executable for this machine, or a script without #!)",
+        _ => "",
+    };
+    Err(StartError::errno(
+        Stage::Exec,
+        e,
+        format!("exec {:?}{hint}", path.display().to_string()),
+    ))
+}
+
+fn io_start_error(stage: Stage, e: &io::Error, what: String) -> StartError {
+    StartError {
+        stage,
+        errno: e.raw_os_error(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// The longest mount data the kernel takes (one page, with its NUL).
+const MAX_MOUNT_DATA: usize = 4095;
+
+/// The overlay mount options for `layers` (lowest first: overlay lists the top-most first).
+/// When absolute paths would exceed a page, the paths are given relative to their deepest
+/// common ancestor, which is returned to chdir into before mounting.
+pub(crate) fn overlay_options(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<(Option<PathBuf>, String), String> {
+    let render = |f: &dyn Fn(&Path) -> String| {
+        let lower: Vec<String> = layers.iter().rev().map(|l| f(l)).collect();
+        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), f(upper), f(work))
+    };
+    let abs = render(&|p: &Path| p.display().to_string());
+    if abs.len() <= MAX_MOUNT_DATA {
+        return Ok((None, abs));
+    }
+    let mut common: PathBuf = upper.to_path_buf();
+    for p in layers.iter().map(PathBuf::as_path).chain([work]) {
+        while !p.starts_with(&common) {
+            if !common.pop() {
+                break;
+            }
+        }
+    }
+    let rel = render(&|p: &Path| {
+        let r = p.strip_prefix(&common).unwrap_or(p).display().to_string();
+        if r.is_empty() {
+            ".".to_string()
+        } else {
+            r
+        }
+    });
+    if rel.len() <= MAX_MOUNT_DATA {
+        return Ok((Some(common), rel));
+    }
+    Err(format!(
+        "the overlay mount options for {} layers are {} bytes, over the kernel's limit of \
+         {MAX_MOUNT_DATA} (even relative to {}): keep layer directory paths short or flatten \
+         the image",
+        layers.len(),
+        rel.len(),
+        common.display()
+    ))
+}
+
+/// pivot_root into `rootfs` (a mount point) and drop the old root.
+fn pivot_into(rootfs: &Path) -> Result<(), StartError> {
+    let err = |e, what: &str| StartError::errno(Stage::PivotRoot, e, what.to_string());
+    let new_root = open(
+        rootfs,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e, &format!("open {}", rootfs.display())))?;
+    fchdir(&new_root).map_err(|e| err(e, "fchdir to the new root"))?;
+    // The old root ends up stacked on the new one at "."; unmount it lazily.
+    pivot_root(".", ".").map_err(|e| err(e, "pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| err(e, "unmount the old root"))?;
+    chdir("/").map_err(|e| err(e, "chdir /"))?;
+    Ok(())
+}
+
+/// A directory to mount on: made if missing; anything else (a symlink, a file) is refused.
+fn ensure_dir(path: &str, mode: u32) -> Result<(), StartError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StartError::new(
+            Stage::Mounts,
+            format!("{path} in the image is not a directory (a symlink or a file); cannot mount on it"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .mode(mode)
+            .create(path)
+            .map_err(|e| io_start_error(Stage::Mounts, &e, format!("create {path}"))),
+        Err(e) => Err(io_start_error(Stage::Mounts, &e, format!("stat {path}"))),
+    }
+}
+
+fn mount_fs(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) -> Result<(), StartError> {
+    mount(Some(fstype), target, Some(fstype), flags, data)
+        .map_err(|e| StartError::errno(Stage::Mounts, e, format!("mount {fstype} on {target}")))
+}
+
+/// The character devices every container gets: (name, major, minor).
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn mount_filesystems() -> Result<(), StartError> {
+    let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    ensure_dir("/proc", 0o555)?;
+    mount_fs("proc", "/proc", common, None)?;
+    ensure_dir("/sys", 0o555)?;
+    mount_fs("sysfs", "/sys", common | MsFlags::MS_RDONLY, None)?;
+    ensure_dir("/dev", 0o755)?;
+    mount_fs(
+        "tmpfs",
+        "/dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for &(name, major, minor) in DEVICES {
+        let path = format!("/dev/{name}");
+        mknod(
+            path.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            libc::makedev(major, minor),
+        )
+        .map_err(|e| StartError::errno(Stage::Mounts, e, format!("mknod {path}")))?;
+    }
+    ensure_dir("/dev/pts", 0o755)?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    ensure_dir("/dev/shm", 0o1777)?;
+    mount_fs("tmpfs", "/dev/shm", common, Some("mode=1777,size=65536k"))?;
+    for (target, link) in [
+        ("pts/ptmx", "/dev/ptmx"),
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
+        symlink(target, link)
+            .map_err(|e| io_start_error(Stage::Mounts, &e, format!("symlink {link} -> {target}")))?;
+    }
+    Ok(())
+}
+
+/// `ip link set lo up`, with the SIOCSIFFLAGS ioctl on an AF_INET socket of the new netns.
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: socket(2); the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a fresh fd from socket(2).
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the flags member of a valid ifreq.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
+            return Err(Errno::last());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &ifr) < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+fn read_optional(path: &str) -> Result<Option<String>, StartError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_start_error(Stage::User, &e, format!("read {path}"))),
+    }
+}
+
+fn switch_user(user: &ExecUser) -> Result<(), StartError> {
+    let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    setgroups(&groups).map_err(|e| StartError::errno(Stage::User, e, "setgroups"))?;
+    let gid = Gid::from_raw(user.gid);
+    setresgid(gid, gid, gid)
+        .map_err(|e| StartError::errno(Stage::User, e, format!("setgid {}", user.gid)))?;
+    let uid = Uid::from_raw(user.uid);
+    setresuid(uid, uid, uid)
+        .map_err(|e| StartError::errno(Stage::User, e, format!("setuid {}", user.uid)))?;
+    Ok(())
+}
+
+/// What `argv[0]` candidates are (following symlinks, as the current user).
+fn probe(p: &Path) -> FileKind {
+    match fs::metadata(p) {
+        Err(_) => FileKind::Missing,
+        Ok(m) if m.is_dir() => FileKind::Dir,
+        Ok(m) if !m.is_file() => FileKind::NotExecutable,
+        Ok(_) => {
+            if access(p, AccessFlags::X_OK).is_ok() {
+                FileKind::Executable
+            } else {
+                FileKind::NotExecutable
+            }
+        }
+    }
+}
+
+/// The workload's environment: the config's, plus PATH, HOSTNAME and HOME when missing.
+pub(crate) fn build_env(env: &[String], hostname: &str, home: &str) -> Vec<String> {
+    let has = |key: &str| env.iter().any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key));
+    let mut out = Vec::with_capacity(env.len() + 3);
+    if !has("PATH") {
+        out.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has("HOSTNAME") {
+        out.push(format!("HOSTNAME={hostname}"));
+    }
+    out.extend(env.iter().cloned());
+    if !has("HOME") {
+        out.push(format!("HOME={home}"));
+    }
+    out
+}
+
+/// Default dispositions and an empty mask for the workload (Rust ignores SIGPIPE at start, and
+/// the supervisor blocks the signals it forwards).
+fn reset_signals() {
+    for sig in 1..65 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: resetting a disposition to default; EINVAL for reserved numbers is ignored.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_lists_the_top_layer_first() {
+        let layers = vec![PathBuf::from("/img/l/0"), PathBuf::from("/img/l/1")];
+        let (dir, opts) = overlay_options(&layers, Path::new("/c/x/upper"), Path::new("/c/x/work"))
+            .expect("short");
+        assert_eq!(dir, None);
+        assert_eq!(opts, "lowerdir=/img/l/1:/img/l/0,upperdir=/c/x/upper,workdir=/c/x/work");
+    }
+
+    #[test]
+    fn long_options_fall_back_to_relative_paths() {
+        let base = format!("/var/lib/shoal/{}", "d".repeat(100));
+        let layers: Vec<PathBuf> = (0..40)
+            .map(|i| PathBuf::from(format!("{base}/layers/{i:02}")))
+            .collect();
+        let upper = PathBuf::from(format!("{base}/containers/abc/upper"));
+        let work = PathBuf::from(format!("{base}/containers/abc/work"));
+        let (dir, opts) = overlay_options(&layers, &upper, &work).expect("fits when relative");
+        assert_eq!(dir, Some(PathBuf::from(&base)));
+        assert!(opts.starts_with("lowerdir=layers/39:layers/38:"), "{opts}");
+        assert!(opts.ends_with(",upperdir=containers/abc/upper,workdir=containers/abc/work"), "{opts}");
+        assert!(opts.len() <= MAX_MOUNT_DATA);
+
+        let many: Vec<PathBuf> = (0..300)
+            .map(|i| PathBuf::from(format!("/a/{}{i}", "x".repeat(20))))
+            .collect();
+        let err = overlay_options(&many, Path::new("/b/upper"), Path::new("/b/work"))
+            .expect_err("too long");
+        assert!(err.contains("300 layers") && err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn env_gets_defaults_only_when_missing() {
+        let env = build_env(&["A=1".into()], "h1", "/root");
+        assert_eq!(
+            env,
+            [format!("PATH={DEFAULT_PATH}"), "HOSTNAME=h1".into(), "A=1".into(), "HOME=/root".into()]
+        );
+        let given: Vec<String> = vec!["PATH=/x".into(), "HOME=/h".into(), "HOSTNAME=mine".into()];
+        assert_eq!(build_env(&given, "h1", "/root"), given);
+    }
+}

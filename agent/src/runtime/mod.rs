@@ -1,0 +1,1124 @@
+//! shoal's container runtime: overlayfs rootfs, Linux namespaces, cgroups, one small supervisor
+//! process per container.
+//!
+//! # Process model
+//!
+//! The daemon is multi-threaded (tokio) and must never fork. To start a container it spawns the
+//! `shoal` binary again with the hidden first argument [`SUPERVISOR_ARG`]; `src/main.rs` hands
+//! that straight to [`supervisor_main`] before any thread exists. That process (P0) calls
+//! `setsid`, forks the real supervisor (P1) and relays P1's start report to the daemon over its
+//! stdout, then exits, so P1 is not the daemon's child and survives a `kill -9` of it.
+//!
+//! P1 creates the cgroup and applies the limits, unshares a pid namespace and forks the
+//! container's init, moves it into the cgroup, and only then releases it (sync pipe). The init
+//! unshares mount/uts/ipc/net namespaces, makes `/` rprivate, mounts the overlay rootfs (so the
+//! mount exists only in the container's mount namespace), pivots into it, mounts `/proc`, `/sys`
+//! (ro), `/dev` (tmpfs with mknod'ed null, zero, full, random, urandom, tty; `/dev/pts`,
+//! `/dev/shm`), sets the hostname, brings `lo` up, switches user and execs. Any failure before
+//! the exec is written as JSON over a close-on-exec pipe (`stage`, `errno`, `message`), so the
+//! daemon's error says what went wrong where. P1 then relays stdout/stderr into `log.json`,
+//! waits for the init, writes `exit.json` atomically and removes the cgroup.
+//!
+//! The container's init gets `PR_SET_PDEATHSIG = SIGKILL`: a container never outlives its
+//! supervisor, so a container is either supervised or gone (and then reported as lost).
+//!
+//! # State on disk: `<root>/<dir>/`
+//!
+//! `config.json` ([`ContainerConfig`], written by the daemon) · `state.json` (supervisor pid and
+//! start time, container pid and start time, started_at, cgroup path; written by the supervisor)
+//! · `exit.json` ([`ExitStatus`]) · `log.json` (JSON lines, see [`read_log`]) ·
+//! `supervisor.log` (the supervisor's own stderr) · `rootfs/` (the overlay mount point, empty on
+//! the host), `upper/`, `work/`. `<dir>` is the container id, or for ids longer than 40 bytes
+//! a 16-byte prefix plus a hash (overlay's option page limits path lengths).
+//!
+//! Pids are never trusted alone: the process start time recorded next to each pid is checked,
+//! and signals go through pidfds, so a recycled pid is never signalled.
+//!
+//! # Choices (where Docker differs or is silent)
+//! - A limit of `Some(0)` means "no limit" (as Docker's `0`). Memory must be ≥ 6 MiB and CPUs
+//!   ≥ 0.01 when set (Docker's minimums).
+//! - An empty hostname becomes the first 12 characters of the container's directory name.
+//! - `PATH` (Docker's default), `HOSTNAME` and `HOME` (from /etc/passwd, else `/`) are added to
+//!   the environment when missing. The working directory is created when missing.
+//! - A container whose supervisor vanished without writing `exit.json` exits with code 255 and
+//!   [`ExitStatus::lost`] set (Docker reports 255 for containers it lost track of).
+
+mod cgroup;
+mod init;
+mod log;
+mod lookup;
+mod supervisor;
+mod user;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, Interest};
+
+pub use cgroup::{cpu_quota_us, Cgroup, CgroupFs, CgroupVersion, CPU_PERIOD_US};
+pub use log::{read_log, LogEntry, LogFollower, LogStream};
+pub use lookup::DEFAULT_PATH;
+pub use supervisor::supervisor_main;
+pub use user::{resolve_user, ExecUser, UserError};
+
+/// The hidden first argument that turns the `shoal` binary into a container supervisor.
+pub const SUPERVISOR_ARG: &str = "__shoal-supervise";
+
+/// How long a start may take before the daemon gives up on it (pulling is not part of it).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for a container to go away after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest id kept verbatim as a directory name.
+const MAX_PLAIN_DIR_NAME: usize = 40;
+/// Docker's minimum memory limit.
+pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+/// 0.01 CPU: the smallest quota the kernel takes at a 100 ms period.
+pub const MIN_NANO_CPUS: u64 = 10_000_000;
+
+const CONFIG_FILE: &str = "config.json";
+const STATE_FILE: &str = "state.json";
+const EXIT_FILE: &str = "exit.json";
+const LOG_FILE: &str = "log.json";
+const SUPERVISOR_LOG: &str = "supervisor.log";
+
+/// Resource limits. `None` and `Some(0)` both mean "no limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// 1e9 = one CPU (Docker's `--cpus` × 1e9, the API's `NanoCPUs`).
+    #[serde(default)]
+    pub nano_cpus: Option<u64>,
+    #[serde(default)]
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn memory(&self) -> Option<u64> {
+        self.memory_bytes.filter(|&v| v > 0)
+    }
+    pub fn cpus(&self) -> Option<u64> {
+        self.nano_cpus.filter(|&v| v > 0)
+    }
+    pub fn pids(&self) -> Option<u64> {
+        self.pids.filter(|&v| v > 0)
+    }
+}
+
+/// What to run. Written to `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Chosen by the caller (the executor uses task ids): `[A-Za-z0-9_.-]`, 1..=128 bytes, not
+    /// starting with `.` or `-`.
+    pub id: String,
+    /// Human name, e.g. "web.1.abc123".
+    pub name: String,
+    /// Image layer directories, lowest first.
+    pub layers: Vec<PathBuf>,
+    /// The full argv (entrypoint + cmd merged by the caller). `argv[0]` is looked up on the
+    /// container's PATH.
+    pub args: Vec<String>,
+    /// `KEY=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `""` → `/`.
+    #[serde(default)]
+    pub cwd: String,
+    /// `name|uid[:group|gid]`; `""` → root.
+    #[serde(default)]
+    pub user: String,
+    /// `""` → the first 12 characters of the container's directory name.
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Serialized as milliseconds.
+    #[serde(with = "duration_ms", default = "default_stop_grace")]
+    pub stop_grace: Duration,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_stop_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// How a container ended. Written to `exit.json` by the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code, or 128 + signal for a signal death (as Docker reports it).
+    pub code: i32,
+    /// The signal that killed the init, if any.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Unix milliseconds.
+    pub finished_at: u64,
+    /// The supervisor vanished without recording an exit (code is then 255, finished_at the
+    /// moment this was noticed).
+    #[serde(default)]
+    pub lost: bool,
+}
+
+impl ExitStatus {
+    fn lost() -> ExitStatus {
+        ExitStatus {
+            code: 255,
+            signal: None,
+            oom_killed: false,
+            finished_at: now_ms(),
+            lost: true,
+        }
+    }
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum ContainerStatus {
+    /// Its directory exists but it has not started: a start in progress, or one that was
+    /// interrupted (a daemon crash mid-start; remove it and start again).
+    Created,
+    /// Its supervisor is alive and its init has exec'd the workload.
+    Running { pid: i32 },
+    /// Exited (or lost: its supervisor vanished without recording an exit).
+    Exited(ExitStatus),
+}
+
+/// A container as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The supervisor's pid, once it has started.
+    pub supervisor_pid: Option<i32>,
+    /// The container init's pid (host view), once started.
+    pub pid: Option<i32>,
+    /// Unix milliseconds.
+    pub started_at: Option<u64>,
+    pub status: ContainerStatus,
+    pub config: ContainerConfig,
+}
+
+/// Where a start failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Supervisor,
+    Config,
+    Cgroup,
+    Namespaces,
+    Rootfs,
+    PivotRoot,
+    Mounts,
+    Hostname,
+    Network,
+    User,
+    Cwd,
+    Exec,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Supervisor => "supervisor",
+            Stage::Config => "config",
+            Stage::Cgroup => "cgroup",
+            Stage::Namespaces => "namespaces",
+            Stage::Rootfs => "rootfs",
+            Stage::PivotRoot => "pivot_root",
+            Stage::Mounts => "mounts",
+            Stage::Hostname => "hostname",
+            Stage::Network => "network",
+            Stage::User => "user",
+            Stage::Cwd => "cwd",
+            Stage::Exec => "exec",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid container config for {id:?}: {reason}")]
+    InvalidConfig { id: String, reason: String },
+    #[error("invalid runtime setup: {0}")]
+    InvalidSetup(String),
+    #[error("container {id:?} already exists (state dir {}); remove it first", path.display())]
+    AlreadyExists { id: String, path: PathBuf },
+    #[error("no such container {id:?} (no state dir under {})", root.display())]
+    NotFound { id: String, root: PathBuf },
+    #[error("container {id:?} is not running")]
+    NotRunning { id: String },
+    #[error("container {id:?} failed to start ({stage}): {message}")]
+    StartFailed {
+        id: String,
+        stage: Stage,
+        errno: Option<i32>,
+        message: String,
+    },
+    #[error(
+        "container {id:?}: the supervisor ({}) {what}{}",
+        helper.display(),
+        if log.is_empty() { String::new() } else { format!("; its log: {log}") }
+    )]
+    Supervisor {
+        id: String,
+        helper: PathBuf,
+        what: String,
+        log: String,
+    },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {op} {}: {source}", path.display())]
+    Cgroup {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroups: {what}")]
+    CgroupUnsupported { what: String },
+    #[error("corrupt state file {}: {source}; remove the container to clean up", path.display())]
+    CorruptState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("container {id:?}: {what} did not finish within {timeout:?}")]
+    Timeout {
+        id: String,
+        what: &'static str,
+        timeout: Duration,
+    },
+    #[error("signal {signal} to container {id:?}: {source}")]
+    Signal {
+        id: String,
+        signal: Signal,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the supervisor records in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateFile {
+    pub supervisor_pid: i32,
+    /// Start time (clock ticks since boot, /proc/<pid>/stat field 22) of the supervisor.
+    pub supervisor_start: u64,
+    /// The cgroup, relative to each hierarchy's root.
+    pub cgroup: String,
+    pub cgroup_version: CgroupVersion,
+    pub cgroup_root: PathBuf,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes `path` atomically and durably: temp file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Reads a JSON file; `Ok(None)` if it does not exist.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| RuntimeError::CorruptState {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// `(state, start time)` from `/proc/<pid>/stat`.
+pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat(&text)
+}
+
+fn parse_proc_stat(text: &str) -> Option<(char, u64)> {
+    // comm may contain spaces and parentheses: the fields resume after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 22 (starttime) overall; the fields after ')' start at field 3.
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pidfd_send_signal(fd: &OwnedFd, signal: Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A pidfd for `pid` if it is still the process that started at `start` and has not exited.
+fn pidfd_verified(pid: i32, start: u64) -> Option<OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    let fd = pidfd_open(pid).ok()?;
+    // The pidfd pins the process: if /proc shows the expected start time now, the fd refers to
+    // it. A zombie has exited (nobody may be reaping it: it is not our child).
+    match proc_stat(pid) {
+        Some((state, s)) if s == start && state != 'Z' && state != 'X' => Some(fd),
+        _ => None,
+    }
+}
+
+/// Checks a config without touching the filesystem.
+pub fn validate_config(c: &ContainerConfig) -> Result<(), RuntimeError> {
+    let bad = |reason: String| RuntimeError::InvalidConfig {
+        id: c.id.clone(),
+        reason,
+    };
+    validate_id(&c.id).map_err(bad)?;
+    if c.args.is_empty() || c.args[0].is_empty() {
+        return Err(bad("no command: args is empty (set an entrypoint or a command)".into()));
+    }
+    if let Some(a) = c.args.iter().find(|a| a.contains('\0')) {
+        return Err(bad(format!("argument {a:?} contains a NUL byte")));
+    }
+    for kv in &c.env {
+        match kv.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !kv.contains('\0') => {}
+            _ => return Err(bad(format!("environment entry {kv:?} is not KEY=VALUE"))),
+        }
+    }
+    if c.layers.is_empty() {
+        return Err(bad("the image has no layers".into()));
+    }
+    for l in &c.layers {
+        let s = l.to_string_lossy();
+        if !l.is_absolute() {
+            return Err(bad(format!("layer path {s:?} is not absolute")));
+        }
+        if s.contains([',', ':', '\\', '\0']) || l.to_str().is_none() {
+            return Err(bad(format!(
+                "layer path {s:?} contains a character overlayfs options cannot carry (, : \\)"
+            )));
+        }
+    }
+    if !c.cwd.is_empty() && (!c.cwd.starts_with('/') || c.cwd.contains('\0')) {
+        return Err(bad(format!("working directory {:?} is not an absolute path", c.cwd)));
+    }
+    if c.hostname.len() > 64
+        || !c
+            .hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(bad(format!(
+            "hostname {:?} must be at most 64 letters, digits, '-', '.' or '_'",
+            c.hostname
+        )));
+    }
+    user::validate_spec(&c.user).map_err(|e| bad(e.to_string()))?;
+    if let Some(m) = c.limits.memory() {
+        if m < MIN_MEMORY_BYTES {
+            return Err(bad(format!(
+                "memory limit {m} bytes is below the minimum of 6 MiB"
+            )));
+        }
+    }
+    if let Some(n) = c.limits.cpus() {
+        if n < MIN_NANO_CPUS {
+            return Err(bad(format!(
+                "CPU limit {n} nano-CPUs is below the minimum of 0.01 CPU (10000000)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!("container id {id:?} must be 1 to 128 bytes long"));
+    }
+    if id.starts_with(['.', '-'])
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return Err(format!(
+            "container id {id:?} may only hold letters, digits, '_', '.', '-' and must not \
+             start with '.' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The state directory name of an id (valid ids only): the id itself when short, else a
+/// prefix and a hash, to keep overlay's upperdir/workdir paths short.
+fn dir_name(id: &str) -> String {
+    if id.len() <= MAX_PLAIN_DIR_NAME {
+        return id.to_string();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let prefix: String = id.chars().take(16).collect();
+    format!("{prefix}-{}", &hex::encode(digest)[..16])
+}
+
+/// The container runtime of one node.
+#[derive(Debug)]
+pub struct Runtime {
+    root: PathBuf,
+    helper: PathBuf,
+    cgroup_parent: String,
+    cgroups: CgroupFs,
+}
+
+impl Runtime {
+    /// `root`: the runtime's state dir (e.g. /var/lib/shoal/containers); made if missing.
+    /// `helper`: the `shoal` binary to re-exec as the supervisor. `cgroup_parent`: the cgroup
+    /// below each hierarchy's root that holds the containers' cgroups, e.g. "shoal".
+    pub fn new(root: PathBuf, helper: PathBuf, cgroup_parent: String) -> Result<Runtime, RuntimeError> {
+        if cgroup_parent.is_empty()
+            || cgroup_parent.starts_with('/')
+            || cgroup_parent
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+            || !cgroup_parent
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+        {
+            return Err(RuntimeError::InvalidSetup(format!(
+                "cgroup parent {cgroup_parent:?} must be a relative path of letters, digits, \
+                 '_', '.', '-' (e.g. \"shoal\")"
+            )));
+        }
+        if !helper.is_file() {
+            return Err(RuntimeError::InvalidSetup(format!(
+                "the supervisor helper {} is not a file (pass the path of the shoal binary)",
+                helper.display()
+            )));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(io_err("create runtime root", &root))?;
+        let root = fs::canonicalize(&root).map_err(io_err("resolve runtime root", &root))?;
+        let s = root.to_string_lossy();
+        if s.contains([',', ':', '\\']) || root.to_str().is_none() {
+            return Err(RuntimeError::InvalidSetup(format!(
+                "runtime root {s:?} contains a character overlayfs options cannot carry (, : \\)"
+            )));
+        }
+        Ok(Runtime {
+            root,
+            helper,
+            cgroup_parent,
+            cgroups: CgroupFs::host(),
+        })
+    }
+
+    pub fn cgroup_version(&self) -> CgroupVersion {
+        self.cgroups.version()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir_of(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        validate_id(id).map_err(|reason| RuntimeError::InvalidConfig {
+            id: id.to_string(),
+            reason,
+        })?;
+        Ok(self.root.join(dir_name(id)))
+    }
+
+    fn default_cgroup_rel(&self, id: &str) -> String {
+        format!("{}/{}", self.cgroup_parent, dir_name(id))
+    }
+
+    /// Creates the container's state and starts it; returns once its process has exec'd the
+    /// workload (or with the error that prevented it, leaving nothing behind).
+    pub async fn create_and_start(&self, config: ContainerConfig) -> Result<ContainerState, RuntimeError> {
+        validate_config(&config)?;
+        for l in &config.layers {
+            if !l.is_dir() {
+                return Err(RuntimeError::InvalidConfig {
+                    id: config.id.clone(),
+                    reason: format!("layer directory {} does not exist", l.display()),
+                });
+            }
+        }
+        let id = config.id.clone();
+        let dir = self.dir_of(&id)?;
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists { id, path: dir })
+            }
+            Err(e) => return Err(io_err("create container dir", &dir)(e)),
+        }
+        let cgroup_rel = self.default_cgroup_rel(&id);
+        match self.spawn_supervisor(&config, &dir, &cgroup_rel).await {
+            Ok(()) => self.state(&id),
+            Err(e) => {
+                self.discard(&dir, &cgroup_rel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what a failed start left (the supervisor has already exited).
+    fn discard(&self, dir: &Path, cgroup_rel: &str) {
+        if let Err(e) = self.cgroups.cgroup(cgroup_rel).remove() {
+            tracing::warn!(error = %e, "removing the cgroup of a failed start");
+        }
+        if let Err(e) = fs::remove_dir_all(dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing the state dir of a failed start");
+            }
+        }
+    }
+
+    async fn spawn_supervisor(&self, config: &ContainerConfig, dir: &Path, cgroup_rel: &str) -> Result<(), RuntimeError> {
+        let id = &config.id;
+        for sub in ["rootfs", "upper", "work"] {
+            let p = dir.join(sub);
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&p)
+                .map_err(io_err("create", &p))?;
+        }
+        let json = serde_json::to_vec_pretty(config).map_err(|e| RuntimeError::InvalidConfig {
+            id: id.clone(),
+            reason: format!("cannot encode config: {e}"),
+        })?;
+        let config_path = dir.join(CONFIG_FILE);
+        write_atomic(&config_path, &json).map_err(io_err("write", &config_path))?;
+        let log_path = dir.join(SUPERVISOR_LOG);
+        let log = fs::File::create(&log_path).map_err(io_err("create", &log_path))?;
+        let _ = log.set_permissions(fs::Permissions::from_mode(0o600));
+
+        let mut child = tokio::process::Command::new(&self.helper)
+            .arg(SUPERVISOR_ARG)
+            .arg(dir)
+            .arg(self.cgroups.version().to_string())
+            .arg(self.cgroups.root())
+            .arg(cgroup_rel)
+            .env_clear()
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| RuntimeError::Supervisor {
+                id: id.clone(),
+                helper: self.helper.clone(),
+                what: format!("could not be spawned: {e}"),
+                log: String::new(),
+            })?;
+        let mut report = Vec::new();
+        let read = match child.stdout.take() {
+            Some(mut out) => tokio::time::timeout(START_TIMEOUT, out.read_to_end(&mut report)).await,
+            None => Ok(Ok(0)),
+        };
+        if read.is_err() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            // Kill whatever the supervisor started; `remove` reads its state.json.
+            let _ = self.kill_all_of(dir).await;
+            return Err(RuntimeError::Timeout {
+                id: id.clone(),
+                what: "start",
+                timeout: START_TIMEOUT,
+            });
+        }
+        let status = child.wait().await;
+        let supervisor_log = || {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join(" | ")
+        };
+        match serde_json::from_slice::<supervisor::StartReport>(report.trim_ascii()) {
+            Ok(supervisor::StartReport::Started { .. }) => Ok(()),
+            Ok(supervisor::StartReport::Failed {
+                stage,
+                errno,
+                message,
+            }) => Err(RuntimeError::StartFailed {
+                id: id.clone(),
+                stage,
+                errno,
+                message,
+            }),
+            Err(_) => Err(RuntimeError::Supervisor {
+                id: id.clone(),
+                helper: self.helper.clone(),
+                what: format!(
+                    "exited ({}) without reporting the start (is it the shoal binary?)",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                ),
+                log: supervisor_log(),
+            }),
+        }
+    }
+
+    /// The container's state, from its files and the liveness of its supervisor.
+    pub fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        let dir = self.dir_of(id)?;
+        let config: ContainerConfig = match read_json(&dir.join(CONFIG_FILE))? {
+            Some(c) => c,
+            None => {
+                return Err(RuntimeError::NotFound {
+                    id: id.to_string(),
+                    root: self.root.clone(),
+                })
+            }
+        };
+        if config.id != id {
+            return Err(RuntimeError::NotFound {
+                id: id.to_string(),
+                root: self.root.clone(),
+            });
+        }
+        self.state_of(&dir, config)
+    }
+
+    fn state_of(&self, dir: &Path, config: ContainerConfig) -> Result<ContainerState, RuntimeError> {
+        let state: Option<StateFile> = read_json(&dir.join(STATE_FILE))?;
+        let exit: Option<ExitStatus> = read_json(&dir.join(EXIT_FILE))?;
+        let status = match (&exit, &state) {
+            (Some(e), _) => ContainerStatus::Exited(*e),
+            (None, None) => ContainerStatus::Created,
+            (None, Some(st)) => {
+                if pidfd_verified(st.supervisor_pid, st.supervisor_start).is_some() {
+                    match st.pid {
+                        Some(pid) => ContainerStatus::Running { pid },
+                        None => ContainerStatus::Created,
+                    }
+                } else if st.pid.is_none() {
+                    // The supervisor died before the init started.
+                    ContainerStatus::Created
+                } else {
+                    // It may have written exit.json just now.
+                    match read_json::<ExitStatus>(&dir.join(EXIT_FILE))? {
+                        Some(e) => ContainerStatus::Exited(e),
+                        None => ContainerStatus::Exited(ExitStatus::lost()),
+                    }
+                }
+            }
+        };
+        Ok(ContainerState {
+            id: config.id.clone(),
+            name: config.name.clone(),
+            labels: config.labels.clone(),
+            supervisor_pid: state.as_ref().map(|s| s.supervisor_pid),
+            pid: state.as_ref().and_then(|s| s.pid),
+            started_at: state.as_ref().and_then(|s| s.started_at),
+            status,
+            config,
+        })
+    }
+
+    /// Every container directory under the root (for re-adoption after a restart). Directories
+    /// that cannot be read are skipped with a warning.
+    pub fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(io_err("list", &self.root))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &self.root))?;
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let config = match read_json::<ContainerConfig>(&dir.join(CONFIG_FILE)) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    tracing::warn!(dir = %dir.display(), "container dir without config.json, skipped");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable container dir, skipped");
+                    continue;
+                }
+            };
+            match self.state_of(&dir, config) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!(error = %e, "unreadable container state, skipped"),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Resolves once the container has exited, with its exit status. Works for containers this
+    /// runtime did not start (adopted after a restart): it waits on the supervisor through a
+    /// pidfd, then reads `exit.json`.
+    pub async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        let dir = self.dir_of(id)?;
+        if !dir.join(CONFIG_FILE).exists() {
+            return Err(RuntimeError::NotFound {
+                id: id.to_string(),
+                root: self.root.clone(),
+            });
+        }
+        if let Some(st) = read_json::<StateFile>(&dir.join(STATE_FILE))? {
+            if let Some(fd) = pidfd_verified(st.supervisor_pid, st.supervisor_start) {
+                wait_pidfd(fd).await.map_err(io_err("wait for supervisor", &dir))?;
+            }
+        }
+        Ok(read_json::<ExitStatus>(&dir.join(EXIT_FILE))?.unwrap_or_else(ExitStatus::lost))
+    }
+
+    /// Sends `signal` to the container's init.
+    pub fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
+        let dir = self.dir_of(id)?;
+        let not_running = || RuntimeError::NotRunning { id: id.to_string() };
+        let st: StateFile = read_json(&dir.join(STATE_FILE))?.ok_or_else(not_running)?;
+        let (Some(pid), Some(start)) = (st.pid, st.pid_start) else {
+            return Err(not_running());
+        };
+        let fd = pidfd_verified(pid, start).ok_or_else(not_running)?;
+        pidfd_send_signal(&fd, signal).map_err(|source| {
+            if source.raw_os_error() == Some(libc::ESRCH) {
+                not_running()
+            } else {
+                RuntimeError::Signal {
+                    id: id.to_string(),
+                    signal,
+                    source,
+                }
+            }
+        })
+    }
+
+    /// SIGTERM, up to `grace` for the container to exit, then SIGKILL. Fine on a container that
+    /// is not running. Note: an init (PID 1) ignores SIGTERM unless it handles it.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if !matches!(self.state(id)?.status, ContainerStatus::Running { .. }) {
+            return Ok(());
+        }
+        match self.kill(id, Signal::SIGTERM) {
+            Ok(()) => {}
+            Err(RuntimeError::NotRunning { .. }) => return self.wait(id).await.map(drop),
+            Err(e) => return Err(e),
+        }
+        if !grace.is_zero() {
+            if let Ok(r) = tokio::time::timeout(grace, self.wait(id)).await {
+                return r.map(drop);
+            }
+        }
+        match self.kill(id, Signal::SIGKILL) {
+            Ok(()) | Err(RuntimeError::NotRunning { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout(KILL_TIMEOUT, self.wait(id)).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(RuntimeError::Timeout {
+                id: id.to_string(),
+                what: "stop (after SIGKILL)",
+                timeout: KILL_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Kills the container if it still runs, waits for its supervisor, kills its supervisor if
+    /// need be; returns the cgroup path of the container.
+    async fn kill_all_of(&self, dir: &Path) -> Result<Option<StateFile>, RuntimeError> {
+        let st: Option<StateFile> = read_json(&dir.join(STATE_FILE)).unwrap_or(None);
+        let Some(s) = &st else { return Ok(None) };
+        let Some(sup) = pidfd_verified(s.supervisor_pid, s.supervisor_start) else {
+            return Ok(st);
+        };
+        if let (Some(pid), Some(start)) = (s.pid, s.pid_start) {
+            if let Some(fd) = pidfd_verified(pid, start) {
+                let _ = pidfd_send_signal(&fd, Signal::SIGKILL);
+            }
+        } else {
+            // Still starting: stop the supervisor; its child dies with it (or with the cgroup).
+            let _ = pidfd_send_signal(&sup, Signal::SIGKILL);
+        }
+        let sup = async_fd(sup).map_err(io_err("wait for supervisor", dir))?;
+        if tokio::time::timeout(KILL_TIMEOUT, sup.readable()).await.is_err() {
+            let _ = pidfd_send_signal(sup.get_ref(), Signal::SIGKILL);
+            let _ = tokio::time::timeout(KILL_TIMEOUT, sup.readable()).await;
+        }
+        Ok(st)
+    }
+
+    /// Kills the container if it still runs, removes its cgroup and its whole state dir.
+    /// Idempotent: removing a container that does not exist is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.dir_of(id)?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        let st = self.kill_all_of(&dir).await?;
+        let cgroup = match &st {
+            Some(s) => CgroupFs::new(s.cgroup_root.clone(), s.cgroup_version).cgroup(&s.cgroup),
+            None => self.cgroups.cgroup(&self.default_cgroup_rel(id)),
+        };
+        cgroup.remove()?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove container dir", &dir)(e)),
+        }
+    }
+
+    /// The container's log file (JSON lines; see [`read_log`]).
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.root.join(dir_name(id)).join(LOG_FILE)
+    }
+
+    /// The container's state directory.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join(dir_name(id))
+    }
+
+    /// The container's memory cgroup directory.
+    pub fn cgroup_path(&self, id: &str) -> PathBuf {
+        self.cgroup_dir(id, "memory")
+    }
+
+    /// The container's cgroup directory for `controller` ("memory", "cpu", "pids", ...; on v2
+    /// they are all the same directory).
+    pub fn cgroup_dir(&self, id: &str, controller: &str) -> PathBuf {
+        self.cgroups
+            .cgroup(&self.default_cgroup_rel(id))
+            .controller_dir(controller)
+    }
+
+    /// Removes this runtime's (empty) cgroup parent from every hierarchy, e.g. when a test or an
+    /// uninstall is done with it.
+    pub fn remove_cgroup_parent(&self) -> Result<(), RuntimeError> {
+        self.cgroups.remove_dir(&self.cgroup_parent)
+    }
+}
+
+/// Registers a pidfd with tokio: it becomes readable when the process exits.
+fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd is moved into the AsyncFd and stays open (and the same fd) until
+    // the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+/// Waits until the process behind the pidfd `fd` exits.
+async fn wait_pidfd(fd: OwnedFd) -> io::Result<()> {
+    async_fd(fd)?.readable().await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ContainerConfig {
+        ContainerConfig {
+            id: "task-1".into(),
+            name: "web.1.abc".into(),
+            layers: vec!["/l/0".into(), "/l/1".into()],
+            args: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec!["A=1".into(), "EMPTY=".into()],
+            cwd: String::new(),
+            user: String::new(),
+            hostname: "web-1".into(),
+            limits: Limits::default(),
+            stop_grace: Duration::from_millis(2500),
+            labels: BTreeMap::from([("k".into(), "v".into())]),
+        }
+    }
+
+    #[test]
+    fn config_roundtrips_with_grace_as_millis() {
+        let c = config();
+        let json = serde_json::to_value(&c).expect("encode");
+        assert_eq!(json["stop_grace"], 2500);
+        let back: ContainerConfig = serde_json::from_value(json).expect("decode");
+        assert_eq!(back, c);
+        // Optional fields have defaults.
+        let minimal: ContainerConfig = serde_json::from_str(
+            r#"{"id":"a","name":"a","layers":["/x"],"args":["true"]}"#,
+        )
+        .expect("minimal");
+        assert_eq!(minimal.stop_grace, Duration::from_secs(10));
+        assert!(minimal.env.is_empty());
+    }
+
+    #[test]
+    fn validation_accepts_good_and_names_the_problem() {
+        validate_config(&config()).expect("valid");
+        let cases: Vec<(Box<dyn Fn(&mut ContainerConfig)>, &str)> = vec![
+            (Box::new(|c| c.id = String::new()), "1 to 128"),
+            (Box::new(|c| c.id = "../x".into()), "may only hold"),
+            (Box::new(|c| c.id = ".hidden".into()), "must not"),
+            (Box::new(|c| c.args.clear()), "no command"),
+            (Box::new(|c| c.args = vec![String::new()]), "no command"),
+            (Box::new(|c| c.args.push("a\0b".into())), "NUL"),
+            (Box::new(|c| c.env.push("NOVALUE".into())), "KEY=VALUE"),
+            (Box::new(|c| c.env.push("=x".into())), "KEY=VALUE"),
+            (Box::new(|c| c.layers.clear()), "no layers"),
+            (Box::new(|c| c.layers.push("rel/dir".into())), "not absolute"),
+            (Box::new(|c| c.layers.push("/a:b".into())), "overlayfs"),
+            (Box::new(|c| c.layers.push("/a,b".into())), "overlayfs"),
+            (Box::new(|c| c.cwd = "relative".into()), "working directory"),
+            (Box::new(|c| c.hostname = "has space".into()), "hostname"),
+            (Box::new(|c| c.hostname = "x".repeat(65)), "hostname"),
+            (Box::new(|c| c.user = ":1".into()), "invalid user"),
+            (Box::new(|c| c.limits.memory_bytes = Some(1024)), "6 MiB"),
+            (Box::new(|c| c.limits.nano_cpus = Some(1000)), "0.01 CPU"),
+        ];
+        for (mutate, want) in cases {
+            let mut c = config();
+            mutate(&mut c);
+            let err = validate_config(&c).expect_err(want).to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        // Zero limits mean "none".
+        let mut c = config();
+        c.limits = Limits {
+            memory_bytes: Some(0),
+            nano_cpus: Some(0),
+            pids: Some(0),
+        };
+        validate_config(&c).expect("zeros are no limit");
+        assert_eq!((c.limits.memory(), c.limits.cpus(), c.limits.pids()), (None, None, None));
+    }
+
+    #[test]
+    fn dir_names_are_short_and_stable() {
+        assert_eq!(dir_name("abc"), "abc");
+        let long = "t".repeat(100);
+        let d = dir_name(&long);
+        assert!(d.len() <= 33, "{d}");
+        assert_eq!(d, dir_name(&long));
+        assert_ne!(d, dir_name(&"t".repeat(101)));
+    }
+
+    #[test]
+    fn parses_proc_stat_with_odd_comm() {
+        let line = "1234 (we ird) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_proc_stat(line), Some(('S', 987654)));
+        assert_eq!(parse_proc_stat("garbage"), None);
+        let me = std::process::id() as i32;
+        let (state, start) = proc_stat(me).expect("own stat");
+        assert!(state == 'R' || state == 'S', "{state}");
+        assert!(pidfd_verified(me, start).is_some());
+        assert!(pidfd_verified(me, start + 1).is_none());
+    }
+
+    #[test]
+    fn exit_status_json_shape() {
+        let e = ExitStatus {
+            code: 137,
+            signal: Some(9),
+            oom_killed: true,
+            finished_at: 5,
+            lost: false,
+        };
+        let v = serde_json::to_value(e).expect("encode");
+        assert_eq!(v["code"], 137);
+        assert_eq!(v["signal"], 9);
+        assert_eq!(v["oom_killed"], true);
+        let back: ExitStatus =
+            serde_json::from_str(r#"{"code":3,"finished_at":1}"#).expect("defaults");
+        assert_eq!((back.signal, back.oom_killed, back.lost), (None, false, false));
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("x.json");
+        write_atomic(&p, b"1").expect("write");
+        write_atomic(&p, b"22").expect("rewrite");
+        assert_eq!(fs::read(&p).expect("read"), b"22");
+        assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 1);
+    }
+}

@@ -1,0 +1,626 @@
+//! The per-container supervisor: the `shoal` binary re-executed as
+//! `shoal __shoal-supervise <state dir> <v1|v2> <cgroup root> <cgroup path>`.
+//!
+//! Single-threaded, no tokio, blocking `poll` loop: it must stay tiny. See the module docs of
+//! [`super`] for the whole process model.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, pipe2, setsid, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::{Cgroup, CgroupFs, CgroupVersion};
+use super::init::{self, InitContext};
+use super::log::{LineSplitter, LogStream};
+use super::{
+    now_ms, pidfd_open, proc_stat, read_json, write_atomic, ContainerConfig, ExitStatus, Stage,
+    StateFile, CONFIG_FILE, EXIT_FILE, LOG_FILE, STATE_FILE,
+};
+
+/// What the supervisor tells the daemon about a start (one JSON line on its stdout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub(crate) enum StartReport {
+    Started {
+        supervisor_pid: i32,
+        pid: i32,
+    },
+    Failed {
+        stage: Stage,
+        errno: Option<i32>,
+        message: String,
+    },
+}
+
+/// A failure inside the container's init before exec, sent to the supervisor over the
+/// close-on-exec error pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StartError {
+    pub stage: Stage,
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl StartError {
+    pub fn new(stage: Stage, message: impl Into<String>) -> StartError {
+        StartError {
+            stage,
+            errno: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn errno(stage: Stage, errno: Errno, what: impl std::fmt::Display) -> StartError {
+        StartError {
+            stage,
+            errno: Some(errno as i32),
+            message: format!("{what}: {}", errno.desc()),
+        }
+    }
+
+    fn into_report(self) -> StartReport {
+        StartReport::Failed {
+            stage: self.stage,
+            errno: self.errno,
+            message: self.message,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Args {
+    dir: PathBuf,
+    version: CgroupVersion,
+    cgroup_root: PathBuf,
+    cgroup_rel: String,
+}
+
+fn parse_args(args: &[OsString]) -> Result<Args, String> {
+    let [dir, version, root, rel] = args else {
+        return Err(format!(
+            "usage: shoal {} <state dir> <v1|v2> <cgroup root> <cgroup path> (got {} arguments)",
+            super::SUPERVISOR_ARG,
+            args.len()
+        ));
+    };
+    Ok(Args {
+        dir: PathBuf::from(dir),
+        version: version.to_string_lossy().parse()?,
+        cgroup_root: PathBuf::from(root),
+        cgroup_rel: rel
+            .to_str()
+            .ok_or("the cgroup path is not UTF-8")?
+            .to_string(),
+    })
+}
+
+fn write_all_fd(fd: impl AsFd, mut data: &[u8]) -> nix::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(&fd, data) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn write_json_fd<T: Serialize>(fd: impl AsFd, value: &T) -> nix::Result<()> {
+    let mut data = serde_json::to_vec(value).map_err(|_| Errno::EINVAL)?;
+    data.push(b'\n');
+    write_all_fd(fd, &data)
+}
+
+fn read_to_end_fd(fd: impl AsFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(&fd, &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR) => {}
+            Err(_) => return out,
+        }
+    }
+}
+
+fn report_to_stdout(report: &StartReport) {
+    let mut out = io::stdout().lock();
+    let mut data = serde_json::to_vec(report).unwrap_or_default();
+    data.push(b'\n');
+    let _ = out.write_all(&data);
+    let _ = out.flush();
+}
+
+/// The entry point of `shoal __shoal-supervise ...`: returns the process exit code. Must be
+/// called before any other thread exists.
+pub fn supervisor_main() -> i32 {
+    let raw: Vec<OsString> = std::env::args_os().skip(2).collect();
+    let args = match parse_args(&raw) {
+        Ok(a) => a,
+        Err(message) => {
+            report_to_stdout(&StartReport::Failed {
+                stage: Stage::Supervisor,
+                errno: None,
+                message,
+            });
+            return 2;
+        }
+    };
+    // P0: leave the daemon's session, fork the real supervisor, relay its report.
+    let _ = setsid();
+    let (report_r, report_w) = match pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            report_to_stdout(&StartError::errno(Stage::Supervisor, e, "pipe").into_report());
+            return 1;
+        }
+    };
+    // SAFETY: this process is single-threaded (main.rs dispatches here before any thread).
+    match unsafe { fork() } {
+        Err(e) => {
+            report_to_stdout(&StartError::errno(Stage::Supervisor, e, "fork").into_report());
+            1
+        }
+        Ok(ForkResult::Child) => {
+            drop(report_r);
+            let code = supervise(&args, report_w);
+            // SAFETY: _exit skips nothing we need (all files were written and closed).
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(report_w);
+            let data = read_to_end_fd(&report_r);
+            let report = match serde_json::from_slice::<StartReport>(data.trim_ascii()) {
+                Ok(r @ StartReport::Started { .. }) => r,
+                Ok(r) => {
+                    // A failed start: the supervisor cleans up and exits; wait for it so that
+                    // nothing is left when the daemon sees the error.
+                    let _ = waitpid(child, None);
+                    r
+                }
+                Err(_) => {
+                    let status = waitpid(child, None);
+                    StartReport::Failed {
+                        stage: Stage::Supervisor,
+                        errno: None,
+                        message: format!(
+                            "the supervisor ended ({status:?}) before reporting; see {}",
+                            args.dir.join(super::SUPERVISOR_LOG).display()
+                        ),
+                    }
+                }
+            };
+            report_to_stdout(&report);
+            0
+        }
+    }
+}
+
+/// Points fds 0 and 1 at /dev/null (2 stays: the daemon made it supervisor.log). fd 1 was the
+/// daemon's pipe: the daemon reads it to EOF, which must come when P0 exits.
+fn stdio_to_null() -> io::Result<()> {
+    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    for fd in [0, 1] {
+        // SAFETY: dup2 onto a standard fd we own.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+struct Reporter(Option<OwnedFd>);
+
+impl Reporter {
+    fn send(&mut self, report: &StartReport) {
+        if let Some(fd) = self.0.take() {
+            if let Err(e) = write_json_fd(&fd, report) {
+                eprintln!("supervisor: sending the start report: {e}");
+            }
+        }
+    }
+}
+
+/// P1: the real supervisor. Returns its exit code.
+fn supervise(args: &Args, report: OwnedFd) -> i32 {
+    let mut reporter = Reporter(Some(report));
+    if let Err(e) = stdio_to_null() {
+        eprintln!("supervisor: redirecting stdio: {e}");
+    }
+    let cgroup = CgroupFs::new(args.cgroup_root.clone(), args.version).cgroup(&args.cgroup_rel);
+    match start(args, &*cgroup, &mut reporter) {
+        Ok(running) => {
+            let status = running.relay();
+            finish(args, &*cgroup, status);
+            0
+        }
+        Err(e) => {
+            eprintln!("supervisor: start failed ({}): {}", e.stage, e.message);
+            if let Err(err) = cgroup.remove() {
+                eprintln!("supervisor: removing the cgroup: {err}");
+            }
+            reporter.send(&e.into_report());
+            1
+        }
+    }
+}
+
+struct Running {
+    child: Pid,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    signals: Option<SignalFd>,
+    log: fs::File,
+}
+
+/// The signals the supervisor forwards to the container's init.
+fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+        set.add(s);
+    }
+    set
+}
+
+fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Running, StartError> {
+    let config_path = args.dir.join(CONFIG_FILE);
+    let config: ContainerConfig = match read_json(&config_path) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err(StartError::new(
+                Stage::Config,
+                format!("{} is missing", config_path.display()),
+            ))
+        }
+        Err(e) => return Err(StartError::new(Stage::Config, e.to_string())),
+    };
+    let me = getpid().as_raw();
+    let mut state = StateFile {
+        supervisor_pid: me,
+        supervisor_start: proc_stat(me).map(|(_, s)| s).unwrap_or(0),
+        cgroup: args.cgroup_rel.clone(),
+        cgroup_version: args.version,
+        cgroup_root: args.cgroup_root.clone(),
+        pid: None,
+        pid_start: None,
+        started_at: None,
+    };
+    write_state(&args.dir, &state)?;
+
+    cgroup
+        .create()
+        .and_then(|()| cgroup.apply(&config.limits))
+        .map_err(|e| StartError::new(Stage::Cgroup, e.to_string()))?;
+
+    let log_path = args.dir.join(LOG_FILE);
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&log_path)
+        .map_err(|e| StartError::new(Stage::Supervisor, format!("open {}: {e}", log_path.display())))?;
+
+    let pipe = |what: &str| {
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| StartError::errno(Stage::Supervisor, e, format!("{what} pipe")))
+    };
+    let (out_r, out_w) = pipe("stdout")?;
+    let (err_r, err_w) = pipe("stderr")?;
+    let (go_r, go_w) = pipe("sync")?;
+    let (fail_r, fail_w) = pipe("error")?;
+
+    // Forwarded signals arrive on a signalfd; the init unblocks them before exec.
+    let mask = forwarded_signals();
+    let signals = match sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
+        Ok(()) => SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok(),
+        Err(_) => None,
+    };
+
+    // A new pid namespace for our next child: it becomes PID 1 there.
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| StartError::errno(Stage::Namespaces, e, "unshare(CLONE_NEWPID)"))?;
+
+    let hostname = if config.hostname.is_empty() {
+        args.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(12).collect())
+            .unwrap_or_else(|| "container".to_string())
+    } else {
+        config.hostname.clone()
+    };
+
+    // SAFETY: single-threaded process.
+    let child = match unsafe { fork() } {
+        Err(e) => return Err(StartError::errno(Stage::Namespaces, e, "fork the container init")),
+        Ok(ForkResult::Child) => {
+            drop((out_r, err_r, go_w, fail_r, log, signals));
+            init::run(InitContext {
+                config: &config,
+                dir: &args.dir,
+                hostname,
+                go: go_r,
+                report: fail_w,
+                stdout: out_w,
+                stderr: err_w,
+            })
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop((go_r, fail_w, out_w, err_w));
+
+    let abort = |e: StartError| {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        e
+    };
+
+    // Into the cgroup before the init may run anything.
+    if let Err(e) = cgroup.add_process(child.as_raw()) {
+        return Err(abort(StartError::new(Stage::Cgroup, e.to_string())));
+    }
+    if let Err(e) = write_all_fd(&go_w, b"1") {
+        return Err(abort(StartError::errno(Stage::Supervisor, e, "release the container init")));
+    }
+    drop(go_w);
+
+    // EOF without data: the exec succeeded (the pipe is close-on-exec).
+    let data = read_to_end_fd(&fail_r);
+    if !data.is_empty() {
+        let e = serde_json::from_slice::<StartError>(data.trim_ascii()).unwrap_or_else(|_| {
+            StartError::new(
+                Stage::Exec,
+                format!("unreadable error from the container init: {}", String::from_utf8_lossy(&data)),
+            )
+        });
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
+
+    state.pid = Some(child.as_raw());
+    state.pid_start = proc_stat(child.as_raw()).map(|(_, s)| s);
+    state.started_at = Some(now_ms());
+    if let Err(e) = write_state(&args.dir, &state) {
+        return Err(abort(e));
+    }
+    reporter.send(&StartReport::Started {
+        supervisor_pid: me,
+        pid: child.as_raw(),
+    });
+    Ok(Running {
+        child,
+        stdout: out_r,
+        stderr: err_r,
+        signals,
+        log,
+    })
+}
+
+fn write_state(dir: &Path, state: &StateFile) -> Result<(), StartError> {
+    let path = dir.join(STATE_FILE);
+    let data = serde_json::to_vec_pretty(state).unwrap_or_default();
+    write_atomic(&path, &data)
+        .map_err(|e| StartError::new(Stage::Supervisor, format!("write {}: {e}", path.display())))
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// Upper bound of what is drained from the pipes after the init exited (something outside the
+/// container could hold a write end and keep writing).
+const MAX_DRAIN: usize = 64 << 20;
+
+impl Running {
+    /// Relays stdout/stderr into the log until the init exits; returns its wait status.
+    fn relay(mut self) -> WaitStatus {
+        set_nonblocking(self.stdout.as_raw_fd());
+        set_nonblocking(self.stderr.as_raw_fd());
+        let pidfd = pidfd_open(self.child.as_raw()).ok();
+        let mut open = [true, true];
+        let mut split = [LineSplitter::new(LogStream::Stdout), LineSplitter::new(LogStream::Stderr)];
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::new();
+        let mut log_failed = false;
+
+        let status = loop {
+            let (status, readable) = {
+                let mut fds = Vec::with_capacity(4);
+                let mut slots = [None; 4];
+                for (i, fd) in [&self.stdout, &self.stderr].into_iter().enumerate() {
+                    if open[i] {
+                        slots[i] = Some(fds.len());
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                if let Some(s) = &self.signals {
+                    slots[2] = Some(fds.len());
+                    fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(p) = &pidfd {
+                    slots[3] = Some(fds.len());
+                    fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                }
+                let timeout = if pidfd.is_some() {
+                    PollTimeout::NONE
+                } else {
+                    PollTimeout::from(200u16)
+                };
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        eprintln!("supervisor: poll: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+                let ready = |slot: Option<usize>| {
+                    slot.and_then(|i| fds[i].revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let readable = [ready(slots[0]), ready(slots[1]), ready(slots[2]), ready(slots[3])];
+                (pidfd.is_none() || readable[3], readable)
+            };
+            let t = now_ms();
+            for i in 0..2 {
+                if readable[i] {
+                    let fd = if i == 0 { &self.stdout } else { &self.stderr };
+                    match nix::unistd::read(fd, &mut buf) {
+                        Ok(0) => {
+                            open[i] = false;
+                            split[i].finish(t, &mut out);
+                        }
+                        Ok(n) => split[i].push(t, &buf[..n], &mut out),
+                        Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                        Err(e) => {
+                            eprintln!("supervisor: read container output: {e}");
+                            open[i] = false;
+                            split[i].finish(t, &mut out);
+                        }
+                    }
+                }
+            }
+            if readable[2] {
+                if let Some(s) = &self.signals {
+                    while let Ok(Some(info)) = s.read_signal() {
+                        // SAFETY: kill(2) on our own child.
+                        unsafe {
+                            libc::kill(self.child.as_raw(), info.ssi_signo as libc::c_int);
+                        }
+                    }
+                }
+            }
+            flush(&mut self.log, &mut out, &mut log_failed);
+            if status {
+                match waitpid(self.child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break s,
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        eprintln!("supervisor: waitpid: {e}");
+                        break WaitStatus::Signaled(self.child, Signal::SIGKILL, false);
+                    }
+                }
+            }
+        };
+
+        // The init is gone and the kernel kills the rest of its pid namespace: drain what is
+        // left in the pipes.
+        let mut drained = 0usize;
+        for i in 0..2 {
+            let fd = if i == 0 { &self.stdout } else { &self.stderr };
+            while open[i] && drained < MAX_DRAIN {
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(0) => open[i] = false,
+                    Ok(n) => {
+                        drained += n;
+                        split[i].push(now_ms(), &buf[..n], &mut out);
+                        flush(&mut self.log, &mut out, &mut log_failed);
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+            split[i].finish(now_ms(), &mut out);
+        }
+        flush(&mut self.log, &mut out, &mut log_failed);
+        status
+    }
+}
+
+/// Appends the encoded lines to the log (one write per batch; O_APPEND).
+fn flush(log: &mut fs::File, out: &mut Vec<u8>, failed: &mut bool) {
+    if out.is_empty() {
+        return;
+    }
+    if let Err(e) = log.write_all(out) {
+        if !*failed {
+            eprintln!("supervisor: writing the container log: {e} (output is dropped)");
+            *failed = true;
+        }
+    }
+    out.clear();
+}
+
+/// Records the exit and removes the cgroup.
+fn finish(args: &Args, cgroup: &dyn Cgroup, status: WaitStatus) {
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    let exit = ExitStatus {
+        code,
+        signal,
+        oom_killed: cgroup.oom_killed(),
+        finished_at: now_ms(),
+        lost: false,
+    };
+    let path = args.dir.join(EXIT_FILE);
+    let data = serde_json::to_vec_pretty(&exit).unwrap_or_default();
+    if let Err(e) = write_atomic(&path, &data) {
+        eprintln!("supervisor: writing {}: {e}", path.display());
+    }
+    if let Err(e) = cgroup.remove() {
+        eprintln!("supervisor: removing the cgroup: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_wire_format() {
+        let r = StartReport::Failed {
+            stage: Stage::Exec,
+            errno: Some(2),
+            message: "exec \"foo\": no such file".into(),
+        };
+        let json = serde_json::to_string(&r).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"result":"failed","stage":"exec","errno":2,"message":"exec \"foo\": no such file"}"#
+        );
+        assert_eq!(serde_json::from_str::<StartReport>(&json).expect("decode"), r);
+        let ok = StartReport::Started {
+            supervisor_pid: 1,
+            pid: 2,
+        };
+        let json = serde_json::to_string(&ok).expect("encode");
+        assert_eq!(serde_json::from_str::<StartReport>(&json).expect("decode"), ok);
+    }
+
+    #[test]
+    fn args_are_checked() {
+        let ok: Vec<OsString> = ["/d", "v1", "/sys/fs/cgroup", "shoal/x"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let a = parse_args(&ok).expect("valid");
+        assert_eq!(a.version, CgroupVersion::V1);
+        assert_eq!(a.cgroup_rel, "shoal/x");
+        assert!(parse_args(&ok[..2]).is_err());
+        let bad: Vec<OsString> = ["/d", "v9", "/r", "x"].iter().map(OsString::from).collect();
+        assert!(parse_args(&bad).expect_err("bad version").contains("v9"));
+    }
+}

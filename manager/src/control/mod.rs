@@ -1,0 +1,276 @@
+//! The control API: what the CLI calls. Reads come from the local store (after a linearizable
+//! barrier where it matters); writes go through consensus.
+
+mod validate;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use shoal_proto::control_server::{Control, ControlServer};
+use shoal_proto::service_spec::Mode;
+use shoal_proto::store_object::Object;
+use shoal_proto::*;
+use tonic::{Request, Response, Status};
+
+pub use validate::{valid_name, validate_spec};
+
+use crate::consensus::{new_id, Writer};
+use crate::dispatcher::write_status;
+use crate::store::{change, ApplyError, State, Store};
+
+/// Whether an image can be run. On one node that is the local image store.
+pub trait ImageCatalog: Send + Sync + 'static {
+    /// `Err` says what is missing and how to get it.
+    fn check(&self, reference: &str) -> Result<(), String>;
+}
+
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
+
+/// Where task logs are read from (the agents' log files).
+pub trait TaskLogs: Send + Sync + 'static {
+    fn stream(&self, tasks: Vec<Task>, follow: bool, tail: u64) -> LogStream;
+}
+
+/// Facts about this daemon that `info` shows and the store does not hold.
+pub trait DaemonFacts: Send + Sync + 'static {
+    fn node_id(&self) -> String;
+    fn data_dir(&self) -> String;
+    fn cgroup_version(&self) -> String;
+    /// (term, last applied log index)
+    fn raft_progress(&self) -> (u64, u64);
+}
+
+#[derive(Clone)]
+pub struct ControlApi {
+    store: Store,
+    writer: Writer,
+    images: Arc<dyn ImageCatalog>,
+    logs: Arc<dyn TaskLogs>,
+    facts: Arc<dyn DaemonFacts>,
+}
+
+impl ControlApi {
+    pub fn new(
+        store: Store,
+        writer: Writer,
+        images: Arc<dyn ImageCatalog>,
+        logs: Arc<dyn TaskLogs>,
+        facts: Arc<dyn DaemonFacts>,
+    ) -> ControlApi {
+        ControlApi {
+            store,
+            writer,
+            images,
+            logs,
+            facts,
+        }
+    }
+
+    pub fn into_service(self) -> ControlServer<ControlApi> {
+        ControlServer::new(self)
+    }
+
+    fn find_service(&self, key: &str) -> Result<Service, Status> {
+        self.store
+            .read()
+            .find_service(key)
+            .cloned()
+            .map_err(|e| match e {
+                ApplyError::NotFound { .. } => {
+                    Status::not_found(format!("no such service: {key}"))
+                }
+                other => Status::invalid_argument(other.to_string()),
+            })
+    }
+
+    fn check_image(&self, spec: &ServiceSpec) -> Result<(), Status> {
+        let image = spec.container.as_ref().map(|c| c.image.as_str()).unwrap_or("");
+        self.images.check(image).map_err(Status::failed_precondition)
+    }
+}
+
+/// Replicas wanted by a service.
+pub fn desired_replicas(service: &Service) -> u64 {
+    match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Replicated(r)) => r.replicas,
+        _ => 0,
+    }
+}
+
+fn running_tasks(state: &State, service_id: &str) -> u64 {
+    state
+        .tasks_of(service_id)
+        .filter(|t| {
+            t.desired_state() == TaskState::Running
+                && t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running)
+        })
+        .count() as u64
+}
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let (raft_term, raft_last_applied) = self.facts.raft_progress();
+        let state = self.store.read();
+        let tasks_running = state
+            .tasks
+            .values()
+            .filter(|t| t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running))
+            .count() as u64;
+        Ok(Response::new(InfoResponse {
+            cluster: state.cluster.clone(),
+            node_id: self.facts.node_id(),
+            is_manager: true,
+            is_leader: self.writer.is_leader(),
+            nodes: state.nodes.len() as u64,
+            services: state.services.len() as u64,
+            tasks_running,
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_dir: self.facts.data_dir(),
+            cgroup_version: self.facts.cgroup_version(),
+            raft_term,
+            raft_last_applied,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let nodes = self.store.read().nodes.values().cloned().collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn create_service(
+        &self,
+        request: Request<CreateServiceRequest>,
+    ) -> Result<Response<CreateServiceResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("CreateService needs a spec"))?;
+        validate_spec(&spec).map_err(Status::invalid_argument)?;
+        self.check_image(&spec)?;
+        let id = new_id();
+        let service = Service {
+            id: id.clone(),
+            meta: None,
+            spec: Some(spec),
+        };
+        self.writer
+            .commit(vec![change(ChangeKind::Create, Object::Service(service))])
+            .await
+            .map_err(write_status)?;
+        let service = self.find_service(&id)?;
+        Ok(Response::new(CreateServiceResponse {
+            service: Some(service),
+        }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<GetServiceRequest>,
+    ) -> Result<Response<GetServiceResponse>, Status> {
+        let service = self.find_service(&request.into_inner().service)?;
+        Ok(Response::new(GetServiceResponse {
+            service: Some(service),
+        }))
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<UpdateServiceRequest>,
+    ) -> Result<Response<UpdateServiceResponse>, Status> {
+        let r = request.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("UpdateService needs a spec"))?;
+        validate_spec(&spec).map_err(Status::invalid_argument)?;
+        let current = self.find_service(&r.service_id)?;
+        if current.spec.as_ref().map(|s| &s.container) != Some(&spec.container) {
+            self.check_image(&spec)?;
+        }
+        let mut service = current;
+        service.meta = Some(Meta {
+            version: r.version,
+            ..Default::default()
+        });
+        service.spec = Some(spec);
+        let id = service.id.clone();
+        self.writer
+            .commit(vec![change(ChangeKind::Update, Object::Service(service))])
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(UpdateServiceResponse {
+            service: Some(self.find_service(&id)?),
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let state = self.store.read();
+        let services = state
+            .services
+            .values()
+            .map(|s| ServiceSummary {
+                running: running_tasks(&state, &s.id),
+                desired: desired_replicas(s),
+                service: Some(s.clone()),
+            })
+            .collect();
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<RemoveServiceRequest>,
+    ) -> Result<Response<RemoveServiceResponse>, Status> {
+        let service = self.find_service(&request.into_inner().service)?;
+        let gone = Service {
+            id: service.id,
+            ..Default::default()
+        };
+        self.writer
+            .commit(vec![change(ChangeKind::Delete, Object::Service(gone))])
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(RemoveServiceResponse {}))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let r = request.into_inner();
+        let service_id = if r.service.is_empty() {
+            None
+        } else {
+            Some(self.find_service(&r.service)?.id)
+        };
+        let state = self.store.read();
+        let tasks = state
+            .tasks
+            .values()
+            .filter(|t| service_id.as_ref().is_none_or(|id| &t.service_id == id))
+            .filter(|t| r.node_id.is_empty() || t.node_id == r.node_id)
+            .cloned()
+            .collect();
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    type ServiceLogsStream = LogStream;
+
+    async fn service_logs(
+        &self,
+        request: Request<ServiceLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        let service = self.find_service(&r.service)?;
+        let mut tasks: Vec<Task> = self.store.read().tasks_of(&service.id).cloned().collect();
+        tasks.sort_by_key(|t| (t.slot, t.meta.as_ref().map(|m| m.created_at)));
+        Ok(Response::new(self.logs.stream(tasks, r.follow, r.tail)))
+    }
+}

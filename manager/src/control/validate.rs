@@ -1,0 +1,91 @@
+//! Checks a service spec before anything is written: bad input changes nothing.
+
+use shoal_proto::{service_spec::Mode, ServiceSpec};
+
+/// Docker's rule for object names.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 63
+}
+
+/// Returns what is wrong with `spec`, in words a user can act on.
+pub fn validate_spec(spec: &ServiceSpec) -> Result<(), String> {
+    if !valid_name(&spec.name) {
+        return Err(format!(
+            "invalid service name {:?}: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit",
+            spec.name
+        ));
+    }
+    let container = spec
+        .container
+        .as_ref()
+        .ok_or("the service has no container spec")?;
+    if container.image.trim().is_empty() {
+        return Err("the service has no image: give one, e.g. `busybox`".into());
+    }
+    for limits in [&spec.limits, &spec.reservations].into_iter().flatten() {
+        if limits.memory_bytes < 0 || limits.nano_cpus < 0 || limits.pids < 0 {
+            return Err("resource limits and reservations cannot be negative".into());
+        }
+        if limits.memory_bytes != 0 && limits.memory_bytes < 6 * 1024 * 1024 {
+            return Err(format!(
+                "memory limit {} bytes is too small: the minimum is 6 MiB, like Docker's",
+                limits.memory_bytes
+            ));
+        }
+    }
+    for kv in &container.env {
+        if kv.split('=').next().is_none_or(str::is_empty) {
+            return Err(format!("invalid environment entry {kv:?}: use KEY=VALUE"));
+        }
+    }
+    if spec.mode.is_none() {
+        return Err("the service has no mode (replicated or global)".into());
+    }
+    if let Some(Mode::Global(_)) = spec.mode {
+        return Err("global services are not supported yet: use replicated mode".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{ContainerSpec, ReplicatedService, Resources};
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            container: Some(ContainerSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            mode: Some(Mode::Replicated(ReplicatedService { replicas: 1 })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_follow_docker() {
+        assert!(valid_name("web-1.a_b"));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("we b"));
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        assert!(validate_spec(&spec()).is_ok());
+        let mut s = spec();
+        s.limits = Some(Resources {
+            memory_bytes: 1024,
+            ..Default::default()
+        });
+        assert!(validate_spec(&s).unwrap_err().contains("too small"));
+        let mut s = spec();
+        s.container = Some(ContainerSpec::default());
+        assert!(validate_spec(&s).unwrap_err().contains("no image"));
+    }
+}

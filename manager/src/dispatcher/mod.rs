@@ -1,0 +1,329 @@
+//! The dispatcher: the gRPC service every agent, local or remote, holds one session with.
+//!
+//! An agent opens `Session`; the dispatcher registers (or re-registers) its node as READY and
+//! streams the node's complete task set each time it changes. Heartbeats are kept in memory
+//! only (as Swarm does): a node whose heartbeats stop for `heartbeat_period × 3` is marked
+//! DOWN through Raft by [`Dispatcher::expire_sessions`], which the leader runs on a timer.
+//! Task status reports are batched into one Raft command, and states only move forward.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use shoal_proto::dispatcher_server::{Dispatcher as DispatcherRpc, DispatcherServer};
+use shoal_proto::store_object::Object;
+use shoal_proto::{
+    Assignments, ChangeKind, HeartbeatRequest, HeartbeatResponse, Node, NodeRole,
+    NodeState, NodeStatus, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::consensus::{new_id, WriteError, Writer};
+use crate::store::{change, ApplyError, Event, Store};
+
+/// How often agents heartbeat; a node is down after three missed periods.
+pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
+
+/// How many times a status write is retried after losing a compare-and-set race.
+const STATUS_WRITE_ATTEMPTS: usize = 8;
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    writer: Writer,
+    heartbeat_period: Duration,
+    /// The node id this process's own agent uses: registered with the manager role.
+    local_node_id: String,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+}
+
+struct SessionEntry {
+    session_id: String,
+    last_seen: Instant,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        writer: Writer,
+        heartbeat_period: Duration,
+        local_node_id: String,
+    ) -> Dispatcher {
+        Dispatcher {
+            inner: Arc::new(Inner {
+                store,
+                writer,
+                heartbeat_period,
+                local_node_id,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn into_service(self) -> DispatcherServer<Dispatcher> {
+        DispatcherServer::new(self)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        let mut sessions = self.sessions();
+        match sessions.get_mut(node_id) {
+            Some(entry) if entry.session_id == session_id => {
+                entry.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(Status::failed_precondition(format!(
+                "node {node_id} has no session {session_id} with this manager: open a new session"
+            ))),
+        }
+    }
+
+    /// Marks DOWN every READY node without a live session. The leader calls this on a timer;
+    /// nodes get one full TTL after a leader starts before they can be marked down.
+    pub async fn expire_sessions(&self, leader_since: Instant) -> Result<(), WriteError> {
+        let ttl = self.inner.heartbeat_period * 3;
+        if leader_since.elapsed() < ttl {
+            return Ok(());
+        }
+        let live: Vec<String> = {
+            let mut sessions = self.sessions();
+            sessions.retain(|_, s| s.last_seen.elapsed() < ttl);
+            sessions.keys().cloned().collect()
+        };
+        let changes: Vec<_> = {
+            let state = self.inner.store.read();
+            state
+                .nodes
+                .values()
+                .filter(|n| node_state(n) == NodeState::Ready && !live.contains(&n.id))
+                .map(|n| {
+                    let mut node = n.clone();
+                    node.status = Some(NodeStatus {
+                        state: NodeState::Down as i32,
+                        message: "heartbeat failure".into(),
+                        addr: n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+                    });
+                    change(ChangeKind::Update, Object::Node(node))
+                })
+                .collect()
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(nodes = changes.len(), "marking nodes down: heartbeat failure");
+        self.inner.writer.commit(changes).await.map(|_| ())
+    }
+
+    async fn register(&self, request: SessionRequest, addr: String) -> Result<(String, String), Status> {
+        let node_id = if request.node_id.is_empty() {
+            new_id()
+        } else {
+            request.node_id
+        };
+        let existing = self.inner.store.read().nodes.get(&node_id).cloned();
+        let role = if node_id == self.inner.local_node_id {
+            NodeRole::Manager
+        } else {
+            NodeRole::Worker
+        };
+        let mut node = existing.unwrap_or_else(|| Node {
+            id: node_id.clone(),
+            role: role as i32,
+            ..Default::default()
+        });
+        node.description = request.description;
+        node.status = Some(NodeStatus {
+            state: NodeState::Ready as i32,
+            message: String::new(),
+            addr,
+        });
+        self.inner
+            .writer
+            .commit(vec![change(ChangeKind::Upsert, Object::Node(node))])
+            .await
+            .map_err(write_status)?;
+        let session_id = new_id();
+        self.sessions().insert(
+            node_id.clone(),
+            SessionEntry {
+                session_id: session_id.clone(),
+                last_seen: Instant::now(),
+            },
+        );
+        tracing::info!(node = %node_id, "agent session opened");
+        Ok((node_id, session_id))
+    }
+
+    /// Applies status reports: each task's observed state may only move forward.
+    async fn update_statuses(&self, request: UpdateTaskStatusRequest) -> Result<(), WriteError> {
+        for _ in 0..STATUS_WRITE_ATTEMPTS {
+            let changes: Vec<_> = {
+                let state = self.inner.store.read();
+                request
+                    .updates
+                    .iter()
+                    .filter_map(|u| {
+                        let task = state.tasks.get(&u.task_id)?;
+                        if task.node_id != request.node_id {
+                            return None;
+                        }
+                        let new = u.status.clone()?;
+                        let current = task.status.as_ref().map(|s| s.state()).unwrap_or_default();
+                        let unchanged = task.status.as_ref() == Some(&new);
+                        if new.state() < current || unchanged {
+                            return None;
+                        }
+                        let mut task = task.clone();
+                        task.status = Some(new);
+                        Some(change(ChangeKind::Update, Object::Task(task)))
+                    })
+                    .collect()
+            };
+            if changes.is_empty() {
+                return Ok(());
+            }
+            match self.inner.writer.commit(changes).await {
+                Err(WriteError::Rejected(ApplyError::Conflict { .. }))
+                | Err(WriteError::Rejected(ApplyError::NotFound { .. })) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(WriteError::Rejected(ApplyError::Invalid(
+            "task status kept conflicting with other writes; the agent will retry".into(),
+        )))
+    }
+}
+
+fn node_state(node: &Node) -> NodeState {
+    node.status.as_ref().map(|s| s.state()).unwrap_or_default()
+}
+
+/// The task set a node must run: every task assigned to it.
+fn assignments_of(store: &Store, node_id: &str) -> Vec<Task> {
+    let state = store.read();
+    state
+        .tasks
+        .values()
+        .filter(|t| t.node_id == node_id)
+        .cloned()
+        .collect()
+}
+
+fn touches_node(events: &[Event], node_id: &str) -> bool {
+    // An empty batch means the whole state was replaced: assume everything changed.
+    events.is_empty()
+        || events.iter().any(|e| match e {
+            Event::Put(Object::Task(t)) => t.node_id == node_id,
+            Event::Deleted { kind: "task", .. } => true,
+            _ => false,
+        })
+}
+
+pub(crate) fn write_status(e: WriteError) -> Status {
+    match e {
+        WriteError::Rejected(ApplyError::NotFound { .. }) => Status::not_found(e.to_string()),
+        WriteError::Rejected(ApplyError::AlreadyExists { .. })
+        | WriteError::Rejected(ApplyError::NameInUse { .. }) => {
+            Status::already_exists(e.to_string())
+        }
+        WriteError::Rejected(ApplyError::Conflict { .. }) => Status::aborted(e.to_string()),
+        WriteError::Rejected(ApplyError::Invalid(_)) => Status::invalid_argument(e.to_string()),
+        WriteError::Consensus(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DispatcherRpc for Dispatcher {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<SessionRequest>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let addr = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        // Subscribe before the first read so no change slips between the two.
+        let mut events = self.inner.store.subscribe();
+        let (node_id, session_id) = self.register(request.into_inner(), addr).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.inner.store.clone();
+        let period = self.inner.heartbeat_period.as_millis() as u64;
+        tokio::spawn(async move {
+            let mut last_sent: Option<Vec<(String, u64)>> = None;
+            loop {
+                let tasks = assignments_of(&store, &node_id);
+                let fingerprint: Vec<(String, u64)> = tasks
+                    .iter()
+                    .map(|t| (t.id.clone(), t.meta.as_ref().map(|m| m.version).unwrap_or(0)))
+                    .collect();
+                if last_sent.as_ref() != Some(&fingerprint) {
+                    let message = SessionMessage {
+                        session_id: session_id.clone(),
+                        node_id: node_id.clone(),
+                        heartbeat_period_ms: period,
+                        assignments: Some(Assignments { tasks }),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        break; // the agent went away
+                    }
+                    last_sent = Some(fingerprint);
+                }
+                // Wait for a change that concerns this node.
+                loop {
+                    match events.recv().await {
+                        Ok(batch) if touches_node(&batch, &node_id) => break,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+                if tx.is_closed() {
+                    break;
+                }
+            }
+            tracing::info!(node = %node_id, "agent session closed");
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        self.check_session(&r.node_id, &r.session_id)?;
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: self.inner.heartbeat_period.as_millis() as u64,
+        }))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let r = request.into_inner();
+        self.check_session(&r.node_id, &r.session_id)?;
+        self.update_statuses(r).await.map_err(write_status)?;
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+}

@@ -1,0 +1,429 @@
+//! Swarm's replicated orchestrator, with its restart supervisor, as one pure function.
+//!
+//! A replicated service with `replicas: n` owns slots `1..=n`. A slot's *current* task is its
+//! task desired RUNNING; older tasks of the slot are its history. [`reconcile`] compares the
+//! service with its tasks and returns the [`Plan`] that moves one towards the other:
+//!
+//! | situation | action |
+//! |---|---|
+//! | slot has several tasks desired RUNNING | keep the newest, the others → SHUTDOWN |
+//! | slot has no task desired RUNNING | create one, unless the restart policy says wait or never |
+//! | current task ended (terminal status) | → SHUTDOWN; restart by policy ([`restart`]) |
+//! | current task's node is DOWN or gone | → SHUTDOWN and a replacement now, no delay |
+//! | current task's spec is outdated | [`update::plan_update`] picks the slots to replace |
+//! | slot > replicas (scale down) | running → SHUTDOWN (highest slots first), ended → deleted |
+//! | service removed | running → REMOVE, ended → deleted |
+//! | slot history beyond the limit | oldest ended tasks deleted |
+//!
+//! # Choices worth knowing
+//!
+//! - *Newest* means the latest `meta.created_at` (the store stamps it once, at creation), then
+//!   the greater id, so the order is total and stable across calls.
+//! - A slot without a running task whose newest task ended is evaluated by the restart policy
+//!   every time, with the same answer: that is how "ended by policy" (settled, not recreated)
+//!   is told apart from "missing". A slot whose newest task is still running down (desired
+//!   SHUTDOWN after a scale down, then scaled up again) is missing: it gets a new task.
+//! - A slot whose newest task ended but was made from an outdated spec gets a new task at
+//!   once, whatever the policy: a service update re-runs ended one-shot tasks, as
+//!   `docker service update` does.
+//! - Ended tasks that would be deleted on the very next call (tasks of removed services and of
+//!   slots beyond the replica count) are deleted at once rather than first marked REMOVE or
+//!   SHUTDOWN: one plan, not two, and the plan stays idempotent.
+//! - History trimming looks at the slot as the plan leaves it (the new task counts as one of
+//!   the five), so trimming is itself idempotent.
+//! - A spec without a mode is replicated with one replica (Docker's default); global services
+//!   are left alone: another orchestrator will own them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use shoal_proto::{service_spec::Mode, Node, NodeState, Service, Task, TaskState, TaskStatus};
+
+use super::restart::{self, Restart};
+use super::update::{self, DirtySlot};
+
+/// What one reconcile pass wants written to the store. Apply it atomically (one Raft entry):
+/// the caller does compare-and-set on each updated task's `meta.version`, as read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// New tasks: desired RUNNING, status PENDING, no node, `meta` unset (the store stamps it).
+    pub create: Vec<Task>,
+    /// Existing tasks with a changed desired state, as read except for that change.
+    pub update: Vec<Task>,
+    /// Ids of tasks to delete: trimmed history, ended tasks of removed slots and services.
+    pub delete: Vec<String>,
+    /// The earliest time the plan would change by itself (a restart delay expiring): call
+    /// again then, even if the store did not change.
+    pub wake_at: Option<i64>,
+}
+
+impl Plan {
+    /// Nothing to write (a pending `wake_at` does not count: it is not a change).
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+
+    /// Appends another service's plan to this one.
+    pub fn merge(&mut self, other: Plan) {
+        self.create.extend(other.create);
+        self.update.extend(other.update);
+        self.delete.extend(other.delete);
+        self.wake(other.wake_at);
+    }
+
+    fn wake(&mut self, at: Option<i64>) {
+        self.wake_at = match (self.wake_at, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// One service's view of the world.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileInput<'a> {
+    /// `None`: the service was removed; its tasks are torn down.
+    pub service: Option<&'a Service>,
+    pub service_id: &'a str,
+    /// This service's tasks (tasks of other services are ignored).
+    pub tasks: &'a [Task],
+    /// Every node: a task on a node that is DOWN or not listed is rescheduled.
+    pub nodes: &'a [Node],
+    /// Unix ms.
+    pub now: i64,
+}
+
+/// Reconciles one service. `new_id` names created tasks (injected so tests are deterministic).
+pub fn reconcile(input: &ReconcileInput, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let nodes = Nodes::new(input.nodes);
+    let tasks: Vec<&Task> = input
+        .tasks
+        .iter()
+        .filter(|t| t.service_id == input.service_id)
+        .collect();
+    reconcile_service(
+        input.service,
+        input.service_id,
+        &tasks,
+        &nodes,
+        input.now,
+        new_id,
+    )
+}
+
+/// Reconciles every service, and tears down tasks whose service no longer exists. The merged
+/// plan lists services in id order, then the removed ones.
+pub fn reconcile_all(
+    services: &[Service],
+    tasks: &[Task],
+    nodes: &[Node],
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
+    let nodes = Nodes::new(nodes);
+    let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for task in tasks {
+        by_service
+            .entry(task.service_id.as_str())
+            .or_default()
+            .push(task);
+    }
+    let services: BTreeMap<&str, &Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
+
+    let mut plan = Plan::default();
+    for (id, service) in &services {
+        let tasks = by_service.remove(id).unwrap_or_default();
+        plan.merge(reconcile_service(
+            Some(service),
+            id,
+            &tasks,
+            &nodes,
+            now,
+            new_id,
+        ));
+    }
+    for (id, tasks) in by_service {
+        plan.merge(reconcile_service(None, id, &tasks, &nodes, now, new_id));
+    }
+    plan
+}
+
+/// Node states by id, built once per call.
+struct Nodes<'a> {
+    state: HashMap<&'a str, NodeState>,
+}
+
+impl<'a> Nodes<'a> {
+    fn new(nodes: &'a [Node]) -> Nodes<'a> {
+        let state = nodes
+            .iter()
+            .map(|n| {
+                let state = n
+                    .status
+                    .as_ref()
+                    .map(|s| s.state())
+                    .unwrap_or(NodeState::Unknown);
+                (n.id.as_str(), state)
+            })
+            .collect();
+        Nodes { state }
+    }
+
+    /// The task's node is gone for good: DOWN, or removed from the cluster. UNKNOWN and
+    /// DISCONNECTED are not: after a leader change every node is UNKNOWN for a moment, and
+    /// rescheduling the whole cluster then would be a disaster.
+    fn is_lost(&self, node_id: &str) -> bool {
+        !node_id.is_empty()
+            && self
+                .state
+                .get(node_id)
+                .is_none_or(|s| *s == NodeState::Down)
+    }
+}
+
+fn status_state(task: &Task) -> TaskState {
+    task.status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New)
+}
+
+fn is_terminal(task: &Task) -> bool {
+    status_state(task).is_terminal()
+}
+
+/// Newest first: latest creation, then the greater id.
+fn newest_first(tasks: &mut [&Task]) {
+    let created = |t: &Task| t.meta.as_ref().map(|m| m.created_at).unwrap_or(0);
+    tasks.sort_by(|a, b| (created(b), b.id.as_str()).cmp(&(created(a), a.id.as_str())));
+}
+
+/// Replica count, or `None` for a mode this orchestrator does not own.
+fn replicas(service: &Service) -> Option<u64> {
+    match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Replicated(r)) => Some(r.replicas),
+        Some(Mode::Global(_)) => None,
+        None => Some(1),
+    }
+}
+
+/// A slot in `1..=replicas` as the plan is being built.
+struct SlotWork<'a> {
+    slot: u64,
+    /// Newest first.
+    tasks: Vec<&'a Task>,
+    /// The desired state each task will have, parallel to `tasks`.
+    desired: Vec<TaskState>,
+    /// Index of the current task, once it is known to be healthy but outdated.
+    dirty: Option<usize>,
+    /// A new task is created for this slot.
+    create: bool,
+}
+
+/// What a slot needs, before the update step has its say.
+enum Need {
+    Nothing,
+    Create,
+    Wait(i64),
+}
+
+fn reconcile_service(
+    service: Option<&Service>,
+    service_id: &str,
+    tasks: &[&Task],
+    nodes: &Nodes,
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
+    let Some(service) = service else {
+        return remove_all(tasks);
+    };
+    let Some(replicas) = replicas(service) else {
+        return Plan::default();
+    };
+
+    let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+    for &task in tasks {
+        by_slot.entry(task.slot).or_default().push(task);
+    }
+    let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
+
+    let mut plan = Plan::default();
+    let mut works: Vec<SlotWork> = Vec::new();
+    for slot in 1..=replicas {
+        let mut tasks = by_slot.remove(&slot).unwrap_or_default();
+        newest_first(&mut tasks);
+        let mut work = SlotWork {
+            slot,
+            desired: tasks.iter().map(|t| t.desired_state()).collect(),
+            tasks,
+            dirty: None,
+            create: false,
+        };
+        match assess(&mut work, service, nodes, limit, now) {
+            Need::Nothing => {}
+            Need::Create => work.create = true,
+            Need::Wait(at) => plan.wake(Some(at)),
+        }
+        works.push(work);
+    }
+
+    let dirty: Vec<DirtySlot> = works
+        .iter()
+        .filter_map(|w| {
+            w.dirty
+                .and_then(|i| w.tasks.get(i).map(|&task| DirtySlot { slot: w.slot, task }))
+        })
+        .collect();
+    if !dirty.is_empty() {
+        let step = update::plan_update(service, &dirty, now);
+        plan.wake(step.wake_at);
+        for slot in step.replace {
+            // Slots are 1-based and `works` holds them all, in order.
+            let work = usize::try_from(slot)
+                .ok()
+                .and_then(|s| s.checked_sub(1))
+                .and_then(|i| works.get_mut(i));
+            if let Some(work) = work {
+                if let Some(i) = work.dirty.take() {
+                    work.desired[i] = TaskState::Shutdown;
+                    work.create = true;
+                }
+            }
+        }
+    }
+
+    for work in &works {
+        emit_slot(work, service, service_id, limit, now, new_id, &mut plan);
+    }
+
+    // Slots beyond the replica count (and slot 0, which a replicated task never has),
+    // highest first, so a scale down stops the newest replicas first, as Swarm does.
+    for (_, mut tasks) in by_slot.into_iter().rev() {
+        newest_first(&mut tasks);
+        for task in tasks {
+            if is_terminal(task) {
+                plan.delete.push(task.id.clone());
+            } else if task.desired_state() == TaskState::Running {
+                plan.update.push(with_desired(task, TaskState::Shutdown));
+            }
+        }
+    }
+    plan
+}
+
+/// Phase one for a slot in range: fixes its current task and says what the slot needs.
+fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, now: i64) -> Need {
+    // At most one current task: the newest desired RUNNING.
+    let mut current = None;
+    for (i, desired) in work.desired.iter_mut().enumerate() {
+        if *desired == TaskState::Running {
+            if current.is_none() {
+                current = Some(i);
+            } else {
+                *desired = TaskState::Shutdown;
+            }
+        }
+    }
+
+    if let Some(i) = current {
+        let task = work.tasks[i];
+        if is_terminal(task) {
+            // It ended while wanted: stop it, then the slot is judged like any slot without a
+            // running task (below), which is also what the next call will see.
+            work.desired[i] = TaskState::Shutdown;
+        } else if nodes.is_lost(&task.node_id) {
+            // Swarm reschedules at once when a node fails; the old task's status stays as
+            // reported (its agent is gone).
+            work.desired[i] = TaskState::Shutdown;
+            return Need::Create;
+        } else if update::is_dirty(task, service) {
+            work.dirty = Some(i);
+            return Need::Nothing;
+        } else {
+            return Need::Nothing;
+        }
+    }
+
+    let Some(&newest) = work.tasks.first() else {
+        return Need::Create;
+    };
+    if !is_terminal(newest) || update::is_dirty(newest, service) {
+        return Need::Create;
+    }
+    match restart::decide(&work.tasks, limit, now) {
+        Restart::Now => Need::Create,
+        Restart::At(at) => Need::Wait(at),
+        Restart::Never => Need::Nothing,
+    }
+}
+
+/// Phase three for a slot in range: writes its creates, updates and trimmed history.
+fn emit_slot(
+    work: &SlotWork,
+    service: &Service,
+    service_id: &str,
+    limit: usize,
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+    plan: &mut Plan,
+) {
+    let created = usize::from(work.create);
+    if work.create {
+        plan.create
+            .push(new_task(service, service_id, work.slot, now, new_id()));
+    }
+    for (i, (&task, &desired)) in work.tasks.iter().zip(&work.desired).enumerate() {
+        // Position in the slot as the plan leaves it: the new task is the newest.
+        let position = created + i;
+        if position >= limit && is_terminal(task) && desired != TaskState::Running {
+            plan.delete.push(task.id.clone());
+        } else if desired != task.desired_state() {
+            plan.update.push(with_desired(task, desired));
+        }
+    }
+}
+
+/// The service is gone: stop everything with REMOVE, delete what already ended.
+fn remove_all(tasks: &[&Task]) -> Plan {
+    let mut tasks = tasks.to_vec();
+    newest_first(&mut tasks);
+    tasks.sort_by_key(|t| t.slot);
+    let mut plan = Plan::default();
+    for task in tasks {
+        if is_terminal(task) {
+            plan.delete.push(task.id.clone());
+        } else if task.desired_state() != TaskState::Remove {
+            plan.update.push(with_desired(task, TaskState::Remove));
+        }
+    }
+    plan
+}
+
+fn with_desired(task: &Task, desired: TaskState) -> Task {
+    let mut task = task.clone();
+    task.set_desired_state(desired);
+    task
+}
+
+fn new_task(service: &Service, service_id: &str, slot: u64, now: i64, id: String) -> Task {
+    let mut status = TaskStatus {
+        timestamp: now,
+        message: "pending task scheduling".to_string(),
+        ..Default::default()
+    };
+    status.set_state(TaskState::Pending);
+    let mut task = Task {
+        id,
+        meta: None,
+        service_id: service_id.to_string(),
+        slot,
+        node_id: String::new(),
+        spec: service.spec.clone(),
+        spec_version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
+        desired_state: 0,
+        status: Some(status),
+        scheduling_error: String::new(),
+    };
+    task.set_desired_state(TaskState::Running);
+    task
+}

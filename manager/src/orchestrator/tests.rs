@@ -1,0 +1,1115 @@
+//! Rule-by-rule unit tests and property tests of the replicated orchestrator.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proptest::prelude::*;
+use shoal_proto::service_spec::Mode;
+use shoal_proto::{
+    ContainerSpec, GlobalService, Meta, Node, NodeState, NodeStatus, ReplicatedService,
+    RestartCondition, RestartPolicy, Service, ServiceSpec, Task, TaskState, TaskStatus,
+};
+
+use super::restart::{self, Restart};
+use super::update;
+use super::*;
+
+const NOW: i64 = 100_000;
+
+fn spec(image: &str, replicas: u64, restart: Option<RestartPolicy>) -> ServiceSpec {
+    ServiceSpec {
+        name: "web".into(),
+        container: Some(ContainerSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        restart,
+        mode: Some(Mode::Replicated(ReplicatedService { replicas })),
+        ..Default::default()
+    }
+}
+
+fn service(version: u64, replicas: u64) -> Service {
+    Service {
+        id: "svc".into(),
+        meta: Some(Meta {
+            version,
+            ..Default::default()
+        }),
+        spec: Some(spec("busybox:1", replicas, None)),
+    }
+}
+
+fn with_restart(mut s: Service, p: RestartPolicy) -> Service {
+    if let Some(spec) = s.spec.as_mut() {
+        spec.restart = Some(p);
+    }
+    s
+}
+
+fn node(id: &str, state: NodeState) -> Node {
+    Node {
+        id: id.into(),
+        status: Some(NodeStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn nodes() -> Vec<Node> {
+    vec![node("n1", NodeState::Ready), node("n2", NodeState::Ready)]
+}
+
+/// A task of `s` on n1, created at `created`, in `state` since `created` too.
+fn task(
+    s: &Service,
+    id: &str,
+    slot: u64,
+    desired: TaskState,
+    state: TaskState,
+    created: i64,
+) -> Task {
+    let mut status = TaskStatus {
+        timestamp: created,
+        ..Default::default()
+    };
+    status.set_state(state);
+    let mut t = Task {
+        id: id.into(),
+        meta: Some(Meta {
+            version: 1,
+            created_at: created,
+            updated_at: created,
+        }),
+        service_id: s.id.clone(),
+        slot,
+        node_id: "n1".into(),
+        spec: s.spec.clone(),
+        spec_version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
+        status: Some(status),
+        ..Default::default()
+    };
+    t.set_desired_state(desired);
+    t
+}
+
+fn running(s: &Service, id: &str, slot: u64, created: i64) -> Task {
+    task(s, id, slot, TaskState::Running, TaskState::Running, created)
+}
+
+fn ids() -> impl FnMut() -> String {
+    let mut n = 0;
+    move || {
+        n += 1;
+        format!("new{n:04}")
+    }
+}
+
+fn run(s: Option<&Service>, tasks: &[Task], nodes: &[Node], now: i64) -> Plan {
+    let mut gen = ids();
+    reconcile(
+        &ReconcileInput {
+            service: s,
+            service_id: "svc",
+            tasks,
+            nodes,
+            now,
+        },
+        &mut gen,
+    )
+}
+
+/// What the store would hold after committing `plan` at `now`.
+fn apply(tasks: &[Task], plan: &Plan, now: i64) -> Vec<Task> {
+    let mut out: BTreeMap<String, Task> = tasks.iter().map(|t| (t.id.clone(), t.clone())).collect();
+    for t in &plan.update {
+        assert!(out.contains_key(&t.id), "update of unknown task {}", t.id);
+        let mut t = t.clone();
+        if let Some(m) = t.meta.as_mut() {
+            m.version += 1;
+            m.updated_at = now;
+        }
+        out.insert(t.id.clone(), t);
+    }
+    for id in &plan.delete {
+        assert!(out.remove(id).is_some(), "delete of unknown task {id}");
+    }
+    for t in &plan.create {
+        let mut t = t.clone();
+        t.meta = Some(Meta {
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        });
+        assert!(out.insert(t.id.clone(), t).is_none(), "duplicate create");
+    }
+    out.into_values().collect()
+}
+
+fn desired_of(plan: &Plan) -> Vec<(&str, TaskState)> {
+    plan.update
+        .iter()
+        .map(|t| (t.id.as_str(), t.desired_state()))
+        .collect()
+}
+
+fn slots_of(plan: &Plan) -> Vec<u64> {
+    plan.create.iter().map(|t| t.slot).collect()
+}
+
+/// The task, as the next call would see it, after its status moved to `state` at `at`.
+fn ended(mut t: Task, state: TaskState, at: i64, exit: Option<i32>) -> Task {
+    if let Some(s) = t.status.as_mut() {
+        s.set_state(state);
+        s.timestamp = at;
+        s.exit_code = exit;
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// Missing slots
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn creates_a_task_per_missing_slot() {
+    let s = service(4, 3);
+    let existing = running(&s, "a", 2, 10);
+    let plan = run(Some(&s), std::slice::from_ref(&existing), &nodes(), NOW);
+    assert_eq!(slots_of(&plan), vec![1, 3]);
+    assert!(plan.update.is_empty() && plan.delete.is_empty() && plan.wake_at.is_none());
+    let t = &plan.create[0];
+    assert_eq!(t.id, "new0001");
+    assert_eq!(t.service_id, "svc");
+    assert_eq!(t.spec, s.spec);
+    assert_eq!(t.spec_version, 4);
+    assert_eq!(t.desired_state(), TaskState::Running);
+    assert_eq!(t.node_id, "");
+    assert_eq!(t.meta, None);
+    let status = t.status.clone().unwrap_or_default();
+    assert_eq!(status.state(), TaskState::Pending);
+    assert_eq!(status.timestamp, NOW);
+    assert_eq!(status.message, "pending task scheduling");
+
+    let after = apply(&[existing], &plan, NOW);
+    assert!(run(Some(&s), &after, &nodes(), NOW).is_empty());
+}
+
+#[test]
+fn a_spec_without_mode_has_one_replica_and_global_services_are_left_alone() {
+    let mut s = service(1, 3);
+    if let Some(spec) = s.spec.as_mut() {
+        spec.mode = None;
+    }
+    assert_eq!(slots_of(&run(Some(&s), &[], &nodes(), NOW)), vec![1]);
+    if let Some(spec) = s.spec.as_mut() {
+        spec.mode = Some(Mode::Global(GlobalService {}));
+    }
+    let t = running(&s, "a", 0, 10);
+    assert_eq!(run(Some(&s), &[t], &nodes(), NOW), Plan::default());
+}
+
+#[test]
+fn tasks_of_other_services_are_ignored() {
+    let s = service(1, 1);
+    let mut other = running(&s, "other", 1, 10);
+    other.service_id = "elsewhere".into();
+    assert_eq!(slots_of(&run(Some(&s), &[other], &nodes(), NOW)), vec![1]);
+}
+
+#[test]
+fn keeps_only_the_newest_of_several_running_tasks_in_a_slot() {
+    let s = service(1, 1);
+    let tasks = vec![
+        running(&s, "old", 1, 10),
+        running(&s, "new", 1, 20),
+        running(&s, "mid", 1, 15),
+    ];
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("mid", TaskState::Shutdown), ("old", TaskState::Shutdown)]
+    );
+    assert!(plan.create.is_empty());
+    // Same creation time: the greater id wins, deterministically.
+    let tasks = vec![running(&s, "b", 1, 10), running(&s, "a", 1, 10)];
+    assert_eq!(
+        desired_of(&run(Some(&s), &tasks, &nodes(), NOW)),
+        vec![("a", TaskState::Shutdown)]
+    );
+}
+
+#[test]
+fn updates_keep_the_task_as_read() {
+    let s = service(1, 1);
+    let tasks = vec![running(&s, "old", 1, 10), running(&s, "new", 1, 20)];
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    let mut expected = tasks[0].clone();
+    expected.set_desired_state(TaskState::Shutdown);
+    assert_eq!(plan.update, vec![expected]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart policy
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_ended_task_is_stopped_and_restarted_after_the_default_delay() {
+    let s = service(1, 1);
+    let t = ended(
+        running(&s, "a", 1, 10),
+        TaskState::Failed,
+        NOW - 1000,
+        Some(1),
+    );
+    let plan = run(Some(&s), std::slice::from_ref(&t), &nodes(), NOW);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+    assert!(plan.create.is_empty());
+    assert_eq!(plan.wake_at, Some(NOW + 4000));
+
+    // Nothing more to do until then, and the same wake-up.
+    let after = apply(&[t], &plan, NOW);
+    let again = run(Some(&s), &after, &nodes(), NOW + 10);
+    assert!(again.is_empty());
+    assert_eq!(again.wake_at, Some(NOW + 4000));
+
+    let later = run(Some(&s), &after, &nodes(), NOW + 4000);
+    assert_eq!(slots_of(&later), vec![1]);
+    assert!(later.update.is_empty());
+    assert_eq!(later.wake_at, None);
+}
+
+#[test]
+fn restart_is_immediate_when_the_delay_already_passed() {
+    let s = service(1, 1);
+    let t = ended(
+        running(&s, "a", 1, 10),
+        TaskState::Complete,
+        NOW - 5000,
+        Some(0),
+    );
+    let plan = run(Some(&s), std::slice::from_ref(&t), &nodes(), NOW);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+    assert_eq!(slots_of(&plan), vec![1]);
+    assert!(run(Some(&s), &apply(&[t], &plan, NOW), &nodes(), NOW).is_empty());
+}
+
+#[test]
+fn every_terminal_state_stops_the_task() {
+    let s = with_restart(
+        service(1, 1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            ..Default::default()
+        },
+    );
+    for state in [
+        TaskState::Complete,
+        TaskState::Failed,
+        TaskState::Rejected,
+        TaskState::Orphaned,
+        TaskState::Shutdown,
+    ] {
+        let t = ended(running(&s, "a", 1, 10), state, NOW - 1, None);
+        let plan = run(Some(&s), &[t], &nodes(), NOW);
+        assert_eq!(
+            desired_of(&plan),
+            vec![("a", TaskState::Shutdown)],
+            "{state:?}"
+        );
+        assert_eq!(slots_of(&plan), vec![1], "{state:?}");
+    }
+}
+
+#[test]
+fn on_failure_does_not_restart_a_success_and_the_slot_stays_settled() {
+    let mut p = RestartPolicy::default();
+    p.set_condition(RestartCondition::OnFailure);
+    let s = with_restart(service(1, 2), p);
+    let ok = ended(
+        running(&s, "ok", 1, 10),
+        TaskState::Complete,
+        NOW - 10_000,
+        Some(0),
+    );
+    let bad = ended(
+        running(&s, "bad", 2, 10),
+        TaskState::Failed,
+        NOW - 10_000,
+        Some(1),
+    );
+    let plan = run(Some(&s), &[ok.clone(), bad.clone()], &nodes(), NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("ok", TaskState::Shutdown), ("bad", TaskState::Shutdown)]
+    );
+    assert_eq!(slots_of(&plan), vec![2]);
+    let after = apply(&[ok, bad], &plan, NOW);
+    let again = run(Some(&s), &after, &nodes(), NOW + 1_000_000);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(again.wake_at, None);
+}
+
+#[test]
+fn condition_none_never_restarts() {
+    let mut p = RestartPolicy::default();
+    p.set_condition(RestartCondition::None);
+    let s = with_restart(service(1, 1), p);
+    let t = ended(
+        running(&s, "a", 1, 10),
+        TaskState::Failed,
+        NOW - 10_000,
+        Some(1),
+    );
+    let plan = run(Some(&s), std::slice::from_ref(&t), &nodes(), NOW);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+    assert!(plan.create.is_empty() && plan.wake_at.is_none());
+    assert!(run(Some(&s), &apply(&[t], &plan, NOW), &nodes(), NOW).is_empty());
+}
+
+#[test]
+fn max_attempts_gives_up_after_that_many_restarts() {
+    let s = with_restart(
+        service(1, 1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 2,
+            ..Default::default()
+        },
+    );
+    let mut tasks = run_until_stable(&s, Vec::new(), NOW);
+    let mut now = NOW;
+    let mut runs = 0;
+    loop {
+        let current = tasks
+            .iter()
+            .position(|t| t.desired_state() == TaskState::Running)
+            .map(|i| tasks.remove(i));
+        let Some(current) = current else { break };
+        runs += 1;
+        now += 1000;
+        tasks.push(ended(current, TaskState::Failed, now, Some(1)));
+        tasks = run_until_stable(&s, tasks, now);
+        assert!(runs < 10, "never gave up");
+    }
+    // The first run and two restarts.
+    assert_eq!(runs, 3);
+    assert_eq!(tasks.len(), 3);
+}
+
+/// Reconciles and applies until nothing changes; asserts it takes one round.
+fn run_until_stable(s: &Service, tasks: Vec<Task>, now: i64) -> Vec<Task> {
+    let mut gen = {
+        let mut n = tasks.len();
+        move || {
+            n += 1;
+            format!("t{n:04}")
+        }
+    };
+    let input = |tasks| ReconcileInput {
+        service: Some(s),
+        service_id: "svc",
+        tasks,
+        nodes: &[],
+        now,
+    };
+    let plan = reconcile(&input(&tasks), &mut gen);
+    let after = apply(&tasks, &plan, now);
+    assert!(reconcile(&input(&after), &mut gen).is_empty());
+    after
+}
+
+#[test]
+fn updates_and_scale_downs_are_not_restart_attempts() {
+    let s = with_restart(
+        service(5, 1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    // Three earlier tasks stopped on purpose, one real failure now: one restart is allowed.
+    let mut tasks: Vec<Task> = (0..3)
+        .map(|i| {
+            let mut t = task(
+                &s,
+                &format!("old{i}"),
+                1,
+                TaskState::Shutdown,
+                TaskState::Shutdown,
+                i,
+            );
+            t.spec_version = 5;
+            t
+        })
+        .collect();
+    tasks.push(ended(
+        running(&s, "cur", 1, 10),
+        TaskState::Failed,
+        NOW,
+        Some(1),
+    ));
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    assert_eq!(slots_of(&plan), vec![1]);
+}
+
+#[test]
+fn history_needed_to_count_attempts_is_kept() {
+    let s = with_restart(
+        service(1, 1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 7,
+            ..Default::default()
+        },
+    );
+    let mut tasks = Vec::new();
+    for i in 0..7 {
+        tasks.push(ended(
+            task(
+                &s,
+                &format!("f{i}"),
+                1,
+                TaskState::Shutdown,
+                TaskState::Running,
+                i,
+            ),
+            TaskState::Failed,
+            i,
+            Some(1),
+        ));
+    }
+    tasks.push(ended(
+        running(&s, "cur", 1, 10),
+        TaskState::Failed,
+        20,
+        Some(1),
+    ));
+    // Eight runs ended: 7 restarts were made, give up; nothing is trimmed (limit 8).
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    assert_eq!(desired_of(&plan), vec![("cur", TaskState::Shutdown)]);
+    assert!(plan.create.is_empty() && plan.delete.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node failure
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_task_on_a_down_node_is_replaced_at_once() {
+    let s = service(1, 2);
+    let mut on_down = running(&s, "a", 1, 10);
+    on_down.node_id = "dead".into();
+    let mut on_gone = running(&s, "b", 2, 10);
+    on_gone.node_id = "removed".into();
+    let nodes = vec![node("n1", NodeState::Ready), node("dead", NodeState::Down)];
+    let tasks = vec![on_down, on_gone];
+    let plan = run(Some(&s), &tasks, &nodes, NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("a", TaskState::Shutdown), ("b", TaskState::Shutdown)]
+    );
+    // Status left as reported.
+    assert_eq!(plan.update[0].status, tasks[0].status);
+    assert_eq!(slots_of(&plan), vec![1, 2]);
+    assert_eq!(plan.wake_at, None);
+    assert!(run(Some(&s), &apply(&tasks, &plan, NOW), &nodes, NOW).is_empty());
+}
+
+#[test]
+fn unknown_or_disconnected_nodes_are_not_rescheduled() {
+    let s = service(1, 2);
+    let mut a = running(&s, "a", 1, 10);
+    a.node_id = "u".into();
+    let mut b = running(&s, "b", 2, 10);
+    b.node_id = "d".into();
+    let nodes = vec![
+        node("u", NodeState::Unknown),
+        node("d", NodeState::Disconnected),
+    ];
+    assert!(run(Some(&s), &[a, b], &nodes, NOW).is_empty());
+}
+
+#[test]
+fn a_pending_task_without_a_node_is_not_lost() {
+    let s = service(1, 1);
+    let mut t = task(&s, "a", 1, TaskState::Running, TaskState::Pending, 10);
+    t.node_id.clear();
+    assert!(run(Some(&s), &[t], &[], NOW).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spec updates
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_changed_spec_replaces_every_task() {
+    let old = service(3, 2);
+    let mut new = service(8, 2);
+    new.spec = Some(spec("busybox:2", 2, None));
+    let tasks = vec![running(&old, "a", 1, 10), running(&old, "b", 2, 10)];
+    let plan = run(Some(&new), &tasks, &nodes(), NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("a", TaskState::Shutdown), ("b", TaskState::Shutdown)]
+    );
+    assert_eq!(slots_of(&plan), vec![1, 2]);
+    assert!(plan
+        .create
+        .iter()
+        .all(|t| t.spec_version == 8 && t.spec == new.spec));
+    assert!(run(Some(&new), &apply(&tasks, &plan, NOW), &nodes(), NOW).is_empty());
+}
+
+#[test]
+fn scaling_does_not_replace_tasks() {
+    let old = service(3, 2);
+    let new = service(8, 3);
+    let tasks = vec![running(&old, "a", 1, 10), running(&old, "b", 2, 10)];
+    let plan = run(Some(&new), &tasks, &nodes(), NOW);
+    assert!(plan.update.is_empty());
+    assert_eq!(slots_of(&plan), vec![3]);
+}
+
+#[test]
+fn an_update_reruns_a_slot_that_ended_by_policy() {
+    let mut p = RestartPolicy::default();
+    p.set_condition(RestartCondition::None);
+    let old = with_restart(service(3, 1), p);
+    let t = task(&old, "a", 1, TaskState::Shutdown, TaskState::Complete, 10);
+    assert!(run(Some(&old), std::slice::from_ref(&t), &nodes(), NOW).is_empty());
+    let mut new = with_restart(service(4, 1), p);
+    if let Some(spec) = new.spec.as_mut() {
+        spec.container = Some(ContainerSpec {
+            image: "busybox:2".into(),
+            ..Default::default()
+        });
+    }
+    assert_eq!(slots_of(&run(Some(&new), &[t], &nodes(), NOW)), vec![1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale down, removal
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn scale_down_stops_the_highest_slots_and_deletes_their_ended_tasks() {
+    let s = service(2, 1);
+    let tasks = vec![
+        running(&s, "s1", 1, 10),
+        running(&s, "s2", 2, 10),
+        running(&s, "s3", 3, 10),
+        task(&s, "s3-old", 3, TaskState::Shutdown, TaskState::Failed, 5),
+        task(
+            &s,
+            "s2-stopping",
+            2,
+            TaskState::Shutdown,
+            TaskState::Running,
+            5,
+        ),
+        ended(running(&s, "s4", 4, 10), TaskState::Complete, 20, Some(0)),
+    ];
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("s3", TaskState::Shutdown), ("s2", TaskState::Shutdown)]
+    );
+    assert_eq!(plan.delete, vec!["s4".to_string(), "s3-old".to_string()]);
+    assert!(plan.create.is_empty());
+    let after = apply(&tasks, &plan, NOW);
+    assert!(run(Some(&s), &after, &nodes(), NOW).is_empty());
+
+    // Once they ended, they go.
+    let after: Vec<Task> = after
+        .into_iter()
+        .map(|t| {
+            if t.slot > 1 {
+                ended(t, TaskState::Shutdown, NOW, None)
+            } else {
+                t
+            }
+        })
+        .collect();
+    let plan = run(Some(&s), &after, &nodes(), NOW);
+    let mut deleted = plan.delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, vec!["s2", "s2-stopping", "s3"]);
+    assert!(plan.update.is_empty() && plan.create.is_empty());
+}
+
+#[test]
+fn scaling_back_up_while_a_task_is_stopping_creates_a_new_one() {
+    let s = service(3, 2);
+    let tasks = vec![
+        running(&s, "s1", 1, 10),
+        task(&s, "s2", 2, TaskState::Shutdown, TaskState::Running, 10),
+    ];
+    assert_eq!(slots_of(&run(Some(&s), &tasks, &nodes(), NOW)), vec![2]);
+}
+
+#[test]
+fn a_removed_service_is_torn_down() {
+    let s = service(1, 3);
+    let tasks = vec![
+        running(&s, "run", 1, 10),
+        task(
+            &s,
+            "stopping",
+            2,
+            TaskState::Shutdown,
+            TaskState::Running,
+            10,
+        ),
+        task(&s, "removing", 3, TaskState::Remove, TaskState::Running, 10),
+        task(&s, "done", 1, TaskState::Shutdown, TaskState::Failed, 5),
+        task(&s, "gone", 2, TaskState::Remove, TaskState::Shutdown, 5),
+    ];
+    let plan = run(None, &tasks, &nodes(), NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("run", TaskState::Remove), ("stopping", TaskState::Remove)]
+    );
+    assert_eq!(plan.delete, vec!["done".to_string(), "gone".to_string()]);
+    assert!(plan.create.is_empty());
+    let after = apply(&tasks, &plan, NOW);
+    assert!(run(None, &after, &nodes(), NOW).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// History
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn history_keeps_five_tasks_per_slot() {
+    let s = service(1, 1);
+    let mut tasks: Vec<Task> = (0..7)
+        .map(|i| {
+            task(
+                &s,
+                &format!("h{i}"),
+                1,
+                TaskState::Shutdown,
+                TaskState::Failed,
+                i,
+            )
+        })
+        .collect();
+    // An old task still being stopped is never deleted, however old.
+    tasks.push(task(
+        &s,
+        "slow",
+        1,
+        TaskState::Shutdown,
+        TaskState::Running,
+        -1,
+    ));
+    tasks.push(running(&s, "cur", 1, 10));
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    // Kept: cur, h6, h5, h4, h3.
+    assert_eq!(plan.delete, vec!["h2", "h1", "h0"]);
+    assert!(plan.update.is_empty() && plan.create.is_empty());
+    assert!(run(Some(&s), &apply(&tasks, &plan, NOW), &nodes(), NOW).is_empty());
+}
+
+#[test]
+fn history_counts_the_new_task() {
+    let s = with_restart(
+        service(1, 1),
+        RestartPolicy {
+            delay_ms: Some(0),
+            ..Default::default()
+        },
+    );
+    let mut tasks: Vec<Task> = (0..4)
+        .map(|i| {
+            task(
+                &s,
+                &format!("h{i}"),
+                1,
+                TaskState::Shutdown,
+                TaskState::Failed,
+                i,
+            )
+        })
+        .collect();
+    tasks.push(ended(
+        running(&s, "cur", 1, 10),
+        TaskState::Failed,
+        20,
+        Some(1),
+    ));
+    let plan = run(Some(&s), &tasks, &nodes(), NOW);
+    assert_eq!(desired_of(&plan), vec![("cur", TaskState::Shutdown)]);
+    assert_eq!(slots_of(&plan), vec![1]);
+    assert_eq!(plan.delete, vec!["h0"]);
+    assert!(run(Some(&s), &apply(&tasks, &plan, NOW), &nodes(), NOW).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// reconcile_all
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn reconcile_all_merges_services_and_tears_down_orphans() {
+    let a = Service {
+        id: "a".into(),
+        ..service(1, 2)
+    };
+    let b = Service {
+        id: "b".into(),
+        ..with_restart(
+            service(1, 1),
+            RestartPolicy {
+                delay_ms: Some(1000),
+                ..Default::default()
+            },
+        )
+    };
+    let mut g = Service {
+        id: "g".into(),
+        ..service(1, 0)
+    };
+    if let Some(spec) = g.spec.as_mut() {
+        spec.mode = Some(Mode::Global(GlobalService {}));
+    }
+    let b_failed = ended(
+        running(&b, "b1", 1, 10),
+        TaskState::Failed,
+        NOW - 100,
+        Some(1),
+    );
+    let b_failed = Task {
+        service_id: "b".into(),
+        ..b_failed
+    };
+    let c_run = Task {
+        service_id: "c".into(),
+        ..running(&a, "c1", 1, 10)
+    };
+    let c_done = Task {
+        service_id: "c".into(),
+        ..task(&a, "c0", 1, TaskState::Shutdown, TaskState::Complete, 5)
+    };
+    let g_run = Task {
+        service_id: "g".into(),
+        ..running(&g, "g1", 0, 10)
+    };
+    let tasks = vec![c_run, b_failed, g_run, c_done];
+    let services = vec![b.clone(), g, a];
+    let mut gen = ids();
+    let plan = reconcile_all(&services, &tasks, &nodes(), NOW, &mut gen);
+    let created: Vec<(&str, u64)> = plan
+        .create
+        .iter()
+        .map(|t| (t.service_id.as_str(), t.slot))
+        .collect();
+    assert_eq!(created, vec![("a", 1), ("a", 2)]);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("b1", TaskState::Shutdown), ("c1", TaskState::Remove)]
+    );
+    assert_eq!(plan.delete, vec!["c0"]);
+    assert_eq!(plan.wake_at, Some(NOW + 900));
+
+    let after = apply(&tasks, &plan, NOW);
+    let again = reconcile_all(&services, &after, &nodes(), NOW, &mut gen);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(again.wake_at, Some(NOW + 900));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+fn arb_policy() -> impl Strategy<Value = Option<RestartPolicy>> {
+    proptest::option::weighted(
+        0.8,
+        (
+            prop_oneof![
+                Just(RestartCondition::Any),
+                Just(RestartCondition::OnFailure),
+                Just(RestartCondition::None)
+            ],
+            proptest::option::of(prop_oneof![Just(0u64), Just(500), Just(5000), Just(20_000)]),
+            prop_oneof![3 => Just(0u64), 1 => 1u64..8],
+            prop_oneof![Just(0u64), Just(300), Just(3000)],
+        )
+            .prop_map(|(condition, delay_ms, max_attempts, window_ms)| {
+                let mut p = RestartPolicy {
+                    delay_ms,
+                    max_attempts,
+                    window_ms,
+                    ..Default::default()
+                };
+                p.set_condition(condition);
+                p
+            }),
+    )
+}
+
+fn arb_state() -> impl Strategy<Value = TaskState> {
+    (0i32..=13).prop_map(|i| TaskState::try_from(i).unwrap_or(TaskState::New))
+}
+
+/// A service at version 1..=4 whose image changes with the version (sometimes not).
+fn service_at(version: u64, replicas: u64, restart: Option<RestartPolicy>) -> Service {
+    Service {
+        id: "svc".into(),
+        meta: Some(Meta {
+            version,
+            ..Default::default()
+        }),
+        spec: Some(spec(&format!("busybox:{}", version / 2), replicas, restart)),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    service: Option<Service>,
+    nodes: Vec<Node>,
+    tasks: Vec<Task>,
+    now: i64,
+}
+
+fn arb_task(i: usize) -> impl Strategy<Value = Task> {
+    (
+        0u64..7,
+        prop_oneof![
+            4 => Just(TaskState::Running),
+            2 => Just(TaskState::Shutdown),
+            1 => Just(TaskState::Remove)
+        ],
+        arb_state(),
+        0usize..6,
+        0i64..1000,
+        0i64..1000,
+        proptest::option::of(0i32..3),
+        1u64..=4,
+        arb_policy(),
+    )
+        .prop_map(
+            move |(slot, desired, state, node, created, at, exit, version, policy)| {
+                let s = service_at(version, 1, policy);
+                let mut t = task(&s, &format!("a{i:02}"), slot, desired, state, created);
+                // n0..n3 exist, n4 does not, n5 means "no node yet".
+                t.node_id = if node == 5 {
+                    String::new()
+                } else {
+                    format!("n{node}")
+                };
+                if let Some(st) = t.status.as_mut() {
+                    st.timestamp = at;
+                    st.exit_code = exit;
+                }
+                t
+            },
+        )
+}
+
+fn arb_scenario() -> impl Strategy<Value = Scenario> {
+    (
+        proptest::option::weighted(0.9, (1u64..=4, 0u64..6, arb_policy())),
+        proptest::collection::vec(
+            prop_oneof![
+                3 => Just(NodeState::Ready),
+                1 => Just(NodeState::Down),
+                1 => Just(NodeState::Unknown)
+            ],
+            4,
+        ),
+        (0usize..16).prop_flat_map(|n| (0..n).map(arb_task).collect::<Vec<_>>()),
+        1000i64..30_000,
+    )
+        .prop_map(|(service, node_states, tasks, now)| Scenario {
+            service: service.map(|(v, r, p)| service_at(v, r, p)),
+            nodes: node_states
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| node(&format!("n{i}"), s))
+                .collect(),
+            tasks,
+            now,
+        })
+}
+
+/// Checks the plan is well formed: no task both updated and deleted, no duplicates, and only
+/// desired states the orchestrator may set.
+fn check_shape(plan: &Plan, tasks: &[Task]) -> Result<(), TestCaseError> {
+    let known: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    let mut seen = HashSet::new();
+    for t in &plan.update {
+        prop_assert!(known.contains(t.id.as_str()));
+        prop_assert!(seen.insert(t.id.as_str()), "twice: {}", t.id);
+        let before = tasks.iter().find(|b| b.id == t.id);
+        let mut back = t.clone();
+        if let Some(b) = before {
+            back.set_desired_state(b.desired_state());
+            prop_assert_eq!(&back, b, "only desired_state may change");
+            prop_assert_ne!(t.desired_state(), b.desired_state());
+        }
+    }
+    for id in &plan.delete {
+        prop_assert!(known.contains(id.as_str()));
+        prop_assert!(seen.insert(id.as_str()), "twice: {}", id);
+    }
+    for t in &plan.create {
+        prop_assert!(!known.contains(t.id.as_str()));
+        prop_assert!(seen.insert(t.id.as_str()));
+        prop_assert_eq!(t.desired_state(), TaskState::Running);
+    }
+    Ok(())
+}
+
+fn reconcile_scenario(sc: &Scenario, tasks: &[Task], gen: &mut dyn FnMut() -> String) -> Plan {
+    reconcile(
+        &ReconcileInput {
+            service: sc.service.as_ref(),
+            service_id: "svc",
+            tasks,
+            nodes: &sc.nodes,
+            now: sc.now,
+        },
+        gen,
+    )
+}
+
+fn lost(sc: &Scenario, node_id: &str) -> bool {
+    !node_id.is_empty()
+        && sc
+            .nodes
+            .iter()
+            .find(|n| n.id == node_id)
+            .is_none_or(|n| n.status.as_ref().map(|s| s.state()) == Some(NodeState::Down))
+}
+
+fn terminal(t: &Task) -> bool {
+    t.status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New)
+        .is_terminal()
+}
+
+/// The slot invariants after a plan was applied.
+fn check_slots(sc: &Scenario, tasks: &[Task]) -> Result<(), TestCaseError> {
+    let Some(service) = &sc.service else {
+        for t in tasks {
+            prop_assert!(!terminal(t), "ended task of a removed service kept");
+            prop_assert_eq!(t.desired_state(), TaskState::Remove);
+        }
+        return Ok(());
+    };
+    let replicas = match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Replicated(r)) => r.replicas,
+        _ => return Ok(()),
+    };
+    let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
+    let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+    for t in tasks {
+        by_slot.entry(t.slot).or_default().push(t);
+    }
+    for (slot, mut ts) in by_slot.clone() {
+        ts.sort_by(|a, b| {
+            let c = |t: &Task| t.meta.as_ref().map(|m| m.created_at).unwrap_or(0);
+            (c(b), b.id.as_str()).cmp(&(c(a), a.id.as_str()))
+        });
+        let running: Vec<&&Task> = ts
+            .iter()
+            .filter(|t| t.desired_state() == TaskState::Running)
+            .collect();
+        if slot == 0 || slot > replicas {
+            prop_assert!(running.is_empty(), "slot {} beyond replicas runs", slot);
+            prop_assert!(
+                ts.iter().all(|t| !terminal(t)),
+                "ended task kept in slot {}",
+                slot
+            );
+            continue;
+        }
+        prop_assert!(
+            running.len() <= 1,
+            "slot {} runs {} tasks",
+            slot,
+            running.len()
+        );
+        if let Some(current) = running.first() {
+            prop_assert!(!terminal(current));
+            prop_assert!(!lost(sc, &current.node_id));
+            prop_assert!(!update::is_dirty(current, service));
+        } else {
+            // Settled or waiting: the newest ended, is current, and the policy says not now.
+            let newest = ts[0];
+            prop_assert!(terminal(newest));
+            prop_assert!(!update::is_dirty(newest, service));
+            prop_assert_ne!(restart::decide(&ts, limit, sc.now), Restart::Now);
+        }
+        for t in ts.iter().skip(limit) {
+            prop_assert!(
+                !terminal(t) || t.desired_state() == TaskState::Running,
+                "history not trimmed"
+            );
+        }
+    }
+    for slot in 1..=replicas {
+        prop_assert!(
+            by_slot.contains_key(&slot),
+            "slot {} has no task at all",
+            slot
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn reconcile_is_idempotent(sc in arb_scenario()) {
+        let mut gen = ids();
+        let plan = reconcile_scenario(&sc, &sc.tasks, &mut gen);
+        check_shape(&plan, &sc.tasks)?;
+        let after = apply(&sc.tasks, &plan, sc.now);
+        let again = reconcile_scenario(&sc, &after, &mut gen);
+        prop_assert!(again.is_empty(), "second plan {:?}\nafter first {:?}", again, plan);
+        prop_assert_eq!(again.wake_at, plan.wake_at);
+        // Deterministic: the same input gives the same plan.
+        prop_assert_eq!(reconcile_scenario(&sc, &sc.tasks, &mut ids()), plan);
+    }
+
+    #[test]
+    fn slots_hold_one_running_task_unless_the_policy_says_otherwise(sc in arb_scenario()) {
+        let plan = reconcile_scenario(&sc, &sc.tasks, &mut ids());
+        let after = apply(&sc.tasks, &plan, sc.now);
+        check_slots(&sc, &after)?;
+    }
+
+    #[test]
+    fn with_restart_always_every_slot_runs(
+        sc in arb_scenario(),
+        replicas in 0u64..6,
+    ) {
+        // Restart on any exit, no delay, no limit: exactly `replicas` slots run, whatever the
+        // tasks looked like.
+        let policy = Some(RestartPolicy { delay_ms: Some(0), ..Default::default() });
+        let sc = Scenario {
+            service: Some(service_at(4, replicas, policy)),
+            tasks: sc.tasks.into_iter().map(|mut t| {
+                if let Some(s) = t.spec.as_mut() { s.restart = policy; }
+                t
+            }).collect(),
+            ..sc
+        };
+        let plan = reconcile_scenario(&sc, &sc.tasks, &mut ids());
+        let after = apply(&sc.tasks, &plan, sc.now);
+        let mut running: HashMap<u64, usize> = HashMap::new();
+        for t in after.iter().filter(|t| t.desired_state() == TaskState::Running) {
+            *running.entry(t.slot).or_default() += 1;
+        }
+        let expected: HashMap<u64, usize> = (1..=replicas).map(|s| (s, 1)).collect();
+        prop_assert_eq!(running, expected);
+        prop_assert!(plan.wake_at.is_none());
+    }
+}

@@ -1,0 +1,457 @@
+//! Raft for the managers: openraft 0.9 (storage-v2) over a redb log, with the in-memory
+//! [`Store`] as the state machine and openraft's own messages carried over tonic.
+//!
+//! - **Durability.** The log, the vote, the committed log id and the latest snapshot live in one
+//!   redb file, `<data_dir>/raft.redb`. Every write is committed with `Durability::Immediate`
+//!   (fsync) before openraft is told it happened: an appended entry is reported flushed only
+//!   after its commit, and the vote is on disk before `save_vote` returns. So a write
+//!   [`RaftNode::propose`] acknowledged survives a crash of any minority of managers.
+//! - **State machine.** [`Store`] is memory only. At start the last snapshot is restored into
+//!   it, and openraft re-applies the committed entries after it (the committed log id is
+//!   persisted too, so a restarted node catches up without waiting for a quorum).
+//! - **Snapshots** hold the protobuf [`StoreSnapshot`] bytes plus the last log id and
+//!   membership; one is built every [`RaftConfig::snapshot_logs`] entries and persisted before
+//!   the log behind it is purged (keeping [`RaftConfig::snapshot_keep_logs`] entries so a
+//!   slightly lagging follower catches up from the log rather than a full snapshot).
+//! - **Log format.** An entry is postcard-encoded openraft `Entry`; a command inside it is the
+//!   protobuf encoding of [`StoreCommand`], so the model on disk is the one from `proto/`.
+//! - **Node ids** are chosen by the caller, who must persist its own (the daemon does);
+//!   [`random_node_id`] makes a fresh one for a first start.
+//! - **Transport.** [`RaftService`] serves AppendEntries / Vote / InstallSnapshot with each
+//!   request and response postcard-encoded in a `RaftMessage`; [`NetworkFactory`] dials peers
+//!   lazily at `http://{addr}` and reports dead peers as `Unreachable`, so openraft backs off.
+//!
+//! [`StoreSnapshot`]: shoal_proto::StoreSnapshot
+
+mod codec;
+mod network;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError};
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shoal_proto::StoreCommand;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::{Applied, ApplyError, Store};
+
+pub use network::{NetworkFactory, PeerNetwork, RaftService};
+pub use storage::{LogStore, SnapshotBuilder, StateMachine};
+
+openraft::declare_raft_types!(
+    /// shoal's Raft types: u64 node ids; a node's address is the "host:port" of its gRPC
+    /// endpoint; a log entry carries one [`StoreCommand`].
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft handle for shoal's types.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The payload of a normal log entry. Its serde form is the protobuf encoding of the command
+/// (as bytes), so the log on disk and on the wire is protobuf, not a serde mirror of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request(pub StoreCommand);
+
+impl Serialize for Request {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use prost::Message;
+        serializer.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_byte_buf(codec::ProtoVisitor::<StoreCommand>::new())
+            .map(Request)
+    }
+}
+
+/// What applying an entry returned: the [`Store::apply`] result for a command; blank and
+/// membership entries report `Ok` with their index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response(pub Result<Applied, ApplyError>);
+
+/// Raft timings and snapshot policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in `[min, max)` starts an election.
+    /// Well under a second by default: Swarm takes 10–20 s to replace a dead leader.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot once this many entries were applied since the last one.
+    pub snapshot_logs: u64,
+    /// How many entries to keep in the log behind a snapshot.
+    pub snapshot_keep_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_logs: 10_000,
+            snapshot_keep_logs: 1_000,
+        }
+    }
+}
+
+impl RaftConfig {
+    fn to_openraft(&self) -> Result<Config, RaftError> {
+        let config = Config {
+            cluster_name: "shoal".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            // A chunk is at most `snapshot_max_chunk_size` (3 MiB): allow a slow link.
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
+            ..Config::default()
+        };
+        config.validate().map_err(|e| RaftError::Config {
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Why a Raft operation failed, worded for the operator who reads it.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("cannot create the raft data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the raft database {path} is locked by another shoal process: stop it first")]
+    Locked { path: PathBuf },
+    #[error("cannot open the raft database {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("the raft database {path} holds unreadable data ({detail}): restore it from a backup, or remove this manager from the cluster and join it again with an empty data directory")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("invalid raft settings: {detail}")]
+    Config { detail: String },
+    #[error("{}", not_leader_message(*.leader_id, .leader_addr.as_deref()))]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("this manager cannot reach a quorum of managers ({detail}): check that a majority of managers are up and can reach each other, then retry")]
+    NoQuorum { detail: String },
+    #[error("no leader was elected within {waited_ms} ms: check that a majority of managers are up and can reach each other")]
+    NoLeader { waited_ms: u64 },
+    #[error("cannot initialise the cluster: {detail}")]
+    Initialize { detail: String },
+    #[error("raft has stopped on this manager ({detail}): see the daemon log, fix the cause and restart the daemon")]
+    Stopped { detail: String },
+}
+
+fn not_leader_message(leader_id: Option<u64>, leader_addr: Option<&str>) -> String {
+    match (leader_id, leader_addr) {
+        (Some(id), Some(addr)) => {
+            format!("this manager is not the leader; the leader is node {id} at {addr}")
+        }
+        (Some(id), None) => format!("this manager is not the leader; the leader is node {id}"),
+        _ => "this manager is not the leader and no leader is known right now (an election is under way or there is no quorum): retry in a moment".into(),
+    }
+}
+
+impl RaftError {
+    /// The leader to forward to, when the error says this node is not it.
+    pub fn leader(&self) -> Option<(u64, Option<&str>)> {
+        match self {
+            RaftError::NotLeader {
+                leader_id: Some(id),
+                leader_addr,
+            } => Some((*id, leader_addr.as_deref())),
+            _ => None,
+        }
+    }
+
+    fn stopped(e: impl std::fmt::Display) -> RaftError {
+        RaftError::Stopped {
+            detail: e.to_string(),
+        }
+    }
+}
+
+fn forward(f: &openraft::error::ForwardToLeader<u64, BasicNode>) -> RaftError {
+    RaftError::NotLeader {
+        leader_id: f.leader_id,
+        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+    }
+}
+
+/// A fresh, non-zero node id for a manager's first start. The caller persists it.
+pub fn random_node_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// The name of the database file inside the data directory.
+pub const DB_FILE: &str = "raft.redb";
+
+/// Largest gRPC message the Raft service sends or accepts: a batch of entries or a snapshot
+/// chunk (3 MiB) with room to spare.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// A running Raft member. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    raft: Raft,
+    store: Store,
+    path: PathBuf,
+    config: RaftConfig,
+    leader: watch::Receiver<Option<u64>>,
+    /// Tells when the database file is closed, so its lock is free again.
+    closed: watch::Receiver<()>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RaftNode {
+    /// Opens (or creates) `<data_dir>/raft.redb`, restores the last snapshot into `store`,
+    /// and starts openraft. A node that was a member rejoins its cluster by itself; a new one
+    /// waits for [`initialize`](Self::initialize) or for a leader to add it.
+    pub async fn open(
+        data_dir: &Path,
+        node_id: u64,
+        config: RaftConfig,
+        store: Store,
+    ) -> Result<RaftNode, RaftError> {
+        let raft_config = Arc::new(config.to_openraft()?);
+        std::fs::create_dir_all(data_dir).map_err(|source| RaftError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let (log_store, state_machine) = storage::open(&path, store.clone()).await?;
+        let closed = log_store.closed();
+        let network = NetworkFactory::new();
+        let raft = openraft::Raft::new(node_id, raft_config, network, log_store, state_machine)
+            .await
+            .map_err(RaftError::stopped)?;
+
+        let mut metrics = raft.metrics();
+        let (leader_tx, leader) = watch::channel(metrics.borrow().current_leader);
+        let watcher = tokio::spawn(async move {
+            // Ends when openraft stops (its metrics sender goes away).
+            while metrics.changed().await.is_ok() {
+                let now = metrics.borrow_and_update().current_leader;
+                leader_tx.send_if_modified(|current| {
+                    let changed = *current != now;
+                    *current = now;
+                    changed
+                });
+            }
+        });
+        tracing::info!(node_id, path = %path.display(), "raft started");
+        Ok(RaftNode {
+            inner: Arc::new(Inner {
+                id: node_id,
+                raft,
+                store,
+                path,
+                config,
+                leader,
+                closed,
+                watcher: Mutex::new(Some(watcher)),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The state machine this node applies to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The database file, for messages and `shoal info`.
+    pub fn db_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// True when this node has never been initialised or joined (no vote, no log, no
+    /// snapshot): only then may a daemon bootstrap a cluster on it. Errs towards false.
+    pub async fn is_pristine(&self) -> bool {
+        matches!(self.inner.raft.is_initialized().await, Ok(false))
+    }
+
+    /// Makes a one-member cluster of this node (first start of `shoal daemon`) and waits
+    /// until it leads. A no-op if the node was already initialised or joined: a restarted
+    /// member finds its cluster by itself.
+    pub async fn initialize_single(&self, addr: &str) -> Result<(), RaftError> {
+        if !self.is_pristine().await {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.id, addr.to_string())]);
+        self.initialize(members).await?;
+        self.wait_for_leader(self.election_patience()).await?;
+        Ok(())
+    }
+
+    /// Makes a cluster of `members` (node id → "host:port"), which must include this node.
+    /// Call it on one node only; the others learn the membership from it. A no-op if this
+    /// node was already initialised.
+    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> Result<(), RaftError> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(RaftError::stopped)? {
+            return Ok(());
+        }
+        let nodes: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(openraft::error::RaftError::APIError(e)) => Err(RaftError::Initialize {
+                detail: e.to_string(),
+            }),
+            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
+        }
+    }
+
+    /// Waits until some node is known as leader and returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, RaftError> {
+        let mut leader = self.inner.leader.clone();
+        let found = tokio::time::timeout(timeout, leader.wait_for(|l| l.is_some())).await;
+        match found {
+            Ok(Ok(id)) => id.ok_or(RaftError::NoLeader {
+                waited_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(_)) => Err(RaftError::stopped("it was shut down")),
+            Err(_) => Err(RaftError::NoLeader {
+                waited_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied here; returns what
+    /// applying it returned. On a follower: [`RaftError::NotLeader`] naming the leader, so the
+    /// caller can forward. A command may be applied even when this returns an error (the
+    /// leader lost its post mid-way): retry with the same `request_id`, which applies once.
+    pub async fn propose(
+        &self,
+        command: StoreCommand,
+    ) -> Result<Result<Applied, ApplyError>, RaftError> {
+        match self.inner.raft.client_write(Request(command)).await {
+            Ok(response) => Ok(response.data.0),
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(forward(&f))
+            }
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e,
+            ))) => Err(RaftError::stopped(e)),
+            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
+        }
+    }
+
+    /// Waits until this node can serve linearizable reads: it is the leader, a quorum still
+    /// says so, and everything committed before the call is applied to [`Self::store`].
+    pub async fn linearizable(&self) -> Result<(), RaftError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(forward(&f))
+            }
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(RaftError::NoQuorum {
+                    detail: q.to_string(),
+                })
+            }
+            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
+        }
+    }
+
+    /// True while this node is the leader (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
+    /// The current leader's id, updated on every change. Closed when raft stops.
+    pub fn leader_changes(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.leader.clone()
+    }
+
+    /// Term, last log / applied index, membership... for `shoal info`.
+    pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// The openraft handle, for membership changes and what this wrapper does not cover.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The gRPC service peers call; the daemon mounts it on its cluster listener.
+    pub fn raft_service(&self) -> shoal_proto::raft_server::RaftServer<RaftService> {
+        shoal_proto::raft_server::RaftServer::new(RaftService::new(self.inner.raft.clone()))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Stops openraft and waits until the database file is closed, so that it can be opened
+    /// again at once (by a restart in the same process, or another one).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        let watcher = self
+            .inner
+            .watcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        // openraft's state machine worker and a snapshot build may still hold the database
+        // for a moment after the core stopped.
+        let mut closed = self.inner.closed.clone();
+        let wait = async { while closed.changed().await.is_ok() {} };
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(path = %self.inner.path.display(), "raft database still open 10 s after shutdown");
+        }
+    }
+
+    /// How long a healthy cluster may take to elect a leader: a few election rounds.
+    fn election_patience(&self) -> Duration {
+        Duration::from_millis((self.inner.config.election_max_ms * 10).max(5_000))
+    }
+}

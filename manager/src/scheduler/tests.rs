@@ -1,0 +1,620 @@
+use super::*;
+use proptest::prelude::*;
+use shoal_proto::{NodeDescription, NodeStatus, Resources, ServiceSpec, TaskStatus};
+
+fn node(id: &str, state: NodeState, availability: NodeAvailability, mem: i64, cpu: i64) -> Node {
+    let mut n = Node {
+        id: id.to_string(),
+        description: Some(NodeDescription {
+            resources: Some(Resources {
+                memory_bytes: mem,
+                nano_cpus: cpu,
+                pids: 0,
+            }),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: state as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    n.set_availability(availability);
+    n
+}
+
+fn ready(id: &str) -> Node {
+    node(
+        id,
+        NodeState::Ready,
+        NodeAvailability::Active,
+        8 << 30,
+        4_000_000_000,
+    )
+}
+
+fn task(id: &str, service: &str, slot: u64, mem: i64, cpu: i64) -> Task {
+    let mut t = Task {
+        id: id.to_string(),
+        service_id: service.to_string(),
+        slot,
+        spec: Some(ServiceSpec {
+            reservations: Some(Resources {
+                memory_bytes: mem,
+                nano_cpus: cpu,
+                pids: 0,
+            }),
+            ..Default::default()
+        }),
+        status: Some(TaskStatus {
+            state: TaskState::Pending as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    t.set_desired_state(TaskState::Running);
+    t
+}
+
+fn on(mut t: Task, node_id: &str, state: TaskState) -> Task {
+    t.node_id = node_id.to_string();
+    if let Some(s) = t.status.as_mut() {
+        s.set_state(state);
+    }
+    t
+}
+
+fn placed(decisions: &[Decision]) -> Vec<(&str, Option<&str>)> {
+    decisions
+        .iter()
+        .map(|d| (d.task_id.as_str(), d.node_id.as_deref()))
+        .collect()
+}
+
+#[test]
+fn assigns_a_pending_task_to_a_ready_node() {
+    let d = schedule(&[ready("n1")], &[task("t1", "s", 1, 0, 0)]);
+    assert_eq!(placed(&d), vec![("t1", Some("n1"))]);
+    assert_eq!(d[0].error, "");
+}
+
+#[test]
+fn new_tasks_are_scheduled_too() {
+    let mut t = task("t1", "s", 1, 0, 0);
+    t.status = None; // NEW
+    let d = schedule(&[ready("n1")], &[t]);
+    assert_eq!(placed(&d), vec![("t1", Some("n1"))]);
+}
+
+#[test]
+fn only_pending_unassigned_tasks_desired_running_are_considered() {
+    let mut shut = task("shut", "s", 1, 0, 0);
+    shut.set_desired_state(TaskState::Shutdown);
+    let assigned = on(task("assigned", "s", 2, 0, 0), "n1", TaskState::Assigned);
+    let mut pending_with_node = task("pending-with-node", "s", 3, 0, 0);
+    pending_with_node.node_id = "n1".into();
+    let running = on(task("running", "s", 4, 0, 0), "n1", TaskState::Running);
+    let d = schedule(
+        &[ready("n1")],
+        &[shut, assigned, pending_with_node, running],
+    );
+    assert!(d.is_empty(), "{d:?}");
+}
+
+#[test]
+fn skips_nodes_that_are_not_ready_or_not_active() {
+    let nodes = [
+        node(
+            "a-down",
+            NodeState::Down,
+            NodeAvailability::Active,
+            1 << 30,
+            0,
+        ),
+        node(
+            "b-unknown",
+            NodeState::Unknown,
+            NodeAvailability::Active,
+            1 << 30,
+            0,
+        ),
+        node(
+            "c-disc",
+            NodeState::Disconnected,
+            NodeAvailability::Active,
+            1 << 30,
+            0,
+        ),
+        node(
+            "d-drain",
+            NodeState::Ready,
+            NodeAvailability::Drain,
+            1 << 30,
+            0,
+        ),
+        node(
+            "e-pause",
+            NodeState::Ready,
+            NodeAvailability::Pause,
+            1 << 30,
+            0,
+        ),
+        ready("z-ok"),
+    ];
+    let d = schedule(
+        &nodes,
+        &[task("t1", "s", 1, 0, 0), task("t2", "s", 2, 0, 0)],
+    );
+    assert_eq!(placed(&d), vec![("t1", Some("z-ok")), ("t2", Some("z-ok"))]);
+}
+
+#[test]
+fn explains_why_nothing_fits_aggregated_by_reason() {
+    let nodes = [
+        node(
+            "a",
+            NodeState::Ready,
+            NodeAvailability::Active,
+            1 << 20,
+            1_000_000_000,
+        ),
+        node(
+            "b",
+            NodeState::Ready,
+            NodeAvailability::Active,
+            1 << 20,
+            1_000_000_000,
+        ),
+        node(
+            "c",
+            NodeState::Down,
+            NodeAvailability::Active,
+            1 << 40,
+            1_000_000_000,
+        ),
+    ];
+    let d = schedule(&nodes, &[task("t1", "s", 1, 1 << 30, 0)]);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].node_id, None);
+    assert_eq!(
+        d[0].error,
+        "no suitable node (insufficient memory on 2 nodes; 1 node not ready)"
+    );
+
+    let nodes = [
+        node("a", NodeState::Ready, NodeAvailability::Active, 1 << 30, 1),
+        node("b", NodeState::Ready, NodeAvailability::Drain, 1 << 30, 1),
+        node("c", NodeState::Ready, NodeAvailability::Pause, 1 << 30, 1),
+        node("d", NodeState::Ready, NodeAvailability::Drain, 1 << 30, 1),
+    ];
+    let d = schedule(&nodes, &[task("t1", "s", 1, 0, 2)]);
+    assert_eq!(
+        d[0].error,
+        "no suitable node (insufficient cpu on 1 node; 1 node paused; 2 nodes drained)"
+    );
+}
+
+#[test]
+fn no_nodes_at_all() {
+    let d = schedule(&[], &[task("t1", "s", 1, 0, 0)]);
+    assert_eq!(d[0].node_id, None);
+    assert_eq!(d[0].error, "no suitable node (no nodes in the cluster)");
+}
+
+#[test]
+fn an_unchanged_error_is_not_repeated() {
+    let mut t = task("t1", "s", 1, 0, 0);
+    t.scheduling_error = "no suitable node (no nodes in the cluster)".into();
+    assert!(schedule(&[], &[t.clone()]).is_empty());
+    // A different reason is reported.
+    let d = schedule(
+        &[node("n", NodeState::Down, NodeAvailability::Active, 0, 0)],
+        &[t],
+    );
+    assert_eq!(d[0].error, "no suitable node (1 node not ready)");
+}
+
+#[test]
+fn a_node_without_reported_resources_takes_only_tasks_that_reserve_nothing() {
+    let nodes = [node("n1", NodeState::Ready, NodeAvailability::Active, 0, 0)];
+    let d = schedule(
+        &nodes,
+        &[task("free", "s", 1, 0, 0), task("mem", "s", 2, 1, 0)],
+    );
+    assert_eq!(placed(&d), vec![("free", Some("n1")), ("mem", None)]);
+}
+
+#[test]
+fn reservations_of_non_terminal_tasks_on_the_node_count() {
+    let nodes = [node(
+        "n1",
+        NodeState::Ready,
+        NodeAvailability::Active,
+        1000,
+        1000,
+    )];
+    // A task still being stopped holds its memory; a finished one does not.
+    let mut stopping = on(task("old", "x", 1, 600, 0), "n1", TaskState::Running);
+    stopping.set_desired_state(TaskState::Shutdown);
+    let finished = on(task("done", "x", 2, 900, 0), "n1", TaskState::Failed);
+    let d = schedule(
+        &nodes,
+        &[
+            stopping.clone(),
+            finished.clone(),
+            task("t", "s", 1, 500, 0),
+        ],
+    );
+    assert_eq!(d[0].node_id, None);
+    assert_eq!(
+        d[0].error,
+        "no suitable node (insufficient memory on 1 node)"
+    );
+    let d = schedule(&nodes, &[stopping, finished, task("t", "s", 1, 400, 0)]);
+    assert_eq!(d[0].node_id.as_deref(), Some("n1"));
+}
+
+#[test]
+fn reservations_placed_earlier_in_the_same_call_count() {
+    let nodes = [
+        node("n1", NodeState::Ready, NodeAvailability::Active, 1000, 1000),
+        node("n2", NodeState::Ready, NodeAvailability::Active, 1000, 1000),
+    ];
+    let tasks: Vec<Task> = (1..=5)
+        .map(|i| task(&format!("t{i}"), "s", i, 400, 0))
+        .collect();
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(
+        placed(&d),
+        vec![
+            ("t1", Some("n1")),
+            ("t2", Some("n2")),
+            ("t3", Some("n1")),
+            ("t4", Some("n2")),
+            ("t5", None),
+        ]
+    );
+    assert_eq!(
+        d[4].error,
+        "no suitable node (insufficient memory on 2 nodes)"
+    );
+    // Across groups (another service) too.
+    let mut tasks = tasks;
+    tasks.push(task("u1", "t", 1, 0, 300));
+    tasks.push(task("u2", "t", 2, 0, 800));
+    let d = schedule(&nodes, &tasks);
+    let u: Vec<_> = placed(&d)
+        .into_iter()
+        .filter(|(id, _)| id.starts_with('u'))
+        .collect();
+    assert_eq!(u, vec![("u1", Some("n1")), ("u2", Some("n2"))]);
+}
+
+#[test]
+fn spreads_to_the_least_loaded_node() {
+    let nodes = [ready("n1"), ready("n2"), ready("n3")];
+    let existing = vec![
+        on(task("e1", "other", 1, 0, 0), "n1", TaskState::Running),
+        on(task("e2", "other", 2, 0, 0), "n1", TaskState::Running),
+        on(task("e3", "other", 3, 0, 0), "n2", TaskState::Running),
+        // Terminal: not load.
+        on(task("e4", "other", 4, 0, 0), "n3", TaskState::Complete),
+        on(task("e5", "other", 5, 0, 0), "n3", TaskState::Shutdown),
+    ];
+    let mut tasks = existing;
+    tasks.extend((1..=4).map(|i| task(&format!("t{i}"), "s", i, 0, 0)));
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(
+        placed(&d),
+        vec![
+            ("t1", Some("n3")),
+            ("t2", Some("n2")),
+            ("t3", Some("n3")),
+            ("t4", Some("n1")),
+        ]
+    );
+}
+
+#[test]
+fn ties_go_to_the_node_with_fewer_tasks_of_the_service_then_the_lower_id() {
+    let nodes = [ready("n1"), ready("n2"), ready("n3")];
+    let tasks = vec![
+        on(task("a", "s", 1, 0, 0), "n1", TaskState::Running),
+        on(task("b", "other", 1, 0, 0), "n2", TaskState::Running),
+        on(task("c", "other", 2, 0, 0), "n3", TaskState::Running),
+        task("t", "s", 2, 0, 0),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(placed(&d), vec![("t", Some("n2"))]);
+}
+
+#[test]
+fn the_result_does_not_depend_on_input_order() {
+    let nodes = [ready("n3"), ready("n1"), ready("n2")];
+    let mut tasks: Vec<Task> = (1..=7)
+        .map(|i| {
+            task(
+                &format!("t{i}"),
+                if i % 2 == 0 { "a" } else { "b" },
+                i,
+                0,
+                0,
+            )
+        })
+        .collect();
+    let first = schedule(&nodes, &tasks);
+    tasks.reverse();
+    let mut reversed_nodes = nodes.to_vec();
+    reversed_nodes.reverse();
+    assert_eq!(schedule(&reversed_nodes, &tasks), first);
+}
+
+#[test]
+fn tasks_on_unknown_nodes_are_not_load() {
+    let nodes = [ready("n1"), ready("n2")];
+    let tasks = vec![
+        on(task("gone", "s", 1, 0, 0), "n0", TaskState::Running),
+        task("t", "s", 2, 0, 0),
+    ];
+    assert_eq!(placed(&schedule(&nodes, &tasks)), vec![("t", Some("n1"))]);
+}
+
+/// 100k pending tasks over 1000 nodes, plus 100k already running: checks the cost is not
+/// quadratic. Run with `--ignored --nocapture` (in release) to see the figure.
+#[test]
+#[ignore]
+fn large_cluster() {
+    let nodes: Vec<Node> = (0..1000).map(|i| ready(&format!("node-{i:04}"))).collect();
+    let mut tasks: Vec<Task> = (0..100_000u64)
+        .map(|i| {
+            on(
+                task(
+                    &format!("r{i}"),
+                    &format!("svc-{}", i % 50),
+                    i,
+                    1 << 20,
+                    1000,
+                ),
+                &format!("node-{:04}", i % 1000),
+                TaskState::Running,
+            )
+        })
+        .collect();
+    tasks.extend((0..100_000u64).map(|i| {
+        task(
+            &format!("p{i}"),
+            &format!("new-{}", i % 100),
+            i,
+            1 << 20,
+            1000,
+        )
+    }));
+    let start = std::time::Instant::now();
+    let d = schedule(&nodes, &tasks);
+    let took = start.elapsed();
+    println!(
+        "scheduled {} tasks on {} nodes in {took:?}",
+        d.len(),
+        nodes.len()
+    );
+    assert_eq!(d.len(), 100_000);
+    assert!(d.iter().all(|d| d.node_id.is_some()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+/// The obvious O(tasks × nodes) scheduler, in the same task order: the heap-based one must
+/// decide exactly the same.
+fn reference(nodes: &[Node], tasks: &[Task]) -> Vec<(String, Option<String>)> {
+    let mut ns: Vec<&Node> = nodes.iter().collect();
+    ns.sort_by(|a, b| a.id.cmp(&b.id));
+    ns.dedup_by(|a, b| a.id == b.id);
+    let mut load = vec![0u64; ns.len()];
+    let mut reserved = vec![(0i64, 0i64); ns.len()];
+    let mut per: HashMap<(String, usize), u64> = HashMap::new();
+    for t in tasks
+        .iter()
+        .filter(|t| !t.node_id.is_empty() && !is_terminal(t))
+    {
+        if let Some(n) = ns.iter().position(|n| n.id == t.node_id) {
+            load[n] += 1;
+            let (m, c) = reservation(t);
+            reserved[n].0 += m;
+            reserved[n].1 += c;
+            *per.entry((t.service_id.clone(), n)).or_default() += 1;
+        }
+    }
+    let mut pending: Vec<&Task> = tasks.iter().filter(|t| wants_node(t)).collect();
+    pending.sort_by_key(|t| (t.service_id.clone(), reservation(t), t.slot, t.id.clone()));
+    let mut out = Vec::new();
+    for t in pending {
+        let (m, c) = reservation(t);
+        let mut best: Option<(u64, u64, usize)> = None;
+        for (i, n) in ns.iter().enumerate() {
+            if eligible(n).is_err() {
+                continue;
+            }
+            let cap = n
+                .description
+                .as_ref()
+                .and_then(|d| d.resources.as_ref())
+                .map(|r| (r.memory_bytes, r.nano_cpus))
+                .unwrap_or((0, 0));
+            if (m > 0 && cap.0 - reserved[i].0 < m) || (c > 0 && cap.1 - reserved[i].1 < c) {
+                continue;
+            }
+            let key = (
+                load[i],
+                per.get(&(t.service_id.clone(), i)).copied().unwrap_or(0),
+                i,
+            );
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        match best {
+            Some((_, _, i)) => {
+                load[i] += 1;
+                reserved[i].0 += m;
+                reserved[i].1 += c;
+                *per.entry((t.service_id.clone(), i)).or_default() += 1;
+                out.push((t.id.clone(), Some(ns[i].id.clone())));
+            }
+            None => out.push((t.id.clone(), None)),
+        }
+    }
+    out
+}
+
+fn arb_node() -> impl Strategy<Value = Node> {
+    (
+        0usize..8,
+        prop_oneof![
+            6 => Just(NodeState::Ready),
+            1 => Just(NodeState::Down),
+            1 => Just(NodeState::Unknown),
+        ],
+        prop_oneof![
+            6 => Just(NodeAvailability::Active),
+            1 => Just(NodeAvailability::Drain),
+            1 => Just(NodeAvailability::Pause),
+        ],
+        0i64..10,
+        0i64..10,
+    )
+        .prop_map(|(id, state, availability, mem, cpu)| {
+            node(&format!("n{id}"), state, availability, mem * 100, cpu * 100)
+        })
+}
+
+fn arb_task() -> impl Strategy<Value = Task> {
+    (
+        0usize..3,
+        1u64..20,
+        prop_oneof![3 => Just(0i64), 1 => 1i64..400],
+        prop_oneof![3 => Just(0i64), 1 => 1i64..400],
+        // None: pending; Some: already on a node, in some state.
+        proptest::option::weighted(
+            0.4,
+            (
+                0usize..9,
+                prop_oneof![Just(TaskState::Running), Just(TaskState::Failed)],
+            ),
+        ),
+    )
+        .prop_map(|(svc, slot, mem, cpu, placement)| {
+            let t = task("", &format!("s{svc}"), slot, mem, cpu);
+            match placement {
+                None => t,
+                Some((n, state)) => on(t, &format!("n{n}"), state),
+            }
+        })
+}
+
+fn with_ids(mut tasks: Vec<Task>) -> Vec<Task> {
+    for (i, t) in tasks.iter_mut().enumerate() {
+        t.id = format!("t{i:03}");
+    }
+    tasks
+}
+
+proptest! {
+    #[test]
+    fn matches_the_naive_scheduler(
+        nodes in proptest::collection::vec(arb_node(), 0..8),
+        tasks in proptest::collection::vec(arb_task(), 0..40),
+    ) {
+        let tasks = with_ids(tasks);
+        let got: Vec<(String, Option<String>)> = schedule(&nodes, &tasks)
+            .into_iter()
+            .map(|d| (d.task_id, d.node_id))
+            .collect();
+        // Unplaced tasks with no previous error always get a decision, so the lists align.
+        prop_assert_eq!(got, reference(&nodes, &tasks));
+    }
+
+    #[test]
+    fn never_places_on_unfit_nodes_or_beyond_resources(
+        nodes in proptest::collection::vec(arb_node(), 0..8),
+        tasks in proptest::collection::vec(arb_task(), 0..40),
+    ) {
+        let tasks = with_ids(tasks);
+        let decisions = schedule(&nodes, &tasks);
+        let mut by_id: HashMap<&str, &Node> = HashMap::new();
+        for n in &nodes {
+            by_id.entry(n.id.as_str()).or_insert(n);
+        }
+        let task_by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        // Final reservations per node.
+        let mut reserved: HashMap<&str, (i64, i64)> = HashMap::new();
+        for t in tasks.iter().filter(|t| !t.node_id.is_empty() && !is_terminal(t)) {
+            let e = reserved.entry(t.node_id.as_str()).or_default();
+            e.0 += reservation(t).0;
+            e.1 += reservation(t).1;
+        }
+        let mut asks: HashMap<&str, (bool, bool)> = HashMap::new();
+        for d in &decisions {
+            let t = task_by_id[d.task_id.as_str()];
+            prop_assert!(wants_node(t));
+            match &d.node_id {
+                Some(n) => {
+                    prop_assert!(d.error.is_empty());
+                    let node = by_id[n.as_str()];
+                    prop_assert!(eligible(node).is_ok(), "placed on {:?}", node);
+                    let e = reserved.entry(n.as_str()).or_default();
+                    e.0 += reservation(t).0;
+                    e.1 += reservation(t).1;
+                    let a = asks.entry(n.as_str()).or_default();
+                    a.0 |= reservation(t).0 > 0;
+                    a.1 |= reservation(t).1 > 0;
+                }
+                None => prop_assert!(d.error.starts_with("no suitable node (")),
+            }
+        }
+        for (n, (mem, cpu)) in asks {
+            let cap = by_id[n].description.as_ref().and_then(|d| d.resources.as_ref()).map(|r| (r.memory_bytes, r.nano_cpus)).unwrap_or_default();
+            if mem { prop_assert!(reserved[n].0 <= cap.0, "memory over on {}", n); }
+            if cpu { prop_assert!(reserved[n].1 <= cap.1, "cpu over on {}", n); }
+        }
+        // Whatever was left unplaced fits on no eligible node even now.
+        for d in decisions.iter().filter(|d| d.node_id.is_none()) {
+            let (m, c) = reservation(task_by_id[d.task_id.as_str()]);
+            for (id, node) in &by_id {
+                if eligible(node).is_err() { continue; }
+                let cap = node.description.as_ref().and_then(|d| d.resources.as_ref()).map(|r| (r.memory_bytes, r.nano_cpus)).unwrap_or_default();
+                let r = reserved.get(id).copied().unwrap_or_default();
+                prop_assert!((m > 0 && cap.0 - r.0 < m) || (c > 0 && cap.1 - r.1 < c));
+            }
+        }
+    }
+
+    #[test]
+    fn spreads_evenly_on_equal_nodes(
+        node_count in 1usize..12,
+        per_service in proptest::collection::vec(0u64..30, 1..4),
+        down in 0usize..3,
+    ) {
+        let mut nodes: Vec<Node> = (0..node_count).map(|i| ready(&format!("n{i:02}"))).collect();
+        nodes.extend((0..down).map(|i| node(&format!("d{i}"), NodeState::Down, NodeAvailability::Active, 8 << 30, 0)));
+        let tasks: Vec<Task> = per_service
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &n)| (1..=n).map(move |slot| task(&format!("s{s}.{slot}"), &format!("s{s}"), slot, 0, 0)))
+            .collect();
+        let decisions = schedule(&nodes, &tasks);
+        prop_assert_eq!(decisions.len(), tasks.len());
+        let mut load: HashMap<&str, usize> = (0..node_count).map(|i| (nodes[i].id.as_str(), 0)).collect();
+        for d in &decisions {
+            let n = d.node_id.as_deref();
+            prop_assert!(n.is_some_and(|n| n.starts_with('n')), "{:?}", d);
+            if let Some(n) = n {
+                *load.entry(n).or_default() += 1;
+            }
+        }
+        let max = load.values().max().copied().unwrap_or(0);
+        let min = load.values().min().copied().unwrap_or(0);
+        prop_assert!(max - min <= 1, "loads {:?}", load);
+    }
+}

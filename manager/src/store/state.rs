@@ -1,0 +1,499 @@
+//! The cluster state and its deterministic `apply`: the state machine Raft replicates.
+//!
+//! Pure: no I/O, no clock (the proposer stamps the time into the command), so every manager
+//! that applies the same log ends with the same state.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use shoal_proto::{
+    store_object::Object, ChangeKind, Cluster, Meta, Node, Service, StoreChange, StoreCommand,
+    StoreObject, StoreSnapshot, Task,
+};
+
+/// How many request ids are remembered to make retried commands idempotent.
+const REMEMBERED_REQUESTS: usize = 10_000;
+
+/// Why a command was not applied. A rejected command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApplyError {
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: String, id: String },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+    #[error("{kind} {id} was changed by someone else (version {actual}, expected {expected}): read it again and retry")]
+    Conflict {
+        kind: String,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("service name {name:?} is already in use by service {id}")]
+    NameInUse { name: String, id: String },
+    #[error("invalid change: {0}")]
+    Invalid(String),
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The version every object written by the command now has (the log index).
+    pub version: u64,
+    /// The command's request id had been applied before: nothing was done this time.
+    pub duplicate: bool,
+}
+
+/// One object as it is after a change, or the id of one deleted: what watchers receive.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, sent in batches behind an Arc
+pub enum Event {
+    Put(Object),
+    Deleted { kind: &'static str, id: String },
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    pub cluster: Option<Cluster>,
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    recent_requests: VecDeque<String>,
+    recent_set: HashSet<String>,
+}
+
+fn kind_of(object: &Object) -> &'static str {
+    match object {
+        Object::Cluster(_) => "cluster",
+        Object::Node(_) => "node",
+        Object::Service(_) => "service",
+        Object::Task(_) => "task",
+    }
+}
+
+fn id_of(object: &Object) -> &str {
+    match object {
+        Object::Cluster(o) => &o.id,
+        Object::Node(o) => &o.id,
+        Object::Service(o) => &o.id,
+        Object::Task(o) => &o.id,
+    }
+}
+
+fn meta_of(object: &Object) -> Option<&Meta> {
+    match object {
+        Object::Cluster(o) => o.meta.as_ref(),
+        Object::Node(o) => o.meta.as_ref(),
+        Object::Service(o) => o.meta.as_ref(),
+        Object::Task(o) => o.meta.as_ref(),
+    }
+}
+
+fn meta_mut(object: &mut Object) -> &mut Option<Meta> {
+    match object {
+        Object::Cluster(o) => &mut o.meta,
+        Object::Node(o) => &mut o.meta,
+        Object::Service(o) => &mut o.meta,
+        Object::Task(o) => &mut o.meta,
+    }
+}
+
+impl State {
+    /// Applies one log entry at `index`, atomically: every change or none.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        command: &StoreCommand,
+    ) -> Result<(Applied, Vec<Event>), ApplyError> {
+        if !command.request_id.is_empty() && self.recent_set.contains(&command.request_id) {
+            let applied = Applied {
+                version: index,
+                duplicate: true,
+            };
+            return Ok((applied, Vec::new()));
+        }
+        // Check every change against the state as the earlier changes of this command leave it,
+        // on a scratch copy of only the touched objects, then commit.
+        let mut staged: Vec<(&'static str, String, Option<Object>)> = Vec::new();
+        for change in &command.changes {
+            let object = change
+                .object
+                .as_ref()
+                .and_then(|o| o.object.clone())
+                .ok_or_else(|| ApplyError::Invalid("a change without an object".into()))?;
+            let kind = kind_of(&object);
+            let id = id_of(&object).to_string();
+            if id.is_empty() {
+                return Err(ApplyError::Invalid(format!("a {kind} without an id")));
+            }
+            let current = match staged.iter().rev().find(|(k, i, _)| *k == kind && *i == id) {
+                Some((_, _, o)) => o.clone(),
+                None => self.get(kind, &id),
+            };
+            let current_version = current
+                .as_ref()
+                .and_then(meta_of)
+                .map(|m| m.version)
+                .unwrap_or(0);
+            let given_version = meta_of(&object).map(|m| m.version).unwrap_or(0);
+            let change_kind = ChangeKind::try_from(change.kind)
+                .map_err(|_| ApplyError::Invalid(format!("unknown change kind {}", change.kind)))?;
+            match change_kind {
+                ChangeKind::Create if current.is_some() => {
+                    return Err(ApplyError::AlreadyExists {
+                        kind: kind.into(),
+                        id,
+                    })
+                }
+                ChangeKind::Update | ChangeKind::Delete if current.is_none() => {
+                    return Err(ApplyError::NotFound {
+                        kind: kind.into(),
+                        id,
+                    })
+                }
+                ChangeKind::Update if given_version != current_version => {
+                    return Err(ApplyError::Conflict {
+                        kind: kind.into(),
+                        id,
+                        expected: given_version,
+                        actual: current_version,
+                    })
+                }
+                ChangeKind::Delete if given_version != 0 && given_version != current_version => {
+                    return Err(ApplyError::Conflict {
+                        kind: kind.into(),
+                        id,
+                        expected: given_version,
+                        actual: current_version,
+                    })
+                }
+                _ => {}
+            }
+            if let Object::Service(service) = &object {
+                if change_kind != ChangeKind::Delete {
+                    self.check_service_name(service, &staged)?;
+                }
+            }
+            let next = if change_kind == ChangeKind::Delete {
+                None
+            } else {
+                let mut object = object;
+                let created_at = current
+                    .as_ref()
+                    .and_then(meta_of)
+                    .map(|m| m.created_at)
+                    .unwrap_or(command.timestamp);
+                *meta_mut(&mut object) = Some(Meta {
+                    version: index,
+                    created_at,
+                    updated_at: command.timestamp,
+                });
+                Some(object)
+            };
+            staged.push((kind, id, next));
+        }
+        let mut events = Vec::with_capacity(staged.len());
+        for (kind, id, object) in staged {
+            match object {
+                Some(object) => {
+                    self.put(object.clone());
+                    events.push(Event::Put(object));
+                }
+                None => {
+                    self.remove(kind, &id);
+                    events.push(Event::Deleted { kind, id });
+                }
+            }
+        }
+        self.remember(&command.request_id);
+        Ok((
+            Applied {
+                version: index,
+                duplicate: false,
+            },
+            events,
+        ))
+    }
+
+    fn check_service_name(
+        &self,
+        service: &Service,
+        staged: &[(&'static str, String, Option<Object>)],
+    ) -> Result<(), ApplyError> {
+        let name = service.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+        if name.is_empty() {
+            return Err(ApplyError::Invalid(format!("service {} has no name", service.id)));
+        }
+        let staged_names = staged.iter().filter_map(|(_, _, o)| match o {
+            Some(Object::Service(s)) => Some(s),
+            _ => None,
+        });
+        let clash = self
+            .services
+            .values()
+            .filter(|s| !staged.iter().any(|(k, i, _)| *k == "service" && *i == s.id))
+            .chain(staged_names)
+            .find(|s| s.id != service.id && s.spec.as_ref().is_some_and(|sp| sp.name == name));
+        match clash {
+            Some(other) => Err(ApplyError::NameInUse {
+                name: name.into(),
+                id: other.id.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn remember(&mut self, request_id: &str) {
+        if request_id.is_empty() {
+            return;
+        }
+        self.recent_requests.push_back(request_id.to_string());
+        self.recent_set.insert(request_id.to_string());
+        while self.recent_requests.len() > REMEMBERED_REQUESTS {
+            if let Some(old) = self.recent_requests.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, kind: &str, id: &str) -> Option<Object> {
+        match kind {
+            "cluster" => self
+                .cluster
+                .clone()
+                .filter(|c| c.id == id)
+                .map(Object::Cluster),
+            "node" => self.nodes.get(id).cloned().map(Object::Node),
+            "service" => self.services.get(id).cloned().map(Object::Service),
+            "task" => self.tasks.get(id).cloned().map(Object::Task),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, object: Object) {
+        match object {
+            Object::Cluster(o) => self.cluster = Some(o),
+            Object::Node(o) => {
+                self.nodes.insert(o.id.clone(), o);
+            }
+            Object::Service(o) => {
+                self.services.insert(o.id.clone(), o);
+            }
+            Object::Task(o) => {
+                self.tasks.insert(o.id.clone(), o);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: &str, id: &str) {
+        match kind {
+            "cluster" => self.cluster = None,
+            "node" => {
+                self.nodes.remove(id);
+            }
+            "service" => {
+                self.services.remove(id);
+            }
+            "task" => {
+                self.tasks.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The whole state, for a Raft snapshot.
+    pub fn to_snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            cluster: self.cluster.clone(),
+            nodes: self.nodes.values().cloned().collect(),
+            services: self.services.values().cloned().collect(),
+            tasks: self.tasks.values().cloned().collect(),
+            recent_request_ids: self.recent_requests.iter().cloned().collect(),
+        }
+    }
+
+    pub fn from_snapshot(snapshot: StoreSnapshot) -> State {
+        let mut state = State {
+            cluster: snapshot.cluster,
+            ..State::default()
+        };
+        for n in snapshot.nodes {
+            state.nodes.insert(n.id.clone(), n);
+        }
+        for s in snapshot.services {
+            state.services.insert(s.id.clone(), s);
+        }
+        for t in snapshot.tasks {
+            state.tasks.insert(t.id.clone(), t);
+        }
+        for r in snapshot.recent_request_ids {
+            state.remember(&r);
+        }
+        state
+    }
+
+    /// A service by id, unique id prefix, or name (Docker's lookup order).
+    pub fn find_service(&self, key: &str) -> Result<&Service, ApplyError> {
+        if let Some(s) = self.services.get(key) {
+            return Ok(s);
+        }
+        if let Some(s) = self
+            .services
+            .values()
+            .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == key))
+        {
+            return Ok(s);
+        }
+        let mut by_prefix = self.services.values().filter(|s| s.id.starts_with(key));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(s), None) if !key.is_empty() => Ok(s),
+            (Some(_), Some(_)) => Err(ApplyError::Invalid(format!(
+                "service id prefix {key:?} is ambiguous: give more characters"
+            ))),
+            _ => Err(ApplyError::NotFound {
+                kind: "service".into(),
+                id: key.into(),
+            }),
+        }
+    }
+
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> {
+        self.tasks.values().filter(move |t| t.service_id == service_id)
+    }
+}
+
+/// Builders for commands, so callers don't spell out the nested proto wrappers.
+pub fn change(kind: ChangeKind, object: Object) -> StoreChange {
+    StoreChange {
+        kind: kind as i32,
+        object: Some(StoreObject {
+            object: Some(object),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{ServiceSpec, TaskState};
+
+    fn service(id: &str, name: &str) -> Object {
+        Object::Service(Service {
+            id: id.into(),
+            meta: None,
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn cmd(request_id: &str, changes: Vec<StoreChange>) -> StoreCommand {
+        StoreCommand {
+            request_id: request_id.into(),
+            changes,
+            timestamp: 1000,
+        }
+    }
+
+    #[test]
+    fn create_sets_version_to_log_index() {
+        let mut s = State::default();
+        let (applied, events) = s
+            .apply(7, &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]))
+            .expect("applies");
+        assert_eq!(applied.version, 7);
+        assert_eq!(events.len(), 1);
+        assert_eq!(s.services["a"].meta.as_ref().map(|m| m.version), Some(7));
+    }
+
+    #[test]
+    fn duplicate_name_is_rejected_and_changes_nothing() {
+        let mut s = State::default();
+        s.apply(1, &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]))
+            .expect("applies");
+        let task = Object::Task(Task {
+            id: "t".into(),
+            ..Default::default()
+        });
+        let err = s
+            .apply(
+                2,
+                &cmd(
+                    "r2",
+                    vec![
+                        change(ChangeKind::Create, task),
+                        change(ChangeKind::Create, service("b", "web")),
+                    ],
+                ),
+            )
+            .expect_err("name clash");
+        assert!(matches!(err, ApplyError::NameInUse { .. }));
+        assert!(s.tasks.is_empty(), "a rejected command must not half-apply");
+    }
+
+    #[test]
+    fn update_is_compare_and_set() {
+        let mut s = State::default();
+        s.apply(1, &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]))
+            .expect("applies");
+        let mut stale = s.services["a"].clone();
+        stale.meta = Some(Meta {
+            version: 0,
+            ..Default::default()
+        });
+        let err = s
+            .apply(2, &cmd("r2", vec![change(ChangeKind::Update, Object::Service(stale))]))
+            .expect_err("stale version");
+        assert!(matches!(err, ApplyError::Conflict { actual: 1, .. }));
+        let fresh = s.services["a"].clone();
+        s.apply(3, &cmd("r3", vec![change(ChangeKind::Update, Object::Service(fresh))]))
+            .expect("current version applies");
+        assert_eq!(s.services["a"].meta.as_ref().map(|m| m.version), Some(3));
+        assert_eq!(s.services["a"].meta.as_ref().map(|m| m.created_at), Some(1000));
+    }
+
+    #[test]
+    fn retried_request_applies_once() {
+        let mut s = State::default();
+        let c = cmd("same", vec![change(ChangeKind::Create, service("a", "web"))]);
+        s.apply(1, &c).expect("applies");
+        let (applied, events) = s.apply(2, &c).expect("duplicate is not an error");
+        assert!(applied.duplicate);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let mut s = State::default();
+        let task = Task {
+            id: "t1".into(),
+            desired_state: TaskState::Running as i32,
+            ..Default::default()
+        };
+        s.apply(
+            1,
+            &cmd(
+                "r1",
+                vec![
+                    change(ChangeKind::Create, service("a", "web")),
+                    change(ChangeKind::Upsert, Object::Task(task)),
+                ],
+            ),
+        )
+        .expect("applies");
+        let back = State::from_snapshot(s.to_snapshot());
+        assert_eq!(back.services, s.services);
+        assert_eq!(back.tasks, s.tasks);
+        assert!(back.recent_set.contains("r1"));
+    }
+
+    #[test]
+    fn find_service_by_name_and_prefix() {
+        let mut s = State::default();
+        s.apply(1, &cmd("r1", vec![change(ChangeKind::Create, service("abc123", "web"))]))
+            .expect("applies");
+        assert_eq!(s.find_service("web").map(|x| x.id.as_str()), Ok("abc123"));
+        assert_eq!(s.find_service("abc").map(|x| x.id.as_str()), Ok("abc123"));
+        assert!(s.find_service("zzz").is_err());
+    }
+}

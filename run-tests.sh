@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every test: unit, property, privileged runtime and end-to-end. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ ! -x /bin/busybox ]; then
+    apt-get update -qq && apt-get install -y -qq busybox-static
+fi
+cargo test --workspace --all-targets

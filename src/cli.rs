@@ -1,0 +1,237 @@
+//! The command line, Docker's verbs and flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "A container orchestrator in the Docker Swarm / Compose mould")]
+pub struct Cli {
+    /// The daemon to talk to: a socket path, unix://PATH, or tcp://HOST:PORT.
+    #[arg(long, short = 'H', env = "SHOAL_HOST", global = true, default_value = crate::client::DEFAULT_SOCKET)]
+    pub host: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: a manager and an agent in one process.
+    Daemon(DaemonArgs),
+    /// Show cluster-wide and daemon information.
+    Info(FormatArgs),
+    /// Show the version.
+    Version,
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Where the cluster state, images and containers live.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_dir: PathBuf,
+    /// The control socket the CLI talks to (mode 0600).
+    #[arg(long, default_value = crate::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Address for manager traffic (dispatcher, Raft). Port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:4242")]
+    pub listen_addr: String,
+    /// How often agents heartbeat; a node is down after three missed heartbeats.
+    #[arg(long, default_value = "500ms", value_parser = crate::units::parse_duration)]
+    pub heartbeat: std::time::Duration,
+    /// The cgroup (below each hierarchy's root) that holds every container's cgroup.
+    #[arg(long, default_value = "shoal")]
+    pub cgroup_parent: String,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct FormatArgs {
+    /// Output format: `json` prints one JSON document.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct ListArgs {
+    /// Only display IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service.
+    Create(CreateArgs),
+    /// List services.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// List the tasks of a service.
+    Ps {
+        service: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show a service in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        services: Vec<String>,
+        #[command(flatten)]
+        format: FormatArgs,
+    },
+    /// Scale services: SERVICE=REPLICAS...
+    Scale {
+        #[arg(required = true, value_parser = parse_scale)]
+        targets: Vec<(String, u64)>,
+        /// Return at once instead of waiting for the service to converge.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Show the logs of a service's tasks.
+    Logs {
+        service: String,
+        /// Keep following new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Show only the last N lines of each task.
+        #[arg(long, short = 'n')]
+        tail: Option<u64>,
+        /// Show timestamps.
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Service name (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of tasks.
+    #[arg(long, default_value = "1", allow_negative_numbers = true, value_parser = parse_replicas)]
+    pub replicas: u64,
+    /// Set environment variables (KEY=VALUE).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Memory limit, e.g. 64m.
+    #[arg(long = "memory", alias = "limit-memory", value_parser = crate::units::parse_bytes)]
+    pub memory: Option<i64>,
+    /// CPU limit, e.g. 0.5.
+    #[arg(long = "cpus", alias = "limit-cpu", value_parser = crate::units::parse_cpus)]
+    pub cpus: Option<i64>,
+    /// Maximum number of processes (0: unlimited).
+    #[arg(long = "pids-limit", alias = "limit-pids")]
+    pub pids_limit: Option<i64>,
+    /// Reserve memory (the scheduler only places the task where it fits).
+    #[arg(long, value_parser = crate::units::parse_bytes)]
+    pub reserve_memory: Option<i64>,
+    /// Reserve CPUs.
+    #[arg(long, value_parser = crate::units::parse_cpus)]
+    pub reserve_cpu: Option<i64>,
+    /// When to restart tasks.
+    #[arg(long, value_enum, default_value = "any")]
+    pub restart_condition: RestartConditionArg,
+    /// Delay between restart attempts (default 5s).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub restart_delay: Option<std::time::Duration>,
+    /// Maximum number of restarts before giving up (0: unlimited).
+    #[arg(long, default_value = "0")]
+    pub restart_max_attempts: u64,
+    /// Window used to count restarts (0: unbounded).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub restart_window: Option<std::time::Duration>,
+    /// Time to wait before force-killing a container (default 10s).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub stop_grace_period: Option<std::time::Duration>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Overwrite the image's entrypoint (a command line, split on spaces).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Container hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Service labels (KEY=VALUE).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// Return at once instead of waiting for the service to converge.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// The image to run.
+    pub image: String,
+    /// Command and arguments (replace the image's cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+pub enum RestartConditionArg {
+    Any,
+    OnFailure,
+    None,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// List images.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Import a rootfs tarball (plain or gzip) as an image, like `docker import`.
+    Import {
+        /// The tarball, or - for standard input.
+        file: PathBuf,
+        /// NAME[:TAG] of the new image.
+        #[arg(long)]
+        name: String,
+    },
+    /// Make an image from software on this host (`busybox` from busybox-static).
+    Bootstrap {
+        #[arg(value_parser = ["busybox"])]
+        what: String,
+    },
+}
+
+fn parse_replicas(text: &str) -> Result<u64, String> {
+    let n: i64 = text
+        .parse()
+        .map_err(|_| format!("invalid replica count {text:?}: use a whole number, 0 or more"))?;
+    u64::try_from(n).map_err(|_| format!("invalid replica count {n}: it must be 0 or more"))
+}
+
+fn parse_scale(text: &str) -> Result<(String, u64), String> {
+    let (name, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid scale target {text:?}: use SERVICE=REPLICAS"))?;
+    Ok((name.to_string(), parse_replicas(n)?))
+}

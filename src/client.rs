@@ -1,0 +1,57 @@
+//! Reaching the daemon's API: a unix socket by default, or TCP.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use shoal_proto::control_client::ControlClient;
+use shoal_proto::images_client::ImagesClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
+
+pub struct Client {
+    pub control: ControlClient<Channel>,
+    pub images: ImagesClient<Channel>,
+}
+
+/// Connects to `host`: a path, `unix://PATH`, or `tcp://HOST:PORT`.
+pub async fn connect(host: &str) -> Result<Client> {
+    let channel = if let Some(addr) = host.strip_prefix("tcp://") {
+        Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the shoal daemon at {host}: is it running?"))?
+    } else {
+        let path = PathBuf::from(host.strip_prefix("unix://").unwrap_or(host));
+        let shown = path.display().to_string();
+        // The URI is a placeholder: the connector below always dials the socket.
+        Endpoint::from_static("http://shoal.sock")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the shoal daemon at {shown}: is `shoal daemon` running \
+                     (and are you root)? Set --host or SHOAL_HOST for another socket"
+                )
+            })?
+    };
+    Ok(Client {
+        control: ControlClient::new(channel.clone()),
+        images: ImagesClient::new(channel),
+    })
+}
+
+/// The one-line message of an API error, without tonic's decoration.
+pub fn status_message(status: &tonic::Status) -> String {
+    if status.code() == tonic::Code::Unavailable && status.message().contains("transport") {
+        return format!("the shoal daemon is unreachable: {}", status.message());
+    }
+    status.message().to_string()
+}

@@ -1,0 +1,5 @@
+//! One module per command family; each turns parsed arguments into API calls and output.
+
+pub mod image;
+pub mod service;
+pub mod system;

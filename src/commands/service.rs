@@ -1,0 +1,456 @@
+//! `shoal service ...`
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use shoal_proto::service_spec::Mode;
+use shoal_proto::*;
+
+use crate::cli::{CreateArgs, Format, FormatArgs, ListArgs, RestartConditionArg};
+use crate::client::{status_message, Client};
+use crate::output::{ago, print_json, table};
+
+pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => generated_name(),
+    };
+    let labels = parse_pairs(&a.labels, "label")?;
+    for e in &a.env {
+        if e.split('=').next().is_none_or(str::is_empty) {
+            bail!("invalid --env {e:?}: use KEY=VALUE");
+        }
+    }
+    let limits = Resources {
+        memory_bytes: a.memory.unwrap_or(0),
+        nano_cpus: a.cpus.unwrap_or(0),
+        pids: a.pids_limit.unwrap_or(0),
+    };
+    if limits.pids < 0 {
+        bail!("invalid --pids-limit {}: it must be 0 (unlimited) or more", limits.pids);
+    }
+    let condition = match a.restart_condition {
+        RestartConditionArg::Any => RestartCondition::Any,
+        RestartConditionArg::OnFailure => RestartCondition::OnFailure,
+        RestartConditionArg::None => RestartCondition::None,
+    };
+    Ok(ServiceSpec {
+        name,
+        labels,
+        container: Some(ContainerSpec {
+            image: a.image.clone(),
+            command: a
+                .entrypoint
+                .as_deref()
+                .map(|e| e.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+            args: a.args.clone(),
+            env: a.env.clone(),
+            workdir: a.workdir.clone().unwrap_or_default(),
+            user: a.user.clone().unwrap_or_default(),
+            hostname: a.hostname.clone().unwrap_or_default(),
+            stop_grace_period_ms: a.stop_grace_period.map(|d| d.as_millis() as u64),
+            labels: HashMap::new(),
+        }),
+        limits: Some(limits),
+        reservations: Some(Resources {
+            memory_bytes: a.reserve_memory.unwrap_or(0),
+            nano_cpus: a.reserve_cpu.unwrap_or(0),
+            pids: 0,
+        }),
+        restart: Some(RestartPolicy {
+            condition: condition as i32,
+            delay_ms: a.restart_delay.map(|d| d.as_millis() as u64),
+            max_attempts: a.restart_max_attempts,
+            window_ms: a.restart_window.map(|d| d.as_millis() as u64).unwrap_or(0),
+        }),
+        mode: Some(Mode::Replicated(ReplicatedService {
+            replicas: a.replicas,
+        })),
+    })
+}
+
+fn parse_pairs(items: &[String], what: &str) -> Result<HashMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+            if k.is_empty() {
+                bail!("invalid --{what} {kv:?}: use KEY=VALUE");
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// A name for a service created without `--name`.
+fn generated_name() -> String {
+    let id = shoal_manager::consensus::new_id();
+    format!("svc-{}", &id[..8])
+}
+
+pub async fn create(client: &mut Client, args: &CreateArgs) -> Result<()> {
+    let spec = spec_from_args(args)?;
+    let response = client
+        .control
+        .create_service(CreateServiceRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner();
+    let service = response.service.ok_or_else(|| anyhow!("the daemon returned no service"))?;
+    println!("{}", service.id);
+    if !args.detach {
+        converge(client, &service.id).await?;
+    }
+    Ok(())
+}
+
+/// Waits until every wanted task of the service runs, printing progress like Docker.
+pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
+    let mut last_line = String::new();
+    let mut shown_errors: Vec<String> = Vec::new();
+    loop {
+        let s = get(client, service).await?;
+        let desired = desired_replicas(&s);
+        let tasks = list_tasks(client, &s.id).await?;
+        let running = tasks
+            .iter()
+            .filter(|t| t.desired_state() == TaskState::Running && task_state(t) == TaskState::Running)
+            .count() as u64;
+        let extra = tasks
+            .iter()
+            .filter(|t| t.desired_state() != TaskState::Running && !task_state(t).is_terminal())
+            .count();
+        for t in &tasks {
+            let error = t.status.as_ref().map(|s| s.error.clone()).unwrap_or_default();
+            let error = if error.is_empty() { t.scheduling_error.clone() } else { error };
+            if !error.is_empty() && !shown_errors.contains(&t.id) {
+                shown_errors.push(t.id.clone());
+                eprintln!("task {}.{}: {}", spec_name(&s), t.slot, error);
+            }
+        }
+        let line = format!("overall progress: {running} out of {desired} tasks");
+        if line != last_line {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        if running == desired && extra == 0 {
+            eprintln!("verify: Service {} converged", spec_name(&s));
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn task_state(t: &Task) -> TaskState {
+    t.status.as_ref().map(|s| s.state()).unwrap_or_default()
+}
+
+fn desired_replicas(s: &Service) -> u64 {
+    match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Replicated(r)) => r.replicas,
+        _ => 0,
+    }
+}
+
+fn spec_name(s: &Service) -> &str {
+    s.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
+}
+
+async fn get(client: &mut Client, service: &str) -> Result<Service> {
+    client
+        .control
+        .get_service(GetServiceRequest {
+            service: service.into(),
+        })
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .service
+        .ok_or_else(|| anyhow!("no such service: {service}"))
+}
+
+async fn list_tasks(client: &mut Client, service: &str) -> Result<Vec<Task>> {
+    Ok(client
+        .control
+        .list_tasks(ListTasksRequest {
+            service: service.into(),
+            node_id: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .tasks)
+}
+
+pub async fn ls(client: &mut Client, args: ListArgs) -> Result<()> {
+    let services = client
+        .control
+        .list_services(ListServicesRequest {})
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .services;
+    if args.quiet {
+        for s in services.iter().filter_map(|s| s.service.as_ref()) {
+            println!("{}", s.id);
+        }
+        return Ok(());
+    }
+    if args.format.format == Some(Format::Json) {
+        return print_json(&services);
+    }
+    let rows = services
+        .iter()
+        .filter_map(|summary| {
+            let s = summary.service.as_ref()?;
+            let image = s
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.container.as_ref())
+                .map(|c| c.image.clone())
+                .unwrap_or_default();
+            Some(vec![
+                crate::output::short_id(&s.id).to_string(),
+                spec_name(s).to_string(),
+                "replicated".into(),
+                format!("{}/{}", summary.running, summary.desired),
+                image,
+                String::new(),
+            ])
+        })
+        .collect();
+    println!(
+        "{}",
+        table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+    );
+    Ok(())
+}
+
+pub async fn ps(client: &mut Client, service: &str, args: ListArgs) -> Result<()> {
+    let s = get(client, service).await?;
+    let mut tasks = list_tasks(client, &s.id).await?;
+    // Docker's order: by slot, the current task first, then its history, newest first.
+    tasks.sort_by_key(|t| {
+        (
+            t.slot,
+            t.desired_state() != TaskState::Running,
+            std::cmp::Reverse(t.meta.as_ref().map(|m| m.created_at).unwrap_or(0)),
+        )
+    });
+    if args.quiet {
+        for t in &tasks {
+            println!("{}", t.id);
+        }
+        return Ok(());
+    }
+    if args.format.format == Some(Format::Json) {
+        return print_json(&tasks);
+    }
+    let nodes: HashMap<String, String> = client
+        .control
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let host = n.description.map(|d| d.hostname).unwrap_or_default();
+            (n.id, host)
+        })
+        .collect();
+    let mut previous_slot = None;
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            let status = t.status.clone().unwrap_or_default();
+            let name = format!("{}.{}", spec_name(&s), t.slot);
+            let name = if previous_slot == Some(t.slot) {
+                format!(" \\_ {name}")
+            } else {
+                name
+            };
+            previous_slot = Some(t.slot);
+            let state = status.state();
+            let mut current = capitalize(state.display());
+            current.push(' ');
+            current.push_str(&ago(status.timestamp));
+            let error = if !status.error.is_empty() {
+                status.error.clone()
+            } else {
+                t.scheduling_error.clone()
+            };
+            vec![
+                crate::output::short_id(&t.id).to_string(),
+                name,
+                t.spec
+                    .as_ref()
+                    .and_then(|sp| sp.container.as_ref())
+                    .map(|c| c.image.clone())
+                    .unwrap_or_default(),
+                nodes.get(&t.node_id).cloned().unwrap_or_default(),
+                capitalize(t.desired_state().display()),
+                current,
+                error,
+                String::new(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
+            rows
+        )
+    );
+    Ok(())
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+pub async fn inspect(client: &mut Client, services: &[String], _format: FormatArgs) -> Result<()> {
+    // Docker prints inspect output as a JSON array whatever the format.
+    let mut found = Vec::new();
+    for name in services {
+        found.push(get(client, name).await?);
+    }
+    print_json(&found)
+}
+
+pub async fn scale(client: &mut Client, targets: &[(String, u64)], detach: bool) -> Result<()> {
+    for (name, replicas) in targets {
+        // Compare-and-set: retry when something else changed the service meanwhile.
+        let mut attempts = 0;
+        let id = loop {
+            let s = get(client, name).await?;
+            let mut spec = s.spec.clone().unwrap_or_default();
+            spec.mode = Some(Mode::Replicated(ReplicatedService { replicas: *replicas }));
+            let request = UpdateServiceRequest {
+                service_id: s.id.clone(),
+                version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                spec: Some(spec),
+            };
+            match client.control.update_service(request).await {
+                Ok(_) => break s.id,
+                Err(e) if e.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
+                Err(e) => bail!("{}", status_message(&e)),
+            }
+        };
+        println!("{name} scaled to {replicas}");
+        if !detach {
+            converge(client, &id).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn logs(
+    client: &mut Client,
+    service: &str,
+    follow: bool,
+    tail: Option<u64>,
+    timestamps: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let s = get(client, service).await?;
+    let mut stream = client
+        .control
+        .service_logs(ServiceLogsRequest {
+            service: s.id.clone(),
+            follow,
+            tail: tail.unwrap_or(0),
+            timestamps,
+        })
+        .await
+        .map_err(|st| anyhow!(status_message(&st)))?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    while let Some(line) = stream.message().await.map_err(|st| anyhow!(status_message(&st)))? {
+        let mut prefix = format!(
+            "{}.{}.{}@{}    | ",
+            spec_name(&s),
+            line.slot,
+            crate::output::short_id(&line.task_id),
+            crate::output::short_id(&line.node_id)
+        );
+        if timestamps {
+            prefix = format!("{} {prefix}", rfc3339(line.timestamp));
+        }
+        let mut out: Box<dyn Write> = if line.stream == "stderr" {
+            Box::new(stderr.lock())
+        } else {
+            Box::new(stdout.lock())
+        };
+        out.write_all(prefix.as_bytes())?;
+        out.write_all(&line.line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Unix ms → `2026-11-22T21:07:09.123Z`.
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub async fn rm(client: &mut Client, services: &[String]) -> Result<()> {
+    let mut failed = false;
+    for name in services {
+        match client
+            .control
+            .remove_service(RemoveServiceRequest {
+                service: name.clone(),
+            })
+            .await
+        {
+            Ok(_) => println!("{name}"),
+            Err(e) => {
+                eprintln!("Error: {}", status_message(&e));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("some services could not be removed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_388_829_123), "2026-11-22T21:07:09.123Z");
+    }
+}

@@ -1,0 +1,272 @@
+//! `shoal daemon`: one process that is a manager (Raft store, loops, dispatcher, control API)
+//! and an agent (runtime, images, executor) talking to that manager over the same gRPC
+//! dispatcher protocol a remote agent uses.
+//!
+//! Containers are owned by their supervisors, not by this process: stopping or killing the
+//! daemon leaves them running, and the next start adopts them (live restore).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use shoal_agent::executor::Executor;
+use shoal_agent::image::ImageStore;
+use shoal_agent::runtime::Runtime;
+use shoal_agent::session::Session;
+use shoal_manager::consensus::{new_id, Writer};
+use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
+use shoal_manager::dispatcher::Dispatcher;
+use shoal_manager::raft::{RaftConfig, RaftNode};
+use shoal_manager::store::{change, Store};
+use shoal_proto::store_object::Object;
+use shoal_proto::{ChangeKind, Cluster, NodeDescription, Platform, Resources, Task};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Endpoint, Server};
+
+use crate::cli::DaemonArgs;
+
+/// The Raft id of the manager a fresh data dir makes (one-manager cluster).
+const FIRST_RAFT_ID: u64 = 1;
+
+pub async fn run(args: DaemonArgs) -> Result<()> {
+    let data_dir = args.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let _lock = lock_data_dir(&data_dir)?;
+    let node_id = node_id(&data_dir)?;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}: is the port in use?", args.listen_addr))?;
+    let addr = listener.local_addr()?;
+
+    // Manager: the replicated store first, everything else reads it.
+    let store = Store::new();
+    let raft = RaftNode::open(&data_dir, FIRST_RAFT_ID, RaftConfig::default(), store.clone())
+        .await
+        .context("cannot open the Raft store")?;
+    if raft.is_pristine().await {
+        tracing::info!(%node_id, "initialising a new one-manager cluster");
+        raft.initialize_single(&addr.to_string()).await?;
+    }
+    let writer = Writer::new(Arc::new(raft.clone()));
+    wait_for_leadership(&writer).await?;
+    if store.read().cluster.is_none() {
+        let cluster = Cluster {
+            id: new_id(),
+            name: "default".into(),
+            ..Default::default()
+        };
+        writer
+            .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
+            .await?;
+    }
+
+    // Agent pieces the manager's API also uses on a one-node cluster.
+    let runtime = Arc::new(Runtime::new(
+        data_dir.join("containers"),
+        std::env::current_exe().context("cannot find the shoal binary to run supervisors")?,
+        args.cgroup_parent.clone(),
+    )?);
+    let images = ImageStore::open(data_dir.join("images"))?;
+
+    let dispatcher = Dispatcher::new(store.clone(), writer.clone(), args.heartbeat, node_id.clone());
+    let facts = Arc::new(Facts {
+        node_id: node_id.clone(),
+        data_dir: data_dir.clone(),
+        cgroup_version: runtime.cgroup_version().to_string(),
+        raft: raft.clone(),
+    });
+    let control = ControlApi::new(
+        store.clone(),
+        writer.clone(),
+        Arc::new(LocalImages(images.clone())),
+        Arc::new(LocalLogs(runtime.clone())),
+        facts,
+    );
+    tokio::spawn(shoal_manager::leader::run(
+        store.clone(),
+        writer.clone(),
+        dispatcher.clone(),
+    ));
+
+    // Manager traffic on TCP: dispatcher sessions and Raft.
+    let tcp = Server::builder()
+        .add_service(dispatcher.into_service())
+        .add_service(raft.raft_service())
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    let tcp = tokio::spawn(tcp);
+
+    // The CLI's API on a unix socket only root can open.
+    let socket = args.socket.clone();
+    let unix = bind_socket(&socket)?;
+    let api = Server::builder()
+        .add_service(control.into_service())
+        .add_service(shoal_agent::image::ImagesApi::new(images.clone()).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
+
+    // The embedded agent dials the manager like any remote agent would.
+    let (executor, updates) = Executor::new(runtime.clone(), images)?;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
+    tokio::spawn(
+        Session {
+            channel,
+            node_id: node_id.clone(),
+            description: describe_node(),
+            executor,
+            updates,
+        }
+        .run(),
+    );
+
+    tracing::info!(%node_id, %addr, socket = %socket.display(), "shoal daemon ready");
+    let served = api.await;
+    tracing::info!("shutting down; containers keep running");
+    tcp.abort();
+    raft.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    served.context("the control API server failed")?;
+    Ok(())
+}
+
+async fn wait_for_leadership(writer: &Writer) -> Result<()> {
+    for _ in 0..200 {
+        if writer.is_leader() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("this manager did not become leader within 10 s: is it part of a cluster whose other managers are down?")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// One daemon per data dir: a second one would corrupt the Raft log. The lock lives as
+/// long as the returned guard.
+fn lock_data_dir(data_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = data_dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another shoal daemon is using {}: stop it first, or pick another --data-dir",
+            data_dir.display()
+        )
+    })
+}
+
+/// This node's id: made once, kept in the data dir.
+fn node_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = new_id();
+            let tmp = data_dir.join("node_id.tmp");
+            std::fs::write(&tmp, &id)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+    }
+}
+
+fn bind_socket(path: &PathBuf) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // A socket file left by a daemon that was killed: nobody listens on it (the data dir lock
+    // proves this daemon is the only one), so it can go.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn describe_node() -> NodeDescription {
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let memory = nix::sys::sysinfo::sysinfo()
+        .map(|i| i.ram_total() as i64)
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as i64)
+        .unwrap_or(1);
+    NodeDescription {
+        hostname,
+        platform: Some(Platform {
+            os: std::env::consts::OS.into(),
+            architecture: std::env::consts::ARCH.into(),
+        }),
+        resources: Some(Resources {
+            memory_bytes: memory,
+            nano_cpus: cpus * 1_000_000_000,
+            pids: 0,
+        }),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+struct LocalImages(ImageStore);
+
+impl ImageCatalog for LocalImages {
+    fn check(&self, reference: &str) -> Result<(), String> {
+        self.0.resolve(reference).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+struct LocalLogs(Arc<Runtime>);
+
+impl TaskLogs for LocalLogs {
+    fn stream(&self, tasks: Vec<Task>, follow: bool, tail: u64) -> LogStream {
+        let rx = shoal_agent::logs::stream_task_logs(&self.0, tasks, follow, tail);
+        Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), Ok))
+    }
+}
+
+struct Facts {
+    node_id: String,
+    data_dir: PathBuf,
+    cgroup_version: String,
+    raft: RaftNode,
+}
+
+impl DaemonFacts for Facts {
+    fn node_id(&self) -> String {
+        self.node_id.clone()
+    }
+    fn data_dir(&self) -> String {
+        self.data_dir.display().to_string()
+    }
+    fn cgroup_version(&self) -> String {
+        self.cgroup_version.clone()
+    }
+    fn raft_progress(&self) -> (u64, u64) {
+        let m = self.raft.metrics();
+        (m.current_term, m.last_applied.map(|l| l.index).unwrap_or(0))
+    }
+}

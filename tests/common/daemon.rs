@@ -1,0 +1,203 @@
+//! A real `shoal daemon` for a test: its own data dir, socket, port and cgroup parent, and a
+//! guard that removes everything it made (containers included) even when the test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-e2e-")
+            .tempdir()
+            .expect("a temp dir");
+        let unique = dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("shoal-e2e")
+            .to_string();
+        let mut daemon = TestDaemon {
+            dir,
+            cgroup_parent: unique,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("shoal.sock")
+    }
+
+    /// (Re)starts the daemon process on the same data dir and waits until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("daemon log file");
+        let child = Command::new(SHOAL)
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--listen-addr", "127.0.0.1:0", "--cgroup-parent", &self.cgroup_parent])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shoal daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket().exists() && self.shoal(&["info"]).status.success() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("shoal daemon exited early ({status}):\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("shoal daemon did not answer within 20 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(SHOAL)
+            .arg("--host")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shoal")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed:\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        assert!(
+            !out.status.success(),
+            "shoal {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// Polls `check` until it holds or `timeout` passes.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}\ndaemon log:\n{}", self.log());
+    }
+
+    /// The running tasks of a service, from `service ps --format json`.
+    pub fn running_tasks(&self, service: &str) -> Vec<serde_json::Value> {
+        let tasks = self.json(&["service", "ps", service, "--format", "json"]);
+        tasks
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| {
+                t["desired_state"] == 7 && t["status"]["state"] == 7 // RUNNING
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Containers outlive the daemon by design: remove them through the runtime itself.
+        let containers = self.data_dir().join("containers");
+        if let Ok(runtime) = shoal_agent::runtime::Runtime::new(
+            containers.clone(),
+            PathBuf::from(SHOAL),
+            self.cgroup_parent.clone(),
+        ) {
+            if let Ok(list) = runtime.list() {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    for c in list {
+                        let _ = rt.block_on(runtime.remove(&c.id));
+                    }
+                }
+            }
+        }
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// Removes `<hierarchy>/<parent>` in every cgroup hierarchy (v1 and v2), if empty.
+pub fn remove_cgroup_parent(parent: &str) {
+    for dir in cgroup_dirs(parent) {
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// Every existing `<hierarchy>/<parent>` directory.
+pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut found = Vec::new();
+    if root.join(parent).is_dir() {
+        found.push(root.join(parent));
+    }
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let dir = e.path().join(parent);
+            if dir.is_dir() {
+                found.push(dir);
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,206 @@
+//! End to end: a real `shoal daemon`, the real CLI, real containers (run as root).
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::daemon::{cgroup_dirs, TestDaemon};
+use common::require_root;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn ns(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/ns/{kind}: {e}"))
+}
+
+fn pids(tasks: &[serde_json::Value]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|t| t["status"]["pid"].as_u64().expect("a running task has a pid").to_string())
+        .collect()
+}
+
+fn alive(pid: &str) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The memory cgroup directory of a process (v1) or its unified cgroup (v2).
+fn memory_limit_of(pid: &str) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup file");
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if controllers.split(',').any(|c| c == "memory") {
+            let file = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
+            return std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        if controllers.is_empty() && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let file = format!("/sys/fs/cgroup{path}/memory.max");
+            return std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+    panic!("process {pid} is in no memory cgroup:\n{cgroups}");
+}
+
+#[test]
+fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    d.ok(&[
+        "service", "create", "--name", "web", "--replicas", "3", "--memory", "64m",
+        "--stop-grace-period", "1s", "busybox", "sleep", "1000",
+    ]);
+    let tasks = d.running_tasks("web");
+    assert_eq!(tasks.len(), 3, "create waits until 3 tasks run");
+
+    // Each in its own pid, net and mount namespace, with the memory limit in its cgroup.
+    let pids = pids(&tasks);
+    for kind in ["pid", "net", "mnt", "uts", "ipc"] {
+        let mine = ns("self", kind);
+        let theirs: HashSet<String> = pids.iter().map(|p| ns(p, kind)).collect();
+        assert_eq!(theirs.len(), 3, "every task has its own {kind} namespace");
+        assert!(!theirs.contains(&mine), "no task shares the host's {kind} namespace");
+    }
+    for pid in &pids {
+        assert_eq!(memory_limit_of(pid).trim(), (64u64 << 20).to_string());
+    }
+
+    // The table output names the service and its replicas.
+    let ls = d.ok(&["service", "ls"]);
+    assert!(ls.contains("web") && ls.contains("3/3"), "service ls:\n{ls}");
+
+    // Scale up, then down.
+    d.ok(&["service", "scale", "web=5"]);
+    assert_eq!(d.running_tasks("web").len(), 5);
+    d.ok(&["service", "scale", "web=1"]);
+    d.wait_for("scale down to 1", CONVERGE, || d.running_tasks("web").len() == 1);
+    let remaining = pids(&d.running_tasks("web"));
+    let all_pids: Vec<String> = pids.iter().cloned().chain(remaining.iter().cloned()).collect();
+    d.wait_for("scaled-down containers to exit", CONVERGE, || {
+        all_pids.iter().filter(|p| alive(p)).count() == 1
+    });
+
+    // Remove: no process, container dir, mount or cgroup is left.
+    d.ok(&["service", "rm", "web"]);
+    let containers = d.data_dir().join("containers");
+    d.wait_for("every container removed", CONVERGE, || {
+        std::fs::read_dir(&containers).map(|e| e.count() == 0).unwrap_or(true)
+    });
+    assert!(all_pids.iter().all(|p| !alive(p)), "no container process survives rm");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let data = d.data_dir().display().to_string();
+    assert!(!mounts.contains(&data), "no mount under the data dir remains:\n{mounts}");
+    for dir in cgroup_dirs(&d.cgroup_parent) {
+        let children: Vec<_> = std::fs::read_dir(&dir)
+            .expect("cgroup dir")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .collect();
+        assert!(children.is_empty(), "cgroups left under {}: {children:?}", dir.display());
+    }
+    let ls = d.ok(&["service", "ls", "-q"]);
+    assert!(ls.trim().is_empty(), "no service is left: {ls}");
+}
+
+#[test]
+fn kill_9_and_restart_recovers_services_without_duplicates() {
+    if !require_root() {
+        return;
+    }
+    let mut d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    let cluster = d.json(&["info", "--format", "json"])["cluster"]["id"].clone();
+    d.ok(&[
+        "service", "create", "--name", "db", "--replicas", "2", "--stop-grace-period", "1s",
+        "busybox", "sleep", "1000",
+    ]);
+    let before: HashSet<String> = pids(&d.running_tasks("db")).into_iter().collect();
+    let service_id = d.json(&["service", "inspect", "db"])[0]["id"].clone();
+
+    d.kill9();
+    assert!(before.iter().all(|p| alive(p)), "containers outlive the daemon");
+    d.spawn();
+
+    // Same cluster, same service, same containers: adopted, not duplicated.
+    assert_eq!(d.json(&["info", "--format", "json"])["cluster"]["id"], cluster);
+    assert_eq!(d.json(&["service", "inspect", "db"])[0]["id"], service_id);
+    d.wait_for("2 running tasks after restart", CONVERGE, || d.running_tasks("db").len() == 2);
+    let after: HashSet<String> = pids(&d.running_tasks("db")).into_iter().collect();
+    assert_eq!(before, after, "the running containers were adopted");
+    let containers = std::fs::read_dir(d.data_dir().join("containers"))
+        .expect("containers dir")
+        .count();
+    assert_eq!(containers, 2, "no duplicate container was made");
+
+    // A container that exits while the daemon is down is noticed and replaced.
+    d.kill9();
+    let victim = before.iter().next().cloned().expect("a pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.parse().expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill a container");
+    d.spawn();
+    d.wait_for("the dead replica replaced", CONVERGE, || {
+        let running = pids(&d.running_tasks("db"));
+        running.len() == 2 && !running.contains(&victim)
+    });
+    d.ok(&["service", "rm", "db"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_creates_nothing() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let err = d.fails(&["service", "create", "--name", "x", "nosuchimage"]);
+    assert!(err.contains("nosuchimage"), "unknown image error names it: {err}");
+    let err = d.fails(&["service", "create", "--name", "x", "--memory", "lots", "busybox"]);
+    assert!(err.contains("invalid size"), "{err}");
+    let err = d.fails(&["service", "create", "--name", "x", "--replicas", "-1", "busybox"]);
+    assert!(err.contains("0 or more"), "{err}");
+    d.ok(&["image", "bootstrap", "busybox"]);
+    d.ok(&["service", "create", "--name", "x", "-d", "--replicas", "0", "busybox", "true"]);
+    let err = d.fails(&["service", "create", "--name", "x", "busybox", "true"]);
+    assert!(err.contains("already in use"), "{err}");
+    let err = d.fails(&["service", "scale", "nosuch=2"]);
+    assert!(err.contains("no such service"), "{err}");
+    let services = d.ok(&["service", "ls", "-q"]);
+    assert_eq!(services.lines().count(), 1, "only the one good service exists");
+    for stderr in [&err] {
+        assert_eq!(stderr.trim().lines().count(), 1, "errors are one line: {stderr}");
+    }
+}
+
+#[test]
+fn logs_and_exit_codes_reach_the_cli() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    d.ok(&[
+        "service", "create", "-d", "--name", "job", "--restart-condition", "none",
+        "busybox", "sh", "-c", "echo hello-from-task; echo oops >&2; exit 3",
+    ]);
+    d.wait_for("the task to fail with exit 3", CONVERGE, || {
+        let tasks = d.json(&["service", "ps", "job", "--format", "json"]);
+        tasks[0]["status"]["exit_code"] == 3
+    });
+    let tasks = d.json(&["service", "ps", "job", "--format", "json"]);
+    assert_eq!(tasks.as_array().map(Vec::len), Some(1), "restart none: no new task");
+    assert!(tasks[0]["status"]["error"].as_str().unwrap_or("").contains("non-zero exit (3)"));
+    let out = d.shoal(&["service", "logs", "job"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("hello-from-task"), "stdout: {stdout}");
+    assert!(stderr.contains("oops"), "stderr: {stderr}");
+    d.ok(&["service", "rm", "job"]);
+}

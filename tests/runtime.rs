@@ -1,0 +1,663 @@
+//! Integration tests of the container runtime (agent/src/runtime) with the real `shoal` binary
+//! as the supervisor helper. Privileged: they need root (namespaces, mounts, cgroups).
+//!
+//! Each test builds a busybox rootfs from the host's busybox-static in its own tempdir, uses a
+//! unique cgroup parent (`shoal-test-<pid>-<n>-<nanos>`), and cleans up everything through a
+//! guard, even on panic. Nothing touches any network.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use shoal_agent::runtime::{
+    read_log, CgroupVersion, ContainerConfig, ContainerState, ContainerStatus, Limits, LogEntry,
+    LogStream, Runtime, RuntimeError, Stage,
+};
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A busybox image layer: /bin/busybox plus a symlink per applet, /etc/passwd and /etc/group.
+fn busybox_layer(dir: &Path) {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir bin");
+    fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (apt-get install busybox-static)");
+    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        symlink("busybox", bin.join(applet)).expect("applet symlink");
+    }
+    let etc = dir.join("etc");
+    fs::create_dir_all(&etc).expect("mkdir etc");
+    fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n\
+         app:x:1000:1000:app:/home/app:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .expect("passwd");
+    fs::write(
+        etc.join("group"),
+        "root:x:0:\nwheel:x:10:app\napp:x:1000:\nnogroup:x:65534:\n",
+    )
+    .expect("group");
+    fs::write(etc.join("motd"), "from the base layer\n").expect("motd");
+    for d in ["tmp", "root", "home/app"] {
+        fs::create_dir_all(dir.join(d)).expect("mkdir");
+    }
+}
+
+/// One test's world: a rootfs layer, a runtime with its own root and cgroup parent. Dropping it
+/// removes every container, the cgroup parent and the tempdir.
+struct TestEnv {
+    tmp: tempfile::TempDir,
+    base: PathBuf,
+    parent: String,
+    rt: Runtime,
+}
+
+impl TestEnv {
+    fn new() -> TestEnv {
+        // Short paths: overlay options are limited to a page.
+        let tmp = tempfile::Builder::new()
+            .prefix("shoal-rt")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let base = tmp.path().join("l0");
+        busybox_layer(&base);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let parent = format!(
+            "shoal-test-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let rt = Runtime::new(tmp.path().join("c"), PathBuf::from(SHOAL), parent.clone())
+            .expect("runtime");
+        TestEnv {
+            tmp,
+            base,
+            parent,
+            rt,
+        }
+    }
+
+    /// Another runtime over the same state (as a restarted daemon would make).
+    fn reopen(&self) -> Runtime {
+        Runtime::new(self.tmp.path().join("c"), PathBuf::from(SHOAL), self.parent.clone())
+            .expect("runtime")
+    }
+
+    fn config(&self, id: &str, args: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            id: id.to_string(),
+            name: format!("{id}.1"),
+            layers: vec![self.base.clone()],
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: String::new(),
+            user: String::new(),
+            hostname: String::new(),
+            limits: Limits::default(),
+            stop_grace: Duration::from_secs(1),
+            labels: BTreeMap::from([("test".to_string(), "runtime".to_string())]),
+        }
+    }
+
+    fn sh(&self, id: &str, script: &str) -> ContainerConfig {
+        self.config(id, &["sh", "-c", script])
+    }
+
+    /// Every cgroup directory a container could have.
+    fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        ["memory", "cpu", "cpuacct", "pids"]
+            .iter()
+            .map(|c| self.rt.cgroup_dir(id, c))
+            .collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let rt = &self.rt;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                else {
+                    return;
+                };
+                if let Ok(list) = rt.list() {
+                    for c in list {
+                        if let Err(e) = tokio_rt.block_on(rt.remove(&c.id)) {
+                            eprintln!("cleanup: remove {}: {e}", c.id);
+                        }
+                    }
+                }
+                // Directories that list() skipped (no config.json) still hold no processes.
+                if let Ok(entries) = fs::read_dir(rt.root()) {
+                    for e in entries.flatten() {
+                        let id = e.file_name().to_string_lossy().into_owned();
+                        let _ = tokio_rt.block_on(rt.remove(&id));
+                    }
+                }
+            });
+        });
+        if let Err(e) = self.rt.remove_cgroup_parent() {
+            eprintln!("cleanup: cgroup parent {}: {e}", self.parent);
+        }
+    }
+}
+
+async fn wait_exit(rt: &Runtime, id: &str) -> shoal_agent::runtime::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(30), rt.wait(id))
+        .await
+        .expect("container did not exit within 30 s")
+        .expect("wait")
+}
+
+/// Polls the log until an entry equal to `line` shows up.
+async fn wait_for_line(rt: &Runtime, id: &str, line: &str) -> Vec<LogEntry> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let entries = read_log(&rt.log_path(id), None).expect("read log");
+        if entries.iter().any(|e| e.l == line) {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line {line:?} within 15 s; log so far: {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn lines(entries: &[LogEntry], stream: LogStream) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.s == stream)
+        .map(|e| e.l.clone())
+        .collect()
+}
+
+fn running_pid(state: &ContainerState) -> i32 {
+    match state.status {
+        ContainerStatus::Running { pid } => pid,
+        ref other => panic!("expected running, got {other:?}"),
+    }
+}
+
+/// Live (non-zombie) processes whose command line mentions `needle`.
+fn live_processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn exit_code_and_both_streams_are_logged() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let state = env
+        .rt
+        .create_and_start(env.sh("logs", "echo hi; echo err >&2; printf partial; exit 3"))
+        .await
+        .expect("start");
+    assert_eq!(state.id, "logs");
+    assert_eq!(state.name, "logs.1");
+    assert_eq!(state.labels.get("test").map(String::as_str), Some("runtime"));
+    assert!(state.supervisor_pid.is_some() && state.pid.is_some() && state.started_at.is_some());
+
+    let exit = wait_exit(&env.rt, "logs").await;
+    assert_eq!(exit.code, 3);
+    assert_eq!(exit.signal, None);
+    assert!(!exit.oom_killed && !exit.lost);
+
+    let log = read_log(&env.rt.log_path("logs"), None).expect("log");
+    assert_eq!(lines(&log, LogStream::Stdout), ["hi", "partial"]);
+    assert_eq!(lines(&log, LogStream::Stderr), ["err"]);
+    assert!(log.iter().all(|e| e.t >= state.started_at.unwrap_or(0).saturating_sub(1000)));
+    // The raw file is JSON lines in the documented shape.
+    let raw = fs::read_to_string(env.rt.log_path("logs")).expect("raw log");
+    let first: serde_json::Value = serde_json::from_str(raw.lines().next().expect("a line")).expect("json");
+    assert_eq!(first["s"], "stdout");
+    assert_eq!(first["l"], "hi");
+    assert!(first["t"].is_u64());
+    assert_eq!(read_log(&env.rt.log_path("logs"), Some(1)).expect("tail").len(), 1);
+
+    // Recorded on disk; the supervisor removed the cgroup before it exited.
+    let st = env.rt.state("logs").expect("state");
+    assert_eq!(st.status, ContainerStatus::Exited(exit));
+    assert!(env.rt.container_dir("logs").join("exit.json").is_file());
+    for dir in env.cgroup_dirs("logs") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    env.rt.remove("logs").await.expect("remove");
+    assert!(!env.rt.container_dir("logs").exists());
+    env.rt.remove("logs").await.expect("remove is idempotent");
+    assert!(matches!(env.rt.state("logs"), Err(RuntimeError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn namespaces_mounts_hostname_and_loopback() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut cfg = env.sh(
+        "ns",
+        "echo pid=$$; hostname; cat /sys/class/net/lo/flags; \
+         for d in null zero full random urandom tty; do test -c /dev/$d || echo missing-$d; done; \
+         test -L /dev/ptmx && echo ptmx-link; \
+         grep -q '^sysfs /sys sysfs ro' /proc/mounts && echo sys-ro; \
+         grep -q ' /dev/pts devpts ' /proc/mounts && echo pts; \
+         grep -q ' /dev/shm tmpfs ' /proc/mounts && echo shm; \
+         grep -q ' / overlay ' /proc/mounts && echo overlay-root; \
+         echo ok > /dev/null && echo devnull-ok; \
+         echo ready; exec sleep 1000",
+    );
+    cfg.hostname = "box-1".into();
+    let state = env.rt.create_and_start(cfg).await.expect("start");
+    let pid = running_pid(&state);
+    let log = wait_for_line(&env.rt, "ns", "ready").await;
+    let out = lines(&log, LogStream::Stdout);
+    for want in [
+        "pid=1", "box-1", "0x9", "ptmx-link", "sys-ro", "pts", "shm", "overlay-root", "devnull-ok",
+    ] {
+        assert!(out.iter().any(|l| l == want), "{want:?} missing from {out:?}");
+    }
+    assert!(!out.iter().any(|l| l.starts_with("missing-")), "{out:?}");
+
+    for ns in ["pid", "net", "mnt", "uts", "ipc"] {
+        let host = fs::read_link(format!("/proc/self/ns/{ns}")).expect("host ns");
+        let container = fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("container ns");
+        assert_ne!(host, container, "{ns} namespace is shared with the host");
+    }
+    // The overlay lives only in the container's mount namespace.
+    let rootfs = env.rt.container_dir("ns").join("rootfs");
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !host_mounts.contains(&*rootfs.to_string_lossy()),
+        "the container rootfs shows in the host mount table"
+    );
+    // The init is in the container's cgroup (joined before exec).
+    let procs = fs::read_to_string(env.rt.cgroup_path("ns").join("cgroup.procs")).expect("procs");
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{pid} not in {procs}");
+    // The supervisor is not our child: it was double-forked away from the daemon.
+    let sup = state.supervisor_pid.expect("supervisor pid");
+    let stat = fs::read_to_string(format!("/proc/{sup}/stat")).expect("supervisor stat");
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("ppid");
+    assert_ne!(ppid, std::process::id());
+
+    env.rt.kill("ns", Signal::SIGKILL).expect("kill");
+    let exit = wait_exit(&env.rt, "ns").await;
+    assert_eq!((exit.code, exit.signal), (137, Some(9)));
+    assert!(!alive(pid));
+    assert!(matches!(env.rt.kill("ns", Signal::SIGKILL), Err(RuntimeError::NotRunning { .. })));
+}
+
+#[tokio::test]
+async fn limits_are_in_the_cgroup_before_exec() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut cfg = env.config("lim", &["sleep", "1000"]);
+    cfg.limits = Limits {
+        memory_bytes: Some(64 << 20),
+        nano_cpus: Some(500_000_000),
+        pids: Some(20),
+    };
+    let state = env.rt.create_and_start(cfg).await.expect("start");
+    let pid = running_pid(&state);
+    let read = |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    match env.rt.cgroup_version() {
+        CgroupVersion::V1 => {
+            let mem = env.rt.cgroup_path("lim");
+            assert_eq!(read(mem.join("memory.limit_in_bytes")).trim(), (64u64 << 20).to_string());
+            let cpu = env.rt.cgroup_dir("lim", "cpu");
+            assert_eq!(read(cpu.join("cpu.cfs_quota_us")).trim(), "50000");
+            assert_eq!(read(cpu.join("cpu.cfs_period_us")).trim(), "100000");
+            let pids = env.rt.cgroup_dir("lim", "pids");
+            assert_eq!(read(pids.join("pids.max")).trim(), "20");
+            for c in ["memory", "cpu", "pids"] {
+                let procs = read(env.rt.cgroup_dir("lim", c).join("cgroup.procs"));
+                assert!(procs.lines().any(|l| l == pid.to_string()), "{c}: {procs}");
+            }
+        }
+        CgroupVersion::V2 => {
+            let dir = env.rt.cgroup_path("lim");
+            assert_eq!(read(dir.join("memory.max")).trim(), (64u64 << 20).to_string());
+            assert_eq!(read(dir.join("cpu.max")).trim(), "50000 100000");
+            assert_eq!(read(dir.join("pids.max")).trim(), "20");
+        }
+    }
+    // The container's own view of its cgroup membership matches.
+    let self_cgroup = read(PathBuf::from(format!("/proc/{pid}/cgroup")));
+    assert!(self_cgroup.contains(&env.parent), "{self_cgroup}");
+
+    // Remove kills it and leaves nothing.
+    env.rt.remove("lim").await.expect("remove");
+    assert!(!alive(pid));
+    assert!(!env.rt.container_dir("lim").exists());
+    for dir in env.cgroup_dirs("lim") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn pids_limit_stops_fork_bombs() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut cfg = env.sh(
+        "pids",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done; echo spawned; exit 0",
+    );
+    cfg.limits.pids = Some(5);
+    env.rt.create_and_start(cfg).await.expect("start");
+    let exit = wait_exit(&env.rt, "pids").await;
+    let log = read_log(&env.rt.log_path("pids"), None).expect("log");
+    let err = lines(&log, LogStream::Stderr).join("\n");
+    assert!(
+        err.contains("fork") || err.contains("Resource temporarily unavailable"),
+        "expected fork failures on stderr, got {err:?} (exit {exit:?})"
+    );
+}
+
+#[tokio::test]
+async fn memory_limit_oom_kill_is_reported() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    // The shell holds the whole command substitution in memory: far over 16 MiB.
+    let mut cfg = env.sh("oom", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    cfg.limits.memory_bytes = Some(16 << 20);
+    env.rt.create_and_start(cfg).await.expect("start");
+    let exit = wait_exit(&env.rt, "oom").await;
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!((exit.code, exit.signal), (137, Some(9)), "{exit:?}");
+}
+
+#[tokio::test]
+async fn user_env_and_workdir() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let script = "id -u; id -g; id -G; echo home=$HOME; echo foo=$FOO; pwd; echo path=$PATH";
+
+    let mut cfg = env.sh("u1", script);
+    cfg.user = "nobody".into();
+    env.rt.create_and_start(cfg).await.expect("start nobody");
+    assert_eq!(wait_exit(&env.rt, "u1").await.code, 0);
+    let out = lines(&read_log(&env.rt.log_path("u1"), None).expect("log"), LogStream::Stdout);
+    assert_eq!(out[..4], ["65534", "65534", "65534", "home=/nonexistent"]);
+    assert_eq!(out[5], "/");
+    assert_eq!(
+        out[6],
+        "path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+
+    let mut cfg = env.sh("u2", script);
+    cfg.user = "app".into();
+    cfg.env = vec!["FOO=bar baz".into(), "PATH=/bin".into()];
+    cfg.cwd = "/work/dir".into();
+    env.rt.create_and_start(cfg).await.expect("start app");
+    assert_eq!(wait_exit(&env.rt, "u2").await.code, 0);
+    let out = lines(&read_log(&env.rt.log_path("u2"), None).expect("log"), LogStream::Stdout);
+    assert_eq!(out, ["1000", "1000", "1000 10", "home=/home/app", "foo=bar baz", "/work/dir", "path=/bin"]);
+
+    let mut cfg = env.sh("u3", "id -u; id -g; id -G");
+    cfg.user = "12345:54321".into();
+    env.rt.create_and_start(cfg).await.expect("numeric user");
+    assert_eq!(wait_exit(&env.rt, "u3").await.code, 0);
+    let out = lines(&read_log(&env.rt.log_path("u3"), None).expect("log"), LogStream::Stdout);
+    assert_eq!(out, ["12345", "54321", "54321"]);
+}
+
+#[tokio::test]
+async fn layers_stack_and_writes_stay_in_the_container() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let top = env.tmp.path().join("l1");
+    fs::create_dir_all(top.join("etc")).expect("mkdir");
+    fs::write(top.join("etc/motd"), "from the top layer\n").expect("motd");
+    fs::write(top.join("etc/extra"), "extra\n").expect("extra");
+    let mut cfg = env.sh(
+        "ov",
+        "cat /etc/motd; cat /etc/extra; echo new > /tmp/x; echo changed > /etc/motd; rm /bin/vi; echo done",
+    );
+    cfg.layers.push(top.clone());
+    env.rt.create_and_start(cfg).await.expect("start");
+    assert_eq!(wait_exit(&env.rt, "ov").await.code, 0);
+    let out = lines(&read_log(&env.rt.log_path("ov"), None).expect("log"), LogStream::Stdout);
+    assert_eq!(out, ["from the top layer", "extra", "done"]);
+    // The layers are untouched; the writes went to the container's upper dir.
+    assert_eq!(fs::read_to_string(top.join("etc/motd")).expect("motd"), "from the top layer\n");
+    assert!(fs::symlink_metadata(env.base.join("bin/vi")).is_ok());
+    let upper = env.rt.container_dir("ov").join("upper");
+    assert_eq!(fs::read_to_string(upper.join("tmp/x")).expect("upper"), "new\n");
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_and_honours_sigterm_handlers() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    // sleep as PID 1 has no SIGTERM handler: the kernel drops the signal, so SIGKILL it is.
+    env.rt
+        .create_and_start(env.config("stubborn", &["sleep", "1000"]))
+        .await
+        .expect("start");
+    let t0 = Instant::now();
+    env.rt.stop("stubborn", Duration::from_millis(300)).await.expect("stop");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let exit = wait_exit(&env.rt, "stubborn").await;
+    assert_eq!((exit.code, exit.signal), (137, Some(9)));
+    // Stopping an exited container is fine.
+    env.rt.stop("stubborn", Duration::from_millis(300)).await.expect("stop again");
+
+    // A shell with a TERM trap exits cleanly within the grace period.
+    env.rt
+        .create_and_start(env.sh("polite", "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done"))
+        .await
+        .expect("start");
+    wait_for_line(&env.rt, "polite", "ready").await;
+    let t0 = Instant::now();
+    env.rt.stop("polite", Duration::from_secs(20)).await.expect("stop");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let exit = wait_exit(&env.rt, "polite").await;
+    assert_eq!((exit.code, exit.signal), (0, None));
+    let out = lines(&read_log(&env.rt.log_path("polite"), None).expect("log"), LogStream::Stdout);
+    assert_eq!(out.last().map(String::as_str), Some("bye"));
+}
+
+#[tokio::test]
+async fn containers_outlive_the_runtime_and_are_adopted() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let first = env.reopen();
+    let started = first
+        .create_and_start(env.sh("adopt", "trap 'exit 7' USR1; while true; do sleep 0.05; done"))
+        .await
+        .expect("start");
+    let pid = running_pid(&started);
+    drop(first);
+    assert!(alive(pid), "the container died with its runtime");
+
+    let second = env.reopen();
+    let list = second.list().expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, "adopt");
+    assert_eq!(list[0].status, ContainerStatus::Running { pid });
+    assert_eq!(list[0].config.args[0], "sh");
+    // Signal it through the new runtime, and wait from there: the real exit code comes back.
+    second.kill("adopt", Signal::SIGUSR1).expect("signal the adopted container");
+    let exit = wait_exit(&second, "adopt").await;
+    assert_eq!(exit.code, 7);
+    assert!(!exit.lost);
+    assert_eq!(second.state("adopt").expect("state").status, ContainerStatus::Exited(exit));
+}
+
+#[tokio::test]
+async fn a_vanished_supervisor_is_reported_as_lost() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let state = env
+        .rt
+        .create_and_start(env.config("lost", &["sleep", "1000"]))
+        .await
+        .expect("start");
+    let pid = running_pid(&state);
+    let sup = state.supervisor_pid.expect("supervisor");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGKILL).expect("kill supervisor");
+    let exit = wait_exit(&env.rt, "lost").await;
+    assert!(exit.lost, "{exit:?}");
+    assert_eq!(exit.code, 255);
+    // The init had the supervisor as its parent-death signal source.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid), "the container outlived its supervisor");
+    env.rt.remove("lost").await.expect("remove");
+    for dir in env.cgroup_dirs("lost") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn bad_inputs_fail_clearly_and_leave_nothing() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let assert_clean = |id: &str| {
+        assert!(!env.rt.container_dir(id).exists(), "state dir of {id} left behind");
+        for dir in env.cgroup_dirs(id) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+        let dir = env.rt.container_dir(id);
+        let procs = live_processes_mentioning(&dir.to_string_lossy());
+        assert!(procs.is_empty(), "processes of {id} left behind: {procs:?}");
+    };
+
+    // argv[0] not in the image.
+    let err = env
+        .rt
+        .create_and_start(env.config("nocmd", &["no-such-cmd", "x"]))
+        .await
+        .expect_err("missing command");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("exec \"no-such-cmd\": no such file in the image's PATH"),
+        "{msg}"
+    );
+    assert!(matches!(err, RuntimeError::StartFailed { stage: Stage::Exec, .. }), "{err:?}");
+    assert_clean("nocmd");
+
+    // An absolute path that does not exist.
+    let err = env
+        .rt
+        .create_and_start(env.config("noabs", &["/opt/app/run"]))
+        .await
+        .expect_err("missing binary");
+    assert!(err.to_string().contains("\"/opt/app/run\": no such file"), "{err}");
+    assert_clean("noabs");
+
+    // An unknown user.
+    let mut cfg = env.config("nouser", &["true"]);
+    cfg.user = "ghost".into();
+    let err = env.rt.create_and_start(cfg).await.expect_err("unknown user");
+    assert!(matches!(err, RuntimeError::StartFailed { stage: Stage::User, .. }), "{err:?}");
+    assert!(err.to_string().contains("unknown user \"ghost\""), "{err}");
+    assert_clean("nouser");
+
+    // An unknown group.
+    let mut cfg = env.config("nogroup", &["true"]);
+    cfg.user = "app:ghosts".into();
+    let err = env.rt.create_and_start(cfg).await.expect_err("unknown group");
+    assert!(err.to_string().contains("unknown group \"ghosts\""), "{err}");
+    assert_clean("nogroup");
+
+    // A layer that does not exist, an empty command, a bad id: refused before anything runs.
+    let mut cfg = env.config("nolayer", &["true"]);
+    cfg.layers.push(env.tmp.path().join("missing"));
+    let err = env.rt.create_and_start(cfg).await.expect_err("missing layer");
+    assert!(matches!(err, RuntimeError::InvalidConfig { .. }), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert_clean("nolayer");
+    let err = env.rt.create_and_start(env.config("noargs", &[])).await.expect_err("no args");
+    assert!(err.to_string().contains("no command"), "{err}");
+    assert_clean("noargs");
+    let err = env.rt.create_and_start(env.config("../evil", &["true"])).await.expect_err("bad id");
+    assert!(matches!(err, RuntimeError::InvalidConfig { .. }), "{err:?}");
+
+    // The same id twice: the second start is refused, the first keeps running.
+    let state = env
+        .rt
+        .create_and_start(env.config("twice", &["sleep", "1000"]))
+        .await
+        .expect("first");
+    let err = env
+        .rt
+        .create_and_start(env.config("twice", &["sleep", "1000"]))
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, RuntimeError::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(env.rt.state("twice").expect("state").status, state.status);
+    env.rt.remove("twice").await.expect("remove");
+    assert_clean("twice");
+
+    // Nothing of the failures shows in the listing.
+    assert!(env.rt.list().expect("list").is_empty());
+}
