@@ -60,14 +60,14 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
     assert_eq!(tasks.len(), 3, "create waits until 3 tasks run");
 
     // Each in its own pid, net and mount namespace, with the memory limit in its cgroup.
-    let pids = pids(&tasks);
+    let first_pids = pids(&tasks);
     for kind in ["pid", "net", "mnt", "uts", "ipc"] {
         let mine = ns("self", kind);
-        let theirs: HashSet<String> = pids.iter().map(|p| ns(p, kind)).collect();
+        let theirs: HashSet<String> = first_pids.iter().map(|p| ns(p, kind)).collect();
         assert_eq!(theirs.len(), 3, "every task has its own {kind} namespace");
         assert!(!theirs.contains(&mine), "no task shares the host's {kind} namespace");
     }
-    for pid in &pids {
+    for pid in &first_pids {
         assert_eq!(memory_limit_of(pid).trim(), (64u64 << 20).to_string());
     }
 
@@ -81,7 +81,7 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
     d.ok(&["service", "scale", "web=1"]);
     d.wait_for("scale down to 1", CONVERGE, || d.running_tasks("web").len() == 1);
     let remaining = pids(&d.running_tasks("web"));
-    let all_pids: Vec<String> = pids.iter().cloned().chain(remaining.iter().cloned()).collect();
+    let all_pids: HashSet<String> = first_pids.iter().chain(&remaining).cloned().collect();
     d.wait_for("scaled-down containers to exit", CONVERGE, || {
         all_pids.iter().filter(|p| alive(p)).count() == 1
     });
