@@ -6,10 +6,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
+    let mut builder = tonic_prost_build::configure()
         // The CLI prints any object with `--format json`; serde gives that for free.
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .message_attribute(".", "#[serde(default)]")
+        .message_attribute(".", "#[serde(default)]");
+    // Enum fields are i32 in prost; print them by name (see src/serde_enums.rs).
+    for (field, module) in [
+        ("shoal.v1.Task.desired_state", "task_state"),
+        ("shoal.v1.TaskStatus.state", "task_state"),
+        ("shoal.v1.Node.role", "node_role"),
+        ("shoal.v1.Node.availability", "node_availability"),
+        ("shoal.v1.NodeStatus.state", "node_state"),
+        ("shoal.v1.RestartPolicy.condition", "restart_condition"),
+        ("shoal.v1.StoreChange.kind", "change_kind"),
+    ] {
+        builder = builder.field_attribute(
+            field,
+            format!("#[serde(with = \"crate::serde_enums::{module}\")]"),
+        );
+    }
+    builder
         .compile_fds(fds)?;
     Ok(())
 }

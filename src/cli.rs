@@ -15,6 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the daemon: a manager and an agent in one process.
     Daemon(DaemonArgs),
@@ -83,7 +84,7 @@ pub enum NodeCommand {
 #[derive(Subcommand)]
 pub enum ServiceCommand {
     /// Create a service.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services.
     #[command(alias = "list")]
     Ls(ListArgs),

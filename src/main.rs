@@ -18,7 +18,21 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(shoal_agent::runtime::SUPERVISOR_ARG.as_ref()) {
         std::process::exit(shoal_agent::runtime::supervisor_main());
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, like every other error: what is wrong and with which flag.
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            eprintln!("Error: {}", message.join(" ").trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

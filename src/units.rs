@@ -35,7 +35,7 @@ pub fn parse_cpus(text: &str) -> Result<i64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid CPU count {text:?}: use a decimal number such as 0.5 or 2"))?;
-    if !value.is_finite() || value < 0.0 || value > 1e6 {
+    if !value.is_finite() || !(0.0..=1e6).contains(&value) {
         return Err(format!("invalid CPU count {text:?}: it must be 0 or more"));
     }
     Ok((value * 1e9).round() as i64)

@@ -160,23 +160,26 @@ fn bad_input_is_refused_and_creates_nothing() {
         return;
     }
     let d = TestDaemon::start();
-    let err = d.fails(&["service", "create", "--name", "x", "nosuchimage"]);
-    assert!(err.contains("nosuchimage"), "unknown image error names it: {err}");
-    let err = d.fails(&["service", "create", "--name", "x", "--memory", "lots", "busybox"]);
-    assert!(err.contains("invalid size"), "{err}");
-    let err = d.fails(&["service", "create", "--name", "x", "--replicas", "-1", "busybox"]);
-    assert!(err.contains("0 or more"), "{err}");
+    let mut errors = Vec::new();
+    let mut refused = |args: &[&str], expected: &str| {
+        let err = d.fails(args);
+        assert!(err.contains(expected), "{args:?} should say {expected:?}: {err}");
+        errors.push(err);
+    };
+    refused(&["service", "create", "--name", "x", "nosuchimage"], "nosuchimage");
+    refused(&["service", "create", "--name", "x", "--memory", "lots", "busybox"], "invalid size");
+    refused(&["service", "create", "--name", "x", "--replicas", "-1", "busybox"], "0 or more");
+    refused(&["service", "scale", "nosuch=2"], "no such service");
     d.ok(&["image", "bootstrap", "busybox"]);
     d.ok(&["service", "create", "--name", "x", "-d", "--replicas", "0", "busybox", "true"]);
     let err = d.fails(&["service", "create", "--name", "x", "busybox", "true"]);
     assert!(err.contains("already in use"), "{err}");
-    let err = d.fails(&["service", "scale", "nosuch=2"]);
-    assert!(err.contains("no such service"), "{err}");
+    errors.push(err);
+    for err in &errors {
+        assert_eq!(err.trim().lines().count(), 1, "errors are one line: {err}");
+    }
     let services = d.ok(&["service", "ls", "-q"]);
     assert_eq!(services.lines().count(), 1, "only the one good service exists");
-    for stderr in [&err] {
-        assert_eq!(stderr.trim().lines().count(), 1, "errors are one line: {stderr}");
-    }
 }
 
 #[test]
@@ -203,4 +206,56 @@ fn logs_and_exit_codes_reach_the_cli() {
     assert!(stdout.contains("hello-from-task"), "stdout: {stdout}");
     assert!(stderr.contains("oops"), "stderr: {stderr}");
     d.ok(&["service", "rm", "job"]);
+}
+
+#[test]
+fn imported_rootfs_tarball_runs_from_a_file_and_from_stdin() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    // A rootfs like `docker export` gives: busybox and its applets.
+    let rootfs = d.dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs/bin");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in ["sh", "echo", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
+    }
+    std::fs::write(rootfs.join("marker"), "imported-image\n").expect("marker");
+    let tarball = d.dir.path().join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+
+    d.ok(&["image", "import", tarball.to_str().expect("utf-8 path"), "--name", "mybox:1"]);
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --host {} image import - --name piped < {}",
+            common::daemon::SHOAL,
+            d.socket().display(),
+            tarball.display()
+        ))
+        .output()
+        .expect("import from stdin");
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    let images = d.ok(&["image", "ls"]);
+    assert!(images.contains("mybox") && images.contains("piped"), "{images}");
+
+    d.ok(&[
+        "service", "create", "-d", "--name", "cat", "--restart-condition", "none",
+        "mybox:1", "cat", "/marker",
+    ]);
+    d.wait_for("the task to complete", CONVERGE, || {
+        d.json(&["service", "ps", "cat", "--format", "json"])[0]["status"]["state"] == "complete"
+    });
+    let logs = d.ok(&["service", "logs", "cat"]);
+    assert!(logs.contains("imported-image"), "{logs}");
+    d.ok(&["service", "rm", "cat"]);
 }

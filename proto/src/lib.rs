@@ -9,5 +9,6 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod serde_enums;
 mod task_state;
 pub use task_state::*;

@@ -148,9 +148,7 @@ impl TestDaemon {
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .filter(|t| {
-                t["desired_state"] == 7 && t["status"]["state"] == 7 // RUNNING
-            })
+            .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
             .collect()
     }
 }
