@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info,openraft=warn".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             // One process-wide rustls provider: ring (see STACK.md).
             let _ = rustls::crypto::ring::default_provider().install_default();

@@ -318,6 +318,24 @@ async fn namespaces_mounts_hostname_and_loopback() {
     // The init is in the container's cgroup (joined before exec).
     let procs = fs::read_to_string(env.rt.cgroup_path("ns").join("cgroup.procs")).expect("procs");
     assert!(procs.lines().any(|l| l == pid.to_string()), "{pid} not in {procs}");
+    // The workload inherits only stdio, no blocked or ignored signals (Rust ignores SIGPIPE,
+    // the supervisor blocks what it forwards), and its stdin is /dev/null.
+    let mut fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    for key in ["SigBlk:", "SigIgn:"] {
+        let line = status.lines().find(|l| l.starts_with(key)).expect(key);
+        assert!(line.trim_end().ends_with("0000000000000000"), "{line}");
+    }
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/fd/0")).expect("stdin"),
+        PathBuf::from("/dev/null")
+    );
     // The supervisor is not our child: it was double-forked away from the daemon.
     let sup = state.supervisor_pid.expect("supervisor pid");
     let stat = fs::read_to_string(format!("/proc/{sup}/stat")).expect("supervisor stat");

@@ -126,3 +126,48 @@ async fn commit_in_batches(writer: &Writer, mut changes: Vec<StoreChange>) -> Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::Immediate;
+    use shoal_proto::service_spec::Mode;
+    use shoal_proto::{Node, NodeState, NodeStatus, ReplicatedService, Service, ServiceSpec};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_pass_creates_and_assigns_every_replica_once() {
+        let store = Store::new();
+        let writer = Writer::new(Arc::new(Immediate::new(store.clone())));
+        let node = Node {
+            id: "n1".into(),
+            status: Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let service = Service {
+            id: "s1".into(),
+            meta: None,
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                mode: Some(Mode::Replicated(ReplicatedService { replicas: 3 })),
+                ..Default::default()
+            }),
+        };
+        writer
+            .commit(vec![
+                change(ChangeKind::Create, Object::Node(node)),
+                change(ChangeKind::Create, Object::Service(service)),
+            ])
+            .await
+            .expect("seeded");
+        pass(&store, &writer).await.expect("first pass");
+        pass(&store, &writer).await.expect("second pass changes nothing");
+        let state = store.read();
+        assert_eq!(state.tasks.len(), 3);
+        assert!(state.tasks.values().all(|t| t.node_id == "n1"
+            && t.status.as_ref().map(|s| s.state()) == Some(TaskState::Assigned)));
+    }
+}

@@ -432,16 +432,26 @@ pub(crate) fn build_env(env: &[String], hostname: &str, home: &str) -> Vec<Strin
     out
 }
 
-/// Default dispositions and an empty mask for the workload (Rust ignores SIGPIPE at start, and
-/// the supervisor blocks the signals it forwards).
+/// Default dispositions and an empty mask for the workload (Rust ignores SIGPIPE at start, the
+/// supervisor blocks the signals it forwards, and ignored signals survive exec — including
+/// glibc's reserved 32 and 33, which only the raw syscall can reset).
 fn reset_signals() {
+    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, (no restorer,) empty mask.
+    // Four words cover the layouts with and without sa_restorer.
+    let default_action = [0u64; 4];
     for sig in 1..65 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: resetting a disposition to default; EINVAL for reserved numbers is ignored.
+        // SAFETY: rt_sigaction(2) reads a zeroed struct sigaction; no old action is written.
         unsafe {
-            libc::signal(sig, libc::SIG_DFL);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default_action.as_ptr(),
+                std::ptr::null_mut::<libc::c_void>(),
+                8usize,
+            );
         }
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);

@@ -327,3 +327,87 @@ impl DispatcherRpc for Dispatcher {
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::Immediate;
+    use shoal_proto::{TaskState, TaskStatus, TaskStatusUpdate};
+
+    fn dispatcher(period: Duration) -> (Dispatcher, Store) {
+        let store = Store::new();
+        let writer = Writer::new(Arc::new(Immediate::new(store.clone())));
+        (
+            Dispatcher::new(store.clone(), writer, period, "local".into()),
+            store,
+        )
+    }
+
+    fn status(state: TaskState) -> Option<TaskStatus> {
+        Some(TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_session_registers_the_node_ready() {
+        let (d, store) = dispatcher(DEFAULT_HEARTBEAT_PERIOD);
+        let (node_id, _) = d
+            .register(SessionRequest::default(), "127.0.0.1".into())
+            .await
+            .expect("registers");
+        let state = store.read();
+        let node = &state.nodes[&node_id];
+        assert_eq!(node_state(node), NodeState::Ready);
+        assert_eq!(node.role(), NodeRole::Worker);
+    }
+
+    #[tokio::test]
+    async fn task_states_only_move_forward() {
+        let (d, store) = dispatcher(DEFAULT_HEARTBEAT_PERIOD);
+        let (node_id, session_id) = d
+            .register(SessionRequest::default(), String::new())
+            .await
+            .expect("registers");
+        let task = Task {
+            id: "t1".into(),
+            node_id: node_id.clone(),
+            status: status(TaskState::Assigned),
+            ..Default::default()
+        };
+        d.inner
+            .writer
+            .commit(vec![change(ChangeKind::Create, Object::Task(task))])
+            .await
+            .expect("task created");
+        let report = |state| UpdateTaskStatusRequest {
+            node_id: node_id.clone(),
+            session_id: session_id.clone(),
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: status(state),
+            }],
+        };
+        d.update_statuses(report(TaskState::Running)).await.expect("forward");
+        d.update_statuses(report(TaskState::Preparing)).await.expect("ignored");
+        let state = store.read().tasks["t1"].status.as_ref().map(|s| s.state());
+        assert_eq!(state, Some(TaskState::Running));
+    }
+
+    #[tokio::test]
+    async fn silent_nodes_are_marked_down() {
+        let period = Duration::from_millis(10);
+        let (d, store) = dispatcher(period);
+        let (node_id, _) = d
+            .register(SessionRequest::default(), String::new())
+            .await
+            .expect("registers");
+        let leader_since = Instant::now() - period * 10;
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        tokio::time::sleep(period * 4).await;
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Down);
+    }
+}
