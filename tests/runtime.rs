@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use shoal_agent::runtime::{
-    read_log, CgroupVersion, ContainerConfig, ContainerState, ContainerStatus, Limits, LogEntry,
-    LogStream, Runtime, RuntimeError, Stage,
+    read_log, CgroupFs, CgroupVersion, ContainerConfig, ContainerState, ContainerStatus, Limits,
+    LogEntry, LogStream, Runtime, RuntimeError, Stage,
 };
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
@@ -28,8 +28,12 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 fn busybox_layer(dir: &Path) {
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("mkdir bin");
-    fs::copy("/bin/busybox", bin.join("busybox")).expect("copy /bin/busybox (apt-get install busybox-static)");
-    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("copy /bin/busybox (apt-get install busybox-static)");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet.is_empty() || applet == "busybox" || applet.contains('/') {
             continue;
@@ -62,11 +66,16 @@ struct TestEnv {
     tmp: tempfile::TempDir,
     base: PathBuf,
     parent: String,
+    cgroups: CgroupFs,
     rt: Runtime,
 }
 
 impl TestEnv {
     fn new() -> TestEnv {
+        TestEnv::with_cgroups(CgroupFs::host())
+    }
+
+    fn with_cgroups(cgroups: CgroupFs) -> TestEnv {
         // Short paths: overlay options are limited to a page.
         let tmp = tempfile::Builder::new()
             .prefix("shoal-rt")
@@ -83,20 +92,31 @@ impl TestEnv {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let rt = Runtime::new(tmp.path().join("c"), PathBuf::from(SHOAL), parent.clone())
-            .expect("runtime");
+        let rt = Runtime::with_cgroups(
+            tmp.path().join("c"),
+            PathBuf::from(SHOAL),
+            parent.clone(),
+            cgroups.clone(),
+        )
+        .expect("runtime");
         TestEnv {
             tmp,
             base,
             parent,
+            cgroups,
             rt,
         }
     }
 
     /// Another runtime over the same state (as a restarted daemon would make).
     fn reopen(&self) -> Runtime {
-        Runtime::new(self.tmp.path().join("c"), PathBuf::from(SHOAL), self.parent.clone())
-            .expect("runtime")
+        Runtime::with_cgroups(
+            self.tmp.path().join("c"),
+            PathBuf::from(SHOAL),
+            self.parent.clone(),
+            self.cgroups.clone(),
+        )
+        .expect("runtime")
     }
 
     fn config(&self, id: &str, args: &[&str]) -> ContainerConfig {
@@ -133,7 +153,9 @@ impl Drop for TestEnv {
         let rt = &self.rt;
         std::thread::scope(|s| {
             s.spawn(|| {
-                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                 else {
                     return;
                 };
@@ -211,7 +233,10 @@ fn live_processes_mentioning(needle: &str) -> Vec<i32> {
             continue;
         }
         let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
@@ -223,7 +248,10 @@ fn live_processes_mentioning(needle: &str) -> Vec<i32> {
 
 fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -240,7 +268,10 @@ async fn exit_code_and_both_streams_are_logged() {
         .expect("start");
     assert_eq!(state.id, "logs");
     assert_eq!(state.name, "logs.1");
-    assert_eq!(state.labels.get("test").map(String::as_str), Some("runtime"));
+    assert_eq!(
+        state.labels.get("test").map(String::as_str),
+        Some("runtime")
+    );
     assert!(state.supervisor_pid.is_some() && state.pid.is_some() && state.started_at.is_some());
 
     let exit = wait_exit(&env.rt, "logs").await;
@@ -251,14 +282,22 @@ async fn exit_code_and_both_streams_are_logged() {
     let log = read_log(&env.rt.log_path("logs"), None).expect("log");
     assert_eq!(lines(&log, LogStream::Stdout), ["hi", "partial"]);
     assert_eq!(lines(&log, LogStream::Stderr), ["err"]);
-    assert!(log.iter().all(|e| e.t >= state.started_at.unwrap_or(0).saturating_sub(1000)));
+    assert!(log
+        .iter()
+        .all(|e| e.t >= state.started_at.unwrap_or(0).saturating_sub(1000)));
     // The raw file is JSON lines in the documented shape.
     let raw = fs::read_to_string(env.rt.log_path("logs")).expect("raw log");
-    let first: serde_json::Value = serde_json::from_str(raw.lines().next().expect("a line")).expect("json");
+    let first: serde_json::Value =
+        serde_json::from_str(raw.lines().next().expect("a line")).expect("json");
     assert_eq!(first["s"], "stdout");
     assert_eq!(first["l"], "hi");
     assert!(first["t"].is_u64());
-    assert_eq!(read_log(&env.rt.log_path("logs"), Some(1)).expect("tail").len(), 1);
+    assert_eq!(
+        read_log(&env.rt.log_path("logs"), Some(1))
+            .expect("tail")
+            .len(),
+        1
+    );
 
     // Recorded on disk; the supervisor removed the cgroup before it exited.
     let st = env.rt.state("logs").expect("state");
@@ -270,7 +309,10 @@ async fn exit_code_and_both_streams_are_logged() {
     env.rt.remove("logs").await.expect("remove");
     assert!(!env.rt.container_dir("logs").exists());
     env.rt.remove("logs").await.expect("remove is idempotent");
-    assert!(matches!(env.rt.state("logs"), Err(RuntimeError::NotFound { .. })));
+    assert!(matches!(
+        env.rt.state("logs"),
+        Err(RuntimeError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]
@@ -297,9 +339,20 @@ async fn namespaces_mounts_hostname_and_loopback() {
     let log = wait_for_line(&env.rt, "ns", "ready").await;
     let out = lines(&log, LogStream::Stdout);
     for want in [
-        "pid=1", "box-1", "0x9", "ptmx-link", "sys-ro", "pts", "shm", "overlay-root", "devnull-ok",
+        "pid=1",
+        "box-1",
+        "0x9",
+        "ptmx-link",
+        "sys-ro",
+        "pts",
+        "shm",
+        "overlay-root",
+        "devnull-ok",
     ] {
-        assert!(out.iter().any(|l| l == want), "{want:?} missing from {out:?}");
+        assert!(
+            out.iter().any(|l| l == want),
+            "{want:?} missing from {out:?}"
+        );
     }
     assert!(!out.iter().any(|l| l.starts_with("missing-")), "{out:?}");
 
@@ -317,7 +370,10 @@ async fn namespaces_mounts_hostname_and_loopback() {
     );
     // The init is in the container's cgroup (joined before exec).
     let procs = fs::read_to_string(env.rt.cgroup_path("ns").join("cgroup.procs")).expect("procs");
-    assert!(procs.lines().any(|l| l == pid.to_string()), "{pid} not in {procs}");
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "{pid} not in {procs}"
+    );
     // The workload inherits only stdio, no blocked or ignored signals (Rust ignores SIGPIPE,
     // the supervisor blocks what it forwards), and its stdin is /dev/null.
     let mut fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
@@ -350,7 +406,10 @@ async fn namespaces_mounts_hostname_and_loopback() {
     let exit = wait_exit(&env.rt, "ns").await;
     assert_eq!((exit.code, exit.signal), (137, Some(9)));
     assert!(!alive(pid));
-    assert!(matches!(env.rt.kill("ns", Signal::SIGKILL), Err(RuntimeError::NotRunning { .. })));
+    assert!(matches!(
+        env.rt.kill("ns", Signal::SIGKILL),
+        Err(RuntimeError::NotRunning { .. })
+    ));
 }
 
 #[tokio::test]
@@ -367,11 +426,15 @@ async fn limits_are_in_the_cgroup_before_exec() {
     };
     let state = env.rt.create_and_start(cfg).await.expect("start");
     let pid = running_pid(&state);
-    let read = |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let read =
+        |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     match env.rt.cgroup_version() {
         CgroupVersion::V1 => {
             let mem = env.rt.cgroup_path("lim");
-            assert_eq!(read(mem.join("memory.limit_in_bytes")).trim(), (64u64 << 20).to_string());
+            assert_eq!(
+                read(mem.join("memory.limit_in_bytes")).trim(),
+                (64u64 << 20).to_string()
+            );
             let cpu = env.rt.cgroup_dir("lim", "cpu");
             assert_eq!(read(cpu.join("cpu.cfs_quota_us")).trim(), "50000");
             assert_eq!(read(cpu.join("cpu.cfs_period_us")).trim(), "100000");
@@ -384,7 +447,10 @@ async fn limits_are_in_the_cgroup_before_exec() {
         }
         CgroupVersion::V2 => {
             let dir = env.rt.cgroup_path("lim");
-            assert_eq!(read(dir.join("memory.max")).trim(), (64u64 << 20).to_string());
+            assert_eq!(
+                read(dir.join("memory.max")).trim(),
+                (64u64 << 20).to_string()
+            );
             assert_eq!(read(dir.join("cpu.max")).trim(), "50000 100000");
             assert_eq!(read(dir.join("pids.max")).trim(), "20");
         }
@@ -430,7 +496,10 @@ async fn memory_limit_oom_kill_is_reported() {
     }
     let env = TestEnv::new();
     // The shell holds the whole command substitution in memory: far over 16 MiB.
-    let mut cfg = env.sh("oom", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    let mut cfg = env.sh(
+        "oom",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    );
     cfg.limits.memory_bytes = Some(16 << 20);
     env.rt.create_and_start(cfg).await.expect("start");
     let exit = wait_exit(&env.rt, "oom").await;
@@ -450,7 +519,10 @@ async fn user_env_and_workdir() {
     cfg.user = "nobody".into();
     env.rt.create_and_start(cfg).await.expect("start nobody");
     assert_eq!(wait_exit(&env.rt, "u1").await.code, 0);
-    let out = lines(&read_log(&env.rt.log_path("u1"), None).expect("log"), LogStream::Stdout);
+    let out = lines(
+        &read_log(&env.rt.log_path("u1"), None).expect("log"),
+        LogStream::Stdout,
+    );
     assert_eq!(out[..4], ["65534", "65534", "65534", "home=/nonexistent"]);
     assert_eq!(out[5], "/");
     assert_eq!(
@@ -464,14 +536,31 @@ async fn user_env_and_workdir() {
     cfg.cwd = "/work/dir".into();
     env.rt.create_and_start(cfg).await.expect("start app");
     assert_eq!(wait_exit(&env.rt, "u2").await.code, 0);
-    let out = lines(&read_log(&env.rt.log_path("u2"), None).expect("log"), LogStream::Stdout);
-    assert_eq!(out, ["1000", "1000", "1000 10", "home=/home/app", "foo=bar baz", "/work/dir", "path=/bin"]);
+    let out = lines(
+        &read_log(&env.rt.log_path("u2"), None).expect("log"),
+        LogStream::Stdout,
+    );
+    assert_eq!(
+        out,
+        [
+            "1000",
+            "1000",
+            "1000 10",
+            "home=/home/app",
+            "foo=bar baz",
+            "/work/dir",
+            "path=/bin"
+        ]
+    );
 
     let mut cfg = env.sh("u3", "id -u; id -g; id -G");
     cfg.user = "12345:54321".into();
     env.rt.create_and_start(cfg).await.expect("numeric user");
     assert_eq!(wait_exit(&env.rt, "u3").await.code, 0);
-    let out = lines(&read_log(&env.rt.log_path("u3"), None).expect("log"), LogStream::Stdout);
+    let out = lines(
+        &read_log(&env.rt.log_path("u3"), None).expect("log"),
+        LogStream::Stdout,
+    );
     assert_eq!(out, ["12345", "54321", "54321"]);
 }
 
@@ -492,13 +581,22 @@ async fn layers_stack_and_writes_stay_in_the_container() {
     cfg.layers.push(top.clone());
     env.rt.create_and_start(cfg).await.expect("start");
     assert_eq!(wait_exit(&env.rt, "ov").await.code, 0);
-    let out = lines(&read_log(&env.rt.log_path("ov"), None).expect("log"), LogStream::Stdout);
+    let out = lines(
+        &read_log(&env.rt.log_path("ov"), None).expect("log"),
+        LogStream::Stdout,
+    );
     assert_eq!(out, ["from the top layer", "extra", "done"]);
     // The layers are untouched; the writes went to the container's upper dir.
-    assert_eq!(fs::read_to_string(top.join("etc/motd")).expect("motd"), "from the top layer\n");
+    assert_eq!(
+        fs::read_to_string(top.join("etc/motd")).expect("motd"),
+        "from the top layer\n"
+    );
     assert!(fs::symlink_metadata(env.base.join("bin/vi")).is_ok());
     let upper = env.rt.container_dir("ov").join("upper");
-    assert_eq!(fs::read_to_string(upper.join("tmp/x")).expect("upper"), "new\n");
+    assert_eq!(
+        fs::read_to_string(upper.join("tmp/x")).expect("upper"),
+        "new\n"
+    );
 }
 
 #[tokio::test]
@@ -513,25 +611,40 @@ async fn stop_escalates_to_sigkill_and_honours_sigterm_handlers() {
         .await
         .expect("start");
     let t0 = Instant::now();
-    env.rt.stop("stubborn", Duration::from_millis(300)).await.expect("stop");
+    env.rt
+        .stop("stubborn", Duration::from_millis(300))
+        .await
+        .expect("stop");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     let exit = wait_exit(&env.rt, "stubborn").await;
     assert_eq!((exit.code, exit.signal), (137, Some(9)));
     // Stopping an exited container is fine.
-    env.rt.stop("stubborn", Duration::from_millis(300)).await.expect("stop again");
+    env.rt
+        .stop("stubborn", Duration::from_millis(300))
+        .await
+        .expect("stop again");
 
     // A shell with a TERM trap exits cleanly within the grace period.
     env.rt
-        .create_and_start(env.sh("polite", "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done"))
+        .create_and_start(env.sh(
+            "polite",
+            "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+        ))
         .await
         .expect("start");
     wait_for_line(&env.rt, "polite", "ready").await;
     let t0 = Instant::now();
-    env.rt.stop("polite", Duration::from_secs(20)).await.expect("stop");
+    env.rt
+        .stop("polite", Duration::from_secs(20))
+        .await
+        .expect("stop");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     let exit = wait_exit(&env.rt, "polite").await;
     assert_eq!((exit.code, exit.signal), (0, None));
-    let out = lines(&read_log(&env.rt.log_path("polite"), None).expect("log"), LogStream::Stdout);
+    let out = lines(
+        &read_log(&env.rt.log_path("polite"), None).expect("log"),
+        LogStream::Stdout,
+    );
     assert_eq!(out.last().map(String::as_str), Some("bye"));
 }
 
@@ -543,7 +656,10 @@ async fn containers_outlive_the_runtime_and_are_adopted() {
     let env = TestEnv::new();
     let first = env.reopen();
     let started = first
-        .create_and_start(env.sh("adopt", "trap 'exit 7' USR1; while true; do sleep 0.05; done"))
+        .create_and_start(env.sh(
+            "adopt",
+            "trap 'exit 7' USR1; while true; do sleep 0.05; done",
+        ))
         .await
         .expect("start");
     let pid = running_pid(&started);
@@ -557,11 +673,16 @@ async fn containers_outlive_the_runtime_and_are_adopted() {
     assert_eq!(list[0].status, ContainerStatus::Running { pid });
     assert_eq!(list[0].config.args[0], "sh");
     // Signal it through the new runtime, and wait from there: the real exit code comes back.
-    second.kill("adopt", Signal::SIGUSR1).expect("signal the adopted container");
+    second
+        .kill("adopt", Signal::SIGUSR1)
+        .expect("signal the adopted container");
     let exit = wait_exit(&second, "adopt").await;
     assert_eq!(exit.code, 7);
     assert!(!exit.lost);
-    assert_eq!(second.state("adopt").expect("state").status, ContainerStatus::Exited(exit));
+    assert_eq!(
+        second.state("adopt").expect("state").status,
+        ContainerStatus::Exited(exit)
+    );
 }
 
 #[tokio::test]
@@ -577,7 +698,8 @@ async fn a_vanished_supervisor_is_reported_as_lost() {
         .expect("start");
     let pid = running_pid(&state);
     let sup = state.supervisor_pid.expect("supervisor");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGKILL).expect("kill supervisor");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGKILL)
+        .expect("kill supervisor");
     let exit = wait_exit(&env.rt, "lost").await;
     assert!(exit.lost, "{exit:?}");
     assert_eq!(exit.code, 255);
@@ -600,7 +722,10 @@ async fn bad_inputs_fail_clearly_and_leave_nothing() {
     }
     let env = TestEnv::new();
     let assert_clean = |id: &str| {
-        assert!(!env.rt.container_dir(id).exists(), "state dir of {id} left behind");
+        assert!(
+            !env.rt.container_dir(id).exists(),
+            "state dir of {id} left behind"
+        );
         for dir in env.cgroup_dirs(id) {
             assert!(!dir.exists(), "{} left behind", dir.display());
         }
@@ -620,7 +745,16 @@ async fn bad_inputs_fail_clearly_and_leave_nothing() {
         msg.contains("exec \"no-such-cmd\": no such file in the image's PATH"),
         "{msg}"
     );
-    assert!(matches!(err, RuntimeError::StartFailed { stage: Stage::Exec, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RuntimeError::StartFailed {
+                stage: Stage::Exec,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_clean("nocmd");
 
     // An absolute path that does not exist.
@@ -629,35 +763,70 @@ async fn bad_inputs_fail_clearly_and_leave_nothing() {
         .create_and_start(env.config("noabs", &["/opt/app/run"]))
         .await
         .expect_err("missing binary");
-    assert!(err.to_string().contains("\"/opt/app/run\": no such file"), "{err}");
+    assert!(
+        err.to_string().contains("\"/opt/app/run\": no such file"),
+        "{err}"
+    );
     assert_clean("noabs");
 
     // An unknown user.
     let mut cfg = env.config("nouser", &["true"]);
     cfg.user = "ghost".into();
-    let err = env.rt.create_and_start(cfg).await.expect_err("unknown user");
-    assert!(matches!(err, RuntimeError::StartFailed { stage: Stage::User, .. }), "{err:?}");
+    let err = env
+        .rt
+        .create_and_start(cfg)
+        .await
+        .expect_err("unknown user");
+    assert!(
+        matches!(
+            err,
+            RuntimeError::StartFailed {
+                stage: Stage::User,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("unknown user \"ghost\""), "{err}");
     assert_clean("nouser");
 
     // An unknown group.
     let mut cfg = env.config("nogroup", &["true"]);
     cfg.user = "app:ghosts".into();
-    let err = env.rt.create_and_start(cfg).await.expect_err("unknown group");
-    assert!(err.to_string().contains("unknown group \"ghosts\""), "{err}");
+    let err = env
+        .rt
+        .create_and_start(cfg)
+        .await
+        .expect_err("unknown group");
+    assert!(
+        err.to_string().contains("unknown group \"ghosts\""),
+        "{err}"
+    );
     assert_clean("nogroup");
 
     // A layer that does not exist, an empty command, a bad id: refused before anything runs.
     let mut cfg = env.config("nolayer", &["true"]);
     cfg.layers.push(env.tmp.path().join("missing"));
-    let err = env.rt.create_and_start(cfg).await.expect_err("missing layer");
+    let err = env
+        .rt
+        .create_and_start(cfg)
+        .await
+        .expect_err("missing layer");
     assert!(matches!(err, RuntimeError::InvalidConfig { .. }), "{err:?}");
     assert!(err.to_string().contains("does not exist"), "{err}");
     assert_clean("nolayer");
-    let err = env.rt.create_and_start(env.config("noargs", &[])).await.expect_err("no args");
+    let err = env
+        .rt
+        .create_and_start(env.config("noargs", &[]))
+        .await
+        .expect_err("no args");
     assert!(err.to_string().contains("no command"), "{err}");
     assert_clean("noargs");
-    let err = env.rt.create_and_start(env.config("../evil", &["true"])).await.expect_err("bad id");
+    let err = env
+        .rt
+        .create_and_start(env.config("../evil", &["true"]))
+        .await
+        .expect_err("bad id");
     assert!(matches!(err, RuntimeError::InvalidConfig { .. }), "{err:?}");
 
     // The same id twice: the second start is refused, the first keeps running.
@@ -676,6 +845,192 @@ async fn bad_inputs_fail_clearly_and_leave_nothing() {
     env.rt.remove("twice").await.expect("remove");
     assert_clean("twice");
 
+    // A helper that is not the shoal binary: a clear error, nothing left.
+    let wrong = Runtime::new(
+        env.tmp.path().join("c"),
+        PathBuf::from("/bin/true"),
+        env.parent.clone(),
+    )
+    .expect("runtime");
+    let err = wrong
+        .create_and_start(env.config("nohelper", &["true"]))
+        .await
+        .expect_err("wrong helper");
+    assert!(matches!(err, RuntimeError::Supervisor { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("without reporting the start"),
+        "{err}"
+    );
+    assert_clean("nohelper");
+
     // Nothing of the failures shows in the listing.
     assert!(env.rt.list().expect("list").is_empty());
+}
+
+/// Kills a child process (the helper "daemon") when dropped, so a failing test leaves none.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Not a test of its own: the "daemon" of `containers_survive_kill_9_of_the_daemon`, run in a
+/// child process (this test binary re-executed) that the test kills with SIGKILL. Without its
+/// environment variables it does nothing.
+#[tokio::test]
+async fn helper_daemon_process() {
+    let (Ok(root), Ok(parent), Ok(layer)) = (
+        std::env::var("SHOAL_RT_HELPER_ROOT"),
+        std::env::var("SHOAL_RT_HELPER_CGROUP_PARENT"),
+        std::env::var("SHOAL_RT_HELPER_LAYER"),
+    ) else {
+        return;
+    };
+    let rt = Runtime::new(PathBuf::from(root), PathBuf::from(SHOAL), parent).expect("runtime");
+    let cfg = ContainerConfig {
+        id: "survivor".into(),
+        name: "survivor".into(),
+        layers: vec![PathBuf::from(layer)],
+        args: [
+            "sh",
+            "-c",
+            "trap 'exit 9' USR1; while true; do sleep 0.05; done",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        env: vec![],
+        cwd: String::new(),
+        user: String::new(),
+        hostname: String::new(),
+        limits: Limits {
+            pids: Some(50),
+            ..Limits::default()
+        },
+        stop_grace: Duration::from_secs(1),
+        labels: BTreeMap::new(),
+    };
+    let state = rt.create_and_start(cfg).await.expect("start");
+    println!("STARTED {}", state.pid.unwrap_or(0));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test]
+async fn containers_survive_kill_9_of_the_daemon() {
+    if !common::require_root() {
+        return;
+    }
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let exe = std::env::current_exe().expect("test binary");
+    let mut daemon = KillOnDrop(
+        Command::new(exe)
+            .args([
+                "helper_daemon_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SHOAL_RT_HELPER_ROOT", env.tmp.path().join("c"))
+            .env("SHOAL_RT_HELPER_CGROUP_PARENT", &env.parent)
+            .env("SHOAL_RT_HELPER_LAYER", &env.base)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the helper daemon"),
+    );
+    let stdout = daemon.0.stdout.take().expect("stdout");
+    let pid: i32 = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        // libtest prints "test helper_daemon_process ... " before it on the same line.
+        .find_map(|l| {
+            l.split("STARTED ")
+                .nth(1)
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .expect("the helper daemon did not start its container");
+    assert!(pid > 0);
+
+    // kill -9 the daemon: the container lives on.
+    daemon.0.kill().expect("SIGKILL the daemon");
+    daemon.0.wait().expect("reap the daemon");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(alive(pid), "the container died with its daemon");
+
+    // A new daemon adopts it and gets its real exit code.
+    let rt = env.reopen();
+    let list = rt.list().expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].status, ContainerStatus::Running { pid });
+    rt.kill("survivor", Signal::SIGUSR1).expect("signal");
+    let exit = wait_exit(&rt, "survivor").await;
+    assert_eq!((exit.code, exit.lost), (9, false));
+}
+
+/// cgroup v2 against the real kernel: on a hybrid host (this machine kind) the `unified` tree
+/// has no controllers, so a container runs there without limits, and a limit is refused with
+/// a clear error. (On a pure v2 host every other test already runs on v2.)
+#[tokio::test]
+async fn cgroup_v2_on_the_unified_tree() {
+    if !common::require_root() {
+        return;
+    }
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        || !unified.join("cgroup.procs").exists()
+    {
+        eprintln!("skipping: not a hybrid cgroup host (the other tests cover this host's version)");
+        return;
+    }
+    let env = TestEnv::with_cgroups(CgroupFs::new(unified.to_path_buf(), CgroupVersion::V2));
+    assert_eq!(env.rt.cgroup_version(), CgroupVersion::V2);
+    let state = env
+        .rt
+        .create_and_start(env.config("v2", &["sleep", "1000"]))
+        .await
+        .expect("start on v2");
+    let pid = running_pid(&state);
+    let dir = env.rt.cgroup_path("v2");
+    assert_eq!(dir, unified.join(&env.parent).join("v2"));
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).expect("procs");
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(
+        own.lines().any(|l| l == format!("0::/{}/v2", env.parent)),
+        "{own}"
+    );
+    env.rt
+        .stop("v2", Duration::from_millis(100))
+        .await
+        .expect("stop");
+    assert_eq!(wait_exit(&env.rt, "v2").await.code, 137);
+    assert!(!dir.exists(), "the supervisor left its v2 cgroup");
+
+    let available = fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+    if !available.split_whitespace().any(|c| c == "memory") {
+        let mut cfg = env.config("v2mem", &["true"]);
+        cfg.limits.memory_bytes = Some(64 << 20);
+        let err = env
+            .rt
+            .create_and_start(cfg)
+            .await
+            .expect_err("no memory controller");
+        assert!(
+            matches!(
+                err,
+                RuntimeError::StartFailed {
+                    stage: Stage::Cgroup,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("v2") && msg.contains("\"memory\""), "{msg}");
+        assert!(!env.rt.container_dir("v2mem").exists());
+        assert!(!env.rt.cgroup_path("v2mem").exists());
+    }
 }

@@ -22,7 +22,10 @@ use stats::Stats;
 const GOAL_RATIO: f64 = 5.0;
 
 #[derive(Parser)]
-#[command(name = "shoal-bench", about = "Time shoal's service create/scale against Docker Swarm's")]
+#[command(
+    name = "shoal-bench",
+    about = "Time shoal's service create/scale against Docker Swarm's"
+)]
 struct Args {
     /// Rounds per system; the table shows medians (use at least 3).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
@@ -67,6 +70,8 @@ fn main() -> ExitCode {
     // compete for the CPUs.
     let swarm = if args.no_swarm {
         Side::skipped("--no-swarm")
+    } else if util::interrupted() {
+        Side::skipped("interrupted")
     } else if let Some(why) = swarm::why_unavailable() {
         Side::skipped(&why)
     } else {
@@ -99,7 +104,11 @@ fn main() -> ExitCode {
 
 impl Side {
     fn skipped(why: &str) -> Side {
-        Side { samples: Samples::default(), about: "skipped".into(), problem: Some(Problem::Skipped(why.into())) }
+        Side {
+            samples: Samples::default(),
+            about: "skipped".into(),
+            problem: Some(Problem::Skipped(why.into())),
+        }
     }
 }
 
@@ -107,7 +116,11 @@ fn shoal_side(bin: Option<&Path>, tag: &str, runs: usize) -> Side {
     let bin = match shoal_binary(bin) {
         Ok(bin) => bin,
         Err(e) => {
-            return Side { samples: Samples::default(), about: "not run".into(), problem: Some(Problem::Failed(e)) }
+            return Side {
+                samples: Samples::default(),
+                about: "not run".into(),
+                problem: Some(Problem::Failed(e)),
+            }
         }
     };
     let mut daemon = match shoal::Shoal::start(&bin, tag) {
@@ -120,11 +133,20 @@ fn shoal_side(bin: Option<&Path>, tag: &str, runs: usize) -> Side {
             }
         }
     };
-    let about = format!("{} ({}; private daemon, data dir in {})", daemon.version(), bin.display(), std::env::temp_dir().display());
+    let about = format!(
+        "{} ({}; private daemon, data dir in {})",
+        daemon.version(),
+        bin.display(),
+        std::env::temp_dir().display()
+    );
     let (samples, error) = measure("shoal", &mut daemon, &format!("b{tag}-"), runs);
     daemon.failed = error.is_some();
     drop(daemon);
-    Side { samples, about, problem: error.map(Problem::Failed) }
+    Side {
+        samples,
+        about,
+        problem: error.map(Problem::Failed),
+    }
 }
 
 fn swarm_side(tag: &str, runs: usize) -> Side {
@@ -138,7 +160,11 @@ fn swarm_side(tag: &str, runs: usize) -> Side {
             }
         }
     };
-    let mut about = format!("Docker {} in swarm mode, image {} (docker import)", swarm.version(), swarm::IMAGE);
+    let mut about = format!(
+        "Docker {} in swarm mode, image {} (docker import)",
+        swarm.version(),
+        swarm::IMAGE
+    );
     if swarm.started_dockerd() {
         about += "; dockerd started by the bench";
     }
@@ -149,7 +175,11 @@ fn swarm_side(tag: &str, runs: usize) -> Side {
     let (samples, error) = measure("swarm", &mut swarm, &prefix, runs);
     swarm.failed = error.is_some();
     drop(swarm);
-    Side { samples, about, problem: error.map(Problem::Failed) }
+    Side {
+        samples,
+        about,
+        problem: error.map(Problem::Failed),
+    }
 }
 
 /// `--shoal`, else `shoal` in the directory of this binary (target/release when run by cargo).
@@ -204,8 +234,12 @@ fn print_table(shoal: &Side, swarm: &Side) {
     ];
     type Pick = fn(&Samples) -> &[Duration];
     let scenarios: [(String, Pick); 2] = [
-        (format!("create --replicas {CREATE_REPLICAS}"), |s| &s.create),
-        (format!("scale {CREATE_REPLICAS}→{SCALE_REPLICAS}"), |s| &s.scale),
+        (format!("create --replicas {CREATE_REPLICAS}"), |s| {
+            &s.create
+        }),
+        (format!("scale {CREATE_REPLICAS}→{SCALE_REPLICAS}"), |s| {
+            &s.scale
+        }),
     ];
     let mut rows = Vec::new();
     let mut raw = Vec::new();
@@ -215,15 +249,28 @@ fn print_table(shoal: &Side, swarm: &Side) {
         let ratio = match (a, b) {
             (Some(a), Some(b)) if a.median_ms > 0.0 => {
                 let r = b.median_ms / a.median_ms;
-                let verdict = if r >= GOAL_RATIO { "goal met" } else { "below goal" };
+                let verdict = if r >= GOAL_RATIO {
+                    "goal met"
+                } else {
+                    "below goal"
+                };
                 format!("{r:.1}× ({verdict}: ≥ {GOAL_RATIO}×)")
             }
             _ => "-".into(),
         };
-        rows.push(vec![name.clone(), median(a), range(a), median(b), range(b), ratio]);
+        rows.push(vec![
+            name.clone(),
+            median(a),
+            range(a),
+            median(b),
+            range(b),
+            ratio,
+        ]);
         for (system, side) in [("shoal", shoal), ("swarm", swarm)] {
-            let ms: Vec<String> =
-                pick(&side.samples).iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect();
+            let ms: Vec<String> = pick(&side.samples)
+                .iter()
+                .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+                .collect();
             if !ms.is_empty() {
                 raw.push(format!("  {name}, {system}: {}", ms.join(", ")));
             }
@@ -245,7 +292,9 @@ fn median(s: Option<Stats>) -> String {
 }
 
 fn range(s: Option<Stats>) -> String {
-    s.map_or("-".into(), |s| format!("n={}, {:.0}–{:.0}", s.n, s.min_ms, s.max_ms))
+    s.map_or("-".into(), |s| {
+        format!("n={}, {:.0}–{:.0}", s.n, s.min_ms, s.max_ms)
+    })
 }
 
 /// Left-aligned columns, three spaces apart, with a rule under the header.
@@ -269,8 +318,17 @@ fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
             .to_string()
     };
     let mut out = vec![line(header.to_vec())];
-    out.push(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("   "));
-    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
+    out.push(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("   "),
+    );
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
     out.join("\n")
 }
 

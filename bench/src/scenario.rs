@@ -54,10 +54,11 @@ pub fn measure(
         if let Err(e) = result.and(removed) {
             return (samples, Some(e));
         }
+        let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         eprintln!(
-            "  {system} run {round}/{runs}: create-{CREATE_REPLICAS} {} ms, scale-to-{SCALE_REPLICAS} {} ms",
-            samples.create.last().map_or(0, Duration::as_millis),
-            samples.scale.last().map_or(0, Duration::as_millis),
+            "  {system} run {round}/{runs}: create-{CREATE_REPLICAS} {:.0} ms, scale-to-{SCALE_REPLICAS} {:.0} ms",
+            ms(samples.create.last()),
+            ms(samples.scale.last()),
         );
     }
     (samples, None)

@@ -37,7 +37,12 @@ impl Shoal {
             .arg(dir.join("data"))
             .arg("--socket")
             .arg(&socket)
-            .args(["--listen-addr", "127.0.0.1:0", "--cgroup-parent", &cgroup_parent])
+            .args([
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--cgroup-parent",
+                &cgroup_parent,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -46,10 +51,18 @@ impl Shoal {
             .spawn()
             .with_context(|| format!("could not start `{} daemon`", bin.display()))?;
         // From here on the guard owns the daemon, so an error below still cleans up.
-        let mut shoal = Shoal { bin: bin.to_owned(), dir, socket, cgroup_parent, daemon, failed: true };
+        let mut shoal = Shoal {
+            bin: bin.to_owned(),
+            dir,
+            socket,
+            cgroup_parent,
+            daemon,
+            failed: true,
+        };
         shoal.wait_ready()?;
-        run(shoal.cli().args(["image", "bootstrap", "busybox"]))
-            .context("making the busybox image (needs busybox-static: apt-get install -y busybox-static)")?;
+        run(shoal.cli().args(["image", "bootstrap", "busybox"])).context(
+            "making the busybox image (needs busybox-static: apt-get install -y busybox-static)",
+        )?;
         shoal.failed = false;
         Ok(shoal)
     }
@@ -87,13 +100,12 @@ impl Shoal {
                 }
                 Ok(succeeds(self.cli().arg("info")).then_some(true))
             },
-            || format!("daemon log {}:\n{}", log.display(), tail(&log, 20)),
+            || format!("the daemon log ends:\n{}", tail(&log, 20)),
         )?;
         if !ready {
             bail!(
-                "the shoal daemon exited at start ({}); its log {}:\n{}",
+                "the shoal daemon exited at start ({}); its log ends:\n{}",
                 exited.get().map(|s| s.to_string()).unwrap_or_default(),
-                log.display(),
                 tail(&log, 20)
             );
         }
@@ -108,8 +120,13 @@ impl Shoal {
     fn wait_no_containers(&self, timeout: Duration, cleanup: bool) -> Result<()> {
         let what = "the agent's containers/ dir to be empty";
         let check = || Ok((self.containers_left() == 0).then_some(()));
-        let describe =
-            || format!("{} containers left in {}", self.containers_left(), self.containers_dir().display());
+        let describe = || {
+            format!(
+                "{} containers left in {}",
+                self.containers_left(),
+                self.containers_dir().display()
+            )
+        };
         if cleanup {
             poll_during_cleanup(what, timeout, check, describe)
         } else {
@@ -122,7 +139,11 @@ impl Shoal {
         let root = Path::new("/sys/fs/cgroup");
         let mut dirs = vec![root.join(&self.cgroup_parent)];
         if let Ok(entries) = std::fs::read_dir(root) {
-            dirs.extend(entries.flatten().map(|e| e.path().join(&self.cgroup_parent)));
+            dirs.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path().join(&self.cgroup_parent)),
+            );
         }
         dirs.retain(|d| d.is_dir());
         dirs
@@ -172,7 +193,10 @@ impl Shoal {
         if self.failed || !problems.is_empty() {
             let kept = std::env::temp_dir().join(format!("{}-daemon.log", self.cgroup_parent));
             if std::fs::copy(self.log_path(), &kept).is_ok() {
-                eprintln!("shoal-bench: the shoal daemon's log is kept at {}", kept.display());
+                eprintln!(
+                    "shoal-bench: the shoal daemon's log is kept at {}",
+                    kept.display()
+                );
             }
         }
         if self.containers_left() == 0 {
@@ -208,7 +232,9 @@ impl Cluster for Shoal {
     }
 
     fn scale(&mut self, name: &str, replicas: u64) -> Result<()> {
-        run(self.cli().args(["service", "scale", "-d", &format!("{name}={replicas}")]))?;
+        run(self
+            .cli()
+            .args(["service", "scale", "-d", &format!("{name}={replicas}")]))?;
         Ok(())
     }
 
@@ -241,7 +267,10 @@ fn parse_service_ls(json: &str, name: &str) -> Result<Option<(u64, u64)>> {
 
 fn collect_procs(dir: &Path, pids: &mut Vec<libc::pid_t>) {
     if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        pids.extend(text.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()));
+        pids.extend(
+            text.lines()
+                .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+        );
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

@@ -24,7 +24,12 @@ impl Stats {
         } else {
             (ms[n / 2 - 1] + ms[n / 2]) / 2.0
         };
-        Some(Stats { median_ms, min_ms: ms[0], max_ms: ms[n - 1], n })
+        Some(Stats {
+            median_ms,
+            min_ms: ms[0],
+            max_ms: ms[n - 1],
+            n,
+        })
     }
 }
 
@@ -39,7 +44,10 @@ mod tests {
     #[test]
     fn odd_count_takes_the_middle() {
         let s = Stats::of(&ms(&[30, 10, 20])).unwrap();
-        assert_eq!((s.median_ms, s.min_ms, s.max_ms, s.n), (20.0, 10.0, 30.0, 3));
+        assert_eq!(
+            (s.median_ms, s.min_ms, s.max_ms, s.n),
+            (20.0, 10.0, 30.0, 3)
+        );
     }
 
     #[test]

@@ -67,7 +67,10 @@ impl Swarm {
     }
 
     fn start_dockerd(&mut self) -> Result<()> {
-        eprintln!("shoal-bench: `docker info` fails; starting dockerd (log: {})", self.dockerd_log().display());
+        eprintln!(
+            "shoal-bench: `docker info` fails; starting dockerd (log: {})",
+            self.dockerd_log().display()
+        );
         let log = File::create(self.dockerd_log()).context("creating the dockerd log")?;
         let child = Command::new("dockerd")
             .stdin(Stdio::null())
@@ -87,10 +90,10 @@ impl Swarm {
                 }
                 Ok(succeeds(Command::new("docker").arg("info")).then_some(false))
             },
-            || format!("dockerd log {}:\n{}", log.display(), tail(&log, 20)),
+            || format!("the dockerd log ends:\n{}", tail(&log, 20)),
         )?;
         if exited {
-            bail!("dockerd exited at start; its log {}:\n{}", log.display(), tail(&log, 20));
+            bail!("dockerd exited at start; its log ends:\n{}", tail(&log, 20));
         }
         Ok(())
     }
@@ -122,8 +125,11 @@ impl Swarm {
         }
         let tarball = self.dir.join("busybox-rootfs.tar");
         write_busybox_rootfs(Path::new(BUSYBOX), &tarball)?;
-        run(Command::new("docker").arg("import").arg(&tarball).arg(IMAGE))
-            .context("`docker import` of the busybox rootfs failed")?;
+        run(Command::new("docker")
+            .arg("import")
+            .arg(&tarball)
+            .arg(IMAGE))
+        .context("`docker import` of the busybox rootfs failed")?;
         self.imported_image = true;
         Ok(())
     }
@@ -154,7 +160,9 @@ impl Swarm {
     fn cleanup(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         let filter = format!("name={}", self.prefix);
-        if let Ok(names) = run(Command::new("docker").args(["service", "ls", "-q", "--filter", &filter])) {
+        if let Ok(names) =
+            run(Command::new("docker").args(["service", "ls", "-q", "--filter", &filter]))
+        {
             let ours: Vec<&str> = names.split_whitespace().collect();
             if !ours.is_empty() {
                 let mut cmd = Command::new("docker");
@@ -228,12 +236,24 @@ impl Cluster for Swarm {
         run(Command::new("docker")
             .args(["service", "create", "-d", "--name", name, "--replicas"])
             .arg(replicas.to_string())
-            .args(["--init", "--stop-grace-period", "1s", IMAGE, "sleep", "100000"]))?;
+            .args([
+                "--init",
+                "--stop-grace-period",
+                "1s",
+                IMAGE,
+                "sleep",
+                "100000",
+            ]))?;
         Ok(())
     }
 
     fn scale(&mut self, name: &str, replicas: u64) -> Result<()> {
-        run(Command::new("docker").args(["service", "scale", "-d", &format!("{name}={replicas}")]))?;
+        run(Command::new("docker").args([
+            "service",
+            "scale",
+            "-d",
+            &format!("{name}={replicas}"),
+        ]))?;
         Ok(())
     }
 
@@ -255,7 +275,14 @@ impl Cluster for Swarm {
             &format!("the containers of {name} to be removed"),
             crate::scenario::TIMEOUT,
             || Ok(self.containers_of(name)?.trim().is_empty().then_some(())),
-            || self.containers_of(name).unwrap_or_default().split_whitespace().count().to_string() + " left",
+            || {
+                self.containers_of(name)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .count()
+                    .to_string()
+                    + " left"
+            },
         )
     }
 }
@@ -287,10 +314,15 @@ fn write_busybox_rootfs(busybox: &Path, tarball: &Path) -> Result<()> {
         bail!("{} is missing; {install}", busybox.display());
     }
     if is_dynamic_elf(busybox)? {
-        bail!("{} is dynamically linked, so it cannot run alone in an image; {install}", busybox.display());
+        bail!(
+            "{} is dynamically linked, so it cannot run alone in an image; {install}",
+            busybox.display()
+        );
     }
     let list = run(Command::new(busybox).arg("--list"))?;
-    let mut tar = tar::Builder::new(File::create(tarball).with_context(|| format!("creating {}", tarball.display()))?);
+    let mut tar = tar::Builder::new(
+        File::create(tarball).with_context(|| format!("creating {}", tarball.display()))?,
+    );
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
@@ -298,7 +330,10 @@ fn write_busybox_rootfs(busybox: &Path, tarball: &Path) -> Result<()> {
     tar.append_data(&mut dir, "bin/", std::io::empty())?;
     tar.append_path_with_name(busybox, "bin/busybox")
         .with_context(|| format!("adding {} to the image tarball", busybox.display()))?;
-    for applet in list.split_whitespace().filter(|a| *a != "busybox" && !a.contains('/')) {
+    for applet in list
+        .split_whitespace()
+        .filter(|a| *a != "busybox" && !a.contains('/'))
+    {
         let mut link = tar::Header::new_gnu();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_mode(0o777);
@@ -313,20 +348,30 @@ fn write_busybox_rootfs(busybox: &Path, tarball: &Path) -> Result<()> {
 fn is_dynamic_elf(path: &Path) -> Result<bool> {
     let mut bytes = Vec::new();
     File::open(path)?.take(64 * 1024).read_to_end(&mut bytes)?;
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let u64_at = |o: usize| {
-        bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
     };
     if bytes.get(..5) != Some(b"\x7fELF\x02") {
         return Ok(false); // not ELF64: let `docker` be the judge
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         return Ok(false);
     };
     const PT_INTERP: u32 = 3;
     Ok((0..phnum).any(|i| {
         let o = phoff + i * phentsize;
-        bytes.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap())) == Some(PT_INTERP)
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            == Some(PT_INTERP)
     }))
 }
 

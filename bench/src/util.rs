@@ -29,8 +29,12 @@ pub fn install_sigint_handler() {
     }
 }
 
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         bail!("interrupted");
     }
     Ok(())
@@ -117,7 +121,10 @@ fn poll_inner<T>(
             return Ok(v);
         }
         if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what} (last seen: {})", describe());
+            bail!(
+                "timed out after {timeout:?} waiting for {what} (last seen: {})",
+                describe()
+            );
         }
         std::thread::sleep(POLL);
     }
@@ -125,9 +132,8 @@ fn poll_inner<T>(
 
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// SIGTERM to a child we started, then SIGKILL if it has not exited within `grace`.
@@ -144,7 +150,10 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("shoal-bench: pid {} ignored SIGTERM for {grace:?}; killing it", child.id());
+    eprintln!(
+        "shoal-bench: pid {} ignored SIGTERM for {grace:?}; killing it",
+        child.id()
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -55,7 +55,12 @@ impl TestDaemon {
             .arg(self.data_dir())
             .arg("--socket")
             .arg(self.socket())
-            .args(["--listen-addr", "127.0.0.1:0", "--cgroup-parent", &self.cgroup_parent])
+            .args([
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--cgroup-parent",
+                &self.cgroup_parent,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -125,7 +130,8 @@ impl TestDaemon {
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let text = self.ok(args);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
     }
 
     /// Polls `check` until it holds or `timeout` passes.
@@ -164,7 +170,10 @@ impl Drop for TestDaemon {
             self.cgroup_parent.clone(),
         ) {
             if let Ok(list) = runtime.list() {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     for c in list {
                         let _ = rt.block_on(runtime.remove(&c.id));
                     }

@@ -51,7 +51,9 @@ impl FromStr for CgroupVersion {
         match s {
             "v1" => Ok(CgroupVersion::V1),
             "v2" => Ok(CgroupVersion::V2),
-            other => Err(format!("unknown cgroup version {other:?} (expected v1 or v2)")),
+            other => Err(format!(
+                "unknown cgroup version {other:?} (expected v1 or v2)"
+            )),
         }
     }
 }
@@ -288,7 +290,10 @@ impl Cgroup for CgroupV1 {
         if let Some(nano) = limits.cpus() {
             let dir = self.require("cpu", "CPU")?;
             write_control(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-            write_control(&dir.join("cpu.cfs_quota_us"), &cpu_quota_us(nano).to_string())?;
+            write_control(
+                &dir.join("cpu.cfs_quota_us"),
+                &cpu_quota_us(nano).to_string(),
+            )?;
         }
         if let Some(n) = limits.pids() {
             let dir = self.require("pids", "pids")?;
@@ -528,7 +533,10 @@ mod tests {
         }
         cg.apply(&limits()).expect("apply");
         let read = |p: PathBuf| fs::read_to_string(p).expect("read");
-        assert_eq!(read(mem.join("memory.limit_in_bytes")), (64u64 << 20).to_string());
+        assert_eq!(
+            read(mem.join("memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
         assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "50000");
         assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
         assert_eq!(read(pids.join("pids.max")), "42");
@@ -539,7 +547,10 @@ mod tests {
             assert_eq!(read(root.join(h).join("shoal/c1/cgroup.procs")), "4242");
         }
         assert!(!cg.oom_killed());
-        touch(&mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n");
+        touch(
+            &mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+        );
         assert!(cg.oom_killed());
 
         // Remove: the fixture dirs hold regular files, which a real cgroupfs would not.
@@ -596,7 +607,10 @@ mod tests {
     fn v2_create_enables_controllers_apply_join_remove() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path();
-        touch(&root.join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma\n");
+        touch(
+            &root.join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma\n",
+        );
         touch(&root.join("cgroup.subtree_control"), "memory\n");
         let fs_ = CgroupFs::detect(root);
         assert_eq!(fs_.version(), CgroupVersion::V2);
@@ -611,7 +625,10 @@ mod tests {
         let read = |p: PathBuf| fs::read_to_string(p).expect("read");
         // "memory" was already enabled at the root: only the others are added.
         assert_eq!(read(root.join("cgroup.subtree_control")), "+cpu +pids");
-        assert_eq!(read(parent.join("cgroup.subtree_control")), "+memory +cpu +pids");
+        assert_eq!(
+            read(parent.join("cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
         let dir = parent.join("c2");
         assert!(dir.is_dir());
         assert_eq!(cg.controller_dir("memory"), dir);
@@ -628,7 +645,10 @@ mod tests {
         cg.add_process(77).expect("join");
         assert_eq!(read(dir.join("cgroup.procs")), "77");
         assert!(!cg.oom_killed());
-        touch(&dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        touch(
+            &dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        );
         assert!(cg.oom_killed());
 
         for entry in fs::read_dir(&dir).expect("readdir") {
@@ -649,7 +669,12 @@ mod tests {
         let cg = CgroupFs::detect(root).cgroup("c3");
         cg.create().expect("create");
         touch(&root.join("c3/cgroup.controllers"), "");
-        assert_eq!(fs::read_to_string(root.join("cgroup.subtree_control")).ok().as_deref(), Some(""));
+        assert_eq!(
+            fs::read_to_string(root.join("cgroup.subtree_control"))
+                .ok()
+                .as_deref(),
+            Some("")
+        );
         let err = cg
             .apply(&Limits {
                 memory_bytes: Some(64 << 20),

@@ -24,7 +24,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{mknod, umask, Mode, SFlag};
 use nix::unistd::{
-    access, chdir, execve, fchdir, pivot_root, sethostname, setgroups, setresgid, setresuid,
+    access, chdir, execve, fchdir, pivot_root, setgroups, sethostname, setresgid, setresuid,
     AccessFlags, Gid, Uid,
 };
 
@@ -75,7 +75,11 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
     for (fd, target) in [(&ctx.stdout, 1), (&ctx.stderr, 2)] {
         // SAFETY: dup2 onto a standard fd.
         if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-            return Err(StartError::errno(Stage::Supervisor, Errno::last(), "dup2 stdio"));
+            return Err(StartError::errno(
+                Stage::Supervisor,
+                Errno::last(),
+                "dup2 stdio",
+            ));
         }
     }
 
@@ -102,7 +106,8 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
         overlay_options(&cfg.layers, &ctx.dir.join("upper"), &ctx.dir.join("work"))
             .map_err(|m| StartError::new(Stage::Rootfs, m))?;
     if let Some(d) = &opts_dir {
-        chdir(d).map_err(|e| StartError::errno(Stage::Rootfs, e, format!("chdir {}", d.display())))?;
+        chdir(d)
+            .map_err(|e| StartError::errno(Stage::Rootfs, e, format!("chdir {}", d.display())))?;
     }
     mount(
         Some("overlay"),
@@ -127,7 +132,11 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
     mount_filesystems()?;
 
     sethostname(&ctx.hostname).map_err(|e| {
-        StartError::errno(Stage::Hostname, e, format!("sethostname {:?}", ctx.hostname))
+        StartError::errno(
+            Stage::Hostname,
+            e,
+            format!("sethostname {:?}", ctx.hostname),
+        )
     })?;
     loopback_up().map_err(|e| StartError::errno(Stage::Network, e, "bring up lo"))?;
 
@@ -137,16 +146,24 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
         .map_err(|e| StartError::new(Stage::User, e.to_string()))?;
     let env = build_env(&cfg.env, &ctx.hostname, &user.home);
 
-    let cwd = if cfg.cwd.is_empty() { "/" } else { cfg.cwd.as_str() };
+    let cwd = if cfg.cwd.is_empty() {
+        "/"
+    } else {
+        cfg.cwd.as_str()
+    };
     if !Path::new(cwd).exists() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(cwd)
-            .map_err(|e| io_start_error(Stage::Cwd, &e, format!("create working directory {cwd:?}")))?;
+            .map_err(|e| {
+                io_start_error(Stage::Cwd, &e, format!("create working directory {cwd:?}"))
+            })?;
     }
     switch_user(&user)?;
-    chdir(cwd).map_err(|e| StartError::errno(Stage::Cwd, e, format!("chdir to working directory {cwd:?}")))?;
+    chdir(cwd).map_err(|e| {
+        StartError::errno(Stage::Cwd, e, format!("chdir to working directory {cwd:?}"))
+    })?;
 
     finalize(cfg, &env)
 }
@@ -158,8 +175,8 @@ fn finalize(cfg: &ContainerConfig, env: &[String]) -> Result<Infallible, StartEr
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| StartError::errno(Stage::Supervisor, e, "set the parent-death signal"))?;
 
-    let path = lookup::find_executable(&cfg.args[0], lookup::path_from_env(env), probe).map_err(
-        |e| {
+    let path =
+        lookup::find_executable(&cfg.args[0], lookup::path_from_env(env), probe).map_err(|e| {
             let errno = match e {
                 lookup::LookupError::NotExecutable { .. } => Errno::EACCES,
                 lookup::LookupError::IsDir { .. } => Errno::EISDIR,
@@ -170,14 +187,18 @@ fn finalize(cfg: &ContainerConfig, env: &[String]) -> Result<Infallible, StartEr
                 errno: Some(errno as i32),
                 message: e.to_string(),
             }
-        },
-    )?;
+        })?;
     let cstr = |s: &str| {
-        CString::new(s).map_err(|_| StartError::new(Stage::Exec, format!("{s:?} contains a NUL byte")))
+        CString::new(s)
+            .map_err(|_| StartError::new(Stage::Exec, format!("{s:?} contains a NUL byte")))
     };
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| StartError::new(Stage::Exec, "the executable path contains a NUL byte"))?;
-    let argv = cfg.args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+    let argv = cfg
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
 
     // Its own session (no controlling terminal: none is inherited anyway).
@@ -187,7 +208,12 @@ fn finalize(cfg: &ContainerConfig, env: &[String]) -> Result<Infallible, StartEr
     // Nothing but 0, 1, 2 may leak into the workload.
     // SAFETY: close_range(2) with the CLOEXEC flag only marks fds.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
 
     let Err(e) = execve(&c_path, &argv, &envp);
@@ -224,7 +250,12 @@ pub(crate) fn overlay_options(
 ) -> Result<(Option<PathBuf>, String), String> {
     let render = |f: &dyn Fn(&Path) -> String| {
         let lower: Vec<String> = layers.iter().rev().map(|l| f(l)).collect();
-        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), f(upper), f(work))
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            f(upper),
+            f(work)
+        )
     };
     let abs = render(&|p: &Path| p.display().to_string());
     if abs.len() <= MAX_MOUNT_DATA {
@@ -282,7 +313,9 @@ fn ensure_dir(path: &str, mode: u32) -> Result<(), StartError> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(StartError::new(
             Stage::Mounts,
-            format!("{path} in the image is not a directory (a symlink or a file); cannot mount on it"),
+            format!(
+                "{path} in the image is not a directory (a symlink or a file); cannot mount on it"
+            ),
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
             .mode(mode)
@@ -292,7 +325,12 @@ fn ensure_dir(path: &str, mode: u32) -> Result<(), StartError> {
     }
 }
 
-fn mount_fs(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) -> Result<(), StartError> {
+fn mount_fs(
+    fstype: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), StartError> {
     mount(Some(fstype), target, Some(fstype), flags, data)
         .map_err(|e| StartError::errno(Stage::Mounts, e, format!("mount {fstype} on {target}")))
 }
@@ -346,8 +384,9 @@ fn mount_filesystems() -> Result<(), StartError> {
         ("/proc/self/fd/1", "/dev/stdout"),
         ("/proc/self/fd/2", "/dev/stderr"),
     ] {
-        symlink(target, link)
-            .map_err(|e| io_start_error(Stage::Mounts, &e, format!("symlink {link} -> {target}")))?;
+        symlink(target, link).map_err(|e| {
+            io_start_error(Stage::Mounts, &e, format!("symlink {link} -> {target}"))
+        })?;
     }
     Ok(())
 }
@@ -417,7 +456,10 @@ fn probe(p: &Path) -> FileKind {
 
 /// The workload's environment: the config's, plus PATH, HOSTNAME and HOME when missing.
 pub(crate) fn build_env(env: &[String], hostname: &str, home: &str) -> Vec<String> {
-    let has = |key: &str| env.iter().any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key));
+    let has = |key: &str| {
+        env.iter()
+            .any(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key))
+    };
     let mut out = Vec::with_capacity(env.len() + 3);
     if !has("PATH") {
         out.push(format!("PATH={DEFAULT_PATH}"));
@@ -467,7 +509,10 @@ mod tests {
         let (dir, opts) = overlay_options(&layers, Path::new("/c/x/upper"), Path::new("/c/x/work"))
             .expect("short");
         assert_eq!(dir, None);
-        assert_eq!(opts, "lowerdir=/img/l/1:/img/l/0,upperdir=/c/x/upper,workdir=/c/x/work");
+        assert_eq!(
+            opts,
+            "lowerdir=/img/l/1:/img/l/0,upperdir=/c/x/upper,workdir=/c/x/work"
+        );
     }
 
     #[test]
@@ -481,7 +526,10 @@ mod tests {
         let (dir, opts) = overlay_options(&layers, &upper, &work).expect("fits when relative");
         assert_eq!(dir, Some(PathBuf::from(&base)));
         assert!(opts.starts_with("lowerdir=layers/39:layers/38:"), "{opts}");
-        assert!(opts.ends_with(",upperdir=containers/abc/upper,workdir=containers/abc/work"), "{opts}");
+        assert!(
+            opts.ends_with(",upperdir=containers/abc/upper,workdir=containers/abc/work"),
+            "{opts}"
+        );
         assert!(opts.len() <= MAX_MOUNT_DATA);
 
         let many: Vec<PathBuf> = (0..300)
@@ -497,7 +545,12 @@ mod tests {
         let env = build_env(&["A=1".into()], "h1", "/root");
         assert_eq!(
             env,
-            [format!("PATH={DEFAULT_PATH}"), "HOSTNAME=h1".into(), "A=1".into(), "HOME=/root".into()]
+            [
+                format!("PATH={DEFAULT_PATH}"),
+                "HOSTNAME=h1".into(),
+                "A=1".into(),
+                "HOME=/root".into()
+            ]
         );
         let given: Vec<String> = vec!["PATH=/x".into(), "HOME=/h".into(), "HOSTNAME=mine".into()];
         assert_eq!(build_env(&given, "h1", "/root"), given);

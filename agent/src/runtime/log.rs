@@ -221,8 +221,11 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced() {
-        let e = decode_entry(std::str::from_utf8(&encode_entry(1, LogStream::Stdout, b"a\xffb")).expect("json is utf8"))
-            .expect("decode");
+        let e = decode_entry(
+            std::str::from_utf8(&encode_entry(1, LogStream::Stdout, b"a\xffb"))
+                .expect("json is utf8"),
+        )
+        .expect("decode");
         assert_eq!(e.l, "a\u{fffd}b");
     }
 
@@ -239,7 +242,12 @@ mod tests {
         let got: Vec<(u64, String)> = lines(&out).into_iter().map(|e| (e.t, e.l)).collect();
         assert_eq!(
             got,
-            [(2, "hello".into()), (2, String::new()), (3, "world".into()), (4, "tail".into())]
+            [
+                (2, "hello".into()),
+                (2, String::new()),
+                (3, "world".into()),
+                (4, "tail".into())
+            ]
         );
     }
 
@@ -249,7 +257,11 @@ mod tests {
         let mut out = Vec::new();
         let long = vec![b'x'; MAX_LINE * 2 + 10];
         s.push(1, &long, &mut out);
-        assert_eq!(lines(&out).len(), 2, "two full chunks are flushed before the newline");
+        assert_eq!(
+            lines(&out).len(),
+            2,
+            "two full chunks are flushed before the newline"
+        );
         s.push(1, b"\n", &mut out);
         let got = lines(&out);
         assert_eq!(got.len(), 3);
@@ -264,13 +276,21 @@ mod tests {
         assert!(read_log(&path, None).expect("missing is empty").is_empty());
         let mut f = File::create(&path).expect("create");
         for i in 0..5 {
-            f.write_all(&encode_entry(i, LogStream::Stdout, format!("line {i}").as_bytes()))
-                .expect("write");
+            f.write_all(&encode_entry(
+                i,
+                LogStream::Stdout,
+                format!("line {i}").as_bytes(),
+            ))
+            .expect("write");
         }
-        f.write_all(b"not json\n{\"t\":9,\"s\":\"stdout\",\"l\":\"half").expect("write");
+        f.write_all(b"not json\n{\"t\":9,\"s\":\"stdout\",\"l\":\"half")
+            .expect("write");
         assert_eq!(read_log(&path, None).expect("read").len(), 5);
         let tail = read_log(&path, Some(2)).expect("tail");
-        assert_eq!(tail.iter().map(|e| e.l.as_str()).collect::<Vec<_>>(), ["line 3", "line 4"]);
+        assert_eq!(
+            tail.iter().map(|e| e.l.as_str()).collect::<Vec<_>>(),
+            ["line 3", "line 4"]
+        );
         assert_eq!(read_log(&path, Some(100)).expect("tail").len(), 5);
     }
 
@@ -281,7 +301,8 @@ mod tests {
         let mut fol = LogFollower::new(&path, false);
         assert!(fol.read_new().expect("no file yet").is_empty());
         let mut f = File::create(&path).expect("create");
-        f.write_all(&encode_entry(1, LogStream::Stdout, b"one")).expect("write");
+        f.write_all(&encode_entry(1, LogStream::Stdout, b"one"))
+            .expect("write");
         let enc = encode_entry(2, LogStream::Stderr, b"two");
         f.write_all(&enc[..5]).expect("write");
         assert_eq!(fol.read_new().expect("read").len(), 1);

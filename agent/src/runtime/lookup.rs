@@ -18,12 +18,22 @@ pub enum FileKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupError {
     /// Not found in any PATH entry.
-    NotInPath { cmd: String, path: String },
+    NotInPath {
+        cmd: String,
+        path: String,
+    },
     /// A command with a `/` that does not exist.
-    NoSuchFile { cmd: String },
+    NoSuchFile {
+        cmd: String,
+    },
     /// Found, but not executable for the container's user.
-    NotExecutable { cmd: String, found: PathBuf },
-    IsDir { cmd: String },
+    NotExecutable {
+        cmd: String,
+        found: PathBuf,
+    },
+    IsDir {
+        cmd: String,
+    },
     Empty,
 }
 
@@ -126,7 +136,10 @@ mod tests {
             find_executable("sh", DEFAULT_PATH, &probe),
             Ok(PathBuf::from("/usr/bin/sh"))
         );
-        assert_eq!(find_executable("sh", "/bin:/usr/bin", &probe), Ok(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            find_executable("sh", "/bin:/usr/bin", &probe),
+            Ok(PathBuf::from("/bin/sh"))
+        );
     }
 
     #[test]
@@ -136,7 +149,10 @@ mod tests {
             ("/b/tool", FileKind::NotExecutable),
             ("/c/tool", FileKind::Executable),
         ]);
-        assert_eq!(find_executable("tool", "/a:/b:/c", &probe), Ok(PathBuf::from("/c/tool")));
+        assert_eq!(
+            find_executable("tool", "/a:/b:/c", &probe),
+            Ok(PathBuf::from("/c/tool"))
+        );
         let e = find_executable("tool", "/a:/b", &probe).expect_err("not executable");
         assert_eq!(
             e,
@@ -159,29 +175,50 @@ mod tests {
 
     #[test]
     fn slash_commands_are_not_searched() {
-        let probe = fs(&[("/bin/sh", FileKind::Executable), ("./run", FileKind::Executable)]);
-        assert_eq!(find_executable("/bin/sh", "", &probe), Ok(PathBuf::from("/bin/sh")));
-        assert_eq!(find_executable("./run", "/bin", &probe), Ok(PathBuf::from("./run")));
+        let probe = fs(&[
+            ("/bin/sh", FileKind::Executable),
+            ("./run", FileKind::Executable),
+        ]);
+        assert_eq!(
+            find_executable("/bin/sh", "", &probe),
+            Ok(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            find_executable("./run", "/bin", &probe),
+            Ok(PathBuf::from("./run"))
+        );
         assert_eq!(
             find_executable("/bin/nope", DEFAULT_PATH, &probe),
-            Err(LookupError::NoSuchFile { cmd: "/bin/nope".into() })
+            Err(LookupError::NoSuchFile {
+                cmd: "/bin/nope".into()
+            })
         );
         assert_eq!(
             find_executable("/bin", DEFAULT_PATH, fs(&[("/bin", FileKind::Dir)])),
             Err(LookupError::IsDir { cmd: "/bin".into() })
         );
-        assert_eq!(find_executable("", DEFAULT_PATH, &probe), Err(LookupError::Empty));
+        assert_eq!(
+            find_executable("", DEFAULT_PATH, &probe),
+            Err(LookupError::Empty)
+        );
     }
 
     #[test]
     fn empty_path_entry_is_cwd() {
         let probe = fs(&[("./tool", FileKind::Executable)]);
-        assert_eq!(find_executable("tool", "/x::/y", &probe), Ok(PathBuf::from("./tool")));
+        assert_eq!(
+            find_executable("tool", "/x::/y", &probe),
+            Ok(PathBuf::from("./tool"))
+        );
     }
 
     #[test]
     fn path_comes_from_env_last_wins() {
-        let env = vec!["A=1".to_string(), "PATH=/x".to_string(), "PATH=/y:/z".to_string()];
+        let env = vec![
+            "A=1".to_string(),
+            "PATH=/x".to_string(),
+            "PATH=/y:/z".to_string(),
+        ];
         assert_eq!(path_from_env(&env), "/y:/z");
         assert_eq!(path_from_env(&["PATHX=1".to_string()]), DEFAULT_PATH);
     }

@@ -386,14 +386,18 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 /// Reads a JSON file; `Ok(None)` if it does not exist.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, RuntimeError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| RuntimeError::CorruptState {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RuntimeError::CorruptState {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err("read", path)(e)),
     }
@@ -465,7 +469,9 @@ pub fn validate_config(c: &ContainerConfig) -> Result<(), RuntimeError> {
     };
     validate_id(&c.id).map_err(bad)?;
     if c.args.is_empty() || c.args[0].is_empty() {
-        return Err(bad("no command: args is empty (set an entrypoint or a command)".into()));
+        return Err(bad(
+            "no command: args is empty (set an entrypoint or a command)".into(),
+        ));
     }
     if let Some(a) = c.args.iter().find(|a| a.contains('\0')) {
         return Err(bad(format!("argument {a:?} contains a NUL byte")));
@@ -491,7 +497,10 @@ pub fn validate_config(c: &ContainerConfig) -> Result<(), RuntimeError> {
         }
     }
     if !c.cwd.is_empty() && (!c.cwd.starts_with('/') || c.cwd.contains('\0')) {
-        return Err(bad(format!("working directory {:?} is not an absolute path", c.cwd)));
+        return Err(bad(format!(
+            "working directory {:?} is not an absolute path",
+            c.cwd
+        )));
     }
     if c.hostname.len() > 64
         || !c
@@ -564,7 +573,22 @@ impl Runtime {
     /// `root`: the runtime's state dir (e.g. /var/lib/shoal/containers); made if missing.
     /// `helper`: the `shoal` binary to re-exec as the supervisor. `cgroup_parent`: the cgroup
     /// below each hierarchy's root that holds the containers' cgroups, e.g. "shoal".
-    pub fn new(root: PathBuf, helper: PathBuf, cgroup_parent: String) -> Result<Runtime, RuntimeError> {
+    pub fn new(
+        root: PathBuf,
+        helper: PathBuf,
+        cgroup_parent: String,
+    ) -> Result<Runtime, RuntimeError> {
+        Runtime::with_cgroups(root, helper, cgroup_parent, CgroupFs::host())
+    }
+
+    /// As [`Runtime::new`], on the given cgroup filesystem instead of the host's detected one
+    /// (e.g. the `unified` v2 tree of a hybrid host, for tests).
+    pub fn with_cgroups(
+        root: PathBuf,
+        helper: PathBuf,
+        cgroup_parent: String,
+        cgroups: CgroupFs,
+    ) -> Result<Runtime, RuntimeError> {
         if cgroup_parent.is_empty()
             || cgroup_parent.starts_with('/')
             || cgroup_parent
@@ -601,7 +625,7 @@ impl Runtime {
             root,
             helper,
             cgroup_parent,
-            cgroups: CgroupFs::host(),
+            cgroups,
         })
     }
 
@@ -627,7 +651,10 @@ impl Runtime {
 
     /// Creates the container's state and starts it; returns once its process has exec'd the
     /// workload (or with the error that prevented it, leaving nothing behind).
-    pub async fn create_and_start(&self, config: ContainerConfig) -> Result<ContainerState, RuntimeError> {
+    pub async fn create_and_start(
+        &self,
+        config: ContainerConfig,
+    ) -> Result<ContainerState, RuntimeError> {
         validate_config(&config)?;
         for l in &config.layers {
             if !l.is_dir() {
@@ -668,7 +695,12 @@ impl Runtime {
         }
     }
 
-    async fn spawn_supervisor(&self, config: &ContainerConfig, dir: &Path, cgroup_rel: &str) -> Result<(), RuntimeError> {
+    async fn spawn_supervisor(
+        &self,
+        config: &ContainerConfig,
+        dir: &Path,
+        cgroup_rel: &str,
+    ) -> Result<(), RuntimeError> {
         let id = &config.id;
         for sub in ["rootfs", "upper", "work"] {
             let p = dir.join(sub);
@@ -707,7 +739,9 @@ impl Runtime {
             })?;
         let mut report = Vec::new();
         let read = match child.stdout.take() {
-            Some(mut out) => tokio::time::timeout(START_TIMEOUT, out.read_to_end(&mut report)).await,
+            Some(mut out) => {
+                tokio::time::timeout(START_TIMEOUT, out.read_to_end(&mut report)).await
+            }
             None => Ok(Ok(0)),
         };
         if read.is_err() {
@@ -772,7 +806,11 @@ impl Runtime {
         self.state_of(&dir, config)
     }
 
-    fn state_of(&self, dir: &Path, config: ContainerConfig) -> Result<ContainerState, RuntimeError> {
+    fn state_of(
+        &self,
+        dir: &Path,
+        config: ContainerConfig,
+    ) -> Result<ContainerState, RuntimeError> {
         let state: Option<StateFile> = read_json(&dir.join(STATE_FILE))?;
         let exit: Option<ExitStatus> = read_json(&dir.join(EXIT_FILE))?;
         let status = match (&exit, &state) {
@@ -852,7 +890,9 @@ impl Runtime {
         }
         if let Some(st) = read_json::<StateFile>(&dir.join(STATE_FILE))? {
             if let Some(fd) = pidfd_verified(st.supervisor_pid, st.supervisor_start) {
-                wait_pidfd(fd).await.map_err(io_err("wait for supervisor", &dir))?;
+                wait_pidfd(fd)
+                    .await
+                    .map_err(io_err("wait for supervisor", &dir))?;
             }
         }
         Ok(read_json::<ExitStatus>(&dir.join(EXIT_FILE))?.unwrap_or_else(ExitStatus::lost))
@@ -927,7 +967,10 @@ impl Runtime {
             let _ = pidfd_send_signal(&sup, Signal::SIGKILL);
         }
         let sup = async_fd(sup).map_err(io_err("wait for supervisor", dir))?;
-        if tokio::time::timeout(KILL_TIMEOUT, sup.readable()).await.is_err() {
+        if tokio::time::timeout(KILL_TIMEOUT, sup.readable())
+            .await
+            .is_err()
+        {
             let _ = pidfd_send_signal(sup.get_ref(), Signal::SIGKILL);
             let _ = tokio::time::timeout(KILL_TIMEOUT, sup.readable()).await;
         }
@@ -1024,10 +1067,9 @@ mod tests {
         let back: ContainerConfig = serde_json::from_value(json).expect("decode");
         assert_eq!(back, c);
         // Optional fields have defaults.
-        let minimal: ContainerConfig = serde_json::from_str(
-            r#"{"id":"a","name":"a","layers":["/x"],"args":["true"]}"#,
-        )
-        .expect("minimal");
+        let minimal: ContainerConfig =
+            serde_json::from_str(r#"{"id":"a","name":"a","layers":["/x"],"args":["true"]}"#)
+                .expect("minimal");
         assert_eq!(minimal.stop_grace, Duration::from_secs(10));
         assert!(minimal.env.is_empty());
     }
@@ -1035,7 +1077,8 @@ mod tests {
     #[test]
     fn validation_accepts_good_and_names_the_problem() {
         validate_config(&config()).expect("valid");
-        let cases: Vec<(Box<dyn Fn(&mut ContainerConfig)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ContainerConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.id = String::new()), "1 to 128"),
             (Box::new(|c| c.id = "../x".into()), "may only hold"),
             (Box::new(|c| c.id = ".hidden".into()), "must not"),
@@ -1045,7 +1088,10 @@ mod tests {
             (Box::new(|c| c.env.push("NOVALUE".into())), "KEY=VALUE"),
             (Box::new(|c| c.env.push("=x".into())), "KEY=VALUE"),
             (Box::new(|c| c.layers.clear()), "no layers"),
-            (Box::new(|c| c.layers.push("rel/dir".into())), "not absolute"),
+            (
+                Box::new(|c| c.layers.push("rel/dir".into())),
+                "not absolute",
+            ),
             (Box::new(|c| c.layers.push("/a:b".into())), "overlayfs"),
             (Box::new(|c| c.layers.push("/a,b".into())), "overlayfs"),
             (Box::new(|c| c.cwd = "relative".into()), "working directory"),
@@ -1069,7 +1115,10 @@ mod tests {
             pids: Some(0),
         };
         validate_config(&c).expect("zeros are no limit");
-        assert_eq!((c.limits.memory(), c.limits.cpus(), c.limits.pids()), (None, None, None));
+        assert_eq!(
+            (c.limits.memory(), c.limits.cpus(), c.limits.pids()),
+            (None, None, None)
+        );
     }
 
     #[test]
@@ -1109,7 +1158,10 @@ mod tests {
         assert_eq!(v["oom_killed"], true);
         let back: ExitStatus =
             serde_json::from_str(r#"{"code":3,"finished_at":1}"#).expect("defaults");
-        assert_eq!((back.signal, back.oom_killed, back.lost), (None, false, false));
+        assert_eq!(
+            (back.signal, back.oom_killed, back.lost),
+            (None, false, false)
+        );
     }
 
     #[test]

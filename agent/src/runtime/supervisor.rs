@@ -160,6 +160,9 @@ pub fn supervisor_main() -> i32 {
             return 2;
         }
     };
+    // Hold nothing of the daemon's: any fd it leaked to us (one without O_CLOEXEC) would stay
+    // open for the container's whole life.
+    close_inherited_fds();
     // P0: leave the daemon's session, fork the real supervisor, relay its report.
     let _ = setsid();
     let (report_r, report_w) = match pipe2(OFlag::O_CLOEXEC) {
@@ -210,10 +213,36 @@ pub fn supervisor_main() -> i32 {
     }
 }
 
+/// Closes every fd above 2.
+fn close_inherited_fds() {
+    // SAFETY: close_range(2) on fds nothing in this process uses yet.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: walk /proc/self/fd (collect first: reading the dir opens an fd).
+    let fds: Vec<RawFd> = fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: as above; EBADF for the directory fd that is already gone is fine.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}
+
 /// Points fds 0 and 1 at /dev/null (2 stays: the daemon made it supervisor.log). fd 1 was the
 /// daemon's pipe: the daemon reads it to EOF, which must come when P0 exits.
 fn stdio_to_null() -> io::Result<()> {
-    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     for fd in [0, 1] {
         // SAFETY: dup2 onto a standard fd we own.
         if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
@@ -270,7 +299,12 @@ struct Running {
 /// The signals the supervisor forwards to the container's init.
 fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         set.add(s);
     }
     set
@@ -313,10 +347,16 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         .mode(0o640)
         .custom_flags(libc::O_CLOEXEC)
         .open(&log_path)
-        .map_err(|e| StartError::new(Stage::Supervisor, format!("open {}: {e}", log_path.display())))?;
+        .map_err(|e| {
+            StartError::new(
+                Stage::Supervisor,
+                format!("open {}: {e}", log_path.display()),
+            )
+        })?;
 
     let pipe = |what: &str| {
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| StartError::errno(Stage::Supervisor, e, format!("{what} pipe")))
+        pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| StartError::errno(Stage::Supervisor, e, format!("{what} pipe")))
     };
     let (out_r, out_w) = pipe("stdout")?;
     let (err_r, err_w) = pipe("stderr")?;
@@ -345,7 +385,13 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
 
     // SAFETY: single-threaded process.
     let child = match unsafe { fork() } {
-        Err(e) => return Err(StartError::errno(Stage::Namespaces, e, "fork the container init")),
+        Err(e) => {
+            return Err(StartError::errno(
+                Stage::Namespaces,
+                e,
+                "fork the container init",
+            ))
+        }
         Ok(ForkResult::Child) => {
             drop((out_r, err_r, go_w, fail_r, log, signals));
             init::run(InitContext {
@@ -373,7 +419,11 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         return Err(abort(StartError::new(Stage::Cgroup, e.to_string())));
     }
     if let Err(e) = write_all_fd(&go_w, b"1") {
-        return Err(abort(StartError::errno(Stage::Supervisor, e, "release the container init")));
+        return Err(abort(StartError::errno(
+            Stage::Supervisor,
+            e,
+            "release the container init",
+        )));
     }
     drop(go_w);
 
@@ -383,7 +433,10 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         let e = serde_json::from_slice::<StartError>(data.trim_ascii()).unwrap_or_else(|_| {
             StartError::new(
                 Stage::Exec,
-                format!("unreadable error from the container init: {}", String::from_utf8_lossy(&data)),
+                format!(
+                    "unreadable error from the container init: {}",
+                    String::from_utf8_lossy(&data)
+                ),
             )
         });
         let _ = waitpid(child, None);
@@ -437,7 +490,10 @@ impl Running {
         set_nonblocking(self.stderr.as_raw_fd());
         let pidfd = pidfd_open(self.child.as_raw()).ok();
         let mut open = [true, true];
-        let mut split = [LineSplitter::new(LogStream::Stdout), LineSplitter::new(LogStream::Stderr)];
+        let mut split = [
+            LineSplitter::new(LogStream::Stdout),
+            LineSplitter::new(LogStream::Stderr),
+        ];
         let mut buf = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
         let mut log_failed = false;
@@ -476,7 +532,12 @@ impl Running {
                     slot.and_then(|i| fds[i].revents())
                         .is_some_and(|r| !r.is_empty())
                 };
-                let readable = [ready(slots[0]), ready(slots[1]), ready(slots[2]), ready(slots[3])];
+                let readable = [
+                    ready(slots[0]),
+                    ready(slots[1]),
+                    ready(slots[2]),
+                    ready(slots[3]),
+                ];
                 (pidfd.is_none() || readable[3], readable)
             };
             let t = now_ms();
@@ -601,13 +662,19 @@ mod tests {
             json,
             r#"{"result":"failed","stage":"exec","errno":2,"message":"exec \"foo\": no such file"}"#
         );
-        assert_eq!(serde_json::from_str::<StartReport>(&json).expect("decode"), r);
+        assert_eq!(
+            serde_json::from_str::<StartReport>(&json).expect("decode"),
+            r
+        );
         let ok = StartReport::Started {
             supervisor_pid: 1,
             pid: 2,
         };
         let json = serde_json::to_string(&ok).expect("encode");
-        assert_eq!(serde_json::from_str::<StartReport>(&json).expect("decode"), ok);
+        assert_eq!(
+            serde_json::from_str::<StartReport>(&json).expect("decode"),
+            ok
+        );
     }
 
     #[test]

@@ -43,30 +43,51 @@ pub struct ExecUser {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserError {
     /// The spec is malformed (e.g. empty user before `:`).
-    Invalid { spec: String, reason: String },
-    UnknownUser { name: String, have_file: bool },
-    UnknownGroup { name: String, have_file: bool },
+    Invalid {
+        spec: String,
+        reason: String,
+    },
+    UnknownUser {
+        name: String,
+        have_file: bool,
+    },
+    UnknownGroup {
+        name: String,
+        have_file: bool,
+    },
 }
 
 impl fmt::Display for UserError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UserError::Invalid { spec, reason } => write!(f, "invalid user {spec:?}: {reason}"),
-            UserError::UnknownUser { name, have_file: true } => write!(
+            UserError::UnknownUser {
+                name,
+                have_file: true,
+            } => write!(
                 f,
                 "unknown user {name:?}: no matching entry in the image's /etc/passwd \
                  (use a numeric uid, or add the user to the image)"
             ),
-            UserError::UnknownUser { name, have_file: false } => write!(
+            UserError::UnknownUser {
+                name,
+                have_file: false,
+            } => write!(
                 f,
                 "unknown user {name:?}: the image has no /etc/passwd (use a numeric uid)"
             ),
-            UserError::UnknownGroup { name, have_file: true } => write!(
+            UserError::UnknownGroup {
+                name,
+                have_file: true,
+            } => write!(
                 f,
                 "unknown group {name:?}: no matching entry in the image's /etc/group \
                  (use a numeric gid, or add the group to the image)"
             ),
-            UserError::UnknownGroup { name, have_file: false } => write!(
+            UserError::UnknownGroup {
+                name,
+                have_file: false,
+            } => write!(
                 f,
                 "unknown group {name:?}: the image has no /etc/group (use a numeric gid)"
             ),
@@ -149,7 +170,9 @@ pub fn validate_spec(spec: &str) -> Result<(), UserError> {
         None => (spec, None),
     };
     if user.is_empty() {
-        return Err(invalid("the user part is empty (expected name|uid[:group|gid])"));
+        return Err(invalid(
+            "the user part is empty (expected name|uid[:group|gid])",
+        ));
     }
     if group == Some("") {
         return Err(invalid("the group part after ':' is empty"));
@@ -186,7 +209,12 @@ pub fn resolve_user(
             spec: spec.to_string(),
             reason: "uid out of range".into(),
         })?;
-        users.iter().find(|u| u.uid == uid).cloned().map(Ok).unwrap_or(Err(uid))
+        users
+            .iter()
+            .find(|u| u.uid == uid)
+            .cloned()
+            .map(Ok)
+            .unwrap_or(Err(uid))
     } else {
         match users.iter().find(|u| u.name == user_part) {
             Some(u) => Ok(u.clone()),
@@ -201,7 +229,11 @@ pub fn resolve_user(
 
     let (uid, mut gid, home, name) = match entry {
         Ok(u) => {
-            let home = if u.home.is_empty() { "/".to_string() } else { u.home };
+            let home = if u.home.is_empty() {
+                "/".to_string()
+            } else {
+                u.home
+            };
             (u.uid, u.gid, home, Some(u.name))
         }
         Err(uid) => (uid, 0, "/".to_string(), None),
@@ -303,7 +335,15 @@ junk
     #[test]
     fn names_resolve_with_supplementary_groups() {
         let u = resolve_user("app", Some(PASSWD), Some(GROUP)).expect("app");
-        assert_eq!(u, ExecUser { uid: 1000, gid: 1000, groups: vec![10, 29], home: "/home/app".into() });
+        assert_eq!(
+            u,
+            ExecUser {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![10, 29],
+                home: "/home/app".into()
+            }
+        );
         let u = resolve_user("nobody", Some(PASSWD), Some(GROUP)).expect("nobody");
         assert_eq!((u.uid, u.gid), (65534, 65534));
         assert!(u.groups.is_empty());
@@ -314,7 +354,15 @@ junk
     #[test]
     fn numeric_ids_need_no_files() {
         let u = resolve_user("12345", None, None).expect("uid");
-        assert_eq!(u, ExecUser { uid: 12345, gid: 0, groups: vec![], home: "/".into() });
+        assert_eq!(
+            u,
+            ExecUser {
+                uid: 12345,
+                gid: 0,
+                groups: vec![],
+                home: "/".into()
+            }
+        );
         let u = resolve_user("12345:54321", None, None).expect("uid:gid");
         assert_eq!((u.uid, u.gid), (12345, 54321));
         // A numeric uid that has an entry takes its gid and home.
@@ -335,7 +383,13 @@ junk
     #[test]
     fn unknown_names_are_clear_errors() {
         let e = resolve_user("ghost", Some(PASSWD), Some(GROUP)).expect_err("ghost");
-        assert_eq!(e, UserError::UnknownUser { name: "ghost".into(), have_file: true });
+        assert_eq!(
+            e,
+            UserError::UnknownUser {
+                name: "ghost".into(),
+                have_file: true
+            }
+        );
         assert!(e.to_string().contains("/etc/passwd"), "{e}");
         let e = resolve_user("ghost", None, None).expect_err("no passwd");
         assert!(e.to_string().contains("has no /etc/passwd"), "{e}");
@@ -351,7 +405,10 @@ junk
                 matches!(validate_spec(bad), Err(UserError::Invalid { .. })),
                 "{bad:?} should be invalid"
             );
-            assert!(resolve_user(bad, Some(PASSWD), Some(GROUP)).is_err(), "{bad:?}");
+            assert!(
+                resolve_user(bad, Some(PASSWD), Some(GROUP)).is_err(),
+                "{bad:?}"
+            );
         }
         for good in ["", "root", "0", "app:audio", "4294967294"] {
             validate_spec(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
