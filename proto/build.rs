@@ -25,7 +25,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("#[serde(with = \"crate::serde_enums::{module}\")]"),
         );
     }
-    builder
-        .compile_fds(fds)?;
+    builder.compile_fds(fds)?;
     Ok(())
 }

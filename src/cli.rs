@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A container orchestrator in the Docker Swarm / Compose mould")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A container orchestrator in the Docker Swarm / Compose mould"
+)]
 pub struct Cli {
     /// The daemon to talk to: a socket path, unix://PATH, or tcp://HOST:PORT.
     #[arg(long, short = 'H', env = "SHOAL_HOST", global = true, default_value = crate::client::DEFAULT_SOCKET)]

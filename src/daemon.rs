@@ -45,9 +45,14 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
 
     // Manager: the replicated store first, everything else reads it.
     let store = Store::new();
-    let raft = RaftNode::open(&data_dir, FIRST_RAFT_ID, RaftConfig::default(), store.clone())
-        .await
-        .context("cannot open the Raft store")?;
+    let raft = RaftNode::open(
+        &data_dir,
+        FIRST_RAFT_ID,
+        RaftConfig::default(),
+        store.clone(),
+    )
+    .await
+    .context("cannot open the Raft store")?;
     if raft.is_pristine().await {
         tracing::info!(%node_id, "initialising a new one-manager cluster");
         raft.initialize_single(&addr.to_string()).await?;
@@ -73,7 +78,12 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     )?);
     let images = ImageStore::open(data_dir.join("images"))?;
 
-    let dispatcher = Dispatcher::new(store.clone(), writer.clone(), args.heartbeat, node_id.clone());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        writer.clone(),
+        args.heartbeat,
+        node_id.clone(),
+    );
     let facts = Arc::new(Facts {
         node_id: node_id.clone(),
         data_dir: data_dir.clone(),
@@ -193,8 +203,7 @@ fn node_id(data_dir: &Path) -> Result<String> {
 
 fn bind_socket(path: &PathBuf) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // A socket file left by a daemon that was killed: nobody listens on it (the data dir lock
     // proves this daemon is the only one), so it can go.
@@ -235,7 +244,10 @@ struct LocalImages(ImageStore);
 
 impl ImageCatalog for LocalImages {
     fn check(&self, reference: &str) -> Result<(), String> {
-        self.0.resolve(reference).map(|_| ()).map_err(|e| e.to_string())
+        self.0
+            .resolve(reference)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

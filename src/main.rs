@@ -15,7 +15,8 @@ use commands::{image, service, system};
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
     // so any tokio runtime) exists: it forks and clones, which is only safe single-threaded.
-    if std::env::args_os().nth(1).as_deref() == Some(shoal_agent::runtime::SUPERVISOR_ARG.as_ref()) {
+    if std::env::args_os().nth(1).as_deref() == Some(shoal_agent::runtime::SUPERVISOR_ARG.as_ref())
+    {
         std::process::exit(shoal_agent::runtime::supervisor_main());
     }
     let cli = match Cli::try_parse() {
@@ -33,7 +34,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
@@ -73,21 +77,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Service(s) => match s {
                     ServiceCommand::Create(a) => service::create(&mut client, &a).await,
                     ServiceCommand::Ls(l) => service::ls(&mut client, l).await,
-                    ServiceCommand::Ps { service: s, list } => service::ps(&mut client, &s, list).await,
+                    ServiceCommand::Ps { service: s, list } => {
+                        service::ps(&mut client, &s, list).await
+                    }
                     ServiceCommand::Inspect { services, format } => {
                         service::inspect(&mut client, &services, format).await
                     }
                     ServiceCommand::Scale { targets, detach } => {
                         service::scale(&mut client, &targets, detach).await
                     }
-                    ServiceCommand::Logs { service: s, follow, tail, timestamps } => {
-                        service::logs(&mut client, &s, follow, tail, timestamps).await
-                    }
+                    ServiceCommand::Logs {
+                        service: s,
+                        follow,
+                        tail,
+                        timestamps,
+                    } => service::logs(&mut client, &s, follow, tail, timestamps).await,
                     ServiceCommand::Rm { services } => service::rm(&mut client, &services).await,
                 },
                 Command::Image(i) => match i {
                     ImageCommand::Ls(l) => image::ls(&mut client, l).await,
-                    ImageCommand::Import { file, name } => image::import(&mut client, &file, &name).await,
+                    ImageCommand::Import { file, name } => {
+                        image::import(&mut client, &file, &name).await
+                    }
                     ImageCommand::Bootstrap { what } => image::bootstrap(&mut client, &what).await,
                 },
                 Command::Daemon(_) | Command::Version => Ok(()),

@@ -31,10 +31,9 @@ fn bad_size(text: &str) -> String {
 
 /// `0.5` CPUs → 500 000 000 nano-CPUs.
 pub fn parse_cpus(text: &str) -> Result<i64, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid CPU count {text:?}: use a decimal number such as 0.5 or 2"))?;
+    let value: f64 = text.trim().parse().map_err(|_| {
+        format!("invalid CPU count {text:?}: use a decimal number such as 0.5 or 2")
+    })?;
     if !value.is_finite() || !(0.0..=1e6).contains(&value) {
         return Err(format!("invalid CPU count {text:?}: it must be 0 or more"));
     }

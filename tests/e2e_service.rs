@@ -19,7 +19,12 @@ fn ns(pid: &str, kind: &str) -> String {
 fn pids(tasks: &[serde_json::Value]) -> Vec<String> {
     tasks
         .iter()
-        .map(|t| t["status"]["pid"].as_u64().expect("a running task has a pid").to_string())
+        .map(|t| {
+            t["status"]["pid"]
+                .as_u64()
+                .expect("a running task has a pid")
+                .to_string()
+        })
         .collect()
 }
 
@@ -32,12 +37,18 @@ fn memory_limit_of(pid: &str) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup file");
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (_, controllers, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         if controllers.split(',').any(|c| c == "memory") {
             let file = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
             return std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
-        if controllers.is_empty() && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        if controllers.is_empty()
+            && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        {
             let file = format!("/sys/fs/cgroup{path}/memory.max");
             return std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
         }
@@ -53,8 +64,19 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
     let d = TestDaemon::start();
     d.ok(&["image", "bootstrap", "busybox"]);
     d.ok(&[
-        "service", "create", "--name", "web", "--replicas", "3", "--memory", "64m",
-        "--stop-grace-period", "1s", "busybox", "sleep", "1000",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--memory",
+        "64m",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sleep",
+        "1000",
     ]);
     let tasks = d.running_tasks("web");
     assert_eq!(tasks.len(), 3, "create waits until 3 tasks run");
@@ -65,7 +87,10 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
         let mine = ns("self", kind);
         let theirs: HashSet<String> = first_pids.iter().map(|p| ns(p, kind)).collect();
         assert_eq!(theirs.len(), 3, "every task has its own {kind} namespace");
-        assert!(!theirs.contains(&mine), "no task shares the host's {kind} namespace");
+        assert!(
+            !theirs.contains(&mine),
+            "no task shares the host's {kind} namespace"
+        );
     }
     for pid in &first_pids {
         assert_eq!(memory_limit_of(pid).trim(), (64u64 << 20).to_string());
@@ -73,13 +98,18 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
 
     // The table output names the service and its replicas.
     let ls = d.ok(&["service", "ls"]);
-    assert!(ls.contains("web") && ls.contains("3/3"), "service ls:\n{ls}");
+    assert!(
+        ls.contains("web") && ls.contains("3/3"),
+        "service ls:\n{ls}"
+    );
 
     // Scale up, then down.
     d.ok(&["service", "scale", "web=5"]);
     assert_eq!(d.running_tasks("web").len(), 5);
     d.ok(&["service", "scale", "web=1"]);
-    d.wait_for("scale down to 1", CONVERGE, || d.running_tasks("web").len() == 1);
+    d.wait_for("scale down to 1", CONVERGE, || {
+        d.running_tasks("web").len() == 1
+    });
     let remaining = pids(&d.running_tasks("web"));
     let all_pids: HashSet<String> = first_pids.iter().chain(&remaining).cloned().collect();
     d.wait_for("scaled-down containers to exit", CONVERGE, || {
@@ -90,19 +120,31 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
     d.ok(&["service", "rm", "web"]);
     let containers = d.data_dir().join("containers");
     d.wait_for("every container removed", CONVERGE, || {
-        std::fs::read_dir(&containers).map(|e| e.count() == 0).unwrap_or(true)
+        std::fs::read_dir(&containers)
+            .map(|e| e.count() == 0)
+            .unwrap_or(true)
     });
-    assert!(all_pids.iter().all(|p| !alive(p)), "no container process survives rm");
+    assert!(
+        all_pids.iter().all(|p| !alive(p)),
+        "no container process survives rm"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let data = d.data_dir().display().to_string();
-    assert!(!mounts.contains(&data), "no mount under the data dir remains:\n{mounts}");
+    assert!(
+        !mounts.contains(&data),
+        "no mount under the data dir remains:\n{mounts}"
+    );
     for dir in cgroup_dirs(&d.cgroup_parent) {
         let children: Vec<_> = std::fs::read_dir(&dir)
             .expect("cgroup dir")
             .flatten()
             .filter(|e| e.path().is_dir())
             .collect();
-        assert!(children.is_empty(), "cgroups left under {}: {children:?}", dir.display());
+        assert!(
+            children.is_empty(),
+            "cgroups left under {}: {children:?}",
+            dir.display()
+        );
     }
     let ls = d.ok(&["service", "ls", "-q"]);
     assert!(ls.trim().is_empty(), "no service is left: {ls}");
@@ -117,20 +159,37 @@ fn kill_9_and_restart_recovers_services_without_duplicates() {
     d.ok(&["image", "bootstrap", "busybox"]);
     let cluster = d.json(&["info", "--format", "json"])["cluster"]["id"].clone();
     d.ok(&[
-        "service", "create", "--name", "db", "--replicas", "2", "--stop-grace-period", "1s",
-        "busybox", "sleep", "1000",
+        "service",
+        "create",
+        "--name",
+        "db",
+        "--replicas",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sleep",
+        "1000",
     ]);
     let before: HashSet<String> = pids(&d.running_tasks("db")).into_iter().collect();
     let service_id = d.json(&["service", "inspect", "db"])[0]["id"].clone();
 
     d.kill9();
-    assert!(before.iter().all(|p| alive(p)), "containers outlive the daemon");
+    assert!(
+        before.iter().all(|p| alive(p)),
+        "containers outlive the daemon"
+    );
     d.spawn();
 
     // Same cluster, same service, same containers: adopted, not duplicated.
-    assert_eq!(d.json(&["info", "--format", "json"])["cluster"]["id"], cluster);
+    assert_eq!(
+        d.json(&["info", "--format", "json"])["cluster"]["id"],
+        cluster
+    );
     assert_eq!(d.json(&["service", "inspect", "db"])[0]["id"], service_id);
-    d.wait_for("2 running tasks after restart", CONVERGE, || d.running_tasks("db").len() == 2);
+    d.wait_for("2 running tasks after restart", CONVERGE, || {
+        d.running_tasks("db").len() == 2
+    });
     let after: HashSet<String> = pids(&d.running_tasks("db")).into_iter().collect();
     assert_eq!(before, after, "the running containers were adopted");
     let containers = std::fs::read_dir(d.data_dir().join("containers"))
@@ -163,15 +222,47 @@ fn bad_input_is_refused_and_creates_nothing() {
     let mut errors = Vec::new();
     let mut refused = |args: &[&str], expected: &str| {
         let err = d.fails(args);
-        assert!(err.contains(expected), "{args:?} should say {expected:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?} should say {expected:?}: {err}"
+        );
         errors.push(err);
     };
-    refused(&["service", "create", "--name", "x", "nosuchimage"], "nosuchimage");
-    refused(&["service", "create", "--name", "x", "--memory", "lots", "busybox"], "invalid size");
-    refused(&["service", "create", "--name", "x", "--replicas", "-1", "busybox"], "0 or more");
+    refused(
+        &["service", "create", "--name", "x", "nosuchimage"],
+        "nosuchimage",
+    );
+    refused(
+        &[
+            "service", "create", "--name", "x", "--memory", "lots", "busybox",
+        ],
+        "invalid size",
+    );
+    refused(
+        &[
+            "service",
+            "create",
+            "--name",
+            "x",
+            "--replicas",
+            "-1",
+            "busybox",
+        ],
+        "0 or more",
+    );
     refused(&["service", "scale", "nosuch=2"], "no such service");
     d.ok(&["image", "bootstrap", "busybox"]);
-    d.ok(&["service", "create", "--name", "x", "-d", "--replicas", "0", "busybox", "true"]);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "x",
+        "-d",
+        "--replicas",
+        "0",
+        "busybox",
+        "true",
+    ]);
     let err = d.fails(&["service", "create", "--name", "x", "busybox", "true"]);
     assert!(err.contains("already in use"), "{err}");
     errors.push(err);
@@ -179,7 +270,11 @@ fn bad_input_is_refused_and_creates_nothing() {
         assert_eq!(err.trim().lines().count(), 1, "errors are one line: {err}");
     }
     let services = d.ok(&["service", "ls", "-q"]);
-    assert_eq!(services.lines().count(), 1, "only the one good service exists");
+    assert_eq!(
+        services.lines().count(),
+        1,
+        "only the one good service exists"
+    );
 }
 
 #[test]
@@ -190,16 +285,32 @@ fn logs_and_exit_codes_reach_the_cli() {
     let d = TestDaemon::start();
     d.ok(&["image", "bootstrap", "busybox"]);
     d.ok(&[
-        "service", "create", "-d", "--name", "job", "--restart-condition", "none",
-        "busybox", "sh", "-c", "echo hello-from-task; echo oops >&2; exit 3",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "job",
+        "--restart-condition",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hello-from-task; echo oops >&2; exit 3",
     ]);
     d.wait_for("the task to fail with exit 3", CONVERGE, || {
         let tasks = d.json(&["service", "ps", "job", "--format", "json"]);
         tasks[0]["status"]["exit_code"] == 3
     });
     let tasks = d.json(&["service", "ps", "job", "--format", "json"]);
-    assert_eq!(tasks.as_array().map(Vec::len), Some(1), "restart none: no new task");
-    assert!(tasks[0]["status"]["error"].as_str().unwrap_or("").contains("non-zero exit (3)"));
+    assert_eq!(
+        tasks.as_array().map(Vec::len),
+        Some(1),
+        "restart none: no new task"
+    );
+    assert!(tasks[0]["status"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("non-zero exit (3)"));
     let out = d.shoal(&["service", "logs", "job"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -233,7 +344,13 @@ fn imported_rootfs_tarball_runs_from_a_file_and_from_stdin() {
         .expect("tar");
     assert!(status.success());
 
-    d.ok(&["image", "import", tarball.to_str().expect("utf-8 path"), "--name", "mybox:1"]);
+    d.ok(&[
+        "image",
+        "import",
+        tarball.to_str().expect("utf-8 path"),
+        "--name",
+        "mybox:1",
+    ]);
     let piped = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -244,13 +361,28 @@ fn imported_rootfs_tarball_runs_from_a_file_and_from_stdin() {
         ))
         .output()
         .expect("import from stdin");
-    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
     let images = d.ok(&["image", "ls"]);
-    assert!(images.contains("mybox") && images.contains("piped"), "{images}");
+    assert!(
+        images.contains("mybox") && images.contains("piped"),
+        "{images}"
+    );
 
     d.ok(&[
-        "service", "create", "-d", "--name", "cat", "--restart-condition", "none",
-        "mybox:1", "cat", "/marker",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "cat",
+        "--restart-condition",
+        "none",
+        "mybox:1",
+        "cat",
+        "/marker",
     ]);
     d.wait_for("the task to complete", CONVERGE, || {
         d.json(&["service", "ps", "cat", "--format", "json"])[0]["status"]["state"] == "complete"

@@ -646,6 +646,21 @@ async fn stop_escalates_to_sigkill_and_honours_sigterm_handlers() {
         LogStream::Stdout,
     );
     assert_eq!(out.last().map(String::as_str), Some("bye"));
+
+    // A SIGTERM to the supervisor is forwarded to the container, whose exit is still recorded.
+    let state = env
+        .rt
+        .create_and_start(env.sh(
+            "fwd",
+            "trap 'exit 5' TERM; echo ready; while true; do sleep 0.1; done",
+        ))
+        .await
+        .expect("start");
+    wait_for_line(&env.rt, "fwd", "ready").await;
+    let sup = state.supervisor_pid.expect("supervisor");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM).expect("SIGTERM");
+    let exit = wait_exit(&env.rt, "fwd").await;
+    assert_eq!((exit.code, exit.lost), (5, false));
 }
 
 #[tokio::test]

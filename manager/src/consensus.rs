@@ -118,7 +118,10 @@ impl Consensus for crate::raft::RaftNode {
                 .await
                 .map_err(|e| match e.leader() {
                     Some((id, addr)) => ConsensusError::NotLeader {
-                        leader: Some(addr.map(str::to_string).unwrap_or_else(|| format!("node {id}"))),
+                        leader: Some(
+                            addr.map(str::to_string)
+                                .unwrap_or_else(|| format!("node {id}")),
+                        ),
                     },
                     None => ConsensusError::Unavailable(e.to_string()),
                 })

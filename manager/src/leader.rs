@@ -118,7 +118,10 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
     Ok(plan.wake_at)
 }
 
-async fn commit_in_batches(writer: &Writer, mut changes: Vec<StoreChange>) -> Result<(), WriteError> {
+async fn commit_in_batches(
+    writer: &Writer,
+    mut changes: Vec<StoreChange>,
+) -> Result<(), WriteError> {
     while !changes.is_empty() {
         let rest = changes.split_off(changes.len().min(BATCH));
         writer.commit(changes).await?;
@@ -164,7 +167,9 @@ mod tests {
             .await
             .expect("seeded");
         pass(&store, &writer).await.expect("first pass");
-        pass(&store, &writer).await.expect("second pass changes nothing");
+        pass(&store, &writer)
+            .await
+            .expect("second pass changes nothing");
         let state = store.read();
         assert_eq!(state.tasks.len(), 3);
         assert!(state.tasks.values().all(|t| t.node_id == "n1"

@@ -9,11 +9,11 @@
 //!
 //! [`StoreCommand`]: shoal_proto::StoreCommand
 
+pub mod consensus;
 pub mod control;
 pub mod dispatcher;
+pub mod leader;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
 pub mod store;
-pub mod consensus;
-pub mod leader;

@@ -46,9 +46,17 @@ macro_rules! enum_serde {
 
 enum_serde!(task_state, crate::v1::TaskState, "TASK_STATE_");
 enum_serde!(node_role, crate::v1::NodeRole, "NODE_ROLE_");
-enum_serde!(node_availability, crate::v1::NodeAvailability, "NODE_AVAILABILITY_");
+enum_serde!(
+    node_availability,
+    crate::v1::NodeAvailability,
+    "NODE_AVAILABILITY_"
+);
 enum_serde!(node_state, crate::v1::NodeState, "NODE_STATE_");
-enum_serde!(restart_condition, crate::v1::RestartCondition, "RESTART_CONDITION_");
+enum_serde!(
+    restart_condition,
+    crate::v1::RestartCondition,
+    "RESTART_CONDITION_"
+);
 enum_serde!(change_kind, crate::v1::ChangeKind, "CHANGE_KIND_");
 
 #[cfg(test)]

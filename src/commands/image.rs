@@ -17,8 +17,7 @@ pub async fn import(client: &mut Client, file: &Path, name: &str) -> Result<()> 
         Box::new(std::io::stdin())
     } else {
         Box::new(
-            std::fs::File::open(file)
-                .with_context(|| format!("cannot open {}", file.display()))?,
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
         )
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<ImportChunk>(4);

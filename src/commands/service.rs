@@ -28,7 +28,10 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
         pids: a.pids_limit.unwrap_or(0),
     };
     if limits.pids < 0 {
-        bail!("invalid --pids-limit {}: it must be 0 (unlimited) or more", limits.pids);
+        bail!(
+            "invalid --pids-limit {}: it must be 0 (unlimited) or more",
+            limits.pids
+        );
     }
     let condition = match a.restart_condition {
         RestartConditionArg::Any => RestartCondition::Any,
@@ -98,7 +101,9 @@ pub async fn create(client: &mut Client, args: &CreateArgs) -> Result<()> {
         .await
         .map_err(|s| anyhow!(status_message(&s)))?
         .into_inner();
-    let service = response.service.ok_or_else(|| anyhow!("the daemon returned no service"))?;
+    let service = response
+        .service
+        .ok_or_else(|| anyhow!("the daemon returned no service"))?;
     println!("{}", service.id);
     if !args.detach {
         converge(client, &service.id).await?;
@@ -116,15 +121,25 @@ pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
         let tasks = list_tasks(client, &s.id).await?;
         let running = tasks
             .iter()
-            .filter(|t| t.desired_state() == TaskState::Running && task_state(t) == TaskState::Running)
+            .filter(|t| {
+                t.desired_state() == TaskState::Running && task_state(t) == TaskState::Running
+            })
             .count() as u64;
         let extra = tasks
             .iter()
             .filter(|t| t.desired_state() != TaskState::Running && !task_state(t).is_terminal())
             .count();
         for t in &tasks {
-            let error = t.status.as_ref().map(|s| s.error.clone()).unwrap_or_default();
-            let error = if error.is_empty() { t.scheduling_error.clone() } else { error };
+            let error = t
+                .status
+                .as_ref()
+                .map(|s| s.error.clone())
+                .unwrap_or_default();
+            let error = if error.is_empty() {
+                t.scheduling_error.clone()
+            } else {
+                error
+            };
             if !error.is_empty() && !shown_errors.contains(&t.id) {
                 shown_errors.push(t.id.clone());
                 eprintln!("task {}.{}: {}", spec_name(&s), t.slot, error);
@@ -301,7 +316,16 @@ pub async fn ps(client: &mut Client, service: &str, args: ListArgs) -> Result<()
     println!(
         "{}",
         table(
-            &["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"],
+            &[
+                "ID",
+                "NAME",
+                "IMAGE",
+                "NODE",
+                "DESIRED STATE",
+                "CURRENT STATE",
+                "ERROR",
+                "PORTS"
+            ],
             rows
         )
     );
@@ -332,7 +356,9 @@ pub async fn scale(client: &mut Client, targets: &[(String, u64)], detach: bool)
         let id = loop {
             let s = get(client, name).await?;
             let mut spec = s.spec.clone().unwrap_or_default();
-            spec.mode = Some(Mode::Replicated(ReplicatedService { replicas: *replicas }));
+            spec.mode = Some(Mode::Replicated(ReplicatedService {
+                replicas: *replicas,
+            }));
             let request = UpdateServiceRequest {
                 service_id: s.id.clone(),
                 version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
@@ -374,7 +400,11 @@ pub async fn logs(
         .into_inner();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    while let Some(line) = stream.message().await.map_err(|st| anyhow!(status_message(&st)))? {
+    while let Some(line) = stream
+        .message()
+        .await
+        .map_err(|st| anyhow!(status_message(&st)))?
+    {
         let mut prefix = format!(
             "{}.{}.{}@{}    | ",
             spec_name(&s),

@@ -20,7 +20,10 @@ pub async fn info(client: &mut Client, format: FormatArgs) -> Result<()> {
     let cluster = info.cluster.clone().unwrap_or_default();
     println!("Server Version: {}", info.version);
     println!("Data Dir: {}", info.data_dir);
-    println!("Cgroup Version: {}", info.cgroup_version.trim_start_matches('v'));
+    println!(
+        "Cgroup Version: {}",
+        info.cgroup_version.trim_start_matches('v')
+    );
     println!("Swarm: active");
     println!(" Cluster ID: {}", cluster.id);
     println!(" NodeID: {}", info.node_id);
@@ -76,7 +79,11 @@ pub async fn node_ls(client: &mut Client, args: ListArgs) -> Result<()> {
                 NodeRole::Manager => "Leader",
                 NodeRole::Worker => "",
             };
-            let id = if n.id == me { format!("{} *", n.id) } else { n.id.clone() };
+            let id = if n.id == me {
+                format!("{} *", n.id)
+            } else {
+                n.id.clone()
+            };
             vec![
                 id,
                 d.hostname,
@@ -90,7 +97,14 @@ pub async fn node_ls(client: &mut Client, args: ListArgs) -> Result<()> {
     println!(
         "{}",
         table(
-            &["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"],
+            &[
+                "ID",
+                "HOSTNAME",
+                "STATUS",
+                "AVAILABILITY",
+                "MANAGER STATUS",
+                "ENGINE VERSION"
+            ],
             rows
         )
     );

@@ -12,7 +12,11 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The container name Swarm gives a task: `service.slot.taskid`.
 pub fn container_name(task: &Task) -> String {
-    let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("task");
+    let service = task
+        .spec
+        .as_ref()
+        .map(|s| s.name.as_str())
+        .unwrap_or("task");
     format!("{service}.{}.{}", task.slot, task.id)
 }
 
@@ -67,8 +71,16 @@ pub fn container_config(
         layers,
         args,
         env,
-        cwd: if c.workdir.is_empty() { image.workdir.clone() } else { c.workdir.clone() },
-        user: if c.user.is_empty() { image.user.clone() } else { c.user.clone() },
+        cwd: if c.workdir.is_empty() {
+            image.workdir.clone()
+        } else {
+            c.workdir.clone()
+        },
+        user: if c.user.is_empty() {
+            image.user.clone()
+        } else {
+            c.user.clone()
+        },
         hostname,
         limits: Limits {
             memory_bytes: positive(limits.memory_bytes),
@@ -137,7 +149,11 @@ mod tests {
         let c = container_config(&task(&[], &["other"], &[]), &image(), vec![]).expect("valid");
         assert_eq!(c.args, ["/entry", "other"]);
         let c = container_config(&task(&["sh"], &[], &[]), &image(), vec![]).expect("valid");
-        assert_eq!(c.args, ["sh"], "an entrypoint override drops the image's cmd");
+        assert_eq!(
+            c.args,
+            ["sh"],
+            "an entrypoint override drops the image's cmd"
+        );
     }
 
     #[test]

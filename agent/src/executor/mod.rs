@@ -163,7 +163,11 @@ impl Worker {
         } else if code == 0 {
             (TaskState::Complete, "finished".into(), String::new())
         } else {
-            (TaskState::Failed, "failed".into(), format!("task: non-zero exit ({code})"))
+            (
+                TaskState::Failed,
+                "failed".into(),
+                format!("task: non-zero exit ({code})"),
+            )
         };
         self.report(state, &message, |s| {
             s.exit_code = Some(code);
@@ -177,7 +181,9 @@ impl Worker {
         let interrupted = matches!(existing, Some(ContainerStatus::Created));
         match existing {
             Some(ContainerStatus::Running { pid }) => {
-                self.report(TaskState::Running, "running (adopted)", |s| s.pid = pid as u32);
+                self.report(TaskState::Running, "running (adopted)", |s| {
+                    s.pid = pid as u32
+                });
             }
             Some(ContainerStatus::Exited(exit)) => self.report_exit(&exit, false),
             Some(ContainerStatus::Created) | None => {
@@ -204,7 +210,11 @@ impl Worker {
                 }
             };
             if stopped {
-                let grace = rx.borrow().as_ref().map(stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
+                let grace = rx
+                    .borrow()
+                    .as_ref()
+                    .map(stop_grace)
+                    .unwrap_or(DEFAULT_STOP_GRACE);
                 if let Err(e) = runtime.stop(&self.id, grace).await {
                     tracing::warn!(task = %self.id, "stop failed: {e}");
                 }
@@ -223,7 +233,10 @@ impl Worker {
         }
         self.executor.remove_container(&self.id).await;
         let mut workers = lock(&self.executor.inner.workers);
-        if workers.get(&self.id).is_some_and(|tx| rx.same_channel(&tx.subscribe())) {
+        if workers
+            .get(&self.id)
+            .is_some_and(|tx| rx.same_channel(&tx.subscribe()))
+        {
             workers.remove(&self.id);
         }
     }

@@ -403,20 +403,30 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// `(state, start time)` from `/proc/<pid>/stat`.
-pub(crate) fn proc_stat(pid: i32) -> Option<(char, u64)> {
+/// What `/proc/<pid>/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub state: char,
+    pub ppid: i32,
+    /// Clock ticks after boot (field 22).
+    pub start: u64,
+}
+
+pub(crate) fn proc_stat(pid: i32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_proc_stat(&text)
 }
 
-fn parse_proc_stat(text: &str) -> Option<(char, u64)> {
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     // comm may contain spaces and parentheses: the fields resume after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    // Field 22 (starttime) overall; the fields after ')' start at field 3.
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    // fields[0] is field 3 (state), fields[1] field 4 (ppid), fields[19] field 22 (starttime).
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
 }
 
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -447,17 +457,46 @@ fn pidfd_send_signal(fd: &OwnedFd, signal: Signal) -> io::Result<()> {
     }
 }
 
-/// A pidfd for `pid` if it is still the process that started at `start` and has not exited.
-fn pidfd_verified(pid: i32, start: u64) -> Option<OwnedFd> {
+/// How a pid is known to still be the process we mean.
+#[derive(Debug, Clone, Copy)]
+enum Identity {
+    /// It started at this time.
+    StartedAt(u64),
+    /// Its parent is this pid (a container init whose start time could not be read).
+    ChildOf(i32),
+}
+
+/// A pidfd for `pid` if it is still the process `identity` describes and has not exited.
+fn pidfd_verified(pid: i32, identity: Identity) -> Option<OwnedFd> {
     if pid <= 0 {
         return None;
     }
     let fd = pidfd_open(pid).ok()?;
-    // The pidfd pins the process: if /proc shows the expected start time now, the fd refers to
+    // The pidfd pins the process: if /proc shows the expected identity now, the fd refers to
     // it. A zombie has exited (nobody may be reaping it: it is not our child).
-    match proc_stat(pid) {
-        Some((state, s)) if s == start && state != 'Z' && state != 'X' => Some(fd),
-        _ => None,
+    let st = proc_stat(pid)?;
+    let matches = match identity {
+        Identity::StartedAt(start) => st.start == start,
+        Identity::ChildOf(parent) => st.ppid == parent,
+    };
+    (matches && st.state != 'Z' && st.state != 'X').then_some(fd)
+}
+
+impl StateFile {
+    fn supervisor_fd(&self) -> Option<OwnedFd> {
+        pidfd_verified(
+            self.supervisor_pid,
+            Identity::StartedAt(self.supervisor_start),
+        )
+    }
+
+    fn init_fd(&self) -> Option<OwnedFd> {
+        let pid = self.pid?;
+        let identity = match self.pid_start {
+            Some(start) => Identity::StartedAt(start),
+            None => Identity::ChildOf(self.supervisor_pid),
+        };
+        pidfd_verified(pid, identity)
     }
 }
 
@@ -708,6 +747,9 @@ impl Runtime {
                 .mode(0o755)
                 .create(&p)
                 .map_err(io_err("create", &p))?;
+            // Not left to the daemon's umask: the container's "/" takes the upper dir's mode.
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("chmod", &p))?;
         }
         let json = serde_json::to_vec_pretty(config).map_err(|e| RuntimeError::InvalidConfig {
             id: id.clone(),
@@ -817,7 +859,7 @@ impl Runtime {
             (Some(e), _) => ContainerStatus::Exited(*e),
             (None, None) => ContainerStatus::Created,
             (None, Some(st)) => {
-                if pidfd_verified(st.supervisor_pid, st.supervisor_start).is_some() {
+                if st.supervisor_fd().is_some() {
                     match st.pid {
                         Some(pid) => ContainerStatus::Running { pid },
                         None => ContainerStatus::Created,
@@ -889,7 +931,7 @@ impl Runtime {
             });
         }
         if let Some(st) = read_json::<StateFile>(&dir.join(STATE_FILE))? {
-            if let Some(fd) = pidfd_verified(st.supervisor_pid, st.supervisor_start) {
+            if let Some(fd) = st.supervisor_fd() {
                 wait_pidfd(fd)
                     .await
                     .map_err(io_err("wait for supervisor", &dir))?;
@@ -903,10 +945,7 @@ impl Runtime {
         let dir = self.dir_of(id)?;
         let not_running = || RuntimeError::NotRunning { id: id.to_string() };
         let st: StateFile = read_json(&dir.join(STATE_FILE))?.ok_or_else(not_running)?;
-        let (Some(pid), Some(start)) = (st.pid, st.pid_start) else {
-            return Err(not_running());
-        };
-        let fd = pidfd_verified(pid, start).ok_or_else(not_running)?;
+        let fd = st.init_fd().ok_or_else(not_running)?;
         pidfd_send_signal(&fd, signal).map_err(|source| {
             if source.raw_os_error() == Some(libc::ESRCH) {
                 not_running()
@@ -955,11 +994,11 @@ impl Runtime {
     async fn kill_all_of(&self, dir: &Path) -> Result<Option<StateFile>, RuntimeError> {
         let st: Option<StateFile> = read_json(&dir.join(STATE_FILE)).unwrap_or(None);
         let Some(s) = &st else { return Ok(None) };
-        let Some(sup) = pidfd_verified(s.supervisor_pid, s.supervisor_start) else {
+        let Some(sup) = s.supervisor_fd() else {
             return Ok(st);
         };
-        if let (Some(pid), Some(start)) = (s.pid, s.pid_start) {
-            if let Some(fd) = pidfd_verified(pid, start) {
+        if s.pid.is_some() {
+            if let Some(fd) = s.init_fd() {
                 let _ = pidfd_send_signal(&fd, Signal::SIGKILL);
             }
         } else {
@@ -1015,9 +1054,14 @@ impl Runtime {
     /// The container's cgroup directory for `controller` ("memory", "cpu", "pids", ...; on v2
     /// they are all the same directory).
     pub fn cgroup_dir(&self, id: &str, controller: &str) -> PathBuf {
-        self.cgroups
-            .cgroup(&self.default_cgroup_rel(id))
-            .controller_dir(controller)
+        let recorded = read_json::<StateFile>(&self.container_dir(id).join(STATE_FILE))
+            .ok()
+            .flatten();
+        match recorded {
+            Some(s) => CgroupFs::new(s.cgroup_root, s.cgroup_version).cgroup(&s.cgroup),
+            None => self.cgroups.cgroup(&self.default_cgroup_rel(id)),
+        }
+        .controller_dir(controller)
     }
 
     /// Removes this runtime's (empty) cgroup parent from every hierarchy, e.g. when a test or an
@@ -1133,14 +1177,24 @@ mod tests {
 
     #[test]
     fn parses_proc_stat_with_odd_comm() {
-        let line = "1234 (we ird) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_proc_stat(line), Some(('S', 987654)));
+        let line = "1234 (we ird) (x)) S 77 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(
+            parse_proc_stat(line),
+            Some(ProcStat {
+                state: 'S',
+                ppid: 77,
+                start: 987654
+            })
+        );
         assert_eq!(parse_proc_stat("garbage"), None);
         let me = std::process::id() as i32;
-        let (state, start) = proc_stat(me).expect("own stat");
-        assert!(state == 'R' || state == 'S', "{state}");
-        assert!(pidfd_verified(me, start).is_some());
-        assert!(pidfd_verified(me, start + 1).is_none());
+        let st = proc_stat(me).expect("own stat");
+        assert!(st.state == 'R' || st.state == 'S', "{}", st.state);
+        assert_eq!(st.ppid, nix::unistd::getppid().as_raw());
+        assert!(pidfd_verified(me, Identity::StartedAt(st.start)).is_some());
+        assert!(pidfd_verified(me, Identity::StartedAt(st.start + 1)).is_none());
+        assert!(pidfd_verified(me, Identity::ChildOf(st.ppid)).is_some());
+        assert!(pidfd_verified(me, Identity::ChildOf(st.ppid + 1)).is_none());
     }
 
     #[test]

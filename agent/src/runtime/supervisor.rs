@@ -325,7 +325,7 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     let me = getpid().as_raw();
     let mut state = StateFile {
         supervisor_pid: me,
-        supervisor_start: proc_stat(me).map(|(_, s)| s).unwrap_or(0),
+        supervisor_start: proc_stat(me).map(|s| s.start).unwrap_or(0),
         cgroup: args.cgroup_rel.clone(),
         cgroup_version: args.version,
         cgroup_root: args.cgroup_root.clone(),
@@ -444,7 +444,7 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     }
 
     state.pid = Some(child.as_raw());
-    state.pid_start = proc_stat(child.as_raw()).map(|(_, s)| s);
+    state.pid_start = proc_stat(child.as_raw()).map(|s| s.start);
     state.started_at = Some(now_ms());
     if let Err(e) = write_state(&args.dir, &state) {
         return Err(abort(e));

@@ -77,16 +77,20 @@ impl ControlApi {
             .find_service(key)
             .cloned()
             .map_err(|e| match e {
-                ApplyError::NotFound { .. } => {
-                    Status::not_found(format!("no such service: {key}"))
-                }
+                ApplyError::NotFound { .. } => Status::not_found(format!("no such service: {key}")),
                 other => Status::invalid_argument(other.to_string()),
             })
     }
 
     fn check_image(&self, spec: &ServiceSpec) -> Result<(), Status> {
-        let image = spec.container.as_ref().map(|c| c.image.as_str()).unwrap_or("");
-        self.images.check(image).map_err(Status::failed_precondition)
+        let image = spec
+            .container
+            .as_ref()
+            .map(|c| c.image.as_str())
+            .unwrap_or("");
+        self.images
+            .check(image)
+            .map_err(Status::failed_precondition)
     }
 }
 

@@ -15,8 +15,8 @@ use futures::Stream;
 use shoal_proto::dispatcher_server::{Dispatcher as DispatcherRpc, DispatcherServer};
 use shoal_proto::store_object::Object;
 use shoal_proto::{
-    Assignments, ChangeKind, HeartbeatRequest, HeartbeatResponse, Node, NodeRole,
-    NodeState, NodeStatus, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
+    Assignments, ChangeKind, HeartbeatRequest, HeartbeatResponse, Node, NodeRole, NodeState,
+    NodeStatus, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
 use tokio::sync::mpsc;
@@ -115,7 +115,11 @@ impl Dispatcher {
                     node.status = Some(NodeStatus {
                         state: NodeState::Down as i32,
                         message: "heartbeat failure".into(),
-                        addr: n.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+                        addr: n
+                            .status
+                            .as_ref()
+                            .map(|s| s.addr.clone())
+                            .unwrap_or_default(),
                     });
                     change(ChangeKind::Update, Object::Node(node))
                 })
@@ -124,11 +128,18 @@ impl Dispatcher {
         if changes.is_empty() {
             return Ok(());
         }
-        tracing::warn!(nodes = changes.len(), "marking nodes down: heartbeat failure");
+        tracing::warn!(
+            nodes = changes.len(),
+            "marking nodes down: heartbeat failure"
+        );
         self.inner.writer.commit(changes).await.map(|_| ())
     }
 
-    async fn register(&self, request: SessionRequest, addr: String) -> Result<(String, String), Status> {
+    async fn register(
+        &self,
+        request: SessionRequest,
+        addr: String,
+    ) -> Result<(String, String), Status> {
         let node_id = if request.node_id.is_empty() {
             new_id()
         } else {
@@ -272,7 +283,12 @@ impl DispatcherRpc for Dispatcher {
                 let tasks = assignments_of(&store, &node_id);
                 let fingerprint: Vec<(String, u64)> = tasks
                     .iter()
-                    .map(|t| (t.id.clone(), t.meta.as_ref().map(|m| m.version).unwrap_or(0)))
+                    .map(|t| {
+                        (
+                            t.id.clone(),
+                            t.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                        )
+                    })
                     .collect();
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {
@@ -389,8 +405,12 @@ mod tests {
                 status: status(state),
             }],
         };
-        d.update_statuses(report(TaskState::Running)).await.expect("forward");
-        d.update_statuses(report(TaskState::Preparing)).await.expect("ignored");
+        d.update_statuses(report(TaskState::Running))
+            .await
+            .expect("forward");
+        d.update_statuses(report(TaskState::Preparing))
+            .await
+            .expect("ignored");
         let state = store.read().tasks["t1"].status.as_ref().map(|s| s.state());
         assert_eq!(state, Some(TaskState::Running));
     }

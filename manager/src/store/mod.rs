@@ -10,8 +10,8 @@ mod state;
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-pub use state::{change, Applied, ApplyError, Event, State};
 use shoal_proto::{StoreCommand, StoreSnapshot};
+pub use state::{change, Applied, ApplyError, Event, State};
 use tokio::sync::{broadcast, watch};
 
 /// Shared handle on the replicated state.

@@ -221,7 +221,10 @@ impl State {
     ) -> Result<(), ApplyError> {
         let name = service.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
         if name.is_empty() {
-            return Err(ApplyError::Invalid(format!("service {} has no name", service.id)));
+            return Err(ApplyError::Invalid(format!(
+                "service {} has no name",
+                service.id
+            )));
         }
         let staged_names = staged.iter().filter_map(|(_, _, o)| match o {
             Some(Object::Service(s)) => Some(s),
@@ -357,7 +360,9 @@ impl State {
     }
 
     pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> {
-        self.tasks.values().filter(move |t| t.service_id == service_id)
+        self.tasks
+            .values()
+            .filter(move |t| t.service_id == service_id)
     }
 }
 
@@ -399,7 +404,10 @@ mod tests {
     fn create_sets_version_to_log_index() {
         let mut s = State::default();
         let (applied, events) = s
-            .apply(7, &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]))
+            .apply(
+                7,
+                &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
+            )
             .expect("applies");
         assert_eq!(applied.version, 7);
         assert_eq!(events.len(), 1);
@@ -409,8 +417,11 @@ mod tests {
     #[test]
     fn duplicate_name_is_rejected_and_changes_nothing() {
         let mut s = State::default();
-        s.apply(1, &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]))
-            .expect("applies");
+        s.apply(
+            1,
+            &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
+        )
+        .expect("applies");
         let task = Object::Task(Task {
             id: "t".into(),
             ..Default::default()
@@ -434,28 +445,49 @@ mod tests {
     #[test]
     fn update_is_compare_and_set() {
         let mut s = State::default();
-        s.apply(1, &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]))
-            .expect("applies");
+        s.apply(
+            1,
+            &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
+        )
+        .expect("applies");
         let mut stale = s.services["a"].clone();
         stale.meta = Some(Meta {
             version: 0,
             ..Default::default()
         });
         let err = s
-            .apply(2, &cmd("r2", vec![change(ChangeKind::Update, Object::Service(stale))]))
+            .apply(
+                2,
+                &cmd(
+                    "r2",
+                    vec![change(ChangeKind::Update, Object::Service(stale))],
+                ),
+            )
             .expect_err("stale version");
         assert!(matches!(err, ApplyError::Conflict { actual: 1, .. }));
         let fresh = s.services["a"].clone();
-        s.apply(3, &cmd("r3", vec![change(ChangeKind::Update, Object::Service(fresh))]))
-            .expect("current version applies");
+        s.apply(
+            3,
+            &cmd(
+                "r3",
+                vec![change(ChangeKind::Update, Object::Service(fresh))],
+            ),
+        )
+        .expect("current version applies");
         assert_eq!(s.services["a"].meta.as_ref().map(|m| m.version), Some(3));
-        assert_eq!(s.services["a"].meta.as_ref().map(|m| m.created_at), Some(1000));
+        assert_eq!(
+            s.services["a"].meta.as_ref().map(|m| m.created_at),
+            Some(1000)
+        );
     }
 
     #[test]
     fn retried_request_applies_once() {
         let mut s = State::default();
-        let c = cmd("same", vec![change(ChangeKind::Create, service("a", "web"))]);
+        let c = cmd(
+            "same",
+            vec![change(ChangeKind::Create, service("a", "web"))],
+        );
         s.apply(1, &c).expect("applies");
         let (applied, events) = s.apply(2, &c).expect("duplicate is not an error");
         assert!(applied.duplicate);
@@ -490,8 +522,14 @@ mod tests {
     #[test]
     fn find_service_by_name_and_prefix() {
         let mut s = State::default();
-        s.apply(1, &cmd("r1", vec![change(ChangeKind::Create, service("abc123", "web"))]))
-            .expect("applies");
+        s.apply(
+            1,
+            &cmd(
+                "r1",
+                vec![change(ChangeKind::Create, service("abc123", "web"))],
+            ),
+        )
+        .expect("applies");
         assert_eq!(s.find_service("web").map(|x| x.id.as_str()), Ok("abc123"));
         assert_eq!(s.find_service("abc").map(|x| x.id.as_str()), Ok("abc123"));
         assert!(s.find_service("zzz").is_err());
