@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use shoal_proto::{BootstrapRequest, Image, ImportChunk, ListImagesRequest};
+use shoal_proto::{BootstrapRequest, Image, ImportChunk, ImportResponse, ListImagesRequest};
 
 use crate::cli::{Format, ListArgs};
 use crate::client::{status_message, Client};
@@ -47,20 +47,20 @@ pub async fn import(client: &mut Client, file: &Path, name: &str) -> Result<()> 
         .import(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
     reading.await??;
-    let image = response
-        .map_err(|s| anyhow!(status_message(&s)))?
-        .into_inner()
-        .image
-        .ok_or_else(|| anyhow!("the daemon returned no image"))?;
-    println!("{}", image.id);
-    Ok(())
+    print_image_id(response)
 }
 
 pub async fn bootstrap(client: &mut Client, what: &str) -> Result<()> {
-    let image = client
+    let response = client
         .images
         .bootstrap(BootstrapRequest { what: what.into() })
-        .await
+        .await;
+    print_image_id(response)
+}
+
+/// Prints the id of the image an import or bootstrap made, like `docker import` does.
+fn print_image_id(response: Result<tonic::Response<ImportResponse>, tonic::Status>) -> Result<()> {
+    let image = response
         .map_err(|s| anyhow!(status_message(&s)))?
         .into_inner()
         .image
