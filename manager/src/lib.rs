@@ -9,6 +9,7 @@
 //!
 //! [`StoreCommand`]: shoal_proto::StoreCommand
 
+pub mod ca;
 pub mod consensus;
 pub mod control;
 pub mod dispatcher;
