@@ -30,7 +30,7 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 /// "5 seconds ago", "About a minute ago", "3 hours ago" (Docker's wording).
 pub fn ago(timestamp_ms: i64) -> String {
     if timestamp_ms <= 0 {
-        return String::new();
+        return "N/A".into();
     }
     let secs = ((shoal_proto::now_ms() - timestamp_ms) / 1000).max(0);
     let text = match secs {

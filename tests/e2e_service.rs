@@ -391,3 +391,39 @@ fn imported_rootfs_tarball_runs_from_a_file_and_from_stdin() {
     assert!(logs.contains("imported-image"), "{logs}");
     d.ok(&["service", "rm", "cat"]);
 }
+
+#[test]
+fn logs_follow_picks_up_restarted_tasks() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "tick",
+        "--restart-delay",
+        "100ms",
+        "busybox",
+        "sh",
+        "-c",
+        "echo tick-$(hostname); sleep 0.3",
+    ]);
+    // Follow for a while: lines of several successive tasks must arrive.
+    let out = std::process::Command::new("timeout")
+        .args(["3", common::daemon::SHOAL, "--host"])
+        .arg(d.socket())
+        .args(["service", "logs", "-f", "tick"])
+        .output()
+        .expect("logs -f");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tasks: HashSet<&str> = text.lines().filter(|l| l.contains("tick-")).collect();
+    assert!(
+        tasks.len() >= 3,
+        "lines from several restarts arrive while following:\n{text}"
+    );
+    d.ok(&["service", "rm", "tick"]);
+}

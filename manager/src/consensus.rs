@@ -31,6 +31,9 @@ pub trait Consensus: Send + Sync + 'static {
     fn is_leader(&self) -> bool;
 }
 
+/// How often a write is retried while no leader can commit it (≈ 5 s in all).
+const COMMIT_RETRIES: usize = 14;
+
 /// What a write can end in.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -51,12 +54,26 @@ impl Writer {
         Writer { consensus }
     }
 
+    /// Commits `changes` atomically. While consensus is briefly unavailable (an election), the
+    /// same command is retried: its request id makes a retry that follows a lost answer apply
+    /// once.
     pub async fn commit(&self, changes: Vec<StoreChange>) -> Result<Applied, WriteError> {
         let command = StoreCommand {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             changes,
             timestamp: now_ms(),
         };
+        let mut delay = std::time::Duration::from_millis(20);
+        for _ in 0..COMMIT_RETRIES {
+            match self.consensus.propose(command.clone()).await {
+                Err(ConsensusError::Unavailable(_))
+                | Err(ConsensusError::NotLeader { leader: None }) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                }
+                other => return Ok(other??),
+            }
+        }
         Ok(self.consensus.propose(command).await??)
     }
 

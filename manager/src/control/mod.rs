@@ -275,6 +275,56 @@ impl Control for ControlApi {
         let service = self.find_service(&r.service)?;
         let mut tasks: Vec<Task> = self.store.read().tasks_of(&service.id).cloned().collect();
         tasks.sort_by_key(|t| (t.slot, t.meta.as_ref().map(|m| m.created_at)));
-        Ok(Response::new(self.logs.stream(tasks, r.follow, r.tail)))
+        if !r.follow {
+            return Ok(Response::new(self.logs.stream(tasks, false, r.tail)));
+        }
+        Ok(Response::new(self.follow_logs(service.id, tasks, r.tail)))
+    }
+}
+
+/// How often `logs --follow` looks for tasks that started since it began.
+const NEW_TASK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl ControlApi {
+    /// Follows the logs of `tasks` and of every task of the service that appears later (a
+    /// restart, a scale-up), like `docker service logs -f`, until the client goes away.
+    fn follow_logs(&self, service_id: String, tasks: Vec<Task>, tail: u64) -> LogStream {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let store = self.store.clone();
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            let mut seen: std::collections::HashSet<String> =
+                tasks.iter().map(|t| t.id.clone()).collect();
+            let mut streams = futures::stream::SelectAll::new();
+            streams.push(logs.stream(tasks, true, tail));
+            let mut poll = tokio::time::interval(NEW_TASK_POLL);
+            loop {
+                tokio::select! {
+                    line = streams.next(), if !streams.is_empty() => {
+                        let Some(line) = line else { continue };
+                        if tx.send(line).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = poll.tick() => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        let new: Vec<Task> = store
+                            .read()
+                            .tasks_of(&service_id)
+                            .filter(|t| !seen.contains(&t.id))
+                            .cloned()
+                            .collect();
+                        if !new.is_empty() {
+                            seen.extend(new.iter().map(|t| t.id.clone()));
+                            streams.push(logs.stream(new, true, 0));
+                        }
+                    }
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }
