@@ -117,8 +117,8 @@ pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
     let mut shown_errors: Vec<String> = Vec::new();
     loop {
         let s = get(client, service).await?;
-        let desired = desired_replicas(&s);
         let tasks = list_tasks(client, &s.id).await?;
+        let desired = desired_tasks(&s, &tasks);
         let running = tasks
             .iter()
             .filter(|t| {
@@ -162,10 +162,22 @@ fn task_state(t: &Task) -> TaskState {
     t.status.as_ref().map(|s| s.state()).unwrap_or_default()
 }
 
-fn desired_replicas(s: &Service) -> u64 {
+/// Replicas, or for a global service the tasks placed (one per eligible node).
+fn desired_tasks(s: &Service, tasks: &[Task]) -> u64 {
     match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
         Some(Mode::Replicated(r)) => r.replicas,
-        _ => 0,
+        Some(Mode::Global(_)) => tasks
+            .iter()
+            .filter(|t| t.desired_state() == TaskState::Running)
+            .count() as u64,
+        None => 0,
+    }
+}
+
+fn mode_name(s: &Service) -> &'static str {
+    match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Global(_)) => "global",
+        _ => "replicated",
     }
 }
 
@@ -229,7 +241,7 @@ pub async fn ls(client: &mut Client, args: ListArgs) -> Result<()> {
             Some(vec![
                 crate::output::short_id(&s.id).to_string(),
                 spec_name(s).to_string(),
-                "replicated".into(),
+                mode_name(s).into(),
                 format!("{}/{}", summary.running, summary.desired),
                 image,
                 String::new(),

@@ -94,11 +94,16 @@ impl ControlApi {
     }
 }
 
-/// Replicas wanted by a service.
-pub fn desired_replicas(service: &Service) -> u64 {
+/// Tasks wanted by a service: its replicas, or for a global service the tasks the
+/// orchestrator placed (one per eligible node).
+pub fn desired_tasks(state: &State, service: &Service) -> u64 {
     match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
         Some(Mode::Replicated(r)) => r.replicas,
-        _ => 0,
+        Some(Mode::Global(_)) => state
+            .tasks_of(&service.id)
+            .filter(|t| t.desired_state() == TaskState::Running)
+            .count() as u64,
+        None => 0,
     }
 }
 
@@ -221,7 +226,7 @@ impl Control for ControlApi {
             .values()
             .map(|s| ServiceSummary {
                 running: running_tasks(&state, &s.id),
-                desired: desired_replicas(s),
+                desired: desired_tasks(&state, s),
                 service: Some(s.clone()),
             })
             .collect();

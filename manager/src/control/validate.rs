@@ -1,6 +1,6 @@
 //! Checks a service spec before anything is written: bad input changes nothing.
 
-use shoal_proto::{service_spec::Mode, ServiceSpec};
+use shoal_proto::ServiceSpec;
 
 /// Docker's rule for object names.
 pub fn valid_name(name: &str) -> bool {
@@ -44,15 +44,13 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), String> {
     if spec.mode.is_none() {
         return Err("the service has no mode (replicated or global)".into());
     }
-    if let Some(Mode::Global(_)) = spec.mode {
-        return Err("global services are not supported yet: use replicated mode".into());
-    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_proto::service_spec::Mode;
     use shoal_proto::{ContainerSpec, ReplicatedService, Resources};
 
     fn spec() -> ServiceSpec {

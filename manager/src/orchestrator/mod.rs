@@ -10,8 +10,9 @@
 //! - [`replicated`]: Swarm's replicated orchestrator (slots `1..=replicas`), with the restart
 //!   supervisor ([`restart`]) and the spec-update step ([`update`]) it calls.
 //!
-//! Global services are not handled yet: [`reconcile`] leaves their tasks alone.
+//! - [`global`]: one task on every READY, ACTIVE node.
 
+pub mod global;
 pub mod replicated;
 pub mod restart;
 pub mod update;

@@ -34,9 +34,11 @@
 //! - A spec without a mode is replicated with one replica (Docker's default); global services
 //!   are left alone: another orchestrator will own them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use shoal_proto::{service_spec::Mode, Node, NodeState, Service, Task, TaskState, TaskStatus};
+use shoal_proto::{
+    service_spec::Mode, Node, NodeAvailability, NodeState, Service, Task, TaskState, TaskStatus,
+};
 
 use super::restart::{self, Restart};
 use super::update::{self, DirtySlot};
@@ -70,7 +72,7 @@ impl Plan {
         self.wake(other.wake_at);
     }
 
-    fn wake(&mut self, at: Option<i64>) {
+    pub(super) fn wake(&mut self, at: Option<i64>) {
         self.wake_at = match (self.wake_at, at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -148,51 +150,76 @@ pub fn reconcile_all(
 }
 
 /// Node states by id, built once per call.
-struct Nodes<'a> {
+pub(super) struct Nodes<'a> {
     state: HashMap<&'a str, NodeState>,
+    /// Nodes a global service runs on: READY and ACTIVE, in id order.
+    global_targets: Vec<&'a str>,
+    /// Nodes that keep the tasks they have but get no new ones (PAUSE).
+    paused: HashSet<&'a str>,
 }
 
 impl<'a> Nodes<'a> {
-    fn new(nodes: &'a [Node]) -> Nodes<'a> {
-        let state = nodes
+    pub(super) fn new(nodes: &'a [Node]) -> Nodes<'a> {
+        let state_of = |n: &Node| {
+            n.status
+                .as_ref()
+                .map(|s| s.state())
+                .unwrap_or(NodeState::Unknown)
+        };
+        let state = nodes.iter().map(|n| (n.id.as_str(), state_of(n))).collect();
+        let mut global_targets: Vec<&str> = nodes
             .iter()
-            .map(|n| {
-                let state = n
-                    .status
-                    .as_ref()
-                    .map(|s| s.state())
-                    .unwrap_or(NodeState::Unknown);
-                (n.id.as_str(), state)
+            .filter(|n| {
+                state_of(n) == NodeState::Ready && n.availability() == NodeAvailability::Active
             })
+            .map(|n| n.id.as_str())
             .collect();
-        Nodes { state }
+        global_targets.sort_unstable();
+        let paused = nodes
+            .iter()
+            .filter(|n| n.availability() == NodeAvailability::Pause)
+            .map(|n| n.id.as_str())
+            .collect();
+        Nodes {
+            state,
+            global_targets,
+            paused,
+        }
     }
 
     /// The task's node is gone for good: DOWN, or removed from the cluster. UNKNOWN and
     /// DISCONNECTED are not: after a leader change every node is UNKNOWN for a moment, and
     /// rescheduling the whole cluster then would be a disaster.
-    fn is_lost(&self, node_id: &str) -> bool {
+    pub(super) fn is_lost(&self, node_id: &str) -> bool {
         !node_id.is_empty()
             && self
                 .state
                 .get(node_id)
                 .is_none_or(|s| *s == NodeState::Down)
     }
+
+    pub(super) fn global_targets(&self) -> &[&'a str] {
+        &self.global_targets
+    }
+
+    pub(super) fn is_paused(&self, node_id: &str) -> bool {
+        self.paused.contains(node_id)
+    }
 }
 
-fn status_state(task: &Task) -> TaskState {
+pub(super) fn status_state(task: &Task) -> TaskState {
     task.status
         .as_ref()
         .map(|s| s.state())
         .unwrap_or(TaskState::New)
 }
 
-fn is_terminal(task: &Task) -> bool {
+pub(super) fn is_terminal(task: &Task) -> bool {
     status_state(task).is_terminal()
 }
 
 /// Newest first: latest creation, then the greater id.
-fn newest_first(tasks: &mut [&Task]) {
+pub(super) fn newest_first(tasks: &mut [&Task]) {
     let created = |t: &Task| t.meta.as_ref().map(|m| m.created_at).unwrap_or(0);
     tasks.sort_by(|a, b| (created(b), b.id.as_str()).cmp(&(created(a), a.id.as_str())));
 }
@@ -207,20 +234,22 @@ fn replicas(service: &Service) -> Option<u64> {
 }
 
 /// A slot in `1..=replicas` as the plan is being built.
-struct SlotWork<'a> {
-    slot: u64,
+pub(super) struct SlotWork<'a> {
+    pub(super) slot: u64,
+    /// The node a new task goes to: set for global services, empty for the scheduler to pick.
+    pub(super) node_id: &'a str,
     /// Newest first.
-    tasks: Vec<&'a Task>,
+    pub(super) tasks: Vec<&'a Task>,
     /// The desired state each task will have, parallel to `tasks`.
-    desired: Vec<TaskState>,
+    pub(super) desired: Vec<TaskState>,
     /// Index of the current task, once it is known to be healthy but outdated.
-    dirty: Option<usize>,
+    pub(super) dirty: Option<usize>,
     /// A new task is created for this slot.
-    create: bool,
+    pub(super) create: bool,
 }
 
 /// What a slot needs, before the update step has its say.
-enum Need {
+pub(super) enum Need {
     Nothing,
     Create,
     Wait(i64),
@@ -238,7 +267,7 @@ fn reconcile_service(
         return remove_all(tasks);
     };
     let Some(replicas) = replicas(service) else {
-        return Plan::default();
+        return super::global::reconcile_global(service, service_id, tasks, nodes, now, new_id);
     };
 
     let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
@@ -254,6 +283,7 @@ fn reconcile_service(
         newest_first(&mut tasks);
         let mut work = SlotWork {
             slot,
+            node_id: "",
             desired: tasks.iter().map(|t| t.desired_state()).collect(),
             tasks,
             dirty: None,
@@ -312,7 +342,13 @@ fn reconcile_service(
 }
 
 /// Phase one for a slot in range: fixes its current task and says what the slot needs.
-fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, now: i64) -> Need {
+pub(super) fn assess(
+    work: &mut SlotWork,
+    service: &Service,
+    nodes: &Nodes,
+    limit: usize,
+    now: i64,
+) -> Need {
     // At most one current task: the newest desired RUNNING.
     let mut current = None;
     for (i, desired) in work.desired.iter_mut().enumerate() {
@@ -358,7 +394,7 @@ fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, n
 }
 
 /// Phase three for a slot in range: writes its creates, updates and trimmed history.
-fn emit_slot(
+pub(super) fn emit_slot(
     work: &SlotWork,
     service: &Service,
     service_id: &str,
@@ -370,7 +406,7 @@ fn emit_slot(
     let created = usize::from(work.create);
     if work.create {
         plan.create
-            .push(new_task(service, service_id, work.slot, now, new_id()));
+            .push(new_task(service, service_id, work, now, new_id()));
     }
     for (i, (&task, &desired)) in work.tasks.iter().zip(&work.desired).enumerate() {
         // Position in the slot as the plan leaves it: the new task is the newest.
@@ -384,7 +420,7 @@ fn emit_slot(
 }
 
 /// The service is gone: stop everything with REMOVE, delete what already ended.
-fn remove_all(tasks: &[&Task]) -> Plan {
+pub(super) fn remove_all(tasks: &[&Task]) -> Plan {
     let mut tasks = tasks.to_vec();
     newest_first(&mut tasks);
     tasks.sort_by_key(|t| t.slot);
@@ -399,13 +435,13 @@ fn remove_all(tasks: &[&Task]) -> Plan {
     plan
 }
 
-fn with_desired(task: &Task, desired: TaskState) -> Task {
+pub(super) fn with_desired(task: &Task, desired: TaskState) -> Task {
     let mut task = task.clone();
     task.set_desired_state(desired);
     task
 }
 
-fn new_task(service: &Service, service_id: &str, slot: u64, now: i64, id: String) -> Task {
+fn new_task(service: &Service, service_id: &str, work: &SlotWork, now: i64, id: String) -> Task {
     let mut status = TaskStatus {
         timestamp: now,
         message: "pending task scheduling".to_string(),
@@ -416,8 +452,8 @@ fn new_task(service: &Service, service_id: &str, slot: u64, now: i64, id: String
         id,
         meta: None,
         service_id: service_id.to_string(),
-        slot,
-        node_id: String::new(),
+        slot: work.slot,
+        node_id: work.node_id.to_string(),
         spec: service.spec.clone(),
         spec_version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
         desired_state: 0,

@@ -197,17 +197,94 @@ fn creates_a_task_per_missing_slot() {
 }
 
 #[test]
-fn a_spec_without_mode_has_one_replica_and_global_services_are_left_alone() {
+fn a_spec_without_mode_has_one_replica() {
     let mut s = service(1, 3);
     if let Some(spec) = s.spec.as_mut() {
         spec.mode = None;
     }
     assert_eq!(slots_of(&run(Some(&s), &[], &nodes(), NOW)), vec![1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global services
+// ---------------------------------------------------------------------------------------------
+
+fn global(mut s: Service) -> Service {
     if let Some(spec) = s.spec.as_mut() {
         spec.mode = Some(Mode::Global(GlobalService {}));
     }
-    let t = running(&s, "a", 0, 10);
-    assert_eq!(run(Some(&s), &[t], &nodes(), NOW), Plan::default());
+    s
+}
+
+fn with_availability(mut n: Node, a: shoal_proto::NodeAvailability) -> Node {
+    n.set_availability(a);
+    n
+}
+
+#[test]
+fn global_services_run_one_task_on_every_ready_active_node() {
+    let s = global(service(1, 0));
+    let nodes = vec![
+        node("n1", NodeState::Ready),
+        node("n2", NodeState::Ready),
+        node("n3", NodeState::Down),
+        with_availability(
+            node("n4", NodeState::Ready),
+            shoal_proto::NodeAvailability::Drain,
+        ),
+    ];
+    let existing = running(&s, "a", 0, 10); // on n1
+    let plan = run(Some(&s), std::slice::from_ref(&existing), &nodes, NOW);
+    let placed: Vec<&str> = plan.create.iter().map(|t| t.node_id.as_str()).collect();
+    assert_eq!(
+        placed,
+        vec!["n2"],
+        "n1 has its task; n3 is down, n4 drained"
+    );
+    assert!(
+        plan.create
+            .iter()
+            .all(|t| t.slot == 0
+                && t.status.as_ref().map(|st| st.state()) == Some(TaskState::Pending))
+    );
+    let after = apply(&[existing], &plan, NOW);
+    assert!(run(Some(&s), &after, &nodes, NOW).is_empty(), "idempotent");
+}
+
+#[test]
+fn a_drained_nodes_global_task_stops_and_a_paused_one_keeps_it() {
+    let s = global(service(1, 0));
+    let mut on_n2 = running(&s, "b", 0, 10);
+    on_n2.node_id = "n2".into();
+    let tasks = vec![running(&s, "a", 0, 10), on_n2];
+    let nodes = vec![
+        with_availability(
+            node("n1", NodeState::Ready),
+            shoal_proto::NodeAvailability::Drain,
+        ),
+        with_availability(
+            node("n2", NodeState::Ready),
+            shoal_proto::NodeAvailability::Pause,
+        ),
+    ];
+    let plan = run(Some(&s), &tasks, &nodes, NOW);
+    assert!(plan.create.is_empty());
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+}
+
+#[test]
+fn a_global_task_that_failed_restarts_on_its_node_by_the_policy() {
+    let s = global(service(1, 0));
+    let failed = ended(running(&s, "a", 0, 10), TaskState::Failed, 20, Some(1));
+    let plan = run(
+        Some(&s),
+        &[failed],
+        &[node("n1", NodeState::Ready)],
+        20 + 5_000,
+    );
+    let placed: Vec<&str> = plan.create.iter().map(|t| t.node_id.as_str()).collect();
+    assert_eq!(placed, vec!["n1"]);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
 }
 
 #[test]
@@ -806,7 +883,8 @@ fn reconcile_all_merges_services_and_tears_down_orphans() {
         .iter()
         .map(|t| (t.service_id.as_str(), t.slot))
         .collect();
-    assert_eq!(created, vec![("a", 1), ("a", 2)]);
+    // The global service g has its task on n1 and gets one on n2.
+    assert_eq!(created, vec![("a", 1), ("a", 2), ("g", 0)]);
     assert_eq!(
         desired_of(&plan),
         vec![("b1", TaskState::Shutdown), ("c1", TaskState::Remove)]

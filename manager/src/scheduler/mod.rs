@@ -8,7 +8,9 @@
 //!
 //! # Rules (Swarm's, in Swarm's order)
 //!
-//! 1. Which tasks: desired state RUNNING, status NEW or PENDING, no node yet.
+//! 1. Which tasks: desired state RUNNING, status NEW or PENDING, no node yet. A pending task
+//!    created with its node already set (a global service's) is only checked against that
+//!    node's filters, first.
 //! 2. Filters, per node, first failure wins (it is the one reported):
 //!    status READY → availability ACTIVE → memory → CPU.
 //!    A reservation of 0 always fits; a node that reported no resources (0) fits only tasks
@@ -66,6 +68,12 @@ pub fn schedule(nodes: &[Node], tasks: &[Task]) -> Vec<Decision> {
     });
 
     let mut decisions = Vec::with_capacity(pending.len());
+    // Tasks whose node is already chosen (a global service's) only need that node's consent.
+    let mut preassigned: Vec<&Task> = tasks.iter().filter(|t| awaits_node_check(t)).collect();
+    preassigned.sort_by(|a, b| a.id.cmp(&b.id));
+    for task in preassigned {
+        cluster.check_preassigned(task, &mut decisions);
+    }
     for group in
         pending.chunk_by(|a, b| a.service_id == b.service_id && reservation(a) == reservation(b))
     {
@@ -84,6 +92,18 @@ fn wants_node(task: &Task) -> bool {
     task.desired_state() == TaskState::Running
         && matches!(state, TaskState::New | TaskState::Pending)
         && task.node_id.is_empty()
+}
+
+/// A pending task created with its node already set: the node must still be able to take it.
+fn awaits_node_check(task: &Task) -> bool {
+    let state = task
+        .status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New);
+    task.desired_state() == TaskState::Running
+        && matches!(state, TaskState::New | TaskState::Pending)
+        && !task.node_id.is_empty()
 }
 
 /// A task status that no longer holds a node's resources.
@@ -166,7 +186,8 @@ impl<'a> Cluster<'a> {
         let mut load = vec![0u64; sorted.len()];
         let mut per_service: HashMap<&str, HashMap<usize, u64>> = HashMap::new();
         for task in tasks {
-            if task.node_id.is_empty() || is_terminal(task) {
+            // Preassigned pending tasks are counted when their node accepts them.
+            if task.node_id.is_empty() || is_terminal(task) || awaits_node_check(task) {
                 continue;
             }
             let Some(&n) = index.get(task.node_id.as_str()) else {
@@ -256,6 +277,55 @@ impl<'a> Cluster<'a> {
             }
         }
         self.per_service.insert(service, same_service);
+    }
+
+    /// Confirms a task on the node it was created for, or says why that node cannot take it.
+    fn check_preassigned(&mut self, task: &'a Task, decisions: &mut Vec<Decision>) {
+        let node_id = task.node_id.as_str();
+        let found = self
+            .nodes
+            .binary_search_by(|n| n.id.as_str().cmp(node_id))
+            .ok();
+        let want = reservation(task);
+        let verdict = match found {
+            None => Err("its node left the cluster".to_string()),
+            Some(n) => match (self.eligibility[n], self.fits(n, want)) {
+                (Err(Ineligible::NotReady), _) => Err("its node is not ready".into()),
+                (Err(Ineligible::Paused), _) => Err("its node is paused".into()),
+                (Err(Ineligible::Drained), _) => Err("its node is drained".into()),
+                (Ok(()), Err(Short::Memory)) => Err("insufficient memory on its node".into()),
+                (Ok(()), Err(Short::Cpu)) => Err("insufficient cpu on its node".into()),
+                (Ok(()), Ok(())) => Ok(n),
+            },
+        };
+        match verdict {
+            Ok(n) => {
+                self.reserved[n].0 += want.0;
+                self.reserved[n].1 += want.1;
+                self.load[n] += 1;
+                *self
+                    .per_service
+                    .entry(task.service_id.as_str())
+                    .or_default()
+                    .entry(n)
+                    .or_default() += 1;
+                decisions.push(Decision {
+                    task_id: task.id.clone(),
+                    node_id: Some(task.node_id.clone()),
+                    error: String::new(),
+                });
+            }
+            Err(reason) => {
+                let error = format!("no suitable node ({reason})");
+                if error != task.scheduling_error {
+                    decisions.push(Decision {
+                        task_id: task.id.clone(),
+                        node_id: None,
+                        error,
+                    });
+                }
+            }
+        }
     }
 
     /// Whether node `n` has room left for a (memory, CPU) reservation.

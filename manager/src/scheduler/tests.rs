@@ -88,16 +88,12 @@ fn new_tasks_are_scheduled_too() {
 
 #[test]
 fn only_pending_unassigned_tasks_desired_running_are_considered() {
+    // (A pending task with a node is a global one: see the preassigned test.)
     let mut shut = task("shut", "s", 1, 0, 0);
     shut.set_desired_state(TaskState::Shutdown);
     let assigned = on(task("assigned", "s", 2, 0, 0), "n1", TaskState::Assigned);
-    let mut pending_with_node = task("pending-with-node", "s", 3, 0, 0);
-    pending_with_node.node_id = "n1".into();
     let running = on(task("running", "s", 4, 0, 0), "n1", TaskState::Running);
-    let d = schedule(
-        &[ready("n1")],
-        &[shut, assigned, pending_with_node, running],
-    );
+    let d = schedule(&[ready("n1")], &[shut, assigned, running]);
     assert!(d.is_empty(), "{d:?}");
 }
 
@@ -617,4 +613,44 @@ proptest! {
         let min = load.values().min().copied().unwrap_or(0);
         prop_assert!(max - min <= 1, "loads {:?}", load);
     }
+}
+
+#[test]
+fn a_preassigned_task_is_confirmed_on_its_node_or_told_why_not() {
+    let mut ready = shoal_proto::Node {
+        id: "n1".into(),
+        status: Some(shoal_proto::NodeStatus {
+            state: shoal_proto::NodeState::Ready as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ready.set_availability(shoal_proto::NodeAvailability::Active);
+    let mut down = ready.clone();
+    down.id = "n2".into();
+    if let Some(s) = down.status.as_mut() {
+        s.set_state(shoal_proto::NodeState::Down);
+    }
+    let pending = |id: &str, node: &str| {
+        let mut t = shoal_proto::Task {
+            id: id.into(),
+            node_id: node.into(),
+            status: Some(shoal_proto::TaskStatus {
+                state: shoal_proto::TaskState::Pending as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        t.set_desired_state(shoal_proto::TaskState::Running);
+        t
+    };
+    let decisions = super::schedule(&[ready, down], &[pending("a", "n1"), pending("b", "n2")]);
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0].node_id.as_deref(), Some("n1"));
+    assert_eq!(decisions[1].node_id, None);
+    assert!(
+        decisions[1].error.contains("not ready"),
+        "{}",
+        decisions[1].error
+    );
 }

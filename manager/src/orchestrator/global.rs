@@ -1,0 +1,99 @@
+//! Swarm's global orchestrator: one task of the service on every node that can run it.
+//!
+//! A node's tasks form one "slot" keyed by the node, judged with the same rules as a
+//! replicated slot (current task, restart policy, history, spec updates). A new task is
+//! created with its node already chosen; the scheduler only checks that the node can take it.
+//! Nodes that are READY and ACTIVE get a task; a PAUSEd node keeps the task it has but gets no
+//! new one; a drained, down or removed node's task is shut down (and not replaced elsewhere).
+
+use std::collections::BTreeMap;
+
+use shoal_proto::{Service, Task, TaskState};
+
+use super::replicated::{
+    assess, emit_slot, is_terminal, newest_first, with_desired, Need, Nodes, Plan, SlotWork,
+};
+use super::restart;
+use super::update::{self, DirtySlot};
+
+/// Global tasks carry slot 0: their node is their identity.
+const GLOBAL_SLOT: u64 = 0;
+
+pub(super) fn reconcile_global(
+    service: &Service,
+    service_id: &str,
+    tasks: &[&Task],
+    nodes: &Nodes,
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
+    let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for &task in tasks {
+        by_node.entry(task.node_id.as_str()).or_default().push(task);
+    }
+    let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
+    let mut plan = Plan::default();
+    let mut works: Vec<SlotWork> = Vec::new();
+    for &node_id in nodes.global_targets() {
+        let mut tasks = by_node.remove(node_id).unwrap_or_default();
+        newest_first(&mut tasks);
+        let mut work = SlotWork {
+            slot: GLOBAL_SLOT,
+            node_id,
+            desired: tasks.iter().map(|t| t.desired_state()).collect(),
+            tasks,
+            dirty: None,
+            create: false,
+        };
+        match assess(&mut work, service, nodes, limit, now) {
+            Need::Nothing => {}
+            Need::Create => work.create = true,
+            Need::Wait(at) => plan.wake(Some(at)),
+        }
+        works.push(work);
+    }
+
+    // Spec changes: the update step decides which nodes' tasks are replaced now.
+    let dirty: Vec<DirtySlot> = works
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let task = w.tasks.get(w.dirty?)?;
+            Some(DirtySlot {
+                slot: i as u64,
+                task,
+            })
+        })
+        .collect();
+    if !dirty.is_empty() {
+        let step = update::plan_update(service, &dirty, now);
+        plan.wake(step.wake_at);
+        for index in step.replace {
+            if let Some(work) = usize::try_from(index).ok().and_then(|i| works.get_mut(i)) {
+                if let Some(i) = work.dirty.take() {
+                    work.desired[i] = TaskState::Shutdown;
+                    work.create = true;
+                }
+            }
+        }
+    }
+    for work in &works {
+        emit_slot(work, service, service_id, limit, now, new_id, &mut plan);
+    }
+
+    // Nodes the service no longer runs on: paused ones keep a running task; the others' tasks
+    // stop, and ended ones are forgotten.
+    for (node_id, tasks) in by_node {
+        let keep = nodes.is_paused(node_id);
+        for task in tasks {
+            if is_terminal(task) {
+                if task.desired_state() != TaskState::Running {
+                    plan.delete.push(task.id.clone());
+                }
+            } else if task.desired_state() == TaskState::Running && !keep {
+                plan.update.push(with_desired(task, TaskState::Shutdown));
+            }
+        }
+    }
+    plan
+}
