@@ -1,6 +1,7 @@
 //! The control API: what the CLI calls. Reads come from the local store (after a linearizable
 //! barrier where it matters); writes go through consensus.
 
+pub mod stack;
 mod validate;
 
 use std::pin::Pin;
@@ -268,6 +269,86 @@ impl Control for ControlApi {
             .cloned()
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn deploy_stack(
+        &self,
+        request: Request<DeployStackRequest>,
+    ) -> Result<Response<DeployStackResponse>, Status> {
+        let r = request.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("DeployStack needs a spec"))?;
+        for service in &spec.services {
+            self.check_image(service).map_err(|e| {
+                Status::failed_precondition(format!("service {}: {}", service.name, e.message()))
+            })?;
+        }
+        // A conflicting concurrent change makes the compare-and-set fail: plan again.
+        for _ in 0..5 {
+            let plan = {
+                let state = self.store.read();
+                stack::plan_deploy(&state, &spec, r.prune, &mut new_id)
+                    .map_err(Status::invalid_argument)?
+            };
+            match self.writer.commit(plan.changes).await {
+                Ok(_) => {
+                    let stack = self.store.read().stacks.get(&spec.name).cloned();
+                    return Ok(Response::new(DeployStackResponse {
+                        stack,
+                        created: plan.created,
+                        updated: plan.updated,
+                        unchanged: plan.unchanged,
+                        removed: plan.removed,
+                    }));
+                }
+                Err(crate::consensus::WriteError::Rejected(ApplyError::Conflict { .. })) => {
+                    continue
+                }
+                Err(e) => return Err(write_status(e)),
+            }
+        }
+        Err(Status::aborted(
+            "the stack kept changing while it was being deployed: try again",
+        ))
+    }
+
+    async fn list_stacks(
+        &self,
+        _: Request<ListStacksRequest>,
+    ) -> Result<Response<ListStacksResponse>, Status> {
+        let state = self.store.read();
+        let stacks = state
+            .stacks
+            .values()
+            .map(|s| StackSummary {
+                services: state
+                    .services
+                    .values()
+                    .filter(|svc| stack::stack_of(svc) == Some(s.id.as_str()))
+                    .count() as u64,
+                stack: Some(s.clone()),
+            })
+            .collect();
+        Ok(Response::new(ListStacksResponse { stacks }))
+    }
+
+    async fn remove_stack(
+        &self,
+        request: Request<RemoveStackRequest>,
+    ) -> Result<Response<RemoveStackResponse>, Status> {
+        let name = request.into_inner().name;
+        let plan = {
+            let state = self.store.read();
+            stack::plan_remove(&state, &name).map_err(Status::not_found)?
+        };
+        self.writer
+            .commit(plan.changes)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(RemoveStackResponse {
+            removed: plan.removed,
+        }))
     }
 
     type ServiceLogsStream = LogStream;

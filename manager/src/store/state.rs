@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::{
-    store_object::Object, ChangeKind, Cluster, Meta, Node, Service, StoreChange, StoreCommand,
-    StoreObject, StoreSnapshot, Task,
+    store_object::Object, ChangeKind, Cluster, Meta, Node, Service, Stack, StoreChange,
+    StoreCommand, StoreObject, StoreSnapshot, Task,
 };
 
 /// How many request ids are remembered to make retried commands idempotent.
@@ -57,6 +57,7 @@ pub struct State {
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<String, Task>,
+    pub stacks: BTreeMap<String, Stack>,
     recent_requests: VecDeque<String>,
     recent_set: HashSet<String>,
 }
@@ -67,6 +68,7 @@ fn kind_of(object: &Object) -> &'static str {
         Object::Node(_) => "node",
         Object::Service(_) => "service",
         Object::Task(_) => "task",
+        Object::Stack(_) => "stack",
     }
 }
 
@@ -76,6 +78,7 @@ fn id_of(object: &Object) -> &str {
         Object::Node(o) => &o.id,
         Object::Service(o) => &o.id,
         Object::Task(o) => &o.id,
+        Object::Stack(o) => &o.id,
     }
 }
 
@@ -85,6 +88,7 @@ fn meta_of(object: &Object) -> Option<&Meta> {
         Object::Node(o) => o.meta.as_ref(),
         Object::Service(o) => o.meta.as_ref(),
         Object::Task(o) => o.meta.as_ref(),
+        Object::Stack(o) => o.meta.as_ref(),
     }
 }
 
@@ -94,6 +98,7 @@ fn meta_mut(object: &mut Object) -> &mut Option<Meta> {
         Object::Node(o) => &mut o.meta,
         Object::Service(o) => &mut o.meta,
         Object::Task(o) => &mut o.meta,
+        Object::Stack(o) => &mut o.meta,
     }
 }
 
@@ -268,6 +273,7 @@ impl State {
             "node" => self.nodes.get(id).cloned().map(Object::Node),
             "service" => self.services.get(id).cloned().map(Object::Service),
             "task" => self.tasks.get(id).cloned().map(Object::Task),
+            "stack" => self.stacks.get(id).cloned().map(Object::Stack),
             _ => None,
         }
     }
@@ -284,6 +290,9 @@ impl State {
             Object::Task(o) => {
                 self.tasks.insert(o.id.clone(), o);
             }
+            Object::Stack(o) => {
+                self.stacks.insert(o.id.clone(), o);
+            }
         }
     }
 
@@ -299,6 +308,9 @@ impl State {
             "task" => {
                 self.tasks.remove(id);
             }
+            "stack" => {
+                self.stacks.remove(id);
+            }
             _ => {}
         }
     }
@@ -311,6 +323,7 @@ impl State {
             services: self.services.values().cloned().collect(),
             tasks: self.tasks.values().cloned().collect(),
             recent_request_ids: self.recent_requests.iter().cloned().collect(),
+            stacks: self.stacks.values().cloned().collect(),
         }
     }
 
@@ -327,6 +340,9 @@ impl State {
         }
         for t in snapshot.tasks {
             state.tasks.insert(t.id.clone(), t);
+        }
+        for s in snapshot.stacks {
+            state.stacks.insert(s.id.clone(), s);
         }
         for r in snapshot.recent_request_ids {
             state.remember(&r);
