@@ -13,6 +13,7 @@ pub mod ca;
 pub mod consensus;
 pub mod control;
 pub mod dispatcher;
+pub mod join;
 pub mod leader;
 pub mod orchestrator;
 pub mod raft;

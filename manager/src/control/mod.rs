@@ -95,6 +95,16 @@ impl ControlApi {
     }
 }
 
+/// The cluster object without its secrets (the CA key, the join secrets): what a client sees.
+pub fn public_cluster(cluster: &Cluster) -> Cluster {
+    let mut public = cluster.clone();
+    if let Some(ca) = public.root_ca.as_mut() {
+        ca.key_pem.clear();
+    }
+    public.join_secrets = None;
+    public
+}
+
 /// Tasks wanted by a service: its replicas, or for a global service the tasks the
 /// orchestrator placed (one per eligible node).
 pub fn desired_tasks(state: &State, service: &Service) -> u64 {
@@ -129,7 +139,7 @@ impl Control for ControlApi {
             .filter(|t| t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running))
             .count() as u64;
         Ok(Response::new(InfoResponse {
-            cluster: state.cluster.clone(),
+            cluster: state.cluster.as_ref().map(public_cluster),
             node_id: self.facts.node_id(),
             is_manager: true,
             is_leader: self.writer.is_leader(),
@@ -269,6 +279,43 @@ impl Control for ControlApi {
             .cloned()
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn join_token(
+        &self,
+        request: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenResponse>, Status> {
+        let r = request.into_inner();
+        let role = r.role();
+        let cluster = self
+            .store
+            .read()
+            .cluster
+            .clone()
+            .ok_or_else(|| Status::unavailable("the cluster is not initialised yet"))?;
+        let cluster = if r.rotate {
+            let mut rotated = cluster;
+            let digest = crate::join::cluster_ca(&rotated)?.digest();
+            let secrets = rotated.join_secrets.get_or_insert_with(Default::default);
+            let fresh = crate::ca::JoinToken::generate(digest).secret;
+            match role {
+                NodeRole::Worker => secrets.worker = fresh,
+                NodeRole::Manager => secrets.manager = fresh,
+            }
+            self.writer
+                .commit(vec![change(
+                    ChangeKind::Update,
+                    Object::Cluster(rotated.clone()),
+                )])
+                .await
+                .map_err(write_status)?;
+            rotated
+        } else {
+            cluster
+        };
+        Ok(Response::new(JoinTokenResponse {
+            token: crate::join::join_token(&cluster, role)?,
+        }))
     }
 
     async fn deploy_stack(

@@ -42,6 +42,9 @@ struct Inner {
     heartbeat_period: Duration,
     /// The node id this process's own agent uses: registered with the manager role.
     local_node_id: String,
+    /// Whether callers must prove who they are with a cluster certificate (always, on a
+    /// daemon's TLS port; unit tests call the methods directly).
+    require_identity: bool,
     sessions: Mutex<HashMap<String, SessionEntry>>,
 }
 
@@ -56,6 +59,7 @@ impl Dispatcher {
         writer: Writer,
         heartbeat_period: Duration,
         local_node_id: String,
+        require_identity: bool,
     ) -> Dispatcher {
         Dispatcher {
             inner: Arc::new(Inner {
@@ -63,9 +67,28 @@ impl Dispatcher {
                 writer,
                 heartbeat_period,
                 local_node_id,
+                require_identity,
                 sessions: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The node id the caller may act as: its certificate's, when identities are required.
+    #[allow(clippy::result_large_err)]
+    fn authorize<T>(&self, request: &Request<T>, claimed: &str) -> Result<Option<String>, Status> {
+        if !self.inner.require_identity {
+            return Ok(None);
+        }
+        let identity = crate::join::peer_identity(request).ok_or_else(|| {
+            Status::unauthenticated("a cluster certificate is required: join the cluster first")
+        })?;
+        if !claimed.is_empty() && claimed != identity.node_id {
+            return Err(Status::permission_denied(format!(
+                "node {} cannot act as node {claimed}",
+                identity.node_id
+            )));
+        }
+        Ok(Some(identity.node_id))
     }
 
     pub fn into_service(self) -> DispatcherServer<Dispatcher> {
@@ -271,9 +294,14 @@ impl DispatcherRpc for Dispatcher {
             .remote_addr()
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
+        let certified = self.authorize(&request, &request.get_ref().node_id)?;
+        let mut session_request = request.into_inner();
+        if let Some(node_id) = certified {
+            session_request.node_id = node_id;
+        }
         // Subscribe before the first read so no change slips between the two.
         let mut events = self.inner.store.subscribe();
-        let (node_id, session_id) = self.register(request.into_inner(), addr).await?;
+        let (node_id, session_id) = self.register(session_request, addr).await?;
         let (tx, rx) = mpsc::channel(16);
         let store = self.inner.store.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
@@ -326,6 +354,7 @@ impl DispatcherRpc for Dispatcher {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.authorize(&request, &request.get_ref().node_id)?;
         let r = request.into_inner();
         self.check_session(&r.node_id, &r.session_id)?;
         Ok(Response::new(HeartbeatResponse {
@@ -337,6 +366,7 @@ impl DispatcherRpc for Dispatcher {
         &self,
         request: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        self.authorize(&request, &request.get_ref().node_id)?;
         let r = request.into_inner();
         self.check_session(&r.node_id, &r.session_id)?;
         self.update_statuses(r).await.map_err(write_status)?;
@@ -354,7 +384,7 @@ mod tests {
         let store = Store::new();
         let writer = Writer::new(Arc::new(Immediate::new(store.clone())));
         (
-            Dispatcher::new(store.clone(), writer, period, "local".into()),
+            Dispatcher::new(store.clone(), writer, period, "local".into(), false),
             store,
         )
     }

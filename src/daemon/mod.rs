@@ -18,14 +18,20 @@ use shoal_agent::session::Session;
 use shoal_manager::consensus::{new_id, Writer};
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
+use shoal_manager::join::{require_manager, JoinService};
 use shoal_manager::raft::{RaftConfig, RaftNode};
 use shoal_manager::store::{change, Store};
 use shoal_proto::store_object::Object;
-use shoal_proto::{ChangeKind, Cluster, NodeDescription, Platform, Resources, Task};
+use shoal_proto::{ChangeKind, NodeDescription, Platform, Resources, Task};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Endpoint, Server};
 
 use crate::cli::DaemonArgs;
+
+mod identity;
+
+use identity::NodeCerts;
 
 /// The Raft id of the manager a fresh data dir makes (one-manager cluster).
 const FIRST_RAFT_ID: u64 = 1;
@@ -60,15 +66,26 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let writer = Writer::new(Arc::new(raft.clone()));
     wait_for_leadership(&writer).await?;
     if store.read().cluster.is_none() {
-        let cluster = Cluster {
-            id: new_id(),
-            name: "default".into(),
-            ..Default::default()
-        };
+        let cluster = shoal_manager::join::new_cluster(shoal_proto::now_ms() / 1000)?;
         writer
             .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
             .await?;
     }
+    let certs = match NodeCerts::load(&data_dir)? {
+        Some(certs) => certs,
+        None => {
+            let cluster = store
+                .read()
+                .cluster
+                .clone()
+                .context("the cluster object vanished")?;
+            let ca = shoal_manager::join::cluster_ca(&cluster)
+                .map_err(|s| anyhow::anyhow!("cannot load the cluster CA: {}", s.message()))?;
+            let certs = NodeCerts::issue_for_manager(&ca, &node_id)?;
+            certs.save(&data_dir)?;
+            certs
+        }
+    };
 
     // Agent pieces the manager's API also uses on a one-node cluster.
     let runtime = Arc::new(Runtime::new(
@@ -83,6 +100,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         writer.clone(),
         args.heartbeat,
         node_id.clone(),
+        true,
     );
     let facts = Arc::new(Facts {
         node_id: node_id.clone(),
@@ -103,10 +121,16 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         dispatcher.clone(),
     ));
 
-    // Manager traffic on TCP: dispatcher sessions and Raft.
+    // Manager traffic on TCP, all mutual TLS: joins, dispatcher sessions, Raft (managers only).
     let tcp = Server::builder()
+        .tls_config(certs.server_tls())
+        .context("invalid TLS settings for the manager port")?
+        .add_service(JoinService::new(store.clone()).into_service())
         .add_service(dispatcher.into_service())
-        .add_service(raft.raft_service())
+        .add_service(InterceptedService::new(
+            raft.raft_service(),
+            require_manager,
+        ))
         .serve_with_incoming(TcpListenerStream::new(listener));
     let tcp = tokio::spawn(tcp);
 
@@ -120,7 +144,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
 
     // The embedded agent dials the manager like any remote agent would.
     let (executor, updates) = Executor::new(runtime.clone(), images)?;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(certs.client_tls())
+        .context("invalid TLS settings for the agent")?
+        .connect_lazy();
     tokio::spawn(
         Session {
             channel,
