@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ ! -x /bin/busybox ]; then
-    apt-get update -qq && apt-get install -y -qq busybox-static
+if [ ! -x /bin/busybox ] || ! command -v nft >/dev/null || ! command -v iptables >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq busybox-static nftables iptables
 fi
 cargo test --workspace --all-targets

@@ -10,5 +10,6 @@
 pub mod executor;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod runtime;
 pub mod session;

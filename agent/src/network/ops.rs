@@ -1,0 +1,442 @@
+//! The host-networking operations the network manager needs, behind one small trait: the real
+//! implementation ([`super::RealNetOps`]) talks netlink, mounts netns files and calls `nft`; the
+//! fake ([`FakeNetOps`]) keeps everything in memory for unit tests.
+//!
+//! The trait is synchronous on purpose: every real operation runs on a dedicated thread (a
+//! network-namespace switch must never touch a tokio worker), and the manager calls it from
+//! `spawn_blocking`. `ns = None` means the namespace of the calling process (the host).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::ipam::Ipv4Net;
+use super::NetError;
+
+/// A link as listed by [`NetOps::list_links`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// `bridge`, `veth`, `dummy`, …; empty when the kernel says nothing.
+    pub kind: String,
+    pub mtu: u32,
+    /// The name of the bridge this link is enslaved to, if any.
+    pub master: Option<String>,
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An IPv4 address on a link, as listed by [`NetOps::list_addresses`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub link: String,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// Host networking operations. See the module docs.
+pub trait NetOps: Send + Sync + 'static {
+    /// Creates a bridge with this MTU and sets it up.
+    fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetError>;
+    /// Creates a veth pair `name` ↔ `peer` (both down) in the host namespace.
+    fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), NetError>;
+    /// Creates a dummy link (used by tests and diagnostics).
+    fn create_dummy(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError>;
+    /// Enslaves `name` to bridge `master`.
+    fn set_master(&self, name: &str, master: &str) -> Result<(), NetError>;
+    /// Moves host link `name` into the namespace of the netns file `netns`.
+    fn move_to_netns(&self, name: &str, netns: &Path) -> Result<(), NetError>;
+    /// Renames a (down) link.
+    fn rename_link(&self, ns: Option<&Path>, name: &str, new_name: &str) -> Result<(), NetError>;
+    fn set_mtu(&self, ns: Option<&Path>, name: &str, mtu: u32) -> Result<(), NetError>;
+    fn set_mac(&self, ns: Option<&Path>, name: &str, mac: [u8; 6]) -> Result<(), NetError>;
+    fn set_up(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError>;
+    fn add_address(
+        &self,
+        ns: Option<&Path>,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetError>;
+    /// Adds (or replaces) the IPv4 default route via `gateway`.
+    fn set_default_route(&self, ns: Option<&Path>, gateway: Ipv4Addr) -> Result<(), NetError>;
+    /// Deletes a link (a veth takes its peer with it). `Ok(false)` when there was no such link.
+    fn delete_link(&self, ns: Option<&Path>, name: &str) -> Result<bool, NetError>;
+    fn list_links(&self, ns: Option<&Path>) -> Result<Vec<LinkInfo>, NetError>;
+    fn list_addresses(&self, ns: Option<&Path>) -> Result<Vec<AddrInfo>, NetError>;
+    /// Destinations of the IPv4 routes of the main table (the IPAM's "host routes").
+    fn list_routes(&self, ns: Option<&Path>) -> Result<Vec<Ipv4Net>, NetError>;
+    /// Creates a persistent network namespace bound to the (new) file `path`, with `lo` up.
+    fn create_netns(&self, path: &Path) -> Result<(), NetError>;
+    /// Unmounts and removes a netns file. `Ok(false)` when it did not exist.
+    fn delete_netns(&self, path: &Path) -> Result<bool, NetError>;
+    /// Loads an nftables script atomically (`nft -f`).
+    fn apply_nft(&self, script: &str) -> Result<(), NetError>;
+    /// Lists the nftables tables as `(family, name)`.
+    fn list_nft_tables(&self) -> Result<Vec<(String, String)>, NetError>;
+    /// Reads a sysctl by its dotted name (`net.ipv4.ip_forward`).
+    fn read_sysctl(&self, key: &str) -> Result<String, NetError>;
+    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), NetError>;
+    /// Makes the ACCEPT rules tagged `tag` in Docker's `DOCKER-USER` chain be exactly one
+    /// `-i bridge` and one `-o bridge` rule per bridge of `bridges` (none when empty). A no-op when
+    /// the chain does not exist. See `firewall` for why.
+    fn sync_docker_user(&self, tag: &str, bridges: &[String]) -> Result<(), NetError>;
+}
+
+#[derive(Debug, Default, Clone)]
+struct FakeNs {
+    links: BTreeMap<String, LinkInfo>,
+    addrs: Vec<AddrInfo>,
+    routes: Vec<Ipv4Net>,
+    default_gw: Option<Ipv4Addr>,
+}
+
+/// Everything [`FakeNetOps`] holds; public so tests can look at it.
+#[derive(Debug, Default, Clone)]
+pub struct FakeState {
+    host: FakeNs,
+    netns: BTreeMap<PathBuf, FakeNs>,
+    /// The last nft script applied.
+    pub nft_script: String,
+    pub nft_applies: usize,
+    pub sysctls: BTreeMap<String, String>,
+    pub docker_user: BTreeMap<String, Vec<String>>,
+    /// Operations whose name is in here fail (to test rollback).
+    pub fail_ops: Vec<&'static str>,
+    next_index: u32,
+}
+
+/// In-memory [`NetOps`] for unit tests.
+#[derive(Debug, Default)]
+pub struct FakeNetOps {
+    pub state: Mutex<FakeState>,
+}
+
+impl FakeNetOps {
+    pub fn new() -> Self {
+        let f = Self::default();
+        f.state
+            .lock()
+            .unwrap()
+            .sysctls
+            .insert("net.ipv4.ip_forward".into(), "0".into());
+        f
+    }
+
+    /// Host routes the IPAM will see.
+    pub fn add_host_route(&self, route: Ipv4Net) {
+        self.state.lock().unwrap().host.routes.push(route);
+    }
+
+    /// The default gateway of a namespace, if any.
+    pub fn default_gateway(&self, ns: Option<&Path>) -> Option<Ipv4Addr> {
+        let s = self.state.lock().unwrap();
+        match ns {
+            None => s.host.default_gw,
+            Some(p) => s.netns.get(p).and_then(|n| n.default_gw),
+        }
+    }
+
+    /// Number of netns files that exist.
+    pub fn netns_count(&self) -> usize {
+        self.state.lock().unwrap().netns.len()
+    }
+
+    fn with<T>(
+        &self,
+        op: &'static str,
+        ns: Option<&Path>,
+        f: impl FnOnce(&mut FakeNs, &mut u32) -> Result<T, NetError>,
+    ) -> Result<T, NetError> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_ops.contains(&op) {
+            return Err(NetError::Netlink(format!("fake failure of {op}")));
+        }
+        let s = &mut *s;
+        let n = match ns {
+            None => &mut s.host,
+            Some(p) => s
+                .netns
+                .get_mut(p)
+                .ok_or_else(|| NetError::NotFound(format!("netns {}", p.display())))?,
+        };
+        f(n, &mut s.next_index)
+    }
+}
+
+fn new_link(idx: &mut u32, name: &str, kind: &str, mtu: u32) -> LinkInfo {
+    *idx += 1;
+    LinkInfo {
+        index: *idx,
+        name: name.to_string(),
+        kind: kind.to_string(),
+        mtu,
+        master: None,
+        up: false,
+        mac: None,
+    }
+}
+
+fn exists(n: &FakeNs, name: &str) -> Result<(), NetError> {
+    if n.links.contains_key(name) {
+        Err(NetError::Netlink(format!("link {name} exists")))
+    } else {
+        Ok(())
+    }
+}
+
+fn link<'a>(n: &'a mut FakeNs, name: &str) -> Result<&'a mut LinkInfo, NetError> {
+    n.links
+        .get_mut(name)
+        .ok_or_else(|| NetError::NotFound(format!("link {name}")))
+}
+
+impl NetOps for FakeNetOps {
+    fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetError> {
+        self.with("create_bridge", None, |n, idx| {
+            exists(n, name)?;
+            let mut l = new_link(idx, name, "bridge", mtu);
+            l.up = true;
+            n.links.insert(name.into(), l);
+            Ok(())
+        })
+    }
+
+    fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), NetError> {
+        self.with("create_veth", None, |n, idx| {
+            exists(n, name)?;
+            exists(n, peer)?;
+            // A pair takes the indices (even, even + 1): the peer of index i is i ^ 1.
+            if *idx % 2 == 0 {
+                *idx += 1;
+            }
+            let a = new_link(idx, name, "veth", mtu);
+            let b = new_link(idx, peer, "veth", mtu);
+            n.links.insert(name.into(), a);
+            n.links.insert(peer.into(), b);
+            Ok(())
+        })
+    }
+
+    fn create_dummy(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError> {
+        self.with("create_dummy", ns, |n, idx| {
+            exists(n, name)?;
+            n.links
+                .insert(name.into(), new_link(idx, name, "dummy", 1500));
+            Ok(())
+        })
+    }
+
+    fn set_master(&self, name: &str, master: &str) -> Result<(), NetError> {
+        self.with("set_master", None, |n, _| {
+            link(n, master)?;
+            link(n, name)?.master = Some(master.to_string());
+            Ok(())
+        })
+    }
+
+    fn move_to_netns(&self, name: &str, netns: &Path) -> Result<(), NetError> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_ops.contains(&"move_to_netns") {
+            return Err(NetError::Netlink("fake failure of move_to_netns".into()));
+        }
+        let l = s
+            .host
+            .links
+            .remove(name)
+            .ok_or_else(|| NetError::NotFound(format!("link {name}")))?;
+        let target = s
+            .netns
+            .get_mut(netns)
+            .ok_or_else(|| NetError::NotFound(format!("netns {}", netns.display())))?;
+        target.links.insert(name.into(), l);
+        Ok(())
+    }
+
+    fn rename_link(&self, ns: Option<&Path>, name: &str, new_name: &str) -> Result<(), NetError> {
+        self.with("rename_link", ns, |n, _| {
+            exists(n, new_name)?;
+            let mut l = n
+                .links
+                .remove(name)
+                .ok_or_else(|| NetError::NotFound(format!("link {name}")))?;
+            l.name = new_name.to_string();
+            n.links.insert(new_name.into(), l);
+            Ok(())
+        })
+    }
+
+    fn set_mtu(&self, ns: Option<&Path>, name: &str, mtu: u32) -> Result<(), NetError> {
+        self.with("set_mtu", ns, |n, _| {
+            link(n, name)?.mtu = mtu;
+            Ok(())
+        })
+    }
+
+    fn set_mac(&self, ns: Option<&Path>, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+        self.with("set_mac", ns, |n, _| {
+            link(n, name)?.mac = Some(mac);
+            Ok(())
+        })
+    }
+
+    fn set_up(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError> {
+        self.with("set_up", ns, |n, _| {
+            link(n, name)?.up = true;
+            Ok(())
+        })
+    }
+
+    fn add_address(
+        &self,
+        ns: Option<&Path>,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetError> {
+        self.with("add_address", ns, |n, _| {
+            link(n, name)?;
+            n.addrs.push(AddrInfo {
+                link: name.to_string(),
+                addr,
+                prefix,
+            });
+            n.routes
+                .push(Ipv4Net::new(addr, prefix).expect("prefix ≤ 32"));
+            Ok(())
+        })
+    }
+
+    fn set_default_route(&self, ns: Option<&Path>, gateway: Ipv4Addr) -> Result<(), NetError> {
+        self.with("set_default_route", ns, |n, _| {
+            n.default_gw = Some(gateway);
+            Ok(())
+        })
+    }
+
+    fn delete_link(&self, ns: Option<&Path>, name: &str) -> Result<bool, NetError> {
+        // A veth takes its peer along, wherever the peer is.
+        let mut s = self.state.lock().unwrap();
+        if s.fail_ops.contains(&"delete_link") {
+            return Err(NetError::Netlink("fake failure of delete_link".into()));
+        }
+        let s = &mut *s;
+        let n = match ns {
+            None => &mut s.host,
+            Some(p) => match s.netns.get_mut(p) {
+                Some(n) => n,
+                None => return Ok(false),
+            },
+        };
+        let Some(l) = n.links.remove(name) else {
+            return Ok(false);
+        };
+        n.addrs.retain(|a| a.link != name);
+        if l.kind == "veth" {
+            let peer_idx = l.index ^ 1;
+            for ns in std::iter::once(&mut s.host).chain(s.netns.values_mut()) {
+                if let Some(peer) = ns
+                    .links
+                    .values()
+                    .find(|p| p.index == peer_idx && p.kind == "veth")
+                    .map(|p| p.name.clone())
+                {
+                    ns.links.remove(&peer);
+                    let gone: Vec<_> = ns
+                        .addrs
+                        .iter()
+                        .filter(|a| a.link == peer)
+                        .map(|a| Ipv4Net::new(a.addr, a.prefix).unwrap())
+                        .collect();
+                    ns.addrs.retain(|a| a.link != peer);
+                    ns.routes.retain(|r| !gone.contains(r));
+                    if ns.addrs.is_empty() {
+                        ns.default_gw = None;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn list_links(&self, ns: Option<&Path>) -> Result<Vec<LinkInfo>, NetError> {
+        self.with("list_links", ns, |n, _| {
+            Ok(n.links.values().cloned().collect())
+        })
+    }
+
+    fn list_addresses(&self, ns: Option<&Path>) -> Result<Vec<AddrInfo>, NetError> {
+        self.with("list_addresses", ns, |n, _| Ok(n.addrs.clone()))
+    }
+
+    fn list_routes(&self, ns: Option<&Path>) -> Result<Vec<Ipv4Net>, NetError> {
+        self.with("list_routes", ns, |n, _| Ok(n.routes.clone()))
+    }
+
+    fn create_netns(&self, path: &Path) -> Result<(), NetError> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_ops.contains(&"create_netns") {
+            return Err(NetError::Netlink("fake failure of create_netns".into()));
+        }
+        if s.netns.contains_key(path) {
+            return Err(NetError::Invalid(format!("{} exists", path.display())));
+        }
+        s.next_index += 1;
+        let mut lo = new_link(&mut 0, "lo", "", 65536);
+        lo.up = true;
+        let mut ns = FakeNs::default();
+        ns.links.insert("lo".into(), lo);
+        s.netns.insert(path.to_path_buf(), ns);
+        Ok(())
+    }
+
+    fn delete_netns(&self, path: &Path) -> Result<bool, NetError> {
+        Ok(self.state.lock().unwrap().netns.remove(path).is_some())
+    }
+
+    fn apply_nft(&self, script: &str) -> Result<(), NetError> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail_ops.contains(&"apply_nft") {
+            return Err(NetError::Firewall("fake failure of apply_nft".into()));
+        }
+        s.nft_script = script.to_string();
+        s.nft_applies += 1;
+        Ok(())
+    }
+
+    fn list_nft_tables(&self) -> Result<Vec<(String, String)>, NetError> {
+        Ok(Vec::new())
+    }
+
+    fn read_sysctl(&self, key: &str) -> Result<String, NetError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .sysctls
+            .get(key)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), NetError> {
+        self.state
+            .lock()
+            .unwrap()
+            .sysctls
+            .insert(key.into(), value.into());
+        Ok(())
+    }
+
+    fn sync_docker_user(&self, tag: &str, bridges: &[String]) -> Result<(), NetError> {
+        let mut s = self.state.lock().unwrap();
+        if bridges.is_empty() {
+            s.docker_user.remove(tag);
+        } else {
+            s.docker_user.insert(tag.into(), bridges.to_vec());
+        }
+        Ok(())
+    }
+}
