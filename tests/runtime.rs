@@ -132,6 +132,7 @@ impl TestEnv {
             limits: Limits::default(),
             stop_grace: Duration::from_secs(1),
             labels: BTreeMap::from([("test".to_string(), "runtime".to_string())]),
+            ..ContainerConfig::default()
         }
     }
 
@@ -927,6 +928,7 @@ async fn helper_daemon_process() {
         },
         stop_grace: Duration::from_secs(1),
         labels: BTreeMap::new(),
+        ..ContainerConfig::default()
     };
     let state = rt.create_and_start(cfg).await.expect("start");
     println!("STARTED {}", state.pid.unwrap_or(0));

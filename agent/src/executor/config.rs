@@ -89,6 +89,7 @@ pub fn container_config(
         },
         stop_grace: stop_grace(task),
         labels: c.labels.into_iter().collect(),
+        ..ContainerConfig::default()
     })
 }
 

@@ -1,13 +1,17 @@
 //! The container's init before `execve`: runs in the child the supervisor forked into the new
 //! pid namespace, after the supervisor moved it into the cgroup and released it.
 //!
-//! Order: stdio → unshare(mnt, uts, ipc, net) → `/` rprivate → overlay rootfs → pivot_root →
-//! /proc, /sys, /dev, /dev/pts, /dev/shm → hostname → `lo` up → user lookup (in the image's
-//! /etc) → workdir → setgroups/setgid/setuid → chdir → PDEATHSIG → PATH lookup → setsid →
-//! signals reset → execve. Every failure becomes a [`StartError`] naming its stage.
+//! Order: stdio → capability set and seccomp program computed (pure; errors before anything
+//! changes) → unshare(mnt, uts, ipc[, net]) / setns(net) → `/` rprivate → overlay rootfs →
+//! pivot_root → /proc, /sys, /dev, /dev/pts, /dev/shm → tmpfs mounts → sysctls → masked and
+//! read-only paths → hostname, domainname → `lo` up → user lookup (in the image's /etc) →
+//! workdir → read-only root → rlimits, oom_score_adj → bounding set → setgroups/setgid/setuid
+//! → chdir → PDEATHSIG → capset (effective, permitted, inheritable; ambient cleared) →
+//! no_new_privs → PATH lookup → setsid → signals reset → seccomp → execve. Every failure
+//! becomes a [`StartError`] naming its stage. See [`super::security`] for the policy.
 //!
-//! A later hardening pass adds capability dropping, no_new_privs, seccomp and masked paths
-//! between the user switch and the exec (see `finalize`).
+//! With `allow_new_privileges` (no no_new_privs) the seccomp filter is installed before the
+//! user switch instead: without no_new_privs the kernel requires CAP_SYS_ADMIN to install it.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -27,16 +31,24 @@ use nix::unistd::{
     access, chdir, execve, fchdir, pivot_root, setgroups, sethostname, setresgid, setresuid,
     AccessFlags, Gid, Uid,
 };
+use seccompiler::BpfProgram;
 
 use super::lookup::{self, FileKind, DEFAULT_PATH};
+use super::security;
 use super::supervisor::{write_json_fd, StartError};
-use super::user::{resolve_user, ExecUser};
-use super::{ContainerConfig, Stage};
+use super::user::{parse_group, resolve_user, ExecUser};
+use super::{ulimit_resource, ContainerConfig, NetworkMode, Stage};
+
+/// Docker's default /dev/shm size.
+const DEFAULT_SHM_BYTES: u64 = 64 << 20;
 
 pub(crate) struct InitContext<'a> {
     pub config: &'a ContainerConfig,
     pub dir: &'a Path,
     pub hostname: String,
+    /// The supervisor put the container under a device cgroup allow-list (else the seccomp
+    /// filter refuses mknod of device nodes).
+    pub device_cgroup: bool,
     /// Read end of the sync pipe: one byte = go, EOF = the supervisor died.
     pub go: OwnedFd,
     /// Write end (close-on-exec) of the error pipe.
@@ -83,13 +95,43 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
         }
     }
 
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(|e| StartError::errno(Stage::Namespaces, e, "unshare(mnt, uts, ipc, net)"))?;
+    // The policy first: a bad capability name or an uncompilable filter changes nothing.
+    let caps_mask = security::capability_mask(&cfg.cap_add, &cfg.cap_drop, cfg.privileged)
+        .map_err(|m| StartError::new(Stage::Capabilities, m))?;
+    let seccomp = if cfg.privileged || cfg.seccomp_unconfined {
+        None
+    } else {
+        Some(
+            security::seccomp_programs(caps_mask, !ctx.device_cgroup)
+                .map_err(|m| StartError::new(Stage::Seccomp, m))?,
+        )
+    };
+
+    // A network namespace to join is named by a host path: open it before leaving the host's
+    // mount namespace view.
+    let join_netns = match &cfg.network {
+        NetworkMode::Join(path) => Some(
+            open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+                StartError::errno(
+                    Stage::Network,
+                    e,
+                    format!("open network namespace {}", path.display()),
+                )
+            })?,
+        ),
+        NetworkMode::New | NetworkMode::Host => None,
+    };
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if cfg.network == NetworkMode::New {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags)
+        .map_err(|e| StartError::errno(Stage::Namespaces, e, format!("unshare({flags:?})")))?;
+    if let Some(fd) = join_netns {
+        nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
+            StartError::errno(Stage::Network, e, "setns into the network namespace")
+        })?;
+    }
 
     // Nothing we mount from here on propagates back to the host.
     mount(
@@ -129,7 +171,12 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
     })?;
 
     pivot_into(&rootfs)?;
-    mount_filesystems()?;
+    mount_filesystems(cfg.privileged, cfg.shm_size.unwrap_or(DEFAULT_SHM_BYTES))?;
+    mount_tmpfs(cfg)?;
+    write_sysctls(cfg)?;
+    if !cfg.privileged {
+        mask_paths()?;
+    }
 
     sethostname(&ctx.hostname).map_err(|e| {
         StartError::errno(
@@ -138,12 +185,24 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
             format!("sethostname {:?}", ctx.hostname),
         )
     })?;
-    loopback_up().map_err(|e| StartError::errno(Stage::Network, e, "bring up lo"))?;
+    if !cfg.domainname.is_empty() {
+        set_domainname(&cfg.domainname).map_err(|e| {
+            StartError::errno(
+                Stage::Hostname,
+                e,
+                format!("setdomainname {:?}", cfg.domainname),
+            )
+        })?;
+    }
+    if cfg.network == NetworkMode::New {
+        loopback_up().map_err(|e| StartError::errno(Stage::Network, e, "bring up lo"))?;
+    }
 
     let passwd = read_optional("/etc/passwd")?;
     let group = read_optional("/etc/group")?;
-    let user = resolve_user(&cfg.user, passwd.as_deref(), group.as_deref())
+    let mut user = resolve_user(&cfg.user, passwd.as_deref(), group.as_deref())
         .map_err(|e| StartError::new(Stage::User, e.to_string()))?;
+    add_groups(&mut user, &cfg.group_add, group.as_deref())?;
     let env = build_env(&cfg.env, &ctx.hostname, &user.home);
 
     let cwd = if cfg.cwd.is_empty() {
@@ -160,20 +219,56 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
                 io_start_error(Stage::Cwd, &e, format!("create working directory {cwd:?}"))
             })?;
     }
+    if cfg.read_only {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| StartError::errno(Stage::Mounts, e, "remount / read-only"))?;
+    }
+    set_rlimits(cfg)?;
+    if let Some(adj) = cfg.oom_score_adj {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| io_start_error(Stage::Rlimits, &e, format!("set oom_score_adj {adj}")))?;
+    }
+
+    // Still root with every capability: shrink the bounding set (needs CAP_SETPCAP).
+    security::drop_bounding(caps_mask).map_err(|m| StartError::new(Stage::Capabilities, m))?;
+    let mut seccomp = seccomp;
+    if cfg.allow_new_privileges {
+        if let Some(programs) = seccomp.take() {
+            // Without no_new_privs the kernel wants CAP_SYS_ADMIN: install it now.
+            security::install_seccomp(&programs)
+                .map_err(|e| StartError::errno(Stage::Seccomp, e, "install the seccomp filter"))?;
+        }
+    }
     switch_user(&user)?;
     chdir(cwd).map_err(|e| {
         StartError::errno(Stage::Cwd, e, format!("chdir to working directory {cwd:?}"))
     })?;
 
-    finalize(cfg, &env)
+    finalize(cfg, &env, security::cap_sets(caps_mask, user.uid), seccomp)
 }
 
-/// The last steps before exec (the place where capability dropping, no_new_privs and seccomp
-/// will go).
-fn finalize(cfg: &ContainerConfig, env: &[String]) -> Result<Infallible, StartError> {
+/// The last steps before exec: capability sets, no_new_privs, the executable, the seccomp
+/// filter.
+fn finalize(
+    cfg: &ContainerConfig,
+    env: &[String],
+    caps: security::CapSets,
+    seccomp: Option<Vec<BpfProgram>>,
+) -> Result<Infallible, StartError> {
     // After the user switch: a credential change clears the parent-death signal.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| StartError::errno(Stage::Supervisor, e, "set the parent-death signal"))?;
+    security::apply_cap_sets(&caps).map_err(|m| StartError::new(Stage::Capabilities, m))?;
+    if !cfg.allow_new_privileges {
+        security::set_no_new_privs()
+            .map_err(|e| StartError::errno(Stage::Capabilities, e, "set no_new_privs"))?;
+    }
 
     let path =
         lookup::find_executable(&cfg.args[0], lookup::path_from_env(env), probe).map_err(|e| {
@@ -216,6 +311,11 @@ fn finalize(cfg: &ContainerConfig, env: &[String]) -> Result<Infallible, StartEr
         );
     }
 
+    // Last: from here on the filter applies (it allows everything below).
+    if let Some(programs) = &seccomp {
+        security::install_seccomp(programs)
+            .map_err(|e| StartError::errno(Stage::Seccomp, e, "install the seccomp filter"))?;
+    }
     let Err(e) = execve(&c_path, &argv, &envp);
     let hint = match e {
         Errno::ENOENT => " (a missing interpreter or dynamic loader? check its #! line)",
@@ -345,12 +445,17 @@ const DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
-fn mount_filesystems() -> Result<(), StartError> {
+fn mount_filesystems(privileged: bool, shm_bytes: u64) -> Result<(), StartError> {
     let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     ensure_dir("/proc", 0o555)?;
     mount_fs("proc", "/proc", common, None)?;
     ensure_dir("/sys", 0o555)?;
-    mount_fs("sysfs", "/sys", common | MsFlags::MS_RDONLY, None)?;
+    let sys_flags = if privileged {
+        common
+    } else {
+        common | MsFlags::MS_RDONLY
+    };
+    mount_fs("sysfs", "/sys", sys_flags, None)?;
     ensure_dir("/dev", 0o755)?;
     mount_fs(
         "tmpfs",
@@ -376,7 +481,12 @@ fn mount_filesystems() -> Result<(), StartError> {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     ensure_dir("/dev/shm", 0o1777)?;
-    mount_fs("tmpfs", "/dev/shm", common, Some("mode=1777,size=65536k"))?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        common,
+        Some(&format!("mode=1777,size={shm_bytes}")),
+    )?;
     for (target, link) in [
         ("pts/ptmx", "/dev/ptmx"),
         ("/proc/self/fd", "/dev/fd"),
@@ -387,6 +497,171 @@ fn mount_filesystems() -> Result<(), StartError> {
         symlink(target, link).map_err(|e| {
             io_start_error(Stage::Mounts, &e, format!("symlink {link} -> {target}"))
         })?;
+    }
+    Ok(())
+}
+
+/// The config's tmpfs mounts: nosuid, nodev, noexec (Docker's defaults), mode 1777 unless set.
+fn mount_tmpfs(cfg: &ContainerConfig) -> Result<(), StartError> {
+    for t in &cfg.tmpfs {
+        match fs::symlink_metadata(&t.path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StartError::new(
+                    Stage::Mounts,
+                    format!(
+                        "tmpfs mount point {} in the image is not a directory",
+                        t.path
+                    ),
+                ))
+            }
+            Err(_) => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&t.path)
+                .map_err(|e| io_start_error(Stage::Mounts, &e, format!("create {}", t.path)))?,
+        }
+        let mut data = format!("mode={:o}", t.mode.unwrap_or(0o1777));
+        if let Some(size) = t.size {
+            data.push_str(&format!(",size={size}"));
+        }
+        mount_fs(
+            "tmpfs",
+            &t.path,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(&data),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the (validated, namespaced) sysctls under /proc/sys, before it is made read-only.
+fn write_sysctls(cfg: &ContainerConfig) -> Result<(), StartError> {
+    let own_netns = cfg.network != NetworkMode::Host;
+    for (name, value) in &cfg.sysctls {
+        let rel = security::sysctl_path(name, own_netns)
+            .map_err(|m| StartError::new(Stage::Sysctl, m))?;
+        let path = format!("/proc/sys/{rel}");
+        fs::write(&path, value).map_err(|e| {
+            io_start_error(Stage::Sysctl, &e, format!("set sysctl {name}={value:?}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Docker's masked paths (/dev/null over files, an empty read-only tmpfs over directories) and
+/// read-only paths (a read-only bind of themselves). Paths the kernel does not have are skipped.
+fn mask_paths() -> Result<(), StartError> {
+    for path in security::MASKED_PATHS {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let r = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                *path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=0555"),
+            )
+        } else {
+            mount(
+                Some("/dev/null"),
+                *path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        r.map_err(|e| StartError::errno(Stage::Mounts, e, format!("mask {path}")))?;
+    }
+    for path in security::READONLY_PATHS {
+        if fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        mount(
+            Some(*path),
+            *path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| StartError::errno(Stage::Mounts, e, format!("bind {path}")))?;
+        mount(
+            None::<&str>,
+            *path,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| StartError::errno(Stage::Mounts, e, format!("make {path} read-only")))?;
+    }
+    Ok(())
+}
+
+/// The config's ulimits (`-1` = unlimited).
+fn set_rlimits(cfg: &ContainerConfig) -> Result<(), StartError> {
+    for u in &cfg.ulimits {
+        let resource = ulimit_resource(&u.name).ok_or_else(|| {
+            StartError::new(Stage::Rlimits, format!("unknown ulimit {:?}", u.name))
+        })?;
+        let lim = |v: i64| {
+            if v < 0 {
+                libc::RLIM_INFINITY
+            } else {
+                v as libc::rlim_t
+            }
+        };
+        nix::sys::resource::setrlimit(resource, lim(u.soft), lim(u.hard)).map_err(|e| {
+            StartError::errno(
+                Stage::Rlimits,
+                e,
+                format!("set ulimit {} to {}:{}", u.name, u.soft, u.hard),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `group_add`: names from the image's /etc/group, or numeric gids.
+fn add_groups(
+    user: &mut ExecUser,
+    extra: &[String],
+    group: Option<&str>,
+) -> Result<(), StartError> {
+    let entries = group.map(parse_group).unwrap_or_default();
+    for g in extra {
+        let gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => entries
+                .iter()
+                .find(|e| e.name == *g)
+                .map(|e| e.gid)
+                .ok_or_else(|| {
+                    StartError::new(
+                        Stage::User,
+                        format!("group_add: no group {g:?} in the image's /etc/group"),
+                    )
+                })?,
+        };
+        if !user.groups.contains(&gid) {
+            user.groups.push(gid);
+        }
+    }
+    Ok(())
+}
+
+fn set_domainname(name: &str) -> Result<(), Errno> {
+    // SAFETY: setdomainname(2) reads `len` bytes of the string.
+    let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if r != 0 {
+        return Err(Errno::last());
     }
     Ok(())
 }

@@ -14,9 +14,11 @@
 //! unshares mount/uts/ipc/net namespaces, makes `/` rprivate, mounts the overlay rootfs (so the
 //! mount exists only in the container's mount namespace), pivots into it, mounts `/proc`, `/sys`
 //! (ro), `/dev` (tmpfs with mknod'ed null, zero, full, random, urandom, tty; `/dev/pts`,
-//! `/dev/shm`), sets the hostname, brings `lo` up, switches user and execs. Any failure before
-//! the exec is written as JSON over a close-on-exec pipe (`stage`, `errno`, `message`), so the
-//! daemon's error says what went wrong where. P1 then relays stdout/stderr into `log.json`,
+//! `/dev/shm`), masks Docker's masked paths, sets the hostname, brings `lo` up, drops the
+//! capability bounding set, switches user, sets the capability sets and no_new_privs, installs
+//! the seccomp filter and execs (the full order is in `init.rs`, the policy in [`security`]).
+//! Any failure before the exec is written as JSON over a close-on-exec pipe (`stage`, `errno`,
+//! `message`), so the daemon's error says what went wrong where. P1 then relays stdout/stderr into `log.json`,
 //! waits for the init, writes `exit.json` atomically and removes the cgroup.
 //!
 //! The container's init gets `PR_SET_PDEATHSIG = SIGKILL`: a container never outlives its
@@ -34,6 +36,14 @@
 //! Pids are never trusted alone: the process start time recorded next to each pid is checked,
 //! and signals go through pidfds, so a recycled pid is never signalled.
 //!
+//! # Security defaults (Docker's, see [`security`])
+//! Docker's 14 default capabilities (bounding; effective/permitted for root only), a seccomp
+//! deny-list at least as strict as Docker's default profile, masked and read-only /proc and
+//! /sys paths, the device allow-list (v1: the devices cgroup; v2: an eBPF device program; a v1
+//! host without the devices hierarchy: the seccomp filter refuses mknod of device nodes and the
+//! supervisor says so in `supervisor.log`). Unlike Docker, no_new_privs is on by default
+//! (`allow_new_privileges` turns it off). `privileged` turns all of it off.
+//!
 //! # Choices (where Docker differs or is silent)
 //! - A limit of `Some(0)` means "no limit" (as Docker's `0`). Memory must be ≥ 6 MiB and CPUs
 //!   ≥ 0.01 when set (Docker's minimums).
@@ -44,9 +54,11 @@
 //!   [`ExitStatus::lost`] set (Docker reports 255 for containers it lost track of).
 
 mod cgroup;
+mod devices;
 mod init;
 mod log;
 mod lookup;
+pub mod security;
 mod supervisor;
 mod user;
 
@@ -147,6 +159,171 @@ pub struct ContainerConfig {
     pub stop_grace: Duration,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+
+    // Security (see [`security`]); every default is Docker's, except no_new_privs (on).
+    /// Capabilities added to Docker's default set (`NET_ADMIN`, `CAP_NET_ADMIN`, `ALL`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it (`ALL` drops all but the added ones).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// Docker's `--privileged`: every capability, no seccomp filter, no masked or read-only
+    /// paths, every device allowed in the device cgroup, /sys read-write.
+    #[serde(default)]
+    pub privileged: bool,
+    /// No seccomp filter (`security_opt: [seccomp=unconfined]`).
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
+    /// Leave no_new_privs off (`security_opt: [no-new-privileges=false]`): setuid binaries and
+    /// file capabilities may raise privileges again. Off by default: no_new_privs is set.
+    #[serde(default)]
+    pub allow_new_privileges: bool,
+
+    // More of Docker's run options.
+    /// The root filesystem is mounted read-only (`read_only: true`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// tmpfs mounts (`tmpfs:`), in order.
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Size of /dev/shm in bytes; `None` → 64 MiB (Docker's default).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Namespaced sysctls only (see [`security::sysctl_path`]).
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// Resource limits (setrlimit) of the workload.
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+    /// Extra supplementary groups (names from the image's /etc/group, or numeric gids).
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// The NIS domain name (`domainname:`); `""` → none.
+    #[serde(default)]
+    pub domainname: String,
+    /// /proc/self/oom_score_adj of the workload (-1000..=1000); `None` → inherited (0).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// The signal `stop` sends first (`SIGTERM`, `TERM`, `15`); `""` → SIGTERM.
+    #[serde(default)]
+    pub stop_signal: String,
+    /// The network namespace.
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+impl Default for ContainerConfig {
+    /// An empty config (no id, layers or command: not valid as is) with every option at its
+    /// default.
+    fn default() -> ContainerConfig {
+        ContainerConfig {
+            id: String::new(),
+            name: String::new(),
+            layers: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: String::new(),
+            user: String::new(),
+            hostname: String::new(),
+            limits: Limits::default(),
+            stop_grace: default_stop_grace(),
+            labels: BTreeMap::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            privileged: false,
+            seccomp_unconfined: false,
+            allow_new_privileges: false,
+            read_only: false,
+            tmpfs: Vec::new(),
+            shm_size: None,
+            sysctls: BTreeMap::new(),
+            ulimits: Vec::new(),
+            group_add: Vec::new(),
+            domainname: String::new(),
+            oom_score_adj: None,
+            stop_signal: String::new(),
+            network: NetworkMode::New,
+        }
+    }
+}
+
+/// A tmpfs mount of the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path in the container.
+    pub path: String,
+    /// Bytes; `None` → the kernel's default (half of RAM).
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Permission bits; `None` → 1777 (Docker's).
+    #[serde(default)]
+    pub mode: Option<u32>,
+}
+
+/// One resource limit (`ulimits:`). `-1` means unlimited, as in Docker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// `nofile`, `nproc`, `core`, ... (Docker's names, see [`ulimit_resource`]).
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// Which network namespace the container gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", content = "path", rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A fresh network namespace with only `lo` (up).
+    #[default]
+    New,
+    /// Join an existing network namespace (a file such as `/run/netns/<name>`), prepared by the
+    /// networking code; `lo` is left as it is.
+    Join(PathBuf),
+    /// The host's network namespace (`network_mode: host`).
+    Host,
+}
+
+/// The `RLIMIT_*` resource for a Docker ulimit name.
+pub fn ulimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource;
+    Some(match name {
+        "as" => Resource::RLIMIT_AS,
+        "core" => Resource::RLIMIT_CORE,
+        "cpu" => Resource::RLIMIT_CPU,
+        "data" => Resource::RLIMIT_DATA,
+        "fsize" => Resource::RLIMIT_FSIZE,
+        "locks" => Resource::RLIMIT_LOCKS,
+        "memlock" => Resource::RLIMIT_MEMLOCK,
+        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+        "nice" => Resource::RLIMIT_NICE,
+        "nofile" => Resource::RLIMIT_NOFILE,
+        "nproc" => Resource::RLIMIT_NPROC,
+        "rss" => Resource::RLIMIT_RSS,
+        "rtprio" => Resource::RLIMIT_RTPRIO,
+        "rttime" => Resource::RLIMIT_RTTIME,
+        "sigpending" => Resource::RLIMIT_SIGPENDING,
+        "stack" => Resource::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// The signal named by a stop signal spec (`SIGTERM`, `term`, `15`); `""` → SIGTERM.
+pub fn parse_signal(spec: &str) -> Result<Signal, String> {
+    let s = spec.trim();
+    if s.is_empty() {
+        return Ok(Signal::SIGTERM);
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {spec:?} (expected e.g. SIGTERM, QUIT or 15)"))
 }
 
 fn default_stop_grace() -> Duration {
@@ -241,6 +418,10 @@ pub enum Stage {
     Network,
     User,
     Cwd,
+    Sysctl,
+    Rlimits,
+    Capabilities,
+    Seccomp,
     Exec,
 }
 
@@ -258,6 +439,10 @@ impl fmt::Display for Stage {
             Stage::Network => "network",
             Stage::User => "user",
             Stage::Cwd => "cwd",
+            Stage::Sysctl => "sysctl",
+            Stage::Rlimits => "rlimits",
+            Stage::Capabilities => "capabilities",
+            Stage::Seccomp => "seccomp",
             Stage::Exec => "exec",
         })
     }
@@ -565,6 +750,99 @@ pub fn validate_config(c: &ContainerConfig) -> Result<(), RuntimeError> {
             return Err(bad(format!(
                 "CPU limit {n} nano-CPUs is below the minimum of 0.01 CPU (10000000)"
             )));
+        }
+    }
+    validate_options(c).map_err(bad)
+}
+
+/// The security and run options of a config (see [`validate_config`]).
+fn validate_options(c: &ContainerConfig) -> Result<(), String> {
+    security::capability_mask(&c.cap_add, &c.cap_drop, c.privileged)?;
+    let abs_path = |what: &str, p: &str| -> Result<(), String> {
+        if !p.starts_with('/')
+            || p.contains('\0')
+            || Path::new(p)
+                .components()
+                .any(|x| matches!(x, std::path::Component::ParentDir))
+        {
+            return Err(format!("{what} {p:?} is not an absolute path without '..'"));
+        }
+        Ok(())
+    };
+    for t in &c.tmpfs {
+        abs_path("tmpfs mount", &t.path)?;
+        if t.path == "/" {
+            return Err("a tmpfs mount cannot replace the root filesystem".into());
+        }
+        if let Some(m) = t.mode {
+            if m > 0o7777 {
+                return Err(format!(
+                    "tmpfs mode {m:o} of {:?} is not a permission mode",
+                    t.path
+                ));
+            }
+        }
+    }
+    if c.shm_size == Some(0) {
+        return Err("shm_size must be positive (leave it unset for 64 MiB)".into());
+    }
+    let own_netns = !matches!(c.network, NetworkMode::Host);
+    for (k, v) in &c.sysctls {
+        security::sysctl_path(k, own_netns)?;
+        if v.contains(['\0', '\n']) {
+            return Err(format!(
+                "sysctl {k:?} has a value with a newline or NUL byte"
+            ));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for u in &c.ulimits {
+        if ulimit_resource(&u.name).is_none() {
+            return Err(format!(
+                "unknown ulimit {:?} (expected one of as, core, cpu, data, fsize, locks, memlock, \
+                 msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)",
+                u.name
+            ));
+        }
+        if !seen.insert(u.name.as_str()) {
+            return Err(format!("ulimit {:?} is given twice", u.name));
+        }
+        let lim = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+        if u.soft < -1 || u.hard < -1 || lim(u.soft) > lim(u.hard) {
+            return Err(format!(
+                "ulimit {:?}: soft {} must not exceed hard {} (-1 = unlimited)",
+                u.name, u.soft, u.hard
+            ));
+        }
+    }
+    for g in &c.group_add {
+        if g.is_empty() || g.contains([':', '\0', '\n']) {
+            return Err(format!("group_add entry {g:?} is not a group name or gid"));
+        }
+    }
+    if c.domainname.len() > 64
+        || !c
+            .domainname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(format!(
+            "domainname {:?} must be at most 64 letters, digits, '-', '.' or '_'",
+            c.domainname
+        ));
+    }
+    if let Some(adj) = c.oom_score_adj {
+        if !(-1000..=1000).contains(&adj) {
+            return Err(format!("oom_score_adj {adj} is outside -1000..=1000"));
+        }
+    }
+    parse_signal(&c.stop_signal)?;
+    if let NetworkMode::Join(p) = &c.network {
+        if !p.is_absolute() {
+            return Err(format!(
+                "network namespace path {} is not absolute",
+                p.display()
+            ));
         }
     }
     Ok(())
@@ -959,13 +1237,16 @@ impl Runtime {
         })
     }
 
-    /// SIGTERM, up to `grace` for the container to exit, then SIGKILL. Fine on a container that
-    /// is not running. Note: an init (PID 1) ignores SIGTERM unless it handles it.
+    /// The config's stop signal (SIGTERM by default), up to `grace` for the container to exit,
+    /// then SIGKILL. Fine on a container that is not running. Note: an init (PID 1) ignores
+    /// SIGTERM unless it handles it.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        if !matches!(self.state(id)?.status, ContainerStatus::Running { .. }) {
+        let state = self.state(id)?;
+        if !matches!(state.status, ContainerStatus::Running { .. }) {
             return Ok(());
         }
-        match self.kill(id, Signal::SIGTERM) {
+        let signal = parse_signal(&state.config.stop_signal).unwrap_or(Signal::SIGTERM);
+        match self.kill(id, signal) {
             Ok(()) => {}
             Err(RuntimeError::NotRunning { .. }) => return self.wait(id).await.map(drop),
             Err(e) => return Err(e),
@@ -1100,6 +1381,7 @@ mod tests {
             limits: Limits::default(),
             stop_grace: Duration::from_millis(2500),
             labels: BTreeMap::from([("k".into(), "v".into())]),
+            ..ContainerConfig::default()
         }
     }
 
@@ -1144,6 +1426,82 @@ mod tests {
             (Box::new(|c| c.user = ":1".into()), "invalid user"),
             (Box::new(|c| c.limits.memory_bytes = Some(1024)), "6 MiB"),
             (Box::new(|c| c.limits.nano_cpus = Some(1000)), "0.01 CPU"),
+            (
+                Box::new(|c| c.cap_add = vec!["NET_ADMIN".into(), "FLY".into()]),
+                "unknown capability \"FLY\"",
+            ),
+            (
+                Box::new(|c| c.cap_drop = vec!["cap_bogus".into()]),
+                "unknown capability",
+            ),
+            (
+                Box::new(|c| {
+                    c.sysctls
+                        .insert("vm.swappiness".into(), "1".into())
+                        .map(drop)
+                        .unwrap_or(())
+                }),
+                "namespaced",
+            ),
+            (
+                Box::new(|c| {
+                    c.network = NetworkMode::Host;
+                    c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+                }),
+                "host network",
+            ),
+            (
+                Box::new(|c| {
+                    c.tmpfs.push(TmpfsMount {
+                        path: "run".into(),
+                        size: None,
+                        mode: None,
+                    })
+                }),
+                "absolute",
+            ),
+            (
+                Box::new(|c| {
+                    c.tmpfs.push(TmpfsMount {
+                        path: "/a/../etc".into(),
+                        size: None,
+                        mode: None,
+                    })
+                }),
+                "absolute",
+            ),
+            (
+                Box::new(|c| {
+                    c.ulimits.push(Ulimit {
+                        name: "nofiles".into(),
+                        soft: 1,
+                        hard: 1,
+                    })
+                }),
+                "unknown ulimit",
+            ),
+            (
+                Box::new(|c| {
+                    c.ulimits.push(Ulimit {
+                        name: "nofile".into(),
+                        soft: 10,
+                        hard: 5,
+                    })
+                }),
+                "must not exceed",
+            ),
+            (Box::new(|c| c.oom_score_adj = Some(1001)), "oom_score_adj"),
+            (
+                Box::new(|c| c.stop_signal = "SIGNOPE".into()),
+                "unknown signal",
+            ),
+            (Box::new(|c| c.group_add.push("a:b".into())), "group_add"),
+            (Box::new(|c| c.domainname = "a b".into()), "domainname"),
+            (
+                Box::new(|c| c.network = NetworkMode::Join("rel".into())),
+                "not absolute",
+            ),
+            (Box::new(|c| c.shm_size = Some(0)), "shm_size"),
         ];
         for (mutate, want) in cases {
             let mut c = config();
@@ -1163,6 +1521,64 @@ mod tests {
             (c.limits.memory(), c.limits.cpus(), c.limits.pids()),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn new_options_default_like_docker_and_roundtrip() {
+        let minimal: ContainerConfig =
+            serde_json::from_str(r#"{"id":"a","name":"a","layers":["/x"],"args":["true"]}"#)
+                .expect("minimal");
+        assert_eq!(
+            minimal,
+            ContainerConfig {
+                id: "a".into(),
+                name: "a".into(),
+                layers: vec!["/x".into()],
+                args: vec!["true".into()],
+                ..ContainerConfig::default()
+            }
+        );
+        assert_eq!(minimal.network, NetworkMode::New);
+        assert!(
+            !minimal.privileged && !minimal.seccomp_unconfined && !minimal.allow_new_privileges
+        );
+
+        let mut c = config();
+        c.cap_add = vec!["sys_ptrace".into()];
+        c.cap_drop = vec!["ALL".into()];
+        c.network = NetworkMode::Join("/run/netns/x".into());
+        c.tmpfs.push(TmpfsMount {
+            path: "/run".into(),
+            size: Some(1 << 20),
+            mode: Some(0o755),
+        });
+        c.ulimits.push(Ulimit {
+            name: "nofile".into(),
+            soft: 1024,
+            hard: -1,
+        });
+        c.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        c.stop_signal = "quit".into();
+        validate_config(&c).expect("valid");
+        let json = serde_json::to_value(&c).expect("encode");
+        assert_eq!(json["network"]["mode"], "join");
+        assert_eq!(json["network"]["path"], "/run/netns/x");
+        assert_eq!(
+            serde_json::to_value(NetworkMode::Host).expect("encode"),
+            serde_json::json!({"mode": "host"})
+        );
+        let back: ContainerConfig = serde_json::from_value(json).expect("decode");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn stop_signals_parse_like_docker() {
+        assert_eq!(parse_signal(""), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGQUIT"), Ok(Signal::SIGQUIT));
+        assert_eq!(parse_signal("int"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("99").is_err());
+        assert!(parse_signal("SIGFOO").is_err());
     }
 
     #[test]

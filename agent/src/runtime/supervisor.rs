@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroup::{Cgroup, CgroupFs, CgroupVersion};
 use super::init::{self, InitContext};
 use super::log::{LineSplitter, LogStream};
+use super::security;
 use super::{
     now_ms, pidfd_open, proc_stat, read_json, write_atomic, ContainerConfig, ExitStatus, Stage,
     StateFile, CONFIG_FILE, EXIT_FILE, LOG_FILE, STATE_FILE,
@@ -339,6 +340,18 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         .create()
         .and_then(|()| cgroup.apply(&config.limits))
         .map_err(|e| StartError::new(Stage::Cgroup, e.to_string()))?;
+    let device_rules = (!config.privileged).then_some(security::DEFAULT_DEVICE_RULES);
+    let device_cgroup = cgroup
+        .restrict_devices(device_rules)
+        .map_err(|e| StartError::new(Stage::Cgroup, e.to_string()))?;
+    if !device_cgroup && !config.privileged {
+        eprintln!(
+            "supervisor: note: no device cgroup (cgroup {} without a devices hierarchy): device \
+             access is not restricted by a cgroup; the seccomp filter refuses mknod of device \
+             nodes instead",
+            args.version
+        );
+    }
 
     let log_path = args.dir.join(LOG_FILE);
     let log = fs::OpenOptions::new()
@@ -398,6 +411,7 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
                 config: &config,
                 dir: &args.dir,
                 hostname,
+                device_cgroup,
                 go: go_r,
                 report: fail_w,
                 stdout: out_w,
