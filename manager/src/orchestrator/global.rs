@@ -10,11 +10,8 @@ use std::collections::BTreeMap;
 
 use shoal_proto::{Service, Task, TaskState};
 
-use super::replicated::{
-    assess, emit_slot, is_terminal, newest_first, with_desired, Need, Nodes, Plan, SlotWork,
-};
+use super::replicated::{assess_slots, emit_slot, is_terminal, with_desired, Nodes, Plan};
 use super::restart;
-use super::update::{self, DirtySlot};
 
 /// Global tasks carry slot 0: their node is their identity.
 const GLOBAL_SLOT: u64 = 0;
@@ -33,50 +30,18 @@ pub(super) fn reconcile_global(
     }
     let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
     let mut plan = Plan::default();
-    let mut works: Vec<SlotWork> = Vec::new();
-    for &node_id in nodes.global_targets() {
-        let mut tasks = by_node.remove(node_id).unwrap_or_default();
-        newest_first(&mut tasks);
-        let mut work = SlotWork {
-            slot: GLOBAL_SLOT,
-            node_id,
-            desired: tasks.iter().map(|t| t.desired_state()).collect(),
-            tasks,
-            dirty: None,
-            create: false,
-        };
-        match assess(&mut work, service, nodes, limit, now) {
-            Need::Nothing => {}
-            Need::Create => work.create = true,
-            Need::Wait(at) => plan.wake(Some(at)),
-        }
-        works.push(work);
-    }
-
-    // Spec changes: the update step decides which nodes' tasks are replaced now.
-    let dirty: Vec<DirtySlot> = works
+    let slots = nodes
+        .global_targets()
         .iter()
-        .enumerate()
-        .filter_map(|(i, w)| {
-            let task = w.tasks.get(w.dirty?)?;
-            Some(DirtySlot {
-                slot: i as u64,
-                task,
-            })
+        .map(|&node_id| {
+            (
+                GLOBAL_SLOT,
+                node_id,
+                by_node.remove(node_id).unwrap_or_default(),
+            )
         })
         .collect();
-    if !dirty.is_empty() {
-        let step = update::plan_update(service, &dirty, now);
-        plan.wake(step.wake_at);
-        for index in step.replace {
-            if let Some(work) = usize::try_from(index).ok().and_then(|i| works.get_mut(i)) {
-                if let Some(i) = work.dirty.take() {
-                    work.desired[i] = TaskState::Shutdown;
-                    work.create = true;
-                }
-            }
-        }
-    }
+    let works = assess_slots(slots, service, nodes, limit, now, &mut plan);
     for work in &works {
         emit_slot(work, service, service_id, limit, now, new_id, &mut plan);
     }

@@ -249,7 +249,7 @@ pub(super) struct SlotWork<'a> {
 }
 
 /// What a slot needs, before the update step has its say.
-pub(super) enum Need {
+enum Need {
     Nothing,
     Create,
     Wait(i64),
@@ -277,50 +277,10 @@ fn reconcile_service(
     let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
 
     let mut plan = Plan::default();
-    let mut works: Vec<SlotWork> = Vec::new();
-    for slot in 1..=replicas {
-        let mut tasks = by_slot.remove(&slot).unwrap_or_default();
-        newest_first(&mut tasks);
-        let mut work = SlotWork {
-            slot,
-            node_id: "",
-            desired: tasks.iter().map(|t| t.desired_state()).collect(),
-            tasks,
-            dirty: None,
-            create: false,
-        };
-        match assess(&mut work, service, nodes, limit, now) {
-            Need::Nothing => {}
-            Need::Create => work.create = true,
-            Need::Wait(at) => plan.wake(Some(at)),
-        }
-        works.push(work);
-    }
-
-    let dirty: Vec<DirtySlot> = works
-        .iter()
-        .filter_map(|w| {
-            w.dirty
-                .and_then(|i| w.tasks.get(i).map(|&task| DirtySlot { slot: w.slot, task }))
-        })
+    let slots = (1..=replicas)
+        .map(|slot| (slot, "", by_slot.remove(&slot).unwrap_or_default()))
         .collect();
-    if !dirty.is_empty() {
-        let step = update::plan_update(service, &dirty, now);
-        plan.wake(step.wake_at);
-        for slot in step.replace {
-            // Slots are 1-based and `works` holds them all, in order.
-            let work = usize::try_from(slot)
-                .ok()
-                .and_then(|s| s.checked_sub(1))
-                .and_then(|i| works.get_mut(i));
-            if let Some(work) = work {
-                if let Some(i) = work.dirty.take() {
-                    work.desired[i] = TaskState::Shutdown;
-                    work.create = true;
-                }
-            }
-        }
-    }
+    let works = assess_slots(slots, service, nodes, limit, now, &mut plan);
 
     for work in &works {
         emit_slot(work, service, service_id, limit, now, new_id, &mut plan);
@@ -341,14 +301,63 @@ fn reconcile_service(
     plan
 }
 
-/// Phase one for a slot in range: fixes its current task and says what the slot needs.
-pub(super) fn assess(
-    work: &mut SlotWork,
+/// Phases one and two for a service's slots, given as (slot, node for new tasks, tasks):
+/// judge each slot, then let the update step choose which outdated tasks to replace now.
+pub(super) fn assess_slots<'a>(
+    slots: Vec<(u64, &'a str, Vec<&'a Task>)>,
     service: &Service,
     nodes: &Nodes,
     limit: usize,
     now: i64,
-) -> Need {
+    plan: &mut Plan,
+) -> Vec<SlotWork<'a>> {
+    let mut works: Vec<SlotWork> = Vec::with_capacity(slots.len());
+    for (slot, node_id, mut tasks) in slots {
+        newest_first(&mut tasks);
+        let mut work = SlotWork {
+            slot,
+            node_id,
+            desired: tasks.iter().map(|t| t.desired_state()).collect(),
+            tasks,
+            dirty: None,
+            create: false,
+        };
+        match assess(&mut work, service, nodes, limit, now) {
+            Need::Nothing => {}
+            Need::Create => work.create = true,
+            Need::Wait(at) => plan.wake(Some(at)),
+        }
+        works.push(work);
+    }
+    // The update step sees each outdated task under its position in `works`.
+    let dirty: Vec<DirtySlot> = works
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let task = w.tasks.get(w.dirty?)?;
+            Some(DirtySlot {
+                slot: i as u64,
+                task,
+            })
+        })
+        .collect();
+    if !dirty.is_empty() {
+        let step = update::plan_update(service, &dirty, now);
+        plan.wake(step.wake_at);
+        for index in step.replace {
+            if let Some(work) = usize::try_from(index).ok().and_then(|i| works.get_mut(i)) {
+                if let Some(i) = work.dirty.take() {
+                    work.desired[i] = TaskState::Shutdown;
+                    work.create = true;
+                }
+            }
+        }
+    }
+    works
+}
+
+/// Phase one for a slot in range: fixes its current task and says what the slot needs.
+fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, now: i64) -> Need {
     // At most one current task: the newest desired RUNNING.
     let mut current = None;
     for (i, desired) in work.desired.iter_mut().enumerate() {

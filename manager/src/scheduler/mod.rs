@@ -82,8 +82,8 @@ pub fn schedule(nodes: &[Node], tasks: &[Task]) -> Vec<Decision> {
     decisions
 }
 
-/// A task the scheduler should place.
-fn wants_node(task: &Task) -> bool {
+/// Desired RUNNING and not yet past PENDING: a task waiting for a node's consent.
+fn awaits_placement(task: &Task) -> bool {
     let state = task
         .status
         .as_ref()
@@ -91,19 +91,16 @@ fn wants_node(task: &Task) -> bool {
         .unwrap_or(TaskState::New);
     task.desired_state() == TaskState::Running
         && matches!(state, TaskState::New | TaskState::Pending)
-        && task.node_id.is_empty()
+}
+
+/// A task the scheduler should place.
+fn wants_node(task: &Task) -> bool {
+    awaits_placement(task) && task.node_id.is_empty()
 }
 
 /// A pending task created with its node already set: the node must still be able to take it.
 fn awaits_node_check(task: &Task) -> bool {
-    let state = task
-        .status
-        .as_ref()
-        .map(|s| s.state())
-        .unwrap_or(TaskState::New);
-    task.desired_state() == TaskState::Running
-        && matches!(state, TaskState::New | TaskState::Pending)
-        && !task.node_id.is_empty()
+    awaits_placement(task) && !task.node_id.is_empty()
 }
 
 /// A task status that no longer holds a node's resources.
