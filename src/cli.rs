@@ -27,6 +27,17 @@ pub enum Command {
     Info(FormatArgs),
     /// Show the version.
     Version,
+    /// Print the token that joins a node to this cluster (`worker` or `manager`).
+    JoinToken {
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        /// Replace the token's secret: the old token stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -36,6 +47,35 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Work with compose files (`docker compose`).
+    Compose(ComposeArgs),
+}
+
+#[derive(Args)]
+pub struct ComposeArgs {
+    /// Compose files, merged in order (default: compose.yaml and compose.override.yaml).
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Project name (default: COMPOSE_PROJECT_NAME, the file's `name:`, or the directory).
+    #[arg(short = 'p', long)]
+    pub project_name: Option<String>,
+    /// Environment files to use instead of the project's .env.
+    #[arg(long = "env-file")]
+    pub env_files: Vec<PathBuf>,
+    /// Enable a profile (default: COMPOSE_PROFILES).
+    #[arg(long = "profile")]
+    pub profiles: Vec<String>,
+    #[command(subcommand)]
+    pub command: ComposeCommand,
+}
+
+#[derive(Subcommand)]
+pub enum ComposeCommand {
+    /// Print the normalised compose model.
+    Config {
+        /// Services to include (and activate whatever their profiles).
+        services: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -55,6 +95,13 @@ pub struct DaemonArgs {
     /// The cgroup (below each hierarchy's root) that holds every container's cgroup.
     #[arg(long, default_value = "shoal")]
     pub cgroup_parent: String,
+    /// Join the cluster whose manager listens at this address (first start only), with
+    /// `--token`; without it, a first start makes a new one-manager cluster.
+    #[arg(long, value_name = "MANAGER_ADDR", requires = "token")]
+    pub join: Option<String>,
+    /// The join token (`shoal join-token worker` on a manager prints it).
+    #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Clone, Copy)]

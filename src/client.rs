@@ -50,6 +50,9 @@ pub async fn connect(host: &str) -> Result<Client> {
 
 /// The one-line message of an API error, without tonic's decoration.
 pub fn status_message(status: &tonic::Status) -> String {
+    if status.code() == tonic::Code::Unimplemented {
+        return "this node is not a manager: run the command on a manager of the cluster".into();
+    }
     if status.code() == tonic::Code::Unavailable && status.message().contains("transport") {
         return format!("the shoal daemon is unreachable: {}", status.message());
     }

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod commands;
+mod compose;
 mod daemon;
 mod output;
 mod units;
@@ -69,10 +70,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             system::version();
             Ok(())
         }
+        Command::Compose(args) => compose::run_cli(args),
         command => {
             let mut client = client::connect(&cli.host).await?;
             match command {
                 Command::Info(f) => system::info(&mut client, f).await,
+                Command::JoinToken {
+                    role,
+                    rotate,
+                    quiet,
+                } => system::join_token(&mut client, &role, rotate, quiet).await,
                 Command::Node(NodeCommand::Ls(l)) => system::node_ls(&mut client, l).await,
                 Command::Service(s) => match s {
                     ServiceCommand::Create(a) => service::create(&mut client, &a).await,
@@ -101,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     ImageCommand::Bootstrap { what } => image::bootstrap(&mut client, &what).await,
                 },
-                Command::Daemon(_) | Command::Version => Ok(()),
+                Command::Daemon(_) | Command::Version | Command::Compose(_) => Ok(()),
             }
         }
     }

@@ -14,17 +14,6 @@ use shoal_proto::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-/// The manager's TCP address, from the daemon's log line "shoal daemon ready ... addr=...".
-fn manager_addr(d: &TestDaemon) -> String {
-    let log = d.log();
-    log.lines()
-        .filter(|l| l.contains("shoal daemon ready"))
-        .find_map(|l| l.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no address in the daemon log:\n{log}"))
-}
-
 async fn control(d: &TestDaemon) -> ControlClient<Channel> {
     let path = d.socket();
     let channel = Endpoint::from_static("http://shoal.sock")
@@ -48,7 +37,7 @@ async fn manager_channel(d: &TestDaemon, identity: Option<Identity>) -> Channel 
     if let Some(identity) = identity {
         tls = tls.identity(identity);
     }
-    Endpoint::from_shared(format!("https://{}", manager_addr(d)))
+    Endpoint::from_shared(format!("https://{}", d.manager_addr()))
         .expect("endpoint")
         .tls_config(tls)
         .expect("tls")
@@ -169,7 +158,7 @@ fn a_certificate_from_another_cluster_is_refused() {
             .ca_certificate(Certificate::from_pem(ca))
             .domain_name("swarm-manager.shoal")
             .identity(Identity::from_pem(cert, key_pem));
-        let endpoint = Endpoint::from_shared(format!("https://{}", manager_addr(&d)))
+        let endpoint = Endpoint::from_shared(format!("https://{}", d.manager_addr()))
             .expect("endpoint")
             .tls_config(tls)
             .expect("tls");

@@ -1,7 +1,7 @@
 //! `shoal info`, `shoal version`, `shoal node ls`.
 
 use anyhow::{anyhow, Result};
-use shoal_proto::{InfoRequest, ListNodesRequest, NodeAvailability, NodeRole};
+use shoal_proto::{InfoRequest, JoinTokenRequest, ListNodesRequest, NodeAvailability, NodeRole};
 
 use crate::cli::{Format, FormatArgs, ListArgs};
 use crate::client::{status_message, Client};
@@ -35,6 +35,34 @@ pub async fn info(client: &mut Client, format: FormatArgs) -> Result<()> {
     println!(" Raft:");
     println!("  Term: {}", info.raft_term);
     println!("  Last Applied Index: {}", info.raft_last_applied);
+    Ok(())
+}
+
+pub async fn join_token(client: &mut Client, role: &str, rotate: bool, quiet: bool) -> Result<()> {
+    let node_role = if role == "manager" {
+        NodeRole::Manager
+    } else {
+        NodeRole::Worker
+    };
+    let token = client
+        .control
+        .join_token(JoinTokenRequest {
+            role: node_role as i32,
+            rotate,
+        })
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .token;
+    if quiet {
+        println!("{token}");
+        return Ok(());
+    }
+    if rotate {
+        println!("Successfully rotated {role} join token.\n");
+    }
+    println!("To add a {role} to this cluster, start shoal on it with:\n");
+    println!("    shoal daemon --join <this manager's address> --token {token}\n");
     Ok(())
 }
 

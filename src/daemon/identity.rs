@@ -80,6 +80,16 @@ impl NodeCerts {
         Ok(())
     }
 
+    /// The role this node's certificate grants.
+    pub fn role(&self) -> Result<Role> {
+        Ok(ca::identity_of(&self.cert_pem)?.role)
+    }
+
+    /// The node id this node's certificate names.
+    pub fn node_id(&self) -> Result<String> {
+        Ok(ca::identity_of(&self.cert_pem)?.node_id)
+    }
+
     /// Server side of the manager port: our certificate; clients' certificates are verified
     /// against the cluster CA when shown (only the Join service serves clients without one).
     pub fn server_tls(&self) -> ServerTlsConfig {

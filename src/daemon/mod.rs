@@ -15,6 +15,7 @@ use shoal_agent::executor::Executor;
 use shoal_agent::image::ImageStore;
 use shoal_agent::runtime::Runtime;
 use shoal_agent::session::Session;
+use shoal_manager::ca::Role;
 use shoal_manager::consensus::{new_id, Writer};
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
@@ -22,7 +23,7 @@ use shoal_manager::join::{require_manager, JoinService};
 use shoal_manager::raft::{RaftConfig, RaftNode};
 use shoal_manager::store::{change, Store};
 use shoal_proto::store_object::Object;
-use shoal_proto::{ChangeKind, NodeDescription, Platform, Resources, Task};
+use shoal_proto::{ChangeKind, NodeDescription, NodeRole, Platform, Resources, Task};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Endpoint, Server};
@@ -30,6 +31,7 @@ use tonic::transport::{Endpoint, Server};
 use crate::cli::DaemonArgs;
 
 mod identity;
+mod join;
 
 use identity::NodeCerts;
 
@@ -42,14 +44,38 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
     let _lock = lock_data_dir(&data_dir)?;
-    let node_id = node_id(&data_dir)?;
 
+    // A first start with --join becomes a member of that cluster; the certificate's role
+    // decides what this node runs from then on.
+    if let (Some(manager), Some(token), None) = (
+        args.join.as_deref(),
+        args.token.as_deref(),
+        NodeCerts::load(&data_dir)?,
+    ) {
+        let (node_id, role) = join::join(&data_dir, manager, token).await?;
+        if role == NodeRole::Manager {
+            bail!("joining as a manager is not supported yet: use a worker token");
+        }
+        write_atomically(&data_dir.join("node_id"), &node_id)?;
+        write_atomically(&data_dir.join("manager_addr"), manager)?;
+        tracing::info!(%node_id, %manager, "joined the cluster as a worker");
+    }
+    match NodeCerts::load(&data_dir)? {
+        Some(certs) if certs.role()? == Role::Worker => run_worker(args, certs).await,
+        certs => run_manager(args, certs).await,
+    }
+}
+
+/// A manager (and the agent of its own node): Raft store, loops, dispatcher, control API.
+async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
+    let data_dir = args.data_dir.clone();
+    let node_id = node_id(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(&args.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}: is the port in use?", args.listen_addr))?;
     let addr = listener.local_addr()?;
 
-    // Manager: the replicated store first, everything else reads it.
+    // The replicated store first, everything else reads it.
     let store = Store::new();
     let raft = RaftNode::open(
         &data_dir,
@@ -71,7 +97,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
             .await?;
     }
-    let certs = match NodeCerts::load(&data_dir)? {
+    let certs = match certs {
         Some(certs) => certs,
         None => {
             let cluster = store
@@ -87,14 +113,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         }
     };
 
-    // Agent pieces the manager's API also uses on a one-node cluster.
-    let runtime = Arc::new(Runtime::new(
-        data_dir.join("containers"),
-        std::env::current_exe().context("cannot find the shoal binary to run supervisors")?,
-        args.cgroup_parent.clone(),
-    )?);
-    let images = ImageStore::open(data_dir.join("images"))?;
-
+    let agent = Agent::open(&args)?;
     let dispatcher = Dispatcher::new(
         store.clone(),
         writer.clone(),
@@ -105,14 +124,14 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let facts = Arc::new(Facts {
         node_id: node_id.clone(),
         data_dir: data_dir.clone(),
-        cgroup_version: runtime.cgroup_version().to_string(),
+        cgroup_version: agent.runtime.cgroup_version().to_string(),
         raft: raft.clone(),
     });
     let control = ControlApi::new(
         store.clone(),
         writer.clone(),
-        Arc::new(LocalImages(images.clone())),
-        Arc::new(LocalLogs(runtime.clone())),
+        Arc::new(LocalImages(agent.images.clone())),
+        Arc::new(LocalLogs(agent.runtime.clone())),
         facts,
     );
     tokio::spawn(shoal_manager::leader::run(
@@ -139,25 +158,11 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let unix = bind_socket(&socket)?;
     let api = Server::builder()
         .add_service(control.into_service())
-        .add_service(shoal_agent::image::ImagesApi::new(images.clone()).into_server())
+        .add_service(shoal_agent::image::ImagesApi::new(agent.images.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
     // The embedded agent dials the manager like any remote agent would.
-    let (executor, updates) = Executor::new(runtime.clone(), images)?;
-    let channel = Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(certs.client_tls())
-        .context("invalid TLS settings for the agent")?
-        .connect_lazy();
-    tokio::spawn(
-        Session {
-            channel,
-            node_id: node_id.clone(),
-            description: describe_node(),
-            executor,
-            updates,
-        }
-        .run(),
-    );
+    agent.start(&addr.to_string(), &certs, node_id.clone())?;
 
     tracing::info!(%node_id, %addr, socket = %socket.display(), "shoal daemon ready");
     let served = api.await;
@@ -167,6 +172,69 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     served.context("the control API server failed")?;
     Ok(())
+}
+
+/// A worker: only an agent, with a session to its manager, and the node-local image API.
+async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
+    let data_dir = args.data_dir.clone();
+    let node_id = certs.node_id()?;
+    let manager = std::fs::read_to_string(data_dir.join("manager_addr")).with_context(|| {
+        format!(
+            "this worker's data dir {} names no manager",
+            data_dir.display()
+        )
+    })?;
+    let agent = Agent::open(&args)?;
+    let socket = args.socket.clone();
+    let unix = bind_socket(&socket)?;
+    let api = Server::builder()
+        .add_service(shoal_agent::image::ImagesApi::new(agent.images.clone()).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
+    agent.start(manager.trim(), &certs, node_id.clone())?;
+    tracing::info!(%node_id, manager = %manager.trim(), socket = %socket.display(), "shoal worker ready");
+    let served = api.await;
+    tracing::info!("shutting down; containers keep running");
+    let _ = std::fs::remove_file(&socket);
+    served.context("the image API server failed")?;
+    Ok(())
+}
+
+/// The node's agent: runtime, image store, and (once started) the executor and its session.
+struct Agent {
+    runtime: Arc<Runtime>,
+    images: ImageStore,
+}
+
+impl Agent {
+    fn open(args: &DaemonArgs) -> Result<Agent> {
+        let runtime = Arc::new(Runtime::new(
+            args.data_dir.join("containers"),
+            std::env::current_exe().context("cannot find the shoal binary to run supervisors")?,
+            args.cgroup_parent.clone(),
+        )?);
+        let images = ImageStore::open(args.data_dir.join("images"))?;
+        Ok(Agent { runtime, images })
+    }
+
+    /// Opens the dispatcher session with the manager at `manager`, over mutual TLS.
+    fn start(&self, manager: &str, certs: &NodeCerts, node_id: String) -> Result<()> {
+        let (executor, updates) = Executor::new(self.runtime.clone(), self.images.clone())?;
+        let channel = Endpoint::from_shared(format!("https://{manager}"))?
+            .tls_config(certs.client_tls())
+            .context("invalid TLS settings for the agent")?
+            .connect_lazy();
+        tokio::spawn(
+            Session {
+                channel,
+                node_id,
+                description: describe_node(),
+                executor,
+                updates,
+            }
+            .run(),
+        );
+        Ok(())
+    }
 }
 
 async fn wait_for_leadership(writer: &Writer) -> Result<()> {
@@ -219,13 +287,19 @@ fn node_id(data_dir: &Path) -> Result<String> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
         _ => {
             let id = new_id();
-            let tmp = data_dir.join("node_id.tmp");
-            std::fs::write(&tmp, &id)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            write_atomically(&path, &id)?;
             Ok(id)
         }
     }
+}
+
+/// Writes a small file so that a crash leaves the old content or the new, never a mix.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn bind_socket(path: &PathBuf) -> Result<tokio::net::UnixListener> {

@@ -10,11 +10,31 @@ pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub cgroup_parent: String,
+    /// Flags beyond the defaults, e.g. `--join ADDR --token T` for a worker.
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl TestDaemon {
     pub fn start() -> TestDaemon {
+        TestDaemon::start_with(Vec::new())
+    }
+
+    /// A worker that joins `manager`'s cluster.
+    pub fn start_worker(manager: &TestDaemon) -> TestDaemon {
+        let token = manager
+            .ok(&["join-token", "worker", "-q"])
+            .trim()
+            .to_string();
+        TestDaemon::start_with(vec![
+            "--join".into(),
+            manager.manager_addr(),
+            "--token".into(),
+            token,
+        ])
+    }
+
+    pub fn start_with(extra_args: Vec<String>) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("shoal-e2e-")
             .tempdir()
@@ -28,6 +48,7 @@ impl TestDaemon {
         let mut daemon = TestDaemon {
             dir,
             cgroup_parent: unique,
+            extra_args,
             child: None,
         };
         daemon.spawn();
@@ -61,6 +82,7 @@ impl TestDaemon {
                 "--cgroup-parent",
                 &self.cgroup_parent,
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -69,7 +91,8 @@ impl TestDaemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.socket().exists() && self.shoal(&["info"]).status.success() {
+            // `image ls` answers on managers and workers alike.
+            if self.socket().exists() && self.shoal(&["image", "ls", "-q"]).status.success() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -80,6 +103,17 @@ impl TestDaemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("shoal daemon did not answer within 20 s:\n{}", self.log());
+    }
+
+    /// The manager port, from the daemon's "shoal daemon ready ... addr=..." log line.
+    pub fn manager_addr(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .filter(|l| l.contains("shoal daemon ready"))
+            .find_map(|l| l.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no manager address in the daemon log:\n{log}"))
     }
 
     pub fn log(&self) -> String {

@@ -252,6 +252,12 @@ pub fn ca_digest(cert_der: &[u8]) -> [u8; 32] {
     Sha256::digest(cert_der).into()
 }
 
+/// The digest a join token pins, of a CA certificate given as PEM.
+pub fn pem_digest(cert_pem: &str) -> Result<[u8; 32], CaError> {
+    let der = pem_der(cert_pem, "CERTIFICATE").map_err(CaError::BadCertificate)?;
+    Ok(ca_digest(&der))
+}
+
 fn first_attr<'a>(
     mut attrs: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
 ) -> Option<String> {
@@ -323,6 +329,7 @@ mod tests {
         let ca = ClusterCa::generate("c1", NOW).expect("ca");
         let back = ClusterCa::from_pem(ca.cert_pem(), ca.key_pem()).expect("reloads");
         assert_eq!(back.digest(), ca.digest());
+        assert_eq!(pem_digest(ca.cert_pem()).expect("digest"), ca.digest());
         assert_eq!(back.cluster_id(), "c1");
         let (_k, csr) = node_key_and_csr("n").expect("csr");
         let cert = back
