@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: an embedded one-node shoal cluster bringing up a replicated service.
+# The main job: an embedded one-node shoal cluster bringing up a compose example.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,7 +15,7 @@ export SHOAL_HOST="$demo/shoal.sock"
     --cgroup-parent "shoal-demo-${demo##*.}" 2>"$demo/daemon.log" &
 daemon=$!
 cleanup() {
-    "$SHOAL" service rm web >/dev/null 2>&1 || true
+    "$SHOAL" compose -f compose-examples/hello/compose.yaml down >/dev/null 2>&1 || true
     for _ in $(seq 100); do
         [ -z "$(ls -A "$demo/data/containers" 2>/dev/null)" ] && break
         sleep 0.1
@@ -33,9 +33,9 @@ set -x
 "$SHOAL" info
 "$SHOAL" image bootstrap busybox
 "$SHOAL" image ls
-"$SHOAL" service create --name web --replicas 3 --memory 64m --stop-grace-period 1s \
-    busybox sh -c 'echo "hello from $(hostname)"; exec sleep 3600'
+"$SHOAL" compose -f compose-examples/hello/compose.yaml up --wait
+"$SHOAL" stack ls
 "$SHOAL" service ls
-"$SHOAL" service ps web
+"$SHOAL" compose -f compose-examples/hello/compose.yaml ps
 "$SHOAL" node ls
-"$SHOAL" service logs web
+"$SHOAL" service logs hello_web

@@ -49,6 +49,9 @@ pub enum Command {
     Image(ImageCommand),
     /// Work with compose files (`docker compose`).
     Compose(ComposeArgs),
+    /// Manage stacks (deployed compose projects).
+    #[command(subcommand)]
+    Stack(StackCommand),
 }
 
 #[derive(Args)]
@@ -75,6 +78,61 @@ pub enum ComposeCommand {
     Config {
         /// Services to include (and activate whatever their profiles).
         services: Vec<String>,
+    },
+    /// Deploy the project as a stack and wait until it runs; then follow its logs.
+    Up {
+        /// Return once deployed, without waiting.
+        #[arg(short, long)]
+        detach: bool,
+        /// Wait until every service runs, then return (no logs).
+        #[arg(long)]
+        wait: bool,
+        /// Remove the project's services that the file no longer has.
+        #[arg(long)]
+        remove_orphans: bool,
+    },
+    /// Remove the project's services and wait until their containers are gone.
+    Down,
+    /// List the project's tasks.
+    Ps(ListArgs),
+}
+
+#[derive(Subcommand)]
+pub enum StackCommand {
+    /// Deploy a new stack or update an existing one.
+    #[command(alias = "up")]
+    Deploy {
+        /// Compose files, merged in order.
+        #[arg(short = 'c', long = "compose-file", required = true)]
+        files: Vec<PathBuf>,
+        /// Remove the stack's services the files no longer have.
+        #[arg(long)]
+        prune: bool,
+        /// Return at once instead of waiting for the services to converge.
+        #[arg(short, long)]
+        detach: bool,
+        name: String,
+    },
+    /// List stacks.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// List the services of a stack.
+    Services {
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// List the tasks of a stack.
+    Ps {
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Remove stacks.
+    #[command(alias = "remove", alias = "down")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 

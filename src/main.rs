@@ -10,8 +10,8 @@ mod units;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ImageCommand, NodeCommand, ServiceCommand};
-use commands::{image, service, system};
+use cli::{Cli, Command, ImageCommand, NodeCommand, ServiceCommand, StackCommand};
+use commands::{image, service, stack, system};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -70,11 +70,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             system::version();
             Ok(())
         }
-        Command::Compose(args) => compose::run_cli(args),
+        // `compose config` needs no daemon.
+        Command::Compose(args) if matches!(args.command, cli::ComposeCommand::Config { .. }) => {
+            compose::config(&args)
+        }
         command => {
             let mut client = client::connect(&cli.host).await?;
             match command {
                 Command::Info(f) => system::info(&mut client, f).await,
+                Command::Compose(args) => stack::compose(&mut client, args).await,
+                Command::Stack(s) => match s {
+                    StackCommand::Deploy {
+                        files,
+                        prune,
+                        detach,
+                        name,
+                    } => stack::deploy(&mut client, files, &name, prune, detach).await,
+                    StackCommand::Ls(l) => stack::ls(&mut client, l).await,
+                    StackCommand::Services { name, list } => {
+                        stack::services(&mut client, &name, list).await
+                    }
+                    StackCommand::Ps { name, list } => stack::ps(&mut client, &name, list).await,
+                    StackCommand::Rm { names } => stack::rm(&mut client, &names).await,
+                },
                 Command::JoinToken {
                     role,
                     rotate,
@@ -108,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     ImageCommand::Bootstrap { what } => image::bootstrap(&mut client, &what).await,
                 },
-                Command::Daemon(_) | Command::Version | Command::Compose(_) => Ok(()),
+                Command::Daemon(_) | Command::Version => Ok(()),
             }
         }
     }

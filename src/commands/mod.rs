@@ -2,4 +2,5 @@
 
 pub mod image;
 pub mod service;
+pub mod stack;
 pub mod system;

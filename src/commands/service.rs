@@ -212,13 +212,23 @@ async fn list_tasks(client: &mut Client, service: &str) -> Result<Vec<Task>> {
 }
 
 pub async fn ls(client: &mut Client, args: ListArgs) -> Result<()> {
-    let services = client
+    ls_where(client, args, |_| true).await
+}
+
+/// `service ls` limited to the services `keep` accepts (e.g. one stack's).
+pub async fn ls_where(
+    client: &mut Client,
+    args: ListArgs,
+    keep: impl Fn(&Service) -> bool,
+) -> Result<()> {
+    let mut services = client
         .control
         .list_services(ListServicesRequest {})
         .await
         .map_err(|s| anyhow!(status_message(&s)))?
         .into_inner()
         .services;
+    services.retain(|summary| summary.service.as_ref().is_some_and(&keep));
     if args.quiet {
         for s in services.iter().filter_map(|s| s.service.as_ref()) {
             println!("{}", s.id);
@@ -257,10 +267,24 @@ pub async fn ls(client: &mut Client, args: ListArgs) -> Result<()> {
 
 pub async fn ps(client: &mut Client, service: &str, args: ListArgs) -> Result<()> {
     let s = get(client, service).await?;
-    let mut tasks = list_tasks(client, &s.id).await?;
-    // Docker's order: by slot, the current task first, then its history, newest first.
+    ps_of(client, vec![s], args).await
+}
+
+/// The tasks of `services` in one table, like `service ps` (and `stack ps`).
+pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) -> Result<()> {
+    let mut tasks = Vec::new();
+    for s in &services {
+        tasks.extend(list_tasks(client, &s.id).await?);
+    }
+    let names: HashMap<&str, &str> = services
+        .iter()
+        .map(|s| (s.id.as_str(), spec_name(s)))
+        .collect();
+    // Docker's order: by service and slot, the current task first, then its history,
+    // newest first.
     tasks.sort_by_key(|t| {
         (
+            names.get(t.service_id.as_str()).copied().unwrap_or(""),
             t.slot,
             t.desired_state() != TaskState::Running,
             std::cmp::Reverse(t.meta.as_ref().map(|m| m.created_at).unwrap_or(0)),
@@ -293,13 +317,14 @@ pub async fn ps(client: &mut Client, service: &str, args: ListArgs) -> Result<()
         .iter()
         .map(|t| {
             let status = t.status.clone().unwrap_or_default();
-            let name = format!("{}.{}", spec_name(&s), t.slot);
-            let name = if previous_slot == Some(t.slot) {
+            let service = names.get(t.service_id.as_str()).copied().unwrap_or("");
+            let name = format!("{service}.{}", t.slot);
+            let name = if previous_slot == Some((service, t.slot)) {
                 format!(" \\_ {name}")
             } else {
                 name
             };
-            previous_slot = Some(t.slot);
+            previous_slot = Some((service, t.slot));
             let state = status.state();
             let mut current = capitalize(state.display());
             current.push(' ');

@@ -42,6 +42,10 @@ mod error;
 mod interp;
 mod merge;
 mod model;
+mod stack;
+
+pub use model::Project;
+pub use stack::{to_stack_spec, Flavor};
 mod yaml;
 
 #[cfg(test)]
@@ -939,15 +943,18 @@ fn validate(p: &Project) -> Result<()> {
     Ok(())
 }
 
-/// `shoal compose ... config`: loads the project and prints its normalised form.
-pub fn run_cli(args: crate::cli::ComposeArgs) -> anyhow::Result<()> {
-    let crate::cli::ComposeCommand::Config { services } = args.command;
+/// Loads the project the way every `shoal compose` verb does (flags, env, profiles), printing
+/// the loader's warnings.
+pub fn load_for_cli(
+    args: &crate::cli::ComposeArgs,
+    services: &[String],
+) -> anyhow::Result<Project> {
     let opts = LoadOptions {
-        files: args.files,
-        project_name: args.project_name,
-        env_files: args.env_files,
-        profiles: args.profiles,
-        services: services.clone(),
+        files: args.files.clone(),
+        project_name: args.project_name.clone(),
+        env_files: args.env_files.clone(),
+        profiles: args.profiles.clone(),
+        services: services.to_vec(),
         environment: std::env::vars().collect(),
         working_dir: std::env::current_dir()?,
     };
@@ -955,7 +962,17 @@ pub fn run_cli(args: crate::cli::ComposeArgs) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         eprintln!("WARN: {w}");
     }
-    let mut project = loaded.project;
+    Ok(loaded.project)
+}
+
+/// `shoal compose ... config`: loads the project and prints its normalised form.
+pub fn config(args: &crate::cli::ComposeArgs) -> anyhow::Result<()> {
+    let services = match &args.command {
+        crate::cli::ComposeCommand::Config { services } => services.clone(),
+        _ => Vec::new(),
+    };
+    let project = load_for_cli(args, &services)?;
+    let mut project = project;
     if !services.is_empty() {
         // Only the named services and what they need.
         let mut keep: BTreeSet<String> = services.into_iter().collect();

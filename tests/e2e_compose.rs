@@ -1,0 +1,94 @@
+//! `compose up/ps/down` and `stack deploy/ls/services/rm` with the hello example.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::daemon::TestDaemon;
+use common::require_root;
+
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/compose-examples/hello/compose.yaml"
+);
+
+fn task_ids(d: &TestDaemon, service: &str) -> HashSet<String> {
+    d.running_tasks(service)
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn compose_up_is_a_stack_idempotent_and_down_removes_everything() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    d.ok(&["compose", "-f", EXAMPLE, "up", "--wait"]);
+    assert_eq!(d.running_tasks("hello_web").len(), 3);
+    assert_eq!(d.running_tasks("hello_ticker").len(), 1);
+    let stacks = d.ok(&["stack", "ls"]);
+    assert!(stacks.contains("hello") && stacks.contains('2'), "{stacks}");
+    let ps = d.ok(&["compose", "-f", EXAMPLE, "ps"]);
+    assert!(
+        ps.contains("hello_web.3") && ps.contains("hello_ticker.1"),
+        "{ps}"
+    );
+
+    // The interpolated default reaches the container.
+    d.wait_for("the ticker's greeting", Duration::from_secs(10), || {
+        d.ok(&["service", "logs", "hello_ticker"])
+            .contains("hello from shoal")
+    });
+
+    // An unchanged file changes nothing.
+    let before = task_ids(&d, "hello_web");
+    d.ok(&["compose", "-f", EXAMPLE, "up", "-d"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(task_ids(&d, "hello_web"), before, "no task was replaced");
+
+    d.ok(&["compose", "-f", EXAMPLE, "down"]);
+    assert!(d.ok(&["service", "ls", "-q"]).trim().is_empty());
+    assert!(d.ok(&["stack", "ls", "-q"]).trim().is_empty());
+    let containers = d.data_dir().join("containers");
+    d.wait_for("every container removed", Duration::from_secs(20), || {
+        std::fs::read_dir(&containers)
+            .map(|e| e.count() == 0)
+            .unwrap_or(true)
+    });
+}
+
+#[test]
+fn stack_deploy_updates_prunes_and_removes() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("stack.yaml");
+    let write = |yaml: &str| std::fs::write(&file, yaml).expect("write the stack file");
+    write("services:\n  a:\n    image: busybox\n    command: [sleep, '1000']\n    stop_grace_period: 1s\n  b:\n    image: busybox\n    command: [sleep, '1000']\n    stop_grace_period: 1s\n");
+    let path = file.to_str().expect("utf-8 path");
+    d.ok(&["stack", "deploy", "-c", path, "app"]);
+    let services = d.ok(&["stack", "services", "app"]);
+    assert!(
+        services.contains("app_a") && services.contains("app_b"),
+        "{services}"
+    );
+
+    write("services:\n  a:\n    image: busybox\n    command: [sleep, '1000']\n    stop_grace_period: 1s\n    deploy: { replicas: 2 }\n");
+    d.ok(&["stack", "deploy", "-c", path, "--prune", "app"]);
+    assert_eq!(d.running_tasks("app_a").len(), 2);
+    assert!(d
+        .fails(&["service", "inspect", "app_b"])
+        .contains("no such service"));
+
+    let err = d.fails(&["stack", "deploy", "-c", "/nonexistent.yaml", "app"]);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    d.ok(&["stack", "rm", "app"]);
+    assert!(d.ok(&["service", "ls", "-q"]).trim().is_empty());
+}
