@@ -247,6 +247,9 @@ pub struct CreateArgs {
     /// Number of tasks.
     #[arg(long, default_value = "1", allow_negative_numbers = true, value_parser = parse_replicas)]
     pub replicas: u64,
+    /// `replicated` (a number of tasks) or `global` (one task on every node).
+    #[arg(long, value_enum, default_value = "replicated")]
+    pub mode: ServiceModeArg,
     /// Set environment variables (KEY=VALUE).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -303,6 +306,12 @@ pub struct CreateArgs {
     /// Command and arguments (replace the image's cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceModeArg {
+    Replicated,
+    Global,
 }
 
 #[derive(ValueEnum, Clone, Copy)]

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use shoal_proto::service_spec::Mode;
 use shoal_proto::*;
 
-use crate::cli::{CreateArgs, Format, FormatArgs, ListArgs, RestartConditionArg};
+use crate::cli::{CreateArgs, Format, FormatArgs, ListArgs, RestartConditionArg, ServiceModeArg};
 use crate::client::{status_message, Client};
 use crate::output::{ago, print_json, table};
 
@@ -68,9 +68,12 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
             max_attempts: a.restart_max_attempts,
             window_ms: a.restart_window.map(|d| d.as_millis() as u64).unwrap_or(0),
         }),
-        mode: Some(Mode::Replicated(ReplicatedService {
-            replicas: a.replicas,
-        })),
+        mode: Some(match a.mode {
+            ServiceModeArg::Replicated => Mode::Replicated(ReplicatedService {
+                replicas: a.replicas,
+            }),
+            ServiceModeArg::Global => Mode::Global(GlobalService {}),
+        }),
     })
 }
 
@@ -150,7 +153,9 @@ pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
             eprintln!("{line}");
             last_line = line;
         }
-        if running == desired && extra == 0 {
+        // A global service has converged once its tasks exist and all run.
+        let placed = desired > 0 || mode_name(&s) == "replicated";
+        if placed && running == desired && extra == 0 {
             eprintln!("verify: Service {} converged", spec_name(&s));
             return Ok(());
         }
@@ -280,12 +285,13 @@ pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) 
         .iter()
         .map(|s| (s.id.as_str(), spec_name(s)))
         .collect();
-    // Docker's order: by service and slot, the current task first, then its history,
-    // newest first.
+    // Docker's order: by service and slot (a global task's slot is its node), the current
+    // task first, then its history, newest first.
     tasks.sort_by_key(|t| {
         (
             names.get(t.service_id.as_str()).copied().unwrap_or(""),
             t.slot,
+            slot_node(t).to_string(),
             t.desired_state() != TaskState::Running,
             std::cmp::Reverse(t.meta.as_ref().map(|m| m.created_at).unwrap_or(0)),
         )
@@ -318,13 +324,18 @@ pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) 
         .map(|t| {
             let status = t.status.clone().unwrap_or_default();
             let service = names.get(t.service_id.as_str()).copied().unwrap_or("");
-            let name = format!("{service}.{}", t.slot);
-            let name = if previous_slot == Some((service, t.slot)) {
+            // A global task is known by its node, as in Docker.
+            let name = if t.slot == 0 {
+                format!("{service}.{}", t.node_id)
+            } else {
+                format!("{service}.{}", t.slot)
+            };
+            let name = if previous_slot == Some((service, t.slot, slot_node(t))) {
                 format!(" \\_ {name}")
             } else {
                 name
             };
-            previous_slot = Some((service, t.slot));
+            previous_slot = Some((service, t.slot, slot_node(t)));
             let state = status.state();
             let mut current = capitalize(state.display());
             current.push(' ');
@@ -367,6 +378,15 @@ pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) 
         )
     );
     Ok(())
+}
+
+/// The node that identifies a global task's slot; empty for replicated tasks.
+fn slot_node(t: &Task) -> &str {
+    if t.slot == 0 {
+        &t.node_id
+    } else {
+        ""
+    }
 }
 
 fn capitalize(s: &str) -> String {
