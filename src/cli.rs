@@ -188,6 +188,42 @@ pub enum NodeCommand {
     /// List nodes.
     #[command(alias = "list")]
     Ls(ListArgs),
+    /// Show nodes in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        #[command(flatten)]
+        format: FormatArgs,
+    },
+    /// Update a node: availability, labels.
+    Update {
+        /// `active`, `pause` (keep tasks, take no new ones) or `drain` (move tasks away).
+        #[arg(long, value_enum)]
+        availability: Option<AvailabilityArg>,
+        /// Add or change labels (KEY=VALUE).
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove labels (KEY).
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Remove nodes from the cluster; their certificates are refused from then on.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node that is still up.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+pub enum AvailabilityArg {
+    Active,
+    Pause,
+    Drain,
 }
 
 #[derive(Subcommand)]

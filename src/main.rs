@@ -98,7 +98,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     rotate,
                     quiet,
                 } => system::join_token(&mut client, &role, rotate, quiet).await,
-                Command::Node(NodeCommand::Ls(l)) => system::node_ls(&mut client, l).await,
+                Command::Node(n) => match n {
+                    NodeCommand::Ls(l) => system::node_ls(&mut client, l).await,
+                    NodeCommand::Inspect { nodes, .. } => {
+                        system::node_inspect(&mut client, &nodes).await
+                    }
+                    NodeCommand::Update {
+                        availability,
+                        label_add,
+                        label_rm,
+                        node,
+                    } => {
+                        system::node_update(&mut client, &node, availability, label_add, label_rm)
+                            .await
+                    }
+                    NodeCommand::Rm { force, nodes } => {
+                        system::node_rm(&mut client, &nodes, force).await
+                    }
+                },
                 Command::Service(s) => match s {
                     ServiceCommand::Create(a) => service::create(&mut client, &a).await,
                     ServiceCommand::Ls(l) => service::ls(&mut client, l).await,

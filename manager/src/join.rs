@@ -33,6 +33,7 @@ pub fn new_cluster(now_secs: i64) -> Result<Cluster, ca::CaError> {
             worker: JoinToken::generate(ca.digest()).secret,
             manager: JoinToken::generate(ca.digest()).secret,
         }),
+        revoked_nodes: Vec::new(),
     })
 }
 

@@ -1,9 +1,12 @@
 //! `shoal info`, `shoal version`, `shoal node ls`.
 
-use anyhow::{anyhow, Result};
-use shoal_proto::{InfoRequest, JoinTokenRequest, ListNodesRequest, NodeAvailability, NodeRole};
+use anyhow::{anyhow, bail, Result};
+use shoal_proto::{
+    InfoRequest, JoinTokenRequest, ListNodesRequest, Node, NodeAvailability, NodeRole,
+    RemoveNodeRequest, UpdateNodeRequest,
+};
 
-use crate::cli::{Format, FormatArgs, ListArgs};
+use crate::cli::{AvailabilityArg, Format, FormatArgs, ListArgs};
 use crate::client::{status_message, Client};
 use crate::output::{print_json, table};
 
@@ -136,5 +139,86 @@ pub async fn node_ls(client: &mut Client, args: ListArgs) -> Result<()> {
             rows
         )
     );
+    Ok(())
+}
+
+async fn list_nodes(client: &mut Client) -> Result<Vec<Node>> {
+    Ok(client
+        .control
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .nodes)
+}
+
+/// `node inspect`: Docker prints a JSON array whatever the format.
+pub async fn node_inspect(client: &mut Client, keys: &[String]) -> Result<()> {
+    let nodes = list_nodes(client).await?;
+    let mut found = Vec::new();
+    for key in keys {
+        let matches: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| {
+                n.id == *key
+                    || n.id.starts_with(key.as_str())
+                    || n.description.as_ref().is_some_and(|d| d.hostname == *key)
+            })
+            .collect();
+        match matches.as_slice() {
+            [one] => found.push((*one).clone()),
+            [] => bail!("no such node: {key}"),
+            _ => bail!("node {key:?} is ambiguous: give more of its id"),
+        }
+    }
+    print_json(&found)
+}
+
+pub async fn node_update(
+    client: &mut Client,
+    node: &str,
+    availability: Option<AvailabilityArg>,
+    label_add: Vec<String>,
+    label_rm: Vec<String>,
+) -> Result<()> {
+    let mut labels = std::collections::HashMap::new();
+    for kv in &label_add {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid --label-add {kv:?}: use KEY=VALUE");
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let availability = availability.map(|a| match a {
+        AvailabilityArg::Active => NodeAvailability::Active,
+        AvailabilityArg::Pause => NodeAvailability::Pause,
+        AvailabilityArg::Drain => NodeAvailability::Drain,
+    } as i32);
+    client
+        .control
+        .update_node(UpdateNodeRequest {
+            node: node.to_string(),
+            availability,
+            label_add: labels,
+            label_rm,
+        })
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?;
+    println!("{node}");
+    Ok(())
+}
+
+pub async fn node_rm(client: &mut Client, nodes: &[String], force: bool) -> Result<()> {
+    for node in nodes {
+        client
+            .control
+            .remove_node(RemoveNodeRequest {
+                node: node.clone(),
+                force,
+            })
+            .await
+            .map_err(|s| anyhow!(status_message(&s)))?;
+        println!("{node}");
+    }
     Ok(())
 }

@@ -83,6 +83,28 @@ impl ControlApi {
             })
     }
 
+    /// A node by id, unique id prefix, or hostname.
+    fn find_node(&self, key: &str) -> Result<Node, Status> {
+        let state = self.store.read();
+        if let Some(n) = state.nodes.get(key) {
+            return Ok(n.clone());
+        }
+        let matches: Vec<&Node> = state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.id.starts_with(key) || n.description.as_ref().is_some_and(|d| d.hostname == key)
+            })
+            .collect();
+        match matches.as_slice() {
+            [one] if !key.is_empty() => Ok((*one).clone()),
+            [] | [_] => Err(Status::not_found(format!("no such node: {key}"))),
+            _ => Err(Status::invalid_argument(format!(
+                "node {key:?} is ambiguous: give more of its id"
+            ))),
+        }
+    }
+
     fn check_image(&self, spec: &ServiceSpec) -> Result<(), Status> {
         let image = spec
             .container
@@ -279,6 +301,83 @@ impl Control for ControlApi {
             .cloned()
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn update_node(
+        &self,
+        request: Request<UpdateNodeRequest>,
+    ) -> Result<Response<UpdateNodeResponse>, Status> {
+        let r = request.into_inner();
+        // Compare-and-set: retry when the node changed meanwhile (heartbeats, status).
+        for _ in 0..5 {
+            let mut node = self.find_node(&r.node)?;
+            if let Some(a) = r.availability {
+                node.availability = NodeAvailability::try_from(a)
+                    .map_err(|_| Status::invalid_argument("unknown availability"))?
+                    as i32;
+            }
+            for key in &r.label_rm {
+                node.labels.remove(key);
+            }
+            node.labels.extend(r.label_add.clone());
+            let id = node.id.clone();
+            match self
+                .writer
+                .commit(vec![change(ChangeKind::Update, Object::Node(node))])
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Response::new(UpdateNodeResponse {
+                        node: self.store.read().nodes.get(&id).cloned(),
+                    }))
+                }
+                Err(crate::consensus::WriteError::Rejected(ApplyError::Conflict { .. })) => {
+                    continue
+                }
+                Err(e) => return Err(write_status(e)),
+            }
+        }
+        Err(Status::aborted("the node kept changing: try again"))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        let r = request.into_inner();
+        let node = self.find_node(&r.node)?;
+        if node.id == self.facts.node_id() {
+            return Err(Status::failed_precondition(
+                "this is the manager you are talking to: it cannot remove itself",
+            ));
+        }
+        let up = node.status.as_ref().map(|s| s.state()) == Some(NodeState::Ready);
+        if up && !r.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is up: drain it and stop its daemon first, or use --force",
+                node.id
+            )));
+        }
+        // Remove the node and revoke its certificate in one entry.
+        let mut cluster = self
+            .store
+            .read()
+            .cluster
+            .clone()
+            .ok_or_else(|| Status::unavailable("the cluster is not initialised yet"))?;
+        cluster.revoked_nodes.push(node.id.clone());
+        let gone = Node {
+            id: node.id,
+            ..Default::default()
+        };
+        self.writer
+            .commit(vec![
+                change(ChangeKind::Delete, Object::Node(gone)),
+                change(ChangeKind::Update, Object::Cluster(cluster)),
+            ])
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(RemoveNodeResponse {}))
     }
 
     async fn join_token(

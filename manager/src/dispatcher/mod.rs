@@ -82,6 +82,19 @@ impl Dispatcher {
         let identity = crate::join::peer_identity(request).ok_or_else(|| {
             Status::unauthenticated("a cluster certificate is required: join the cluster first")
         })?;
+        let revoked = self
+            .inner
+            .store
+            .read()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.revoked_nodes.contains(&identity.node_id));
+        if revoked {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster: join it again with a new token",
+                identity.node_id
+            )));
+        }
         if !claimed.is_empty() && claimed != identity.node_id {
             return Err(Status::permission_denied(format!(
                 "node {} cannot act as node {claimed}",

@@ -156,6 +156,8 @@ pub(super) struct Nodes<'a> {
     global_targets: Vec<&'a str>,
     /// Nodes that keep the tasks they have but get no new ones (PAUSE).
     paused: HashSet<&'a str>,
+    /// Nodes whose tasks move elsewhere (DRAIN).
+    drained: HashSet<&'a str>,
 }
 
 impl<'a> Nodes<'a> {
@@ -175,15 +177,18 @@ impl<'a> Nodes<'a> {
             .map(|n| n.id.as_str())
             .collect();
         global_targets.sort_unstable();
-        let paused = nodes
-            .iter()
-            .filter(|n| n.availability() == NodeAvailability::Pause)
-            .map(|n| n.id.as_str())
-            .collect();
+        let with = |a: NodeAvailability| {
+            nodes
+                .iter()
+                .filter(|n| n.availability() == a)
+                .map(|n| n.id.as_str())
+                .collect()
+        };
         Nodes {
             state,
             global_targets,
-            paused,
+            paused: with(NodeAvailability::Pause),
+            drained: with(NodeAvailability::Drain),
         }
     }
 
@@ -196,6 +201,11 @@ impl<'a> Nodes<'a> {
                 .state
                 .get(node_id)
                 .is_none_or(|s| *s == NodeState::Down)
+    }
+
+    /// The operator drained the node: its tasks are replaced elsewhere, like a lost node's.
+    pub(super) fn is_drained(&self, node_id: &str) -> bool {
+        self.drained.contains(node_id)
     }
 
     pub(super) fn global_targets(&self) -> &[&'a str] {
@@ -376,9 +386,9 @@ fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, n
             // It ended while wanted: stop it, then the slot is judged like any slot without a
             // running task (below), which is also what the next call will see.
             work.desired[i] = TaskState::Shutdown;
-        } else if nodes.is_lost(&task.node_id) {
-            // Swarm reschedules at once when a node fails; the old task's status stays as
-            // reported (its agent is gone).
+        } else if nodes.is_lost(&task.node_id) || nodes.is_drained(&task.node_id) {
+            // Swarm reschedules at once when a node fails or is drained; the old task's status
+            // stays as reported (a lost node's agent is gone; a drained one stops it).
             work.desired[i] = TaskState::Shutdown;
             return Need::Create;
         } else if update::is_dirty(task, service) {

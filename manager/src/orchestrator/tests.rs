@@ -1191,3 +1191,19 @@ proptest! {
         prop_assert!(plan.wake_at.is_none());
     }
 }
+
+#[test]
+fn a_drained_nodes_replicated_task_is_replaced_elsewhere() {
+    let s = service(1, 1);
+    let t = running(&s, "a", 1, 10); // on n1
+    let nodes = vec![
+        with_availability(
+            node("n1", NodeState::Ready),
+            shoal_proto::NodeAvailability::Drain,
+        ),
+        node("n2", NodeState::Ready),
+    ];
+    let plan = run(Some(&s), std::slice::from_ref(&t), &nodes, NOW);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+    assert_eq!(slots_of(&plan), vec![1]);
+}
