@@ -246,6 +246,25 @@ pub enum ServiceCommand {
         #[command(flatten)]
         format: FormatArgs,
     },
+    /// Update a service: its tasks are replaced with the new spec.
+    Update {
+        /// A new image.
+        #[arg(long)]
+        image: Option<String>,
+        /// Add or change environment variables (KEY=VALUE).
+        #[arg(long = "env-add")]
+        env_add: Vec<String>,
+        /// Remove environment variables (KEY).
+        #[arg(long = "env-rm")]
+        env_rm: Vec<String>,
+        /// A new number of tasks.
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_replicas)]
+        replicas: Option<u64>,
+        /// Return at once instead of waiting for the service to converge.
+        #[arg(short, long)]
+        detach: bool,
+        service: String,
+    },
     /// Scale services: SERVICE=REPLICAS...
     Scale {
         #[arg(required = true, value_parser = parse_scale)]

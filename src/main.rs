@@ -125,6 +125,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ServiceCommand::Inspect { services, format } => {
                         service::inspect(&mut client, &services, format).await
                     }
+                    ServiceCommand::Update {
+                        image,
+                        env_add,
+                        env_rm,
+                        replicas,
+                        detach,
+                        service: s,
+                    } => {
+                        let change = service::SpecChange {
+                            image,
+                            env_add,
+                            env_rm,
+                            replicas,
+                        };
+                        service::update(&mut client, &s, &change, detach).await
+                    }
                     ServiceCommand::Scale { targets, detach } => {
                         service::scale(&mut client, &targets, detach).await
                     }

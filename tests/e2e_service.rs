@@ -427,3 +427,54 @@ fn logs_follow_picks_up_restarted_tasks() {
     );
     d.ok(&["service", "rm", "tick"]);
 }
+
+#[test]
+fn service_update_replaces_tasks_with_the_new_spec() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    d.ok(&["image", "bootstrap", "busybox"]);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "up",
+        "--replicas",
+        "2",
+        "-e",
+        "COLOR=blue",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sh",
+        "-c",
+        "echo color=$COLOR; exec sleep 1000",
+    ]);
+    let before: HashSet<String> = pids(&d.running_tasks("up")).into_iter().collect();
+    // `update` waits until the new tasks run, so the check right after it is exact.
+    d.ok(&["service", "update", "--env-add", "COLOR=green", "up"]);
+    let after = d.running_tasks("up");
+    assert_eq!(after.len(), 2);
+    assert!(after
+        .iter()
+        .all(|t| t["spec"]["container"]["env"][0] == "COLOR=green"));
+    let after_pids: HashSet<String> = pids(&after).into_iter().collect();
+    assert!(before.is_disjoint(&after_pids), "every task was replaced");
+    d.wait_for("the new tasks' output", CONVERGE, || {
+        d.ok(&["service", "logs", "up"])
+            .matches("color=green")
+            .count()
+            == 2
+    });
+    // Scaling alone keeps the running tasks.
+    d.ok(&["service", "update", "--replicas", "3", "up"]);
+    let scaled: HashSet<String> = pids(&d.running_tasks("up")).into_iter().collect();
+    assert!(
+        after_pids.is_subset(&scaled),
+        "scaling does not replace tasks"
+    );
+    let err = d.fails(&["service", "update", "--env-add", "=x", "up"]);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    d.ok(&["service", "rm", "up"]);
+}

@@ -122,10 +122,16 @@ pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
         let s = get(client, service).await?;
         let tasks = list_tasks(client, &s.id).await?;
         let desired = desired_tasks(&s, &tasks);
+        // Only tasks of the current spec count: right after an update the old ones still run.
+        let current = |t: &Task| {
+            shoal_manager::orchestrator::update::same_task_spec(t.spec.as_ref(), s.spec.as_ref())
+        };
         let running = tasks
             .iter()
             .filter(|t| {
-                t.desired_state() == TaskState::Running && task_state(t) == TaskState::Running
+                t.desired_state() == TaskState::Running
+                    && task_state(t) == TaskState::Running
+                    && current(t)
             })
             .count() as u64;
         let extra = tasks
@@ -406,27 +412,86 @@ pub async fn inspect(client: &mut Client, services: &[String], _format: FormatAr
     print_json(&found)
 }
 
+/// What `service update` changes; everything else stays as it is.
+#[derive(Default)]
+pub struct SpecChange {
+    pub image: Option<String>,
+    pub env_add: Vec<String>,
+    pub env_rm: Vec<String>,
+    pub replicas: Option<u64>,
+}
+
+impl SpecChange {
+    fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let container = spec.container.get_or_insert_with(Default::default);
+        if let Some(image) = &self.image {
+            container.image = image.clone();
+        }
+        for key in &self.env_rm {
+            container
+                .env
+                .retain(|e| e.split('=').next() != Some(key.as_str()));
+        }
+        for kv in &self.env_add {
+            let key = kv.split('=').next().unwrap_or("");
+            if key.is_empty() || !kv.contains('=') {
+                bail!("invalid --env-add {kv:?}: use KEY=VALUE");
+            }
+            container.env.retain(|e| e.split('=').next() != Some(key));
+            container.env.push(kv.clone());
+        }
+        if let Some(replicas) = self.replicas {
+            match spec.mode {
+                Some(Mode::Global(_)) => bail!("a global service has no replica count"),
+                _ => spec.mode = Some(Mode::Replicated(ReplicatedService { replicas })),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads, changes and writes a service spec, retrying when something else changed the
+/// service meanwhile (compare-and-set). Returns the service id.
+async fn change_spec(client: &mut Client, name: &str, change: &SpecChange) -> Result<String> {
+    for _ in 0..5 {
+        let s = get(client, name).await?;
+        let mut spec = s.spec.clone().unwrap_or_default();
+        change.apply(&mut spec)?;
+        let request = UpdateServiceRequest {
+            service_id: s.id.clone(),
+            version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
+            spec: Some(spec),
+        };
+        match client.control.update_service(request).await {
+            Ok(_) => return Ok(s.id),
+            Err(e) if e.code() == tonic::Code::Aborted => continue,
+            Err(e) => bail!("{}", status_message(&e)),
+        }
+    }
+    bail!("service {name} kept changing while it was being updated: try again")
+}
+
+pub async fn update(
+    client: &mut Client,
+    name: &str,
+    change: &SpecChange,
+    detach: bool,
+) -> Result<()> {
+    let id = change_spec(client, name, change).await?;
+    println!("{name}");
+    if !detach {
+        converge(client, &id).await?;
+    }
+    Ok(())
+}
+
 pub async fn scale(client: &mut Client, targets: &[(String, u64)], detach: bool) -> Result<()> {
     for (name, replicas) in targets {
-        // Compare-and-set: retry when something else changed the service meanwhile.
-        let mut attempts = 0;
-        let id = loop {
-            let s = get(client, name).await?;
-            let mut spec = s.spec.clone().unwrap_or_default();
-            spec.mode = Some(Mode::Replicated(ReplicatedService {
-                replicas: *replicas,
-            }));
-            let request = UpdateServiceRequest {
-                service_id: s.id.clone(),
-                version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
-                spec: Some(spec),
-            };
-            match client.control.update_service(request).await {
-                Ok(_) => break s.id,
-                Err(e) if e.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
-                Err(e) => bail!("{}", status_message(&e)),
-            }
+        let change = SpecChange {
+            replicas: Some(*replicas),
+            ..SpecChange::default()
         };
+        let id = change_spec(client, name, &change).await?;
         println!("{name} scaled to {replicas}");
         if !detach {
             converge(client, &id).await?;
