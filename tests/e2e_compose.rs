@@ -25,8 +25,7 @@ fn compose_up_is_a_stack_idempotent_and_down_removes_everything() {
     if !require_root() {
         return;
     }
-    let d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let d = TestDaemon::with_busybox();
     d.ok(&["compose", "-f", EXAMPLE, "up", "--wait"]);
     assert_eq!(d.running_tasks("hello_web").len(), 3);
     assert_eq!(d.running_tasks("hello_ticker").len(), 1);
@@ -66,8 +65,7 @@ fn stack_deploy_updates_prunes_and_removes() {
     if !require_root() {
         return;
     }
-    let d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let d = TestDaemon::with_busybox();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("stack.yaml");
     let write = |yaml: &str| std::fs::write(&file, yaml).expect("write the stack file");

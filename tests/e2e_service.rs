@@ -61,8 +61,7 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
     if !require_root() {
         return;
     }
-    let d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let d = TestDaemon::with_busybox();
     d.ok(&[
         "service",
         "create",
@@ -155,8 +154,7 @@ fn kill_9_and_restart_recovers_services_without_duplicates() {
     if !require_root() {
         return;
     }
-    let mut d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let mut d = TestDaemon::with_busybox();
     let cluster = d.json(&["info", "--format", "json"])["cluster"]["id"].clone();
     d.ok(&[
         "service",
@@ -282,8 +280,7 @@ fn logs_and_exit_codes_reach_the_cli() {
     if !require_root() {
         return;
     }
-    let d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let d = TestDaemon::with_busybox();
     d.ok(&[
         "service",
         "create",
@@ -397,8 +394,7 @@ fn logs_follow_picks_up_restarted_tasks() {
     if !require_root() {
         return;
     }
-    let d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let d = TestDaemon::with_busybox();
     d.ok(&[
         "service",
         "create",
@@ -433,8 +429,7 @@ fn service_update_replaces_tasks_with_the_new_spec() {
     if !require_root() {
         return;
     }
-    let d = TestDaemon::start();
-    d.ok(&["image", "bootstrap", "busybox"]);
+    let d = TestDaemon::with_busybox();
     d.ok(&[
         "service",
         "create",

@@ -13,9 +13,10 @@
 
 mod common;
 
+use common::rootfs::busybox_layer;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -196,39 +197,6 @@ fn build_probe(layer: &Path) -> bool {
             eprintln!("skipping the syscall probes: gcc -static failed: {why}");
             false
         }
-    }
-}
-
-fn busybox_layer(dir: &Path) {
-    let bin = dir.join("bin");
-    fs::create_dir_all(&bin).expect("mkdir bin");
-    fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("copy /bin/busybox (apt-get install busybox-static)");
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
-            continue;
-        }
-        symlink("busybox", bin.join(applet)).expect("applet symlink");
-    }
-    let etc = dir.join("etc");
-    fs::create_dir_all(&etc).expect("mkdir etc");
-    fs::write(
-        etc.join("passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .expect("passwd");
-    fs::write(
-        etc.join("group"),
-        "root:x:0:\nwheel:x:10:\naudio:x:29:\napp:x:1000:\n",
-    )
-    .expect("group");
-    fs::write(etc.join("motd"), "from the image\n").expect("motd");
-    for d in ["tmp", "root", "home/app", "mnt"] {
-        fs::create_dir_all(dir.join(d)).expect("mkdir");
     }
 }
 

@@ -20,6 +20,13 @@ impl TestDaemon {
         TestDaemon::start_with(Vec::new())
     }
 
+    /// A daemon with the busybox image already bootstrapped: where most tests begin.
+    pub fn with_busybox() -> TestDaemon {
+        let d = TestDaemon::start();
+        d.ok(&["image", "bootstrap", "busybox"]);
+        d
+    }
+
     /// A worker that joins `manager`'s cluster.
     pub fn start_worker(manager: &TestDaemon) -> TestDaemon {
         let token = manager

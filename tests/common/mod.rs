@@ -15,3 +15,4 @@ pub fn require_root() -> bool {
 }
 
 pub mod daemon;
+pub mod rootfs;

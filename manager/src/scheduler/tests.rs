@@ -355,48 +355,6 @@ fn tasks_on_unknown_nodes_are_not_load() {
     assert_eq!(placed(&schedule(&nodes, &tasks)), vec![("t", Some("n1"))]);
 }
 
-/// 100k pending tasks over 1000 nodes, plus 100k already running: checks the cost is not
-/// quadratic. Run with `--ignored --nocapture` (in release) to see the figure.
-#[test]
-#[ignore]
-fn large_cluster() {
-    let nodes: Vec<Node> = (0..1000).map(|i| ready(&format!("node-{i:04}"))).collect();
-    let mut tasks: Vec<Task> = (0..100_000u64)
-        .map(|i| {
-            on(
-                task(
-                    &format!("r{i}"),
-                    &format!("svc-{}", i % 50),
-                    i,
-                    1 << 20,
-                    1000,
-                ),
-                &format!("node-{:04}", i % 1000),
-                TaskState::Running,
-            )
-        })
-        .collect();
-    tasks.extend((0..100_000u64).map(|i| {
-        task(
-            &format!("p{i}"),
-            &format!("new-{}", i % 100),
-            i,
-            1 << 20,
-            1000,
-        )
-    }));
-    let start = std::time::Instant::now();
-    let d = schedule(&nodes, &tasks);
-    let took = start.elapsed();
-    println!(
-        "scheduled {} tasks on {} nodes in {took:?}",
-        d.len(),
-        nodes.len()
-    );
-    assert_eq!(d.len(), 100_000);
-    assert!(d.iter().all(|d| d.node_id.is_some()));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Properties
 // ---------------------------------------------------------------------------------------------
