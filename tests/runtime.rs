@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -23,7 +22,6 @@ use shoal_agent::runtime::{
 };
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// One test's world: a rootfs layer, a runtime with its own root and cgroup parent. Dropping it
 /// removes every container, the cgroup parent and the tempdir.
@@ -48,15 +46,7 @@ impl TestEnv {
             .expect("tempdir");
         let base = tmp.path().join("l0");
         busybox_layer(&base);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let parent = format!(
-            "shoal-test-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let parent = common::unique_name("shoal-test");
         let rt = Runtime::with_cgroups(
             tmp.path().join("c"),
             PathBuf::from(SHOAL),

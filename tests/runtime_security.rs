@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shoal_agent::runtime::{
@@ -28,7 +27,6 @@ use shoal_agent::runtime::{
 };
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Docker's default capability set as a mask (CapBnd of `docker run busybox`).
 const DOCKER_DEFAULT_CAPS: u64 = 0xa8_0425fb;
@@ -222,15 +220,7 @@ impl TestEnv {
         let base = tmp.path().join("l0");
         busybox_layer(&base);
         let probe = with_probe && build_probe(&base);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let parent = format!(
-            "shoal-test-sec-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let parent = common::unique_name("shoal-test-sec");
         let rt = Runtime::with_cgroups(
             tmp.path().join("c"),
             PathBuf::from(SHOAL),
