@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("shoal.v1.NodeStatus.state", "node_state"),
         ("shoal.v1.RestartPolicy.condition", "restart_condition"),
         ("shoal.v1.StoreChange.kind", "change_kind"),
+        ("shoal.v1.Mount.type", "mount_type"),
+        ("shoal.v1.PortConfig.protocol", "port_protocol"),
+        ("shoal.v1.PortConfig.publish_mode", "publish_mode"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -353,6 +353,33 @@ pub struct CreateArgs {
     /// Service labels (KEY=VALUE).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    /// Attach to a network: NAME, or name=NAME,alias=A[,alias=B] (repeatable).
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
+    /// Add Linux capabilities (or ALL).
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (or ALL).
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Run an init inside the container that forwards signals and reaps processes.
+    #[arg(long)]
+    pub init: bool,
+    /// Namespaced kernel parameters (KEY=VALUE).
+    #[arg(long = "sysctl")]
+    pub sysctls: Vec<String>,
+    /// Add a custom host-to-IP mapping (HOST:IP).
+    #[arg(long = "host", alias = "add-host")]
+    pub extra_hosts: Vec<String>,
+    /// Custom DNS servers.
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Signal to stop the container (default SIGTERM).
+    #[arg(long)]
+    pub stop_signal: Option<String>,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short, long)]
     pub detach: bool,

@@ -55,7 +55,21 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
             hostname: a.hostname.clone().unwrap_or_default(),
             stop_grace_period_ms: a.stop_grace_period.map(|d| d.as_millis() as u64),
             labels: HashMap::new(),
+            cap_add: a.cap_add.clone(),
+            cap_drop: a.cap_drop.clone(),
+            read_only: a.read_only,
+            init: a.init,
+            sysctls: parse_pairs(&a.sysctls, "sysctl")?,
+            extra_hosts: a.extra_hosts.clone(),
+            dns: a.dns.clone(),
+            stop_signal: a.stop_signal.clone().unwrap_or_default(),
+            ..Default::default()
         }),
+        networks: a
+            .networks
+            .iter()
+            .map(|n| parse_network(n))
+            .collect::<Result<_>>()?,
         limits: Some(limits),
         reservations: Some(Resources {
             memory_bytes: a.reserve_memory.unwrap_or(0),
@@ -74,7 +88,30 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
             }),
             ServiceModeArg::Global => Mode::Global(GlobalService {}),
         }),
+        endpoint: None,
     })
+}
+
+/// `--network NAME` or `--network name=NAME,alias=A,alias=B` (Docker's long form).
+fn parse_network(text: &str) -> Result<NetworkAttachmentConfig> {
+    if !text.contains('=') {
+        return Ok(NetworkAttachmentConfig {
+            target: text.to_string(),
+            aliases: Vec::new(),
+        });
+    }
+    let mut config = NetworkAttachmentConfig::default();
+    for field in text.split(',') {
+        match field.split_once('=') {
+            Some(("name" | "target", v)) => config.target = v.to_string(),
+            Some(("alias", v)) => config.aliases.push(v.to_string()),
+            _ => bail!("invalid --network {text:?}: use NAME or name=NAME,alias=ALIAS"),
+        }
+    }
+    if config.target.is_empty() {
+        bail!("invalid --network {text:?}: the network name is missing");
+    }
+    Ok(config)
 }
 
 fn parse_pairs(items: &[String], what: &str) -> Result<HashMap<String, String>> {

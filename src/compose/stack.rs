@@ -1,16 +1,21 @@
 //! From a loaded compose project to the stack the manager deploys.
 //!
 //! Everything the manager can run today maps onto a service spec; keys whose machinery lands
-//! with later work (published ports, volumes, extra networks, healthchecks, depends_on,
-//! secrets and configs, builds) are reported as warnings naming the service and the key, so
-//! nothing is dropped silently.
+//! with later work (healthchecks, depends_on, secrets and configs, builds) are reported as
+//! warnings naming the service and the key, so nothing is dropped silently.
+//!
+//! Networks: the project's networks become the stack's (`<stack>_<key>` on the cluster);
+//! external ones are referred to by their own name. Volumes: named volumes are `<stack>_<key>`
+//! like Compose's (external ones keep their name); relative bind sources were made absolute
+//! by the loader.
 
 use std::collections::HashMap;
 
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
-    ContainerSpec, GlobalService, ReplicatedService, Resources, RestartCondition, RestartPolicy,
-    ServiceSpec, StackSpec,
+    ContainerSpec, EndpointSpec, GlobalService, Mount, MountType, NetworkAttachmentConfig,
+    NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService, Resources,
+    RestartCondition, RestartPolicy, ServiceSpec, StackSpec, Ulimit,
 };
 
 use super::model::{Project, ResourceSpec, Service};
@@ -33,23 +38,151 @@ pub fn to_stack_spec(
     let mut services = Vec::new();
     for (service_name, service) in &project.services {
         services.push(to_service_spec(
+            project,
             service_name,
             service,
             flavor,
             &mut warnings,
         )?);
     }
+    let mut networks = Vec::new();
+    for (key, n) in project.networks.iter().filter(|(_, n)| !n.external) {
+        let pool = n.ipam.as_ref().and_then(|i| i.config.first());
+        if n.driver.as_deref().is_some_and(|d| d != "bridge") {
+            warnings.push(format!(
+                "network {key}: driver {:?} is not supported yet: a bridge network is made instead",
+                n.driver.as_deref().unwrap_or_default()
+            ));
+        }
+        networks.push(NetworkSpec {
+            name: key.clone(),
+            driver: "bridge".into(),
+            labels: n.labels.clone().into_iter().collect(),
+            internal: n.internal,
+            attachable: n.attachable,
+            subnet: pool.and_then(|p| p.subnet.clone()).unwrap_or_default(),
+            gateway: pool.and_then(|p| p.gateway.clone()).unwrap_or_default(),
+            ip_range: pool.and_then(|p| p.ip_range.clone()).unwrap_or_default(),
+            mtu: n
+                .driver_opts
+                .get("com.docker.network.driver.mtu")
+                .and_then(|m| m.parse().ok()),
+        });
+    }
     Ok((
         StackSpec {
             name: name.to_string(),
             labels: HashMap::new(),
             services,
+            networks,
         },
         warnings,
     ))
 }
 
+/// The service's networks: project networks by their key (the manager resolves them to the
+/// stack's networks), external ones by their real name.
+fn service_networks(project: &Project, s: &Service) -> Vec<NetworkAttachmentConfig> {
+    s.networks
+        .iter()
+        .map(|(key, n)| NetworkAttachmentConfig {
+            target: match project.networks.get(key) {
+                Some(net) if net.external => net.name.clone(),
+                _ => key.clone(),
+            },
+            aliases: n.aliases.clone(),
+        })
+        .collect()
+}
+
+fn ports(name: &str, s: &Service) -> Result<Vec<PortConfig>, String> {
+    let mut out = Vec::new();
+    for p in &s.ports {
+        let protocol =
+            match p.protocol.as_str() {
+                "" | "tcp" => PortProtocol::Tcp,
+                "udp" => PortProtocol::Udp,
+                other => return Err(format!(
+                    "service {name}: ports: protocol {other:?} is not supported: use tcp or udp"
+                )),
+            };
+        let published = match p.published.as_deref() {
+            None | Some("") => 0,
+            Some(text) => text.parse::<u16>().map_err(|_| {
+                format!("service {name}: ports: published port {text:?}: give one port number (ranges are not supported yet)")
+            })?,
+        };
+        out.push(PortConfig {
+            protocol: protocol as i32,
+            target_port: u32::from(p.target),
+            published_port: u32::from(published),
+            publish_mode: if p.mode == "host" {
+                PublishMode::Host
+            } else {
+                PublishMode::Ingress
+            } as i32,
+            host_ip: p.host_ip.clone().unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+fn mounts(project: &Project, name: &str, s: &Service) -> Result<Vec<Mount>, String> {
+    let mut out = Vec::new();
+    for v in &s.volumes {
+        let kind = match v.kind.as_str() {
+            "volume" => MountType::Volume,
+            "bind" => MountType::Bind,
+            "tmpfs" => MountType::Tmpfs,
+            other => {
+                return Err(format!(
+                    "service {name}: volumes: type {other:?} is not supported: use volume, bind or tmpfs"
+                ))
+            }
+        };
+        let source = match (kind, v.source.as_deref()) {
+            (MountType::Volume, Some(key)) => match project.volumes.get(key) {
+                Some(vol) => vol.name.clone(),
+                None => key.to_string(),
+            },
+            (_, source) => source.unwrap_or_default().to_string(),
+        };
+        out.push(Mount {
+            r#type: kind as i32,
+            source,
+            target: v.target.clone(),
+            read_only: v.read_only,
+            propagation: v
+                .bind
+                .as_ref()
+                .and_then(|b| b.propagation.clone())
+                .unwrap_or_default(),
+            create_host_path: v.bind.as_ref().is_some_and(|b| b.create_host_path),
+            no_copy: v.volume.as_ref().is_some_and(|o| o.nocopy),
+            tmpfs_size: v
+                .tmpfs
+                .as_ref()
+                .and_then(|t| t.size)
+                .map(|n| n.max(0) as u64),
+            tmpfs_mode: v.tmpfs.as_ref().and_then(|t| t.mode),
+            volume_labels: HashMap::new(),
+        });
+    }
+    for t in &s.tmpfs {
+        // `/run` or `/run:size=64m,mode=1777`: the runtime reads the options.
+        let (target, _) = t.split_once(':').unwrap_or((t, ""));
+        out.push(Mount {
+            r#type: MountType::Tmpfs as i32,
+            target: target.to_string(),
+            source: t.clone(),
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
 fn to_service_spec(
+    project: &Project,
     name: &str,
     s: &Service,
     flavor: Flavor,
@@ -67,9 +200,6 @@ fn to_service_spec(
     let mut pending = Vec::new();
     for (present, key) in [
         (s.build.is_some(), "build"),
-        (!s.ports.is_empty(), "ports"),
-        (!s.volumes.is_empty(), "volumes"),
-        (s.networks.keys().any(|n| n != "default"), "networks"),
         (s.healthcheck.is_some(), "healthcheck"),
         (!s.depends_on.is_empty(), "depends_on"),
         (!s.secrets.is_empty(), "secrets"),
@@ -115,11 +245,50 @@ fn to_service_spec(
             hostname: s.hostname.clone().unwrap_or_default(),
             stop_grace_period_ms: s.stop_grace_period.map(|d| d.0.as_millis() as u64),
             labels: s.labels.clone().into_iter().collect(),
+            mounts: mounts(project, name, s)?,
+            cap_add: s.cap_add.clone(),
+            cap_drop: s.cap_drop.clone(),
+            privileged: s.privileged,
+            read_only: s.read_only,
+            security_opt: s.security_opt.clone(),
+            sysctls: s.sysctls.clone().into_iter().collect(),
+            ulimits: s
+                .ulimits
+                .iter()
+                .map(|(n, u)| Ulimit {
+                    name: n.clone(),
+                    soft: u.soft,
+                    hard: u.hard,
+                })
+                .collect(),
+            group_add: s.group_add.clone(),
+            domainname: s.domainname.clone().unwrap_or_default(),
+            oom_score_adj: s.oom_score_adj.map(|v| v.clamp(-1000, 1000) as i32),
+            stop_signal: s.stop_signal.clone().unwrap_or_default(),
+            shm_size: s.shm_size.map(|v| v.max(0) as u64),
+            init: s.init.unwrap_or(false),
+            extra_hosts: s
+                .extra_hosts
+                .iter()
+                .flat_map(|(h, ips)| ips.iter().map(move |ip| format!("{h}:{ip}")))
+                .collect(),
+            dns: s.dns.clone(),
+            dns_search: s.dns_search.clone(),
+            dns_options: s.dns_opt.clone(),
+            network_mode: s.network_mode.clone().unwrap_or_default(),
         }),
         limits: Some(to_resources(&limits)),
         reservations: resources.reservations.as_ref().map(to_resources),
         restart: Some(restart_policy(name, s, flavor)?),
         mode: Some(mode),
+        networks: if s.network_mode.is_some() {
+            Vec::new()
+        } else {
+            service_networks(project, s)
+        },
+        endpoint: Some(EndpointSpec {
+            ports: ports(name, s)?,
+        }),
     })
 }
 
@@ -259,9 +428,75 @@ services:
             err.contains("service img") && err.contains("build"),
             "{err}"
         );
-        let p = project("services:\n  web:\n    image: busybox\n    ports: [\"8080:80\"]\n");
+        let p = project(
+            "services:\n  web:\n    image: busybox\n    healthcheck: {test: [CMD, \"true\"]}\n",
+        );
         let (_, warnings) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("ports"), "{warnings:?}");
+        assert!(warnings[0].contains("healthcheck"), "{warnings:?}");
+    }
+
+    #[test]
+    fn networks_ports_and_volumes_map() {
+        let p = project(
+            r#"
+services:
+  web:
+    image: busybox
+    networks:
+      front: { aliases: [www] }
+      outside: {}
+    ports: ["127.0.0.1:8080:80", "53:53/udp"]
+    volumes: ["data:/data:ro", "/srv:/srv"]
+    cap_add: [NET_ADMIN]
+    init: true
+  db:
+    image: busybox
+networks:
+  front:
+    internal: true
+    ipam: { config: [{ subnet: 10.9.0.0/24 }] }
+  outside: { external: true, name: corp }
+volumes:
+  data: {}
+"#,
+        );
+        let (stack, _) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
+        let mut nets: Vec<&str> = stack.networks.iter().map(|n| n.name.as_str()).collect();
+        nets.sort();
+        assert_eq!(
+            nets,
+            ["default", "front"],
+            "external networks are not the stack's"
+        );
+        let front = stack
+            .networks
+            .iter()
+            .find(|n| n.name == "front")
+            .expect("front");
+        assert!(front.internal);
+        assert_eq!(front.subnet, "10.9.0.0/24");
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
+        let targets: Vec<&str> = web.networks.iter().map(|n| n.target.as_str()).collect();
+        assert_eq!(targets, ["front", "corp"]);
+        assert_eq!(web.networks[0].aliases, ["www"]);
+        let ports = &web.endpoint.as_ref().expect("endpoint").ports;
+        assert_eq!(ports.len(), 2);
+        assert_eq!((ports[0].published_port, ports[0].target_port), (8080, 80));
+        assert_eq!(ports[0].host_ip, "127.0.0.1");
+        assert_eq!(ports[1].protocol(), PortProtocol::Udp);
+        let c = web.container.as_ref().expect("container");
+        assert_eq!(c.mounts[0].source, "demo_data");
+        assert_eq!(c.mounts[0].r#type(), MountType::Volume);
+        assert!(c.mounts[0].read_only);
+        assert_eq!(c.mounts[1].r#type(), MountType::Bind);
+        assert_eq!(c.cap_add, ["NET_ADMIN"]);
+        assert!(c.init);
+        let db = stack.services.iter().find(|s| s.name == "db").expect("db");
+        assert_eq!(db.networks[0].target, "default");
     }
 }

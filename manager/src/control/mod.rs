@@ -1,6 +1,7 @@
 //! The control API: what the CLI calls. Reads come from the local store (after a linearizable
 //! barrier where it matters); writes go through consensus.
 
+pub mod network;
 pub mod stack;
 mod validate;
 
@@ -105,6 +106,18 @@ impl ControlApi {
         }
     }
 
+    /// Network targets by name become ids; unknown networks are refused.
+    fn resolve_networks(&self, spec: &mut ServiceSpec) -> Result<(), Status> {
+        let state = self.store.read();
+        network::resolve_targets(&state, spec, &|_| None).map_err(Status::invalid_argument)
+    }
+
+    fn find_network(&self, key: &str) -> Result<Network, Status> {
+        network::find_network(&self.store.read(), key)
+            .cloned()
+            .map_err(Status::not_found)
+    }
+
     fn check_image(&self, spec: &ServiceSpec) -> Result<(), Status> {
         let image = spec
             .container
@@ -188,11 +201,12 @@ impl Control for ControlApi {
         &self,
         request: Request<CreateServiceRequest>,
     ) -> Result<Response<CreateServiceResponse>, Status> {
-        let spec = request
+        let mut spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("CreateService needs a spec"))?;
         validate_spec(&spec).map_err(Status::invalid_argument)?;
+        self.resolve_networks(&mut spec)?;
         self.check_image(&spec)?;
         let id = new_id();
         let service = Service {
@@ -225,10 +239,11 @@ impl Control for ControlApi {
         request: Request<UpdateServiceRequest>,
     ) -> Result<Response<UpdateServiceResponse>, Status> {
         let r = request.into_inner();
-        let spec = r
+        let mut spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("UpdateService needs a spec"))?;
         validate_spec(&spec).map_err(Status::invalid_argument)?;
+        self.resolve_networks(&mut spec)?;
         let current = self.find_service(&r.service_id)?;
         if current.spec.as_ref().map(|s| &s.container) != Some(&spec.container) {
             self.check_image(&spec)?;
@@ -495,6 +510,72 @@ impl Control for ControlApi {
         Ok(Response::new(RemoveStackResponse {
             removed: plan.removed,
         }))
+    }
+
+    async fn create_network(
+        &self,
+        request: Request<CreateNetworkRequest>,
+    ) -> Result<Response<CreateNetworkResponse>, Status> {
+        let mut spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("CreateNetwork needs a spec"))?;
+        network::check_network(&self.store.read(), &mut spec).map_err(Status::invalid_argument)?;
+        let id = new_id();
+        let created = Network {
+            id: id.clone(),
+            meta: None,
+            spec: Some(spec),
+        };
+        self.writer
+            .commit(vec![change(ChangeKind::Create, Object::Network(created))])
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(CreateNetworkResponse {
+            network: Some(self.find_network(&id)?),
+        }))
+    }
+
+    async fn list_networks(
+        &self,
+        _: Request<ListNetworksRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        let networks = self.store.read().networks.values().cloned().collect();
+        Ok(Response::new(ListNetworksResponse { networks }))
+    }
+
+    async fn get_network(
+        &self,
+        request: Request<GetNetworkRequest>,
+    ) -> Result<Response<GetNetworkResponse>, Status> {
+        let network = self.find_network(&request.into_inner().network)?;
+        Ok(Response::new(GetNetworkResponse {
+            network: Some(network),
+        }))
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<RemoveNetworkRequest>,
+    ) -> Result<Response<RemoveNetworkResponse>, Status> {
+        let found = self.find_network(&request.into_inner().network)?;
+        let users = network::users_of(&self.store.read(), &found.id);
+        if !users.is_empty() {
+            let name = found.spec.map(|s| s.name).unwrap_or_default();
+            return Err(Status::failed_precondition(format!(
+                "network {name} is in use by service {}: remove the service first",
+                users.join(", ")
+            )));
+        }
+        let gone = Network {
+            id: found.id,
+            ..Default::default()
+        };
+        self.writer
+            .commit(vec![change(ChangeKind::Delete, Object::Network(gone))])
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(RemoveNetworkResponse {}))
     }
 
     type ServiceLogsStream = LogStream;

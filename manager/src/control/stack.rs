@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 
 use shoal_proto::store_object::Object;
-use shoal_proto::{ChangeKind, Meta, Service, ServiceSpec, Stack, StackSpec, StoreChange};
+use shoal_proto::{
+    ChangeKind, Meta, Network, NetworkSpec, Service, ServiceSpec, Stack, StackSpec, StoreChange,
+};
 
+use super::network::{check_network, resolve_targets};
 use super::validate::{valid_name, validate_spec};
 use crate::store::{change, State};
 
@@ -42,6 +45,8 @@ pub fn plan_deploy(
         ));
     }
     let mut plan = StackPlan::default();
+    let networks = plan_networks(state, spec, prune, new_id, &mut plan)?;
+    let local = |short: &str| networks.get(short).cloned();
     let mut wanted: HashMap<String, ServiceSpec> = HashMap::new();
     for service in &spec.services {
         let mut full = service.clone();
@@ -49,6 +54,14 @@ pub fn plan_deploy(
         full.labels
             .insert(STACK_LABEL.to_string(), spec.name.clone());
         validate_spec(&full).map_err(|e| format!("service {}: {e}", service.name))?;
+        resolve_targets(state, &mut full, &local)
+            .map_err(|e| format!("service {}: {e}", service.name))?;
+        // Swarm's stack convention: a service answers to its short name on its networks.
+        for attachment in &mut full.networks {
+            if !attachment.aliases.contains(&service.name) {
+                attachment.aliases.insert(0, service.name.clone());
+            }
+        }
         if wanted.insert(full.name.clone(), full).is_some() {
             return Err(format!(
                 "service {} appears twice in the stack",
@@ -122,7 +135,102 @@ pub fn plan_deploy(
         ChangeKind::Create
     };
     plan.changes.push(change(kind, Object::Stack(stack)));
+    if prune {
+        // Networks go after the services that used them, in the same entry.
+        let (first, rest): (Vec<_>, Vec<_>) =
+            plan.changes.drain(..).partition(|c| !is_network_delete(c));
+        plan.changes = first.into_iter().chain(rest).collect();
+    }
     Ok(plan)
+}
+
+fn is_network_delete(c: &StoreChange) -> bool {
+    c.kind == ChangeKind::Delete as i32
+        && matches!(
+            c.object.as_ref().and_then(|o| o.object.as_ref()),
+            Some(Object::Network(_))
+        )
+}
+
+/// The stack's networks: created when missing (named `<stack>_<name>`, labelled with the
+/// stack), reused when present; with `prune`, those the spec no longer has are removed.
+/// Returns short name → network id.
+fn plan_networks(
+    state: &State,
+    spec: &StackSpec,
+    prune: bool,
+    new_id: &mut dyn FnMut() -> String,
+    plan: &mut StackPlan,
+) -> Result<HashMap<String, String>, String> {
+    let mut ids = HashMap::new();
+    for network in &spec.networks {
+        let full_name = service_name(&spec.name, &network.name);
+        let existing = state
+            .networks
+            .values()
+            .find(|n| n.spec.as_ref().is_some_and(|s| s.name == full_name));
+        let id = match existing {
+            Some(n) if network_stack(n) == Some(spec.name.as_str()) => n.id.clone(),
+            Some(_) => {
+                return Err(format!(
+                    "network name {full_name} is in use by a network outside stack {}: remove or rename it",
+                    spec.name
+                ))
+            }
+            None => {
+                let mut full = NetworkSpec {
+                    name: full_name.clone(),
+                    ..network.clone()
+                };
+                full.labels
+                    .insert(STACK_LABEL.to_string(), spec.name.clone());
+                check_network(state, &mut full).map_err(|e| format!("network {}: {e}", network.name))?;
+                let id = new_id();
+                plan.changes.push(change(
+                    ChangeKind::Create,
+                    Object::Network(Network {
+                        id: id.clone(),
+                        meta: None,
+                        spec: Some(full),
+                    }),
+                ));
+                id
+            }
+        };
+        if ids.insert(network.name.clone(), id).is_some() {
+            return Err(format!(
+                "network {} appears twice in the stack",
+                network.name
+            ));
+        }
+    }
+    if prune {
+        let keep: Vec<&String> = ids.values().collect();
+        for n in state.networks.values() {
+            if network_stack(n) == Some(spec.name.as_str()) && !keep.contains(&&n.id) {
+                plan.changes.push(delete_network(n));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn network_stack(network: &Network) -> Option<&str> {
+    network
+        .spec
+        .as_ref()
+        .and_then(|s| s.labels.get(STACK_LABEL))
+        .map(String::as_str)
+}
+
+fn delete_network(network: &Network) -> StoreChange {
+    change(
+        ChangeKind::Delete,
+        Object::Network(Network {
+            id: network.id.clone(),
+            ..Default::default()
+        }),
+    )
 }
 
 /// Plans removing a stack: every service it labels, then the stack itself.
@@ -141,6 +249,14 @@ pub fn plan_remove(state: &State, name: &str) -> Result<StackPlan, String> {
         plan.changes.push(delete_service(service));
         plan.removed.push(name_of(service));
     }
+    let mut networks: Vec<&Network> = state
+        .networks
+        .values()
+        .filter(|n| network_stack(n) == Some(name))
+        .collect();
+    networks.sort_by(|a, b| a.id.cmp(&b.id));
+    plan.changes
+        .extend(networks.into_iter().map(delete_network));
     if state.stacks.contains_key(name) {
         plan.changes.push(change(
             ChangeKind::Delete,
@@ -294,5 +410,49 @@ mod tests {
             .expect_err("name taken outside the stack");
         assert!(err.contains("outside stack"), "{err}");
         assert!(plan_remove(&state, "nope").is_err());
+    }
+
+    #[test]
+    fn stack_networks_are_made_resolved_and_removed_with_the_stack() {
+        use shoal_proto::{NetworkAttachmentConfig, NetworkSpec};
+        let mut state = State::default();
+        let mut gen = ids();
+        let mut web = svc("web", "busybox");
+        web.networks = vec![NetworkAttachmentConfig {
+            target: "front".into(),
+            aliases: vec!["www".into()],
+        }];
+        let mut spec = stack(vec![web]);
+        spec.networks = vec![NetworkSpec {
+            name: "front".into(),
+            ..Default::default()
+        }];
+        let plan = plan_deploy(&state, &spec, false, &mut gen).expect("plans");
+        apply(&mut state, &plan, 1);
+        let network = state.networks.values().next().expect("a network");
+        let network_spec = network.spec.as_ref().expect("spec");
+        assert_eq!(network_spec.name, "app_front");
+        assert_eq!(
+            network_spec.labels.get(STACK_LABEL).map(String::as_str),
+            Some("app")
+        );
+        let service = state.services.values().next().expect("service");
+        let attachment = &service.spec.as_ref().expect("spec").networks[0];
+        assert_eq!(attachment.target, network.id);
+        assert_eq!(attachment.aliases, ["web", "www"]);
+        // A second deploy reuses the network and changes nothing.
+        let again = plan_deploy(&state, &spec, false, &mut gen).expect("plans");
+        assert_eq!(again.unchanged, vec!["app_web"]);
+        let removal = plan_remove(&state, "app").expect("plans");
+        apply(&mut state, &removal, 2);
+        assert!(state.networks.is_empty() && state.services.is_empty());
+        // An unknown network is refused before anything is written.
+        let mut lost = svc("lost", "busybox");
+        lost.networks = vec![NetworkAttachmentConfig {
+            target: "nowhere".into(),
+            aliases: vec![],
+        }];
+        let err = plan_deploy(&state, &stack(vec![lost]), false, &mut gen).expect_err("unknown");
+        assert!(err.contains("no such network"), "{err}");
     }
 }

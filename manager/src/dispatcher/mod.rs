@@ -260,14 +260,25 @@ fn node_state(node: &Node) -> NodeState {
 }
 
 /// The task set a node must run: every task assigned to it.
-fn assignments_of(store: &Store, node_id: &str) -> Vec<Task> {
+/// The node's tasks, and the networks they attach to (so the agent needs nothing else).
+fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     let state = store.read();
-    state
+    let tasks: Vec<Task> = state
         .tasks
         .values()
         .filter(|t| t.node_id == node_id)
         .cloned()
-        .collect()
+        .collect();
+    let wanted: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t.spec.as_ref())
+        .flat_map(|s| s.networks.iter().map(|n| n.target.as_str()))
+        .collect();
+    let networks = wanted
+        .into_iter()
+        .filter_map(|id| state.networks.get(id).cloned())
+        .collect();
+    Assignments { tasks, networks }
 }
 
 fn touches_node(events: &[Event], node_id: &str) -> bool {
@@ -321,8 +332,9 @@ impl DispatcherRpc for Dispatcher {
         tokio::spawn(async move {
             let mut last_sent: Option<Vec<(String, u64)>> = None;
             loop {
-                let tasks = assignments_of(&store, &node_id);
-                let fingerprint: Vec<(String, u64)> = tasks
+                let assignments = assignments_of(&store, &node_id);
+                let fingerprint: Vec<(String, u64)> = assignments
+                    .tasks
                     .iter()
                     .map(|t| {
                         (
@@ -336,7 +348,7 @@ impl DispatcherRpc for Dispatcher {
                         session_id: session_id.clone(),
                         node_id: node_id.clone(),
                         heartbeat_period_ms: period,
-                        assignments: Some(Assignments { tasks }),
+                        assignments: Some(assignments),
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         break; // the agent went away

@@ -54,12 +54,16 @@ pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool 
         limits,
         reservations,
         restart,
+        networks,
+        endpoint,
     } = a.unwrap_or(&empty);
     let b = b.unwrap_or(&empty);
     *container == b.container
         && *limits == b.limits
         && *reservations == b.reservations
         && *restart == b.restart
+        && *networks == b.networks
+        && *endpoint == b.endpoint
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::{
-    store_object::Object, ChangeKind, Cluster, Meta, Node, Service, Stack, StoreChange,
+    store_object::Object, ChangeKind, Cluster, Meta, Network, Node, Service, Stack, StoreChange,
     StoreCommand, StoreObject, StoreSnapshot, Task,
 };
 
@@ -28,8 +28,12 @@ pub enum ApplyError {
         expected: u64,
         actual: u64,
     },
-    #[error("service name {name:?} is already in use by service {id}")]
-    NameInUse { name: String, id: String },
+    #[error("{kind} name {name:?} is already in use by {kind} {id}")]
+    NameInUse {
+        kind: String,
+        name: String,
+        id: String,
+    },
     #[error("invalid change: {0}")]
     Invalid(String),
 }
@@ -58,6 +62,7 @@ pub struct State {
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<String, Task>,
     pub stacks: BTreeMap<String, Stack>,
+    pub networks: BTreeMap<String, Network>,
     recent_requests: VecDeque<String>,
     recent_set: HashSet<String>,
 }
@@ -69,6 +74,7 @@ fn kind_of(object: &Object) -> &'static str {
         Object::Service(_) => "service",
         Object::Task(_) => "task",
         Object::Stack(_) => "stack",
+        Object::Network(_) => "network",
     }
 }
 
@@ -79,6 +85,16 @@ fn id_of(object: &Object) -> &str {
         Object::Service(o) => &o.id,
         Object::Task(o) => &o.id,
         Object::Stack(o) => &o.id,
+        Object::Network(o) => &o.id,
+    }
+}
+
+/// The name of the kinds whose names are unique.
+fn name_of(object: &Object) -> Option<&str> {
+    match object {
+        Object::Service(o) => Some(o.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")),
+        Object::Network(o) => Some(o.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")),
+        _ => None,
     }
 }
 
@@ -89,6 +105,7 @@ fn meta_of(object: &Object) -> Option<&Meta> {
         Object::Service(o) => o.meta.as_ref(),
         Object::Task(o) => o.meta.as_ref(),
         Object::Stack(o) => o.meta.as_ref(),
+        Object::Network(o) => o.meta.as_ref(),
     }
 }
 
@@ -99,6 +116,7 @@ fn meta_mut(object: &mut Object) -> &mut Option<Meta> {
         Object::Service(o) => &mut o.meta,
         Object::Task(o) => &mut o.meta,
         Object::Stack(o) => &mut o.meta,
+        Object::Network(o) => &mut o.meta,
     }
 }
 
@@ -173,10 +191,8 @@ impl State {
                 }
                 _ => {}
             }
-            if let Object::Service(service) = &object {
-                if change_kind != ChangeKind::Delete {
-                    self.check_service_name(service, &staged)?;
-                }
+            if change_kind != ChangeKind::Delete {
+                self.check_name(&object, &staged)?;
             }
             let next = if change_kind == ChangeKind::Delete {
                 None
@@ -219,34 +235,59 @@ impl State {
         ))
     }
 
-    fn check_service_name(
+    /// Services and networks have unique names (checked against the state as the command's
+    /// earlier changes leave it).
+    fn check_name(
         &self,
-        service: &Service,
+        object: &Object,
         staged: &[(&'static str, String, Option<Object>)],
     ) -> Result<(), ApplyError> {
-        let name = service.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+        let kind = kind_of(object);
+        let Some(name) = name_of(object) else {
+            return Ok(());
+        };
+        let id = id_of(object);
         if name.is_empty() {
-            return Err(ApplyError::Invalid(format!(
-                "service {} has no name",
-                service.id
-            )));
+            return Err(ApplyError::Invalid(format!("{kind} {id} has no name")));
         }
-        let staged_names = staged.iter().filter_map(|(_, _, o)| match o {
-            Some(Object::Service(s)) => Some(s),
-            _ => None,
-        });
-        let clash = self
-            .services
-            .values()
-            .filter(|s| !staged.iter().any(|(k, i, _)| *k == "service" && *i == s.id))
-            .chain(staged_names)
-            .find(|s| s.id != service.id && s.spec.as_ref().is_some_and(|sp| sp.name == name));
+        let stored = self
+            .names_of(kind)
+            .filter(|(i, _)| !staged.iter().any(|(k, s, _)| *k == kind && s == i));
+        let staged = staged
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .filter_map(|(_, _, o)| o.as_ref())
+            .filter_map(|o| Some((id_of(o), name_of(o)?)));
+        let clash = stored
+            .chain(staged)
+            .find(|(other_id, other_name)| *other_id != id && *other_name == name);
         match clash {
-            Some(other) => Err(ApplyError::NameInUse {
+            Some((other, _)) => Err(ApplyError::NameInUse {
+                kind: kind.into(),
                 name: name.into(),
-                id: other.id.clone(),
+                id: other.into(),
             }),
             None => Ok(()),
+        }
+    }
+
+    /// (id, name) of every stored object of a kind whose names are unique.
+    fn names_of(&self, kind: &str) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
+        fn pair<'a>(id: &'a str, name: Option<&'a str>) -> (&'a str, &'a str) {
+            (id, name.unwrap_or(""))
+        }
+        match kind {
+            "service" => Box::new(
+                self.services
+                    .values()
+                    .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
+            ),
+            "network" => Box::new(
+                self.networks
+                    .values()
+                    .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
+            ),
+            _ => Box::new(std::iter::empty()),
         }
     }
 
@@ -274,6 +315,7 @@ impl State {
             "service" => self.services.get(id).cloned().map(Object::Service),
             "task" => self.tasks.get(id).cloned().map(Object::Task),
             "stack" => self.stacks.get(id).cloned().map(Object::Stack),
+            "network" => self.networks.get(id).cloned().map(Object::Network),
             _ => None,
         }
     }
@@ -293,6 +335,9 @@ impl State {
             Object::Stack(o) => {
                 self.stacks.insert(o.id.clone(), o);
             }
+            Object::Network(o) => {
+                self.networks.insert(o.id.clone(), o);
+            }
         }
     }
 
@@ -311,6 +356,9 @@ impl State {
             "stack" => {
                 self.stacks.remove(id);
             }
+            "network" => {
+                self.networks.remove(id);
+            }
             _ => {}
         }
     }
@@ -324,6 +372,7 @@ impl State {
             tasks: self.tasks.values().cloned().collect(),
             recent_request_ids: self.recent_requests.iter().cloned().collect(),
             stacks: self.stacks.values().cloned().collect(),
+            networks: self.networks.values().cloned().collect(),
         }
     }
 
@@ -343,6 +392,9 @@ impl State {
         }
         for s in snapshot.stacks {
             state.stacks.insert(s.id.clone(), s);
+        }
+        for n in snapshot.networks {
+            state.networks.insert(n.id.clone(), n);
         }
         for r in snapshot.recent_request_ids {
             state.remember(&r);
