@@ -52,6 +52,64 @@ pub enum Command {
     /// Manage stacks (deployed compose projects).
     #[command(subcommand)]
     Stack(StackCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show networks in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove every network no service uses.
+    Prune {
+        /// Do not ask for confirmation (there is no prompt: accepted for Docker's habits).
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct NetworkCreateArgs {
+    /// Driver: bridge.
+    #[arg(short, long, default_value = "bridge")]
+    pub driver: String,
+    /// Subnet in CIDR form, e.g. 10.10.0.0/24 (default: from the node's address pools).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Gateway address inside the subnet (default: its first address).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Allocate container addresses from this sub-range.
+    #[arg(long)]
+    pub ip_range: Option<String>,
+    /// No way in or out except between the network's members.
+    #[arg(long)]
+    pub internal: bool,
+    /// Let standalone containers attach.
+    #[arg(long)]
+    pub attachable: bool,
+    /// Network labels (KEY=VALUE).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Driver options (`com.docker.network.driver.mtu=N` sets the MTU).
+    #[arg(short = 'o', long = "opt")]
+    pub options: Vec<String>,
+    pub name: String,
 }
 
 #[derive(Args)]
@@ -160,6 +218,42 @@ pub struct DaemonArgs {
     /// The join token (`shoal join-token worker` on a manager prints it).
     #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Where local network subnets come from: base=CIDR,size=N (repeatable; Docker's
+    /// `--default-address-pool`). Default: Docker's pools. Subnets that collide with a host
+    /// route are skipped.
+    #[arg(long = "default-address-pool", value_parser = parse_address_pool)]
+    pub address_pools: Vec<shoal_agent::network::AddressPool>,
+    /// Prefix of the bridge and veth names this daemon makes (1-5 of [a-z0-9]).
+    #[arg(long, default_value = "sh")]
+    pub network_prefix: String,
+    /// Base name of this daemon's nftables tables.
+    #[arg(long, default_value = "shoal")]
+    pub nft_table: String,
+    /// Where the node's DNS server forwards names it does not know (IP[:PORT], repeatable;
+    /// `none`: answer SERVFAIL instead). Default: the host's /etc/resolv.conf nameservers.
+    #[arg(long = "dns-upstream")]
+    pub dns_upstreams: Vec<String>,
+}
+
+/// `base=10.10.0.0/16,size=24`.
+fn parse_address_pool(text: &str) -> Result<shoal_agent::network::AddressPool, String> {
+    let mut base = None;
+    let mut size = None;
+    for field in text.split(',') {
+        match field.split_once('=') {
+            Some(("base", v)) => base = Some(v.parse().map_err(|e| format!("base {v:?}: {e}"))?),
+            Some(("size", v)) => {
+                size = Some(
+                    v.parse()
+                        .map_err(|_| format!("size {v:?} is not a number"))?,
+                )
+            }
+            _ => return Err(format!("{field:?}: use base=CIDR,size=N")),
+        }
+    }
+    let base = base.ok_or("base=CIDR is missing")?;
+    let size = size.ok_or("size=N is missing")?;
+    shoal_agent::network::AddressPool::new(base, size).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Clone, Copy)]
@@ -372,7 +466,7 @@ pub struct CreateArgs {
     #[arg(long = "sysctl")]
     pub sysctls: Vec<String>,
     /// Add a custom host-to-IP mapping (HOST:IP).
-    #[arg(long = "host", alias = "add-host")]
+    #[arg(long = "add-host")]
     pub extra_hosts: Vec<String>,
     /// Custom DNS servers.
     #[arg(long)]

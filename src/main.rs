@@ -10,8 +10,8 @@ mod units;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ImageCommand, NodeCommand, ServiceCommand, StackCommand};
-use commands::{image, service, stack, system};
+use cli::{Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand};
+use commands::{image, network, service, stack, system};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -79,6 +79,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 Command::Info(f) => system::info(&mut client, f).await,
                 Command::Compose(args) => stack::compose(&mut client, args).await,
+                Command::Network(n) => match n {
+                    NetworkCommand::Create(a) => network::create(&mut client, &a).await,
+                    NetworkCommand::Ls(l) => network::ls(&mut client, l).await,
+                    NetworkCommand::Inspect { networks } => {
+                        network::inspect(&mut client, &networks).await
+                    }
+                    NetworkCommand::Rm { networks } => network::rm(&mut client, &networks).await,
+                    NetworkCommand::Prune { .. } => network::prune(&mut client).await,
+                },
                 Command::Stack(s) => match s {
                     StackCommand::Deploy {
                         files,

@@ -7,9 +7,11 @@
 //!   reports what happens to them;
 //! - [`session`]: the dispatcher client: one session stream with the managers.
 
+pub mod dns;
 pub mod executor;
 pub mod image;
 pub mod logs;
 pub mod network;
 pub mod runtime;
 pub mod session;
+pub mod volume;

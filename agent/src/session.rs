@@ -63,7 +63,7 @@ impl Session {
         self.node_id = first.node_id.clone();
         let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
         if let Some(a) = first.assignments {
-            self.executor.assign(a.tasks);
+            self.executor.assign(a);
         }
         let mut heartbeat = tokio::time::interval(period);
         loop {
@@ -79,7 +79,7 @@ impl Session {
             tokio::select! {
                 message = stream.message() => {
                     match message? {
-                        Some(m) => if let Some(a) = m.assignments { self.executor.assign(a.tasks) },
+                        Some(m) => if let Some(a) = m.assignments { self.executor.assign(a) },
                         None => return Err(tonic::Status::unavailable("the manager ended the session")),
                     }
                 }

@@ -1,6 +1,7 @@
 //! One module per command family; each turns parsed arguments into API calls and output.
 
 pub mod image;
+pub mod network;
 pub mod service;
 pub mod stack;
 pub mod system;

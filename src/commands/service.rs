@@ -114,7 +114,7 @@ fn parse_network(text: &str) -> Result<NetworkAttachmentConfig> {
     Ok(config)
 }
 
-fn parse_pairs(items: &[String], what: &str) -> Result<HashMap<String, String>> {
+pub(crate) fn parse_pairs(items: &[String], what: &str) -> Result<HashMap<String, String>> {
     items
         .iter()
         .map(|kv| {

@@ -98,14 +98,15 @@ fn service_networks(project: &Project, s: &Service) -> Vec<NetworkAttachmentConf
 fn ports(name: &str, s: &Service) -> Result<Vec<PortConfig>, String> {
     let mut out = Vec::new();
     for p in &s.ports {
-        let protocol =
-            match p.protocol.as_str() {
-                "" | "tcp" => PortProtocol::Tcp,
-                "udp" => PortProtocol::Udp,
-                other => return Err(format!(
+        let protocol = match p.protocol.as_str() {
+            "" | "tcp" => PortProtocol::Tcp,
+            "udp" => PortProtocol::Udp,
+            other => {
+                return Err(format!(
                     "service {name}: ports: protocol {other:?} is not supported: use tcp or udp"
-                )),
-            };
+                ))
+            }
+        };
         let published = match p.published.as_deref() {
             None | Some("") => 0,
             Some(text) => text.parse::<u16>().map_err(|_| {

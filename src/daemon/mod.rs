@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use shoal_agent::executor::Executor;
+use shoal_agent::dns::{DnsServer, DnsTable};
+use shoal_agent::executor::{Executor, TaskNetworks};
 use shoal_agent::image::ImageStore;
+use shoal_agent::network::{NetworkConfig, NetworkManager};
 use shoal_agent::runtime::Runtime;
 use shoal_agent::session::Session;
 use shoal_manager::ca::Role;
@@ -199,10 +201,12 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
     Ok(())
 }
 
-/// The node's agent: runtime, image store, and (once started) the executor and its session.
+/// The node's agent: runtime, image store, networks, and (once started) the executor and its
+/// session.
 struct Agent {
     runtime: Arc<Runtime>,
     images: ImageStore,
+    networks: TaskNetworks,
 }
 
 impl Agent {
@@ -213,12 +217,31 @@ impl Agent {
             args.cgroup_parent.clone(),
         )?);
         let images = ImageStore::open(args.data_dir.join("images"))?;
-        Ok(Agent { runtime, images })
+        let mut config =
+            NetworkConfig::new(args.data_dir.join("network"), args.data_dir.join("run"));
+        config.name_prefix = args.network_prefix.clone();
+        config.nft_table = args.nft_table.clone();
+        if !args.address_pools.is_empty() {
+            config.pools = args.address_pools.clone();
+        }
+        let manager = NetworkManager::open(config).context("cannot open the node's networks")?;
+        let dns = DnsServer::new(DnsTable::new(), dns_upstreams(&args.dns_upstreams)?);
+        Ok(Agent {
+            runtime,
+            images,
+            networks: TaskNetworks::new(manager, dns),
+        })
     }
 
     /// Opens the dispatcher session with the manager at `manager`, over mutual TLS.
     fn start(&self, manager: &str, certs: &NodeCerts, node_id: String) -> Result<()> {
-        let (executor, updates) = Executor::new(self.runtime.clone(), self.images.clone())?;
+        let (executor, updates) = Executor::new(
+            self.runtime.clone(),
+            self.images.clone(),
+            self.networks.clone(),
+        )?;
+        let reconciling = executor.clone();
+        tokio::spawn(async move { reconciling.reconcile_networks().await });
         let channel = Endpoint::from_shared(format!("https://{manager}"))?
             .tls_config(certs.client_tls())
             .context("invalid TLS settings for the agent")?
@@ -235,6 +258,26 @@ impl Agent {
         );
         Ok(())
     }
+}
+
+/// Where the node's DNS server forwards unknown names: `--dns-upstream`, else the host's
+/// resolvers.
+fn dns_upstreams(given: &[String]) -> Result<Vec<std::net::SocketAddr>> {
+    if given.iter().any(|g| g == "none") {
+        return Ok(Vec::new());
+    }
+    if given.is_empty() {
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        return Ok(DnsServer::upstreams_from_resolv_conf(&resolv));
+    }
+    given
+        .iter()
+        .map(|g| {
+            g.parse()
+                .or_else(|_| g.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .with_context(|| format!("--dns-upstream {g:?}: give IP or IP:PORT, or none"))
+        })
+        .collect()
 }
 
 async fn wait_for_leadership(writer: &Writer) -> Result<()> {

@@ -10,6 +10,11 @@ pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub cgroup_parent: String,
+    /// This daemon's link-name prefix, nftables table and address pool (10.<octet>.0.0/16):
+    /// its own, so daemons of concurrent tests never touch each other's networks.
+    pub net_prefix: String,
+    pub nft_table: String,
+    pub pool_octet: u8,
     /// Flags beyond the defaults, e.g. `--join ADDR --token T` for a worker.
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -52,9 +57,14 @@ impl TestDaemon {
             .and_then(|n| n.to_str())
             .unwrap_or("shoal-e2e")
             .to_string();
+        let random = super::random_u64();
+        let net_prefix = format!("t{:04x}", random & 0xffff);
         let mut daemon = TestDaemon {
             dir,
             cgroup_parent: unique,
+            nft_table: format!("shoaltest-{net_prefix}"),
+            net_prefix,
+            pool_octet: 100 + ((random >> 16) % 150) as u8,
             extra_args,
             child: None,
         };
@@ -88,6 +98,15 @@ impl TestDaemon {
                 "127.0.0.1:0",
                 "--cgroup-parent",
                 &self.cgroup_parent,
+                "--network-prefix",
+                &self.net_prefix,
+                "--nft-table",
+                &self.nft_table,
+                "--default-address-pool",
+                &format!("base=10.{}.0.0/16,size=24", self.pool_octet),
+                // Tests send nothing off the machine: unknown names fail at once.
+                "--dns-upstream",
+                "none",
             ])
             .args(&self.extra_args)
             .stdin(Stdio::null())
@@ -221,7 +240,46 @@ impl Drop for TestDaemon {
                 }
             }
         }
+        self.remove_networks();
         remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+impl TestDaemon {
+    /// The network config the daemon runs with (see `spawn`).
+    pub fn network_config(&self) -> shoal_agent::network::NetworkConfig {
+        use shoal_agent::network::{AddressPool, Ipv4Net, NetworkConfig};
+        let mut config =
+            NetworkConfig::new(self.data_dir().join("network"), self.data_dir().join("run"));
+        config.name_prefix = self.net_prefix.clone();
+        config.nft_table = self.nft_table.clone();
+        let base = Ipv4Net::new(std::net::Ipv4Addr::new(10, self.pool_octet, 0, 0), 16);
+        config.pools = base
+            .and_then(|b| AddressPool::new(b, 24))
+            .into_iter()
+            .collect();
+        config
+    }
+
+    /// Releases every endpoint and removes every network the daemon made: veths, bridges,
+    /// netns files, nftables tables.
+    fn remove_networks(&self) {
+        let Ok(manager) = shoal_agent::network::NetworkManager::open(self.network_config()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let state = manager.state();
+        for id in state.containers.keys() {
+            let _ = rt.block_on(manager.release_container(id));
+        }
+        for id in state.networks.keys() {
+            let _ = rt.block_on(manager.remove_network(id));
+        }
     }
 }
 

@@ -17,6 +17,19 @@ pub fn require_root() -> bool {
 pub mod daemon;
 pub mod rootfs;
 
+/// A random number (std's per-process random hasher keys), for names that must not collide.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
 /// A name no other test, in this process or another, uses: for cgroups, dirs, links.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};

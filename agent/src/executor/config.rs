@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shoal_proto::{ImageConfig, Task};
+use shoal_proto::{ContainerSpec, ImageConfig, Task};
 
-use crate::runtime::{ContainerConfig, Limits};
+use super::net::Prepared;
+use crate::runtime::{parse_extra_host, ContainerConfig, HostEntry, Limits, Ulimit};
 
 /// Docker's default stop grace period.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -88,9 +89,88 @@ pub fn container_config(
             pids: positive(limits.pids),
         },
         stop_grace: stop_grace(task),
-        labels: c.labels.into_iter().collect(),
+        labels: c.labels.clone().into_iter().collect(),
+        cap_add: c.cap_add.clone(),
+        cap_drop: c.cap_drop.clone(),
+        privileged: c.privileged,
+        seccomp_unconfined: security_opt(&c, "seccomp", "unconfined")?,
+        allow_new_privileges: security_opt(&c, "no-new-privileges", "false")?,
+        read_only: c.read_only,
+        shm_size: c.shm_size,
+        sysctls: c.sysctls.clone().into_iter().collect(),
+        ulimits: c
+            .ulimits
+            .iter()
+            .map(|u| Ulimit {
+                name: u.name.clone(),
+                soft: u.soft,
+                hard: u.hard,
+            })
+            .collect(),
+        group_add: c.group_add.clone(),
+        domainname: c.domainname.clone(),
+        oom_score_adj: c.oom_score_adj,
+        stop_signal: c.stop_signal.clone(),
+        init: c.init,
         ..ContainerConfig::default()
     })
+}
+
+/// Whether `security_opt` holds `key=value` (or Docker's older `key:value`). Unknown options
+/// are refused rather than ignored: a user asking for a protection must not silently lose it.
+fn security_opt(c: &ContainerSpec, key: &str, value: &str) -> Result<bool, String> {
+    let mut found = false;
+    for opt in &c.security_opt {
+        let (k, v) = opt.split_once(['=', ':']).unwrap_or((opt.as_str(), "true"));
+        match k {
+            "seccomp" | "no-new-privileges" if k == key => found = v == value,
+            "seccomp" if v != "unconfined" => {
+                return Err(format!(
+                    "security_opt {opt:?}: only seccomp=unconfined is supported (custom profiles are not)"
+                ))
+            }
+            "seccomp" | "no-new-privileges" | "label" | "apparmor" => {}
+            _ => return Err(format!("unknown security_opt {opt:?}")),
+        }
+    }
+    Ok(found)
+}
+
+/// The container's network side: its namespace, its /etc/hosts (own addresses with its
+/// hostname, then `extra_hosts`) and its resolv.conf, which names the node's DNS server on the
+/// gateway of its first network (user `dns` servers follow).
+pub fn apply_network(
+    config: &mut ContainerConfig,
+    task: &Task,
+    prepared: &Prepared,
+) -> Result<(), String> {
+    let c = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container.clone())
+        .unwrap_or_default();
+    config.network = prepared.mode.clone();
+    let gateway = prepared.attachments.first().map(|a| a.gateway.to_string());
+    let mut hosts: Vec<HostEntry> = prepared
+        .attachments
+        .iter()
+        .map(|a| HostEntry::new(a.ip.to_string(), &[config.hostname.as_str()]))
+        .collect();
+    for extra in &c.extra_hosts {
+        hosts.push(parse_extra_host(extra, gateway.as_deref())?);
+    }
+    config.etc.hosts = hosts;
+    config.etc.dns_servers = gateway.iter().cloned().chain(c.dns.clone()).collect();
+    config.etc.dns_search = c.dns_search.clone();
+    config.etc.dns_options = if !c.dns_options.is_empty() {
+        c.dns_options.clone()
+    } else if gateway.is_some() {
+        // Our names have no dots: ask for them as they are before any search domain.
+        vec!["ndots:0".into()]
+    } else {
+        Vec::new()
+    };
+    Ok(())
 }
 
 pub fn stop_grace(task: &Task) -> Duration {

@@ -5,12 +5,16 @@
 //! replacing them, so no replica is ever duplicated.
 
 mod config;
+mod net;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use config::{container_config, container_name, stop_grace, DEFAULT_STOP_GRACE};
-use shoal_proto::{now_ms, Task, TaskState, TaskStatus, TaskStatusUpdate};
+pub use config::{apply_network, container_config, container_name, stop_grace, DEFAULT_STOP_GRACE};
+pub use net::{Prepared, TaskNetworks, DEFAULT_NETWORK};
+use shoal_proto::{
+    now_ms, Assignments, Network, Task, TaskAddress, TaskState, TaskStatus, TaskStatusUpdate,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::image::ImageStore;
@@ -24,6 +28,9 @@ pub struct Executor {
 struct Inner {
     runtime: Arc<Runtime>,
     images: ImageStore,
+    networks: TaskNetworks,
+    /// The store networks the current assignments refer to, by id.
+    known_networks: Mutex<HashMap<String, Network>>,
     updates: mpsc::UnboundedSender<TaskStatusUpdate>,
     workers: Mutex<HashMap<String, watch::Sender<Option<Task>>>>,
     /// Containers that exist on this node: found at start, then kept up to date.
@@ -35,6 +42,7 @@ impl Executor {
     pub fn new(
         runtime: Arc<Runtime>,
         images: ImageStore,
+        networks: TaskNetworks,
     ) -> Result<(Executor, mpsc::UnboundedReceiver<TaskStatusUpdate>), crate::runtime::RuntimeError>
     {
         let containers = runtime.list()?.into_iter().map(|c| c.id).collect();
@@ -43,6 +51,8 @@ impl Executor {
             inner: Arc::new(Inner {
                 runtime,
                 images,
+                networks,
+                known_networks: Mutex::new(HashMap::new()),
                 updates,
                 workers: Mutex::new(HashMap::new()),
                 containers: Mutex::new(containers),
@@ -55,8 +65,23 @@ impl Executor {
         &self.inner.runtime
     }
 
+    /// After a daemon restart: releases the network endpoints of containers that are gone and
+    /// removes leftover links, netns files and rules.
+    pub async fn reconcile_networks(&self) {
+        let live = lock(&self.inner.containers).clone();
+        match self.inner.networks.manager().reconcile(live).await {
+            Ok(report) => tracing::info!(?report, "networks reconciled"),
+            Err(e) => tracing::warn!("reconciling networks: {e}"),
+        }
+    }
+
     /// Reconciles with the complete set of tasks assigned to this node.
-    pub fn assign(&self, tasks: Vec<Task>) {
+    pub fn assign(&self, assignments: Assignments) {
+        let Assignments { tasks, networks } = assignments;
+        let known: HashMap<String, Network> =
+            networks.into_iter().map(|n| (n.id.clone(), n)).collect();
+        let needed = TaskNetworks::needed_by(&tasks, &known);
+        *lock(&self.inner.known_networks) = known;
         let wanted: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let mut workers = lock(&self.inner.workers);
         workers.retain(|id, desired| {
@@ -101,6 +126,8 @@ impl Executor {
             let executor = self.clone();
             tokio::spawn(async move { executor.remove_container(&id).await });
         }
+        let networks = self.inner.networks.clone();
+        tokio::spawn(async move { networks.prune(&needed).await });
     }
 
     async fn remove_container(&self, id: &str) {
@@ -111,10 +138,23 @@ impl Executor {
         match self.inner.runtime.remove(id).await {
             Ok(()) => {
                 lock(&self.inner.containers).remove(id);
+                self.inner.networks.release(id).await;
             }
             Err(e) => tracing::warn!(container = id, "could not remove container: {e}"),
         }
     }
+}
+
+/// The container's addresses as a task status shows them.
+fn task_addresses(prepared: &Prepared) -> Vec<TaskAddress> {
+    prepared
+        .attachments
+        .iter()
+        .map(|a| TaskAddress {
+            network: a.network_name.clone(),
+            address: format!("{}/{}", a.ip, a.prefix_len),
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +221,11 @@ impl Worker {
         let interrupted = matches!(existing, Some(ContainerStatus::Created));
         match existing {
             Some(ContainerStatus::Running { pid }) => {
+                let task = rx.borrow().clone();
+                if let Some(task) = task {
+                    let name = container_name(&task);
+                    self.executor.inner.networks.announce(&task, &name).await;
+                }
                 self.report(TaskState::Running, "running (adopted)", |s| {
                     s.pid = pid as u32
                 });
@@ -209,6 +254,8 @@ impl Worker {
                     changed = rx.changed() => if changed.is_err() { break true },
                 }
             };
+            // Out of DNS first, then stopped: no new client is sent to a dying task.
+            self.executor.inner.networks.withdraw(&self.id);
             if stopped {
                 let grace = rx
                     .borrow()
@@ -262,12 +309,23 @@ impl Worker {
             Err(e) => return self.reject(&format!("image lookup crashed: {e}")),
         };
         let image_config = resolved.image.config.clone().unwrap_or_default();
-        let config = match container_config(&task, &image_config, resolved.layer_dirs) {
+        let mut config = match container_config(&task, &image_config, resolved.layer_dirs) {
             Ok(c) => c,
             Err(e) => return self.reject(&e),
         };
+        let known = lock(&self.executor.inner.known_networks).clone();
+        let networks = self.executor.inner.networks.clone();
+        let prepared = match networks.prepare(&task, &known).await {
+            Ok(p) => p,
+            Err(e) => return self.reject(&e),
+        };
+        if let Err(e) = apply_network(&mut config, &task, &prepared) {
+            networks.release(&self.id).await;
+            return self.reject(&e);
+        }
         self.report(TaskState::Ready, "ready", |_| {});
         if wanted(rx) != Some(TaskState::Running) {
+            networks.release(&self.id).await;
             return self.report(TaskState::Shutdown, "shutdown before start", |_| {});
         }
         self.report(TaskState::Starting, "starting", |_| {});
@@ -278,10 +336,16 @@ impl Worker {
                     ContainerStatus::Running { pid } => pid,
                     ContainerStatus::Exited(_) | ContainerStatus::Created => 0,
                 };
-                self.report(TaskState::Running, "started", |s| s.pid = pid as u32);
+                networks.announce(&task, &container_name(&task)).await;
+                let addresses = task_addresses(&prepared);
+                self.report(TaskState::Running, "started", |s| {
+                    s.pid = pid as u32;
+                    s.addresses = addresses;
+                });
             }
             Err(e) => {
                 lock(&self.executor.inner.containers).remove(&self.id);
+                networks.release(&self.id).await;
                 self.report(TaskState::Failed, "starting container failed", |s| {
                     s.error = e.to_string()
                 });

@@ -718,6 +718,16 @@ impl<N: NetOps> NetworkManager<N> {
         self.call(move |c| c.create_network(spec)).await
     }
 
+    /// The network named `spec.name`, created first if there is none (one step under the
+    /// manager's lock, so concurrent tasks that need the same network make it once).
+    pub async fn ensure_network(&self, spec: NetworkSpec) -> Result<Network, NetError> {
+        self.call(move |c| match c.st.networks.values().find(|n| n.name == spec.name) {
+            Some(n) => Ok(n.clone()),
+            None => c.create_network(spec),
+        })
+        .await
+    }
+
     /// Removes a network (by name, id or unique id prefix) that has no attachments.
     pub async fn remove_network(&self, name_or_id: &str) -> Result<(), NetError> {
         let n = name_or_id.to_string();

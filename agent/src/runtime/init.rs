@@ -3,11 +3,13 @@
 //!
 //! Order: stdio → capability set and seccomp program computed (pure; errors before anything
 //! changes) → unshare(mnt, uts, ipc[, net]) / setns(net) → `/` rprivate → overlay rootfs →
-//! pivot_root → /proc, /sys, /dev, /dev/pts, /dev/shm → tmpfs mounts → sysctls → masked and
-//! read-only paths → hostname, domainname → `lo` up → user lookup (in the image's /etc) →
-//! workdir → read-only root → rlimits, oom_score_adj → bounding set → setgroups/setgid/setuid
-//! → chdir → PDEATHSIG → capset (effective, permitted, inheritable; ambient cleared) →
-//! no_new_privs → PATH lookup → setsid → signals reset → seccomp → execve. Every failure
+//! copy-up into fresh volumes, mount sources cloned (`mounts.rs`) → pivot_root → /proc, /sys,
+//! /dev, /dev/pts, /dev/shm → tmpfs, bind and volume mounts, managed /etc files → sysctls →
+//! masked and read-only paths → hostname, domainname → `lo` up → user lookup (in the image's
+//! /etc) → workdir → read-only root → rlimits, oom_score_adj → bounding set →
+//! setgroups/setgid/setuid → chdir → PDEATHSIG → capset (effective, permitted, inheritable;
+//! ambient cleared) → no_new_privs → PATH lookup → setsid → signals reset → seccomp →
+//! (`init: true`: fork; PID 1 stays as the init, see `tinit.rs`) → execve. Every failure
 //! becomes a [`StartError`] naming its stage. See [`super::security`] for the policy.
 //!
 //! With `allow_new_privileges` (no no_new_privs) the seccomp filter is installed before the
@@ -34,10 +36,12 @@ use nix::unistd::{
 use seccompiler::BpfProgram;
 
 use super::lookup::{self, FileKind, DEFAULT_PATH};
+use super::mounts;
 use super::security;
 use super::supervisor::{write_json_fd, StartError};
+use super::tinit;
 use super::user::{parse_group, resolve_user, ExecUser};
-use super::{ulimit_resource, ContainerConfig, NetworkMode, Stage};
+use super::{ulimit_resource, ContainerConfig, NetworkMode, Stage, TmpfsMount};
 
 /// Docker's default /dev/shm size.
 const DEFAULT_SHM_BYTES: u64 = 64 << 20;
@@ -170,9 +174,12 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
         )
     })?;
 
+    // Bind mounts, volumes and the managed /etc files: sources cloned while host paths are
+    // reachable, attached after /proc and /dev exist (see mounts.rs).
+    let prepared = prepare_mounts(ctx, &rootfs)?;
     pivot_into(&rootfs)?;
     mount_filesystems(cfg.privileged, cfg.shm_size.unwrap_or(DEFAULT_SHM_BYTES))?;
-    mount_tmpfs(cfg)?;
+    mount_all(cfg, prepared)?;
     write_sysctls(cfg)?;
     if !cfg.privileged {
         mask_paths()?;
@@ -235,6 +242,9 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
             .map_err(|e| io_start_error(Stage::Rlimits, &e, format!("set oom_score_adj {adj}")))?;
     }
 
+    if cfg.init {
+        tinit::hide_cmdline();
+    }
     // Still root with every capability: shrink the bounding set (needs CAP_SETPCAP).
     security::drop_bounding(caps_mask).map_err(|m| StartError::new(Stage::Capabilities, m))?;
     let mut seccomp = seccomp;
@@ -315,6 +325,10 @@ fn finalize(
     if let Some(programs) = &seccomp {
         security::install_seccomp(programs)
             .map_err(|e| StartError::errno(Stage::Seccomp, e, "install the seccomp filter"))?;
+    }
+    if cfg.init {
+        // PID 1 stays as the init; the child goes on to exec the workload.
+        tinit::fork_init()?;
     }
     let Err(e) = execve(&c_path, &argv, &envp);
     let hint = match e {
@@ -501,37 +515,112 @@ fn mount_filesystems(privileged: bool, shm_bytes: u64) -> Result<(), StartError>
     Ok(())
 }
 
-/// The config's tmpfs mounts: nosuid, nodev, noexec (Docker's defaults), mode 1777 unless set.
-fn mount_tmpfs(cfg: &ContainerConfig) -> Result<(), StartError> {
-    for t in &cfg.tmpfs {
-        match fs::symlink_metadata(&t.path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(StartError::new(
-                    Stage::Mounts,
-                    format!(
-                        "tmpfs mount point {} in the image is not a directory",
-                        t.path
-                    ),
-                ))
-            }
-            Err(_) => fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&t.path)
-                .map_err(|e| io_start_error(Stage::Mounts, &e, format!("create {}", t.path)))?,
+/// The managed /etc files: (file in the state dir, target).
+pub(crate) const ETC_FILES: [(&str, &str); 3] = [
+    ("hosts", "/etc/hosts"),
+    ("hostname", "/etc/hostname"),
+    ("resolv.conf", "/etc/resolv.conf"),
+];
+
+/// Before pivot_root: copy-up into fresh volumes, then a detached clone of every mount source
+/// (the config's mounts, then the managed /etc files not overridden by a mount).
+fn prepare_mounts(ctx: &InitContext, rootfs: &Path) -> Result<Vec<mounts::Prepared>, StartError> {
+    let cfg = ctx.config;
+    let mut out = Vec::with_capacity(cfg.mounts.len() + ETC_FILES.len());
+    for m in &cfg.mounts {
+        if m.copy_up && m.kind == mounts::MountKind::Volume {
+            mounts::copy_up(rootfs, &m.target, &m.source)?;
         }
-        let mut data = format!("mode={:o}", t.mode.unwrap_or(0o1777));
-        if let Some(size) = t.size {
-            data.push_str(&format!(",size={size}"));
-        }
-        mount_fs(
-            "tmpfs",
-            &t.path,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some(&data),
-        )?;
+        out.push(mounts::prepare(
+            &m.source,
+            &m.target,
+            m.read_only,
+            m.propagation.as_deref(),
+        )?);
     }
+    if cfg.manage_etc {
+        for (file, target) in ETC_FILES {
+            // A mount of the config at the file, or above it (e.g. a bind of a host dir on
+            // /etc), wins: its mount point would be made in the bound host directory.
+            let covered = out.iter().any(|p| {
+                p.target == target
+                    || target
+                        .strip_prefix(p.target.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            });
+            if covered {
+                continue;
+            }
+            out.push(mounts::prepare(&ctx.dir.join(file), target, false, None)?);
+        }
+    }
+    Ok(out)
+}
+
+/// After pivot_root and /proc, /dev: the tmpfs mounts and the prepared binds, parents first
+/// (by target depth; the config's order among equals, tmpfs first).
+fn mount_all(cfg: &ContainerConfig, prepared: Vec<mounts::Prepared>) -> Result<(), StartError> {
+    enum Item<'a> {
+        Tmpfs(&'a TmpfsMount),
+        Bind(mounts::Prepared),
+    }
+    let depth = |p: &str| p.split('/').filter(|c| !c.is_empty()).count();
+    let mut items: Vec<(usize, Item)> = cfg
+        .tmpfs
+        .iter()
+        .map(|t| (depth(&t.path), Item::Tmpfs(t)))
+        .chain(
+            prepared
+                .into_iter()
+                .map(|p| (depth(&p.target), Item::Bind(p))),
+        )
+        .collect();
+    items.sort_by_key(|(d, _)| *d);
+    let root = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StartError::errno(Stage::Mounts, e, "open /"))?;
+    for (_, item) in &items {
+        match item {
+            Item::Tmpfs(t) => mount_one_tmpfs(t)?,
+            Item::Bind(p) => mounts::attach(&root, p)?,
+        }
+    }
+    Ok(())
+}
+
+/// A tmpfs mount of the config: nosuid, nodev, noexec (Docker's defaults), mode 1777 unless
+/// set.
+fn mount_one_tmpfs(t: &TmpfsMount) -> Result<(), StartError> {
+    match fs::symlink_metadata(&t.path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(StartError::new(
+                Stage::Mounts,
+                format!(
+                    "tmpfs mount point {} in the image is not a directory",
+                    t.path
+                ),
+            ))
+        }
+        Err(_) => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&t.path)
+            .map_err(|e| io_start_error(Stage::Mounts, &e, format!("create {}", t.path)))?,
+    }
+    let mut data = format!("mode={:o}", t.mode.unwrap_or(0o1777));
+    if let Some(size) = t.size {
+        data.push_str(&format!(",size={size}"));
+    }
+    mount_fs(
+        "tmpfs",
+        &t.path,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(&data),
+    )?;
     Ok(())
 }
 

@@ -12,10 +12,12 @@
 //! P1 creates the cgroup and applies the limits, unshares a pid namespace and forks the
 //! container's init, moves it into the cgroup, and only then releases it (sync pipe). The init
 //! unshares mount/uts/ipc/net namespaces, makes `/` rprivate, mounts the overlay rootfs (so the
-//! mount exists only in the container's mount namespace), pivots into it, mounts `/proc`, `/sys`
-//! (ro), `/dev` (tmpfs with mknod'ed null, zero, full, random, urandom, tty; `/dev/pts`,
-//! `/dev/shm`), masks Docker's masked paths, sets the hostname, brings `lo` up, drops the
-//! capability bounding set, switches user, sets the capability sets and no_new_privs, installs
+//! mount exists only in the container's mount namespace), fills fresh volumes from the image
+//! and clones the sources of its bind mounts and volumes ([`Mount`]), pivots into it, mounts
+//! `/proc`, `/sys` (ro), `/dev` (tmpfs with mknod'ed null, zero, full, random, urandom, tty;
+//! `/dev/pts`, `/dev/shm`), attaches the tmpfs, bind and volume mounts and the managed /etc
+//! files, masks Docker's masked paths, sets the hostname, brings `lo` up, drops the capability
+//! bounding set, switches user, sets the capability sets and no_new_privs, installs
 //! the seccomp filter and execs (the full order is in `init.rs`, the policy in [`security`]).
 //! Any failure before the exec is written as JSON over a close-on-exec pipe (`stage`, `errno`,
 //! `message`), so the daemon's error says what went wrong where. P1 then relays stdout/stderr into `log.json`,
@@ -30,7 +32,8 @@
 //! start time, container pid and start time, started_at, cgroup path; written by the supervisor)
 //! · `exit.json` ([`ExitStatus`]) · `log.json` (JSON lines, see [`read_log`]) ·
 //! `supervisor.log` (the supervisor's own stderr) · `rootfs/` (the overlay mount point, empty on
-//! the host), `upper/`, `work/`. `<dir>` is the container id, or for ids longer than 40 bytes
+//! the host), `upper/`, `work/` · `hosts`, `hostname`, `resolv.conf` (the managed /etc files,
+//! bind-mounted into the container; see [`EtcFiles`] and [`Runtime::update_etc`]). `<dir>` is the container id, or for ids longer than 40 bytes
 //! a 16-byte prefix plus a hash (overlay's option page limits path lengths).
 //!
 //! Pids are never trusted alone: the process start time recorded next to each pid is checked,
@@ -55,11 +58,14 @@
 
 mod cgroup;
 mod devices;
+mod etc;
 mod init;
 mod log;
 mod lookup;
+mod mounts;
 pub mod security;
 mod supervisor;
+mod tinit;
 mod user;
 
 use std::collections::BTreeMap;
@@ -78,8 +84,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
 
 pub use cgroup::{cpu_quota_us, Cgroup, CgroupFs, CgroupVersion, CPU_PERIOD_US};
+pub use etc::{
+    parse_extra_host, render_hostname, render_hosts, render_resolv_conf, EtcFiles, HostEntry,
+};
 pub use log::{read_log, LogEntry, LogFollower, LogStream};
 pub use lookup::DEFAULT_PATH;
+pub use mounts::{Mount, MountKind};
 pub use supervisor::supervisor_main;
 pub use user::{resolve_user, ExecUser, UserError};
 
@@ -210,6 +220,24 @@ pub struct ContainerConfig {
     /// The network namespace.
     #[serde(default)]
     pub network: NetworkMode,
+
+    /// Bind mounts and volumes (`volumes:`), see [`Mount`].
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Write /etc/hosts, /etc/hostname and /etc/resolv.conf into the state dir and bind-mount
+    /// them over the image's (see [`EtcFiles`]). On by default, as in Docker.
+    #[serde(default = "default_true")]
+    pub manage_etc: bool,
+    /// What the managed /etc files hold.
+    #[serde(default)]
+    pub etc: EtcFiles,
+    /// A tiny init as PID 1 that forwards signals and reaps zombies (`init: true`).
+    #[serde(default)]
+    pub init: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for ContainerConfig {
@@ -243,6 +271,10 @@ impl Default for ContainerConfig {
             oom_score_adj: None,
             stop_signal: String::new(),
             network: NetworkMode::New,
+            mounts: Vec::new(),
+            manage_etc: true,
+            etc: EtcFiles::default(),
+            init: false,
         }
     }
 }
@@ -837,6 +869,8 @@ fn validate_options(c: &ContainerConfig) -> Result<(), String> {
         }
     }
     parse_signal(&c.stop_signal)?;
+    mounts::validate_mounts(c)?;
+    etc::validate(&c.etc)?;
     if let NetworkMode::Join(p) = &c.network {
         if !p.is_absolute() {
             return Err(format!(
@@ -981,8 +1015,24 @@ impl Runtime {
                 });
             }
         }
+        let missing =
+            mounts::check_sources(&config).map_err(|reason| RuntimeError::InvalidConfig {
+                id: config.id.clone(),
+                reason,
+            })?;
         let id = config.id.clone();
         let dir = self.dir_of(&id)?;
+        if dir.exists() {
+            return Err(RuntimeError::AlreadyExists { id, path: dir });
+        }
+        // The short `-v /host:/ctr` syntax makes a missing host directory (as Docker does).
+        for p in missing {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&p)
+                .map_err(io_err("create bind source", &p))?;
+        }
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -1028,6 +1078,9 @@ impl Runtime {
             // Not left to the daemon's umask: the container's "/" takes the upper dir's mode.
             fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
                 .map_err(io_err("chmod", &p))?;
+        }
+        if config.manage_etc {
+            write_etc_files(config, dir)?;
         }
         let json = serde_json::to_vec_pretty(config).map_err(|e| RuntimeError::InvalidConfig {
             id: id.clone(),
@@ -1239,7 +1292,8 @@ impl Runtime {
 
     /// The config's stop signal (SIGTERM by default), up to `grace` for the container to exit,
     /// then SIGKILL. Fine on a container that is not running. Note: an init (PID 1) ignores
-    /// SIGTERM unless it handles it.
+    /// SIGTERM unless it handles it (with `init: true` the workload is not PID 1, and the init
+    /// forwards the signal to it).
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let state = self.state(id)?;
         if !matches!(state.status, ContainerStatus::Running { .. }) {
@@ -1317,6 +1371,46 @@ impl Runtime {
         }
     }
 
+    /// Rewrites the managed /etc/hosts and /etc/resolv.conf of a container (running or not)
+    /// from `etc`, in place: same inode, so a running container sees the change at once; and
+    /// records `etc` in its config.
+    pub fn update_etc(&self, id: &str, etc: EtcFiles) -> Result<(), RuntimeError> {
+        let dir = self.dir_of(id)?;
+        let config_path = dir.join(CONFIG_FILE);
+        let mut config: ContainerConfig =
+            read_json(&config_path)?.ok_or_else(|| RuntimeError::NotFound {
+                id: id.to_string(),
+                root: self.root.clone(),
+            })?;
+        etc::validate(&etc).map_err(|reason| RuntimeError::InvalidConfig {
+            id: id.to_string(),
+            reason,
+        })?;
+        if !config.manage_etc {
+            return Err(RuntimeError::InvalidConfig {
+                id: id.to_string(),
+                reason: "its /etc files are not managed (manage_etc is off)".into(),
+            });
+        }
+        config.etc = etc;
+        let (hosts, resolv) = etc_contents(&config);
+        for (file, data) in [("hosts", hosts), ("resolv.conf", resolv)] {
+            let path = dir.join(file);
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(io_err("rewrite", &path))?;
+            f.write_all(data.as_bytes())
+                .map_err(io_err("rewrite", &path))?;
+        }
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| RuntimeError::InvalidConfig {
+            id: id.to_string(),
+            reason: format!("cannot encode config: {e}"),
+        })?;
+        write_atomic(&config_path, &json).map_err(io_err("write", &config_path))
+    }
+
     /// The container's log file (JSON lines; see [`read_log`]).
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.root.join(dir_name(id)).join(LOG_FILE)
@@ -1350,6 +1444,55 @@ impl Runtime {
     pub fn remove_cgroup_parent(&self) -> Result<(), RuntimeError> {
         self.cgroups.remove_dir(&self.cgroup_parent)
     }
+}
+
+/// The hostname a container gets: the config's, else the first 12 characters of its state
+/// directory's name.
+pub(crate) fn effective_hostname(config: &ContainerConfig, dir: &Path) -> String {
+    if config.hostname.is_empty() {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().chars().take(12).collect())
+            .unwrap_or_else(|| "container".to_string())
+    } else {
+        config.hostname.clone()
+    }
+}
+
+/// The contents of the managed /etc/hosts and /etc/resolv.conf (from the host's files where
+/// they are the base).
+fn etc_contents(config: &ContainerConfig) -> (String, String) {
+    let host_file = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let host_net = config.network == NetworkMode::Host;
+    let host_hosts = host_net.then(|| host_file("/etc/hosts"));
+    (
+        render_hosts(&config.etc, host_hosts.as_deref()),
+        render_resolv_conf(&config.etc, &host_file("/etc/resolv.conf"), !host_net),
+    )
+}
+
+/// Writes `hosts`, `hostname` and `resolv.conf` into the state dir (0644: readable by any
+/// user of the container).
+fn write_etc_files(config: &ContainerConfig, dir: &Path) -> Result<(), RuntimeError> {
+    let (hosts, resolv) = etc_contents(config);
+    let hostname = render_hostname(&effective_hostname(config, dir));
+    for (file, data) in [
+        ("hosts", hosts),
+        ("hostname", hostname),
+        ("resolv.conf", resolv),
+    ] {
+        let path = dir.join(file);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(data.as_bytes())?;
+                f.set_permissions(fs::Permissions::from_mode(0o644))
+            })
+            .map_err(io_err("write", &path))?;
+    }
+    Ok(())
 }
 
 /// Registers a pidfd with tokio: it becomes readable when the process exits.
@@ -1398,6 +1541,48 @@ mod tests {
                 .expect("minimal");
         assert_eq!(minimal.stop_grace, Duration::from_secs(10));
         assert!(minimal.env.is_empty());
+    }
+
+    fn mount(source: &str, target: &str) -> Mount {
+        Mount {
+            kind: MountKind::Bind,
+            source: source.into(),
+            target: target.into(),
+            read_only: false,
+            propagation: None,
+            copy_up: false,
+            create_host_path: false,
+        }
+    }
+
+    #[test]
+    fn mounts_etc_and_init_default_and_roundtrip() {
+        let minimal: ContainerConfig =
+            serde_json::from_str(r#"{"id":"a","name":"a","layers":["/x"],"args":["true"]}"#)
+                .expect("minimal");
+        assert!(minimal.manage_etc, "managed /etc files by default");
+        assert!(!minimal.init && minimal.mounts.is_empty());
+        let mut c = config();
+        c.mounts.push(mount("/host/data", "/data"));
+        let mut v = mount("/v/x/_data", "/var/lib/db");
+        v.kind = MountKind::Volume;
+        v.copy_up = true;
+        v.read_only = true;
+        v.propagation = Some("rslave".into());
+        c.mounts.push(v);
+        c.etc
+            .hosts
+            .push(HostEntry::new("10.0.0.2", &["web-1", "web"]));
+        c.etc.dns_servers.push("10.0.0.1".into());
+        c.init = true;
+        validate_config(&c).expect("valid");
+        let json = serde_json::to_value(&c).expect("encode");
+        assert_eq!(json["mounts"][1]["kind"], "volume");
+        let back: ContainerConfig = serde_json::from_value(json).expect("decode");
+        assert_eq!(back, c);
+        // A mount with only source and target is a read-write bind.
+        let m: Mount = serde_json::from_str(r#"{"source":"/a","target":"/b"}"#).expect("mount");
+        assert_eq!(m, mount("/a", "/b"));
     }
 
     #[test]
@@ -1502,6 +1687,60 @@ mod tests {
                 "not absolute",
             ),
             (Box::new(|c| c.shm_size = Some(0)), "shm_size"),
+            (
+                Box::new(|c| c.mounts.push(mount("/src", "data"))),
+                "not an absolute path",
+            ),
+            (
+                Box::new(|c| c.mounts.push(mount("/src", "/"))),
+                "cannot replace the root",
+            ),
+            (
+                Box::new(|c| c.mounts.push(mount("src", "/data"))),
+                "not an absolute host path",
+            ),
+            (
+                Box::new(|c| {
+                    c.mounts.push(mount("/a", "/data"));
+                    c.mounts.push(mount("/b", "/data/"));
+                }),
+                "duplicate mount point",
+            ),
+            (
+                Box::new(|c| {
+                    c.tmpfs.push(TmpfsMount {
+                        path: "/run".into(),
+                        size: None,
+                        mode: None,
+                    });
+                    c.mounts.push(mount("/b", "/run"));
+                }),
+                "duplicate mount point",
+            ),
+            (
+                Box::new(|c| {
+                    let mut m = mount("/a", "/x");
+                    m.propagation = Some("bogus".into());
+                    c.mounts.push(m);
+                }),
+                "propagation",
+            ),
+            (
+                Box::new(|c| {
+                    let mut m = mount("/a", "/x");
+                    m.copy_up = true;
+                    c.mounts.push(m);
+                }),
+                "only volumes",
+            ),
+            (
+                Box::new(|c| c.etc.dns_servers.push("dns.example".into())),
+                "not an IP address",
+            ),
+            (
+                Box::new(|c| c.etc.hosts.push(HostEntry::new("nope", &["x"]))),
+                "invalid IP address",
+            ),
         ];
         for (mutate, want) in cases {
             let mut c = config();

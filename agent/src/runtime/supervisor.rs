@@ -387,14 +387,7 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| StartError::errno(Stage::Namespaces, e, "unshare(CLONE_NEWPID)"))?;
 
-    let hostname = if config.hostname.is_empty() {
-        args.dir
-            .file_name()
-            .map(|n| n.to_string_lossy().chars().take(12).collect())
-            .unwrap_or_else(|| "container".to_string())
-    } else {
-        config.hostname.clone()
-    };
+    let hostname = super::effective_hostname(&config, &args.dir);
 
     // SAFETY: single-threaded process.
     let child = match unsafe { fork() } {

@@ -1,0 +1,363 @@
+//! The network side of a task: which networks its container joins, made on this node when
+//! first needed, and released with the container.
+//!
+//! - `network_mode: host` shares the host's stack; `none` gives a namespace with only `lo`.
+//! - Otherwise the container joins each of the service's networks (in order; the first
+//!   non-internal one carries the default route), or the node's default `bridge` network
+//!   when the service names none (Docker's `docker run` default).
+//! - A store network is made on this node under its cluster-wide name, with its subnet if
+//!   it has one, else one from the node's address pools. Networks no task needs any more are
+//!   removed by [`TaskNetworks::prune`].
+//! - Service discovery: the node's DNS server answers on each network's gateway (port 53);
+//!   containers name the gateway in their resolv.conf. A running task answers to its container
+//!   name, its service name, its aliases, and `tasks.<service|alias>`, on each of its networks.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use shoal_proto::{Network, Task};
+
+use crate::dns::DnsServer;
+use crate::network::{Attachment, NetworkManager, NetworkSpec};
+use crate::runtime::NetworkMode;
+
+/// The node-local network of services that name none.
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+/// What a task's container gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub mode: NetworkMode,
+    /// Its endpoints, in attach order (empty for `host` and `none`).
+    pub attachments: Vec<Attachment>,
+}
+
+/// Which networks a task asks for: (local network name, store network if any, aliases).
+#[derive(Debug, Clone, PartialEq)]
+enum Wanted {
+    Host,
+    None,
+    Networks(Vec<(String, Option<Network>, Vec<String>)>),
+}
+
+/// Reads the task's wishes against the networks the manager sent. Pure.
+fn wanted(task: &Task, known: &HashMap<String, Network>) -> Result<Wanted, String> {
+    let spec = task
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("task {} carries no service spec", task.id))?;
+    let mode = spec
+        .container
+        .as_ref()
+        .map(|c| c.network_mode.as_str())
+        .unwrap_or("");
+    match mode {
+        "host" => return Ok(Wanted::Host),
+        "none" => return Ok(Wanted::None),
+        "" | "bridge" | "default" => {}
+        other => {
+            return Err(format!(
+                "network_mode {other:?} is not supported: use host, none or networks"
+            ))
+        }
+    }
+    if spec.networks.is_empty() {
+        return Ok(Wanted::Networks(vec![(
+            DEFAULT_NETWORK.to_string(),
+            None,
+            Vec::new(),
+        )]));
+    }
+    spec.networks
+        .iter()
+        .map(|a| {
+            let network = known.get(&a.target).ok_or_else(|| {
+                format!(
+                    "network {} is unknown to this node (removed while the task was starting?)",
+                    a.target
+                )
+            })?;
+            let name = network
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| network.id.clone());
+            Ok((name, Some(network.clone()), a.aliases.clone()))
+        })
+        .collect::<Result<_, String>>()
+        .map(Wanted::Networks)
+}
+
+/// The node-local spec of a store network.
+fn local_spec(name: &str, network: Option<&Network>) -> Result<NetworkSpec, String> {
+    let mut local = NetworkSpec::named(name);
+    let Some(spec) = network.and_then(|n| n.spec.as_ref()) else {
+        return Ok(local);
+    };
+    fn parse<T: std::str::FromStr>(name: &str, what: &str, text: &str) -> Result<T, String> {
+        text.parse()
+            .map_err(|_| format!("network {name}: invalid {what} {text:?}"))
+    }
+    if !spec.subnet.is_empty() {
+        local.subnet = Some(parse(name, "subnet", &spec.subnet)?);
+    }
+    if !spec.gateway.is_empty() {
+        local.gateway = Some(parse(name, "gateway", &spec.gateway)?);
+    }
+    if !spec.ip_range.is_empty() {
+        local.ip_range = Some(parse(name, "ip range", &spec.ip_range)?);
+    }
+    local.internal = spec.internal;
+    local.mtu = spec.mtu;
+    Ok(local)
+}
+
+/// The names a task answers to on one network: its container name first (the reverse
+/// lookup's answer), then its service name and aliases, then their `tasks.` forms. Pure.
+pub fn dns_names(container_name: &str, service: &str, aliases: &[String]) -> Vec<String> {
+    let mut names = vec![container_name.to_string()];
+    for n in std::iter::once(service).chain(aliases.iter().map(String::as_str)) {
+        if !n.is_empty() && !names.iter().any(|x| x == n) {
+            names.push(n.to_string());
+        }
+    }
+    let tasks: Vec<String> = names[1..].iter().map(|n| format!("tasks.{n}")).collect();
+    names.extend(tasks);
+    names
+}
+
+/// The node's networks as the executor uses them.
+#[derive(Clone)]
+pub struct TaskNetworks {
+    manager: NetworkManager,
+    dns: DnsServer,
+}
+
+impl TaskNetworks {
+    pub fn new(manager: NetworkManager, dns: DnsServer) -> Self {
+        TaskNetworks { manager, dns }
+    }
+
+    /// Makes the task's names resolvable on its networks (it runs now), and makes sure the
+    /// DNS server listens on those networks' gateways (also after a daemon restart).
+    pub async fn announce(&self, task: &Task, container_name: &str) {
+        let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+        for a in self.manager.attachments(&task.id) {
+            let listen = SocketAddr::new(a.gateway.into(), 53);
+            if let Err(e) = self.dns.listen(listen).await {
+                tracing::warn!(network = %a.network_name, "no DNS on this network: {e}");
+            }
+            let endpoint = format!("{}/{}", task.id, a.network_id);
+            let names = dns_names(container_name, service, &a.aliases);
+            self.dns
+                .table()
+                .set_endpoint(&endpoint, &a.network_id, a.ip, names);
+        }
+    }
+
+    /// The task stopped: its names go.
+    pub fn withdraw(&self, container_id: &str) {
+        self.dns.table().remove_container(container_id);
+    }
+
+    pub fn manager(&self) -> &NetworkManager {
+        &self.manager
+    }
+
+    /// Makes the task's networks on this node if needed and attaches its container. On error
+    /// nothing of the container's is left attached.
+    pub async fn prepare(
+        &self,
+        task: &Task,
+        known: &HashMap<String, Network>,
+    ) -> Result<Prepared, String> {
+        let networks = match wanted(task, known)? {
+            Wanted::Host => {
+                return Ok(Prepared {
+                    mode: NetworkMode::Host,
+                    attachments: Vec::new(),
+                })
+            }
+            Wanted::None => {
+                return Ok(Prepared {
+                    mode: NetworkMode::New,
+                    attachments: Vec::new(),
+                })
+            }
+            Wanted::Networks(n) => n,
+        };
+        let result = self.attach_all(&task.id, networks).await;
+        if result.is_err() {
+            self.release(&task.id).await;
+        }
+        result
+    }
+
+    async fn attach_all(
+        &self,
+        container_id: &str,
+        networks: Vec<(String, Option<Network>, Vec<String>)>,
+    ) -> Result<Prepared, String> {
+        let mut attachments = Vec::new();
+        for (name, network, aliases) in networks {
+            let spec = local_spec(&name, network.as_ref())?;
+            self.manager
+                .ensure_network(spec)
+                .await
+                .map_err(|e| format!("network {name}: {e}"))?;
+            let attachment = self
+                .manager
+                .attach(container_id, &name, aliases)
+                .await
+                .map_err(|e| format!("attach to network {name}: {e}"))?;
+            attachments.push(attachment);
+        }
+        let netns = attachments
+            .first()
+            .map(|a| a.netns_path.clone())
+            .ok_or("the task has no network to join")?;
+        Ok(Prepared {
+            mode: NetworkMode::Join(netns),
+            attachments,
+        })
+    }
+
+    /// Releases the container's names, addresses, veths and netns file. Idempotent.
+    pub async fn release(&self, container_id: &str) {
+        self.withdraw(container_id);
+        if let Err(e) = self.manager.release_container(container_id).await {
+            tracing::warn!(
+                container = container_id,
+                "releasing its network endpoints: {e}"
+            );
+        }
+    }
+
+    /// Removes the networks that no container uses and no assigned task needs (`needed`,
+    /// by local name); the default network stays.
+    pub async fn prune(&self, needed: &HashSet<String>) {
+        let state = self.manager.state();
+        let used: HashSet<&str> = state
+            .containers
+            .values()
+            .flat_map(|c| c.attachments.iter().map(|a| a.network_id.as_str()))
+            .collect();
+        for n in state.networks.values() {
+            if n.name == DEFAULT_NETWORK || needed.contains(&n.name) || used.contains(n.id.as_str())
+            {
+                continue;
+            }
+            self.dns
+                .unlisten(SocketAddr::new(n.gateway.into(), 53))
+                .await;
+            if let Err(e) = self.manager.remove_network(&n.id).await {
+                tracing::debug!(network = %n.name, "not removed: {e}");
+            }
+        }
+    }
+
+    /// The local network names the tasks need.
+    pub fn needed_by(tasks: &[Task], known: &HashMap<String, Network>) -> HashSet<String> {
+        tasks
+            .iter()
+            .filter_map(|t| match wanted(t, known) {
+                Ok(Wanted::Networks(n)) => Some(n.into_iter().map(|(name, _, _)| name)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{ContainerSpec, NetworkAttachmentConfig, ServiceSpec};
+
+    fn task(mode: &str, networks: &[&str]) -> Task {
+        Task {
+            id: "t".into(),
+            spec: Some(ServiceSpec {
+                container: Some(ContainerSpec {
+                    network_mode: mode.into(),
+                    ..Default::default()
+                }),
+                networks: networks
+                    .iter()
+                    .map(|n| NetworkAttachmentConfig {
+                        target: n.to_string(),
+                        aliases: vec!["a".into()],
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn known() -> HashMap<String, Network> {
+        let n = Network {
+            id: "n1".into(),
+            meta: None,
+            spec: Some(shoal_proto::NetworkSpec {
+                name: "app_front".into(),
+                subnet: "10.7.0.0/24".into(),
+                internal: true,
+                ..Default::default()
+            }),
+        };
+        HashMap::from([("n1".to_string(), n)])
+    }
+
+    #[test]
+    fn modes_and_networks_are_read() {
+        assert_eq!(wanted(&task("host", &[]), &known()), Ok(Wanted::Host));
+        assert_eq!(wanted(&task("none", &[]), &known()), Ok(Wanted::None));
+        assert!(wanted(&task("container:x", &[]), &known()).is_err());
+        match wanted(&task("", &[]), &known()) {
+            Ok(Wanted::Networks(n)) => assert_eq!(n[0].0, DEFAULT_NETWORK),
+            other => panic!("{other:?}"),
+        }
+        match wanted(&task("", &["n1"]), &known()) {
+            Ok(Wanted::Networks(n)) => {
+                assert_eq!(n[0].0, "app_front");
+                assert_eq!(n[0].2, ["a"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = wanted(&task("", &["gone"]), &known()).unwrap_err();
+        assert!(err.contains("unknown"), "{err}");
+    }
+
+    #[test]
+    fn a_task_answers_to_its_names_and_their_tasks_forms() {
+        let names = dns_names(
+            "app_web.1.abc",
+            "app_web",
+            &["web".into(), "app_web".into()],
+        );
+        assert_eq!(
+            names,
+            [
+                "app_web.1.abc",
+                "app_web",
+                "web",
+                "tasks.app_web",
+                "tasks.web"
+            ]
+        );
+    }
+
+    #[test]
+    fn store_specs_become_local_ones() {
+        let k = known();
+        let local = local_spec("app_front", k.get("n1")).expect("valid");
+        assert_eq!(
+            local.subnet.map(|s| s.to_string()),
+            Some("10.7.0.0/24".into())
+        );
+        assert!(local.internal);
+        let default = local_spec(DEFAULT_NETWORK, None).expect("valid");
+        assert_eq!(default.subnet, None);
+    }
+}

@@ -1,0 +1,220 @@
+//! Networks end to end with a real daemon: services talk by name over a stack's network, DNS
+//! follows scaling, networks isolate, and removing everything leaves no link or rule behind.
+//!
+//! What a container sees is read from its own logs: the client services run a shell loop that
+//! prints what `nslookup` and `wget` return.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::TestDaemon;
+use common::require_root;
+
+/// Writes `yaml` as a compose file in a temp dir and returns (dir guard, path).
+fn compose_file(yaml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("compose.yaml");
+    std::fs::write(&path, yaml).expect("write compose file");
+    let path = path.to_str().expect("utf-8 path").to_string();
+    (dir, path)
+}
+
+/// The web service serves "hello-from-web" with busybox httpd; the probe prints, every
+/// 300 ms, how many addresses `tasks.web` has and what `http://web/` answers. (busybox-static's
+/// libc resolves only through /etc/hosts, so names go through `nslookup`, which asks the
+/// container's DNS server itself, and `nc` connects to the address.)
+const APP: &str = r#"
+name: netapp
+services:
+  web:
+    image: busybox
+    command: [sh, -c, "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www"]
+    stop_grace_period: 1s
+    deploy: { replicas: 2 }
+  probe:
+    image: busybox
+    stop_grace_period: 1s
+    command:
+      - sh
+      - -c
+      - |
+        while true; do
+          n=$$(nslookup tasks.web 2>/dev/null | grep -v ':53' | grep -c '^Address')
+          echo "tasks=$$n"
+          ip=$$(nslookup web 2>/dev/null | awk '/^Address: /{print $$2; exit}')
+          echo "page=$$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 1 $$ip 80 | tail -1)"
+          sleep 0.3
+        done
+"#;
+
+fn logs(d: &TestDaemon, service: &str) -> String {
+    d.ok(&["service", "logs", "--tail", "6", service])
+}
+
+#[test]
+fn services_of_a_stack_reach_each_other_by_name_and_dns_follows_scaling() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    let (_dir, file) = compose_file(APP);
+    d.ok(&["compose", "-f", &file, "up", "--wait"]);
+
+    // Every task has an address on the stack's default network.
+    let tasks = d.running_tasks("netapp_web");
+    assert_eq!(tasks.len(), 2);
+    for t in &tasks {
+        let addr = &t["status"]["addresses"][0];
+        assert_eq!(addr["network"], "netapp_default", "{t}");
+        let cidr = addr["address"].as_str().unwrap_or_default();
+        assert!(cidr.starts_with(&format!("10.{}.", d.pool_octet)), "{cidr}");
+    }
+    let networks = d.ok(&["network", "ls"]);
+    assert!(networks.contains("netapp_default"), "{networks}");
+
+    d.wait_for(
+        "the probe to reach web by name",
+        Duration::from_secs(20),
+        || {
+            let l = logs(&d, "netapp_probe");
+            l.contains("page=hello-from-web") && l.contains("tasks=2")
+        },
+    );
+
+    // Scale up and down: tasks.web follows.
+    d.ok(&["service", "scale", "netapp_web=3"]);
+    d.wait_for("tasks.web to list 3 tasks", Duration::from_secs(20), || {
+        logs(&d, "netapp_probe").contains("tasks=3")
+    });
+    d.ok(&["service", "scale", "netapp_web=1"]);
+    d.wait_for("tasks.web to list 1 task", Duration::from_secs(20), || {
+        logs(&d, "netapp_probe")
+            .lines()
+            .rfind(|l| l.contains("tasks="))
+            .is_some_and(|l| l.ends_with("tasks=1"))
+    });
+
+    d.ok(&["compose", "-f", &file, "down"]);
+    d.wait_for("the stack network removed", Duration::from_secs(20), || {
+        !d.ok(&["network", "ls"]).contains("netapp_default")
+    });
+}
+
+/// Links and nftables tables of this daemon that exist on the host.
+fn leftovers(d: &TestDaemon) -> Vec<String> {
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut found: Vec<String> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .filter(|n| n.contains(&d.net_prefix))
+        .collect();
+    let tables = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    found.extend(
+        tables
+            .lines()
+            .filter(|l| l.contains(&d.nft_table))
+            .map(str::to_string),
+    );
+    found
+}
+
+#[test]
+fn networks_isolate_and_nothing_leaks_after_removal() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    d.ok(&["network", "create", "front"]);
+    d.ok(&["network", "create", "back", "--subnet", "10.250.7.0/24"]);
+    let err = d.fails(&["network", "create", "again", "--subnet", "10.250.7.128/25"]);
+    assert!(err.contains("overlaps"), "{err}");
+    let err = d.fails(&["network", "create", "front"]);
+    assert!(err.contains("already"), "{err}");
+
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo front-page > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let web_ip = d.running_tasks("web")[0]["status"]["addresses"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .map(str::to_string)
+        .expect("web has an address");
+    // Same network: by name. Other network: neither the name nor the address answers.
+    let probe = |name: &str, network: &str| {
+        d.ok(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--stop-grace-period",
+            "1s",
+            "busybox",
+            "sh",
+            "-c",
+            &format!(
+                "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 \"$1\" 80 | tail -1; }}; \
+                 while true; do \
+                   ip=$(nslookup web 2>/dev/null | awk '/^Address: /{{print $2; exit}}'); \
+                   echo \"name=$(get \"$ip\")\"; echo \"ip=$(get {web_ip})\"; sleep 0.3; \
+                 done"
+            ),
+        ]);
+    };
+    probe("near", "front");
+    probe("far", "back");
+    d.wait_for("near reaches web", Duration::from_secs(20), || {
+        let l = logs(&d, "near");
+        l.contains("name=front-page") && l.contains("ip=front-page")
+    });
+    // An unknown name goes to the host's resolvers, which may be slow to say no here.
+    d.wait_for("far has tried twice", Duration::from_secs(60), || {
+        logs(&d, "far").matches("ip=").count() >= 2
+    });
+    let far = logs(&d, "far");
+    assert!(
+        !far.contains("front-page"),
+        "another network reached web:\n{far}"
+    );
+
+    let err = d.fails(&["network", "rm", "front"]);
+    assert!(err.contains("in use"), "{err}");
+    for s in ["web", "near", "far"] {
+        d.ok(&["service", "rm", s]);
+    }
+    d.ok(&["network", "rm", "front", "back"]);
+    // The node removes its bridges once no task needs them; the default one stays.
+    d.wait_for(
+        "only the default bridge left",
+        Duration::from_secs(20),
+        || {
+            leftovers(&d)
+                .iter()
+                .filter(|l| !l.contains("table"))
+                .count()
+                <= 1
+        },
+    );
+}
