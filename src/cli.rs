@@ -55,6 +55,46 @@ pub enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage this node's volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (a random name when none is given).
+    Create {
+        /// Volume labels (KEY=VALUE).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Driver: local.
+        #[arg(short, long, default_value = "local")]
+        driver: String,
+        name: Option<String>,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show volumes in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove volumes (refused while a container uses one).
+    #[command(alias = "remove")]
+    Rm {
+        /// A missing volume is not an error.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every volume no container uses.
+    Prune {
+        /// Accepted for Docker's habits: there is no prompt.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -447,6 +487,10 @@ pub struct CreateArgs {
     /// Service labels (KEY=VALUE).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    /// Publish a port: [IP:]HOST:CONTAINER[/udp], CONTAINER (a free host port), or
+    /// published=HOST,target=CONTAINER[,protocol=udp][,mode=host] (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
     /// Attach to a network: NAME, or name=NAME,alias=A[,alias=B] (repeatable).
     #[arg(long = "network")]
     pub networks: Vec<String>,

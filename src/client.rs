@@ -6,13 +6,17 @@ use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::images_client::ImagesClient;
+use shoal_proto::volumes_client::VolumesClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 
+/// Clones share one connection.
+#[derive(Clone)]
 pub struct Client {
     pub control: ControlClient<Channel>,
     pub images: ImagesClient<Channel>,
+    pub volumes: VolumesClient<Channel>,
 }
 
 /// Connects to `host`: a path, `unix://PATH`, or `tcp://HOST:PORT`.
@@ -44,7 +48,8 @@ pub async fn connect(host: &str) -> Result<Client> {
     };
     Ok(Client {
         control: ControlClient::new(channel.clone()),
-        images: ImagesClient::new(channel),
+        images: ImagesClient::new(channel.clone()),
+        volumes: VolumesClient::new(channel),
     })
 }
 

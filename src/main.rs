@@ -10,8 +10,11 @@ mod units;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand};
-use commands::{image, network, service, stack, system};
+use cli::{
+    Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand,
+    VolumeCommand,
+};
+use commands::{image, network, service, stack, system, volume};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -87,6 +90,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     NetworkCommand::Rm { networks } => network::rm(&mut client, &networks).await,
                     NetworkCommand::Prune { .. } => network::prune(&mut client).await,
+                },
+                Command::Volume(v) => match v {
+                    VolumeCommand::Create {
+                        labels,
+                        driver,
+                        name,
+                    } => volume::create(&mut client, name, &driver, &labels).await,
+                    VolumeCommand::Ls(l) => volume::ls(&mut client, l).await,
+                    VolumeCommand::Inspect { names } => volume::inspect(&mut client, &names).await,
+                    VolumeCommand::Rm { force, names } => {
+                        volume::rm(&mut client, &names, force).await
+                    }
+                    VolumeCommand::Prune { .. } => volume::prune(&mut client).await,
                 },
                 Command::Stack(s) => match s {
                     StackCommand::Deploy {

@@ -218,3 +218,79 @@ fn networks_isolate_and_nothing_leaks_after_removal() {
         },
     );
 }
+
+/// `GET /` over a fresh connection to `127.0.0.1:port`; the body's last line.
+fn get(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.lines().last().unwrap_or_default().to_string())
+}
+
+#[test]
+fn a_published_port_reaches_every_replica_and_a_clash_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    // Container port only: the node picks a free host port.
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "-p",
+        "80",
+        "--replicas",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let tasks = d.running_tasks("web");
+    let port = tasks[0]["status"]["ports"][0]["published_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or_else(|| panic!("no published port in {}", tasks[0]));
+    let mut seen = std::collections::HashSet::new();
+    d.wait_for(
+        "both replicas to answer on the port",
+        Duration::from_secs(20),
+        || {
+            if let Ok(body) = get(port) {
+                seen.insert(body);
+            }
+            seen.len() == 2
+        },
+    );
+
+    // Another service cannot take the same host port: its task says why.
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "clash",
+        "-p",
+        &format!("{port}:80"),
+        "busybox",
+        "sleep",
+        "100",
+    ]);
+    d.wait_for("the clash to be reported", Duration::from_secs(20), || {
+        d.ok(&["service", "ps", "clash", "--format", "json"])
+            .contains("already allocated")
+    });
+
+    d.ok(&["service", "rm", "web", "clash"]);
+    d.wait_for("the port to be freed", Duration::from_secs(20), || {
+        get(port).is_err()
+    });
+}

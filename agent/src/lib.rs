@@ -12,6 +12,7 @@ pub mod executor;
 pub mod image;
 pub mod logs;
 pub mod network;
+pub mod ports;
 pub mod runtime;
 pub mod session;
 pub mod volume;

@@ -5,3 +5,4 @@ pub mod network;
 pub mod service;
 pub mod stack;
 pub mod system;
+pub mod volume;

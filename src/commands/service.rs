@@ -88,8 +88,66 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
             }),
             ServiceModeArg::Global => Mode::Global(GlobalService {}),
         }),
-        endpoint: None,
+        endpoint: Some(EndpointSpec {
+            ports: a
+                .publish
+                .iter()
+                .map(|p| parse_publish(p))
+                .collect::<Result<Vec<_>>>()?
+                .concat(),
+        }),
     })
+}
+
+/// `--publish`: Docker's short form (through the port layer's parser) or its long form.
+fn parse_publish(text: &str) -> Result<Vec<PortConfig>> {
+    if !text.contains('=') {
+        let mappings = shoal_agent::ports::parse_publish(text)
+            .map_err(|e| anyhow!("invalid --publish {text:?}: {e}"))?;
+        return Ok(mappings
+            .into_iter()
+            .map(|m| PortConfig {
+                protocol: match m.protocol {
+                    shoal_agent::ports::Protocol::Tcp => PortProtocol::Tcp,
+                    shoal_agent::ports::Protocol::Udp => PortProtocol::Udp,
+                } as i32,
+                target_port: u32::from(m.container_port),
+                published_port: u32::from(m.host_port),
+                publish_mode: PublishMode::Ingress as i32,
+                host_ip: m.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            })
+            .collect());
+    }
+    let mut port = PortConfig::default();
+    let bad = || {
+        anyhow!("invalid --publish {text:?}: use published=HOST,target=CONTAINER[,protocol=tcp|udp][,mode=ingress|host]")
+    };
+    for field in text.split(',') {
+        let (key, value) = field.split_once('=').ok_or_else(bad)?;
+        match key {
+            "published" => port.published_port = value.parse().map_err(|_| bad())?,
+            "target" => port.target_port = value.parse().map_err(|_| bad())?,
+            "protocol" => {
+                port.protocol = match value {
+                    "tcp" => PortProtocol::Tcp,
+                    "udp" => PortProtocol::Udp,
+                    _ => return Err(bad()),
+                } as i32
+            }
+            "mode" => {
+                port.publish_mode = match value {
+                    "ingress" => PublishMode::Ingress,
+                    "host" => PublishMode::Host,
+                    _ => return Err(bad()),
+                } as i32
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if port.target_port == 0 || port.target_port > 65535 || port.published_port > 65535 {
+        return Err(bad());
+    }
+    Ok(vec![port])
 }
 
 /// `--network NAME` or `--network name=NAME,alias=A,alias=B` (Docker's long form).

@@ -107,10 +107,7 @@ async fn apply(
 async fn follow_logs(client: &mut Client, stack: &str, services: &[String]) -> Result<()> {
     let mut streams = Vec::new();
     for service in services {
-        let mut c = Client {
-            control: client.control.clone(),
-            images: client.images.clone(),
-        };
+        let mut c = client.clone();
         let full = format!("{stack}_{service}");
         streams.push(tokio::spawn(async move {
             super::service::logs(&mut c, &full, true, None, false).await

@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shoal_agent::dns::{DnsServer, DnsTable};
-use shoal_agent::executor::{Executor, TaskNetworks};
+use shoal_agent::executor::{Executor, PublishedPorts, TaskNetworks};
 use shoal_agent::image::ImageStore;
 use shoal_agent::network::{NetworkConfig, NetworkManager};
+use shoal_agent::ports::{PortConfig, PortManager};
 use shoal_agent::runtime::Runtime;
 use shoal_agent::session::Session;
+use shoal_agent::volume::{VolumeStore, VolumesApi};
 use shoal_manager::ca::Role;
 use shoal_manager::consensus::{new_id, Writer};
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
@@ -161,6 +163,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let api = Server::builder()
         .add_service(control.into_service())
         .add_service(shoal_agent::image::ImagesApi::new(agent.images.clone()).into_server())
+        .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
     // The embedded agent dials the manager like any remote agent would.
@@ -191,6 +194,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
     let unix = bind_socket(&socket)?;
     let api = Server::builder()
         .add_service(shoal_agent::image::ImagesApi::new(agent.images.clone()).into_server())
+        .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
     agent.start(manager.trim(), &certs, node_id.clone())?;
     tracing::info!(%node_id, manager = %manager.trim(), socket = %socket.display(), "shoal worker ready");
@@ -207,6 +211,7 @@ struct Agent {
     runtime: Arc<Runtime>,
     images: ImageStore,
     networks: TaskNetworks,
+    volumes: Arc<VolumeStore>,
 }
 
 impl Agent {
@@ -226,10 +231,18 @@ impl Agent {
         }
         let manager = NetworkManager::open(config).context("cannot open the node's networks")?;
         let dns = DnsServer::new(DnsTable::new(), dns_upstreams(&args.dns_upstreams)?);
+        let ports = PortManager::open(PortConfig {
+            state_dir: args.data_dir.join("ports"),
+            nft_table: format!("{}-ports", args.nft_table),
+        })
+        .context("cannot open the node's published ports")?;
+        let volumes = VolumeStore::open(args.data_dir.join("volumes"))
+            .context("cannot open the node's volumes")?;
         Ok(Agent {
             runtime,
             images,
-            networks: TaskNetworks::new(manager, dns),
+            networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports)),
+            volumes: Arc::new(volumes),
         })
     }
 
@@ -239,6 +252,7 @@ impl Agent {
             self.runtime.clone(),
             self.images.clone(),
             self.networks.clone(),
+            self.volumes.clone(),
         )?;
         let reconciling = executor.clone();
         tokio::spawn(async move { reconciling.reconcile_networks().await });

@@ -280,6 +280,13 @@ impl TestDaemon {
         for id in state.networks.keys() {
             let _ = rt.block_on(manager.remove_network(id));
         }
+        let ports = shoal_agent::ports::PortManager::open(shoal_agent::ports::PortConfig {
+            state_dir: self.data_dir().join("ports"),
+            nft_table: format!("{}-ports", self.nft_table),
+        });
+        if let Ok(ports) = ports {
+            let _ = ports.remove_all();
+        }
     }
 }
 

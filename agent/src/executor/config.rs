@@ -89,7 +89,7 @@ pub fn container_config(
             pids: positive(limits.pids),
         },
         stop_grace: stop_grace(task),
-        labels: c.labels.clone().into_iter().collect(),
+        labels: task_labels(task, spec),
         cap_add: c.cap_add.clone(),
         cap_drop: c.cap_drop.clone(),
         privileged: c.privileged,
@@ -114,6 +114,27 @@ pub fn container_config(
         init: c.init,
         ..ContainerConfig::default()
     })
+}
+
+/// Label of a task's container naming its service's id (Swarm's), and the others it sets.
+pub const SERVICE_ID_LABEL: &str = "com.docker.swarm.service.id";
+
+/// The container's labels: the spec's, plus Swarm's `com.docker.swarm.*` ones.
+fn task_labels(
+    task: &Task,
+    spec: &shoal_proto::ServiceSpec,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels: std::collections::BTreeMap<String, String> = spec
+        .container
+        .as_ref()
+        .map(|c| c.labels.clone().into_iter().collect())
+        .unwrap_or_default();
+    labels.insert(SERVICE_ID_LABEL.into(), task.service_id.clone());
+    labels.insert("com.docker.swarm.service.name".into(), spec.name.clone());
+    labels.insert("com.docker.swarm.task.id".into(), task.id.clone());
+    labels.insert("com.docker.swarm.task.name".into(), container_name(task));
+    labels.insert("com.docker.swarm.node.id".into(), task.node_id.clone());
+    labels
 }
 
 /// Whether `security_opt` holds `key=value` (or Docker's older `key:value`). Unknown options

@@ -5,13 +5,16 @@
 //! replacing them, so no replica is ever duplicated.
 
 mod config;
+mod mounts;
 mod net;
+mod published;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use config::{apply_network, container_config, container_name, stop_grace, DEFAULT_STOP_GRACE};
 pub use net::{Prepared, TaskNetworks, DEFAULT_NETWORK};
+pub use published::PublishedPorts;
 use shoal_proto::{
     now_ms, Assignments, Network, Task, TaskAddress, TaskState, TaskStatus, TaskStatusUpdate,
 };
@@ -19,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::image::ImageStore;
 use crate::runtime::{ContainerStatus, ExitStatus, Runtime};
+use crate::volume::VolumeStore;
 
 #[derive(Clone)]
 pub struct Executor {
@@ -29,6 +33,7 @@ struct Inner {
     runtime: Arc<Runtime>,
     images: ImageStore,
     networks: TaskNetworks,
+    volumes: Arc<VolumeStore>,
     /// The store networks the current assignments refer to, by id.
     known_networks: Mutex<HashMap<String, Network>>,
     updates: mpsc::UnboundedSender<TaskStatusUpdate>,
@@ -43,6 +48,7 @@ impl Executor {
         runtime: Arc<Runtime>,
         images: ImageStore,
         networks: TaskNetworks,
+        volumes: Arc<VolumeStore>,
     ) -> Result<(Executor, mpsc::UnboundedReceiver<TaskStatusUpdate>), crate::runtime::RuntimeError>
     {
         let containers = runtime.list()?.into_iter().map(|c| c.id).collect();
@@ -52,6 +58,7 @@ impl Executor {
                 runtime,
                 images,
                 networks,
+                volumes,
                 known_networks: Mutex::new(HashMap::new()),
                 updates,
                 workers: Mutex::new(HashMap::new()),
@@ -69,6 +76,16 @@ impl Executor {
     /// removes leftover links, netns files and rules.
     pub async fn reconcile_networks(&self) {
         let live = lock(&self.inner.containers).clone();
+        let services: HashSet<String> = self
+            .inner
+            .runtime
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.config.labels.get(config::SERVICE_ID_LABEL).cloned())
+            .collect();
+        let ports = self.inner.networks.ports().clone();
+        let _ = tokio::task::spawn_blocking(move || ports.reconcile(&services)).await;
         match self.inner.networks.manager().reconcile(live).await {
             Ok(report) => tracing::info!(?report, "networks reconciled"),
             Err(e) => tracing::warn!("reconciling networks: {e}"),
@@ -130,6 +147,13 @@ impl Executor {
         tokio::spawn(async move { networks.prune(&needed).await });
     }
 
+    /// What a container held besides itself: network endpoints and volumes.
+    async fn release_resources(&self, id: &str) {
+        self.inner.networks.release(id).await;
+        let (volumes, id) = (self.inner.volumes.clone(), id.to_string());
+        let _ = tokio::task::spawn_blocking(move || mounts::release(&volumes, &id)).await;
+    }
+
     async fn remove_container(&self, id: &str) {
         let grace = DEFAULT_STOP_GRACE;
         if let Err(e) = self.inner.runtime.stop(id, grace).await {
@@ -138,7 +162,7 @@ impl Executor {
         match self.inner.runtime.remove(id).await {
             Ok(()) => {
                 lock(&self.inner.containers).remove(id);
-                self.inner.networks.release(id).await;
+                self.release_resources(id).await;
             }
             Err(e) => tracing::warn!(container = id, "could not remove container: {e}"),
         }
@@ -224,7 +248,7 @@ impl Worker {
                 let task = rx.borrow().clone();
                 if let Some(task) = task {
                     let name = container_name(&task);
-                    self.executor.inner.networks.announce(&task, &name).await;
+                    let _ = self.executor.inner.networks.announce(&task, &name).await;
                 }
                 self.report(TaskState::Running, "running (adopted)", |s| {
                     s.pid = pid as u32
@@ -255,7 +279,7 @@ impl Worker {
                 }
             };
             // Out of DNS first, then stopped: no new client is sent to a dying task.
-            self.executor.inner.networks.withdraw(&self.id);
+            self.executor.inner.networks.withdraw(&self.id).await;
             if stopped {
                 let grace = rx
                     .borrow()
@@ -313,19 +337,34 @@ impl Worker {
             Ok(c) => c,
             Err(e) => return self.reject(&e),
         };
-        let known = lock(&self.executor.inner.known_networks).clone();
-        let networks = self.executor.inner.networks.clone();
+        let executor = self.executor.clone();
+        let (volumes, for_mounts) = (executor.inner.volumes.clone(), task.clone());
+        let mounted = tokio::task::spawn_blocking(move || mounts::prepare(&volumes, &for_mounts))
+            .await
+            .unwrap_or_else(|e| Err(format!("preparing mounts crashed: {e}")));
+        match mounted {
+            Ok(m) => {
+                config.mounts = m.mounts;
+                config.tmpfs.extend(m.tmpfs);
+            }
+            Err(e) => return self.reject(&e),
+        }
+        let known = lock(&executor.inner.known_networks).clone();
+        let networks = executor.inner.networks.clone();
         let prepared = match networks.prepare(&task, &known).await {
             Ok(p) => p,
-            Err(e) => return self.reject(&e),
+            Err(e) => {
+                executor.release_resources(&self.id).await;
+                return self.reject(&e);
+            }
         };
         if let Err(e) = apply_network(&mut config, &task, &prepared) {
-            networks.release(&self.id).await;
+            executor.release_resources(&self.id).await;
             return self.reject(&e);
         }
         self.report(TaskState::Ready, "ready", |_| {});
         if wanted(rx) != Some(TaskState::Running) {
-            networks.release(&self.id).await;
+            executor.release_resources(&self.id).await;
             return self.report(TaskState::Shutdown, "shutdown before start", |_| {});
         }
         self.report(TaskState::Starting, "starting", |_| {});
@@ -336,16 +375,17 @@ impl Worker {
                     ContainerStatus::Running { pid } => pid,
                     ContainerStatus::Exited(_) | ContainerStatus::Created => 0,
                 };
-                networks.announce(&task, &container_name(&task)).await;
+                let ports = networks.announce(&task, &container_name(&task)).await;
                 let addresses = task_addresses(&prepared);
                 self.report(TaskState::Running, "started", |s| {
                     s.pid = pid as u32;
                     s.addresses = addresses;
+                    s.ports = ports;
                 });
             }
             Err(e) => {
                 lock(&self.executor.inner.containers).remove(&self.id);
-                networks.release(&self.id).await;
+                executor.release_resources(&self.id).await;
                 self.report(TaskState::Failed, "starting container failed", |s| {
                     s.error = e.to_string()
                 });

@@ -15,8 +15,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use shoal_proto::{Network, Task};
+use shoal_proto::{Network, PortConfig, Task};
 
+use super::published::PublishedPorts;
 use crate::dns::DnsServer;
 use crate::network::{Attachment, NetworkManager, NetworkSpec};
 use crate::runtime::NetworkMode;
@@ -131,18 +132,36 @@ pub fn dns_names(container_name: &str, service: &str, aliases: &[String]) -> Vec
 pub struct TaskNetworks {
     manager: NetworkManager,
     dns: DnsServer,
+    ports: PublishedPorts,
+}
+
+/// Runs blocking port-layer work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
 }
 
 impl TaskNetworks {
-    pub fn new(manager: NetworkManager, dns: DnsServer) -> Self {
-        TaskNetworks { manager, dns }
+    pub fn new(manager: NetworkManager, dns: DnsServer, ports: PublishedPorts) -> Self {
+        TaskNetworks {
+            manager,
+            dns,
+            ports,
+        }
+    }
+
+    pub fn ports(&self) -> &PublishedPorts {
+        &self.ports
     }
 
     /// Makes the task's names resolvable on its networks (it runs now), and makes sure the
     /// DNS server listens on those networks' gateways (also after a daemon restart).
-    pub async fn announce(&self, task: &Task, container_name: &str) {
+    ///
+    /// Its published ports then reach it too (through its first non-internal network);
+    /// returns them with their host ports resolved.
+    pub async fn announce(&self, task: &Task, container_name: &str) -> Vec<PortConfig> {
         let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
-        for a in self.manager.attachments(&task.id) {
+        let attachments = self.manager.attachments(&task.id);
+        for a in &attachments {
             let listen = SocketAddr::new(a.gateway.into(), 53);
             if let Err(e) = self.dns.listen(listen).await {
                 tracing::warn!(network = %a.network_name, "no DNS on this network: {e}");
@@ -153,11 +172,30 @@ impl TaskNetworks {
                 .table()
                 .set_endpoint(&endpoint, &a.network_id, a.ip, names);
         }
+        let reachable = attachments.iter().find(|a| {
+            self.manager
+                .network(&a.network_id)
+                .is_ok_and(|n| !n.internal)
+        });
+        let Some(ip) = reachable.map(|a| a.ip) else {
+            return Vec::new();
+        };
+        let (ports, task) = (self.ports.clone(), task.clone());
+        match blocking(move || ports.add_backend(&task, ip)).await {
+            Some(Ok(published)) => published,
+            Some(Err(e)) => {
+                tracing::warn!("publishing ports: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
     }
 
-    /// The task stopped: its names go.
-    pub fn withdraw(&self, container_id: &str) {
+    /// The task stops: its names go, its published ports stop sending it new connections.
+    pub async fn withdraw(&self, container_id: &str) {
         self.dns.table().remove_container(container_id);
+        let (ports, id) = (self.ports.clone(), container_id.to_string());
+        blocking(move || ports.remove_backend(&id)).await;
     }
 
     pub fn manager(&self) -> &NetworkManager {
@@ -186,7 +224,13 @@ impl TaskNetworks {
             }
             Wanted::Networks(n) => n,
         };
-        let result = self.attach_all(&task.id, networks).await;
+        let mut result = self.attach_all(&task.id, networks).await;
+        if result.is_ok() {
+            let (ports, t) = (self.ports.clone(), task.clone());
+            if let Some(Err(e)) = blocking(move || ports.reserve(&t)).await {
+                result = Err(e);
+            }
+        }
         if result.is_err() {
             self.release(&task.id).await;
         }
@@ -224,7 +268,9 @@ impl TaskNetworks {
 
     /// Releases the container's names, addresses, veths and netns file. Idempotent.
     pub async fn release(&self, container_id: &str) {
-        self.withdraw(container_id);
+        self.withdraw(container_id).await;
+        let (ports, id) = (self.ports.clone(), container_id.to_string());
+        blocking(move || ports.release(&id)).await;
         if let Err(e) = self.manager.release_container(container_id).await {
             tracing::warn!(
                 container = container_id,

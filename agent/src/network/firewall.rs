@@ -9,8 +9,10 @@
 //! transaction, so a reload never leaves a window without rules):
 //!
 //! - `table inet <name>`, chain `forward` (hook forward): isolation. A packet from a shoal bridge
-//!   to a *different* shoal bridge is dropped; an internal network's bridge exchanges packets only
-//!   with itself (nothing in, nothing out). With `br_netfilter` loaded, traffic between two
+//!   to a *different* shoal bridge is dropped, unless it is a connection to a published port
+//!   (DNAT'd by the port layer: Docker lets every network reach published ports through the
+//!   host); an internal network's bridge exchanges packets only with itself (nothing in,
+//!   nothing out, published ports included). With `br_netfilter` loaded, traffic between two
 //!   containers on the same bridge passes this hook with in = out = the bridge: it is accepted.
 //! - `table ip <name>-nat`, chain `postrouting`: masquerade what leaves a non-internal network's
 //!   subnet through any other interface (Docker's `-s subnet ! -o bridge -j MASQUERADE`).
@@ -58,23 +60,24 @@ pub fn ruleset(table: &str, networks: &[FirewallNetwork]) -> String {
     }
     s.push_str(&format!("table inet {filter} {{\n"));
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
-    for n in networks {
+    for n in networks.iter().filter(|n| n.internal) {
         let b = &n.bridge;
-        if n.internal {
-            s.push_str(&format!("\t\tiifname \"{b}\" oifname != \"{b}\" drop\n"));
-            s.push_str(&format!("\t\toifname \"{b}\" iifname != \"{b}\" drop\n"));
-        } else {
-            let others: Vec<&str> = networks
-                .iter()
-                .filter(|o| o.bridge != n.bridge)
-                .map(|o| o.bridge.as_str())
-                .collect();
-            if !others.is_empty() {
-                s.push_str(&format!(
-                    "\t\tiifname \"{b}\" oifname {} drop\n",
-                    quoted_set(&others)
-                ));
-            }
+        s.push_str(&format!("\t\tiifname \"{b}\" oifname != \"{b}\" drop\n"));
+        s.push_str(&format!("\t\toifname \"{b}\" iifname != \"{b}\" drop\n"));
+    }
+    s.push_str("\t\tct status dnat accept\n");
+    for n in networks.iter().filter(|n| !n.internal) {
+        let others: Vec<&str> = networks
+            .iter()
+            .filter(|o| o.bridge != n.bridge)
+            .map(|o| o.bridge.as_str())
+            .collect();
+        if !others.is_empty() {
+            s.push_str(&format!(
+                "\t\tiifname \"{}\" oifname {} drop\n",
+                n.bridge,
+                quoted_set(&others)
+            ));
         }
     }
     s.push_str("\t}\n}\n");
@@ -128,10 +131,11 @@ table ip shoal-nat {}\ndelete table ip shoal-nat\n\
 table inet shoal {\n\
 \tchain forward {\n\
 \t\ttype filter hook forward priority filter; policy accept;\n\
-\t\tiifname \"sh-aaaa\" oifname { \"sh-bbbb\", \"sh-cccc\" } drop\n\
-\t\tiifname \"sh-bbbb\" oifname { \"sh-aaaa\", \"sh-cccc\" } drop\n\
 \t\tiifname \"sh-cccc\" oifname != \"sh-cccc\" drop\n\
 \t\toifname \"sh-cccc\" iifname != \"sh-cccc\" drop\n\
+\t\tct status dnat accept\n\
+\t\tiifname \"sh-aaaa\" oifname { \"sh-bbbb\", \"sh-cccc\" } drop\n\
+\t\tiifname \"sh-bbbb\" oifname { \"sh-aaaa\", \"sh-cccc\" } drop\n\
 \t}\n}\n\
 table ip shoal-nat {\n\
 \tchain postrouting {\n\

@@ -407,6 +407,7 @@ impl<N: NetOps> Core<N> {
         let r = (|| {
             ops.create_veth(&host, &peer, net.mtu)?;
             ops.set_master(&host, &net.bridge)?;
+            ops.set_hairpin(&host)?;
             ops.set_up(None, &host)?;
             ops.move_to_netns(&peer, &netns)?;
             let ns = Some(netns.as_path());
@@ -721,10 +722,12 @@ impl<N: NetOps> NetworkManager<N> {
     /// The network named `spec.name`, created first if there is none (one step under the
     /// manager's lock, so concurrent tasks that need the same network make it once).
     pub async fn ensure_network(&self, spec: NetworkSpec) -> Result<Network, NetError> {
-        self.call(move |c| match c.st.networks.values().find(|n| n.name == spec.name) {
-            Some(n) => Ok(n.clone()),
-            None => c.create_network(spec),
-        })
+        self.call(
+            move |c| match c.st.networks.values().find(|n| n.name == spec.name) {
+                Some(n) => Ok(n.clone()),
+                None => c.create_network(spec),
+            },
+        )
         .await
     }
 

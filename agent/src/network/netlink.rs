@@ -229,6 +229,11 @@ impl NetOps for RealNetOps {
         })
     }
 
+    fn set_hairpin(&self, name: &str) -> Result<(), NetError> {
+        let p = format!("/sys/class/net/{name}/brport/hairpin_mode");
+        std::fs::write(&p, "1").map_err(io_err(format!("write {p}")))
+    }
+
     fn set_up(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError> {
         let name = name.to_string();
         run_in(ns, move |h| set_link(h, name, |b| b.up()))

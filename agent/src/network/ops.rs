@@ -46,6 +46,9 @@ pub trait NetOps: Send + Sync + 'static {
     fn create_dummy(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError>;
     /// Enslaves `name` to bridge `master`.
     fn set_master(&self, name: &str, master: &str) -> Result<(), NetError>;
+    /// Lets a bridge port send a frame back out of the port it came in on, so that a container
+    /// reaches its own published port through a host address (Docker does the same).
+    fn set_hairpin(&self, name: &str) -> Result<(), NetError>;
     /// Moves host link `name` into the namespace of the netns file `netns`.
     fn move_to_netns(&self, name: &str, netns: &Path) -> Result<(), NetError>;
     /// Renames a (down) link.
@@ -233,6 +236,13 @@ impl NetOps for FakeNetOps {
         self.with("set_master", None, |n, _| {
             link(n, master)?;
             link(n, name)?.master = Some(master.to_string());
+            Ok(())
+        })
+    }
+
+    fn set_hairpin(&self, name: &str) -> Result<(), NetError> {
+        self.with("set_hairpin", None, |n, _| {
+            link(n, name)?;
             Ok(())
         })
     }

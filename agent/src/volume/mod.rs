@@ -18,6 +18,9 @@
 //! - Removal first renames the volume to a hidden `.trash-*` name, then deletes it: a crash
 //!   mid-delete never leaves a half-empty volume under its name (leftovers are swept by `open`).
 
+mod api;
+pub use api::VolumesApi;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
