@@ -205,18 +205,10 @@ fn networks_isolate_and_nothing_leaks_after_removal() {
         d.ok(&["service", "rm", s]);
     }
     d.ok(&["network", "rm", "front", "back"]);
-    // The node removes its bridges once no task needs them; the default one stays.
-    d.wait_for(
-        "only the default bridge left",
-        Duration::from_secs(20),
-        || {
-            leftovers(&d)
-                .iter()
-                .filter(|l| !l.contains("table"))
-                .count()
-                <= 1
-        },
-    );
+    // The node removes its bridges once no task needs them.
+    d.wait_for("no link and no rule left", Duration::from_secs(20), || {
+        leftovers(&d).is_empty()
+    });
 }
 
 /// `GET /` over a fresh connection to `127.0.0.1:port`; the body's last line.
@@ -293,4 +285,75 @@ fn a_published_port_reaches_every_replica_and_a_clash_is_refused() {
     d.wait_for("the port to be freed", Duration::from_secs(20), || {
         get(port).is_err()
     });
+}
+
+/// Addresses the daemon holds in its network state (containers' endpoints).
+fn endpoints(d: &TestDaemon) -> usize {
+    let path = d.data_dir().join("network/network.json");
+    let state: serde_json::Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    state["containers"].as_object().map_or(0, |c| c.len())
+}
+
+#[test]
+fn fifty_containers_come_and_go_without_leaking_links_rules_or_addresses() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    d.ok(&["network", "create", "churn"]);
+    d.ok(&[
+        "service", "create", "--name", "c", "--network", "churn", "-p", "80", "--replicas",
+        "0", "--stop-grace-period", "1s", "busybox", "sleep", "1000",
+    ]);
+    // 5 rounds of 10: 50 containers made and removed.
+    for _ in 0..5 {
+        d.ok(&["service", "scale", "c=10"]);
+        d.wait_for("10 running", Duration::from_secs(60), || {
+            d.running_tasks("c").len() == 10
+        });
+        d.ok(&["service", "scale", "c=0"]);
+        d.wait_for("none running", Duration::from_secs(60), || {
+            d.running_tasks("c").is_empty()
+        });
+        // Stopped containers stay (as task history) but hold no address.
+        d.wait_for("no endpoint held", Duration::from_secs(20), || endpoints(&d) == 0);
+    }
+    d.ok(&["service", "rm", "c"]);
+    d.wait_for("every endpoint released", Duration::from_secs(60), || {
+        endpoints(&d) == 0
+            && !d
+                .data_dir()
+                .join("run/netns")
+                .read_dir()
+                .is_ok_and(|mut e| e.next().is_some())
+    });
+    // Nothing needs the network on this node any more: its bridge and rules go too.
+    d.wait_for("no link and no rule left", Duration::from_secs(20), || {
+        leftovers(&d).is_empty() && nft_rules(&d).is_empty()
+    });
+}
+
+/// This daemon's nftables rules, as text.
+fn nft_rules(d: &TestDaemon) -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // Keep only our tables' blocks.
+    let mut keep = String::new();
+    let mut inside = false;
+    for line in out.lines() {
+        if line.starts_with("table ") {
+            inside = line.contains(&d.nft_table);
+        }
+        if inside {
+            keep.push_str(line);
+            keep.push('\n');
+        }
+    }
+    keep
 }

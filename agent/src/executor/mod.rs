@@ -36,6 +36,8 @@ struct Inner {
     volumes: Arc<VolumeStore>,
     /// The store networks the current assignments refer to, by id.
     known_networks: Mutex<HashMap<String, Network>>,
+    /// The local networks the current assignments need (the others go once unused).
+    needed_networks: Mutex<HashSet<String>>,
     updates: mpsc::UnboundedSender<TaskStatusUpdate>,
     workers: Mutex<HashMap<String, watch::Sender<Option<Task>>>>,
     /// Containers that exist on this node: found at start, then kept up to date.
@@ -60,6 +62,7 @@ impl Executor {
                 networks,
                 volumes,
                 known_networks: Mutex::new(HashMap::new()),
+                needed_networks: Mutex::new(HashSet::new()),
                 updates,
                 workers: Mutex::new(HashMap::new()),
                 containers: Mutex::new(containers),
@@ -97,7 +100,7 @@ impl Executor {
         let Assignments { tasks, networks } = assignments;
         let known: HashMap<String, Network> =
             networks.into_iter().map(|n| (n.id.clone(), n)).collect();
-        let needed = TaskNetworks::needed_by(&tasks, &known);
+        *lock(&self.inner.needed_networks) = TaskNetworks::needed_by(&tasks, &known);
         *lock(&self.inner.known_networks) = known;
         let wanted: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let mut workers = lock(&self.inner.workers);
@@ -143,8 +146,14 @@ impl Executor {
             let executor = self.clone();
             tokio::spawn(async move { executor.remove_container(&id).await });
         }
-        let networks = self.inner.networks.clone();
-        tokio::spawn(async move { networks.prune(&needed).await });
+        let executor = self.clone();
+        tokio::spawn(async move { executor.prune_networks().await });
+    }
+
+    /// Removes this node's networks that nothing needs any more.
+    async fn prune_networks(&self) {
+        let needed = lock(&self.inner.needed_networks).clone();
+        self.inner.networks.prune(&needed).await;
     }
 
     /// What a container held besides itself: network endpoints and volumes.
@@ -163,6 +172,7 @@ impl Executor {
             Ok(()) => {
                 lock(&self.inner.containers).remove(id);
                 self.release_resources(id).await;
+                self.prune_networks().await;
             }
             Err(e) => tracing::warn!(container = id, "could not remove container: {e}"),
         }
@@ -294,6 +304,8 @@ impl Worker {
                 Ok(exit) => self.report_exit(&exit, stopped),
                 Err(e) => self.report(TaskState::Failed, "failed", |s| s.error = e.to_string()),
             }
+            // An exited container keeps its logs and volumes, not its addresses (as Docker).
+            self.executor.inner.networks.release(&self.id).await;
         }
         // Keep the exited container (and its logs) while the task is history; remove it when
         // the task is removed or forgotten.

@@ -1,4 +1,4 @@
-//! port-bench: what a published port costs. The same server (the host's static busybox:
+//! net-bench: what a published port costs. The same server (the host's static busybox:
 //! `httpd` for one request per connection, `nc -ll -e cat` for a keep-alive echo) runs in a
 //! network namespace attached to a shoal bridge network and published by shoal's PortManager
 //! (kernel NAT with nftables), and, when Docker's engine is installed, in a Docker container
@@ -14,7 +14,7 @@
 //! It also times `publish` + `unpublish` of one container's port, with 0 and 200 other keys
 //! published.
 //!
-//!     cargo run --release -p shoal-bench --bin port-bench -- [--conns 8] [--secs 2] [--rounds 5] [--no-docker]
+//!     cargo run --release -p shoal-bench --bin net-bench -- [--conns 8] [--secs 2] [--rounds 5] [--no-docker]
 //!
 //! Runs as root. Needs `nftables` and `busybox-static`; Docker's side needs `docker.io` (if
 //! `docker info` fails, dockerd is started in the background and stopped at the end, by PID).
@@ -48,7 +48,7 @@ const ECHO_MSG: usize = 64;
 
 #[derive(Parser)]
 #[command(
-    name = "port-bench",
+    name = "net-bench",
     about = "Requests/s and latency through a published port"
 )]
 struct Args {
@@ -411,7 +411,7 @@ impl Drop for Shoal {
 }
 
 const INDEX: &str = "hello from the port bench\n";
-const IMAGE: &str = "shoal-port-bench-busybox:latest";
+const IMAGE: &str = "shoal-net-bench-busybox:latest";
 
 /// Docker's side: dockerd (started here if needed), an imported busybox image, two containers.
 struct Docker {
@@ -431,7 +431,7 @@ impl Docker {
         };
         if !succeeds(Command::new("docker").arg("info")) {
             let log = File::create(d.dir.path().join("dockerd.log"))?;
-            eprintln!("port-bench: starting dockerd (it is stopped at the end)");
+            eprintln!("net-bench: starting dockerd (it is stopped at the end)");
             let child = Command::new("dockerd")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -469,7 +469,7 @@ impl Docker {
                 vec!["/bin/busybox", "nc", "-ll", "-p", "7", "-e", "/bin/cat"],
             ),
         ] {
-            let name = format!("shoal-port-bench-{tag}-{suffix}");
+            let name = format!("shoal-net-bench-{tag}-{suffix}");
             run(Command::new("docker")
                 .args(["run", "-d", "--init", "--name", &name, "-p"])
                 .arg(cport.to_string())
@@ -589,10 +589,52 @@ fn publish_cost(s: &Shoal, others: usize, reps: usize) -> Result<(f64, f64)> {
     Ok((median(publ), median(unpubl)))
 }
 
+/// Median time to give one container its network and take it back (veth, address, routes,
+/// netns file; then all released), `reps` times.
+fn setup_cost(s: &Shoal, reps: usize) -> Result<f64> {
+    let mut times = Vec::new();
+    for i in 0..reps {
+        let id = format!("churn{i}");
+        let t = Instant::now();
+        s.rt.block_on(async {
+            s.net.attach(&id, "bench", vec![]).await?;
+            s.net.release_container(&id).await
+        })?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(times))
+}
+
+impl Docker {
+    /// Median of `docker run --rm` of `true` with Docker's default bridge minus with
+    /// `--network none`: what Docker's network sandbox adds to a container's start and stop.
+    fn setup_cost(&self, reps: usize) -> Result<(f64, f64)> {
+        let mut bridge = Vec::new();
+        let mut none = Vec::new();
+        for _ in 0..reps {
+            for (network, into) in [("bridge", &mut bridge), ("none", &mut none)] {
+                let t = Instant::now();
+                run(Command::new("docker").args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    network,
+                    IMAGE,
+                    "/bin/busybox",
+                    "true",
+                ]))?;
+                into.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let (b, n) = (median(bridge), median(none));
+        Ok((b, n))
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if !nix_is_root() {
-        bail!("port-bench needs root (network namespaces, nftables)");
+        bail!("net-bench needs root (network namespaces, nftables)");
     }
     if !Path::new(BUSYBOX).is_file() {
         bail!("{BUSYBOX} is missing: apt-get install -y busybox-static");
@@ -684,7 +726,7 @@ fn main() -> Result<()> {
         load(t.echo, Workload::Echo, args.conns, 1);
     }
     for r in 0..args.rounds {
-        eprintln!("port-bench: round {}/{}", r + 1, args.rounds);
+        eprintln!("net-bench: round {}/{}", r + 1, args.rounds);
         // Interleaved, in a rotating order, so drift hits every target alike.
         let n = targets.len();
         for i in 0..n {
@@ -695,11 +737,16 @@ fn main() -> Result<()> {
                 .push(load(t.echo, Workload::Echo, args.conns, args.secs));
         }
     }
+    let shoal_setup = setup_cost(&shoal, 50)?;
+    let docker_setup = match &docker {
+        Some(d) => Some(d.setup_cost(15)?),
+        None => None,
+    };
     let (p0, u0) = publish_cost(&shoal, 0, 30)?;
     let (p200, u200) = publish_cost(&shoal, 200, 30)?;
 
     println!(
-        "port-bench: {} client connections, {} s per target and workload, {} rounds (medians); \
+        "net-bench: {} client connections, {} s per target and workload, {} rounds (medians); \
          server: busybox httpd / busybox nc -ll -e cat, same binary on both sides",
         args.conns, args.secs, args.rounds
     );
@@ -741,6 +788,18 @@ fn main() -> Result<()> {
         "\npublish + unpublish of one port (one nft transaction each), median of 30: \
          {p0:.2} ms + {u0:.2} ms with no other keys; {p200:.2} ms + {u200:.2} ms with 200 other keys"
     );
+    println!(
+        "\nnetwork setup + teardown of one container (veth, address, route, netns), median of 50: \
+         shoal {shoal_setup:.2} ms"
+    );
+    if let Some((bridge, none)) = docker_setup {
+        println!(
+            "docker run --rm true, median of 15: {bridge:.0} ms on the bridge, {none:.0} ms with \
+             --network none: the bridge sandbox adds {:.0} ms ({:.0}x shoal's)",
+            bridge - none,
+            (bridge - none) / shoal_setup
+        );
+    }
     if let Some(p) = docker_problem {
         println!("docker: not measured: {p}");
     }
