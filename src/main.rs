@@ -23,6 +23,9 @@ fn main() {
     {
         std::process::exit(shoal_agent::runtime::supervisor_main());
     }
+    if std::env::args_os().nth(1).as_deref() == Some(shoal_agent::runtime::EXEC_ARG.as_ref()) {
+        std::process::exit(shoal_agent::runtime::exec_main());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version

@@ -37,11 +37,28 @@ fn compose_up_is_a_stack_idempotent_and_down_removes_everything() {
         "{ps}"
     );
 
-    // The interpolated default reaches the container.
-    d.wait_for("the ticker's greeting", Duration::from_secs(10), || {
-        d.ok(&["service", "logs", "hello_ticker"])
-            .contains("hello from shoal")
-    });
+    // The interpolated default reaches the container, and the ticker reaches a web replica by
+    // name on the project's network: "hello from shoal, web 10.x.y.z is <its hostname>".
+    d.wait_for(
+        "the ticker's greeting from web",
+        Duration::from_secs(20),
+        || {
+            d.ok(&["service", "logs", "hello_ticker"]).lines().any(|l| {
+                l.split_once("hello from shoal, web ")
+                    .and_then(|(_, rest)| rest.split_once(" is "))
+                    .is_some_and(|(ip, host)| ip.starts_with("10.") && host.trim().len() == 12)
+            })
+        },
+    );
+    // The published port answers from the host.
+    let port = d.running_tasks("hello_web")[0]["status"]["ports"][0]["published_port"]
+        .as_u64()
+        .expect("a published port");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port as u16)).expect("connect");
+    std::io::Write::write_all(&mut stream, b"GET /hostname HTTP/1.0\r\n\r\n").expect("send");
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut page).expect("read");
+    assert!(page.contains(" 200 OK"), "{page}");
 
     // An unchanged file changes nothing.
     let before = task_ids(&d, "hello_web");

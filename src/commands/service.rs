@@ -99,6 +99,26 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
     })
 }
 
+/// Docker's PORTS column: `127.0.0.1:8080->80/tcp, *:32768->53/udp`.
+fn ports_column(ports: &[PortConfig]) -> String {
+    ports
+        .iter()
+        .map(|p| {
+            let ip = if p.host_ip.is_empty() {
+                "*"
+            } else {
+                &p.host_ip
+            };
+            let proto = match p.protocol() {
+                PortProtocol::Tcp => "tcp",
+                PortProtocol::Udp => "udp",
+            };
+            format!("{ip}:{}->{}/{proto}", p.published_port, p.target_port)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `--publish`: Docker's short form (through the port layer's parser) or its long form.
 fn parse_publish(text: &str) -> Result<Vec<PortConfig>> {
     if !text.contains('=') {
@@ -458,7 +478,7 @@ pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) 
                 capitalize(t.desired_state().display()),
                 current,
                 error,
-                String::new(),
+                ports_column(&status.ports),
             ]
         })
         .collect();

@@ -66,7 +66,7 @@ impl FromStr for CgroupVersion {
 }
 
 /// The controllers a container cgroup is made in (v1) or enabled for (v2).
-const V1_HIERARCHIES: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices"];
+const V1_HIERARCHIES: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "freezer"];
 const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
 
 /// The CFS quota (µs per [`CPU_PERIOD_US`]) for a number of nano-CPUs (1e9 = one CPU).
@@ -97,6 +97,49 @@ pub trait Cgroup: fmt::Debug + Send + Sync {
     fn controller_dir(&self, controller: &str) -> PathBuf;
     /// Kills what is left in the cgroup and removes its directories. Idempotent.
     fn remove(&self) -> Result<(), RuntimeError>;
+    /// The `cgroup.procs` files a process must be written to in order to join the cgroup (one
+    /// per hierarchy the cgroup exists in).
+    fn procs_files(&self) -> Vec<PathBuf>;
+    /// Freezes (`true`) or thaws the cgroup and waits until the kernel reports the state
+    /// reached (v1 `freezer.state`, v2 `cgroup.freeze` / `cgroup.events`).
+    fn freeze(&self, frozen: bool) -> Result<(), RuntimeError>;
+    /// Whether the cgroup is frozen (or freezing). False when it has no freezer.
+    fn frozen(&self) -> bool;
+    /// Resource usage from the control files. Fields whose file is missing are 0 / `None`.
+    fn stats(&self) -> Result<CgroupStats, RuntimeError>;
+}
+
+/// What the cgroup files say about a container's resource use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// CPU time of every process, ever (v1 `cpuacct.usage`, v2 `cpu.stat` usage_usec).
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    /// Memory charged to the cgroup, page cache included (v1 `memory.usage_in_bytes`, v2
+    /// `memory.current`).
+    pub memory_bytes: u64,
+    /// `None`: no limit.
+    pub memory_limit: Option<u64>,
+    /// Inactive page cache (v1 `total_inactive_file`, v2 `inactive_file` of `memory.stat`):
+    /// Docker's CLI shows `memory_bytes - memory_inactive_file` as the usage.
+    pub memory_inactive_file: u64,
+    pub pids: u64,
+    /// `None`: no limit.
+    pub pids_limit: Option<u64>,
+}
+
+/// How long [`Cgroup::freeze`] waits for the state to be reached.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a control file holding one number (`max` / missing → `None`).
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A v1 memory limit: the kernel shows "no limit" as a huge number (PAGE_COUNTER_MAX pages).
+fn v1_limit(v: Option<u64>) -> Option<u64> {
+    v.filter(|&n| n < (1 << 62))
 }
 
 /// A cgroup filesystem: its mount root and version.
@@ -360,6 +403,15 @@ impl Cgroup for CgroupV1 {
     }
 
     fn remove(&self) -> Result<(), RuntimeError> {
+        // A v1 frozen task does not die of SIGKILL until it is thawed.
+        let freezer = self
+            .root
+            .join("freezer")
+            .join(&self.rel)
+            .join("freezer.state");
+        if freezer.is_file() {
+            let _ = write_control(&freezer, "THAWED");
+        }
         let mut first_err = None;
         for h in V1_HIERARCHIES {
             let dir = self.root.join(h).join(&self.rel);
@@ -372,6 +424,101 @@ impl Cgroup for CgroupV1 {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
+        let file = self
+            .root
+            .join("freezer")
+            .join(&self.rel)
+            .join("freezer.state");
+        if !file.is_file() {
+            return Err(RuntimeError::CgroupUnsupported {
+                what: format!(
+                    "pausing needs the cgroup v1 freezer hierarchy ({} is missing)",
+                    file.display()
+                ),
+            });
+        }
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        loop {
+            // Written again on every round, as runc does: a FREEZING cgroup can stay stuck
+            // when a task was forking.
+            write_control(&file, want)?;
+            let state = fs::read_to_string(&file).map_err(|e| cg_err("read", &file, e))?;
+            if state.trim() == want {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                if frozen {
+                    let _ = write_control(&file, "THAWED");
+                }
+                return Err(RuntimeError::Cgroup {
+                    op: if frozen { "freeze" } else { "thaw" },
+                    path: file,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("still {} after {FREEZE_TIMEOUT:?}", state.trim()),
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn frozen(&self) -> bool {
+        let file = self
+            .root
+            .join("freezer")
+            .join(&self.rel)
+            .join("freezer.state");
+        fs::read_to_string(file).is_ok_and(|s| matches!(s.trim(), "FROZEN" | "FREEZING"))
+    }
+
+    fn stats(&self) -> Result<CgroupStats, RuntimeError> {
+        let dir = |h: &str| self.root.join(h).join(&self.rel);
+        if !self.dirs().iter().any(|d| d.is_dir()) {
+            return Err(cg_err(
+                "read stats of",
+                &dir("memory"),
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        // cpuacct.stat is in USER_HZ ticks.
+        let hz = user_hz();
+        let ticks = |key| flat_key(&dir("cpuacct").join("cpuacct.stat"), key).unwrap_or(0);
+        let mem = dir("memory");
+        Ok(CgroupStats {
+            cpu_usage_ns: read_u64(&dir("cpuacct").join("cpuacct.usage")).unwrap_or(0),
+            cpu_user_ns: ticks("user").saturating_mul(1_000_000_000 / hz),
+            cpu_system_ns: ticks("system").saturating_mul(1_000_000_000 / hz),
+            memory_bytes: read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0),
+            memory_limit: v1_limit(read_u64(&mem.join("memory.limit_in_bytes"))),
+            memory_inactive_file: flat_key(&mem.join("memory.stat"), "total_inactive_file")
+                .unwrap_or(0),
+            pids: read_u64(&dir("pids").join("pids.current")).unwrap_or(0),
+            pids_limit: read_u64(&dir("pids").join("pids.max")),
+        })
+    }
+}
+
+/// Clock ticks per second of /proc and cpuacct.stat.
+pub(crate) fn user_hz() -> u64 {
+    // SAFETY: sysconf(3) with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
     }
 }
 
@@ -506,6 +653,78 @@ impl Cgroup for CgroupV2 {
         }
         kill_pids(&read_pids(&dir.join("cgroup.procs")).unwrap_or_default());
         rmdir_retry(&dir)
+    }
+
+    fn procs_files(&self) -> Vec<PathBuf> {
+        vec![self.dir().join("cgroup.procs")]
+    }
+
+    fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
+        let control = self.dir().join("cgroup.freeze");
+        if !control.is_file() {
+            return Err(RuntimeError::CgroupUnsupported {
+                what: format!(
+                    "pausing needs cgroup.freeze (Linux 5.2+), missing at {}",
+                    control.display()
+                ),
+            });
+        }
+        write_control(&control, if frozen { "1" } else { "0" })?;
+        let events = self.dir().join("cgroup.events");
+        let want = u64::from(frozen);
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        loop {
+            match flat_key(&events, "frozen") {
+                Some(v) if v == want => return Ok(()),
+                // Kernels without the key in cgroup.events: trust the write.
+                None if !events.is_file() => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                if frozen {
+                    let _ = write_control(&control, "0");
+                }
+                return Err(RuntimeError::Cgroup {
+                    op: if frozen { "freeze" } else { "thaw" },
+                    path: events,
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the state was not reached within {FREEZE_TIMEOUT:?}"),
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn frozen(&self) -> bool {
+        read_u64(&self.dir().join("cgroup.freeze")) == Some(1)
+    }
+
+    fn stats(&self) -> Result<CgroupStats, RuntimeError> {
+        let dir = self.dir();
+        if !dir.is_dir() {
+            return Err(cg_err(
+                "read stats of",
+                &dir,
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        let cpu = |key| {
+            flat_key(&dir.join("cpu.stat"), key)
+                .unwrap_or(0)
+                .saturating_mul(1000)
+        };
+        Ok(CgroupStats {
+            cpu_usage_ns: cpu("usage_usec"),
+            cpu_user_ns: cpu("user_usec"),
+            cpu_system_ns: cpu("system_usec"),
+            memory_bytes: read_u64(&dir.join("memory.current")).unwrap_or(0),
+            memory_limit: read_u64(&dir.join("memory.max")),
+            memory_inactive_file: flat_key(&dir.join("memory.stat"), "inactive_file").unwrap_or(0),
+            pids: read_u64(&dir.join("pids.current")).unwrap_or(0),
+            pids_limit: read_u64(&dir.join("pids.max")),
+        })
     }
 }
 
@@ -782,5 +1001,140 @@ mod tests {
             .expect_err("no memory controller");
         let msg = err.to_string();
         assert!(msg.contains("memory") && msg.contains("v2"), "{msg}");
+    }
+
+    #[test]
+    fn v2_stats_from_fixture_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        touch(&root.join("cgroup.controllers"), "cpu memory pids\n");
+        let cg = CgroupFs::detect(root).cgroup("p/c");
+        let dir = root.join("p/c");
+        assert!(cg.stats().is_err(), "no cgroup directory yet");
+        fs::create_dir_all(&dir).expect("mkdir");
+        touch(
+            &dir.join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n",
+        );
+        touch(&dir.join("memory.current"), "8192\n");
+        touch(&dir.join("memory.max"), "max\n");
+        touch(
+            &dir.join("memory.stat"),
+            "anon 4096\nfile 4096\ninactive_file 1024\n",
+        );
+        touch(&dir.join("pids.current"), "3\n");
+        touch(&dir.join("pids.max"), "100\n");
+        assert_eq!(
+            cg.stats().expect("stats"),
+            CgroupStats {
+                cpu_usage_ns: 1_500_000,
+                cpu_user_ns: 1_000_000,
+                cpu_system_ns: 500_000,
+                memory_bytes: 8192,
+                memory_limit: None,
+                memory_inactive_file: 1024,
+                pids: 3,
+                pids_limit: Some(100),
+            }
+        );
+        touch(&dir.join("memory.max"), "67108864\n");
+        touch(&dir.join("pids.max"), "max\n");
+        let st = cg.stats().expect("stats");
+        assert_eq!((st.memory_limit, st.pids_limit), (Some(64 << 20), None));
+        assert_eq!(cg.procs_files(), [dir.join("cgroup.procs")]);
+    }
+
+    #[test]
+    fn v1_stats_from_fixture_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        v1_fixture(root, &["memory", "cpuacct", "pids"]);
+        let cg = CgroupFs::new(root.to_path_buf(), CgroupVersion::V1).cgroup("p/c");
+        assert!(cg.stats().is_err(), "no cgroup directory yet");
+        cg.create().expect("create");
+        let d = |h: &str| root.join(h).join("p/c");
+        touch(&d("cpuacct").join("cpuacct.usage"), "123456789\n");
+        touch(&d("cpuacct").join("cpuacct.stat"), "user 10\nsystem 5\n");
+        touch(&d("memory").join("memory.usage_in_bytes"), "1048576\n");
+        touch(
+            &d("memory").join("memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        );
+        touch(
+            &d("memory").join("memory.stat"),
+            "cache 10\ninactive_file 7\ntotal_inactive_file 4096\n",
+        );
+        touch(&d("pids").join("pids.current"), "2\n");
+        touch(&d("pids").join("pids.max"), "max\n");
+        let st = cg.stats().expect("stats");
+        let tick = 1_000_000_000 / user_hz();
+        assert_eq!(
+            st,
+            CgroupStats {
+                cpu_usage_ns: 123_456_789,
+                cpu_user_ns: 10 * tick,
+                cpu_system_ns: 5 * tick,
+                memory_bytes: 1 << 20,
+                memory_limit: None,
+                memory_inactive_file: 4096,
+                pids: 2,
+                pids_limit: None,
+            }
+        );
+        touch(&d("memory").join("memory.limit_in_bytes"), "67108864\n");
+        assert_eq!(cg.stats().expect("stats").memory_limit, Some(64 << 20));
+        // Every hierarchy the cgroup exists in is joined.
+        let mut files = cg.procs_files();
+        files.sort();
+        assert_eq!(
+            files,
+            ["cpuacct", "memory", "pids"].map(|h| d(h).join("cgroup.procs"))
+        );
+    }
+
+    #[test]
+    fn freezer_v1_and_v2() {
+        // v1: freezer.state; a fixture file reads back what was written.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        v1_fixture(tmp.path(), &["memory", "freezer"]);
+        let cg = CgroupFs::new(tmp.path().to_path_buf(), CgroupVersion::V1).cgroup("p/c");
+        cg.create().expect("create");
+        let state = tmp.path().join("freezer/p/c/freezer.state");
+        assert!(cg.freeze(true).is_err(), "no freezer.state: not a freezer");
+        touch(&state, "THAWED\n");
+        assert!(!cg.frozen());
+        cg.freeze(true).expect("freeze");
+        assert_eq!(fs::read_to_string(&state).expect("read"), "FROZEN");
+        assert!(cg.frozen());
+        cg.freeze(false).expect("thaw");
+        assert!(!cg.frozen());
+        // A host without the freezer hierarchy says so.
+        let tmp2 = tempfile::tempdir().expect("tempdir");
+        v1_fixture(tmp2.path(), &["memory"]);
+        let cg2 = CgroupFs::new(tmp2.path().to_path_buf(), CgroupVersion::V1).cgroup("p/c");
+        cg2.create().expect("create");
+        let err = cg2.freeze(true).expect_err("no freezer");
+        assert!(err.to_string().contains("freezer"), "{err}");
+        assert!(!cg2.frozen());
+
+        // v2: cgroup.freeze, and cgroup.events says when the state is reached.
+        let tmp3 = tempfile::tempdir().expect("tempdir");
+        touch(&tmp3.path().join("cgroup.controllers"), "memory\n");
+        touch(&tmp3.path().join("cgroup.subtree_control"), "");
+        let v2 = CgroupFs::detect(tmp3.path()).cgroup("c");
+        v2.create().expect("create");
+        let dir = tmp3.path().join("c");
+        assert!(v2.freeze(true).is_err(), "no cgroup.freeze");
+        touch(&dir.join("cgroup.freeze"), "0\n");
+        touch(&dir.join("cgroup.events"), "populated 1\nfrozen 1\n");
+        v2.freeze(true).expect("freeze");
+        assert_eq!(
+            fs::read_to_string(dir.join("cgroup.freeze")).expect("read"),
+            "1"
+        );
+        assert!(v2.frozen());
+        touch(&dir.join("cgroup.events"), "populated 1\nfrozen 0\n");
+        v2.freeze(false).expect("thaw");
+        assert!(!v2.frozen());
     }
 }

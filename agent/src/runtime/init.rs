@@ -343,7 +343,7 @@ fn finalize(
     ))
 }
 
-fn io_start_error(stage: Stage, e: &io::Error, what: String) -> StartError {
+pub(crate) fn io_start_error(stage: Stage, e: &io::Error, what: String) -> StartError {
     StartError {
         stage,
         errno: e.raw_os_error(),
@@ -695,7 +695,7 @@ fn mask_paths() -> Result<(), StartError> {
 }
 
 /// The config's ulimits (`-1` = unlimited).
-fn set_rlimits(cfg: &ContainerConfig) -> Result<(), StartError> {
+pub(crate) fn set_rlimits(cfg: &ContainerConfig) -> Result<(), StartError> {
     for u in &cfg.ulimits {
         let resource = ulimit_resource(&u.name).ok_or_else(|| {
             StartError::new(Stage::Rlimits, format!("unknown ulimit {:?}", u.name))
@@ -719,7 +719,7 @@ fn set_rlimits(cfg: &ContainerConfig) -> Result<(), StartError> {
 }
 
 /// `group_add`: names from the image's /etc/group, or numeric gids.
-fn add_groups(
+pub(crate) fn add_groups(
     user: &mut ExecUser,
     extra: &[String],
     group: Option<&str>,
@@ -782,7 +782,7 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
-fn read_optional(path: &str) -> Result<Option<String>, StartError> {
+pub(crate) fn read_optional(path: &str) -> Result<Option<String>, StartError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -790,7 +790,7 @@ fn read_optional(path: &str) -> Result<Option<String>, StartError> {
     }
 }
 
-fn switch_user(user: &ExecUser) -> Result<(), StartError> {
+pub(crate) fn switch_user(user: &ExecUser) -> Result<(), StartError> {
     let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     setgroups(&groups).map_err(|e| StartError::errno(Stage::User, e, "setgroups"))?;
     let gid = Gid::from_raw(user.gid);
@@ -803,7 +803,7 @@ fn switch_user(user: &ExecUser) -> Result<(), StartError> {
 }
 
 /// What `argv[0]` candidates are (following symlinks, as the current user).
-fn probe(p: &Path) -> FileKind {
+pub(crate) fn probe(p: &Path) -> FileKind {
     match fs::metadata(p) {
         Err(_) => FileKind::Missing,
         Ok(m) if m.is_dir() => FileKind::Dir,
@@ -841,7 +841,7 @@ pub(crate) fn build_env(env: &[String], hostname: &str, home: &str) -> Vec<Strin
 /// Default dispositions and an empty mask for the workload (Rust ignores SIGPIPE at start, the
 /// supervisor blocks the signals it forwards, and ignored signals survive exec — including
 /// glibc's reserved 32 and 33, which only the raw syscall can reset).
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     // The kernel's struct sigaction, all zero: SIG_DFL, no flags, (no restorer,) empty mask.
     // Four words cover the layouts with and without sa_restorer.
     let default_action = [0u64; 4];

@@ -26,11 +26,17 @@
 //! The container's init gets `PR_SET_PDEATHSIG = SIGKILL`: a container never outlives its
 //! supervisor, so a container is either supervised or gone (and then reported as lost).
 //!
+//! `docker exec` ([`Runtime::exec`]) re-executes the binary too, with [`EXEC_ARG`] (see
+//! `exec.rs`): it joins the init's namespaces and cgroups and applies the container's security
+//! policy. [`Runtime::pause`] uses the freezer (v1 `freezer` hierarchy, v2 `cgroup.freeze`);
+//! [`Runtime::stats`] and [`Runtime::top`] read the cgroup files and /proc (`stats.rs`).
+//!
 //! # State on disk: `<root>/<dir>/`
 //!
 //! `config.json` ([`ContainerConfig`], written by the daemon) · `state.json` (supervisor pid and
 //! start time, container pid and start time, started_at, cgroup path; written by the supervisor)
-//! · `exit.json` ([`ExitStatus`]) · `log.json` (JSON lines, see [`read_log`]) ·
+//! · `exit.json` ([`ExitStatus`]) · `log.json` (JSON lines, see [`read_log`]; rotated to
+//! `log.json.1`… with [`LogOptions`]) ·
 //! `supervisor.log` (the supervisor's own stderr) · `rootfs/` (the overlay mount point, empty on
 //! the host), `upper/`, `work/` · `hosts`, `hostname`, `resolv.conf` (the managed /etc files,
 //! bind-mounted into the container; see [`EtcFiles`] and [`Runtime::update_etc`]). `<dir>` is the container id, or for ids longer than 40 bytes
@@ -59,11 +65,13 @@
 mod cgroup;
 mod devices;
 mod etc;
+mod exec;
 mod init;
 mod log;
 mod lookup;
 mod mounts;
 pub mod security;
+mod stats;
 mod supervisor;
 mod tinit;
 mod user;
@@ -83,13 +91,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
 
-pub use cgroup::{cpu_quota_us, Cgroup, CgroupFs, CgroupVersion, CPU_PERIOD_US};
+pub use cgroup::{cpu_quota_us, Cgroup, CgroupFs, CgroupStats, CgroupVersion, CPU_PERIOD_US};
 pub use etc::{
     parse_extra_host, render_hostname, render_hosts, render_resolv_conf, EtcFiles, HostEntry,
 };
-pub use log::{read_log, LogEntry, LogFollower, LogStream};
+pub use exec::{exec_main, ExecHandle, ExecSpec, ExecStream, EXEC_ARG};
+pub use log::{parse_size, read_log, LogEntry, LogFollower, LogOptions, LogStream};
 pub use lookup::DEFAULT_PATH;
 pub use mounts::{Mount, MountKind};
+pub use stats::{ContainerStats, ProcessInfo};
 pub use supervisor::supervisor_main;
 pub use user::{resolve_user, ExecUser, UserError};
 
@@ -234,6 +244,9 @@ pub struct ContainerConfig {
     /// A tiny init as PID 1 that forwards signals and reaps zombies (`init: true`).
     #[serde(default)]
     pub init: bool,
+    /// Log rotation (`logging.options.max-size` / `max-file` of the json-file driver).
+    #[serde(default)]
+    pub logging: LogOptions,
 }
 
 fn default_true() -> bool {
@@ -275,6 +288,7 @@ impl Default for ContainerConfig {
             manage_etc: true,
             etc: EtcFiles::default(),
             init: false,
+            logging: LogOptions::default(),
         }
     }
 }
@@ -358,6 +372,63 @@ pub fn parse_signal(spec: &str) -> Result<Signal, String> {
         .map_err(|_| format!("unknown signal {spec:?} (expected e.g. SIGTERM, QUIT or 15)"))
 }
 
+/// Any signal as `docker kill --signal` takes it: a name with or without `SIG` in any case
+/// (`TERM`, `sigusr1`), a number 1..=64, or a real-time signal `RTMIN`, `RTMIN+3`, `RTMAX-2`
+/// (`SIGRTMIN+3`). `""` → SIGKILL (Docker's default for kill).
+pub fn parse_signal_number(spec: &str) -> Result<i32, String> {
+    let s = spec.trim();
+    if s.is_empty() {
+        return Ok(libc::SIGKILL);
+    }
+    let bad = || {
+        format!(
+            "unknown signal {spec:?} (expected a name like TERM or SIGUSR1, a number 1-64, or \
+             RTMIN+n)"
+        )
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let rt = |base: i32, rest: &str, sign: i32| -> Result<i32, String> {
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.parse().map_err(|_| bad())?
+        };
+        let n = base + sign * off;
+        if (min..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        }
+    };
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        return match rest.strip_prefix('+') {
+            Some(r) => rt(min, r, 1),
+            None if rest.is_empty() => Ok(min),
+            None => Err(bad()),
+        };
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        return match rest.strip_prefix('-') {
+            Some(r) => rt(max, r, -1),
+            None if rest.is_empty() => Ok(max),
+            None => Err(bad()),
+        };
+    }
+    format!("SIG{name}")
+        .parse::<Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| bad())
+}
+
 fn default_stop_grace() -> Duration {
     Duration::from_secs(10)
 }
@@ -432,6 +503,9 @@ pub struct ContainerState {
     /// Unix milliseconds.
     pub started_at: Option<u64>,
     pub status: ContainerStatus,
+    /// Running but frozen ([`Runtime::pause`]).
+    #[serde(default)]
+    pub paused: bool,
     pub config: ContainerConfig,
 }
 
@@ -492,6 +566,15 @@ pub enum RuntimeError {
     NotFound { id: String, root: PathBuf },
     #[error("container {id:?} is not running")]
     NotRunning { id: String },
+    #[error("container {id:?} is paused, unpause it first")]
+    Paused { id: String },
+    #[error("exec in container {id:?} failed ({stage}): {message}")]
+    ExecFailed {
+        id: String,
+        stage: Stage,
+        errno: Option<i32>,
+        message: String,
+    },
     #[error("container {id:?} failed to start ({stage}): {message}")]
     StartFailed {
         id: String,
@@ -657,12 +740,16 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 }
 
 fn pidfd_send_signal(fd: &OwnedFd, signal: Signal) -> io::Result<()> {
+    pidfd_send_signo(fd, signal as libc::c_int)
+}
+
+fn pidfd_send_signo(fd: &OwnedFd, signo: libc::c_int) -> io::Result<()> {
     // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
     let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             fd.as_raw_fd(),
-            signal as libc::c_int,
+            signo,
             std::ptr::null::<libc::siginfo_t>(),
             0,
         )
@@ -700,6 +787,11 @@ fn pidfd_verified(pid: i32, identity: Identity) -> Option<OwnedFd> {
 }
 
 impl StateFile {
+    /// The container's cgroup, as the supervisor recorded it.
+    fn cgroup(&self) -> Box<dyn Cgroup> {
+        CgroupFs::new(self.cgroup_root.clone(), self.cgroup_version).cgroup(&self.cgroup)
+    }
+
     fn supervisor_fd(&self) -> Option<OwnedFd> {
         pidfd_verified(
             self.supervisor_pid,
@@ -869,6 +961,7 @@ fn validate_options(c: &ContainerConfig) -> Result<(), String> {
         }
     }
     parse_signal(&c.stop_signal)?;
+    c.logging.validate()?;
     mounts::validate_mounts(c)?;
     etc::validate(&c.etc)?;
     if let NetworkMode::Join(p) = &c.network {
@@ -1207,6 +1300,10 @@ impl Runtime {
                 }
             }
         };
+        let paused = match (&status, &state) {
+            (ContainerStatus::Running { .. }, Some(st)) => st.cgroup().frozen(),
+            _ => false,
+        };
         Ok(ContainerState {
             id: config.id.clone(),
             name: config.name.clone(),
@@ -1215,6 +1312,7 @@ impl Runtime {
             pid: state.as_ref().and_then(|s| s.pid),
             started_at: state.as_ref().and_then(|s| s.started_at),
             status,
+            paused,
             config,
         })
     }
@@ -1271,23 +1369,65 @@ impl Runtime {
         Ok(read_json::<ExitStatus>(&dir.join(EXIT_FILE))?.unwrap_or_else(ExitStatus::lost))
     }
 
-    /// Sends `signal` to the container's init.
+    /// Sends `signal` to the container's init. A paused container is thawed after a SIGKILL
+    /// (so that it dies, as Docker does); other signals stay pending until it is unpaused.
     pub fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
+        self.kill_signal_number(id, signal as i32)
+    }
+
+    /// [`Runtime::kill`] with any signal number (1..=64, real-time signals included; see
+    /// [`parse_signal_number`]).
+    pub fn kill_signal_number(&self, id: &str, signo: i32) -> Result<(), RuntimeError> {
         let dir = self.dir_of(id)?;
         let not_running = || RuntimeError::NotRunning { id: id.to_string() };
         let st: StateFile = read_json(&dir.join(STATE_FILE))?.ok_or_else(not_running)?;
         let fd = st.init_fd().ok_or_else(not_running)?;
-        pidfd_send_signal(&fd, signal).map_err(|source| {
+        pidfd_send_signo(&fd, signo).map_err(|source| {
             if source.raw_os_error() == Some(libc::ESRCH) {
                 not_running()
             } else {
                 RuntimeError::Signal {
                     id: id.to_string(),
-                    signal,
+                    signal: Signal::try_from(signo).unwrap_or(Signal::SIGKILL),
                     source,
                 }
             }
-        })
+        })?;
+        if signo == libc::SIGKILL {
+            let cgroup = st.cgroup();
+            if cgroup.frozen() {
+                cgroup.freeze(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes every process of the container (`docker pause`): cgroup v1 `freezer.state`,
+    /// v2 `cgroup.freeze`; returns once the kernel reports the cgroup frozen. Pausing a paused
+    /// container is fine.
+    pub fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.running_cgroup(id)?.freeze(true)
+    }
+
+    /// Thaws a paused container (`docker unpause`); fine on one that is not paused.
+    pub fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
+        let cgroup = self.running_cgroup(id)?;
+        if cgroup.frozen() {
+            cgroup.freeze(false)?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup of a running container.
+    fn running_cgroup(&self, id: &str) -> Result<Box<dyn Cgroup>, RuntimeError> {
+        let state = self.state(id)?;
+        if !matches!(state.status, ContainerStatus::Running { .. }) {
+            return Err(RuntimeError::NotRunning { id: id.to_string() });
+        }
+        let dir = self.dir_of(id)?;
+        let st: StateFile = read_json(&dir.join(STATE_FILE))?
+            .ok_or_else(|| RuntimeError::NotRunning { id: id.to_string() })?;
+        Ok(st.cgroup())
     }
 
     /// The config's stop signal (SIGTERM by default), up to `grace` for the container to exit,
@@ -1298,6 +1438,13 @@ impl Runtime {
         let state = self.state(id)?;
         if !matches!(state.status, ContainerStatus::Running { .. }) {
             return Ok(());
+        }
+        if state.paused {
+            // Thawed first, as Docker does: a frozen process cannot act on the stop signal.
+            match self.unpause(id) {
+                Ok(()) | Err(RuntimeError::NotRunning { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         let signal = parse_signal(&state.config.stop_signal).unwrap_or(Signal::SIGTERM);
         match self.kill(id, signal) {
@@ -1335,6 +1482,13 @@ impl Runtime {
         if s.pid.is_some() {
             if let Some(fd) = s.init_fd() {
                 let _ = pidfd_send_signal(&fd, Signal::SIGKILL);
+            }
+            // A frozen (v1) process does not die before it is thawed.
+            let cgroup = s.cgroup();
+            if cgroup.frozen() {
+                if let Err(e) = cgroup.freeze(false) {
+                    tracing::warn!(error = %e, "thawing a paused container to remove it");
+                }
             }
         } else {
             // Still starting: stop the supervisor; its child dies with it (or with the cgroup).
@@ -1818,6 +1972,41 @@ mod tests {
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
         assert!(parse_signal("99").is_err());
         assert!(parse_signal("SIGFOO").is_err());
+    }
+
+    #[test]
+    fn any_signal_parses_like_docker_kill() {
+        let rtmin = libc::SIGRTMIN();
+        let rtmax = libc::SIGRTMAX();
+        for (spec, want) in [
+            ("", libc::SIGKILL),
+            ("KILL", libc::SIGKILL),
+            ("sigterm", libc::SIGTERM),
+            ("SIGUSR1", libc::SIGUSR1),
+            ("usr2", libc::SIGUSR2),
+            ("hup", libc::SIGHUP),
+            ("winch", libc::SIGWINCH),
+            ("15", 15),
+            ("1", 1),
+            ("64", 64),
+            ("RTMIN", rtmin),
+            ("SIGRTMIN+3", rtmin + 3),
+            ("rtmax-1", rtmax - 1),
+            ("RTMAX", rtmax),
+        ] {
+            assert_eq!(parse_signal_number(spec), Ok(want), "{spec:?}");
+        }
+        for bad in [
+            "0", "65", "-1", "SIGNOPE", "RTMIN+99", "RTMAX+1", "RTMIN-1", "1.5",
+        ] {
+            let err = parse_signal_number(bad).expect_err(bad);
+            assert!(err.contains("unknown signal"), "{err}");
+        }
+        // Every standard name round-trips through its number.
+        for s in Signal::iterator() {
+            assert_eq!(parse_signal_number(s.as_str()), Ok(s as i32));
+            assert_eq!(parse_signal_number(&(s as i32).to_string()), Ok(s as i32));
+        }
     }
 
     #[test]

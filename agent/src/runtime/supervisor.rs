@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::{Cgroup, CgroupFs, CgroupVersion};
 use super::init::{self, InitContext};
-use super::log::{LineSplitter, LogStream};
+use super::log::{LineSplitter, LogStream, LogWriter};
 use super::security;
 use super::{
     now_ms, pidfd_open, proc_stat, read_json, write_atomic, ContainerConfig, ExitStatus, Stage,
@@ -107,7 +106,7 @@ fn parse_args(args: &[OsString]) -> Result<Args, String> {
     })
 }
 
-fn write_all_fd(fd: impl AsFd, mut data: &[u8]) -> nix::Result<()> {
+pub(crate) fn write_all_fd(fd: impl AsFd, mut data: &[u8]) -> nix::Result<()> {
     while !data.is_empty() {
         match nix::unistd::write(&fd, data) {
             Ok(0) => return Err(Errno::EIO),
@@ -125,7 +124,7 @@ pub(crate) fn write_json_fd<T: Serialize>(fd: impl AsFd, value: &T) -> nix::Resu
     write_all_fd(fd, &data)
 }
 
-fn read_to_end_fd(fd: impl AsFd) -> Vec<u8> {
+pub(crate) fn read_to_end_fd(fd: impl AsFd) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -215,7 +214,7 @@ pub fn supervisor_main() -> i32 {
 }
 
 /// Closes every fd above 2.
-fn close_inherited_fds() {
+pub(crate) fn close_inherited_fds() {
     // SAFETY: close_range(2) on fds nothing in this process uses yet.
     let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if r == 0 {
@@ -294,7 +293,7 @@ struct Running {
     stdout: OwnedFd,
     stderr: OwnedFd,
     signals: Option<SignalFd>,
-    log: fs::File,
+    log: LogWriter,
 }
 
 /// The signals the supervisor forwards to the container's init.
@@ -354,18 +353,12 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     }
 
     let log_path = args.dir.join(LOG_FILE);
-    let log = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&log_path)
-        .map_err(|e| {
-            StartError::new(
-                Stage::Supervisor,
-                format!("open {}: {e}", log_path.display()),
-            )
-        })?;
+    let log = LogWriter::open(&log_path, &config.logging).map_err(|e| {
+        StartError::new(
+            Stage::Supervisor,
+            format!("open {}: {e}", log_path.display()),
+        )
+    })?;
 
     let pipe = |what: &str| {
         pipe2(OFlag::O_CLOEXEC)
@@ -476,7 +469,7 @@ fn write_state(dir: &Path, state: &StateFile) -> Result<(), StartError> {
         .map_err(|e| StartError::new(Stage::Supervisor, format!("write {}: {e}", path.display())))
 }
 
-fn set_nonblocking(fd: RawFd) {
+pub(crate) fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
@@ -615,12 +608,13 @@ impl Running {
     }
 }
 
-/// Appends the encoded lines to the log (one write per batch; O_APPEND).
-fn flush(log: &mut fs::File, out: &mut Vec<u8>, failed: &mut bool) {
+/// Appends the encoded lines to the log (one write per batch and file; O_APPEND), rotating it
+/// as configured.
+fn flush(log: &mut LogWriter, out: &mut Vec<u8>, failed: &mut bool) {
     if out.is_empty() {
         return;
     }
-    if let Err(e) = log.write_all(out) {
+    if let Err(e) = log.write(out) {
         if !*failed {
             eprintln!("supervisor: writing the container log: {e} (output is dropped)");
             *failed = true;
