@@ -518,6 +518,30 @@ pub struct CreateArgs {
     /// Signal to stop the container (default SIGTERM).
     #[arg(long)]
     pub stop_signal: Option<String>,
+    /// Command that checks the task's health (run with /bin/sh -c inside it).
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 30s).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub health_interval: Option<std::time::Duration>,
+    /// Time a health check may take (default 30s).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub health_timeout: Option<std::time::Duration>,
+    /// Failures in a row that make the task unhealthy (default 3).
+    #[arg(long)]
+    pub health_retries: Option<u64>,
+    /// Time after start when failures do not count yet.
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub health_start_period: Option<std::time::Duration>,
+    /// Time between health checks during the start period (default 5s).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub health_start_interval: Option<std::time::Duration>,
+    /// Disable the image's healthcheck.
+    #[arg(long, conflicts_with = "health_cmd")]
+    pub no_healthcheck: bool,
+    /// Log driver options (max-size=10m, max-file=3).
+    #[arg(long = "log-opt")]
+    pub log_opts: Vec<String>,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short, long)]
     pub detach: bool,

@@ -63,6 +63,8 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
             extra_hosts: a.extra_hosts.clone(),
             dns: a.dns.clone(),
             stop_signal: a.stop_signal.clone().unwrap_or_default(),
+            healthcheck: healthcheck_from_args(a),
+            log_options: parse_pairs(&a.log_opts, "log-opt")?,
             ..Default::default()
         }),
         networks: a
@@ -96,6 +98,26 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
                 .collect::<Result<Vec<_>>>()?
                 .concat(),
         }),
+    })
+}
+
+/// `--health-*` / `--no-healthcheck`.
+fn healthcheck_from_args(a: &CreateArgs) -> Option<HealthCheck> {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    if a.no_healthcheck {
+        return Some(HealthCheck {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        });
+    }
+    let cmd = a.health_cmd.as_ref()?;
+    Some(HealthCheck {
+        test: vec!["CMD-SHELL".into(), cmd.clone()],
+        interval_ms: ms(a.health_interval),
+        timeout_ms: ms(a.health_timeout),
+        retries: a.health_retries,
+        start_period_ms: ms(a.health_start_period),
+        start_interval_ms: ms(a.health_start_interval),
     })
 }
 

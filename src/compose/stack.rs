@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
-    ContainerSpec, EndpointSpec, GlobalService, Mount, MountType, NetworkAttachmentConfig,
-    NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService, Resources,
-    RestartCondition, RestartPolicy, ServiceSpec, StackSpec, Ulimit,
+    ContainerSpec, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
+    NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService,
+    Resources, RestartCondition, RestartPolicy, ServiceSpec, StackSpec, Ulimit,
 };
 
 use super::model::{Project, ResourceSpec, Service};
@@ -201,7 +201,6 @@ fn to_service_spec(
     let mut pending = Vec::new();
     for (present, key) in [
         (s.build.is_some(), "build"),
-        (s.healthcheck.is_some(), "healthcheck"),
         (!s.depends_on.is_empty(), "depends_on"),
         (!s.secrets.is_empty(), "secrets"),
         (!s.configs.is_empty(), "configs"),
@@ -277,6 +276,12 @@ fn to_service_spec(
             dns_search: s.dns_search.clone(),
             dns_options: s.dns_opt.clone(),
             network_mode: s.network_mode.clone().unwrap_or_default(),
+            healthcheck: s.healthcheck.as_ref().map(to_healthcheck),
+            log_options: s
+                .logging
+                .as_ref()
+                .map(|l| l.options.clone().into_iter().collect())
+                .unwrap_or_default(),
         }),
         limits: Some(to_resources(&limits)),
         reservations: resources.reservations.as_ref().map(to_resources),
@@ -291,6 +296,22 @@ fn to_service_spec(
             ports: ports(name, s)?,
         }),
     })
+}
+
+fn to_healthcheck(h: &super::model::Healthcheck) -> HealthCheck {
+    let ms = |d: Option<super::model::Dur>| d.map(|d| d.0.as_millis() as u64);
+    HealthCheck {
+        test: if h.disable {
+            vec!["NONE".into()]
+        } else {
+            h.test.clone()
+        },
+        interval_ms: ms(h.interval),
+        timeout_ms: ms(h.timeout),
+        retries: h.retries,
+        start_period_ms: ms(h.start_period),
+        start_interval_ms: ms(h.start_interval),
+    }
 }
 
 fn to_resources(r: &ResourceSpec) -> Resources {
@@ -430,11 +451,11 @@ services:
             "{err}"
         );
         let p = project(
-            "services:\n  web:\n    image: busybox\n    healthcheck: {test: [CMD, \"true\"]}\n",
+            "services:\n  web:\n    image: busybox\n    secrets: [s]\nsecrets:\n  s: {file: ./s}\n",
         );
         let (_, warnings) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("healthcheck"), "{warnings:?}");
+        assert!(warnings[0].contains("secrets"), "{warnings:?}");
     }
 
     #[test]

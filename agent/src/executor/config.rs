@@ -112,6 +112,10 @@ pub fn container_config(
         oom_score_adj: c.oom_score_adj,
         stop_signal: c.stop_signal.clone(),
         init: c.init,
+        logging: crate::runtime::LogOptions::from_docker(
+            &c.log_options.clone().into_iter().collect(),
+        )
+        .map_err(|e| format!("logging options: {e}"))?,
         ..ContainerConfig::default()
     })
 }

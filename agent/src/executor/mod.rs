@@ -5,12 +5,14 @@
 //! replacing them, so no replica is ever duplicated.
 
 mod config;
+mod health;
 mod mounts;
 mod net;
 mod published;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 pub use config::{apply_network, container_config, container_name, stop_grace, DEFAULT_STOP_GRACE};
 pub use net::{Prepared, TaskNetworks, DEFAULT_NETWORK};
@@ -132,6 +134,7 @@ impl Executor {
                 executor: self.clone(),
                 id: task.id.clone(),
                 reported: observed,
+                pid: 0,
             };
             tokio::spawn(worker.run(rx));
         }
@@ -180,9 +183,8 @@ impl Executor {
 }
 
 /// The container's addresses as a task status shows them.
-fn task_addresses(prepared: &Prepared) -> Vec<TaskAddress> {
-    prepared
-        .attachments
+fn task_addresses(attachments: &[crate::network::Attachment]) -> Vec<TaskAddress> {
+    attachments
         .iter()
         .map(|a| TaskAddress {
             network: a.network_name.clone(),
@@ -201,6 +203,8 @@ struct Worker {
     id: String,
     /// The furthest state reported so far: reports only move forward.
     reported: TaskState,
+    /// Host pid of the container's first process, once started.
+    pid: i32,
 }
 
 /// What the manager wants of the task right now; `None` when the task is gone.
@@ -257,12 +261,8 @@ impl Worker {
             Some(ContainerStatus::Running { pid }) => {
                 let task = rx.borrow().clone();
                 if let Some(task) = task {
-                    let name = container_name(&task);
-                    let _ = self.executor.inner.networks.announce(&task, &name).await;
+                    self.go_live(&task, pid, "running (adopted)", None).await;
                 }
-                self.report(TaskState::Running, "running (adopted)", |s| {
-                    s.pid = pid as u32
-                });
             }
             Some(ContainerStatus::Exited(exit)) => self.report_exit(&exit, false),
             Some(ContainerStatus::Created) | None => {
@@ -277,15 +277,47 @@ impl Worker {
                 }
             }
         }
-        // While the container runs: wait for its exit or for the manager to want it stopped.
+        // While the container runs: wait for its exit or for the manager to want it stopped,
+        // and probe its health if it has a healthcheck.
         if !self.reported.is_terminal() {
+            let task = rx.borrow().clone();
+            let probe = task
+                .as_ref()
+                .and_then(|t| health::probe_of(t).ok().flatten());
+            let started = tokio::time::Instant::now();
+            let mut health = health::Health::default();
+            let mut unhealthy = None;
             let stopped = loop {
                 if wanted(&rx) != Some(TaskState::Running) {
                     break true;
                 }
+                let delay = probe
+                    .as_ref()
+                    .map(|p| health.next_delay(started.elapsed(), p))
+                    .unwrap_or(Duration::MAX);
                 tokio::select! {
                     _ = runtime.wait(&self.id) => break false,
                     changed = rx.changed() => if changed.is_err() { break true },
+                    _ = tokio::time::sleep(delay), if probe.is_some() => {
+                        let Some(p) = probe.as_ref() else { continue };
+                        let (ok, output) = health::run_probe(&runtime, &self.id, p).await;
+                        match health.record(ok, started.elapsed(), p) {
+                            health::HealthState::Healthy
+                                if self.reported < TaskState::Running =>
+                            {
+                                if let Some(task) = task.as_ref() {
+                                    let pid = self.pid;
+                                    self.go_live(task, pid, "started (healthy)", Some(output))
+                                        .await;
+                                }
+                            }
+                            health::HealthState::Unhealthy => {
+                                unhealthy = Some(output);
+                                break true;
+                            }
+                            _ => {}
+                        }
+                    }
                 }
             };
             // Out of DNS first, then stopped: no new client is sent to a dying task.
@@ -300,9 +332,17 @@ impl Worker {
                     tracing::warn!(task = %self.id, "stop failed: {e}");
                 }
             }
-            match runtime.wait(&self.id).await {
-                Ok(exit) => self.report_exit(&exit, stopped),
-                Err(e) => self.report(TaskState::Failed, "failed", |s| s.error = e.to_string()),
+            match (runtime.wait(&self.id).await, unhealthy) {
+                (Ok(exit), Some(output)) => self.report(TaskState::Failed, "failed", |s| {
+                    s.exit_code = Some(exit.code);
+                    s.health = health::HealthState::Unhealthy.as_str().into();
+                    s.error = format!("task: container unhealthy: {output}");
+                    s.health_output = output;
+                }),
+                (Ok(exit), None) => self.report_exit(&exit, stopped),
+                (Err(e), _) => {
+                    self.report(TaskState::Failed, "failed", |s| s.error = e.to_string())
+                }
             }
             // An exited container keeps its logs and volumes, not its addresses (as Docker).
             self.executor.inner.networks.release(&self.id).await;
@@ -383,17 +423,15 @@ impl Worker {
         lock(&self.executor.inner.containers).insert(self.id.clone());
         match self.executor.inner.runtime.create_and_start(config).await {
             Ok(state) => {
-                let pid = match state.status {
+                self.pid = match state.status {
                     ContainerStatus::Running { pid } => pid,
                     ContainerStatus::Exited(_) | ContainerStatus::Created => 0,
                 };
-                let ports = networks.announce(&task, &container_name(&task)).await;
-                let addresses = task_addresses(&prepared);
-                self.report(TaskState::Running, "started", |s| {
-                    s.pid = pid as u32;
-                    s.addresses = addresses;
-                    s.ports = ports;
-                });
+                // With a healthcheck the task stays `starting` until its first healthy probe.
+                if !matches!(health::probe_of(&task), Ok(Some(_))) {
+                    let pid = self.pid;
+                    self.go_live(&task, pid, "started", None).await;
+                }
             }
             Err(e) => {
                 lock(&self.executor.inner.containers).remove(&self.id);
@@ -403,6 +441,22 @@ impl Worker {
                 });
             }
         }
+    }
+
+    /// The task runs (and is healthy): it joins DNS and its published ports, and says so.
+    async fn go_live(&mut self, task: &Task, pid: i32, message: &str, health: Option<String>) {
+        let networks = self.executor.inner.networks.clone();
+        let ports = networks.announce(task, &container_name(task)).await;
+        let addresses = task_addresses(&networks.manager().attachments(&self.id));
+        self.report(TaskState::Running, message, |s| {
+            s.pid = pid as u32;
+            s.addresses = addresses;
+            s.ports = ports;
+            if let Some(output) = health {
+                s.health = health::HealthState::Healthy.as_str().into();
+                s.health_output = output;
+            }
+        });
     }
 
     fn reject(&mut self, error: &str) {

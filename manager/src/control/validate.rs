@@ -41,6 +41,26 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), String> {
             return Err(format!("invalid environment entry {kv:?}: use KEY=VALUE"));
         }
     }
+    if let Some(h) = &container.healthcheck {
+        let ok = match h.test.first().map(String::as_str) {
+            None | Some("NONE") => true,
+            Some("CMD") | Some("CMD-SHELL") => h.test.len() > 1,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "invalid healthcheck test {:?}: use [\"CMD\", args...], [\"CMD-SHELL\", command] or [\"NONE\"]",
+                h.test
+            ));
+        }
+    }
+    for key in container.log_options.keys() {
+        if key != "max-size" && key != "max-file" {
+            return Err(format!(
+                "logging option {key:?} is not supported: use max-size and max-file"
+            ));
+        }
+    }
     if spec.mode.is_none() {
         return Err("the service has no mode (replicated or global)".into());
     }
