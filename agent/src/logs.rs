@@ -1,19 +1,19 @@
 //! Reading task logs from this node's container log files (JSON lines written by each
 //! container's supervisor), for `service logs`, including `--follow`.
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_proto::{LogLine, Task};
 use tokio::sync::mpsc;
 
-use crate::runtime::{LogEntry, Runtime};
+use crate::runtime::{read_log, LogEntry, LogFollower, Runtime};
 
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 /// Streams the log lines of `tasks` (those whose containers live on this node), oldest task
-/// first; with `follow`, keeps sending new lines until the receiver is dropped.
+/// first; with `follow`, keeps sending new lines until the receiver is dropped. Rotated files
+/// (`logging.options` max-size/max-file) are read in order and followed across rotations.
 pub fn stream_task_logs(
     runtime: &Runtime,
     tasks: Vec<Task>,
@@ -29,27 +29,24 @@ pub fn stream_task_logs(
         })
         .collect();
     tokio::task::spawn_blocking(move || {
-        let mut offsets = Vec::with_capacity(files.len());
-        for (task, path) in &files {
-            let (lines, end) = read_from(path, 0);
-            let skip = if tail > 0 {
-                lines.len().saturating_sub(tail as usize)
-            } else {
-                0
-            };
-            for entry in lines.into_iter().skip(skip) {
-                if tx.blocking_send(to_line(task, entry)).is_err() {
+        // Followers start at the current end before the history is read: a line written in
+        // between may show twice, never not at all.
+        let mut followers: Vec<(Task, LogFollower)> = Vec::new();
+        for (task, path) in files {
+            if follow {
+                followers.push((task.clone(), LogFollower::new(&path, true)));
+            }
+            let tail = (tail > 0).then_some(tail as usize);
+            for entry in read_log(&path, tail).unwrap_or_default() {
+                if tx.blocking_send(to_line(&task, entry)).is_err() {
                     return;
                 }
             }
-            offsets.push(end);
         }
         while follow && !tx.is_closed() {
             std::thread::sleep(FOLLOW_POLL);
-            for ((task, path), offset) in files.iter().zip(offsets.iter_mut()) {
-                let (lines, end) = read_from(path, *offset);
-                *offset = end;
-                for entry in lines {
+            for (task, follower) in followers.iter_mut() {
+                for entry in follower.read_new().unwrap_or_default() {
                     if tx.blocking_send(to_line(task, entry)).is_err() {
                         return;
                     }
@@ -58,37 +55,6 @@ pub fn stream_task_logs(
         }
     });
     rx
-}
-
-/// Complete lines from byte `offset` on, and the offset after the last complete line.
-fn read_from(path: &PathBuf, offset: u64) -> (Vec<LogEntry>, u64) {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return (Vec::new(), offset);
-    };
-    if file.seek(SeekFrom::Start(offset)).is_err() {
-        return (Vec::new(), offset);
-    }
-    let mut reader = BufReader::new(file);
-    let mut entries = Vec::new();
-    let mut position = offset;
-    let mut buf = String::new();
-    loop {
-        buf.clear();
-        match reader.read_line(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) if !buf.ends_with('\n') => {
-                let _ = n; // a line still being written: read it next time
-                break;
-            }
-            Ok(n) => {
-                position += n as u64;
-                if let Ok(entry) = serde_json::from_str::<LogEntry>(&buf) {
-                    entries.push(entry);
-                }
-            }
-        }
-    }
-    (entries, position)
 }
 
 fn to_line(task: &Task, entry: LogEntry) -> LogLine {
