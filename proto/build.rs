@@ -22,6 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("shoal.v1.Mount.type", "mount_type"),
         ("shoal.v1.PortConfig.protocol", "port_protocol"),
         ("shoal.v1.PortConfig.publish_mode", "publish_mode"),
+        (
+            "shoal.v1.ServiceDependency.condition",
+            "dependency_condition",
+        ),
     ] {
         builder = builder.field_attribute(
             field,

@@ -107,3 +107,39 @@ fn stack_deploy_updates_prunes_and_removes() {
     d.ok(&["stack", "rm", "app"]);
     assert!(d.ok(&["service", "ls", "-q"]).trim().is_empty());
 }
+
+const CHAIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/compose-examples/chain/compose.yaml"
+);
+
+#[test]
+fn depends_on_conditions_order_the_start_of_the_chain_example() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    d.ok(&["compose", "-f", CHAIN, "up", "--wait"]);
+    // web started only after the migration wrote the schema into the shared volume.
+    let logs = d.ok(&["service", "logs", "chain_web"]);
+    assert!(logs.contains("serving schema v2"), "{logs}");
+    let migrate = d.json(&["service", "ps", "chain_migrate", "--format", "json"]);
+    assert_eq!(migrate[0]["status"]["state"], "complete", "{migrate}");
+    let store = d.json(&["service", "ps", "chain_store", "--format", "json"]);
+    let web = d.json(&["service", "ps", "chain_web", "--format", "json"]);
+    let at = |v: &serde_json::Value| v[0]["meta"]["created_at"].as_i64().unwrap_or(0);
+    assert!(
+        at(&store) < at(&migrate) && at(&migrate) < at(&web),
+        "tasks made in dependency order: {store} {migrate} {web}"
+    );
+    // The published port answers with the migrated content.
+    let port = web[0]["status"]["ports"][0]["published_port"]
+        .as_u64()
+        .expect("a published port");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port as u16)).expect("connect");
+    std::io::Write::write_all(&mut stream, b"GET /schema HTTP/1.0\r\n\r\n").expect("send");
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut page).expect("read");
+    assert!(page.contains("schema v2"), "{page}");
+    d.ok(&["compose", "-f", CHAIN, "down"]);
+}

@@ -305,8 +305,21 @@ fn fifty_containers_come_and_go_without_leaking_links_rules_or_addresses() {
     let d = TestDaemon::with_busybox();
     d.ok(&["network", "create", "churn"]);
     d.ok(&[
-        "service", "create", "--name", "c", "--network", "churn", "-p", "80", "--replicas",
-        "0", "--stop-grace-period", "1s", "busybox", "sleep", "1000",
+        "service",
+        "create",
+        "--name",
+        "c",
+        "--network",
+        "churn",
+        "-p",
+        "80",
+        "--replicas",
+        "0",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sleep",
+        "1000",
     ]);
     // 5 rounds of 10: 50 containers made and removed.
     for _ in 0..5 {
@@ -319,7 +332,9 @@ fn fifty_containers_come_and_go_without_leaking_links_rules_or_addresses() {
             d.running_tasks("c").is_empty()
         });
         // Stopped containers stay (as task history) but hold no address.
-        d.wait_for("no endpoint held", Duration::from_secs(20), || endpoints(&d) == 0);
+        d.wait_for("no endpoint held", Duration::from_secs(20), || {
+            endpoints(&d) == 0
+        });
     }
     d.ok(&["service", "rm", "c"]);
     d.wait_for("every endpoint released", Duration::from_secs(60), || {

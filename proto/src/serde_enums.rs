@@ -61,6 +61,11 @@ enum_serde!(change_kind, crate::v1::ChangeKind, "CHANGE_KIND_");
 enum_serde!(mount_type, crate::v1::MountType, "MOUNT_TYPE_");
 enum_serde!(port_protocol, crate::v1::PortProtocol, "PORT_PROTOCOL_");
 enum_serde!(publish_mode, crate::v1::PublishMode, "PUBLISH_MODE_");
+enum_serde!(
+    dependency_condition,
+    crate::v1::DependencyCondition,
+    "DEPENDENCY_CONDITION_"
+);
 
 #[cfg(test)]
 mod tests {

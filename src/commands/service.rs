@@ -98,6 +98,7 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
                 .collect::<Result<Vec<_>>>()?
                 .concat(),
         }),
+        depends_on: Vec::new(),
     })
 }
 
@@ -263,14 +264,41 @@ pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
         let current = |t: &Task| {
             shoal_manager::orchestrator::update::same_task_spec(t.spec.as_ref(), s.spec.as_ref())
         };
+        // A one-shot task (no restart on success) that finished cleanly is done, as a job.
+        let job = s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.restart.as_ref())
+            .is_some_and(|r| r.condition() != RestartCondition::Any);
+        let done = |t: &Task| {
+            task_state(t) == TaskState::Running
+                || (job
+                    && task_state(t) == TaskState::Complete
+                    && t.status.as_ref().and_then(|st| st.exit_code) == Some(0))
+        };
         let running = tasks
             .iter()
+            .filter(|t| current(t) && done(t))
             .filter(|t| {
-                t.desired_state() == TaskState::Running
-                    && task_state(t) == TaskState::Running
-                    && current(t)
+                t.desired_state() == TaskState::Running || task_state(t) == TaskState::Complete
             })
             .count() as u64;
+        let never_again = s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.restart.as_ref())
+            .is_some_and(|r| r.condition() == RestartCondition::None);
+        if let Some(failed) = tasks
+            .iter()
+            .find(|t| never_again && current(t) && task_state(t) == TaskState::Failed)
+        {
+            let error = failed.status.as_ref().map(|st| st.error.clone());
+            bail!(
+                "service {}: a task failed and will not be restarted: {}",
+                spec_name(&s),
+                error.unwrap_or_default()
+            );
+        }
         let extra = tasks
             .iter()
             .filter(|t| t.desired_state() != TaskState::Running && !task_state(t).is_terminal())
@@ -687,7 +715,7 @@ pub async fn logs(
 }
 
 /// Unix ms → `2026-11-22T21:07:09.123Z`.
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

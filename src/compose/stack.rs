@@ -1,7 +1,7 @@
 //! From a loaded compose project to the stack the manager deploys.
 //!
 //! Everything the manager can run today maps onto a service spec; keys whose machinery lands
-//! with later work (healthchecks, depends_on, secrets and configs, builds) are reported as
+//! with later work (secrets and configs, builds) are reported as
 //! warnings naming the service and the key, so nothing is dropped silently.
 //!
 //! Networks: the project's networks become the stack's (`<stack>_<key>` on the cluster);
@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
-    ContainerSpec, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
+    ContainerSpec, DependencyCondition, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
     NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService,
-    Resources, RestartCondition, RestartPolicy, ServiceSpec, StackSpec, Ulimit,
+    Resources, RestartCondition, RestartPolicy, ServiceDependency, ServiceSpec, StackSpec, Ulimit,
 };
 
 use super::model::{Project, ResourceSpec, Service};
@@ -201,7 +201,6 @@ fn to_service_spec(
     let mut pending = Vec::new();
     for (present, key) in [
         (s.build.is_some(), "build"),
-        (!s.depends_on.is_empty(), "depends_on"),
         (!s.secrets.is_empty(), "secrets"),
         (!s.configs.is_empty(), "configs"),
     ] {
@@ -295,6 +294,19 @@ fn to_service_spec(
         endpoint: Some(EndpointSpec {
             ports: ports(name, s)?,
         }),
+        depends_on: s
+            .depends_on
+            .iter()
+            .map(|(dep, d)| ServiceDependency {
+                service: dep.clone(),
+                condition: match d.condition.as_str() {
+                    "service_healthy" => DependencyCondition::Healthy,
+                    "service_completed_successfully" => DependencyCondition::CompletedSuccessfully,
+                    _ => DependencyCondition::Started,
+                } as i32,
+                required: d.required,
+            })
+            .collect(),
     })
 }
 

@@ -47,10 +47,12 @@ pub fn probe_of(task: &Task) -> Result<Option<Probe>, String> {
         Some((kind, rest)) if kind == "CMD-SHELL" && !rest.is_empty() => {
             vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]
         }
-        Some(_) => return Err(format!(
+        Some(_) => {
+            return Err(format!(
             "healthcheck test {:?}: use [\"CMD\", args...], [\"CMD-SHELL\", command] or [\"NONE\"]",
             h.test
-        )),
+        ))
+        }
     };
     let ms = |v: Option<u64>, default: Duration| {
         v.filter(|v| *v > 0)

@@ -56,6 +56,12 @@ pub fn plan_deploy(
         validate_spec(&full).map_err(|e| format!("service {}: {e}", service.name))?;
         resolve_targets(state, &mut full, &local)
             .map_err(|e| format!("service {}: {e}", service.name))?;
+        // depends_on names the stack's services by their short names.
+        for dep in &mut full.depends_on {
+            if spec.services.iter().any(|s| s.name == dep.service) {
+                dep.service = service_name(&spec.name, &dep.service);
+            }
+        }
         // Swarm's stack convention: a service answers to its short name on its networks.
         for attachment in &mut full.networks {
             if !attachment.aliases.contains(&service.name) {

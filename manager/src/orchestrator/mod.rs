@@ -12,6 +12,7 @@
 //!
 //! - [`global`]: one task on every READY, ACTIVE node.
 
+pub mod depends;
 pub mod global;
 pub mod replicated;
 pub mod restart;

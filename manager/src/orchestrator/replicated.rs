@@ -130,10 +130,21 @@ pub fn reconcile_all(
             .push(task);
     }
     let services: BTreeMap<&str, &Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let by_name: HashMap<&str, &Service> = services
+        .values()
+        .filter_map(|s| Some((s.spec.as_ref()?.name.as_str(), *s)))
+        .collect();
+    let tasks_of: HashMap<&str, Vec<&Task>> = by_service
+        .iter()
+        .map(|(id, tasks)| (*id, tasks.clone()))
+        .collect();
 
     let mut plan = Plan::default();
     for (id, service) in &services {
         let tasks = by_service.remove(id).unwrap_or_default();
+        if tasks.is_empty() && super::depends::waiting_for(service, &by_name, &tasks_of).is_some() {
+            continue; // depends_on: not yet
+        }
         plan.merge(reconcile_service(
             Some(service),
             id,

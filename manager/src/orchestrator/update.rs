@@ -41,9 +41,10 @@ pub fn is_dirty(task: &Task, service: &Service) -> bool {
     task.spec_version < version && !same_task_spec(task.spec.as_ref(), service.spec.as_ref())
 }
 
-/// Whether two specs make the same task. The service's name, labels and mode (replicas) do not
-/// reach the task's container; everything else does. The destructuring is exhaustive on
-/// purpose: a field added to `ServiceSpec` fails to compile here until someone decides.
+/// Whether two specs make the same task. The service's name, labels, mode (replicas) and
+/// start dependencies do not reach the task's container; everything else does. The
+/// destructuring is exhaustive on purpose: a field added to `ServiceSpec` fails to compile
+/// here until someone decides.
 pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool {
     let empty = ServiceSpec::default();
     let ServiceSpec {
@@ -56,6 +57,7 @@ pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool 
         restart,
         networks,
         endpoint,
+        depends_on: _,
     } = a.unwrap_or(&empty);
     let b = b.unwrap_or(&empty);
     *container == b.container
