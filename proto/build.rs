@@ -1,7 +1,11 @@
 //! Generates the prost/tonic code from `proto/*.proto` with protox, so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/shoal.proto"];
+    let files = [
+        "proto/shoal.proto",
+        "proto/containers.proto",
+        "proto/cluster.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -26,6 +30,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "shoal.v1.ServiceDependency.condition",
             "dependency_condition",
         ),
+        (
+            "shoal.v1.UpdateConfig.failure_action",
+            "update_failure_action",
+        ),
+        ("shoal.v1.UpdateConfig.order", "update_order"),
+        ("shoal.v1.UpdateStatus.state", "update_state"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -58,6 +58,9 @@ pub enum Command {
     /// Manage this node's volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Containers on this node (`run`, `ps`, `exec`, `logs`, `stop`, ...).
+    #[command(flatten)]
+    Container(ContainerCommand),
 }
 
 #[derive(Subcommand)]
@@ -232,6 +235,13 @@ pub enum StackCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Roll every service the stack's last deployment changed back to its previous spec.
+    Rollback {
+        /// Return at once instead of waiting for the rollbacks (`--detach=false`: wait).
+        #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set, default_value = "false")]
+        detach: bool,
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -242,9 +252,18 @@ pub struct DaemonArgs {
     /// The control socket the CLI talks to (mode 0600).
     #[arg(long, default_value = crate::client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Address for manager traffic (dispatcher, Raft). Port 0 picks a free one.
+    /// Address for manager traffic (dispatcher, Raft). Port 0 picks a free one (and keeps
+    /// it across restarts: other managers know this one by its address).
     #[arg(long, default_value = "127.0.0.1:4242")]
     pub listen_addr: String,
+    /// The address other nodes reach this manager at (HOST or HOST:PORT), when it is not
+    /// the `--listen-addr` (e.g. that is 0.0.0.0). Default: the bound listen address.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub advertise_addr: Option<String>,
+    /// Disaster recovery after losing a majority of managers: start this surviving manager
+    /// as the only member of its cluster, keeping its state (see `shoal daemon --help`).
+    #[arg(long)]
+    pub force_new_cluster: bool,
     /// How often agents heartbeat; a node is down after three missed heartbeats.
     #[arg(long, default_value = "500ms", value_parser = crate::units::parse_duration)]
     pub heartbeat: std::time::Duration,
@@ -394,8 +413,18 @@ pub enum ServiceCommand {
         /// A new number of tasks.
         #[arg(long, allow_negative_numbers = true, value_parser = parse_replicas)]
         replicas: Option<u64>,
-        /// Return at once instead of waiting for the service to converge.
-        #[arg(short, long)]
+        /// Rolling-update and rollback settings (--update-*, --rollback-*).
+        #[command(flatten)]
+        rollout: Box<crate::commands::service::RolloutArgs>,
+        /// Return at once instead of waiting for the rollout (`--detach=false`: wait).
+        #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set, default_value = "false")]
+        detach: bool,
+        service: String,
+    },
+    /// Roll a service back to its previous spec (with its rollback settings).
+    Rollback {
+        /// Return at once instead of waiting for the rollback (`--detach=false`: wait).
+        #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set, default_value = "false")]
         detach: bool,
         service: String,
     },
@@ -542,6 +571,9 @@ pub struct CreateArgs {
     /// Log driver options (max-size=10m, max-file=3).
     #[arg(long = "log-opt")]
     pub log_opts: Vec<String>,
+    /// Rolling-update and rollback settings (--update-*, --rollback-*).
+    #[command(flatten)]
+    pub rollout: crate::commands::service::RolloutArgs,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short, long)]
     pub detach: bool,
@@ -583,6 +615,61 @@ pub enum ImageCommand {
         #[arg(value_parser = ["busybox"])]
         what: String,
     },
+    /// Load images from a `docker save` archive or an OCI image-layout archive.
+    Load {
+        /// Read from this file instead of standard input.
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        /// Suppress the "Loaded image" lines.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Save images to an archive `docker load` accepts.
+    Save {
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The images (NAME[:TAG] or ID).
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Display detailed information on images (JSON).
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show the history of an image.
+    History {
+        image: String,
+        /// Don't truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        format: FormatArgs,
+    },
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE.
+    Tag { source: String, target: String },
+    /// Remove images.
+    #[command(alias = "remove", alias = "rmi")]
+    Rm {
+        /// Remove by id even when tagged several times; untag an image stopped containers use.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove unused images.
+    Prune {
+        /// Remove all images no container uses, not just dangling ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Do not prompt for confirmation (shoal never prompts).
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 fn parse_replicas(text: &str) -> Result<u64, String> {
@@ -597,4 +684,200 @@ fn parse_scale(text: &str) -> Result<(String, u64), String> {
         .split_once('=')
         .ok_or_else(|| format!("invalid scale target {text:?}: use SERVICE=REPLICAS"))?;
     Ok((name.to_string(), parse_replicas(n)?))
+}
+
+/// Docker's local container commands, on the node the CLI talks to.
+#[derive(Subcommand)]
+pub enum ContainerCommand {
+    /// Create and run a standalone container from an image.
+    Run(Box<RunArgs>),
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// List containers (service tasks show under their task names).
+    Ps(PsArgs),
+    /// Show the output of a container.
+    Logs(LogsArgs),
+    /// Stop running containers (the stop signal, then SIGKILL after the grace period).
+    Stop(StopArgs),
+    /// Start stopped containers again (same config and filesystem, a new process).
+    Start {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart containers.
+    Restart(StopArgs),
+    /// Send a signal to running containers.
+    Kill {
+        /// The signal: a name (KILL, SIGHUP, RTMIN+1) or a number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill and remove running containers.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Freeze every process of containers.
+    Pause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Thaw paused containers.
+    Unpause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show containers in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show the resource usage of containers (default: every running one).
+    Stats {
+        /// Print one sample and exit.
+        #[arg(long)]
+        no_stream: bool,
+        containers: Vec<String>,
+    },
+    /// Show the processes of a container.
+    Top { container: String },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Run in the background and print the container's id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open (not supported by `run` yet: use `shoal exec -i`).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal (not supported by `run` yet: use `shoal exec -t`).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// The container's name (default: a generated adjective_noun).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to pass the local value).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments).
+    #[arg(long = "env-file")]
+    pub env_files: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Memory limit, e.g. 64m.
+    #[arg(short = 'm', long, value_parser = crate::units::parse_bytes)]
+    pub memory: Option<i64>,
+    /// CPU limit, e.g. 0.5.
+    #[arg(long, value_parser = crate::units::parse_cpus)]
+    pub cpus: Option<i64>,
+    /// Maximum number of processes (0: unlimited).
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Add Linux capabilities (or ALL).
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (or ALL).
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Run an init inside the container that forwards signals and reaps processes.
+    #[arg(long)]
+    pub init: bool,
+    /// `none` (its own network namespace with only lo; the default for now) or `host`.
+    /// Bridge networks for standalone containers are not supported yet.
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// Overwrite the image's entrypoint (one executable; "" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Container hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Container labels (KEY=VALUE).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// The image to run.
+    pub image: String,
+    /// Command and arguments (replace the image's cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Keep stdin open and send it to the process.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Username or UID (format: <name|uid>[:<group|gid>]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Set environment variables (KEY=VALUE).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    pub container: String,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Show every container (default: only running ones).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only display ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate ids and commands.
+    #[arg(long)]
+    pub no_trunc: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep following new output until the container stops.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Show only the last N lines (`all`: every line).
+    #[arg(short = 'n', long)]
+    pub tail: Option<String>,
+    /// Only lines since this long ago (e.g. 10m) or this unix time in seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show timestamps.
+    #[arg(short, long)]
+    pub timestamps: bool,
+    pub container: String,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait before killing (default: the container's stop grace period).
+    #[arg(short = 't', long = "time", visible_alias = "timeout")]
+    pub time: Option<u32>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
 }

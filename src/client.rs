@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
+use shoal_proto::containers_client::ContainersClient;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::images_client::ImagesClient;
 use shoal_proto::volumes_client::VolumesClient;
@@ -17,6 +18,7 @@ pub struct Client {
     pub control: ControlClient<Channel>,
     pub images: ImagesClient<Channel>,
     pub volumes: VolumesClient<Channel>,
+    pub containers: ContainersClient<Channel>,
 }
 
 /// Connects to `host`: a path, `unix://PATH`, or `tcp://HOST:PORT`.
@@ -49,7 +51,8 @@ pub async fn connect(host: &str) -> Result<Client> {
     Ok(Client {
         control: ControlClient::new(channel.clone()),
         images: ImagesClient::new(channel.clone()),
-        volumes: VolumesClient::new(channel),
+        volumes: VolumesClient::new(channel.clone()),
+        containers: ContainersClient::new(channel),
     })
 }
 

@@ -14,7 +14,7 @@ use cli::{
     Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand,
     VolumeCommand,
 };
-use commands::{image, network, service, stack, system, volume};
+use commands::{container, image, network, service, stack, system, volume};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -120,6 +120,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     StackCommand::Ps { name, list } => stack::ps(&mut client, &name, list).await,
                     StackCommand::Rm { names } => stack::rm(&mut client, &names).await,
+                    StackCommand::Rollback { detach, name } => {
+                        stack::rollback(&mut client, &name, detach).await
+                    }
                 },
                 Command::JoinToken {
                     role,
@@ -158,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         env_add,
                         env_rm,
                         replicas,
+                        rollout,
                         detach,
                         service: s,
                     } => {
@@ -166,8 +170,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             env_add,
                             env_rm,
                             replicas,
+                            rollout: *rollout,
                         };
                         service::update(&mut client, &s, &change, detach).await
+                    }
+                    ServiceCommand::Rollback { detach, service: s } => {
+                        service::rollback(&mut client, &s, detach).await
                     }
                     ServiceCommand::Scale { targets, detach } => {
                         service::scale(&mut client, &targets, detach).await
@@ -186,7 +194,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         image::import(&mut client, &file, &name).await
                     }
                     ImageCommand::Bootstrap { what } => image::bootstrap(&mut client, &what).await,
+                    ImageCommand::Load { input, quiet } => {
+                        image::load(&mut client, input.as_deref(), quiet).await
+                    }
+                    ImageCommand::Save { output, images } => {
+                        image::save(&mut client, output.as_deref(), &images).await
+                    }
+                    ImageCommand::Inspect { images } => image::inspect(&mut client, &images).await,
+                    ImageCommand::History {
+                        image: i,
+                        no_trunc,
+                        quiet,
+                        format,
+                    } => image::history(&mut client, &i, no_trunc, quiet, format).await,
+                    ImageCommand::Tag { source, target } => {
+                        image::tag(&mut client, &source, &target).await
+                    }
+                    ImageCommand::Rm { force, images } => {
+                        image::rm(&mut client, &images, force).await
+                    }
+                    ImageCommand::Prune { all, force: _ } => image::prune(&mut client, all).await,
                 },
+                Command::Container(c) => container::run(&mut client, c).await,
                 Command::Daemon(_) | Command::Version => Ok(()),
             }
         }

@@ -629,11 +629,14 @@ async fn containers_outlive_the_runtime_and_are_adopted() {
     let started = first
         .create_and_start(env.sh(
             "adopt",
-            "trap 'exit 7' USR1; while true; do sleep 0.05; done",
+            "trap 'exit 7' USR1; echo trapped; while true; do sleep 0.05; done",
         ))
         .await
         .expect("start");
     let pid = running_pid(&started);
+    // The start returns once the shell is exec'd, before it has set its trap: a signal sent
+    // in between is the shell's business (busybox ash can lose it). Wait for the trap.
+    wait_for_line(&first, "adopt", "trapped").await;
     drop(first);
     assert!(alive(pid), "the container died with its runtime");
 

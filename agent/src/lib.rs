@@ -7,6 +7,7 @@
 //!   reports what happens to them;
 //! - [`session`]: the dispatcher client: one session stream with the managers.
 
+pub mod containers_api;
 pub mod dns;
 pub mod executor;
 pub mod image;

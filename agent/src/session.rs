@@ -1,11 +1,17 @@
 //! The agent's side of the dispatcher protocol: one session stream with the manager, the
 //! heartbeat that keeps the node READY, and delivery of task status reports.
 //!
-//! The same code serves the embedded agent of `shoal daemon` and, later, remote workers: only
-//! the channel differs. Whatever happens to the connection, the loop reconnects with backoff
-//! and the containers keep running meanwhile.
+//! The same code serves the embedded agent of `shoal daemon` and remote workers. Whatever
+//! happens to the connection, the loop reconnects with backoff and the containers keep
+//! running meanwhile.
+//!
+//! Several managers: the agent knows their addresses (every session message carries them,
+//! leader first) and tries them in turn; a follower refuses the session and names the leader
+//! (`shoal-leader` metadata), which the agent tries next. So it follows the leader through
+//! failovers, and reconciles with whatever the new leader assigns.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::dispatcher_client::DispatcherClient;
@@ -17,12 +23,24 @@ use tonic::transport::Channel;
 
 use crate::executor::Executor;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Short: a node whose agent stays away for three heartbeats is marked down after a failover.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// A session that is not open within this (a paused or cut-off manager) is given up.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long status reports gather before they are sent as one batch.
 const REPORT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
+/// Makes (or reuses) the channel to the manager at an address.
+pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+/// Told the managers' new list.
+pub type OnManagers = Arc<dyn Fn(&[String]) + Send + Sync>;
+
 pub struct Session {
-    pub channel: Channel,
+    /// The managers to try, in order; replaced by the list each session message carries.
+    pub managers: Vec<String>,
+    pub connect: Connect,
+    /// Told when the managers' list changes (the daemon keeps it for its next start).
+    pub on_managers: Option<OnManagers>,
     pub node_id: String,
     pub description: NodeDescription,
     pub executor: Executor,
@@ -35,30 +53,84 @@ impl Session {
         let mut backoff = Duration::from_millis(50);
         // Reports not yet acknowledged, by task: only the newest status of a task matters.
         let mut pending: HashMap<String, TaskStatusUpdate> = HashMap::new();
+        let mut next = 0usize;
+        let mut hint: Option<String> = None;
         loop {
-            match self.session(&mut pending).await {
+            let addr = match hint.take() {
+                Some(leader) => leader,
+                None if self.managers.is_empty() => {
+                    tracing::error!("the agent knows no manager address");
+                    return;
+                }
+                None => {
+                    next += 1;
+                    self.managers[(next - 1) % self.managers.len()].clone()
+                }
+            };
+            let mut established = false;
+            match self.session(&addr, &mut pending, &mut established).await {
                 Ok(()) => backoff = Duration::from_millis(50),
-                Err(e) => tracing::warn!("dispatcher session ended: {e}; reconnecting"),
+                Err(e) => {
+                    hint = e
+                        .metadata()
+                        .get("shoal-leader")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|leader| *leader != addr)
+                        .map(str::to_string);
+                    if hint.is_none() {
+                        tracing::warn!(manager = %addr, "dispatcher session ended: {}; reconnecting", e.message());
+                    }
+                }
+            }
+            if established {
+                backoff = Duration::from_millis(50);
+                next = 0; // the list starts with the leader
+            }
+            if hint.is_some() {
+                continue;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
+    fn learn_managers(&mut self, managers: &[String]) {
+        if managers.is_empty() || managers == self.managers.as_slice() {
+            return;
+        }
+        self.managers = managers.to_vec();
+        if let Some(remember) = &self.on_managers {
+            remember(managers);
+        }
+    }
+
     async fn session(
         &mut self,
+        addr: &str,
         pending: &mut HashMap<String, TaskStatusUpdate>,
+        established: &mut bool,
     ) -> Result<(), tonic::Status> {
-        let mut client = DispatcherClient::new(self.channel.clone());
+        let channel = (self.connect)(addr).map_err(tonic::Status::unavailable)?;
+        let mut client = DispatcherClient::new(channel);
         let request = SessionRequest {
             node_id: self.node_id.clone(),
             description: Some(self.description.clone()),
         };
-        let mut stream = client.session(request).await?.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::unavailable("the manager closed the session at once"))?;
+        let opened = async {
+            let mut stream = client.session(request).await?.into_inner();
+            let first = stream.message().await?.ok_or_else(|| {
+                tonic::Status::unavailable("the manager closed the session at once")
+            })?;
+            Ok::<_, tonic::Status>((stream, first))
+        };
+        let (mut stream, first) = tokio::time::timeout(SESSION_OPEN_TIMEOUT, opened)
+            .await
+            .map_err(|_| {
+                tonic::Status::unavailable("the manager did not open a session in time")
+            })??;
+        *established = true;
+        tracing::info!(manager = %addr, "dispatcher session open");
+        self.learn_managers(&first.managers);
         let session_id = first.session_id.clone();
         self.node_id = first.node_id.clone();
         let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
@@ -73,13 +145,20 @@ impl Session {
                     session_id: session_id.clone(),
                     updates: pending.values().cloned().collect(),
                 };
-                client.update_task_status(request).await?;
+                tokio::time::timeout(period * 10, client.update_task_status(request))
+                    .await
+                    .map_err(|_| {
+                        tonic::Status::unavailable("the manager stopped answering status reports")
+                    })??;
                 pending.clear();
             }
             tokio::select! {
                 message = stream.message() => {
                     match message? {
-                        Some(m) => if let Some(a) = m.assignments { self.executor.assign(a) },
+                        Some(m) => {
+                            self.learn_managers(&m.managers);
+                            if let Some(a) = m.assignments { self.executor.assign(a) }
+                        }
                         None => return Err(tonic::Status::unavailable("the manager ended the session")),
                     }
                 }
@@ -97,7 +176,11 @@ impl Session {
                         node_id: self.node_id.clone(),
                         session_id: session_id.clone(),
                     };
-                    client.heartbeat(request).await?;
+                    // A manager that stopped answering (paused, cut off) must not hold the
+                    // agent: three periods without an answer end the session.
+                    tokio::time::timeout(period * 3, client.heartbeat(request))
+                        .await
+                        .map_err(|_| tonic::Status::unavailable("the manager stopped answering heartbeats"))??;
                 }
             }
         }

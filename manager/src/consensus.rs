@@ -1,8 +1,10 @@
 //! The one way the manager writes: a command proposed to consensus, committed, applied.
 //!
-//! [`Consensus`] is implemented by [`crate::raft::RaftNode`]; [`Immediate`] applies commands
-//! straight to a [`Store`], which lets the dispatcher, control API and loops be unit-tested
-//! without a Raft log.
+//! [`Consensus`] is implemented by [`crate::raft::RaftNode`] (one manager) and by
+//! [`crate::membership::Cluster`] (several: writes on a follower are forwarded to the leader,
+//! reads get a ReadIndex barrier, and a lost quorum is reported at once); [`Immediate`]
+//! applies commands straight to a [`Store`], which lets the dispatcher, control API and loops
+//! be unit-tested without a Raft log.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,18 @@ pub enum ConsensusError {
     NotLeader { leader: Option<String> },
     #[error("the cluster cannot commit writes: {0}")]
     Unavailable(String),
+    /// Not transient: a majority of managers is gone. Reported at once, never retried.
+    #[error("{0}")]
+    NoQuorum(String),
+}
+
+/// A manager as the answering manager sees it (`node ls`'s MANAGER STATUS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerInfo {
+    pub raft_id: u64,
+    pub addr: String,
+    pub leader: bool,
+    pub reachable: bool,
 }
 
 pub trait Consensus: Send + Sync + 'static {
@@ -29,10 +43,29 @@ pub trait Consensus: Send + Sync + 'static {
 
     /// Whether this manager leads now (only the leader runs the reconcile loops).
     fn is_leader(&self) -> bool;
+
+    /// Returns once this manager's store holds every write committed before the call (a
+    /// linearizable read may follow).
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ConsensusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The managers, leader first. Empty where there is no cluster (tests).
+    fn managers(&self) -> Vec<ManagerInfo> {
+        Vec::new()
+    }
+
+    /// Takes the manager with this Raft id out of the Raft membership.
+    fn remove_manager(&self, raft_id: u64) -> BoxFuture<'_, Result<(), ConsensusError>> {
+        let _ = raft_id;
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// How often a write is retried while no leader can commit it (≈ 5 s in all).
-const COMMIT_RETRIES: usize = 14;
+/// How long a write is retried while no leader can commit it (an election).
+const COMMIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest pause between two retries: an election takes a few hundred ms.
+const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a write can end in.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,12 +97,13 @@ impl Writer {
             timestamp: now_ms(),
         };
         let mut delay = std::time::Duration::from_millis(20);
-        for _ in 0..COMMIT_RETRIES {
+        let deadline = std::time::Instant::now() + COMMIT_PATIENCE;
+        while std::time::Instant::now() < deadline {
             match self.consensus.propose(command.clone()).await {
                 Err(ConsensusError::Unavailable(_))
                 | Err(ConsensusError::NotLeader { leader: None }) => {
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
                 other => return Ok(other??),
             }
@@ -77,8 +111,44 @@ impl Writer {
         Ok(self.consensus.propose(command).await??)
     }
 
+    /// A read barrier: once it returns, the local store holds every write committed before
+    /// the call. Retried like a write while an election is under way.
+    pub async fn linearize(&self) -> Result<(), WriteError> {
+        let mut delay = std::time::Duration::from_millis(20);
+        let deadline = std::time::Instant::now() + COMMIT_PATIENCE;
+        while std::time::Instant::now() < deadline {
+            match self.consensus.linearize().await {
+                Err(ConsensusError::Unavailable(_))
+                | Err(ConsensusError::NotLeader { leader: None }) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+                other => return Ok(other?),
+            }
+        }
+        Ok(self.consensus.linearize().await?)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.consensus.is_leader()
+    }
+
+    /// The managers, leader first (empty without a cluster).
+    pub fn managers(&self) -> Vec<ManagerInfo> {
+        self.consensus.managers()
+    }
+
+    /// The leader's address, when one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        self.managers()
+            .into_iter()
+            .find(|m| m.leader)
+            .map(|m| m.addr)
+    }
+
+    /// Takes a manager out of the Raft membership.
+    pub async fn remove_manager(&self, raft_id: u64) -> Result<(), WriteError> {
+        Ok(self.consensus.remove_manager(raft_id).await?)
     }
 }
 

@@ -65,7 +65,13 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
         let nodes: Vec<_> = state.nodes.values().cloned().collect();
         orchestrator::reconcile_all(&services, &tasks, &nodes, now_ms(), &mut new_id)
     };
-    let mut changes: Vec<StoreChange> = Vec::new();
+    // Service rewrites (update status, rollback) first, so they land in the first batch with
+    // the task changes of the same rollout step; each is a compare-and-set on the version read.
+    let mut changes: Vec<StoreChange> = plan
+        .services
+        .into_iter()
+        .map(|s| change(ChangeKind::Update, Object::Service(s)))
+        .collect();
     changes.extend(
         plan.create
             .into_iter()
@@ -158,6 +164,7 @@ mod tests {
                 mode: Some(Mode::Replicated(ReplicatedService { replicas: 3 })),
                 ..Default::default()
             }),
+            ..Default::default()
         };
         writer
             .commit(vec![

@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: the cluster state and its pure, deterministic `apply` of a [`StoreCommand`];
 //! - [`raft`]: openraft over redb: makes every change durable and replicated, then applies it;
+//! - [`membership`]: several managers: forwarding, read barriers, joins, the quorum check;
 //! - [`orchestrator`]: reconcile loops (desired services → tasks);
 //! - [`scheduler`]: a pure function that assigns tasks to nodes;
 //! - [`dispatcher`]: the gRPC service agents hold their sessions with;
@@ -15,6 +16,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod join;
 pub mod leader;
+pub mod membership;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

@@ -66,6 +66,13 @@ enum_serde!(
     crate::v1::DependencyCondition,
     "DEPENDENCY_CONDITION_"
 );
+enum_serde!(
+    update_failure_action,
+    crate::v1::UpdateFailureAction,
+    "UPDATE_FAILURE_ACTION_"
+);
+enum_serde!(update_order, crate::v1::UpdateOrder, "UPDATE_ORDER_");
+enum_serde!(update_state, crate::v1::UpdateState, "UPDATE_STATE_");
 
 #[cfg(test)]
 mod tests {

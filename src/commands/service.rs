@@ -99,7 +99,133 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
                 .concat(),
         }),
         depends_on: Vec::new(),
+        update_config: a.rollout.update_config(None)?,
+        rollback_config: a.rollout.rollback_config(None)?,
     })
+}
+
+/// `--update-*` / `--rollback-*`: Swarm's rolling-update settings, on create and update.
+#[derive(clap::Args, Default, Clone, Debug)]
+pub struct RolloutArgs {
+    /// Tasks replaced at a time (0: all at once; default 1).
+    #[arg(long = "update-parallelism")]
+    pub update_parallelism: Option<u64>,
+    /// Wait between updates of a task and the next (e.g. 10s).
+    #[arg(long = "update-delay", value_parser = crate::units::parse_duration)]
+    pub update_delay: Option<Duration>,
+    /// stop-first (default) or start-first: the new task starts beside the old one.
+    #[arg(long = "update-order", value_parser = ["stop-first", "start-first"])]
+    pub update_order: Option<String>,
+    /// pause (default), continue or rollback when tasks fail.
+    #[arg(long = "update-failure-action", value_parser = ["pause", "continue", "rollback"])]
+    pub update_failure_action: Option<String>,
+    /// How long a new task must run to count as updated (default 5s).
+    #[arg(long = "update-monitor", value_parser = crate::units::parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// Fraction of tasks that may fail before the failure action (default 0).
+    #[arg(long = "update-max-failure-ratio")]
+    pub update_max_failure_ratio: Option<f32>,
+    /// Tasks rolled back at a time (0: all at once; default 1).
+    #[arg(long = "rollback-parallelism")]
+    pub rollback_parallelism: Option<u64>,
+    /// Wait between rollbacks of a task and the next.
+    #[arg(long = "rollback-delay", value_parser = crate::units::parse_duration)]
+    pub rollback_delay: Option<Duration>,
+    /// stop-first (default) or start-first, for rollbacks.
+    #[arg(long = "rollback-order", value_parser = ["stop-first", "start-first"])]
+    pub rollback_order: Option<String>,
+    /// pause (default) or continue when tasks fail during a rollback.
+    #[arg(long = "rollback-failure-action", value_parser = ["pause", "continue"])]
+    pub rollback_failure_action: Option<String>,
+    /// How long a rolled-back task must run to count (default 5s).
+    #[arg(long = "rollback-monitor", value_parser = crate::units::parse_duration)]
+    pub rollback_monitor: Option<Duration>,
+    /// Fraction of tasks that may fail during a rollback (default 0).
+    #[arg(long = "rollback-max-failure-ratio")]
+    pub rollback_max_failure_ratio: Option<f32>,
+}
+
+struct RolloutFlags<'a> {
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    order: Option<&'a str>,
+    failure_action: Option<&'a str>,
+    monitor: Option<Duration>,
+    max_failure_ratio: Option<f32>,
+}
+
+impl RolloutFlags<'_> {
+    /// The config with these flags applied over `base` (unset flags keep what it has);
+    /// `None` when neither sets anything.
+    fn apply(&self, base: Option<UpdateConfig>, what: &str) -> Result<Option<UpdateConfig>> {
+        let any = self.parallelism.is_some()
+            || self.delay.is_some()
+            || self.order.is_some()
+            || self.failure_action.is_some()
+            || self.monitor.is_some()
+            || self.max_failure_ratio.is_some();
+        if !any {
+            return Ok(base);
+        }
+        let mut c = base.unwrap_or_default();
+        if let Some(p) = self.parallelism {
+            c.parallelism = Some(p);
+        }
+        if let Some(d) = self.delay {
+            c.delay_ms = d.as_millis() as u64;
+        }
+        if let Some(m) = self.monitor {
+            c.monitor_ms = Some(m.as_millis() as u64);
+        }
+        if let Some(r) = self.max_failure_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                bail!("invalid --{what}-max-failure-ratio {r}: use a number from 0 to 1");
+            }
+            c.max_failure_ratio = r;
+        }
+        match self.order {
+            Some("start-first") => c.set_order(UpdateOrder::StartFirst),
+            Some("stop-first") => c.set_order(UpdateOrder::StopFirst),
+            Some(o) => bail!("invalid --{what}-order {o:?}: use stop-first or start-first"),
+            None => {}
+        }
+        match self.failure_action {
+            Some("pause") => c.set_failure_action(UpdateFailureAction::Pause),
+            Some("continue") => c.set_failure_action(UpdateFailureAction::Continue),
+            Some("rollback") if what == "update" => {
+                c.set_failure_action(UpdateFailureAction::Rollback)
+            }
+            Some(a) => bail!("invalid --{what}-failure-action {a:?}"),
+            None => {}
+        }
+        Ok(Some(c))
+    }
+}
+
+impl RolloutArgs {
+    pub fn update_config(&self, base: Option<UpdateConfig>) -> Result<Option<UpdateConfig>> {
+        RolloutFlags {
+            parallelism: self.update_parallelism,
+            delay: self.update_delay,
+            order: self.update_order.as_deref(),
+            failure_action: self.update_failure_action.as_deref(),
+            monitor: self.update_monitor,
+            max_failure_ratio: self.update_max_failure_ratio,
+        }
+        .apply(base, "update")
+    }
+
+    pub fn rollback_config(&self, base: Option<UpdateConfig>) -> Result<Option<UpdateConfig>> {
+        RolloutFlags {
+            parallelism: self.rollback_parallelism,
+            delay: self.rollback_delay,
+            order: self.rollback_order.as_deref(),
+            failure_action: self.rollback_failure_action.as_deref(),
+            monitor: self.rollback_monitor,
+            max_failure_ratio: self.rollback_max_failure_ratio,
+        }
+        .apply(base, "rollback")
+    }
 }
 
 /// `--health-*` / `--no-healthcheck`.
@@ -584,10 +710,13 @@ pub struct SpecChange {
     pub env_add: Vec<String>,
     pub env_rm: Vec<String>,
     pub replicas: Option<u64>,
+    pub rollout: RolloutArgs,
 }
 
 impl SpecChange {
     fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
+        spec.update_config = self.rollout.update_config(spec.update_config.take())?;
+        spec.rollback_config = self.rollout.rollback_config(spec.rollback_config.take())?;
         let container = spec.container.get_or_insert_with(Default::default);
         if let Some(image) = &self.image {
             container.image = image.clone();
@@ -626,6 +755,7 @@ async fn change_spec(client: &mut Client, name: &str, change: &SpecChange) -> Re
             service_id: s.id.clone(),
             version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
             spec: Some(spec),
+            rollback: false,
         };
         match client.control.update_service(request).await {
             Ok(_) => return Ok(s.id),
@@ -645,9 +775,104 @@ pub async fn update(
     let id = change_spec(client, name, change).await?;
     println!("{name}");
     if !detach {
+        follow_rollout(client, &id, false).await?;
         converge(client, &id).await?;
     }
     Ok(())
+}
+
+/// `service rollback`: back to the previous spec, with the rollback config.
+pub async fn rollback(client: &mut Client, name: &str, detach: bool) -> Result<()> {
+    let s = get(client, name).await?;
+    start_rollback(client, &s).await?;
+    println!("{name}");
+    if !detach {
+        wait_rollback(client, &s.id).await?;
+    }
+    Ok(())
+}
+
+/// Asks the manager to roll `s` back (as read: fails if it changed since).
+pub async fn start_rollback(client: &mut Client, s: &Service) -> Result<()> {
+    let request = UpdateServiceRequest {
+        service_id: s.id.clone(),
+        version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
+        spec: None,
+        rollback: true,
+    };
+    client
+        .control
+        .update_service(request)
+        .await
+        .map_err(|e| anyhow!(status_message(&e)))?;
+    Ok(())
+}
+
+/// Waits until a rollback completed and its tasks run.
+pub async fn wait_rollback(client: &mut Client, id: &str) -> Result<()> {
+    follow_rollout(client, id, true).await?;
+    converge(client, id).await
+}
+
+/// The update status as `service inspect` and the progress lines name it.
+pub fn update_state_name(state: UpdateState) -> &'static str {
+    match state {
+        UpdateState::Unknown => "unknown",
+        UpdateState::Updating => "updating",
+        UpdateState::Paused => "paused",
+        UpdateState::Completed => "completed",
+        UpdateState::RollbackStarted => "rollback_started",
+        UpdateState::RollbackPaused => "rollback_paused",
+        UpdateState::RollbackCompleted => "rollback_completed",
+    }
+}
+
+/// Waits for the rollout that the last change started, printing its state as it moves:
+/// success once COMPLETED (ROLLBACK_COMPLETED when `rollback` was asked for), an error when
+/// it pauses or rolls back by itself. A change that replaces no task has no rollout.
+async fn follow_rollout(client: &mut Client, id: &str, rollback: bool) -> Result<()> {
+    let mut last = String::new();
+    loop {
+        let s = get(client, id).await?;
+        let status = s.update_status.clone().unwrap_or_default();
+        let state = status.state();
+        let line = format!("{}: {}", update_state_name(state), status.message);
+        if state != UpdateState::Unknown && line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match state {
+            UpdateState::Completed if !rollback => return Ok(()),
+            UpdateState::RollbackCompleted if rollback => return Ok(()),
+            UpdateState::RollbackCompleted => {
+                bail!("service {} rolled back: {}", spec_name(&s), status.message)
+            }
+            UpdateState::Paused | UpdateState::RollbackPaused => {
+                bail!(
+                    "service {} {}: {}",
+                    spec_name(&s),
+                    update_state_name(state),
+                    status.message
+                )
+            }
+            UpdateState::Unknown => {
+                // Not started yet, or nothing to roll out (a scale, a label).
+                let tasks = list_tasks(client, id).await?;
+                let outdated = tasks.iter().any(|t| {
+                    t.desired_state() == TaskState::Running
+                        && !shoal_manager::orchestrator::update::same_task_spec(
+                            t.spec.as_ref(),
+                            s.spec.as_ref(),
+                        )
+                });
+                if !outdated {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn scale(client: &mut Client, targets: &[(String, u64)], detach: bool) -> Result<()> {
@@ -764,6 +989,38 @@ pub async fn rm(client: &mut Client, services: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_flags_change_only_what_they_name() {
+        let none = RolloutArgs::default();
+        assert_eq!(none.update_config(None).expect("ok"), None);
+        let base = UpdateConfig {
+            parallelism: Some(3),
+            delay_ms: 100,
+            ..Default::default()
+        };
+        let args = RolloutArgs {
+            update_order: Some("start-first".into()),
+            update_failure_action: Some("rollback".into()),
+            update_monitor: Some(Duration::from_millis(1500)),
+            rollback_parallelism: Some(0),
+            ..Default::default()
+        };
+        let u = args.update_config(Some(base)).expect("ok").expect("set");
+        assert_eq!(
+            (u.parallelism, u.delay_ms, u.monitor_ms),
+            (Some(3), 100, Some(1500))
+        );
+        assert_eq!(u.order(), UpdateOrder::StartFirst);
+        assert_eq!(u.failure_action(), UpdateFailureAction::Rollback);
+        let r = args.rollback_config(None).expect("ok").expect("set");
+        assert_eq!(r.parallelism, Some(0));
+        let bad = RolloutArgs {
+            update_max_failure_ratio: Some(1.5),
+            ..Default::default()
+        };
+        assert!(bad.update_config(None).is_err());
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

@@ -180,6 +180,57 @@ pub async fn ps(client: &mut Client, stack: &str, args: ListArgs) -> Result<()> 
     super::service::ps_of(client, services, args).await
 }
 
+/// `stack rollback NAME`: every service the stack's last deployment changed goes back to its
+/// previous spec (each with its rollback settings); the others are left alone.
+pub async fn rollback(client: &mut Client, name: &str, detach: bool) -> Result<()> {
+    let deployed_at = client
+        .control
+        .list_stacks(ListStacksRequest {})
+        .await
+        .map_err(|s| anyhow!(status_message(&s)))?
+        .into_inner()
+        .stacks
+        .into_iter()
+        .filter_map(|s| s.stack)
+        .find(|s| s.id == name)
+        .and_then(|s| s.meta)
+        .map(|m| m.updated_at)
+        .unwrap_or(0);
+    let services = stack_services(client, name).await?;
+    if services.is_empty() {
+        return Err(anyhow!("nothing found in stack: {name}"));
+    }
+    // Changed by the last deployment (or since): a previous spec, and a rollout that began
+    // then (or has not begun yet).
+    let changed: Vec<&Service> = services
+        .iter()
+        .filter(|s| s.previous_spec.is_some())
+        .filter(|s| {
+            s.update_status
+                .as_ref()
+                .is_none_or(|u| u.started_at >= deployed_at)
+        })
+        .collect();
+    if changed.is_empty() {
+        return Err(anyhow!(
+            "stack {name}: no service has a previous deployment to roll back to"
+        ));
+    }
+    for s in &changed {
+        super::service::start_rollback(client, s).await?;
+        eprintln!(
+            "Rolling back service {}",
+            s.spec.as_ref().map(|sp| sp.name.as_str()).unwrap_or("")
+        );
+    }
+    if !detach {
+        for s in &changed {
+            super::service::wait_rollback(client, &s.id).await?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn rm(client: &mut Client, names: &[String]) -> Result<()> {
     for name in names {
         let removed = client

@@ -106,9 +106,13 @@ pub async fn node_ls(client: &mut Client, args: ListArgs) -> Result<()> {
                 NodeAvailability::Pause => "Pause",
                 NodeAvailability::Drain => "Drain",
             };
-            let manager = match n.role() {
-                NodeRole::Manager => "Leader",
-                NodeRole::Worker => "",
+            // Docker's words: the leader, and whether the answering manager reaches the others.
+            let manager = match (n.role(), n.manager_status.as_ref()) {
+                (NodeRole::Worker, _) => "",
+                (NodeRole::Manager, Some(m)) if m.leader => "Leader",
+                (NodeRole::Manager, Some(m)) if m.reachability == "unreachable" => "Unreachable",
+                (NodeRole::Manager, Some(m)) if m.reachability == "reachable" => "Reachable",
+                (NodeRole::Manager, _) => "Leader",
             };
             let id = if n.id == me {
                 format!("{} *", n.id)

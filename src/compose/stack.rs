@@ -16,6 +16,7 @@ use shoal_proto::{
     ContainerSpec, DependencyCondition, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
     NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService,
     Resources, RestartCondition, RestartPolicy, ServiceDependency, ServiceSpec, StackSpec, Ulimit,
+    UpdateConfig, UpdateFailureAction, UpdateOrder,
 };
 
 use super::model::{Project, ResourceSpec, Service};
@@ -307,7 +308,66 @@ fn to_service_spec(
                 required: d.required,
             })
             .collect(),
+        update_config: rollout_config(name, "update_config", deploy_update(s, false))?,
+        rollback_config: rollout_config(name, "rollback_config", deploy_update(s, true))?,
     })
+}
+
+fn deploy_update(s: &Service, rollback: bool) -> Option<&super::model::UpdateConfig> {
+    let d = s.deploy.as_ref()?;
+    if rollback {
+        d.rollback_config.as_ref()
+    } else {
+        d.update_config.as_ref()
+    }
+}
+
+/// `deploy.update_config` / `deploy.rollback_config` (Swarm's keys and defaults).
+fn rollout_config(
+    name: &str,
+    key: &str,
+    c: Option<&super::model::UpdateConfig>,
+) -> Result<Option<UpdateConfig>, String> {
+    let Some(c) = c else { return Ok(None) };
+    let mut out = UpdateConfig {
+        parallelism: c.parallelism,
+        delay_ms: c.delay.map(|d| d.0.as_millis() as u64).unwrap_or(0),
+        monitor_ms: c.monitor.map(|d| d.0.as_millis() as u64),
+        ..Default::default()
+    };
+    if let Some(r) = c.max_failure_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!(
+                "service {name}: deploy.{key}.max_failure_ratio {r}: use a number from 0 to 1"
+            ));
+        }
+        out.max_failure_ratio = r as f32;
+    }
+    out.set_failure_action(match c.failure_action.as_deref() {
+        None | Some("pause") => UpdateFailureAction::Pause,
+        Some("continue") => UpdateFailureAction::Continue,
+        Some("rollback") if key == "update_config" => UpdateFailureAction::Rollback,
+        Some(other) => {
+            let allowed = if key == "update_config" {
+                "pause, continue or rollback"
+            } else {
+                "pause or continue"
+            };
+            return Err(format!(
+                "service {name}: deploy.{key}.failure_action {other:?}: use {allowed}"
+            ));
+        }
+    });
+    out.set_order(match c.order.as_deref() {
+        None | Some("stop-first") => UpdateOrder::StopFirst,
+        Some("start-first") => UpdateOrder::StartFirst,
+        Some(other) => {
+            return Err(format!(
+                "service {name}: deploy.{key}.order {other:?}: use stop-first or start-first"
+            ))
+        }
+    });
+    Ok(Some(out))
 }
 
 fn to_healthcheck(h: &super::model::Healthcheck) -> HealthCheck {
@@ -449,6 +509,57 @@ services:
             agent.restart.as_ref().map(|r| r.condition()),
             Some(RestartCondition::None),
             "compose's default is no restart"
+        );
+    }
+
+    #[test]
+    fn update_and_rollback_configs_map() {
+        let p = project(
+            r#"
+services:
+  web:
+    image: busybox
+    deploy:
+      update_config:
+        parallelism: 2
+        delay: 10s
+        failure_action: rollback
+        monitor: 30s
+        max_failure_ratio: 0.25
+        order: start-first
+      rollback_config:
+        parallelism: 0
+  db:
+    image: busybox
+"#,
+        );
+        let (stack, _) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
+        let u = web.update_config.expect("update_config");
+        assert_eq!(u.parallelism, Some(2));
+        assert_eq!(u.delay_ms, 10_000);
+        assert_eq!(u.monitor_ms, Some(30_000));
+        assert_eq!(u.max_failure_ratio, 0.25);
+        assert_eq!(u.failure_action(), UpdateFailureAction::Rollback);
+        assert_eq!(u.order(), UpdateOrder::StartFirst);
+        let r = web.rollback_config.expect("rollback_config");
+        assert_eq!(r.parallelism, Some(0));
+        assert_eq!(r.monitor_ms, None, "unset: the default");
+        assert_eq!(r.order(), UpdateOrder::StopFirst);
+        let db = stack.services.iter().find(|s| s.name == "db").expect("db");
+        assert_eq!(db.update_config, None);
+
+        let p = project(
+            "services:\n  web:\n    image: busybox\n    deploy:\n      rollback_config:\n        failure_action: rollback\n",
+        );
+        let err = to_stack_spec(&p, "demo", Flavor::Stack).expect_err("refused");
+        assert!(
+            err.contains("deploy.rollback_config.failure_action"),
+            "{err}"
         );
     }
 

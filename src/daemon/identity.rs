@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// The name every manager certificate carries: what agents verify they are talking to.
 pub const MANAGER_NAME: &str = "swarm-manager.shoal";
 
+#[derive(Clone)]
 pub struct NodeCerts {
     pub ca_pem: String,
     pub cert_pem: String,

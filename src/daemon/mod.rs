@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use shoal_agent::dns::{DnsServer, DnsTable};
 use shoal_agent::executor::{Executor, PublishedPorts, TaskNetworks};
 use shoal_agent::image::ImageStore;
@@ -20,14 +20,13 @@ use shoal_agent::runtime::Runtime;
 use shoal_agent::session::Session;
 use shoal_agent::volume::{VolumeStore, VolumesApi};
 use shoal_manager::ca::Role;
-use shoal_manager::consensus::{new_id, Writer};
+use shoal_manager::consensus::new_id;
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
 use shoal_manager::join::{require_manager, JoinService};
-use shoal_manager::raft::{RaftConfig, RaftNode};
-use shoal_manager::store::{change, Store};
-use shoal_proto::store_object::Object;
-use shoal_proto::{ChangeKind, NodeDescription, NodeRole, Platform, Resources, Task};
+use shoal_manager::raft::RaftNode;
+use shoal_manager::store::Store;
+use shoal_proto::{NodeDescription, NodeRole, Platform, Resources, Task};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Endpoint, Server};
@@ -36,11 +35,9 @@ use crate::cli::DaemonArgs;
 
 mod identity;
 mod join;
+mod manager;
 
 use identity::NodeCerts;
-
-/// The Raft id of the manager a fresh data dir makes (one-manager cluster).
-const FIRST_RAFT_ID: u64 = 1;
 
 pub async fn run(args: DaemonArgs) -> Result<()> {
     let data_dir = args.data_dir.clone();
@@ -57,12 +54,14 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         NodeCerts::load(&data_dir)?,
     ) {
         let (node_id, role) = join::join(&data_dir, manager, token).await?;
-        if role == NodeRole::Manager {
-            bail!("joining as a manager is not supported yet: use a worker token");
-        }
         write_atomically(&data_dir.join("node_id"), &node_id)?;
         write_atomically(&data_dir.join("manager_addr"), manager)?;
-        tracing::info!(%node_id, %manager, "joined the cluster as a worker");
+        let role = if role == NodeRole::Manager {
+            "manager"
+        } else {
+            "worker"
+        };
+        tracing::info!(%node_id, %manager, "joined the cluster as a {role}");
     }
     match NodeCerts::load(&data_dir)? {
         Some(certs) if certs.role()? == Role::Worker => run_worker(args, certs).await,
@@ -74,48 +73,13 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
 async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let data_dir = args.data_dir.clone();
     let node_id = node_id(&data_dir)?;
-    let listener = tokio::net::TcpListener::bind(&args.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}: is the port in use?", args.listen_addr))?;
-    let addr = listener.local_addr()?;
-
-    // The replicated store first, everything else reads it.
+    // Raft, the consensus over it (forwarding, quorum check) and the certificates: see
+    // manager.rs. `addr` is what other managers and agents dial.
+    let (listener, addr) = manager::bind(&args).await?;
     let store = Store::new();
-    let raft = RaftNode::open(
-        &data_dir,
-        FIRST_RAFT_ID,
-        RaftConfig::default(),
-        store.clone(),
-    )
-    .await
-    .context("cannot open the Raft store")?;
-    if raft.is_pristine().await {
-        tracing::info!(%node_id, "initialising a new one-manager cluster");
-        raft.initialize_single(&addr.to_string()).await?;
-    }
-    let writer = Writer::new(Arc::new(raft.clone()));
-    wait_for_leadership(&writer).await?;
-    if store.read().cluster.is_none() {
-        let cluster = shoal_manager::join::new_cluster(shoal_proto::now_ms() / 1000)?;
-        writer
-            .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
-            .await?;
-    }
-    let certs = match certs {
-        Some(certs) => certs,
-        None => {
-            let cluster = store
-                .read()
-                .cluster
-                .clone()
-                .context("the cluster object vanished")?;
-            let ca = shoal_manager::join::cluster_ca(&cluster)
-                .map_err(|s| anyhow::anyhow!("cannot load the cluster CA: {}", s.message()))?;
-            let certs = NodeCerts::issue_for_manager(&ca, &node_id)?;
-            certs.save(&data_dir)?;
-            certs
-        }
-    };
+    let core = manager::open(&args, &node_id, &addr, certs, store.clone()).await?;
+    let (raft, writer) = (core.raft.clone(), core.writer.clone());
+    let certs = core.certs.clone();
 
     let agent = Agent::open(&args)?;
     let dispatcher = Dispatcher::new(
@@ -154,20 +118,42 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
             raft.raft_service(),
             require_manager,
         ))
+        .add_service(InterceptedService::new(
+            core.cluster.clone().into_service(writer.clone()),
+            require_manager,
+        ))
         .serve_with_incoming(TcpListenerStream::new(listener));
     let tcp = tokio::spawn(tcp);
+    // A manager that joined becomes a voter now that its port serves Raft.
+    manager::join(&core, &args, &node_id, &addr).await?;
 
     // The CLI's API on a unix socket only root can open.
     let socket = args.socket.clone();
     let unix = bind_socket(&socket)?;
     let api = Server::builder()
         .add_service(control.into_service())
-        .add_service(shoal_agent::image::ImagesApi::new(agent.images.clone()).into_server())
+        .add_service(
+            shoal_agent::image::ImagesApi::new(agent.images.clone())
+                .with_runtime(agent.runtime.clone())
+                .into_server(),
+        )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
+        .add_service(
+            shoal_agent::containers_api::ContainersApi::new(
+                agent.runtime.clone(),
+                agent.images.clone(),
+            )
+            .into_server(),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
-    // The embedded agent dials the manager like any remote agent would.
-    agent.start(&addr.to_string(), &certs, node_id.clone())?;
+    // The embedded agent dials the managers like any remote agent would (this one first).
+    agent.start(
+        manager::known_managers(&data_dir, std::slice::from_ref(&addr)),
+        &certs,
+        node_id.clone(),
+        &data_dir,
+    )?;
 
     tracing::info!(%node_id, %addr, socket = %socket.display(), "shoal daemon ready");
     let served = api.await;
@@ -193,10 +179,26 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
     let socket = args.socket.clone();
     let unix = bind_socket(&socket)?;
     let api = Server::builder()
-        .add_service(shoal_agent::image::ImagesApi::new(agent.images.clone()).into_server())
+        .add_service(
+            shoal_agent::image::ImagesApi::new(agent.images.clone())
+                .with_runtime(agent.runtime.clone())
+                .into_server(),
+        )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
+        .add_service(
+            shoal_agent::containers_api::ContainersApi::new(
+                agent.runtime.clone(),
+                agent.images.clone(),
+            )
+            .into_server(),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
-    agent.start(manager.trim(), &certs, node_id.clone())?;
+    agent.start(
+        manager::known_managers(&data_dir, &[manager.trim().to_string()]),
+        &certs,
+        node_id.clone(),
+        &data_dir,
+    )?;
     tracing::info!(%node_id, manager = %manager.trim(), socket = %socket.display(), "shoal worker ready");
     let served = api.await;
     tracing::info!("shutting down; containers keep running");
@@ -246,8 +248,15 @@ impl Agent {
         })
     }
 
-    /// Opens the dispatcher session with the manager at `manager`, over mutual TLS.
-    fn start(&self, manager: &str, certs: &NodeCerts, node_id: String) -> Result<()> {
+    /// Opens the dispatcher session with the leader among `managers`, over mutual TLS; the
+    /// managers' list the leader sends is kept in the data dir for the next start.
+    fn start(
+        &self,
+        managers: Vec<String>,
+        certs: &NodeCerts,
+        node_id: String,
+        data_dir: &Path,
+    ) -> Result<()> {
         let (executor, updates) = Executor::new(
             self.runtime.clone(),
             self.images.clone(),
@@ -256,13 +265,35 @@ impl Agent {
         )?;
         let reconciling = executor.clone();
         tokio::spawn(async move { reconciling.reconcile_networks().await });
-        let channel = Endpoint::from_shared(format!("https://{manager}"))?
-            .tls_config(certs.client_tls())
-            .context("invalid TLS settings for the agent")?
-            .connect_lazy();
+        let tls = certs.client_tls();
+        let channels = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+            String,
+            tonic::transport::Channel,
+        >::new()));
+        let connect: shoal_agent::session::Connect = Arc::new(move |addr: &str| {
+            let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(channel) = channels.get(addr) {
+                return Ok(channel.clone());
+            }
+            let channel = Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(|e| format!("bad manager address {addr:?}: {e}"))?
+                .tls_config(tls.clone())
+                .map_err(|e| format!("invalid TLS settings for the agent: {e}"))?
+                .connect_timeout(Duration::from_millis(500))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .connect_lazy();
+            channels.insert(addr.to_string(), channel.clone());
+            Ok(channel)
+        });
+        let dir = data_dir.to_path_buf();
         tokio::spawn(
             Session {
-                channel,
+                managers,
+                connect,
+                on_managers: Some(Arc::new(move |m: &[String]| {
+                    manager::remember_managers(&dir, m)
+                })),
                 node_id,
                 description: describe_node(),
                 executor,
@@ -292,16 +323,6 @@ fn dns_upstreams(given: &[String]) -> Result<Vec<std::net::SocketAddr>> {
                 .with_context(|| format!("--dns-upstream {g:?}: give IP or IP:PORT, or none"))
         })
         .collect()
-}
-
-async fn wait_for_leadership(writer: &Writer) -> Result<()> {
-    for _ in 0..200 {
-        if writer.is_leader() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("this manager did not become leader within 10 s: is it part of a cluster whose other managers are down?")
 }
 
 async fn shutdown_signal() {

@@ -131,6 +131,15 @@ impl TestDaemon {
         panic!("shoal daemon did not answer within 20 s:\n{}", self.log());
     }
 
+    /// Restarts the daemon with `args` added to its flags for this start only (e.g.
+    /// `--force-new-cluster`).
+    pub fn spawn_once_with(&mut self, args: &[&str]) {
+        let saved = self.extra_args.clone();
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self.spawn();
+        self.extra_args = saved;
+    }
+
     /// The manager port, from the daemon's "shoal daemon ready ... addr=..." log line.
     pub fn manager_addr(&self) -> String {
         let log = self.log();

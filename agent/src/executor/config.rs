@@ -242,6 +242,7 @@ mod tests {
             env: vec!["PATH=/bin".into(), "A=1".into()],
             workdir: "/app".into(),
             user: String::new(),
+            ..Default::default()
         }
     }
 

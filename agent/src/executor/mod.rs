@@ -55,7 +55,16 @@ impl Executor {
         volumes: Arc<VolumeStore>,
     ) -> Result<(Executor, mpsc::UnboundedReceiver<TaskStatusUpdate>), crate::runtime::RuntimeError>
     {
-        let containers = runtime.list()?.into_iter().map(|c| c.id).collect();
+        // Standalone containers (`shoal run`) are not the executor's: never strays to remove.
+        let containers = runtime
+            .list()?
+            .into_iter()
+            .filter(|c| {
+                !c.labels
+                    .contains_key(crate::containers_api::STANDALONE_LABEL)
+            })
+            .map(|c| c.id)
+            .collect();
         let (updates, rx) = mpsc::unbounded_channel();
         let executor = Executor {
             inner: Arc::new(Inner {

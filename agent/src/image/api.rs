@@ -5,11 +5,15 @@
 //! consumes, so a tarball is never held in memory whole, and a client that sends faster than
 //! the disk writes is slowed down by back-pressure.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use shoal_proto::images_server::{Images, ImagesServer};
 use shoal_proto::{
-    BootstrapRequest, Image, ImportChunk, ImportResponse, ListImagesRequest, ListImagesResponse,
+    BootstrapRequest, Image, ImportChunk, ImportResponse, InspectImagesRequest, ListImagesRequest,
+    ListImagesResponse, LoadImagesResponse, PruneImagesRequest, RemoveImagesRequest,
+    RemoveImagesResponse, SaveChunk, SaveImagesRequest, TagImageRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
@@ -17,21 +21,66 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::ImageError;
 use super::reference::Reference;
-use super::store::ImageStore;
+use super::store::{ContainerUse, ImageStore, RemoveReport};
+use crate::runtime::{ContainerStatus, Runtime};
 
 /// Chunks buffered between the gRPC stream and the unpacker.
 const CHANNEL_DEPTH: usize = 8;
 
+/// Bytes per `SaveChunk`.
+const SAVE_CHUNK: usize = 1 << 20;
+
 /// The `Images` service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ImagesApi {
     store: ImageStore,
+    /// The node's containers, so that an image a container uses is not removed.
+    runtime: Option<Arc<Runtime>>,
+}
+
+impl std::fmt::Debug for ImagesApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImagesApi")
+            .field("store", &self.store)
+            .field("runtime", &self.runtime.is_some())
+            .finish()
+    }
 }
 
 impl ImagesApi {
     /// A service over `store`.
     pub fn new(store: ImageStore) -> ImagesApi {
-        ImagesApi { store }
+        ImagesApi {
+            store,
+            runtime: None,
+        }
+    }
+
+    /// Makes `rm` and `prune` aware of the node's containers: an image a container uses (even
+    /// a stopped one) is kept, as in Docker.
+    pub fn with_runtime(mut self, runtime: Arc<Runtime>) -> ImagesApi {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Which containers use which layers.
+    fn users(runtime: &Option<Arc<Runtime>>) -> Result<Vec<ContainerUse>, ImageError> {
+        let Some(runtime) = runtime else {
+            return Ok(Vec::new());
+        };
+        let all = runtime.list().map_err(|e| ImageError::Io {
+            action: "list the containers (to see which images they use) in",
+            path: "the runtime".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(all
+            .into_iter()
+            .map(|c| ContainerUse {
+                running: matches!(c.status, ContainerStatus::Running { .. }),
+                name: c.name,
+                layers: c.config.layers,
+            })
+            .collect())
     }
 
     /// The tonic server wrapper, ready for `Server::add_service`.
@@ -74,6 +123,226 @@ impl Images for ImagesApi {
         let images = blocking(move || store.list()).await?;
         Ok(Response::new(ListImagesResponse { images }))
     }
+
+    async fn load(
+        &self,
+        request: Request<Streaming<ImportChunk>>,
+    ) -> Result<Response<LoadImagesResponse>, Status> {
+        let store = self.store.clone();
+        let (images, messages) =
+            feed_blocking(request.into_inner(), move |r| store.load(r)).await?;
+        Ok(Response::new(LoadImagesResponse { images, messages }))
+    }
+
+    type SaveStream = Pin<Box<dyn Stream<Item = Result<SaveChunk, Status>> + Send>>;
+
+    async fn save(
+        &self,
+        request: Request<SaveImagesRequest>,
+    ) -> Result<Response<Self::SaveStream>, Status> {
+        let images = request.into_inner().images;
+        if images.is_empty() {
+            return Err(Status::invalid_argument("name at least one image to save"));
+        }
+        // Fail before the stream starts if a name is wrong.
+        let store = self.store.clone();
+        let check = images.clone();
+        blocking(move || {
+            for r in &check {
+                store.resolve(r)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel::<Result<SaveChunk, Status>>(CHANNEL_DEPTH);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(SAVE_CHUNK),
+            };
+            let result = store.save(&images, &mut w).and_then(|()| {
+                w.send_buf().map_err(|e| ImageError::Io {
+                    action: "stream the archive to",
+                    path: "the client".into(),
+                    source: e,
+                })
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(Status::from(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<InspectImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let refs = request.into_inner().images;
+        let store = self.store.clone();
+        let images = blocking(move || {
+            refs.iter()
+                .map(|r| store.resolve(r).map(|i| i.image))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn tag(
+        &self,
+        request: Request<TagImageRequest>,
+    ) -> Result<Response<ImportResponse>, Status> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let image = blocking(move || store.tag(&r.source, &r.target)).await?;
+        Ok(Response::new(ImportResponse { image: Some(image) }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<RemoveImagesRequest>,
+    ) -> Result<Response<RemoveImagesResponse>, Status> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let runtime = self.runtime.clone();
+        let report = blocking(move || {
+            let users = ImagesApi::users(&runtime)?;
+            let mut all = RemoveReport::default();
+            let mut errors = Vec::new();
+            for image in &r.images {
+                match store.remove_with(image, r.force, &users) {
+                    Ok(rep) => {
+                        all.untagged.extend(rep.untagged);
+                        all.deleted.extend(rep.deleted);
+                        all.layers.extend(rep.layers);
+                        all.reclaimed += rep.reclaimed;
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            // Like `docker rmi a b`: each is tried; the first error is reported after.
+            match errors.into_iter().next() {
+                Some(e) if all.untagged.is_empty() && all.deleted.is_empty() => Err(e),
+                Some(e) => {
+                    tracing::warn!(error = %e, "image rm: some images were not removed");
+                    Ok((all, Some(e.to_string())))
+                }
+                None => Ok((all, None)),
+            }
+        })
+        .await?;
+        let (report, partial) = report;
+        if let Some(msg) = partial {
+            // The successful part is already done; report the failure with what happened.
+            return Err(Status::failed_precondition(format!(
+                "{msg} (other images were removed: {})",
+                report
+                    .untagged
+                    .iter()
+                    .chain(report.deleted.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(Response::new(to_response(report)))
+    }
+
+    async fn prune(
+        &self,
+        request: Request<PruneImagesRequest>,
+    ) -> Result<Response<RemoveImagesResponse>, Status> {
+        let all = request.into_inner().all;
+        let store = self.store.clone();
+        let runtime = self.runtime.clone();
+        let report = blocking(move || {
+            let users = ImagesApi::users(&runtime)?;
+            store.prune(all, &users)
+        })
+        .await?;
+        Ok(Response::new(to_response(report)))
+    }
+}
+
+fn to_response(r: RemoveReport) -> RemoveImagesResponse {
+    RemoveImagesResponse {
+        untagged: r.untagged,
+        deleted: r.deleted.into_iter().chain(r.layers).collect(),
+        reclaimed: r.reclaimed,
+    }
+}
+
+/// A `Write` that sends 1 MiB `SaveChunk`s down a channel (from a blocking thread).
+struct ChunkWriter {
+    tx: mpsc::Sender<Result<SaveChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(SAVE_CHUNK));
+        self.tx
+            .blocking_send(Ok(SaveChunk { data }))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(SAVE_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= SAVE_CHUNK {
+            self.send_buf()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feeds a stream of chunks to `f`, which reads them on a blocking thread.
+async fn feed_blocking<S, T, F>(mut stream: S, f: F) -> Result<T, Status>
+where
+    S: Stream<Item = Result<ImportChunk, Status>> + Unpin,
+    F: FnOnce(ChannelReader) -> Result<T, ImageError> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<io::Result<Vec<u8>>>(CHANNEL_DEPTH);
+    let worker = tokio::task::spawn_blocking(move || f(ChannelReader::new(rx)));
+    loop {
+        let data = match stream.next().await {
+            None => break,
+            Some(Ok(chunk)) => chunk.data,
+            Some(Err(status)) => {
+                let aborted = io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("the client's stream failed: {}", status.message()),
+                );
+                let _ = tx.send(Err(aborted)).await;
+                break;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if tx.send(Ok(data)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    worker
+        .await
+        .map_err(|e| Status::internal(format!("the image store task failed: {e}")))?
+        .map_err(Status::from)
 }
 
 /// The import, over any stream of chunks (the gRPC one, or a test's).
@@ -189,10 +458,12 @@ impl From<ImageError> for Status {
             | ImageError::EmptyInput
             | ImageError::UnsupportedCompression { .. }
             | ImageError::BadArchive { .. }
+            | ImageError::InvalidArchive { .. }
             | ImageError::UnsafeEntry { .. }
             | ImageError::LimitExceeded { .. } => Status::invalid_argument(msg),
             ImageError::NotFound { .. } => Status::not_found(msg),
             ImageError::Conflict { .. }
+            | ImageError::InUse { .. }
             | ImageError::BusyboxMissing { .. }
             | ImageError::BusyboxUnusable { .. } => Status::failed_precondition(msg),
             ImageError::Corrupt { .. } => Status::data_loss(msg),

@@ -3,6 +3,8 @@
 //! these bytes. Only the fields shoal uses are modelled; unknown fields of configs from elsewhere
 //! are ignored when reading, and the stored bytes are never re-serialised (the id stays valid).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// `application/vnd.oci.image.config.v1+json`, trimmed to what shoal reads and writes.
@@ -14,6 +16,12 @@ pub(crate) struct OciImageConfig {
     pub architecture: String,
     #[serde(default)]
     pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
     #[serde(default)]
     pub config: OciRunConfig,
     #[serde(default)]
@@ -43,6 +51,60 @@ pub(crate) struct OciRunConfig {
         skip_serializing_if = "String::is_empty"
     )]
     pub working_dir: String,
+    /// `{"80/tcp": {}}` (null in some Docker configs).
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    /// `{"/data": {}}`.
+    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub stop_signal: String,
+    /// Docker's extension (not in the OCI spec, but in every Docker-built config).
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<OciHealthcheck>,
+    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    #[serde(
+        rename = "ArgsEscaped",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub args_escaped: bool,
+}
+
+/// Docker's `Healthcheck` (durations in nanoseconds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OciHealthcheck {
+    #[serde(rename = "Test", default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Vec<String>>,
+    #[serde(rename = "Interval", default, skip_serializing_if = "is_zero")]
+    pub interval: i64,
+    #[serde(rename = "Timeout", default, skip_serializing_if = "is_zero")]
+    pub timeout: i64,
+    #[serde(rename = "StartPeriod", default, skip_serializing_if = "is_zero")]
+    pub start_period: i64,
+    #[serde(rename = "StartInterval", default, skip_serializing_if = "is_zero")]
+    pub start_interval: i64,
+    #[serde(rename = "Retries", default, skip_serializing_if = "is_zero")]
+    pub retries: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// `rootfs`: the layers' uncompressed digests (diff ids), lowest first.
@@ -70,6 +132,12 @@ pub(crate) struct OciHistory {
     pub created: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
 }
 
 impl OciRunConfig {
@@ -81,6 +149,49 @@ impl OciRunConfig {
             env: self.env.clone().unwrap_or_default(),
             workdir: self.working_dir.clone(),
             user: self.user.clone(),
+            exposed_ports: self
+                .exposed_ports
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .collect(),
+            volumes: self
+                .volumes
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .collect(),
+            labels: self
+                .labels
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            stop_signal: self.stop_signal.clone(),
+            healthcheck: self
+                .healthcheck
+                .as_ref()
+                .map(|h| shoal_proto::ImageHealthcheck {
+                    test: h.test.clone().unwrap_or_default(),
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    start_period: h.start_period,
+                    start_interval: h.start_interval,
+                    retries: h.retries,
+                }),
+            shell: self.shell.clone().unwrap_or_default(),
+            args_escaped: self.args_escaped,
+        }
+    }
+}
+
+impl OciHistory {
+    /// Converts to the wire model.
+    pub fn to_proto(&self) -> shoal_proto::ImageHistory {
+        shoal_proto::ImageHistory {
+            created: self.created.as_deref().and_then(parse_rfc3339).unwrap_or(0),
+            created_by: self.created_by.clone().unwrap_or_default(),
+            comment: self.comment.clone().unwrap_or_default(),
+            author: self.author.clone().unwrap_or_default(),
+            empty_layer: self.empty_layer,
         }
     }
 }
@@ -249,6 +360,7 @@ mod tests {
                 diff_ids: vec!["sha256:00".into()],
             },
             history: vec![],
+            ..Default::default()
         };
         let json = serde_json::to_string(&c).expect("serialise");
         assert_eq!(
@@ -259,5 +371,36 @@ mod tests {
         let parsed: OciImageConfig = serde_json::from_str(docker).expect("parse");
         assert_eq!(parsed.config.entrypoint, Some(vec!["/x".to_string()]));
         assert_eq!(parsed.config.cmd, None);
+        let p = parsed.config.to_proto();
+        assert_eq!(p.exposed_ports, vec!["80/tcp".to_string()]);
+        assert_eq!(p.labels.get("a").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn image_config_parses_what_docker_inspect_shows() {
+        let docker = r#"{"architecture":"amd64","os":"linux","author":"me","config":{
+            "ExposedPorts":{"80/tcp":{},"53/udp":{}},"Volumes":{"/data":{}},"Labels":null,
+            "StopSignal":"SIGQUIT","Shell":["/bin/bash","-c"],"ArgsEscaped":true,
+            "Healthcheck":{"Test":["CMD-SHELL","true"],"Interval":1000000000,"Retries":3}},
+            "rootfs":{"type":"layers","diff_ids":[]},
+            "history":[{"created":"2024-01-01T00:00:00Z","created_by":"RUN x","empty_layer":true}]}"#;
+        let c: OciImageConfig = serde_json::from_str(docker).expect("parse");
+        let p = c.config.to_proto();
+        assert_eq!(
+            p.exposed_ports,
+            vec!["53/udp".to_string(), "80/tcp".to_string()]
+        );
+        assert_eq!(p.volumes, vec!["/data".to_string()]);
+        assert!(p.labels.is_empty());
+        assert_eq!(p.stop_signal, "SIGQUIT");
+        assert_eq!(p.shell, vec!["/bin/bash", "-c"]);
+        let h = p.healthcheck.expect("healthcheck");
+        assert_eq!(h.test, vec!["CMD-SHELL", "true"]);
+        assert_eq!((h.interval, h.retries), (1_000_000_000, 3));
+        assert_eq!(c.author.as_deref(), Some("me"));
+        let hist = c.history[0].to_proto();
+        assert!(hist.empty_layer);
+        assert_eq!(hist.created_by, "RUN x");
+        assert_eq!(hist.created, 1_704_067_200_000);
     }
 }

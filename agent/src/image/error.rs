@@ -53,14 +53,31 @@ pub enum ImageError {
         tags: Vec<String>,
     },
 
+    /// An image (in use by a container) that cannot be removed.
+    #[error("cannot remove image `{reference}`: {detail}")]
+    InUse {
+        /// The reference as given.
+        reference: String,
+        /// Which container uses it, and what to do.
+        detail: String,
+    },
+
+    /// An image archive (`docker save` or OCI layout) that is malformed, inconsistent or
+    /// tampered with.
+    #[error("invalid image archive: {detail}; nothing was loaded")]
+    InvalidArchive {
+        /// What is wrong, and where.
+        detail: String,
+    },
+
     /// The input is empty.
     #[error("the image tarball is empty: give a tar archive of a root filesystem (plain or gzip)")]
     EmptyInput,
 
     /// The input is compressed with something other than gzip.
     #[error(
-        "the image tarball is compressed with {format}, which is not supported: give a plain or \
-         gzip-compressed tar archive"
+        "the image tarball is compressed with {format}, which is not supported: give a plain, \
+         gzip- or zstd-compressed tar archive"
     )]
     UnsupportedCompression {
         /// The detected format.
@@ -69,8 +86,8 @@ pub enum ImageError {
 
     /// The input is not a well-formed tar archive (or a corrupt gzip stream).
     #[error(
-        "the image tarball is not a valid tar archive (plain or gzip){}: {detail}; nothing was \
-         imported",
+        "the image tarball is not a valid tar archive (plain, gzip or zstd){}: {detail}; \
+         nothing was imported",
         match entry { Some(e) => format!(" at or after entry `{e}`"), None => String::new() }
     )]
     BadArchive {

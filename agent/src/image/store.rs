@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use super::config::{
 use super::error::ImageError;
 use super::fsutil::{fsync_dir, remove_tree, write_atomic, TMP_MARKER};
 use super::reference::Reference;
-use super::unpack::{unpack_layer, ImportLimits, UnpackedLayer};
+use super::unpack::{compression_of, unpack_layer, ImportLimits, UnpackedLayer};
 
 /// Length of a layer directory name (hex digits of the digest) when there is no collision;
 /// longer prefixes, in steps of 4, up to the full 64, are used when there is.
@@ -41,6 +41,42 @@ struct Inner {
     root: PathBuf,
     limits: ImportLimits,
     lock: Mutex<()>,
+    /// Layers (diff ids) being unpacked, and loads' pins (diff id → count): a pinned layer is
+    /// never garbage-collected, a layer being unpacked is not unpacked a second time.
+    layers_busy: Mutex<LayerLocks>,
+    layers_cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LayerLocks {
+    unpacking: BTreeSet<String>,
+    pinned: BTreeMap<String, usize>,
+}
+
+/// A container that uses an image: its image layers (to match an image by), its name (for the
+/// messages) and whether it runs. Given to [`ImageStore::remove_with`] and
+/// [`ImageStore::prune`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerUse {
+    /// The container's name.
+    pub name: String,
+    /// Its image layer directories, lowest first (as [`ResolvedImage::layer_dirs`]).
+    pub layers: Vec<PathBuf>,
+    /// Whether it runs (or is paused).
+    pub running: bool,
+}
+
+/// What a removal or a prune did, in Docker's terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoveReport {
+    /// `name:tag` references removed.
+    pub untagged: Vec<String>,
+    /// Image ids deleted.
+    pub deleted: Vec<String>,
+    /// Layer digests (diff ids) deleted.
+    pub layers: Vec<String>,
+    /// Bytes of layer content and blobs freed.
+    pub reclaimed: u64,
 }
 
 /// An image and where its layers are on disk.
@@ -62,6 +98,16 @@ struct LayerRecord {
     size: u64,
     /// Unix milliseconds.
     created: i64,
+    /// The layer as it came (compressed or not), in `blobs/sha256/`: what `save` writes and a
+    /// manifest names. Absent for layers stored by earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blob: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    blob_size: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// `tags.json`.
@@ -69,6 +115,65 @@ struct LayerRecord {
 struct TagsFile {
     /// `name:tag` → `sha256:<hex>` image id.
     tags: BTreeMap<String, String>,
+    /// Image id → the digest of its OCI manifest (a blob in `blobs/sha256/`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    manifests: BTreeMap<String, String>,
+}
+
+/// A layer blob received (in `tmp/`), not yet in `blobs/`.
+#[derive(Debug)]
+pub(crate) struct StagedBlob {
+    pub path: PathBuf,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        // Moved into `blobs/` (then this is a no-op), or not needed.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// An image ready to be registered by [`ImageStore::commit_images`]: its layers are in place
+/// (and pinned).
+#[derive(Debug)]
+pub(crate) struct PreparedImage {
+    pub config_bytes: Vec<u8>,
+    pub config: OciImageConfig,
+    /// The manifest it came with (its bytes are kept, so its digest stays), or None to make one.
+    pub manifest: Option<Vec<u8>>,
+    /// One staged (or already stored: None) blob per layer, lowest first.
+    pub blobs: Vec<Option<StagedBlob>>,
+    pub tags: Vec<Reference>,
+}
+
+/// A save in progress: everything opened under the lock, so that a concurrent removal cannot
+/// pull files from under it.
+pub(crate) struct SaveSet {
+    pub images: Vec<SaveImage>,
+}
+
+pub(crate) struct SaveImage {
+    pub config_hex: String,
+    pub config_bytes: Vec<u8>,
+    pub manifest_bytes: Vec<u8>,
+    pub tags: Vec<Reference>,
+    /// (blob hex, size, open file), lowest first.
+    pub layers: Vec<(String, u64, fs::File)>,
+}
+
+pub(crate) const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The OCI media type of a layer blob, from its first bytes.
+pub(crate) fn layer_media_type(head: &[u8]) -> &'static str {
+    match compression_of(head) {
+        Some("gzip") => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Some("zstd") => "application/vnd.oci.image.layer.v1.tar+zstd",
+        _ => "application/vnd.oci.image.layer.v1.tar",
+    }
 }
 
 /// What a reference resolved to.
@@ -103,7 +208,7 @@ impl ImageStore {
             .map_err(ImageError::io("create the image store directory", &root))?;
         // Absolute, so that layer directories can be used as overlay lowerdirs as they are.
         let root = fs::canonicalize(&root).map_err(ImageError::io("resolve", &root))?;
-        for sub in ["layers", "images"] {
+        for sub in ["layers", "images", "blobs", "blobs/sha256"] {
             let dir = root.join(sub);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -122,6 +227,8 @@ impl ImageStore {
                 root,
                 limits,
                 lock: Mutex::new(()),
+                layers_busy: Mutex::new(LayerLocks::default()),
+                layers_cv: Condvar::new(),
             }),
         };
         store.recover()?;
@@ -175,6 +282,7 @@ impl ImageStore {
         let reference = Reference {
             name: "busybox".into(),
             tag: "latest".into(),
+            digest: None,
         };
         let new = NewImage {
             run: OciRunConfig {
@@ -249,59 +357,134 @@ impl ImageStore {
     /// id, removes the image (refused while more than one tag names it). Layers no other image
     /// uses are deleted.
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.remove_with(reference, false, &[]).map(|_| ())
+    }
+
+    /// `docker rmi [-f]`, knowing which containers use which layers. An image a container uses
+    /// (even a stopped one) is not deleted: without `force` the removal is refused; with it, the
+    /// tag goes and the image stays, untagged, as in Docker. A running container's image is
+    /// never deleted, forced or not. `force` also removes by id an image several tags name.
+    pub fn remove_with(
+        &self,
+        reference: &str,
+        force: bool,
+        users: &[ContainerUse],
+    ) -> Result<RemoveReport, ImageError> {
         let _guard = self.lock();
         let mut tags = self.read_tags()?;
-        let hex = match self.lookup(reference, &tags)? {
-            Target::Tag(tag, hex) => {
-                tags.tags.remove(&tag);
-                self.write_tags(&tags)?;
-                if tags
-                    .tags
-                    .values()
-                    .any(|id| id_hex(id) == Some(hex.as_str()))
-                {
-                    return Ok(());
-                }
-                hex
-            }
-            Target::Id(hex) => {
-                let named: Vec<String> = tags
-                    .tags
-                    .iter()
-                    .filter(|(_, id)| id_hex(id) == Some(hex.as_str()))
-                    .map(|(t, _)| t.clone())
-                    .collect();
-                if named.len() > 1 {
-                    return Err(ImageError::Conflict {
-                        id: format!("sha256:{hex}"),
-                        tags: named,
-                    });
-                }
-                if !named.is_empty() {
-                    for t in &named {
-                        tags.tags.remove(t);
-                    }
-                    self.write_tags(&tags)?;
-                }
-                hex
-            }
+        let mut report = RemoveReport::default();
+        let (hex, by_tag) = match self.lookup(reference, &tags)? {
+            Target::Tag(tag, hex) => (hex, Some(tag)),
+            Target::Id(hex) => (hex, None),
         };
-        self.delete_image(&hex)
+        let named: Vec<String> = tags
+            .tags
+            .iter()
+            .filter(|(_, id)| id_hex(id) == Some(hex.as_str()))
+            .map(|(t, _)| t.clone())
+            .collect();
+        // Removing one of several tags only untags (Docker does not check containers then).
+        if let Some(tag) = &by_tag {
+            if named.len() > 1 {
+                tags.tags.remove(tag);
+                self.write_tags(&tags)?;
+                report.untagged.push(tag.clone());
+                return Ok(report);
+            }
+        } else if named.len() > 1 && !force {
+            return Err(ImageError::Conflict {
+                id: format!("sha256:{hex}"),
+                tags: named,
+            });
+        }
+        let id = format!("sha256:{hex}");
+        let layer_dirs = self.layer_dirs_of(&hex)?;
+        let using: Vec<&ContainerUse> = users
+            .iter()
+            .filter(|u| !layer_dirs.is_empty() && u.layers == layer_dirs)
+            .collect();
+        if let Some(running) = using.iter().find(|u| u.running) {
+            return Err(ImageError::InUse {
+                reference: reference.to_string(),
+                detail: format!(
+                    "image {} is being used by running container {} (cannot be forced): stop \
+                     and remove the container (or its service) first",
+                    short_hex(&hex),
+                    running.name
+                ),
+            });
+        }
+        if let Some(user) = using.first() {
+            if !force {
+                return Err(ImageError::InUse {
+                    reference: reference.to_string(),
+                    detail: format!(
+                        "container {} is using image {} (stopped); remove the container first, \
+                         or use --force to untag the image (it stays until the container goes)",
+                        user.name,
+                        short_hex(&hex)
+                    ),
+                });
+            }
+        }
+        for t in &named {
+            tags.tags.remove(t);
+            report.untagged.push(t.clone());
+        }
+        if !named.is_empty() {
+            self.write_tags(&tags)?;
+        }
+        if using.is_empty() {
+            report.deleted.push(id);
+            self.delete_image(&hex)?;
+            self.gc(&mut report)?;
+        }
+        Ok(report)
     }
 
     /// Removes every image no tag names (`docker image prune`); returns their ids.
     pub fn prune_dangling(&self) -> Result<Vec<String>, ImageError> {
+        Ok(self.prune(false, &[])?.deleted)
+    }
+
+    /// `docker image prune [-a]`: removes dangling (untagged) images, or with `all` every image
+    /// no container uses; images containers use are kept either way. Then collects the layers
+    /// and blobs nothing references. `deleted` lists the image ids first.
+    pub fn prune(&self, all: bool, users: &[ContainerUse]) -> Result<RemoveReport, ImageError> {
         let _guard = self.lock();
-        let tags = self.read_tags()?;
-        let tagged: BTreeSet<&str> = tags.tags.values().filter_map(|id| id_hex(id)).collect();
-        let mut removed = Vec::new();
+        let mut tags = self.read_tags()?;
+        let tagged: BTreeSet<String> = tags
+            .tags
+            .values()
+            .filter_map(|id| id_hex(id))
+            .map(str::to_string)
+            .collect();
+        let mut report = RemoveReport::default();
         for hex in self.image_hexes()? {
-            if !tagged.contains(hex.as_str()) {
-                self.delete_image(&hex)?;
-                removed.push(format!("sha256:{hex}"));
+            if tagged.contains(&hex) && !all {
+                continue;
             }
+            let dirs = self.layer_dirs_of(&hex).unwrap_or_default();
+            if users.iter().any(|u| !dirs.is_empty() && u.layers == dirs) {
+                continue;
+            }
+            let id = format!("sha256:{hex}");
+            let named: Vec<String> = tags
+                .tags
+                .iter()
+                .filter(|(_, v)| **v == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for t in named {
+                tags.tags.remove(&t);
+                report.untagged.push(t);
+            }
+            self.write_tags(&tags)?;
+            self.delete_image(&hex)?;
+            report.deleted.push(id);
         }
-        Ok(removed)
+        self.gc(&mut report)?;
+        Ok(report)
     }
 
     // --- import -----------------------------------------------------------------------------
@@ -313,13 +496,18 @@ impl ImageStore {
         new: NewImage,
     ) -> Result<shoal_proto::Image, ImageError> {
         let tmp = TmpDir::create(&self.inner.root.join("tmp"))?;
-        let unpacked = unpack_layer(reader, tmp.path(), &self.inner.limits)?;
+        // The tarball as it comes is kept as the layer's blob (what `save` writes back).
+        let mut tee = TeeToFile::new(reader, &self.tmp_path())?;
+        let unpacked = unpack_layer(&mut tee, tmp.path(), &self.inner.limits)?;
+        let blob = tee.finish()?;
         // One syncfs makes the whole layer durable, far cheaper than an fsync per file.
         sync_filesystem(tmp.path())?;
 
         let _guard = self.lock();
         let (short, layer_is_new) = self.commit_layer(&unpacked, tmp)?;
-        let result = self.commit_image(reference, &unpacked, new);
+        let result = self
+            .attach_blob(&unpacked.digest, blob)
+            .and_then(|()| self.commit_image(reference, &unpacked, new));
         if result.is_err() && layer_is_new {
             // Nothing references the layer yet (we hold the lock): take it back out.
             if let Err(e) = self.delete_layer_files(&short) {
@@ -327,6 +515,333 @@ impl ImageStore {
             }
         }
         result
+    }
+
+    /// Moves a staged blob into `blobs/` (unless there already) and names it in the layer's
+    /// record if the record has no blob yet. Caller holds the lock.
+    fn attach_blob(&self, diff_id: &str, blob: Option<StagedBlob>) -> Result<(), ImageError> {
+        let Some(blob) = blob else {
+            return Ok(());
+        };
+        let Some((short, mut rec)) = self.find_layer(diff_id)? else {
+            return Ok(());
+        };
+        if rec.blob.is_some() {
+            return Ok(());
+        }
+        self.store_blob(&blob)?;
+        rec.blob = Some(blob.digest.clone());
+        rec.blob_size = blob.size;
+        write_json(&self.layer_record_path(&short), &rec)
+    }
+
+    /// Moves a staged file into `blobs/sha256/<hex>` (dropping it if an identical blob is there).
+    fn store_blob(&self, blob: &StagedBlob) -> Result<(), ImageError> {
+        let hex = digest_hex(&blob.digest).ok_or_else(|| ImageError::Corrupt {
+            path: blob.path.clone(),
+            detail: format!("bad blob digest {}", blob.digest),
+        })?;
+        let dest = self.blobs_dir().join(hex);
+        if dest.exists() {
+            let _ = fs::remove_file(&blob.path);
+            return Ok(());
+        }
+        let f = fs::File::open(&blob.path).map_err(ImageError::io("open", &blob.path))?;
+        f.sync_all().map_err(ImageError::io("fsync", &blob.path))?;
+        fs::rename(&blob.path, &dest).map_err(ImageError::io("move a blob to", &dest))?;
+        fsync_dir(&self.blobs_dir())
+    }
+
+    /// Writes bytes as a blob (manifests); returns `sha256:<hex>`.
+    fn put_blob_bytes(&self, bytes: &[u8]) -> Result<String, ImageError> {
+        let hex = hex::encode(Sha256::digest(bytes));
+        let dest = self.blobs_dir().join(&hex);
+        if !dest.exists() {
+            write_atomic(&dest, bytes)?;
+        }
+        Ok(format!("sha256:{hex}"))
+    }
+
+    /// An OCI manifest for an image whose layers all have blobs; None otherwise.
+    fn make_manifest(
+        &self,
+        config_bytes: &[u8],
+        config: &OciImageConfig,
+    ) -> Result<Option<Vec<u8>>, ImageError> {
+        let mut layers = Vec::new();
+        for diff in &config.rootfs.diff_ids {
+            let Some((_, rec)) = self.find_layer(diff)? else {
+                return Ok(None);
+            };
+            let Some(blob) = rec.blob else {
+                return Ok(None);
+            };
+            let path = self.blobs_dir().join(digest_hex(&blob).unwrap_or_default());
+            let mut head = [0u8; 4];
+            let n = fs::File::open(&path)
+                .and_then(|mut f| f.read(&mut head))
+                .map_err(ImageError::io("read", &path))?;
+            layers.push(serde_json::json!({
+                "mediaType": layer_media_type(&head[..n]),
+                "digest": blob,
+                "size": rec.blob_size,
+            }));
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {
+                "mediaType": MEDIA_CONFIG,
+                "digest": format!("sha256:{}", hex::encode(Sha256::digest(config_bytes))),
+                "size": config_bytes.len(),
+            },
+            "layers": layers,
+        });
+        Ok(Some(serde_json::to_vec(&manifest).map_err(|e| {
+            ImageError::Corrupt {
+                path: self.blobs_dir(),
+                detail: format!("cannot encode a manifest: {e}"),
+            }
+        })?))
+    }
+
+    /// Records an image's manifest (stored as a blob) in `tags`. Caller holds the lock.
+    fn record_manifest(
+        &self,
+        tags: &mut TagsFile,
+        hex: &str,
+        manifest: Option<Vec<u8>>,
+        config_bytes: &[u8],
+        config: &OciImageConfig,
+    ) -> Result<(), ImageError> {
+        let id = format!("sha256:{hex}");
+        // A manifest is kept only if it names the blobs the store has for its layers (a layer
+        // the store had already may have come with other compression).
+        let manifest = manifest.filter(|m| self.manifest_matches(m, config).unwrap_or(false));
+        let manifest = match manifest {
+            Some(m) => Some(m),
+            None if tags.manifests.contains_key(&id) => None,
+            None => self.make_manifest(config_bytes, config)?,
+        };
+        if let Some(m) = manifest {
+            let digest = self.put_blob_bytes(&m)?;
+            tags.manifests.insert(id, digest);
+        }
+        Ok(())
+    }
+
+    fn manifest_matches(
+        &self,
+        manifest: &[u8],
+        config: &OciImageConfig,
+    ) -> Result<bool, ImageError> {
+        let v: serde_json::Value = match serde_json::from_slice(manifest) {
+            Ok(v) => v,
+            Err(_) => return Ok(false),
+        };
+        let Some(layers) = v["layers"].as_array() else {
+            return Ok(false);
+        };
+        if layers.len() != config.rootfs.diff_ids.len() {
+            return Ok(false);
+        }
+        for (l, diff) in layers.iter().zip(&config.rootfs.diff_ids) {
+            let rec = self.find_layer(diff)?.map(|(_, r)| r);
+            if rec.and_then(|r| r.blob).as_deref() != l["digest"].as_str() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    // --- archive loads (archive.rs) ------------------------------------------------------------
+
+    /// `tmp/`, for staged files.
+    pub(crate) fn tmp_path(&self) -> PathBuf {
+        self.inner.root.join("tmp")
+    }
+
+    /// Whether the store has the layer `diff_id` with its blob.
+    pub(crate) fn has_layer_blob(&self, diff_id: &str) -> Result<bool, ImageError> {
+        let _guard = self.lock();
+        Ok(self
+            .find_layer(diff_id)?
+            .is_some_and(|(_, rec)| rec.blob.is_some()))
+    }
+
+    /// Pins layers against garbage collection until the guard drops.
+    pub(crate) fn pin_layers(&self, diff_ids: &[String]) -> PinGuard {
+        let mut busy = self.busy();
+        for d in diff_ids {
+            *busy.pinned.entry(d.clone()).or_default() += 1;
+        }
+        PinGuard {
+            store: self.clone(),
+            diff_ids: diff_ids.to_vec(),
+        }
+    }
+
+    /// Waits until no one else unpacks `diff_id`, then marks it as being unpacked by the
+    /// caller until the guard drops: two loads of the same layer unpack it once.
+    pub(crate) fn lock_layer(&self, diff_id: &str) -> LayerGuard {
+        let mut busy = self.busy();
+        while busy.unpacking.contains(diff_id) {
+            busy = self
+                .inner
+                .layers_cv
+                .wait(busy)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        busy.unpacking.insert(diff_id.to_string());
+        LayerGuard {
+            store: self.clone(),
+            diff_id: diff_id.to_string(),
+        }
+    }
+
+    /// Unpacks a layer into a temporary directory and moves it into place (if the store does
+    /// not have it meanwhile), with `blob` as its stored blob; checks that it is the layer
+    /// `expected` names. The caller holds [`ImageStore::lock_layer`] and a pin.
+    pub(crate) fn unpack_and_place<R: Read>(
+        &self,
+        reader: R,
+        expected: &str,
+        blob: StagedBlob,
+    ) -> Result<(), ImageError> {
+        let tmp = TmpDir::create(&self.tmp_path())?;
+        let unpacked = unpack_layer(reader, tmp.path(), &self.inner.limits)?;
+        if unpacked.digest != expected {
+            return Err(ImageError::InvalidArchive {
+                detail: format!(
+                    "a layer decompresses to {} but the image config says {expected} (a \
+                     corrupted or tampered archive)",
+                    unpacked.digest
+                ),
+            });
+        }
+        sync_filesystem(tmp.path())?;
+        let _guard = self.lock();
+        self.commit_layer(&unpacked, tmp)?;
+        self.attach_blob(expected, Some(blob))
+    }
+
+    /// Registers loaded images whose layers are in place and pinned: blobs moved into the
+    /// store, configs written, manifests recorded, tags moved. All under the lock, so a
+    /// concurrent removal sees all of a load's images or none.
+    pub(crate) fn commit_images(
+        &self,
+        images: Vec<PreparedImage>,
+    ) -> Result<Vec<shoal_proto::Image>, ImageError> {
+        let _guard = self.lock();
+        let mut tags = self.read_tags()?;
+        let mut hexes = Vec::new();
+        for image in images {
+            for (diff, blob) in image.config.rootfs.diff_ids.iter().zip(image.blobs) {
+                if self.find_layer(diff)?.is_none() {
+                    return Err(ImageError::Corrupt {
+                        path: self.layers_dir(),
+                        detail: format!("layer {diff} vanished during the load"),
+                    });
+                }
+                self.attach_blob(diff, blob)?;
+            }
+            let hex = hex::encode(Sha256::digest(&image.config_bytes));
+            let path = self.image_path(&hex);
+            if !path.exists() {
+                write_atomic(&path, &image.config_bytes)?;
+            }
+            self.record_manifest(
+                &mut tags,
+                &hex,
+                image.manifest,
+                &image.config_bytes,
+                &image.config,
+            )?;
+            for t in &image.tags {
+                if let Some(key) = t.tag_key() {
+                    tags.tags.insert(key, format!("sha256:{hex}"));
+                }
+            }
+            hexes.push(hex);
+        }
+        self.write_tags(&tags)?;
+        let mut out = Vec::new();
+        for hex in hexes {
+            let config = self.read_config(&hex)?;
+            out.push(self.to_proto(&hex, &config, &tags)?);
+        }
+        Ok(out)
+    }
+
+    /// After a failed load: collects the layers it placed (nothing references them).
+    pub(crate) fn collect_garbage(&self) -> Result<RemoveReport, ImageError> {
+        let _guard = self.lock();
+        let mut report = RemoveReport::default();
+        self.gc(&mut report)?;
+        Ok(report)
+    }
+
+    /// Opens what `save` needs for each reference (duplicates dropped).
+    pub(crate) fn open_for_save(&self, references: &[String]) -> Result<SaveSet, ImageError> {
+        let _guard = self.lock();
+        let mut tags = self.read_tags()?;
+        let mut images: Vec<SaveImage> = Vec::new();
+        for reference in references {
+            let (hex, tag) = match self.lookup(reference, &tags)? {
+                Target::Tag(tag, hex) => (hex, Some(tag)),
+                Target::Id(hex) => (hex, None),
+            };
+            let tag = tag.map(|t| Reference::parse(&t)).transpose()?;
+            if let Some(existing) = images.iter_mut().find(|i| i.config_hex == hex) {
+                if let Some(t) = tag {
+                    if !existing.tags.contains(&t) {
+                        existing.tags.push(t);
+                    }
+                }
+                continue;
+            }
+            let config = self.read_config(&hex)?;
+            let config_bytes = fs::read(self.image_path(&hex))
+                .map_err(ImageError::io("read", self.image_path(&hex)))?;
+            let mut layers = Vec::new();
+            for diff in &config.rootfs.diff_ids {
+                let rec = self.find_layer(diff)?.map(|(_, r)| r);
+                let Some(blob) = rec.as_ref().and_then(|r| r.blob.clone()) else {
+                    return Err(ImageError::Corrupt {
+                        path: self.layers_dir(),
+                        detail: format!(
+                            "layer {diff} of image sha256:{hex} has no stored blob (imported by \
+                             an older shoal): import or load the image again to save it"
+                        ),
+                    });
+                };
+                let bhex = digest_hex(&blob).unwrap_or_default().to_string();
+                let path = self.blobs_dir().join(&bhex);
+                let f = fs::File::open(&path).map_err(ImageError::io("open blob", &path))?;
+                let size = f.metadata().map_err(ImageError::io("stat", &path))?.len();
+                layers.push((bhex, size, f));
+            }
+            let id = format!("sha256:{hex}");
+            if !tags.manifests.contains_key(&id) {
+                self.record_manifest(&mut tags, &hex, None, &config_bytes, &config)?;
+                self.write_tags(&tags)?;
+            }
+            let manifest_bytes = match tags.manifests.get(&id) {
+                Some(d) => {
+                    let path = self.blobs_dir().join(digest_hex(d).unwrap_or_default());
+                    fs::read(&path).map_err(ImageError::io("read manifest", &path))?
+                }
+                None => Vec::new(),
+            };
+            images.push(SaveImage {
+                config_hex: hex,
+                config_bytes,
+                manifest_bytes,
+                tags: tag.into_iter().collect(),
+                layers,
+            });
+        }
+        Ok(SaveSet { images })
     }
 
     /// Moves an unpacked layer into place, or drops it if the store has it already. Returns the
@@ -372,6 +887,8 @@ impl ImageStore {
             digest: unpacked.digest.clone(),
             size: unpacked.size,
             created: now_ms(),
+            blob: None,
+            blob_size: 0,
         };
         let written = fsync_dir(&self.layers_dir())
             .and_then(|()| write_json(&self.layer_record_path(&short), &record));
@@ -402,7 +919,9 @@ impl ImageStore {
             history: vec![OciHistory {
                 created: Some(created),
                 created_by: Some(new.created_by),
+                ..Default::default()
             }],
+            ..Default::default()
         };
         let bytes = serde_json::to_vec(&config).map_err(|e| ImageError::Corrupt {
             path: self.images_dir(),
@@ -417,6 +936,7 @@ impl ImageStore {
         let mut tags = self.read_tags()?;
         tags.tags
             .insert(reference.to_string(), format!("sha256:{hex}"));
+        self.record_manifest(&mut tags, &hex, None, &bytes, &config)?;
         if let Err(e) = self.write_tags(&tags) {
             if image_is_new {
                 let _ = fs::remove_file(&path);
@@ -448,7 +968,10 @@ impl ImageStore {
                 None => Err(self.not_found(reference)),
             };
         }
-        let parsed = Reference::parse(reference)?;
+        let parsed = Reference::parse_any(reference)?;
+        if let Some(digest) = &parsed.digest {
+            return self.lookup_digest(reference, &parsed, digest, tags);
+        }
         let tag = parsed.to_string();
         if let Some(id) = tags.tags.get(&tag) {
             let hex = id_hex(id).ok_or_else(|| ImageError::Corrupt {
@@ -464,6 +987,44 @@ impl ImageStore {
             }
         }
         Err(self.not_found(reference))
+    }
+
+    /// `name@sha256:…`: the image whose manifest digest or config digest (id) it is, tagged in
+    /// that repository (any repository if the image has no tag).
+    fn lookup_digest(
+        &self,
+        reference: &str,
+        parsed: &Reference,
+        digest: &str,
+        tags: &TagsFile,
+    ) -> Result<Target, ImageError> {
+        let hex = match digest_hex(digest) {
+            Some(h) if self.image_path(h).exists() => Some(h.to_string()),
+            _ => tags
+                .manifests
+                .iter()
+                .find(|(_, m)| m.as_str() == digest)
+                .and_then(|(id, _)| id_hex(id).map(str::to_string)),
+        };
+        let Some(hex) = hex else {
+            return Err(self.not_found(reference));
+        };
+        let id = format!("sha256:{hex}");
+        let repos: Vec<String> = tags
+            .tags
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .filter_map(|(k, _)| Reference::parse(k).ok().map(|r| r.name))
+            .collect();
+        if !repos.is_empty() && !repos.contains(&parsed.name) {
+            return Err(self.not_found(reference));
+        }
+        if let Some(key) = parsed.tag_key() {
+            if tags.tags.get(&key) != Some(&id) {
+                return Err(self.not_found(reference));
+            }
+        }
+        Ok(Target::Id(hex))
     }
 
     fn find_by_id_prefix(&self, prefix: &str) -> Result<Option<String>, ImageError> {
@@ -491,39 +1052,99 @@ impl ImageStore {
 
     // --- deletion ---------------------------------------------------------------------------
 
-    /// Deletes an image config and the layers no remaining image uses. Caller holds the lock
-    /// and has removed the tags.
+    /// Deletes an image config (and forgets its manifest); [`ImageStore::gc`] then collects
+    /// what nothing references any more. Caller holds the lock and has removed the tags.
     fn delete_image(&self, hex: &str) -> Result<(), ImageError> {
         let path = self.image_path(hex);
-        let layers = match self.read_config(hex) {
-            Ok(c) => c.rootfs.diff_ids,
-            Err(e) => {
-                // Unreadable: delete it anyway; its layers go at the next open's clean-up.
-                tracing::warn!(image = hex, error = %e, "removing an unreadable image config");
-                Vec::new()
-            }
-        };
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ImageError::io("remove", &path)(e)),
         }
         fsync_dir(&self.images_dir())?;
-        let mut still_used = BTreeSet::new();
-        for other in self.image_hexes()? {
-            if let Ok(c) = self.read_config(&other) {
-                still_used.extend(c.rootfs.diff_ids);
+        let mut tags = self.read_tags()?;
+        if tags.manifests.remove(&format!("sha256:{hex}")).is_some() {
+            self.write_tags(&tags)?;
+        }
+        Ok(())
+    }
+
+    /// Garbage collection, caller holding the lock: deletes the layers no image uses (unless a
+    /// load in progress pinned them) and the blobs no layer record or manifest mapping names.
+    fn gc(&self, report: &mut RemoveReport) -> Result<(), ImageError> {
+        let mut used = BTreeSet::new();
+        for hex in self.image_hexes()? {
+            match self.read_config(&hex) {
+                Ok(c) => used.extend(c.rootfs.diff_ids),
+                Err(e) => {
+                    // Cannot tell what it uses: collect nothing rather than too much.
+                    tracing::warn!(image = %hex, error = %e, "image store: unreadable config; skipping garbage collection");
+                    return Ok(());
+                }
             }
         }
-        for digest in layers {
-            if still_used.contains(&digest) {
+        let pinned: BTreeSet<String> = {
+            let busy = self.busy();
+            busy.pinned
+                .keys()
+                .chain(busy.unpacking.iter())
+                .cloned()
+                .collect()
+        };
+        let mut blobs_used = BTreeSet::new();
+        for entry in read_dir(&self.layers_dir())? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(short) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if !is_lower_hex(short) {
                 continue;
             }
-            if let Some((short, _)) = self.find_layer(&digest)? {
-                self.delete_layer_files(&short)?;
+            let Some(rec) = self.read_layer_record(short).ok().flatten() else {
+                continue;
+            };
+            if used.contains(&rec.digest) || pinned.contains(&rec.digest) {
+                if let Some(b) = &rec.blob {
+                    blobs_used.insert(b.clone());
+                }
+                continue;
+            }
+            self.delete_layer_files(short)?;
+            report.reclaimed += rec.size;
+            report.layers.push(rec.digest);
+        }
+        let tags = self.read_tags()?;
+        blobs_used.extend(tags.manifests.values().cloned());
+        for entry in read_dir(&self.blobs_dir())? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.len() != 64 || !is_lower_hex(&name) {
+                continue;
+            }
+            if blobs_used.contains(&format!("sha256:{name}")) {
+                continue;
+            }
+            let path = entry.path();
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(&path) {
+                Ok(()) => report.reclaimed += size,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ImageError::io("remove", &path)(e)),
             }
         }
         Ok(())
+    }
+
+    /// The layer directories of an image (empty if a layer is missing). Caller holds the lock.
+    fn layer_dirs_of(&self, hex: &str) -> Result<Vec<PathBuf>, ImageError> {
+        let config = self.read_config(hex)?;
+        let mut dirs = Vec::new();
+        for digest in &config.rootfs.diff_ids {
+            match self.find_layer(digest)? {
+                Some((short, _)) => dirs.push(self.layers_dir().join(short)),
+                None => return Ok(Vec::new()),
+            }
+        }
+        Ok(dirs)
     }
 
     /// Removes a layer's record, then its directory (renamed into `tmp/` first, so a crash never
@@ -612,10 +1233,25 @@ impl ImageStore {
                 remove_tree(&path).map_err(ImageError::io("remove leftover", &path))?;
             }
         }
+        if all_readable {
+            // Blobs no layer or manifest names (a crash between a rename and a record).
+            self.gc(&mut RemoveReport::default())?;
+        }
         Ok(())
     }
 
     // --- files --------------------------------------------------------------------------------
+
+    fn busy(&self) -> MutexGuard<'_, LayerLocks> {
+        self.inner
+            .layers_busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.inner.root.join("blobs").join("sha256")
+    }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The mutex guards no data, only the order of file operations: a poisoned lock is fine.
@@ -736,13 +1372,34 @@ impl ImageStore {
                 size += rec.size;
             }
         }
+        let image_tags: Vec<String> = tags
+            .tags
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let manifest_digest = tags.manifests.get(&id).cloned().unwrap_or_default();
+        let mut digests: Vec<String> = Vec::new();
+        if !manifest_digest.is_empty() {
+            for t in &image_tags {
+                if let Ok(r) = Reference::parse(t) {
+                    let d = format!("{}@{manifest_digest}", r.name);
+                    if !digests.contains(&d) {
+                        digests.push(d);
+                    }
+                }
+            }
+        }
         Ok(shoal_proto::Image {
-            tags: tags
-                .tags
-                .iter()
-                .filter(|(_, v)| **v == id)
-                .map(|(k, _)| k.clone())
-                .collect(),
+            tags: image_tags,
+            architecture: config.architecture.clone(),
+            os: config.os.clone(),
+            variant: config.variant.clone().unwrap_or_default(),
+            author: config.author.clone().unwrap_or_default(),
+            comment: config.comment.clone().unwrap_or_default(),
+            history: config.history.iter().map(OciHistory::to_proto).collect(),
+            digests,
+            manifest_digest,
             id,
             created: config
                 .created
@@ -794,6 +1451,117 @@ impl Drop for TmpDir {
     }
 }
 
+/// Unpins a load's layers when dropped.
+pub(crate) struct PinGuard {
+    store: ImageStore,
+    diff_ids: Vec<String>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut busy = self.store.busy();
+        for d in &self.diff_ids {
+            if let Some(n) = busy.pinned.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.pinned.remove(d);
+                }
+            }
+        }
+    }
+}
+
+/// Marks a layer as being unpacked until dropped (see [`ImageStore::lock_layer`]).
+pub(crate) struct LayerGuard {
+    store: ImageStore,
+    diff_id: String,
+}
+
+impl Drop for LayerGuard {
+    fn drop(&mut self) {
+        self.store.busy().unpacking.remove(&self.diff_id);
+        self.store.inner.layers_cv.notify_all();
+    }
+}
+
+/// A `Read` that copies what is read into a file under `tmp/` and hashes it: an import's
+/// tarball becomes the layer's blob without a second pass.
+struct TeeToFile<R> {
+    inner: R,
+    file: Option<fs::File>,
+    path: PathBuf,
+    hasher: Sha256,
+    size: u64,
+    failed: bool,
+}
+
+impl<R: Read> TeeToFile<R> {
+    fn finish(mut self) -> Result<Option<StagedBlob>, ImageError> {
+        // The unpacker reads to the end; whatever trails (it never should) is hashed too.
+        io::copy(&mut self, &mut io::sink()).map_err(|e| ImageError::BadArchive {
+            entry: None,
+            detail: format!("cannot read the input: {e}"),
+        })?;
+        drop(self.file.take());
+        if self.failed {
+            let _ = fs::remove_file(&self.path);
+            return Ok(None);
+        }
+        Ok(Some(StagedBlob {
+            path: self.path.clone(),
+            digest: format!(
+                "sha256:{}",
+                hex::encode(std::mem::take(&mut self.hasher).finalize())
+            ),
+            size: self.size,
+        }))
+    }
+}
+
+impl<R> TeeToFile<R> {
+    fn new(inner: R, tmp: &Path) -> Result<TeeToFile<R>, ImageError> {
+        let path = tmp.join(format!("blob-{}", uuid::Uuid::new_v4().simple()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(ImageError::io("create", &path))?;
+        Ok(TeeToFile {
+            inner,
+            file: Some(file),
+            path,
+            hasher: Sha256::new(),
+            size: 0,
+            failed: false,
+        })
+    }
+}
+
+impl<R: Read> Read for TeeToFile<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        if let Some(f) = &mut self.file {
+            if io::Write::write_all(f, &buf[..n]).is_err() {
+                // Out of space for the blob: the import goes on, the layer has no blob.
+                self.failed = true;
+                self.file = None;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Drop for TeeToFile<R> {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| ImageError::Corrupt {
         path: path.to_path_buf(),
@@ -828,6 +1596,11 @@ fn digest_hex(digest: &str) -> Option<&str> {
     digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && is_lower_hex(h))
+}
+
+/// The first 12 hex digits, as Docker shows image ids.
+fn short_hex(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
 }
 
 /// Same as [`digest_hex`], for image ids.

@@ -158,6 +158,11 @@ fn assert_store_empty(store: &ImageStore) {
         "images"
     );
     assert_eq!(names_in(&root.join("tmp")), Vec::<String>::new(), "tmp");
+    assert_eq!(
+        names_in(&root.join("blobs/sha256")),
+        Vec::<String>::new(),
+        "blobs"
+    );
     if let Ok(tags) = fs::read_to_string(root.join("tags.json")) {
         let v: serde_json::Value = serde_json::from_str(&tags).expect("tags json");
         assert_eq!(v["tags"], serde_json::json!({}), "tags");
@@ -749,6 +754,7 @@ fn image_bounds_decompression_bombs() {
     let limits = ImportLimits {
         max_bytes: 64 << 10,
         max_entries: 10,
+        ..ImportLimits::default()
     };
     let store = ImageStore::open_with_limits(dir.path().join("images"), limits).expect("open");
     assert_eq!(store.limits(), limits);
@@ -787,4 +793,706 @@ fn image_bounds_decompression_bombs() {
     // Within the limits, all is well.
     let ok = gzip(&TarBuilder::new().file("small", &[7u8; 1000]).finish());
     store.import_tar("ok", &ok[..]).expect("small import");
+}
+
+// --- archives: docker save and OCI layouts ---------------------------------------------------------
+
+fn zstd_compress(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).expect("zstd")
+}
+
+fn hex_of(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A layer: its uncompressed tar (for the diff id) and its blob as stored in the archive.
+struct TestLayer {
+    tar: Vec<u8>,
+    blob: Vec<u8>,
+    media_type: &'static str,
+}
+
+fn plain_layer(tar: Vec<u8>) -> TestLayer {
+    TestLayer {
+        blob: tar.clone(),
+        tar,
+        media_type: "application/vnd.oci.image.layer.v1.tar",
+    }
+}
+
+fn gzip_layer(tar: Vec<u8>) -> TestLayer {
+    TestLayer {
+        blob: gzip(&tar),
+        tar,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }
+}
+
+fn zstd_layer(tar: Vec<u8>) -> TestLayer {
+    TestLayer {
+        blob: zstd_compress(&tar),
+        tar,
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
+    }
+}
+
+/// Three layers: a base; then (gzip) a whiteout of `etc/b`, an opaque `data/` with a new file,
+/// a new `etc/c`; then (zstd) `etc/a` replaced.
+fn three_layers() -> Vec<TestLayer> {
+    let base = TarBuilder::new()
+        .dir("etc/")
+        .file("etc/a", b"a1\n")
+        .file("etc/b", b"b1\n")
+        .dir("data/")
+        .file("data/old1", b"o1\n")
+        .dir("data/sub/")
+        .file("data/sub/old2", b"o2\n")
+        .dir("bin/")
+        .finish();
+    let second = TarBuilder::new()
+        .dir("etc/")
+        .file("etc/.wh.b", b"")
+        .file("etc/c", b"c2\n")
+        .dir("data/")
+        .file("data/.wh..wh..opq", b"")
+        .file("data/new", b"new2\n")
+        .finish();
+    let third = TarBuilder::new().file("etc/a", b"a3\n").finish();
+    vec![plain_layer(base), gzip_layer(second), zstd_layer(third)]
+}
+
+fn config_json(layers: &[TestLayer], cmd: &[&str]) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(&l.tar)).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": super::config::oci_architecture(),
+        "os": "linux",
+        "created": "2024-01-02T03:04:05Z",
+        "author": "test",
+        "config": {
+            "Env": ["PATH=/bin"],
+            "Cmd": cmd,
+            "ExposedPorts": {"8080/tcp": {}},
+            "Volumes": {"/data": {}},
+            "Labels": {"org.example": "yes"},
+            "StopSignal": "SIGTERM",
+            "Healthcheck": {"Test": ["CMD", "true"], "Interval": 5_000_000_000i64},
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": layers.iter().map(|_| serde_json::json!({
+            "created": "2024-01-02T03:04:05Z", "created_by": "ADD layer"
+        })).chain([serde_json::json!({
+            "created": "2024-01-02T03:04:05Z", "created_by": "CMD", "empty_layer": true
+        })]).collect::<Vec<_>>(),
+    }))
+    .expect("config")
+}
+
+/// Builds an outer archive from (path, bytes) pairs, with `tar` (paths checked).
+fn outer(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(EntryType::Regular);
+        b.append_data(&mut h, path, &data[..]).expect("append");
+    }
+    b.into_inner().expect("finish")
+}
+
+/// The legacy `docker save` form: `<n>/layer.tar`, `<config hex>.json`, `manifest.json`
+/// (written last, as Docker does).
+fn docker_archive(layers: &[TestLayer], config: &[u8], tags: &[&str]) -> Vec<u8> {
+    let mut files = Vec::new();
+    let mut paths = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let p = format!("layer{i}/layer.tar");
+        files.push((p.clone(), l.blob.clone()));
+        paths.push(p);
+    }
+    let cfg = format!("{}.json", hex_of(config));
+    files.push((cfg.clone(), config.to_vec()));
+    let manifest = serde_json::json!([{"Config": cfg, "RepoTags": tags, "Layers": paths}]);
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec(&manifest).expect("json"),
+    ));
+    outer(&files)
+}
+
+/// An OCI image layout: `index.json` → an image index with a decoy platform first and this
+/// machine's, then the manifest, config and layer blobs.
+fn oci_archive(layers: &[TestLayer], config: &[u8], name: Option<&str>) -> Vec<u8> {
+    let mut files = vec![(
+        "oci-layout".to_string(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let blob = |files: &mut Vec<(String, Vec<u8>)>, data: &[u8]| {
+        files.push((format!("blobs/sha256/{}", hex_of(data)), data.to_vec()));
+        format!("sha256:{}", hex_of(data))
+    };
+    let layer_descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "mediaType": l.media_type,
+                "digest": blob(&mut files, &l.blob),
+                "size": l.blob.len(),
+            })
+        })
+        .collect();
+    let config_digest = blob(&mut files, config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": layer_descs,
+    }))
+    .expect("manifest");
+    let manifest_digest = blob(&mut files, &manifest);
+    let decoy = format!("sha256:{}", "0".repeat(64));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": decoy,
+             "size": 10, "platform": {"os": "linux", "architecture": "s390x-decoy"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": manifest_digest, "size": manifest.len(),
+             "platform": {"os": "linux", "architecture": super::config::oci_architecture()}},
+        ],
+    }))
+    .expect("index");
+    let index_digest = blob(&mut files, &index);
+    let mut annotations = serde_json::Map::new();
+    if let Some(n) = name {
+        annotations.insert("io.containerd.image.name".into(), n.into());
+        annotations.insert("org.opencontainers.image.ref.name".into(), "ignored".into());
+    }
+    let top = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": index_digest, "size": index.len(),
+                       "annotations": annotations}],
+    }))
+    .expect("top");
+    files.push(("index.json".into(), top));
+    outer(&files)
+}
+
+/// Mounts the image's layers as overlay (read-only, no upper) and returns what a container sees
+/// of `paths` (None: absent). Needs root.
+fn overlay_view(layer_dirs: &[std::path::PathBuf], paths: &[&str]) -> Vec<Option<String>> {
+    let mnt = tempfile::tempdir().expect("mnt");
+    let lower: Vec<String> = layer_dirs
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!("lowerdir={}", lower.join(":"));
+    nix::mount::mount(
+        Some("overlay"),
+        mnt.path(),
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .expect("mount overlay");
+    let out = paths
+        .iter()
+        .map(|p| fs::read_to_string(mnt.path().join(p)).ok())
+        .collect();
+    let names = names_in(&mnt.path().join("data"));
+    nix::mount::umount(mnt.path()).expect("umount");
+    assert_eq!(names, vec!["new".to_string()], "opaque data/");
+    out
+}
+
+fn root_or_ci_failure(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} needs root, and CI=true: failing rather than skipping"
+    );
+    eprintln!("skipping {what}: needs root");
+    false
+}
+
+fn assert_loaded_three_layers(store: &ImageStore, image: &shoal_proto::Image) {
+    assert_eq!(image.layers.len(), 3);
+    let resolved = store.resolve(&image.id).expect("resolve");
+    let l = &resolved.layer_dirs;
+    // Layer 2: whiteout as overlay's char device 0:0, opaque dir xattr.
+    let wh = fs::symlink_metadata(l[1].join("etc/b")).expect("whiteout");
+    assert!(wh.file_type().is_char_device(), "whiteout is a char device");
+    assert_eq!(wh.rdev(), 0);
+    assert!(!l[1].join("etc/.wh.b").exists());
+    assert!(!l[1].join("data/.wh..wh..opq").exists());
+    let mut buf = [0u8; 4];
+    let c =
+        std::ffi::CString::new(l[1].join("data").as_os_str().as_encoded_bytes()).expect("cstring");
+    // SAFETY: valid C strings and buffer.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, 1, "opaque xattr");
+    assert_eq!(buf[0], b'y');
+    let seen = overlay_view(l, &["etc/a", "etc/b", "etc/c", "data/old1", "data/new"]);
+    assert_eq!(
+        seen,
+        vec![
+            Some("a3\n".into()),
+            None,
+            Some("c2\n".into()),
+            None,
+            Some("new2\n".into())
+        ]
+    );
+    let cfg = image.config.clone().expect("config");
+    assert_eq!(cfg.exposed_ports, vec!["8080/tcp".to_string()]);
+    assert_eq!(cfg.volumes, vec!["/data".to_string()]);
+    assert_eq!(cfg.stop_signal, "SIGTERM");
+    assert_eq!(
+        cfg.labels.get("org.example").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(cfg.healthcheck.expect("hc").interval, 5_000_000_000);
+    assert_eq!(image.history.len(), 4);
+    assert_eq!(image.author, "test");
+}
+
+#[test]
+fn image_load_docker_archive_applies_whiteouts_and_opaque_dirs() {
+    if !root_or_ci_failure("whiteouts (mknod 0:0, trusted xattrs, overlay)") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let layers = three_layers();
+    let config = config_json(&layers, &["cat", "/etc/a"]);
+    let archive = docker_archive(
+        &layers,
+        &config,
+        &["team/app:v1", "docker.io/library/other"],
+    );
+    let (images, messages) = store.load(&archive[..]).expect("load");
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].id, format!("sha256:{}", hex_of(&config)));
+    assert_eq!(
+        messages,
+        vec![
+            "Loaded image: team/app:v1".to_string(),
+            "Loaded image: other:latest".to_string()
+        ]
+    );
+    assert_loaded_three_layers(&store, &images[0]);
+    assert_eq!(
+        store.resolve("other").expect("other").image.id,
+        images[0].id
+    );
+    // The blobs are kept as they came: gzip and zstd too.
+    let blobs = names_in(&store.root().join("blobs/sha256"));
+    for l in &layers {
+        assert!(blobs.contains(&hex_of(&l.blob)), "blob kept");
+    }
+    // Loading again is a no-op that unpacks nothing new; gzip-compressed archive works too.
+    let (again, _) = store.load(&gzip(&archive)[..]).expect("reload gz");
+    assert_eq!(again[0].id, images[0].id);
+    assert_eq!(names_in(&store.root().join("tmp")), Vec::<String>::new());
+}
+
+#[test]
+fn image_load_oci_layout_picks_this_platform() {
+    if !root_or_ci_failure("whiteouts (mknod 0:0, trusted xattrs, overlay)") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let layers = three_layers();
+    let config = config_json(&layers, &["cat", "/etc/a"]);
+    let archive = oci_archive(&layers, &config, Some("registry.local:5000/team/oci:1.0"));
+    let (images, messages) = store.load(&zstd_compress(&archive)[..]).expect("load");
+    assert_eq!(
+        messages,
+        vec!["Loaded image: registry.local:5000/team/oci:1.0".to_string()]
+    );
+    let image = &images[0];
+    assert_loaded_three_layers(&store, image);
+    // The manifest is kept byte for byte: name@digest resolves by it, and by the config digest.
+    assert!(image.manifest_digest.starts_with("sha256:"));
+    assert_eq!(
+        image.digests,
+        vec![format!(
+            "registry.local:5000/team/oci@{}",
+            image.manifest_digest
+        )]
+    );
+    for r in [
+        format!("registry.local:5000/team/oci@{}", image.manifest_digest),
+        format!("registry.local:5000/team/oci@{}", image.id),
+        format!("registry.local:5000/team/oci:1.0@{}", image.manifest_digest),
+    ] {
+        assert_eq!(store.resolve(&r).expect(&r).image.id, image.id, "{r}");
+    }
+    let err = store
+        .resolve(&format!("other/repo@{}", image.manifest_digest))
+        .expect_err("other repo");
+    assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
+
+    // Untagged when the layout names no image.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let store2 = open(&dir2);
+    let (_, messages) = store2
+        .load(&oci_archive(&layers, &config, None)[..])
+        .expect("untagged");
+    assert_eq!(messages, vec![format!("Loaded image ID: {}", image.id)]);
+}
+
+#[test]
+fn image_save_then_load_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let a = store
+        .import_tar("app:v1", &gzip(&simple_rootfs_tar())[..])
+        .expect("import");
+    store.tag("app:v1", "app:v2").expect("tag");
+    let b = store
+        .import_tar("other", &tar_with_file("b")[..])
+        .expect("import b");
+    let mut saved = Vec::new();
+    store
+        .save(
+            &["app:v1".into(), "app:v2".into(), "other".into()],
+            &mut saved,
+        )
+        .expect("save");
+
+    // What is in it: Docker's manifest.json and the OCI index/layout.
+    let mut names = Vec::new();
+    let mut manifest = None;
+    let mut index = None;
+    let mut ar = tar::Archive::new(&saved[..]);
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let p = e.path().expect("path").display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+        if p == "manifest.json" {
+            manifest = Some(serde_json::from_slice::<serde_json::Value>(&data).expect("json"));
+        }
+        if p == "index.json" {
+            index = Some(serde_json::from_slice::<serde_json::Value>(&data).expect("json"));
+        }
+        if let Some(h) = p.strip_prefix("blobs/sha256/") {
+            if !h.is_empty() {
+                assert_eq!(hex_of(&data), h, "blob named by its digest");
+            }
+        }
+        names.push(p);
+    }
+    assert!(names.contains(&"oci-layout".to_string()), "{names:?}");
+    let manifest = manifest.expect("manifest.json");
+    assert_eq!(manifest.as_array().expect("array").len(), 2);
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!(["app:v1", "app:v2"])
+    );
+    assert_eq!(
+        manifest[0]["Config"],
+        format!("blobs/sha256/{}", &a.id[7..])
+    );
+    let index = index.expect("index.json");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "docker.io/library/app:v1"
+    );
+
+    store.remove("app:v1").expect("rm");
+    store.remove("app:v2").expect("rm");
+    store.remove("other").expect("rm");
+    assert_store_empty(&store);
+    let (loaded, messages) = store.load(&saved[..]).expect("load");
+    assert_eq!(loaded[0].id, a.id);
+    assert_eq!(loaded[1].id, b.id);
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    let resolved = store.resolve("app:v2").expect("v2");
+    assert_eq!(
+        fs::read_to_string(resolved.layer_dirs[0].join("etc/hostname")).expect("read"),
+        "box\n"
+    );
+    // Saving again gives the same bytes (deterministic).
+    let mut again = Vec::new();
+    store
+        .save(
+            &["app:v1".into(), "app:v2".into(), "other".into()],
+            &mut again,
+        )
+        .expect("save");
+    assert_eq!(again, saved);
+}
+
+#[test]
+fn image_concurrent_loads_of_the_same_layers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let layers = vec![
+        plain_layer(tar_with_file("one")),
+        gzip_layer(TarBuilder::new().file("two", &[1u8; 100_000]).finish()),
+    ];
+    let config = config_json(&layers, &["true"]);
+    let archive = docker_archive(&layers, &config, &["c"]);
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                let archive = &archive;
+                s.spawn(move || store.load(&archive[..]).expect("load").0[0].id.clone())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("join")).collect()
+    });
+    assert!(ids.iter().all(|i| *i == ids[0]));
+    let dirs: Vec<String> = names_in(&store.root().join("layers"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".json"))
+        .collect();
+    assert_eq!(dirs.len(), 2, "each layer unpacked into one directory");
+    assert_eq!(names_in(&store.root().join("tmp")), Vec::<String>::new());
+}
+
+#[test]
+fn image_rm_and_prune_respect_containers_and_collect_garbage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let a = store.import_tar("a", &tar_with_file("a")[..]).expect("a");
+    let b = store.import_tar("b", &tar_with_file("b")[..]).expect("b");
+    let a_dirs = store.resolve("a").expect("a").layer_dirs;
+    let running = ContainerUse {
+        name: "web.1".into(),
+        layers: a_dirs.clone(),
+        running: true,
+    };
+    let stopped = ContainerUse {
+        running: false,
+        ..running.clone()
+    };
+    let err = store
+        .remove_with("a", true, std::slice::from_ref(&running))
+        .expect_err("running");
+    assert!(err.to_string().contains("running container web.1"), "{err}");
+    let err = store
+        .remove_with("a", false, std::slice::from_ref(&stopped))
+        .expect_err("stopped");
+    assert!(err.to_string().contains("--force"), "{err}");
+    // Forced with a stopped user: untagged, kept.
+    let r = store
+        .remove_with("a", true, std::slice::from_ref(&stopped))
+        .expect("force");
+    assert_eq!(r.untagged, vec!["a:latest".to_string()]);
+    assert!(r.deleted.is_empty());
+    assert!(store.resolve(&a.id).is_ok());
+    // prune keeps what containers use; -a removes unused tagged images.
+    let r = store
+        .prune(false, std::slice::from_ref(&stopped))
+        .expect("prune");
+    assert!(r.deleted.is_empty(), "{r:?}");
+    let r = store.prune(true, &[stopped]).expect("prune -a");
+    assert_eq!(r.deleted, vec![b.id.clone()]);
+    assert_eq!(r.untagged, vec!["b:latest".to_string()]);
+    assert_eq!(r.layers.len(), 1);
+    assert!(r.reclaimed > 0);
+    let r = store.prune(true, &[]).expect("prune -a, no users");
+    assert_eq!(r.deleted, vec![a.id.clone()]);
+    assert_store_empty(&store);
+}
+
+// --- hostile archives -------------------------------------------------------------------------------
+
+fn assert_load_rejected(store: &ImageStore, archive: &[u8], needle: &str) -> ImageError {
+    let err = store.load(archive).expect_err(needle);
+    let msg = err.to_string();
+    assert!(msg.contains(needle), "expected `{needle}` in: {msg}");
+    assert_store_empty(store);
+    err
+}
+
+#[test]
+fn image_load_rejects_hostile_archives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let victim = dir.path().join("victim");
+    fs::create_dir(&victim).expect("mkdir");
+    let target = victim.display().to_string();
+    let good = plain_layer(tar_with_file("ok"));
+    let load_layer = |tar: Vec<u8>| {
+        let l = vec![plain_layer(tar_with_file("base")), gzip_layer(tar)];
+        let cfg = config_json(&l, &["true"]);
+        docker_archive(&l, &cfg, &["evil"])
+    };
+
+    // Layers: `..`, writing through a symlink, hardlink outside, device node.
+    let a = load_layer(TarBuilder::new().file("../../escape", b"x").finish());
+    assert_load_rejected(&store, &a, "`..`");
+    let a = load_layer(
+        TarBuilder::new()
+            .symlink("a", &target)
+            .file("a/pwned", b"x")
+            .finish(),
+    );
+    assert_load_rejected(&store, &a, "symlink");
+    let a = load_layer(
+        TarBuilder::new()
+            .hardlink("h", "../../../etc/passwd")
+            .finish(),
+    );
+    assert_load_rejected(&store, &a, "hardlink target");
+    let a = load_layer(
+        TarBuilder::new()
+            .raw("mem", EntryType::Char, b"", None)
+            .finish(),
+    );
+    assert_load_rejected(&store, &a, "device nodes are not allowed");
+    let a = load_layer(TarBuilder::new().file("etc/.wh...", b"").finish());
+    assert_load_rejected(&store, &a, "not a valid whiteout");
+    assert_eq!(names_in(&victim), Vec::<String>::new(), "nothing outside");
+
+    // A layer that is not what the config says.
+    let l = vec![plain_layer(tar_with_file("x"))];
+    let mut cfg_layers = vec![plain_layer(tar_with_file("y"))];
+    let cfg = config_json(&cfg_layers, &["true"]);
+    assert_load_rejected(
+        &store,
+        &docker_archive(&l, &cfg, &["x"]),
+        "image config says",
+    );
+    cfg_layers.clear();
+
+    // A config whose name is not its digest.
+    let cfg = config_json(std::slice::from_ref(&good), &["true"]);
+    let mut a = docker_archive(std::slice::from_ref(&good), &cfg, &["x"]);
+    let needle = b"\"Cmd\":[\"true\"]";
+    let pos = a
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("cmd in archive");
+    a[pos + 8] = b'f'; // "true" → "frue": same length, other digest
+    assert_load_rejected(&store, &a, "does not match its name");
+
+    // OCI: a manifest whose digest does not match its content.
+    let layers = vec![good];
+    let cfg = config_json(&layers, &["true"]);
+    let mut a = oci_archive(&layers, &cfg, Some("m"));
+    let needle = b"\"layers\":[";
+    let pos = a
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("manifest in archive");
+    a[pos + 6] = b'z'; // "layerz": same length, other digest
+    assert_load_rejected(&store, &a, "does not match its digest");
+
+    // A truncated archive (cut inside a blob), and a descriptor size that lies.
+    let a = oci_archive(&layers, &cfg, Some("t"));
+    assert_load_rejected(&store, &a[..a.len() / 2], "truncated");
+    let big = vec![gzip_layer(
+        TarBuilder::new().file("f", &[7u8; 300_000]).finish(),
+    )];
+    let cfg_big = config_json(&big, &["true"]);
+    let a = oci_archive(&big, &cfg_big, Some("t"));
+    assert_load_rejected(&store, &a[..a.len() / 2], "truncated");
+    // index.json (last in the archive, not a blob) says the image index is a byte longer or
+    // shorter: one digit changed, so the tar entry keeps its length.
+    let mut lie = a.clone();
+    let key = b"\"size\":";
+    let at = lie
+        .windows(key.len())
+        .rposition(|w| w == key)
+        .expect("size in index.json")
+        + key.len();
+    let end = at + lie[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    lie[end - 1] = if lie[end - 1] == b'9' {
+        b'0'
+    } else {
+        lie[end - 1] + 1
+    };
+    assert_load_rejected(&store, &lie, "but its descriptor says");
+
+    // Archive entries: `..`, hardlinks, devices.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&raw_header("../x", EntryType::Regular, 1, None), &b"x"[..])
+        .expect("append");
+    assert_load_rejected(&store, &b.into_inner().expect("tar"), "leaves the archive");
+    let a = TarBuilder::new()
+        .file("manifest.json", b"[]")
+        .raw("dev", EntryType::Block, b"", None)
+        .finish();
+    assert_load_rejected(&store, &a, "only files, directories and symlinks");
+    assert_load_rejected(&store, b"", "empty");
+    assert_load_rejected(&store, &outer(&[("x".into(), b"y".to_vec())]), "neither");
+    assert_load_rejected(
+        &store,
+        &outer(&[("manifest.json".into(), b"{not json".to_vec())]),
+        "cannot parse manifest.json",
+    );
+}
+
+#[test]
+fn image_load_bounds_decompression_bombs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = ImportLimits {
+        max_ratio: 10,
+        ratio_floor: 64 << 10,
+        ..ImportLimits::default()
+    };
+    let store = ImageStore::open_with_limits(dir.path().join("images"), limits).expect("open");
+    // 8 MiB of zeros in a few KiB of gzip (or zstd).
+    let zeros = TarBuilder::new()
+        .file("zeros", &vec![0u8; 8 << 20])
+        .finish();
+    for layer in [gzip_layer(zeros.clone()), zstd_layer(zeros)] {
+        assert!(layer.blob.len() < 64 << 10);
+        let l = vec![layer];
+        let cfg = config_json(&l, &["true"]);
+        let err = assert_load_rejected(
+            &store,
+            &docker_archive(&l, &cfg, &["bomb"]),
+            "expansion ratio",
+        );
+        assert!(
+            matches!(err, ImageError::LimitExceeded { limit: 10, .. }),
+            "{err}"
+        );
+    }
+    // Outer archive bound too.
+    let small = ImageStore::open_with_limits(
+        dir.path().join("small"),
+        ImportLimits {
+            max_bytes: 64 << 10,
+            ..ImportLimits::default()
+        },
+    )
+    .expect("open");
+    let a = gzip(&outer(&[("big".into(), vec![0u8; 1 << 20])]));
+    assert_load_rejected(&small, &a, "import limit of 65536 uncompressed bytes");
+    // A modest, genuine ratio is fine.
+    let ok = vec![gzip_layer(
+        TarBuilder::new().file("t", &[b'a'; 100_000]).finish(),
+    )];
+    let cfg = config_json(&ok, &["true"]);
+    let limits = ImportLimits {
+        max_ratio: 100_000,
+        ratio_floor: 0,
+        ..ImportLimits::default()
+    };
+    let fine = ImageStore::open_with_limits(dir.path().join("fine"), limits).expect("open");
+    fine.load(&docker_archive(&ok, &cfg, &["ok"])[..])
+        .expect("fine");
 }

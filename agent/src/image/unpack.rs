@@ -13,8 +13,17 @@
 //! - device nodes are refused (the runtime provides `/dev`); FIFOs are allowed;
 //! - a decompression bomb is bounded: the uncompressed stream and the sum of file sizes (sparse
 //!   files at full size) are capped by [`ImportLimits::max_bytes`], the entry count by
-//!   [`ImportLimits::max_entries`], and the metadata the tar reader buffers for one entry (PAX and
-//!   GNU long-name headers) by 1 MiB.
+//!   [`ImportLimits::max_entries`], the expansion by [`ImportLimits::max_ratio`] (past the first
+//!   [`ImportLimits::ratio_floor`] bytes, the uncompressed stream may not outgrow the compressed
+//!   bytes read so far by more than that factor), and the metadata the tar reader buffers for one
+//!   entry (PAX and GNU long-name headers) by 1 MiB.
+//!
+//! Layers may be plain, gzip or zstd (detected by magic bytes, whatever the media type says).
+//! Whiteouts are turned into what overlayfs reads: `dir/.wh.NAME` becomes a character device
+//! 0:0 at `dir/NAME` (after removing whatever an earlier entry of the same layer put there), and
+//! `dir/.wh..wh..opq` sets `trusted.overlay.opaque=y` on `dir` (hiding the lower layers' content,
+//! not this layer's). Other `.wh..wh.*` names (aufs metadata) are skipped. Both need root
+//! (CAP_MKNOD, CAP_SYS_ADMIN), as overlay mounts do.
 //!
 //! Modes (including setuid/setgid/sticky), mtimes, symlinks and hardlinks are preserved; owners
 //! too when running as root (unprivileged, files belong to the caller, as with GNU tar).
@@ -25,7 +34,7 @@
 //! The layer digest (the OCI "diff id") is the sha256 of the whole uncompressed tar stream,
 //! trailing padding included, computed while streaming.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -51,6 +60,13 @@ pub struct ImportLimits {
     pub max_bytes: u64,
     /// Cap on the number of entries. Default: 1 000 000 (a full distribution has ~100 000).
     pub max_entries: u64,
+    /// Cap on the expansion of a compressed layer: uncompressed bytes ≤ `max_ratio` × compressed
+    /// bytes, once past [`ImportLimits::ratio_floor`]. Real layers expand 2–10×; gzip of zeros
+    /// expands ~1000×. Default: 100.
+    pub max_ratio: u64,
+    /// Uncompressed bytes a layer may always have, whatever its ratio (small layers of sparse or
+    /// zero-filled files are fine). Default: 512 MiB.
+    pub ratio_floor: u64,
 }
 
 impl Default for ImportLimits {
@@ -58,9 +74,16 @@ impl Default for ImportLimits {
         ImportLimits {
             max_bytes: 16 << 30,
             max_entries: 1_000_000,
+            max_ratio: 100,
+            ratio_floor: 512 << 20,
         }
     }
 }
+
+/// The prefix of whiteout names (OCI image spec, from aufs).
+const WHITEOUT_PREFIX: &str = ".wh.";
+/// The name of an opaque-directory marker.
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
 /// What the tar reader may buffer in memory for one entry (PAX records, GNU long names).
 const MAX_ENTRY_METADATA: u64 = 1 << 20;
@@ -92,18 +115,53 @@ pub(crate) fn unpack_layer<R: Read>(
         return Err(ImageError::EmptyInput);
     }
     let head = &magic[..n];
-    let stream = io::Cursor::new(head.to_vec()).chain(reader);
+    let compressed = Rc::new(Cell::new(0u64));
+    let stream = Counting {
+        inner: io::Cursor::new(head.to_vec()).chain(reader),
+        count: Rc::clone(&compressed),
+    };
     let unsupported = |format| Err(ImageError::UnsupportedCompression { format });
     if head.starts_with(&[0x1f, 0x8b]) {
-        unpack_tar(flate2::read::MultiGzDecoder::new(stream), dest, limits)
+        let gz = flate2::read::MultiGzDecoder::new(stream);
+        unpack_tar(gz, dest, limits, Some(compressed))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        unsupported("zstd")
+        let zst = zstd::stream::read::Decoder::new(stream).map_err(|e| ImageError::BadArchive {
+            entry: None,
+            detail: format!("cannot start zstd decompression: {e}"),
+        })?;
+        unpack_tar(zst, dest, limits, Some(compressed))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         unsupported("xz")
     } else if head.len() >= 4 && head.starts_with(b"BZh") && (b'1'..=b'9').contains(&head[3]) {
         unsupported("bzip2")
     } else {
-        unpack_tar(stream, dest, limits)
+        unpack_tar(stream, dest, limits, None)
+    }
+}
+
+/// What a stream's magic bytes say it is compressed with (`None`: not compressed, as far as
+/// shoal knows).
+pub(crate) fn compression_of(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else {
+        None
+    }
+}
+
+/// Counts the bytes read through it (the compressed side, for the expansion ratio).
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
     }
 }
 
@@ -125,6 +183,7 @@ fn read_prefix<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 #[derive(Clone, Copy, Debug)]
 enum Trip {
     Stream,
+    Ratio,
     EntryMetadata,
 }
 
@@ -136,6 +195,10 @@ struct Meter {
     /// Some while the tar reader looks for the next entry: what it may still consume.
     metadata_budget: Option<u64>,
     tripped: Option<Trip>,
+    /// Compressed bytes read so far (`None` for a plain tar) and the ratio bound.
+    compressed: Option<Rc<Cell<u64>>>,
+    max_ratio: u64,
+    ratio_floor: u64,
 }
 
 /// Hashes and counts every uncompressed byte, enforcing the stream and metadata caps.
@@ -157,6 +220,12 @@ impl<S: Read> Read for Metered<S> {
             m.tripped = Some(Trip::Stream);
             return Err(io::Error::other("import limit exceeded"));
         }
+        if let Some(c) = &m.compressed {
+            if m.total > m.ratio_floor && m.total / m.max_ratio.max(1) > c.get() {
+                m.tripped = Some(Trip::Ratio);
+                return Err(io::Error::other("import limit exceeded"));
+            }
+        }
         if let Some(budget) = m.metadata_budget {
             match budget.checked_sub(n as u64) {
                 Some(left) => m.metadata_budget = Some(left),
@@ -174,6 +243,7 @@ fn unpack_tar<S: Read>(
     stream: S,
     dest: &Path,
     limits: &ImportLimits,
+    compressed: Option<Rc<Cell<u64>>>,
 ) -> Result<UnpackedLayer, ImageError> {
     let meter = Rc::new(RefCell::new(Meter {
         hasher: Sha256::new(),
@@ -181,6 +251,9 @@ fn unpack_tar<S: Read>(
         max_total: limits.max_bytes,
         metadata_budget: None,
         tripped: None,
+        compressed,
+        max_ratio: limits.max_ratio,
+        ratio_floor: limits.ratio_floor,
     }));
     let mut archive = tar::Archive::new(Metered {
         inner: stream,
@@ -270,6 +343,10 @@ impl Unpacker {
                 what: "uncompressed bytes",
                 limit: self.limits.max_bytes,
             },
+            Some(Trip::Ratio) => ImageError::LimitExceeded {
+                what: "times the compressed size (the expansion ratio, past ImportLimits::ratio_floor)",
+                limit: self.limits.max_ratio,
+            },
             Some(Trip::EntryMetadata) => ImageError::LimitExceeded {
                 what: "bytes of PAX / long-name metadata for a single entry",
                 limit: MAX_ENTRY_METADATA,
@@ -303,6 +380,24 @@ impl Unpacker {
             kind = EntryType::Directory;
         }
         let meta = self.entry_meta(entry, name)?;
+        if let Some(base) = rel.file_name().and_then(|b| b.to_str()) {
+            if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
+                if kind == EntryType::Directory {
+                    return Err(refuse("a whiteout cannot be a directory".into()));
+                }
+                let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+                return if base == OPAQUE_WHITEOUT {
+                    self.make_opaque(&parent, name)
+                } else if hidden.starts_with(WHITEOUT_PREFIX) {
+                    // `.wh..wh.plnk` and the like: aufs bookkeeping, meaningless here.
+                    Ok(())
+                } else if hidden.is_empty() || hidden == "." || hidden == ".." {
+                    Err(refuse(format!("`{base}` is not a valid whiteout")))
+                } else {
+                    self.make_whiteout(&parent.join(hidden), name)
+                };
+            }
+        }
         if rel.as_os_str().is_empty()
             && kind != EntryType::Directory
             && kind != EntryType::XGlobalHeader
@@ -595,6 +690,51 @@ impl Unpacker {
                 self.write_error(name)(e)
             }
         })
+    }
+
+    /// `.wh.NAME`: an overlay whiteout (char device 0:0) at `NAME`, replacing whatever an
+    /// earlier entry of this layer put there.
+    fn make_whiteout(&mut self, rel: &Path, name: &str) -> Result<(), ImageError> {
+        let path = self.prepare(rel, name)?;
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o000),
+            0,
+        )
+        .map_err(|e| self.write_error(name)(e.into()))
+    }
+
+    /// `.wh..wh..opq`: the directory hides the lower layers' content (overlay's opaque xattr).
+    fn make_opaque(&mut self, dir: &Path, name: &str) -> Result<(), ImageError> {
+        let path = if dir.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            // Walks and creates the parents, refusing symlinks, then the directory itself.
+            self.check_parents(&dir.join("x"), true, name)?;
+            self.root.join(dir)
+        };
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+            ImageError::UnsafeEntry {
+                entry: name.to_string(),
+                reason: "its path contains a NUL byte".into(),
+            }
+        })?;
+        // SAFETY: valid NUL-terminated strings and a buffer of the given length; lsetxattr
+        // never follows a symlink (and check_parents made sure `path` is a real directory).
+        let rc = unsafe {
+            libc::lsetxattr(
+                c_path.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(self.write_error(name)(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     fn make_fifo(&mut self, rel: &Path, meta: EntryMeta, name: &str) -> Result<(), ImageError> {

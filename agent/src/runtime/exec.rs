@@ -909,6 +909,29 @@ impl AsyncWrite for ExecStream {
     }
 }
 
+/// Resizes the terminal of an exec ([`ExecHandle::resizer`]).
+#[derive(Debug, Clone)]
+pub struct ExecResizer {
+    id: String,
+    pty: Arc<AsyncFd<OwnedFd>>,
+}
+
+impl ExecResizer {
+    /// Sets the terminal size (rows, columns).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), RuntimeError> {
+        set_winsize(self.pty.get_ref().as_raw_fd(), rows, cols).map_err(|e| RuntimeError::Io {
+            op: "resize the exec terminal",
+            path: PathBuf::from("/dev/ptmx"),
+            source: e.into(),
+        })
+    }
+
+    /// The container's id.
+    pub fn container(&self) -> &str {
+        &self.id
+    }
+}
+
 /// A process started by [`Runtime::exec`].
 #[derive(Debug)]
 pub struct ExecHandle {
@@ -962,6 +985,15 @@ impl ExecHandle {
             op: "resize the exec terminal",
             path: PathBuf::from("/dev/ptmx"),
             source: e.into(),
+        })
+    }
+
+    /// A handle that resizes the terminal while another task waits on this one (`None`
+    /// without a TTY).
+    pub fn resizer(&self) -> Option<ExecResizer> {
+        self.pty.as_ref().map(|pty| ExecResizer {
+            id: self.id.clone(),
+            pty: pty.clone(),
         })
     }
 

@@ -1,12 +1,13 @@
 //! The container's init before `execve`: runs in the child the supervisor forked into the new
-//! pid namespace, after the supervisor moved it into the cgroup and released it.
+//! pid namespace. It sets up its namespaces and mounts while the supervisor moves it into the
+//! cgroup, and waits for the supervisor's release (`go`) before rlimits and anything after.
 //!
 //! Order: stdio → capability set and seccomp program computed (pure; errors before anything
 //! changes) → unshare(mnt, uts, ipc[, net]) / setns(net) → `/` rprivate → overlay rootfs →
 //! copy-up into fresh volumes, mount sources cloned (`mounts.rs`) → pivot_root → /proc, /sys,
 //! /dev, /dev/pts, /dev/shm → tmpfs, bind and volume mounts, managed /etc files → sysctls →
 //! masked and read-only paths → hostname, domainname → `lo` up → user lookup (in the image's
-//! /etc) → workdir → read-only root → rlimits, oom_score_adj → bounding set →
+//! /etc) → workdir → read-only root → wait for `go` (in the cgroup) → rlimits, oom_score_adj → bounding set →
 //! setgroups/setgid/setuid → chdir → PDEATHSIG → capset (effective, permitted, inheritable;
 //! ambient cleared) → no_new_privs → PATH lookup → setsid → signals reset → seccomp →
 //! (`init: true`: fork; PID 1 stays as the init, see `tinit.rs`) → execve. Every failure
@@ -53,7 +54,7 @@ pub(crate) struct InitContext<'a> {
     /// The supervisor put the container under a device cgroup allow-list (else the seccomp
     /// filter refuses mknod of device nodes).
     pub device_cgroup: bool,
-    /// Read end of the sync pipe: one byte = go, EOF = the supervisor died.
+    /// Read end of the sync pipe: one byte = in the cgroup, go on; EOF = the supervisor died.
     pub go: OwnedFd,
     /// Write end (close-on-exec) of the error pipe.
     pub report: OwnedFd,
@@ -63,25 +64,27 @@ pub(crate) struct InitContext<'a> {
 
 /// Never returns: execs the workload, or reports why not and exits.
 pub(crate) fn run(ctx: InitContext) -> ! {
-    let mut byte = [0u8; 1];
-    let released = loop {
-        match nix::unistd::read(&ctx.go, &mut byte) {
-            Ok(1) => break true,
-            Err(Errno::EINTR) => continue,
-            _ => break false,
-        }
-    };
-    if !released {
-        // SAFETY: leaving a forked child without running anything of the parent's.
-        unsafe { libc::_exit(1) }
-    }
     let err = match setup(&ctx) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     let _ = write_json_fd(&ctx.report, &err);
-    // SAFETY: as above.
+    // SAFETY: leaving a forked child without running anything of the parent's.
     unsafe { libc::_exit(127) }
+}
+
+/// Blocks until the supervisor has moved this process into the container's cgroup (one byte
+/// on the sync pipe); exits quietly if the supervisor died instead (EOF).
+fn wait_for_go(go: &OwnedFd) {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(go, &mut byte) {
+            Ok(1) => return,
+            Err(Errno::EINTR) => continue,
+            // SAFETY: leaving a forked child without running anything of the parent's.
+            _ => unsafe { libc::_exit(1) },
+        }
+    }
 }
 
 fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
@@ -236,6 +239,10 @@ fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
         )
         .map_err(|e| StartError::errno(Stage::Mounts, e, "remount / read-only"))?;
     }
+    // The supervisor attaches us to the cgroup while we set up the namespaces and mounts
+    // above (the first cgroup.procs write of a v1 host can take ~10 ms in the kernel); nothing
+    // of the workload's runs before it is done.
+    wait_for_go(&ctx.go);
     set_rlimits(cfg)?;
     if let Some(adj) = cfg.oom_score_adj {
         fs::write("/proc/self/oom_score_adj", adj.to_string())

@@ -6,11 +6,13 @@
 //! The daemon is multi-threaded (tokio) and must never fork. To start a container it spawns the
 //! `shoal` binary again with the hidden first argument [`SUPERVISOR_ARG`]; `src/main.rs` hands
 //! that straight to [`supervisor_main`] before any thread exists. That process (P0) calls
-//! `setsid`, forks the real supervisor (P1) and relays P1's start report to the daemon over its
-//! stdout, then exits, so P1 is not the daemon's child and survives a `kill -9` of it.
+//! `setsid`, forks the real supervisor (P1) and exits at once, so P1 is not the daemon's child
+//! and survives a `kill -9` of it. P1 writes its start report itself on the daemon's pipe (P0's
+//! stdout) and closes it; the daemon returns as soon as it has read it (it reaps P0 aside).
 //!
 //! P1 creates the cgroup and applies the limits, unshares a pid namespace and forks the
-//! container's init, moves it into the cgroup, and only then releases it (sync pipe). The init
+//! container's init and moves it into the cgroup while the init sets up its namespaces and
+//! mounts; the init waits for the release (sync pipe) before anything of the workload's. The init
 //! unshares mount/uts/ipc/net namespaces, makes `/` rprivate, mounts the overlay rootfs (so the
 //! mount exists only in the container's mount namespace), fills fresh volumes from the image
 //! and clones the sources of its bind mounts and volumes ([`Mount`]), pivots into it, mounts
@@ -95,7 +97,7 @@ pub use cgroup::{cpu_quota_us, Cgroup, CgroupFs, CgroupStats, CgroupVersion, CPU
 pub use etc::{
     parse_extra_host, render_hostname, render_hosts, render_resolv_conf, EtcFiles, HostEntry,
 };
-pub use exec::{exec_main, ExecHandle, ExecSpec, ExecStream, EXEC_ARG};
+pub use exec::{exec_main, ExecHandle, ExecResizer, ExecSpec, ExecStream, EXEC_ARG};
 pub use log::{parse_size, read_log, LogEntry, LogFollower, LogOptions, LogStream};
 pub use lookup::DEFAULT_PATH;
 pub use mounts::{Mount, MountKind};
@@ -685,6 +687,72 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Replaces `path` atomically (temp file, rename) without waiting for the disk: readers see the
+/// old or the new contents, never a part. For files whose loss in a machine crash is harmless.
+pub(crate) fn write_replace(path: &Path, data: &[u8]) -> io::Result<fs::File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    fs::rename(&tmp, path)?;
+    Ok(f)
+}
+
+/// fsyncs a file written by [`write_replace`], then its directory and the directory's parent
+/// (where a new container directory's own entry lives).
+fn sync_written(file: &fs::File, dir: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    fs::File::open(dir)?.sync_all()?;
+    match dir.parent() {
+        Some(parent) => fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Sets `mode` unless the file already has it (a chmod that changes nothing still costs a
+/// journalled inode update).
+fn ensure_mode(path: &Path, meta: io::Result<fs::Metadata>, mode: u32) -> io::Result<()> {
+    if meta.is_ok_and(|m| m.permissions().mode() & 0o7777 == mode) {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// Reads `<dir>/state.json`: the state (if readable) and whether the file exists but is
+/// unreadable. It is written without fsync (see `supervisor::write_state`): a machine crash
+/// can leave it empty, and then no process it names is alive.
+fn read_state(dir: &Path) -> Result<(Option<StateFile>, bool), RuntimeError> {
+    match read_json(&dir.join(STATE_FILE)) {
+        Ok(st) => Ok((st, false)),
+        Err(RuntimeError::CorruptState { path, source }) => {
+            tracing::warn!(path = %path.display(), error = %source, "unreadable state file (a crash?): its supervisor is gone");
+            Ok((None, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `<dir>/exit.json`. The supervisor fsyncs it after renaming it into place (see
+/// `supervisor::finish`): one a machine crash left unreadable reads as a lost exit.
+fn read_exit(dir: &Path) -> Result<Option<ExitStatus>, RuntimeError> {
+    match read_json(&dir.join(EXIT_FILE)) {
+        Err(RuntimeError::CorruptState { path, source }) => {
+            tracing::warn!(path = %path.display(), error = %source, "unreadable exit file (a crash?): exit lost");
+            Ok(Some(ExitStatus::lost()))
+        }
+        r => r,
+    }
+}
+
 /// Reads a JSON file; `Ok(None)` if it does not exist.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
@@ -1065,6 +1133,18 @@ impl Runtime {
                 "runtime root {s:?} contains a character overlayfs options cannot carry (, : \\)"
             )));
         }
+        // Containers whose removal a previous daemon did not finish.
+        let trash: Vec<PathBuf> = fs::read_dir(&root)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().as_encoded_bytes().starts_with(b".trash-"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !trash.is_empty() {
+            delete_in_background(trash);
+        }
         Ok(Runtime {
             root,
             helper,
@@ -1134,7 +1214,10 @@ impl Runtime {
             Err(e) => return Err(io_err("create container dir", &dir)(e)),
         }
         let cgroup_rel = self.default_cgroup_rel(&id);
-        match self.spawn_supervisor(&config, &dir, &cgroup_rel).await {
+        match self
+            .spawn_supervisor(&config, &dir, &cgroup_rel, false)
+            .await
+        {
             Ok(()) => self.state(&id),
             Err(e) => {
                 self.discard(&dir, &cgroup_rel);
@@ -1155,37 +1238,113 @@ impl Runtime {
         }
     }
 
+    /// Starts an exited container again (`docker start`): the same config and filesystem (its
+    /// upper dir and managed /etc files are kept), a new supervisor and process; its log goes
+    /// on. Returns once the process has exec'd. Nothing happens to a running container. If the
+    /// start fails, the container stays exited (code 128) and the error says why.
+    pub async fn start_existing(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        let state = self.state(id)?;
+        match &state.status {
+            ContainerStatus::Running { .. } => return Ok(state),
+            ContainerStatus::Created if state.supervisor_pid.is_none() => {}
+            ContainerStatus::Created => {
+                // A supervisor that is still starting it, or one that died mid-start.
+                let dir = self.dir_of(id)?;
+                let st: Option<StateFile> = read_json(&dir.join(STATE_FILE))?;
+                if st.and_then(|s| s.supervisor_fd()).is_some() {
+                    return Err(RuntimeError::InvalidConfig {
+                        id: id.to_string(),
+                        reason: "it is still starting".into(),
+                    });
+                }
+            }
+            ContainerStatus::Exited(_) => {}
+        }
+        // Its old supervisor writes exit.json just before it ends: let it end.
+        self.wait(id).await?;
+        let dir = self.dir_of(id)?;
+        for file in [EXIT_FILE, STATE_FILE] {
+            let p = dir.join(file);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &p)(e)),
+            }
+        }
+        let cgroup_rel = self.default_cgroup_rel(id);
+        // A lost supervisor may have left its cgroup.
+        let _ = self.cgroups.cgroup(&cgroup_rel).remove();
+        match self
+            .spawn_supervisor(&state.config, &dir, &cgroup_rel, true)
+            .await
+        {
+            Ok(()) => self.state(id),
+            Err(e) => {
+                if let Err(e) = self.cgroups.cgroup(&cgroup_rel).remove() {
+                    tracing::warn!(error = %e, "removing the cgroup of a failed restart");
+                }
+                let _ = fs::remove_file(dir.join(STATE_FILE));
+                let exit = ExitStatus {
+                    code: 128,
+                    signal: None,
+                    oom_killed: false,
+                    finished_at: now_ms(),
+                    lost: false,
+                };
+                if let Ok(data) = serde_json::to_vec(&exit) {
+                    let _ = write_atomic(&dir.join(EXIT_FILE), &data);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `existing`: a restart in the container's dir (its subdirs and /etc files are kept).
     async fn spawn_supervisor(
         &self,
         config: &ContainerConfig,
         dir: &Path,
         cgroup_rel: &str,
+        existing: bool,
     ) -> Result<(), RuntimeError> {
         let id = &config.id;
         for sub in ["rootfs", "upper", "work"] {
             let p = dir.join(sub);
+            if existing && p.is_dir() {
+                continue;
+            }
             fs::DirBuilder::new()
                 .mode(0o755)
                 .create(&p)
                 .map_err(io_err("create", &p))?;
             // Not left to the daemon's umask: the container's "/" takes the upper dir's mode.
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
-                .map_err(io_err("chmod", &p))?;
+            ensure_mode(&p, fs::metadata(&p), 0o755).map_err(io_err("chmod", &p))?;
         }
-        if config.manage_etc {
+        if config.manage_etc && !(existing && dir.join("hostname").exists()) {
             write_etc_files(config, dir)?;
         }
         let json = serde_json::to_vec_pretty(config).map_err(|e| RuntimeError::InvalidConfig {
             id: id.clone(),
             reason: format!("cannot encode config: {e}"),
         })?;
+        // Written (renamed into place) before the supervisor reads it; made durable on a
+        // blocking thread while the supervisor starts, and awaited before this returns.
         let config_path = dir.join(CONFIG_FILE);
-        write_atomic(&config_path, &json).map_err(io_err("write", &config_path))?;
+        let config_file =
+            write_replace(&config_path, &json).map_err(io_err("write", &config_path))?;
+        let sync_dir = dir.to_path_buf();
+        let sync = tokio::task::spawn_blocking(move || sync_written(&config_file, &sync_dir));
         let log_path = dir.join(SUPERVISOR_LOG);
-        let log = fs::File::create(&log_path).map_err(io_err("create", &log_path))?;
-        let _ = log.set_permissions(fs::Permissions::from_mode(0o600));
+        let log = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(io_err("create", &log_path))?;
+        let _ = ensure_mode(&log_path, log.metadata(), 0o600);
 
-        let mut child = tokio::process::Command::new(&self.helper)
+        let spawned = tokio::process::Command::new(&self.helper)
             .arg(SUPERVISOR_ARG)
             .arg(dir)
             .arg(self.cgroups.version().to_string())
@@ -1196,13 +1355,43 @@ impl Runtime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| RuntimeError::Supervisor {
+            .spawn();
+        let started = match spawned {
+            Ok(child) => self.read_start_report(id, dir, child).await,
+            Err(e) => Err(RuntimeError::Supervisor {
                 id: id.clone(),
                 helper: self.helper.clone(),
                 what: format!("could not be spawned: {e}"),
                 log: String::new(),
-            })?;
+            }),
+        };
+        let synced = match sync.await {
+            Ok(r) => r.map_err(io_err("fsync", &config_path)),
+            Err(e) => Err(io_err("fsync", &config_path)(io::Error::other(
+                e.to_string(),
+            ))),
+        };
+        match (started, synced) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+            (Ok(()), Err(e)) => {
+                // Started, but its config is not durable: undo the start.
+                let _ = self.kill_all_of(dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the supervisor's start report: one JSON line the supervisor (P1) writes on the
+    /// pipe that is the first process's stdout. The pipe reaches EOF once P1 has reported a
+    /// start, or once it has exited after reporting a failure.
+    async fn read_start_report(
+        &self,
+        id: &str,
+        dir: &Path,
+        mut child: tokio::process::Child,
+    ) -> Result<(), RuntimeError> {
+        let log_path = dir.join(SUPERVISOR_LOG);
         let mut report = Vec::new();
         let read = match child.stdout.take() {
             Some(mut out) => {
@@ -1216,35 +1405,52 @@ impl Runtime {
             // Kill whatever the supervisor started; `remove` reads its state.json.
             let _ = self.kill_all_of(dir).await;
             return Err(RuntimeError::Timeout {
-                id: id.clone(),
+                id: id.to_string(),
                 what: "start",
                 timeout: START_TIMEOUT,
             });
         }
-        let status = child.wait().await;
+        let parsed = serde_json::from_slice::<supervisor::StartReport>(report.trim_ascii());
+        // The first process exits right after its fork: reap it, without waiting for it when
+        // it is not gone yet (no zombie is left either way).
+        let status = match (&parsed, child.try_wait()) {
+            (Ok(_), Ok(None)) => {
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                None
+            }
+            (Ok(_), Ok(Some(s))) => Some(Ok(s)),
+            (Err(_), _) => Some(child.wait().await),
+            (Ok(_), Err(e)) => Some(Err(e)),
+        };
         let supervisor_log = || {
             let text = fs::read_to_string(&log_path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(5)..].join(" | ")
         };
-        match serde_json::from_slice::<supervisor::StartReport>(report.trim_ascii()) {
+        match parsed {
             Ok(supervisor::StartReport::Started { .. }) => Ok(()),
             Ok(supervisor::StartReport::Failed {
                 stage,
                 errno,
                 message,
             }) => Err(RuntimeError::StartFailed {
-                id: id.clone(),
+                id: id.to_string(),
                 stage,
                 errno,
                 message,
             }),
             Err(_) => Err(RuntimeError::Supervisor {
-                id: id.clone(),
+                id: id.to_string(),
                 helper: self.helper.clone(),
                 what: format!(
                     "exited ({}) without reporting the start (is it the shoal binary?)",
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                    match status {
+                        Some(Ok(s)) => s.to_string(),
+                        Some(Err(e)) => e.to_string(),
+                        None => "still running".to_string(),
+                    }
                 ),
                 log: supervisor_log(),
             }),
@@ -1277,10 +1483,13 @@ impl Runtime {
         dir: &Path,
         config: ContainerConfig,
     ) -> Result<ContainerState, RuntimeError> {
-        let state: Option<StateFile> = read_json(&dir.join(STATE_FILE))?;
-        let exit: Option<ExitStatus> = read_json(&dir.join(EXIT_FILE))?;
+        let (state, unreadable) = read_state(dir)?;
+        let exit: Option<ExitStatus> = read_exit(dir)?;
         let status = match (&exit, &state) {
             (Some(e), _) => ContainerStatus::Exited(*e),
+            // Only a machine crash leaves state.json unreadable (it is replaced by rename), and
+            // then its supervisor is gone.
+            (None, None) if unreadable => ContainerStatus::Exited(ExitStatus::lost()),
             (None, None) => ContainerStatus::Created,
             (None, Some(st)) => {
                 if st.supervisor_fd().is_some() {
@@ -1293,7 +1502,7 @@ impl Runtime {
                     ContainerStatus::Created
                 } else {
                     // It may have written exit.json just now.
-                    match read_json::<ExitStatus>(&dir.join(EXIT_FILE))? {
+                    match read_exit(dir)? {
                         Some(e) => ContainerStatus::Exited(e),
                         None => ContainerStatus::Exited(ExitStatus::lost()),
                     }
@@ -1325,7 +1534,8 @@ impl Runtime {
         for entry in entries {
             let entry = entry.map_err(io_err("list", &self.root))?;
             let dir = entry.path();
-            if !dir.is_dir() {
+            // `.trash-*`: containers being deleted (ids never start with '.').
+            if entry.file_name().as_encoded_bytes().starts_with(b".") || !dir.is_dir() {
                 continue;
             }
             let config = match read_json::<ContainerConfig>(&dir.join(CONFIG_FILE)) {
@@ -1359,14 +1569,14 @@ impl Runtime {
                 root: self.root.clone(),
             });
         }
-        if let Some(st) = read_json::<StateFile>(&dir.join(STATE_FILE))? {
+        if let (Some(st), _) = read_state(&dir)? {
             if let Some(fd) = st.supervisor_fd() {
                 wait_pidfd(fd)
                     .await
                     .map_err(io_err("wait for supervisor", &dir))?;
             }
         }
-        Ok(read_json::<ExitStatus>(&dir.join(EXIT_FILE))?.unwrap_or_else(ExitStatus::lost))
+        Ok(read_exit(&dir)?.unwrap_or_else(ExitStatus::lost))
     }
 
     /// Sends `signal` to the container's init. A paused container is thawed after a SIGKILL
@@ -1518,10 +1728,27 @@ impl Runtime {
             None => self.cgroups.cgroup(&self.default_cgroup_rel(id)),
         };
         cgroup.remove()?;
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
+        // One rename takes the container away at once; its files are deleted on a thread (a
+        // dozen journalled unlinks that nothing needs to wait for). A daemon that dies first
+        // leaves `.trash-*`, which the next `Runtime::new` deletes.
+        let trash = self.root.join(format!(
+            ".trash-{}-{:x}",
+            dir_name(id),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => {
+                delete_in_background(vec![trash]);
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove container dir", &dir)(e)),
+            Err(_) => match fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove container dir", &dir)(e)),
+            },
         }
     }
 
@@ -1642,11 +1869,30 @@ fn write_etc_files(config: &ContainerConfig, dir: &Path) -> Result<(), RuntimeEr
             .open(&path)
             .and_then(|mut f| {
                 f.write_all(data.as_bytes())?;
-                f.set_permissions(fs::Permissions::from_mode(0o644))
+                ensure_mode(&path, f.metadata(), 0o644)
             })
             .map_err(io_err("write", &path))?;
     }
     Ok(())
+}
+
+/// Deletes directories on a detached thread (errors are logged).
+fn delete_in_background(dirs: Vec<PathBuf>) {
+    let work = move || {
+        for d in dirs {
+            if let Err(e) = fs::remove_dir_all(&d) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %d.display(), error = %e, "deleting a removed container's files");
+                }
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("shoal-rm".into())
+        .spawn(work)
+    {
+        tracing::warn!(error = %e, "no thread to delete a removed container's files");
+    }
 }
 
 /// Registers a pidfd with tokio: it becomes readable when the process exits.

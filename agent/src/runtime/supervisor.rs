@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -25,8 +25,8 @@ use super::init::{self, InitContext};
 use super::log::{LineSplitter, LogStream, LogWriter};
 use super::security;
 use super::{
-    now_ms, pidfd_open, proc_stat, read_json, write_atomic, ContainerConfig, ExitStatus, Stage,
-    StateFile, CONFIG_FILE, EXIT_FILE, LOG_FILE, STATE_FILE,
+    now_ms, pidfd_open, proc_stat, read_json, write_atomic, write_replace, ContainerConfig,
+    ExitStatus, Stage, StateFile, CONFIG_FILE, EXIT_FILE, LOG_FILE, STATE_FILE,
 };
 
 /// What the supervisor tells the daemon about a start (one JSON line on its stdout).
@@ -163,15 +163,21 @@ pub fn supervisor_main() -> i32 {
     // Hold nothing of the daemon's: any fd it leaked to us (one without O_CLOEXEC) would stay
     // open for the container's whole life.
     close_inherited_fds();
-    // P0: leave the daemon's session, fork the real supervisor, relay its report.
+    // P0: leave the daemon's session and fork the real supervisor (P1), which reports to the
+    // daemon itself over a close-on-exec copy of stdout (the daemon's pipe), so that P0 can exit
+    // at once: the daemon reads the report as soon as P1 writes it (no relay, no wait for P0).
     let _ = setsid();
-    let (report_r, report_w) = match pipe2(OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => {
-            report_to_stdout(&StartError::errno(Stage::Supervisor, e, "pipe").into_report());
-            return 1;
-        }
-    };
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on fd 1, which this process holds.
+    let report = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if report < 0 {
+        report_to_stdout(
+            &StartError::errno(Stage::Supervisor, Errno::last(), "dup the report pipe")
+                .into_report(),
+        );
+        return 1;
+    }
+    // SAFETY: the fd was just returned by the kernel and is owned by nothing else.
+    let report = unsafe { OwnedFd::from_raw_fd(report) };
     // SAFETY: this process is single-threaded (main.rs dispatches here before any thread).
     match unsafe { fork() } {
         Err(e) => {
@@ -179,37 +185,11 @@ pub fn supervisor_main() -> i32 {
             1
         }
         Ok(ForkResult::Child) => {
-            drop(report_r);
-            let code = supervise(&args, report_w);
+            let code = supervise(&args, report);
             // SAFETY: _exit skips nothing we need (all files were written and closed).
             unsafe { libc::_exit(code) }
         }
-        Ok(ForkResult::Parent { child }) => {
-            drop(report_w);
-            let data = read_to_end_fd(&report_r);
-            let report = match serde_json::from_slice::<StartReport>(data.trim_ascii()) {
-                Ok(r @ StartReport::Started { .. }) => r,
-                Ok(r) => {
-                    // A failed start: the supervisor cleans up and exits; wait for it so that
-                    // nothing is left when the daemon sees the error.
-                    let _ = waitpid(child, None);
-                    r
-                }
-                Err(_) => {
-                    let status = waitpid(child, None);
-                    StartReport::Failed {
-                        stage: Stage::Supervisor,
-                        errno: None,
-                        message: format!(
-                            "the supervisor ended ({status:?}) before reporting; see {}",
-                            args.dir.join(super::SUPERVISOR_LOG).display()
-                        ),
-                    }
-                }
-            };
-            report_to_stdout(&report);
-            0
-        }
+        Ok(ForkResult::Parent { .. }) => 0,
     }
 }
 
@@ -252,6 +232,9 @@ fn stdio_to_null() -> io::Result<()> {
     Ok(())
 }
 
+/// The daemon's report pipe. The daemon reads it to EOF: after a successful start the pipe is
+/// closed at once; after a failure it stays open until this process exits, so that nothing of
+/// the failed start is left when the daemon sees the error.
 struct Reporter(Option<OwnedFd>);
 
 impl Reporter {
@@ -259,6 +242,10 @@ impl Reporter {
         if let Some(fd) = self.0.take() {
             if let Err(e) = write_json_fd(&fd, report) {
                 eprintln!("supervisor: sending the start report: {e}");
+            }
+            if matches!(report, StartReport::Failed { .. }) {
+                // Closed by the kernel when this process exits.
+                std::mem::forget(fd);
             }
         }
     }
@@ -413,34 +400,46 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         let _ = waitpid(child, None);
         e
     };
+    // The init's own error (it sets up its namespaces and mounts while we attach it to the
+    // cgroup, and waits for `go` only before it runs anything of the workload's).
+    let init_error = |fail_r: &OwnedFd| {
+        let data = read_to_end_fd(fail_r);
+        (!data.is_empty()).then(|| {
+            serde_json::from_slice::<StartError>(data.trim_ascii()).unwrap_or_else(|_| {
+                StartError::new(
+                    Stage::Exec,
+                    format!(
+                        "unreadable error from the container init: {}",
+                        String::from_utf8_lossy(&data)
+                    ),
+                )
+            })
+        })
+    };
 
-    // Into the cgroup before the init may run anything.
+    // Into the cgroup before the init may run anything of the workload's.
     if let Err(e) = cgroup.add_process(child.as_raw()) {
-        return Err(abort(StartError::new(Stage::Cgroup, e.to_string())));
+        let _ = kill(child, Signal::SIGKILL);
+        let e =
+            init_error(&fail_r).unwrap_or_else(|| StartError::new(Stage::Cgroup, e.to_string()));
+        let _ = waitpid(child, None);
+        return Err(e);
     }
-    if let Err(e) = write_all_fd(&go_w, b"1") {
+    // An init that failed already has closed the read end: EPIPE (SIGPIPE is ignored).
+    let released = write_all_fd(&go_w, b"1");
+    drop(go_w);
+
+    // EOF without data: the exec succeeded (the pipe is close-on-exec).
+    if let Some(e) = init_error(&fail_r) {
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
+    if let Err(e) = released {
         return Err(abort(StartError::errno(
             Stage::Supervisor,
             e,
             "release the container init",
         )));
-    }
-    drop(go_w);
-
-    // EOF without data: the exec succeeded (the pipe is close-on-exec).
-    let data = read_to_end_fd(&fail_r);
-    if !data.is_empty() {
-        let e = serde_json::from_slice::<StartError>(data.trim_ascii()).unwrap_or_else(|_| {
-            StartError::new(
-                Stage::Exec,
-                format!(
-                    "unreadable error from the container init: {}",
-                    String::from_utf8_lossy(&data)
-                ),
-            )
-        });
-        let _ = waitpid(child, None);
-        return Err(e);
     }
 
     state.pid = Some(child.as_raw());
@@ -453,6 +452,14 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         supervisor_pid: me,
         pid: child.as_raw(),
     });
+    // The config, the serde buffers and the init's policy are no longer needed: give the
+    // freed heap back for the container's whole life.
+    drop(config);
+    // SAFETY: malloc_trim only returns free memory of this (single-threaded) process.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    drop_startup_pages();
     Ok(Running {
         child,
         stdout: out_r,
@@ -462,10 +469,58 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     })
 }
 
+/// `state.json` is replaced atomically (rename) but not fsync'd: it describes live processes
+/// only, all of which a machine crash ends; ext4 commits it with its journal within seconds
+/// (rename over an existing file: new or old contents), and a file left unreadable by a crash
+/// reads as "supervisor gone" (see `Runtime::state_of`).
+/// Unmaps the pages of code and read-only data that starting touched (the 100 MiB binary's
+/// option parsing, serde, the init's setup, the dynamic loader's relocation table) from this
+/// process: the relay loop faults back the little it uses. Only file mappings that are never
+/// written are dropped (executable ones, and the executable's first read-only segment, which
+/// holds its headers and relocation table), so nothing but clean page-cache pages is let go.
+fn drop_startup_pages() {
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let exe = fs::read_link("/proc/self/exe").ok();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms), Some(offset), _, _, Some(path)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let first_ro_of_exe = perms == "r--p"
+            && offset.trim_start_matches('0').is_empty()
+            && exe.as_deref() == Some(Path::new(path));
+        if perms != "r-xp" && !first_ro_of_exe {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a private, never-written file mapping of this process: dropping
+        // its pages only makes the next access read them again from the page cache.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
 fn write_state(dir: &Path, state: &StateFile) -> Result<(), StartError> {
     let path = dir.join(STATE_FILE);
-    let data = serde_json::to_vec_pretty(state).unwrap_or_default();
-    write_atomic(&path, &data)
+    let data = serde_json::to_vec(state).unwrap_or_default();
+    write_replace(&path, &data)
+        .map(drop)
         .map_err(|e| StartError::new(Stage::Supervisor, format!("write {}: {e}", path.display())))
 }
 
@@ -637,13 +692,45 @@ fn finish(args: &Args, cgroup: &dyn Cgroup, status: WaitStatus) {
         finished_at: now_ms(),
         lost: false,
     };
+    // exit.json is durable before this process exits (the daemon's `wait` ends with it): it
+    // is renamed into place, then fsync'd with its directory on a thread while the cgroup is
+    // removed. fsync of the file after the rename commits the rename with it (one journal
+    // commit; the directory's fsync then finds nothing left to do). A crash before the fsync
+    // ends can leave it unreadable, which reads as a lost exit: as a crash just before it.
     let path = args.dir.join(EXIT_FILE);
     let data = serde_json::to_vec_pretty(&exit).unwrap_or_default();
-    if let Err(e) = write_atomic(&path, &data) {
-        eprintln!("supervisor: writing {}: {e}", path.display());
-    }
+    let sync = match write_replace(&path, &data) {
+        Ok(file) => {
+            let dir = args.dir.clone();
+            let work = move || {
+                file.sync_all()
+                    .and_then(|()| fs::File::open(&dir)?.sync_all())
+            };
+            match std::thread::Builder::new().spawn(work) {
+                Ok(thread) => Some(thread),
+                Err(_) => {
+                    // No thread: write it again, fsync'd before the cgroup removal.
+                    if let Err(e) = write_atomic(&path, &data) {
+                        eprintln!("supervisor: writing {}: {e}", path.display());
+                    }
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("supervisor: writing {}: {e}", path.display());
+            None
+        }
+    };
     if let Err(e) = cgroup.remove() {
         eprintln!("supervisor: removing the cgroup: {e}");
+    }
+    if let Some(thread) = sync {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("supervisor: fsync {}: {e}", path.display()),
+            Err(_) => eprintln!("supervisor: fsync {}: the thread panicked", path.display()),
+        }
     }
 }
 

@@ -84,6 +84,13 @@ impl ControlApi {
             })
     }
 
+    /// A read barrier: the local store then holds every write committed before the call
+    /// (on a follower, a ReadIndex from the leader), so a read right after a write made on
+    /// another manager sees it.
+    async fn barrier(&self) -> Result<(), Status> {
+        self.writer.linearize().await.map_err(write_status)
+    }
+
     /// A node by id, unique id prefix, or hostname.
     fn find_node(&self, key: &str) -> Result<Node, Status> {
         let state = self.store.read();
@@ -193,7 +200,43 @@ impl Control for ControlApi {
         &self,
         _: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        let nodes = self.store.read().nodes.values().cloned().collect();
+        self.barrier().await?;
+        // MANAGER STATUS is as this manager sees it now, not as stored.
+        let managers: std::collections::HashMap<u64, crate::consensus::ManagerInfo> = self
+            .writer
+            .managers()
+            .into_iter()
+            .map(|m| (m.raft_id, m))
+            .collect();
+        let nodes = self
+            .store
+            .read()
+            .nodes
+            .values()
+            .cloned()
+            .map(|mut n| {
+                if let Some(status) = n.manager_status.as_mut() {
+                    match managers.get(&status.raft_id) {
+                        Some(m) => {
+                            status.leader = m.leader;
+                            status.reachability = if m.reachable {
+                                "reachable"
+                            } else {
+                                "unreachable"
+                            }
+                            .into();
+                        }
+                        // Not (or no longer) in the Raft membership.
+                        None if !managers.is_empty() => {
+                            status.leader = false;
+                            status.reachability = "unreachable".into();
+                        }
+                        None => {}
+                    }
+                }
+                n
+            })
+            .collect();
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
@@ -213,6 +256,7 @@ impl Control for ControlApi {
             id: id.clone(),
             meta: None,
             spec: Some(spec),
+            ..Default::default()
         };
         self.writer
             .commit(vec![change(ChangeKind::Create, Object::Service(service))])
@@ -228,6 +272,7 @@ impl Control for ControlApi {
         &self,
         request: Request<GetServiceRequest>,
     ) -> Result<Response<GetServiceResponse>, Status> {
+        self.barrier().await?;
         let service = self.find_service(&request.into_inner().service)?;
         Ok(Response::new(GetServiceResponse {
             service: Some(service),
@@ -239,11 +284,49 @@ impl Control for ControlApi {
         request: Request<UpdateServiceRequest>,
     ) -> Result<Response<UpdateServiceResponse>, Status> {
         let r = request.into_inner();
+        if r.rollback {
+            // `service rollback`: back to the previous spec (Swarm swaps the two), rolled out
+            // with the rollback config by the orchestrator.
+            self.barrier().await?;
+            let mut service = self.find_service(&r.service_id)?;
+            let name = service
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let Some(previous) = service.previous_spec.take() else {
+                return Err(Status::failed_precondition(format!(
+                    "service {name} has no previous spec to roll back to"
+                )));
+            };
+            service.previous_spec = service.spec.replace(previous);
+            service.update_status = Some(UpdateStatus {
+                state: UpdateState::RollbackStarted as i32,
+                started_at: now_ms(),
+                completed_at: 0,
+                message: "manually requested rollback".into(),
+            });
+            if r.version != 0 {
+                service.meta = Some(Meta {
+                    version: r.version,
+                    ..Default::default()
+                });
+            }
+            let id = service.id.clone();
+            self.writer
+                .commit(vec![change(ChangeKind::Update, Object::Service(service))])
+                .await
+                .map_err(write_status)?;
+            return Ok(Response::new(UpdateServiceResponse {
+                service: Some(self.find_service(&id)?),
+            }));
+        }
         let mut spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("UpdateService needs a spec"))?;
         validate_spec(&spec).map_err(Status::invalid_argument)?;
         self.resolve_networks(&mut spec)?;
+        self.barrier().await?;
         let current = self.find_service(&r.service_id)?;
         if current.spec.as_ref().map(|s| &s.container) != Some(&spec.container) {
             self.check_image(&spec)?;
@@ -253,6 +336,13 @@ impl Control for ControlApi {
             version: r.version,
             ..Default::default()
         });
+        if !crate::orchestrator::update::same_task_spec(service.spec.as_ref(), Some(&spec)) {
+            // A new rollout: the spec it replaces is kept for `service rollback`, and the
+            // orchestrator writes the new update status. (A change no task sees, such as a
+            // scale or new rollout settings, keeps both.)
+            service.previous_spec = service.spec.take();
+            service.update_status = None;
+        }
         service.spec = Some(spec);
         let id = service.id.clone();
         self.writer
@@ -268,6 +358,7 @@ impl Control for ControlApi {
         &self,
         _: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
+        self.barrier().await?;
         let state = self.store.read();
         let services = state
             .services
@@ -285,6 +376,7 @@ impl Control for ControlApi {
         &self,
         request: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
+        self.barrier().await?;
         let service = self.find_service(&request.into_inner().service)?;
         let gone = Service {
             id: service.id,
@@ -302,6 +394,7 @@ impl Control for ControlApi {
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let r = request.into_inner();
+        self.barrier().await?;
         let service_id = if r.service.is_empty() {
             None
         } else {
@@ -372,6 +465,20 @@ impl Control for ControlApi {
                 "node {} is up: drain it and stop its daemon first, or use --force",
                 node.id
             )));
+        }
+        // A manager leaves the Raft membership first (Docker asks for a demote; --force does
+        // both).
+        if let Some(status) = node.manager_status.as_ref().filter(|s| s.raft_id != 0) {
+            if !r.force {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is a manager: demote it first, or use --force",
+                    node.id
+                )));
+            }
+            self.writer
+                .remove_manager(status.raft_id)
+                .await
+                .map_err(write_status)?;
         }
         // Remove the node and revoke its certificate in one entry.
         let mut cluster = self

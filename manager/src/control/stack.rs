@@ -91,6 +91,7 @@ pub fn plan_deploy(
                         id: new_id(),
                         meta: None,
                         spec: Some(spec_wanted.clone()),
+                        ..Default::default()
                     }),
                 ));
                 plan.created.push(name.clone());
@@ -106,6 +107,14 @@ pub fn plan_deploy(
             }
             Some(service) => {
                 let mut updated = service.clone();
+                // A new rollout, as with `service update`: keep the spec for rollback.
+                if !crate::orchestrator::update::same_task_spec(
+                    updated.spec.as_ref(),
+                    Some(spec_wanted),
+                ) {
+                    updated.previous_spec = updated.spec.take();
+                    updated.update_status = None;
+                }
                 updated.spec = Some(spec_wanted.clone());
                 plan.changes
                     .push(change(ChangeKind::Update, Object::Service(updated)));
@@ -298,6 +307,7 @@ fn delete_service(service: &Service) -> StoreChange {
             id: service.id.clone(),
             meta: Some(Meta::default()),
             spec: None,
+            ..Default::default()
         }),
     )
 }
@@ -407,6 +417,7 @@ mod tests {
                     id: "x".into(),
                     meta: None,
                     spec: Some(svc("app_web", "busybox")),
+                    ..Default::default()
                 }),
             )],
             timestamp: 1,

@@ -5,6 +5,11 @@
 //! only (as Swarm does): a node whose heartbeats stop for `heartbeat_period × 3` is marked
 //! DOWN through Raft by [`Dispatcher::expire_sessions`], which the leader runs on a timer.
 //! Task status reports are batched into one Raft command, and states only move forward.
+//!
+//! Only the leader dispatches: a follower refuses a session with `Unavailable` and the
+//! leader's address in the `shoal-leader` metadata, and a manager that loses the leadership
+//! ends its sessions, so agents follow the leader through failovers. Every session message
+//! carries the managers' addresses (leader first): where an agent goes next.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -27,6 +32,9 @@ use crate::store::{change, ApplyError, Event, Store};
 
 /// How often agents heartbeat; a node is down after three missed periods.
 pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
+
+/// How often a session checks that this manager still leads.
+const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
 /// How many times a status write is retried after losing a compare-and-set race.
 const STATUS_WRITE_ATTEMPTS: usize = 8;
@@ -102,6 +110,24 @@ impl Dispatcher {
             )));
         }
         Ok(Some(identity.node_id))
+    }
+
+    /// Sessions go to the leader only: a follower names it in the refusal.
+    #[allow(clippy::result_large_err)]
+    fn leader_only(&self) -> Result<(), Status> {
+        let writer = &self.inner.writer;
+        if writer.is_leader() {
+            return Ok(());
+        }
+        let leader = writer.leader_addr();
+        let mut status = Status::unavailable(match &leader {
+            Some(addr) => format!("this manager is not the leader; the leader is at {addr}"),
+            None => "this manager is not the leader and no leader is known right now".into(),
+        });
+        if let Some(value) = leader.and_then(|a| a.parse().ok()) {
+            status.metadata_mut().insert("shoal-leader", value);
+        }
+        Err(status)
     }
 
     pub fn into_service(self) -> DispatcherServer<Dispatcher> {
@@ -319,6 +345,7 @@ impl DispatcherRpc for Dispatcher {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let certified = self.authorize(&request, &request.get_ref().node_id)?;
+        self.leader_only()?;
         let mut session_request = request.into_inner();
         if let Some(node_id) = certified {
             session_request.node_id = node_id;
@@ -328,10 +355,13 @@ impl DispatcherRpc for Dispatcher {
         let (node_id, session_id) = self.register(session_request, addr).await?;
         let (tx, rx) = mpsc::channel(16);
         let store = self.inner.store.clone();
+        let writer = self.inner.writer.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
         tokio::spawn(async move {
-            let mut last_sent: Option<Vec<(String, u64)>> = None;
+            let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>)> = None;
+            let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
+                let managers: Vec<String> = writer.managers().into_iter().map(|m| m.addr).collect();
                 let assignments = assignments_of(&store, &node_id);
                 let fingerprint: Vec<(String, u64)> = assignments
                     .tasks
@@ -343,25 +373,46 @@ impl DispatcherRpc for Dispatcher {
                         )
                     })
                     .collect();
+                let fingerprint = (fingerprint, managers);
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {
                         session_id: session_id.clone(),
                         node_id: node_id.clone(),
                         heartbeat_period_ms: period,
                         assignments: Some(assignments),
+                        managers: fingerprint.1.clone(),
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         break; // the agent went away
                     }
                     last_sent = Some(fingerprint);
                 }
-                // Wait for a change that concerns this node.
+                // Wait for a change that concerns this node; end the session when this
+                // manager stops leading, so the agent goes to the new leader.
                 loop {
-                    match events.recv().await {
-                        Ok(batch) if touches_node(&batch, &node_id) => break,
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Ok(batch) if touches_node(&batch, &node_id) => break,
+                            Ok(_) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = leadership.tick() => {
+                            if !writer.is_leader() {
+                                let _ = tx
+                                    .send(Err(Status::unavailable(
+                                        "this manager is no longer the leader",
+                                    )))
+                                    .await;
+                                tracing::info!(node = %node_id, "leadership lost: agent session ended");
+                                return;
+                            }
+                            let now: Vec<String> =
+                                writer.managers().into_iter().map(|m| m.addr).collect();
+                            if last_sent.as_ref().map(|l| &l.1) != Some(&now) {
+                                break;
+                            }
+                        }
                     }
                 }
                 if tx.is_closed() {

@@ -98,6 +98,7 @@ mod tests {
                     .collect(),
                 ..Default::default()
             }),
+            ..Default::default()
         }
     }
 

@@ -6,11 +6,11 @@
 //!
 //! | situation | action |
 //! |---|---|
-//! | slot has several tasks desired RUNNING | keep the newest, the others → SHUTDOWN |
+//! | slot has several tasks desired RUNNING | keep the newest, the others → SHUTDOWN (start-first: an older RUNNING one stays until the newest runs) |
 //! | slot has no task desired RUNNING | create one, unless the restart policy says wait or never |
 //! | current task ended (terminal status) | → SHUTDOWN; restart by policy ([`restart`]) |
 //! | current task's node is DOWN or gone | → SHUTDOWN and a replacement now, no delay |
-//! | current task's spec is outdated | [`update::plan_update`] picks the slots to replace |
+//! | current task's spec is outdated | [`update::plan_update`] picks the slots to replace (rolling update) and sets the service's update status |
 //! | slot > replicas (scale down) | running → SHUTDOWN (highest slots first), ended → deleted |
 //! | service removed | running → REMOVE, ended → deleted |
 //! | slot history beyond the limit | oldest ended tasks deleted |
@@ -41,7 +41,7 @@ use shoal_proto::{
 };
 
 use super::restart::{self, Restart};
-use super::update::{self, DirtySlot};
+use super::update::{self, SlotView};
 
 /// What one reconcile pass wants written to the store. Apply it atomically (one Raft entry):
 /// the caller does compare-and-set on each updated task's `meta.version`, as read.
@@ -53,6 +53,9 @@ pub struct Plan {
     pub update: Vec<Task>,
     /// Ids of tasks to delete: trimmed history, ended tasks of removed slots and services.
     pub delete: Vec<String>,
+    /// Services rewritten by a rollout: a new update status, or an automatic rollback's
+    /// spec swap. Compare-and-set on `meta.version`, as read.
+    pub services: Vec<Service>,
     /// The earliest time the plan would change by itself (a restart delay expiring): call
     /// again then, even if the store did not change.
     pub wake_at: Option<i64>,
@@ -61,7 +64,10 @@ pub struct Plan {
 impl Plan {
     /// Nothing to write (a pending `wake_at` does not count: it is not a change).
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+        self.create.is_empty()
+            && self.update.is_empty()
+            && self.delete.is_empty()
+            && self.services.is_empty()
     }
 
     /// Appends another service's plan to this one.
@@ -69,6 +75,7 @@ impl Plan {
         self.create.extend(other.create);
         self.update.extend(other.update);
         self.delete.extend(other.delete);
+        self.services.extend(other.services);
         self.wake(other.wake_at);
     }
 
@@ -263,6 +270,8 @@ pub(super) struct SlotWork<'a> {
     pub(super) tasks: Vec<&'a Task>,
     /// The desired state each task will have, parallel to `tasks`.
     pub(super) desired: Vec<TaskState>,
+    /// Index of the current task: desired RUNNING, not ended, on a live node.
+    pub(super) current: Option<usize>,
     /// Index of the current task, once it is known to be healthy but outdated.
     pub(super) dirty: Option<usize>,
     /// A new task is created for this slot.
@@ -323,7 +332,8 @@ fn reconcile_service(
 }
 
 /// Phases one and two for a service's slots, given as (slot, node for new tasks, tasks):
-/// judge each slot, then let the update step choose which outdated tasks to replace now.
+/// judge each slot, then let the update step choose which outdated tasks to replace now
+/// (and rewrite the service's update status, or roll it back).
 pub(super) fn assess_slots<'a>(
     slots: Vec<(u64, &'a str, Vec<&'a Task>)>,
     service: &Service,
@@ -332,6 +342,7 @@ pub(super) fn assess_slots<'a>(
     now: i64,
     plan: &mut Plan,
 ) -> Vec<SlotWork<'a>> {
+    let start_first = update::starts_first(service);
     let mut works: Vec<SlotWork> = Vec::with_capacity(slots.len());
     for (slot, node_id, mut tasks) in slots {
         newest_first(&mut tasks);
@@ -340,54 +351,83 @@ pub(super) fn assess_slots<'a>(
             node_id,
             desired: tasks.iter().map(|t| t.desired_state()).collect(),
             tasks,
+            current: None,
             dirty: None,
             create: false,
         };
-        match assess(&mut work, service, nodes, limit, now) {
+        match assess(&mut work, service, nodes, limit, now, start_first) {
             Need::Nothing => {}
             Need::Create => work.create = true,
             Need::Wait(at) => plan.wake(Some(at)),
         }
         works.push(work);
     }
-    // The update step sees each outdated task under its position in `works`.
-    let dirty: Vec<DirtySlot> = works
+    let views: Vec<SlotView> = works
         .iter()
-        .enumerate()
-        .filter_map(|(i, w)| {
-            let task = w.tasks.get(w.dirty?)?;
-            Some(DirtySlot {
-                slot: i as u64,
-                task,
-            })
+        .map(|w| SlotView {
+            current: w.current.map(|i| w.tasks[i]),
+            dirty: w.dirty.is_some(),
         })
         .collect();
-    if !dirty.is_empty() {
-        let step = update::plan_update(service, &dirty, now);
-        plan.wake(step.wake_at);
-        for index in step.replace {
-            if let Some(work) = usize::try_from(index).ok().and_then(|i| works.get_mut(i)) {
-                if let Some(i) = work.dirty.take() {
+    let history: Vec<&Task> = works.iter().flat_map(|w| w.tasks.iter().copied()).collect();
+    let step = update::plan_update(service, &views, &history, now);
+    plan.wake(step.wake_at);
+    if step.changes_spec(service) {
+        // An automatic rollback: the next pass plans from the restored spec.
+        for work in &mut works {
+            work.create = false;
+        }
+    }
+    for index in step.replace {
+        if let Some(work) = works.get_mut(index) {
+            if let Some(i) = work.dirty.take() {
+                // Start-first keeps the old task beside its replacement, if it runs (the rule
+                // in `assess` that the next pass applies).
+                if !start_first || status_state(work.tasks[i]) != TaskState::Running {
                     work.desired[i] = TaskState::Shutdown;
-                    work.create = true;
                 }
+                work.create = true;
             }
         }
     }
+    plan.services.extend(step.service);
     works
 }
 
 /// Phase one for a slot in range: fixes its current task and says what the slot needs.
-fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, now: i64) -> Need {
-    // At most one current task: the newest desired RUNNING.
+fn assess(
+    work: &mut SlotWork,
+    service: &Service,
+    nodes: &Nodes,
+    limit: usize,
+    now: i64,
+    start_first: bool,
+) -> Need {
+    // At most one current task: the newest desired RUNNING. Start-first: a task that ended
+    // while wanted gives way to an older one still running (the replacement failed; the old
+    // task goes on), and the newest older RUNNING task stays beside a current task that is
+    // not RUNNING yet (it is shut down once its replacement runs).
     let mut current = None;
-    for (i, desired) in work.desired.iter_mut().enumerate() {
-        if *desired == TaskState::Running {
-            if current.is_none() {
-                current = Some(i);
-            } else {
-                *desired = TaskState::Shutdown;
+    let mut predecessor = false;
+    for i in 0..work.tasks.len() {
+        if work.desired[i] != TaskState::Running {
+            continue;
+        }
+        let task = work.tasks[i];
+        match current {
+            None if start_first && is_terminal(task) => work.desired[i] = TaskState::Shutdown,
+            None => current = Some(i),
+            Some(c)
+                if start_first
+                    && !predecessor
+                    && status_state(work.tasks[c]) < TaskState::Running
+                    && status_state(task) == TaskState::Running
+                    && !nodes.is_lost(&task.node_id)
+                    && !nodes.is_drained(&task.node_id) =>
+            {
+                predecessor = true;
             }
+            Some(_) => work.desired[i] = TaskState::Shutdown,
         }
     }
 
@@ -403,9 +443,11 @@ fn assess(work: &mut SlotWork, service: &Service, nodes: &Nodes, limit: usize, n
             work.desired[i] = TaskState::Shutdown;
             return Need::Create;
         } else if update::is_dirty(task, service) {
+            work.current = Some(i);
             work.dirty = Some(i);
             return Need::Nothing;
         } else {
+            work.current = Some(i);
             return Need::Nothing;
         }
     }

@@ -7,6 +7,7 @@ use shoal_proto::service_spec::Mode;
 use shoal_proto::{
     ContainerSpec, GlobalService, Meta, Node, NodeState, NodeStatus, ReplicatedService,
     RestartCondition, RestartPolicy, Service, ServiceSpec, Task, TaskState, TaskStatus,
+    UpdateConfig,
 };
 
 use super::restart::{self, Restart};
@@ -24,6 +25,17 @@ fn spec(image: &str, replicas: u64, restart: Option<RestartPolicy>) -> ServiceSp
         }),
         restart,
         mode: Some(Mode::Replicated(ReplicatedService { replicas })),
+        // The rules below are about slots, not rollouts: every outdated slot at once, settled
+        // as soon as it runs. Rolling updates are tested in their own section.
+        update_config: Some(all_at_once()),
+        ..Default::default()
+    }
+}
+
+fn all_at_once() -> UpdateConfig {
+    UpdateConfig {
+        parallelism: Some(0),
+        monitor_ms: Some(0),
         ..Default::default()
     }
 }
@@ -36,6 +48,7 @@ fn service(version: u64, replicas: u64) -> Service {
             ..Default::default()
         }),
         spec: Some(spec("busybox:1", replicas, None)),
+        ..Default::default()
     }
 }
 
@@ -145,6 +158,18 @@ fn apply(tasks: &[Task], plan: &Plan, now: i64) -> Vec<Task> {
         assert!(out.insert(t.id.clone(), t).is_none(), "duplicate create");
     }
     out.into_values().collect()
+}
+
+/// The service as the store would hold it after committing `plan`.
+fn service_after(s: Option<&Service>, plan: &Plan) -> Option<Service> {
+    let mut s = s?.clone();
+    if let Some(new) = plan.services.iter().find(|n| n.id == s.id) {
+        s = new.clone();
+        if let Some(m) = s.meta.as_mut() {
+            m.version += 1;
+        }
+    }
+    Some(s)
 }
 
 fn desired_of(plan: &Plan) -> Vec<(&str, TaskState)> {
@@ -941,6 +966,7 @@ fn service_at(version: u64, replicas: u64, restart: Option<RestartPolicy>) -> Se
             ..Default::default()
         }),
         spec: Some(spec(&format!("busybox:{}", version / 2), replicas, restart)),
+        ..Default::default()
     }
 }
 
@@ -1001,15 +1027,27 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         (0usize..16).prop_flat_map(|n| (0..n).map(arb_task).collect::<Vec<_>>()),
         1000i64..30_000,
     )
-        .prop_map(|(service, node_states, tasks, now)| Scenario {
-            service: service.map(|(v, r, p)| service_at(v, r, p)),
-            nodes: node_states
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| node(&format!("n{i}"), s))
-                .collect(),
-            tasks,
-            now,
+        .prop_map(|(service, node_states, mut tasks, now)| {
+            let service = service.map(|(v, r, p)| service_at(v, r, p));
+            // A task made from the service's current version has its spec.
+            for t in &mut tasks {
+                if let Some(s) = service
+                    .as_ref()
+                    .filter(|s| s.meta.as_ref().map(|m| m.version) == Some(t.spec_version))
+                {
+                    t.spec = s.spec.clone();
+                }
+            }
+            Scenario {
+                service,
+                nodes: node_states
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| node(&format!("n{i}"), s))
+                    .collect(),
+                tasks,
+                now,
+            }
         })
 }
 
@@ -1150,7 +1188,8 @@ proptest! {
         let plan = reconcile_scenario(&sc, &sc.tasks, &mut gen);
         check_shape(&plan, &sc.tasks)?;
         let after = apply(&sc.tasks, &plan, sc.now);
-        let again = reconcile_scenario(&sc, &after, &mut gen);
+        let sc_after = Scenario { service: service_after(sc.service.as_ref(), &plan), ..sc.clone() };
+        let again = reconcile_scenario(&sc_after, &after, &mut gen);
         prop_assert!(again.is_empty(), "second plan {:?}\nafter first {:?}", again, plan);
         prop_assert_eq!(again.wake_at, plan.wake_at);
         // Deterministic: the same input gives the same plan.
@@ -1206,4 +1245,474 @@ fn a_drained_nodes_replicated_task_is_replaced_elsewhere() {
     let plan = run(Some(&s), std::slice::from_ref(&t), &nodes, NOW);
     assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
     assert_eq!(slots_of(&plan), vec![1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rolling updates and rollback
+// ---------------------------------------------------------------------------------------------
+
+use shoal_proto::{UpdateFailureAction, UpdateOrder, UpdateState};
+
+/// A service (replicated, `replicas`) and its tasks as they evolve: the orchestrator's passes
+/// applied like the store would, and a fake agent that moves the tasks.
+struct Sim {
+    service: Service,
+    tasks: Vec<Task>,
+    now: i64,
+    next_id: usize,
+}
+
+impl Sim {
+    /// `replicas` tasks of `v1` running since `now - 60 s`.
+    fn running(v1: Service, replicas: u64, now: i64) -> Sim {
+        let tasks = (1..=replicas)
+            .map(|slot| running(&v1, &format!("v1-{slot}"), slot, now - 60_000))
+            .collect();
+        Sim {
+            service: v1,
+            tasks,
+            now,
+            next_id: 0,
+        }
+    }
+
+    /// The operator's update: the new spec and config, as the control API writes it.
+    fn update(&mut self, image: &str, config: UpdateConfig) {
+        let mut s = self.service.clone();
+        s.previous_spec = s.spec.clone();
+        s.update_status = None;
+        if let Some(spec) = s.spec.as_mut() {
+            if let Some(c) = spec.container.as_mut() {
+                c.image = image.into();
+            }
+            spec.update_config = Some(config);
+        }
+        if let Some(m) = s.meta.as_mut() {
+            m.version += 10;
+        }
+        self.service = s;
+    }
+
+    /// One orchestrator pass, committed.
+    fn pass(&mut self) -> Plan {
+        let mut n = self.next_id;
+        let mut gen = || {
+            n += 1;
+            format!("t{n:04}")
+        };
+        let plan = reconcile(
+            &ReconcileInput {
+                service: Some(&self.service),
+                service_id: "svc",
+                tasks: &self.tasks,
+                nodes: &nodes(),
+                now: self.now,
+            },
+            &mut gen,
+        );
+        self.next_id = n;
+        self.tasks = apply(&self.tasks, &plan, self.now);
+        self.service = service_after(Some(&self.service), &plan).unwrap_or_default();
+        plan
+    }
+
+    /// The agent: stops what should stop, and starts the wanted tasks `start` picks; a task
+    /// whose image is `failing` fails instead of running.
+    fn agent(&mut self, start: &mut dyn FnMut(&Task) -> bool, failing: Option<&str>) -> bool {
+        let now = self.now;
+        let mut changed = false;
+        for t in &mut self.tasks {
+            let state = t.status.as_ref().map(|s| s.state()).unwrap_or_default();
+            if state.is_terminal() {
+                continue;
+            }
+            let to = if t.desired_state() != TaskState::Running {
+                TaskState::Shutdown
+            } else if state < TaskState::Running && start(t) {
+                if failing.is_some_and(|f| image_of(t) == f) {
+                    TaskState::Failed
+                } else {
+                    TaskState::Running
+                }
+            } else {
+                continue;
+            };
+            *t = ended(t.clone(), to, now, None);
+            changed = true;
+        }
+        changed
+    }
+
+    fn status(&self) -> UpdateState {
+        self.service
+            .update_status
+            .as_ref()
+            .map(|s| s.state())
+            .unwrap_or_default()
+    }
+
+    /// Wanted and serving: desired RUNNING and RUNNING.
+    fn serving(&self) -> Vec<&Task> {
+        self.tasks
+            .iter()
+            .filter(|t| {
+                t.desired_state() == TaskState::Running
+                    && t.status.as_ref().map(|s| s.state()) == Some(TaskState::Running)
+            })
+            .collect()
+    }
+
+    /// Slots whose newest wanted task runs `image` and has not been RUNNING for `monitor`.
+    fn in_flight(&self, image: &str, monitor: i64) -> usize {
+        let mut slots = HashSet::new();
+        for t in &self.tasks {
+            if t.desired_state() != TaskState::Running || image_of(t) != image {
+                continue;
+            }
+            let s = t.status.clone().unwrap_or_default();
+            if s.state() < TaskState::Running
+                || (s.state() == TaskState::Running && s.timestamp + monitor > self.now)
+            {
+                slots.insert(t.slot);
+            }
+        }
+        slots.len()
+    }
+
+    /// Passes (starting everything) until nothing changes, `max` at most, `step` ms apart.
+    fn settle(&mut self, step: i64, failing: Option<&str>, max: usize) {
+        for _ in 0..max {
+            let plan = self.pass();
+            let moved = self.agent(&mut |_| true, failing);
+            if plan.is_empty() && plan.wake_at.is_none() && !moved {
+                return;
+            }
+            self.now += step;
+        }
+    }
+}
+
+fn image_of(t: &Task) -> &str {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .map(|c| c.image.as_str())
+        .unwrap_or("")
+}
+
+fn v1(replicas: u64) -> Service {
+    let mut s = service(1, replicas);
+    if let Some(spec) = s.spec.as_mut() {
+        spec.update_config = None;
+    }
+    s
+}
+
+#[test]
+fn a_rolling_update_replaces_one_slot_at_a_time_by_default() {
+    let mut sim = Sim::running(v1(3), 3, NOW);
+    sim.update("busybox:2", UpdateConfig::default());
+    let plan = sim.pass();
+    assert_eq!(slots_of(&plan), vec![1]);
+    assert_eq!(desired_of(&plan), vec![("v1-1", TaskState::Shutdown)]);
+    assert_eq!(sim.status(), UpdateState::Updating);
+    // In flight: nothing more until the new task ran for the monitor period (5 s).
+    assert!(sim.pass().is_empty());
+    sim.agent(&mut |_| true, None);
+    let started = sim.now;
+    sim.now += 4_999;
+    let plan = sim.pass();
+    assert!(plan.is_empty());
+    assert_eq!(plan.wake_at, Some(started + 5_000));
+    sim.now = started + 5_000;
+    assert_eq!(slots_of(&sim.pass()), vec![2]);
+    sim.settle(5_000, None, 20);
+    assert_eq!(sim.status(), UpdateState::Completed);
+    let status = sim.service.update_status.clone().unwrap_or_default();
+    assert_eq!(status.message, "update completed");
+    assert!(status.completed_at > status.started_at);
+    let serving = sim.serving();
+    assert_eq!(serving.len(), 3);
+    assert!(serving.iter().all(|t| image_of(t) == "busybox:2"));
+}
+
+#[test]
+fn start_first_keeps_the_old_task_until_the_new_one_runs() {
+    let mut sim = Sim::running(v1(2), 2, NOW);
+    sim.update(
+        "busybox:2",
+        UpdateConfig {
+            order: UpdateOrder::StartFirst as i32,
+            monitor_ms: Some(1_000),
+            ..Default::default()
+        },
+    );
+    let plan = sim.pass();
+    assert_eq!(slots_of(&plan), vec![1]);
+    assert!(plan.update.is_empty(), "the old task keeps running");
+    // The new task is starting: both stay wanted, again and again.
+    assert!(sim.pass().is_empty());
+    assert_eq!(sim.serving().len(), 2);
+    // It runs: now the old one stops.
+    sim.agent(&mut |_| true, None);
+    let plan = sim.pass();
+    assert_eq!(desired_of(&plan), vec![("v1-1", TaskState::Shutdown)]);
+    assert_eq!(sim.serving().len(), 2);
+    sim.settle(1_000, None, 20);
+    assert_eq!(sim.status(), UpdateState::Completed);
+    assert!(sim.serving().iter().all(|t| image_of(t) == "busybox:2"));
+    assert_eq!(sim.serving().len(), 2);
+}
+
+#[test]
+fn a_failed_start_first_replacement_pauses_and_leaves_the_old_task_running() {
+    let mut sim = Sim::running(v1(2), 2, NOW);
+    sim.update(
+        "busybox:bad",
+        UpdateConfig {
+            order: UpdateOrder::StartFirst as i32,
+            ..Default::default()
+        },
+    );
+    sim.pass();
+    sim.agent(&mut |_| true, Some("busybox:bad"));
+    sim.now += 100;
+    sim.settle(1_000, Some("busybox:bad"), 20);
+    assert_eq!(sim.status(), UpdateState::Paused);
+    let status = sim.service.update_status.clone().unwrap_or_default();
+    assert!(
+        status
+            .message
+            .starts_with("update paused due to failure or early termination of task t"),
+        "{}",
+        status.message
+    );
+    let serving = sim.serving();
+    assert_eq!(serving.len(), 2);
+    assert!(serving.iter().all(|t| image_of(t) == "busybox:1"));
+}
+
+#[test]
+fn failure_action_rollback_restores_the_previous_spec() {
+    let mut sim = Sim::running(v1(3), 3, NOW);
+    let v1_spec = sim.service.spec.clone();
+    sim.update(
+        "busybox:bad",
+        UpdateConfig {
+            failure_action: UpdateFailureAction::Rollback as i32,
+            monitor_ms: Some(1_000),
+            ..Default::default()
+        },
+    );
+    let v2_spec = sim.service.spec.clone();
+    sim.settle(500, Some("busybox:bad"), 50);
+    assert_eq!(sim.status(), UpdateState::RollbackCompleted);
+    assert_eq!(sim.service.spec, v1_spec);
+    assert_eq!(sim.service.previous_spec, v2_spec);
+    let status = sim.service.update_status.clone().unwrap_or_default();
+    assert!(
+        status.message.starts_with(
+            "rollback completed (update rolled back due to failure or early termination of task t"
+        ),
+        "{}",
+        status.message
+    );
+    let serving = sim.serving();
+    assert_eq!(serving.len(), 3);
+    assert!(serving.iter().all(|t| image_of(t) == "busybox:1"));
+}
+
+#[test]
+fn a_manual_rollback_uses_the_rollback_config() {
+    let mut sim = Sim::running(v1(4), 4, NOW);
+    sim.update("busybox:2", all_at_once());
+    sim.settle(100, None, 20);
+    assert_eq!(sim.status(), UpdateState::Completed);
+    // `service rollback`: the control API swaps the specs and starts the rollback.
+    let mut s = sim.service.clone();
+    std::mem::swap(&mut s.spec, &mut s.previous_spec);
+    if let Some(p) = s.previous_spec.as_mut() {
+        p.rollback_config = Some(UpdateConfig {
+            parallelism: Some(2),
+            monitor_ms: Some(0),
+            ..Default::default()
+        });
+    }
+    s.update_status = Some(shoal_proto::UpdateStatus {
+        state: UpdateState::RollbackStarted as i32,
+        started_at: sim.now,
+        ..Default::default()
+    });
+    if let Some(m) = s.meta.as_mut() {
+        m.version += 10;
+    }
+    sim.service = s;
+    let plan = sim.pass();
+    assert_eq!(slots_of(&plan), vec![1, 2]);
+    sim.settle(100, None, 20);
+    assert_eq!(sim.status(), UpdateState::RollbackCompleted);
+    assert!(sim.serving().iter().all(|t| image_of(t) == "busybox:1"));
+}
+
+#[test]
+fn scaling_during_nothing_writes_no_status() {
+    let mut sim = Sim::running(v1(2), 2, NOW);
+    let mut s = sim.service.clone();
+    s.spec = Some(spec("busybox:1", 3, None));
+    sim.service = s;
+    sim.settle(100, None, 10);
+    assert_eq!(sim.service.update_status, None);
+}
+
+#[derive(Debug, Clone)]
+struct Rolling {
+    replicas: u64,
+    parallelism: u64,
+    start_first: bool,
+    monitor_ms: u64,
+    delay_ms: u64,
+    /// Per step: how far the clock moves, and which wanted tasks start.
+    steps: Vec<(i64, u64)>,
+}
+
+fn arb_rolling() -> impl Strategy<Value = Rolling> {
+    (
+        1u64..7,
+        0u64..4,
+        any::<bool>(),
+        prop_oneof![Just(0u64), 0u64..3000],
+        prop_oneof![Just(0u64), 0u64..1000],
+        proptest::collection::vec((0i64..2000, any::<u64>()), 0..60),
+    )
+        .prop_map(
+            |(replicas, parallelism, start_first, monitor_ms, delay_ms, steps)| Rolling {
+                replicas,
+                parallelism,
+                start_first,
+                monitor_ms,
+                delay_ms,
+                steps,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn rolling_updates_respect_parallelism_and_start_first_keeps_capacity(r in arb_rolling()) {
+        let mut sim = Sim::running(v1(r.replicas), r.replicas, NOW);
+        let order = if r.start_first { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
+        sim.update("busybox:2", UpdateConfig {
+            parallelism: Some(r.parallelism),
+            monitor_ms: Some(r.monitor_ms),
+            delay_ms: r.delay_ms,
+            order: order as i32,
+            ..Default::default()
+        });
+        let limit = if r.parallelism == 0 { r.replicas as usize } else { r.parallelism as usize };
+        for (advance, mask) in &r.steps {
+            sim.pass();
+            let in_flight = sim.in_flight("busybox:2", r.monitor_ms as i64);
+            prop_assert!(in_flight <= limit, "{} slots in flight, parallelism {}", in_flight, limit);
+            if r.start_first {
+                prop_assert!(sim.serving().len() as u64 >= r.replicas,
+                    "only {} serving of {}", sim.serving().len(), r.replicas);
+            }
+            let mut bit = 0;
+            sim.agent(&mut |_| { bit += 1; mask & (1 << (bit % 64)) != 0 }, None);
+            sim.now += advance;
+        }
+        sim.settle(1_000, None, 200);
+        prop_assert_eq!(sim.status(), UpdateState::Completed);
+        let serving = sim.serving();
+        prop_assert_eq!(serving.len() as u64, r.replicas);
+        prop_assert!(serving.iter().all(|t| image_of(t) == "busybox:2"));
+    }
+
+    #[test]
+    fn a_failing_update_with_rollback_always_ends_on_the_previous_spec(
+        replicas in 1u64..6,
+        parallelism in 0u64..3,
+        start_first in any::<bool>(),
+    ) {
+        let mut sim = Sim::running(v1(replicas), replicas, NOW);
+        let order = if start_first { UpdateOrder::StartFirst } else { UpdateOrder::StopFirst };
+        let v1_spec = sim.service.spec.clone();
+        sim.update("busybox:bad", UpdateConfig {
+            parallelism: Some(parallelism),
+            order: order as i32,
+            failure_action: UpdateFailureAction::Rollback as i32,
+            ..Default::default()
+        });
+        sim.settle(1_000, Some("busybox:bad"), 200);
+        prop_assert_eq!(sim.status(), UpdateState::RollbackCompleted);
+        prop_assert_eq!(&sim.service.spec, &v1_spec);
+        let serving = sim.serving();
+        prop_assert_eq!(serving.len() as u64, replicas);
+        prop_assert!(serving.iter().all(|t| image_of(t) == "busybox:1"));
+    }
+}
+
+fn arb_rollout() -> impl Strategy<Value = (UpdateConfig, Option<shoal_proto::UpdateStatus>)> {
+    (
+        prop_oneof![Just(None), (0u64..3).prop_map(Some)],
+        prop_oneof![Just(0u64), Just(700)],
+        0i32..3,
+        prop_oneof![Just(None), Just(Some(0u64)), Just(Some(2_000))],
+        prop_oneof![Just(0.0f32), Just(0.5)],
+        0i32..2,
+        proptest::option::of((1i32..=6, 0i64..30_000)),
+    )
+        .prop_map(
+            |(parallelism, delay_ms, action, monitor_ms, ratio, order, status)| {
+                let config = UpdateConfig {
+                    parallelism,
+                    delay_ms,
+                    failure_action: action,
+                    monitor_ms,
+                    max_failure_ratio: ratio,
+                    order,
+                };
+                let status = status.map(|(state, started_at)| shoal_proto::UpdateStatus {
+                    state,
+                    started_at,
+                    ..Default::default()
+                });
+                (config, status)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any rollout settings and state: the plan is well formed, and unless it rolls the
+    /// service back (a new spec), reconciling its result changes nothing more.
+    #[test]
+    fn rollouts_are_idempotent(sc in arb_scenario(), (config, status) in arb_rollout()) {
+        let mut sc = sc;
+        if let Some(s) = sc.service.as_mut() {
+            if let Some(spec) = s.spec.as_mut() {
+                spec.update_config = Some(config);
+                spec.rollback_config = Some(config);
+            }
+            s.previous_spec = Some(spec("busybox:0", 2, None));
+            s.update_status = status;
+        }
+        let mut gen = ids();
+        let plan = reconcile_scenario(&sc, &sc.tasks, &mut gen);
+        check_shape(&plan, &sc.tasks)?;
+        prop_assert!(plan.services.len() <= 1);
+        let after = apply(&sc.tasks, &plan, sc.now);
+        let service = service_after(sc.service.as_ref(), &plan);
+        if service.as_ref().map(|s| &s.spec) != sc.service.as_ref().map(|s| &s.spec) {
+            prop_assert!(plan.create.is_empty(), "a rollback creates nothing from the old spec");
+            return Ok(());
+        }
+        let sc_after = Scenario { service, ..sc.clone() };
+        let again = reconcile_scenario(&sc_after, &after, &mut gen);
+        prop_assert!(again.is_empty(), "second plan {:?}\nafter first {:?}", again, plan);
+        prop_assert_eq!(reconcile_scenario(&sc, &sc.tasks, &mut ids()), plan);
+    }
 }

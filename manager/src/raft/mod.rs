@@ -19,11 +19,17 @@
 //!   [`random_node_id`] makes a fresh one for a first start.
 //! - **Transport.** [`RaftService`] serves AppendEntries / Vote / InstallSnapshot with each
 //!   request and response postcard-encoded in a `RaftMessage`; [`NetworkFactory`] dials peers
-//!   lazily at `http://{addr}` and reports dead peers as `Unreachable`, so openraft backs off.
+//!   lazily (mutual TLS in a daemon) and reports dead peers as `Unreachable`, so openraft
+//!   backs off.
+//! - **Membership.** A manager joins as a learner, then becomes a voter
+//!   ([`RaftNode::add_manager`]); [`RaftNode::remove_manager`] takes it out again.
+//! - **Disaster recovery.** [`force_new_cluster`] rewrites a surviving manager's membership to
+//!   itself alone (etcd's `--force-new-cluster`, Swarm's `init --force-new-cluster`): every
+//!   entry in its log becomes committed under the new one-member configuration.
 //!
 //! [`StoreSnapshot`]: shoal_proto::StoreSnapshot
 
-mod codec;
+pub(crate) mod codec;
 mod network;
 mod storage;
 #[cfg(test)]
@@ -36,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError};
-use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shoal_proto::StoreCommand;
 use tokio::sync::watch;
@@ -163,6 +169,10 @@ pub enum RaftError {
     Initialize { detail: String },
     #[error("raft has stopped on this manager ({detail}): see the daemon log, fix the cause and restart the daemon")]
     Stopped { detail: String },
+    #[error("cannot change the managers: {detail}")]
+    Membership { detail: String },
+    #[error("timed out after {waited_ms} ms waiting for {what}")]
+    Timeout { what: String, waited_ms: u64 },
 }
 
 fn not_leader_message(leader_id: Option<u64>, leader_addr: Option<&str>) -> String {
@@ -192,6 +202,35 @@ impl RaftError {
             detail: e.to_string(),
         }
     }
+}
+
+fn membership_error(
+    e: openraft::error::RaftError<u64, ClientWriteError<u64, BasicNode>>,
+) -> RaftError {
+    match e {
+        openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => forward(&f),
+        openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            RaftError::Membership {
+                detail: e.to_string(),
+            }
+        }
+        openraft::error::RaftError::Fatal(e) => RaftError::stopped(e),
+    }
+}
+
+/// Rewrites the Raft membership stored in `<data_dir>/raft.redb` to this manager alone, for a
+/// cluster that lost its quorum for good. The database is copied to
+/// `raft.redb.before-force-new-cluster` first. Everything in this manager's log is kept and
+/// becomes committed once it elects itself. Run it with the daemon stopped; other former
+/// managers must not be started again on their old data.
+pub async fn force_new_cluster(data_dir: &Path, node_id: u64, addr: &str) -> Result<(), RaftError> {
+    let path = data_dir.join(DB_FILE);
+    let backup = data_dir.join(format!("{DB_FILE}.before-force-new-cluster"));
+    std::fs::copy(&path, &backup).map_err(|source| RaftError::DataDir {
+        path: backup.clone(),
+        source,
+    })?;
+    storage::force_single_member(&path, node_id, addr).await
 }
 
 fn forward(f: &openraft::error::ForwardToLeader<u64, BasicNode>) -> RaftError {
@@ -230,6 +269,7 @@ struct Inner {
     store: Store,
     path: PathBuf,
     config: RaftConfig,
+    network: NetworkFactory,
     leader: watch::Receiver<Option<u64>>,
     /// Tells when the database file is closed, so its lock is free again.
     closed: watch::Receiver<()>,
@@ -246,6 +286,17 @@ impl RaftNode {
         config: RaftConfig,
         store: Store,
     ) -> Result<RaftNode, RaftError> {
+        Self::open_with_network(data_dir, node_id, config, store, NetworkFactory::new()).await
+    }
+
+    /// [`open`](Self::open) with the given transport (a daemon's is mutual TLS).
+    pub async fn open_with_network(
+        data_dir: &Path,
+        node_id: u64,
+        config: RaftConfig,
+        store: Store,
+        network: NetworkFactory,
+    ) -> Result<RaftNode, RaftError> {
         let raft_config = Arc::new(config.to_openraft()?);
         std::fs::create_dir_all(data_dir).map_err(|source| RaftError::DataDir {
             path: data_dir.to_path_buf(),
@@ -254,10 +305,15 @@ impl RaftNode {
         let path = data_dir.join(DB_FILE);
         let (log_store, state_machine) = storage::open(&path, store.clone()).await?;
         let closed = log_store.closed();
-        let network = NetworkFactory::new();
-        let raft = openraft::Raft::new(node_id, raft_config, network, log_store, state_machine)
-            .await
-            .map_err(RaftError::stopped)?;
+        let raft = openraft::Raft::new(
+            node_id,
+            raft_config,
+            network.clone(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(RaftError::stopped)?;
 
         let mut metrics = raft.metrics();
         let (leader_tx, leader) = watch::channel(metrics.borrow().current_leader);
@@ -280,6 +336,7 @@ impl RaftNode {
                 store,
                 path,
                 config,
+                network,
                 leader,
                 closed,
                 watcher: Mutex::new(Some(watcher)),
@@ -375,6 +432,143 @@ impl RaftNode {
             ))) => Err(RaftError::stopped(e)),
             Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
         }
+    }
+
+    /// [`propose`](Self::propose), also returning the log index the command was committed at
+    /// (what a follower that forwarded it waits to have applied).
+    pub async fn propose_indexed(
+        &self,
+        command: StoreCommand,
+    ) -> Result<(u64, Result<Applied, ApplyError>), RaftError> {
+        match self.inner.raft.client_write(Request(command)).await {
+            Ok(response) => Ok((response.log_id.index, response.data.0)),
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(forward(&f))
+            }
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e,
+            ))) => Err(RaftError::stopped(e)),
+            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
+        }
+    }
+
+    /// On the leader: confirms with a quorum that it still leads and returns the index a
+    /// linearizable read must see applied (the ReadIndex a follower asks for).
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(read) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(forward(&f))
+            }
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(RaftError::NoQuorum {
+                    detail: q.to_string(),
+                })
+            }
+            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
+        }
+    }
+
+    /// Waits until this node has applied `index` (a forwarded write, a ReadIndex).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        let applied =
+            |m: &RaftMetrics<u64, BasicNode>| m.last_applied.map(|l| l.index) >= Some(index);
+        let mut metrics = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                if applied(&metrics.borrow_and_update()) {
+                    return Ok(());
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(RaftError::stopped("it was shut down"));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RaftError::Timeout {
+                    what: format!("this manager to apply log index {index}"),
+                    waited_ms: timeout.as_millis() as u64,
+                })
+            })
+    }
+
+    /// On the leader: makes the manager `id` at `addr` a voter. It is added as a learner
+    /// first and caught up (so the quorum never waits on an empty node), then promoted. A
+    /// member already known at another address gets its address updated.
+    pub async fn add_manager(&self, id: u64, addr: &str) -> Result<(), RaftError> {
+        let membership = self.membership();
+        let node = BasicNode::new(addr);
+        match membership.get(&id) {
+            Some((known, true)) if known == addr => return Ok(()),
+            Some((known, _)) if known != addr => {
+                self.change(ChangeMembers::SetNodes(BTreeMap::from([(
+                    id,
+                    node.clone(),
+                )])))
+                .await?;
+            }
+            Some(_) => {}
+            None => {
+                let raft = &self.inner.raft;
+                raft.add_learner(id, node, true)
+                    .await
+                    .map_err(membership_error)?;
+            }
+        }
+        if !matches!(self.membership().get(&id), Some((_, true))) {
+            self.change(ChangeMembers::AddVoterIds([id].into())).await?;
+        }
+        Ok(())
+    }
+
+    /// On the leader: takes the manager `id` out of the membership (voter and node).
+    pub async fn remove_manager(&self, id: u64) -> Result<(), RaftError> {
+        let membership = self.membership();
+        match membership.get(&id) {
+            None => return Ok(()),
+            Some((_, true)) => {
+                self.change(ChangeMembers::RemoveVoters([id].into()))
+                    .await?;
+            }
+            Some((_, false)) => {}
+        }
+        if self.membership().contains_key(&id) {
+            self.change(ChangeMembers::RemoveNodes([id].into())).await?;
+        }
+        Ok(())
+    }
+
+    async fn change(&self, change: ChangeMembers<u64, BasicNode>) -> Result<(), RaftError> {
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// The current membership: raft id → (address, is a voter).
+    pub fn membership(&self) -> BTreeMap<u64, (String, bool)> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .collect()
+    }
+
+    /// The transport, whose channels also carry the manager-to-manager calls.
+    pub fn network(&self) -> &NetworkFactory {
+        &self.inner.network
+    }
+
+    /// The configured timings.
+    pub fn config(&self) -> &RaftConfig {
+        &self.inner.config
     }
 
     /// Waits until this node can serve linearizable reads: it is the leader, a quorum still

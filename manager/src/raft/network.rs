@@ -2,7 +2,9 @@
 //! postcard-encoded, in a `RaftMessage`. A response is `Result<T, openraft RaftError>`, so a
 //! peer's refusal reaches openraft as the typed error it expects.
 //!
-//! Plain HTTP/2 for now; TLS comes with cluster joins.
+//! A daemon's [`NetworkFactory`] speaks mutual TLS with its manager certificate
+//! ([`NetworkFactory::with_tls`]); the in-process tests use plain HTTP/2. The same channels
+//! carry the manager-to-manager `Managers` calls (see [`crate::membership`]).
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -23,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_proto::raft_client::RaftClient;
 use shoal_proto::RaftMessage;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::{codec, Raft, TypeConfig, MAX_MESSAGE};
@@ -86,14 +88,34 @@ impl shoal_proto::raft_server::Raft for RaftService {
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Arc<Mutex<Option<ClientTlsConfig>>>,
 }
 
 impl NetworkFactory {
+    /// Plain HTTP/2 (tests).
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    /// Mutual TLS: `tls` carries this manager's certificate and the cluster CA.
+    pub fn with_tls(tls: ClientTlsConfig) -> Self {
+        let network = NetworkFactory::default();
+        network.set_tls(tls);
+        network
+    }
+
+    /// Switches to mutual TLS (a first manager gets its certificate only once its cluster
+    /// exists); channels made before are dropped.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls);
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The shared channel to the manager at `addr` (created lazily, reconnects by itself).
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self
             .channels
             .lock()
@@ -101,8 +123,16 @@ impl NetworkFactory {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        let tls = self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -598,3 +598,72 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+/// See [`super::force_new_cluster`]: appends a membership entry naming `node_id` alone, in a
+/// new term, after the last entry of the log (or of the snapshot), and resets the vote to
+/// that term, so that the node elects itself and commits its whole log.
+pub(crate) async fn force_single_member(
+    path: &Path,
+    node_id: u64,
+    addr: &str,
+) -> Result<(), RaftError> {
+    let owned = path.to_path_buf();
+    let addr = addr.to_string();
+    let opened = tokio::task::spawn_blocking(move || -> Result<(), RaftError> {
+        let (db, snapshot) = open_blocking(&owned)?;
+        let rewrite = || -> Result<(), DbError> {
+            let last_entry: Option<Entry<TypeConfig>> = {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(LOGS)?;
+                let last = table.last()?;
+                last.map(|(_, v)| decode("log entry", v.value()))
+                    .transpose()?
+            };
+            let last_log_id = last_entry
+                .map(|e| e.log_id)
+                .or_else(|| snapshot.as_ref().and_then(|(m, _)| m.last_log_id));
+            let vote: Option<Vote<u64>> = get_meta(&db, KEY_VOTE)?;
+            let term = vote
+                .map(|v| v.leader_id().term)
+                .max(last_log_id.map(|l| l.leader_id.term))
+                .unwrap_or(0)
+                + 1;
+            let index = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+            let membership = openraft::Membership::new(
+                vec![[node_id].into()],
+                std::collections::BTreeMap::from([(node_id, BasicNode::new(addr.clone()))]),
+            );
+            let entry: Entry<TypeConfig> = Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(term, node_id), index),
+                payload: EntryPayload::Membership(membership),
+            };
+            let bytes = encode("log entry", &entry)?;
+            let vote_bytes = encode(KEY_VOTE, &Vote::new(term, node_id))?;
+            let txn = begin_write(&db)?;
+            {
+                let mut logs = txn.open_table(LOGS)?;
+                logs.insert(index, bytes.as_slice())?;
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_VOTE, vote_bytes.as_slice())?;
+            }
+            txn.commit()?;
+            tracing::warn!(
+                node_id,
+                term,
+                index,
+                "raft membership rewritten to this manager alone"
+            );
+            Ok(())
+        };
+        rewrite().map_err(|e| RaftError::Open {
+            path: owned.clone(),
+            detail: e.to_string(),
+        })
+    })
+    .await
+    .map_err(|e| RaftError::Open {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    opened
+}

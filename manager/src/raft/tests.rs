@@ -35,6 +35,7 @@ fn create_service(i: usize) -> StoreCommand {
                     name: format!("web-{i}"),
                     ..Default::default()
                 }),
+                ..Default::default()
             }),
         )],
         timestamp: 1_000 + i as i64,

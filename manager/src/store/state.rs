@@ -457,6 +457,7 @@ mod tests {
                 name: name.into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
     }
 
