@@ -10,10 +10,8 @@
 
 mod common;
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,12 +23,6 @@ use shoal_agent::network::{
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
-}
 
 /// Everything one test makes, torn down on drop (also on panic).
 struct Env {
@@ -50,7 +42,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let r = random_u64();
+        let r = common::random_u64();
         let prefix = format!("t{:04x}", r & 0xffff);
         let table = format!("shoaltest-{prefix}");
         let octet = 100 + ((r >> 16) % 150) as u8;

@@ -10,10 +10,8 @@
 
 mod common;
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -29,12 +27,6 @@ use shoal_agent::network::{
 use shoal_agent::ports::{PortConfig, PortError, PortManager, PortMapping};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
-}
 
 /// Everything one test makes, torn down on drop (also on panic).
 struct Env {
@@ -58,7 +50,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let r = random_u64();
+        let r = common::random_u64();
         let prefix = format!("p{:04x}", r & 0xffff);
         let table = format!("shoaltest-{prefix}");
         let ports_table = format!("shoalpt-{prefix}");

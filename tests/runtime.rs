@@ -106,34 +106,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let rt = &self.rt;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                if let Ok(list) = rt.list() {
-                    for c in list {
-                        if let Err(e) = tokio_rt.block_on(rt.remove(&c.id)) {
-                            eprintln!("cleanup: remove {}: {e}", c.id);
-                        }
-                    }
-                }
-                // Directories that list() skipped (no config.json) still hold no processes.
-                if let Ok(entries) = fs::read_dir(rt.root()) {
-                    for e in entries.flatten() {
-                        let id = e.file_name().to_string_lossy().into_owned();
-                        let _ = tokio_rt.block_on(rt.remove(&id));
-                    }
-                }
-            });
-        });
-        if let Err(e) = self.rt.remove_cgroup_parent() {
-            eprintln!("cleanup: cgroup parent {}: {e}", self.parent);
-        }
+        common::remove_runtime_containers(&self.rt);
     }
 }
 

@@ -28,7 +28,6 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 struct TestEnv {
     _tmp: tempfile::TempDir,
     base: PathBuf,
-    parent: String,
     rt: Runtime,
 }
 
@@ -44,14 +43,13 @@ impl TestEnv {
         let rt = Runtime::with_cgroups(
             tmp.path().join("c"),
             PathBuf::from(SHOAL),
-            parent.clone(),
+            parent,
             CgroupFs::host(),
         )
         .expect("runtime");
         TestEnv {
             _tmp: tmp,
             base,
-            parent,
             rt,
         }
     }
@@ -83,28 +81,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let rt = &self.rt;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                if let Ok(entries) = fs::read_dir(rt.root()) {
-                    for e in entries.flatten() {
-                        let id = e.file_name().to_string_lossy().into_owned();
-                        if let Err(e) = tokio_rt.block_on(rt.remove(&id)) {
-                            eprintln!("cleanup: remove {id}: {e}");
-                        }
-                    }
-                }
-            });
-        });
-        if let Err(e) = self.rt.remove_cgroup_parent() {
-            eprintln!("cleanup: cgroup parent {}: {e}", self.parent);
-        }
+        common::remove_runtime_containers(&self.rt);
     }
 }
 

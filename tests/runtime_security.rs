@@ -202,7 +202,6 @@ fn build_probe(layer: &Path) -> bool {
 struct TestEnv {
     _tmp: tempfile::TempDir,
     base: PathBuf,
-    parent: String,
     rt: Runtime,
     probe: bool,
 }
@@ -221,17 +220,11 @@ impl TestEnv {
         busybox_layer(&base);
         let probe = with_probe && build_probe(&base);
         let parent = common::unique_name("shoal-test-sec");
-        let rt = Runtime::with_cgroups(
-            tmp.path().join("c"),
-            PathBuf::from(SHOAL),
-            parent.clone(),
-            cgroups,
-        )
-        .expect("runtime");
+        let rt = Runtime::with_cgroups(tmp.path().join("c"), PathBuf::from(SHOAL), parent, cgroups)
+            .expect("runtime");
         TestEnv {
             _tmp: tmp,
             base,
-            parent,
             rt,
             probe,
         }
@@ -269,28 +262,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let rt = &self.rt;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                if let Ok(entries) = fs::read_dir(rt.root()) {
-                    for e in entries.flatten() {
-                        let id = e.file_name().to_string_lossy().into_owned();
-                        if let Err(e) = tokio_rt.block_on(rt.remove(&id)) {
-                            eprintln!("cleanup: remove {id}: {e}");
-                        }
-                    }
-                }
-            });
-        });
-        if let Err(e) = self.rt.remove_cgroup_parent() {
-            eprintln!("cleanup: cgroup parent {}: {e}", self.parent);
-        }
+        common::remove_runtime_containers(&self.rt);
     }
 }
 

@@ -26,7 +26,6 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 struct TestEnv {
     tmp: tempfile::TempDir,
     base: PathBuf,
-    parent: String,
     rt: Runtime,
 }
 
@@ -39,14 +38,8 @@ impl TestEnv {
         let base = tmp.path().join("l0");
         busybox_layer(&base);
         let parent = common::unique_name("shoal-voltest");
-        let rt = Runtime::new(tmp.path().join("c"), PathBuf::from(SHOAL), parent.clone())
-            .expect("runtime");
-        TestEnv {
-            tmp,
-            base,
-            parent,
-            rt,
-        }
+        let rt = Runtime::new(tmp.path().join("c"), PathBuf::from(SHOAL), parent).expect("runtime");
+        TestEnv { tmp, base, rt }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -99,28 +92,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let rt = &self.rt;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                if let Ok(entries) = fs::read_dir(rt.root()) {
-                    for e in entries.flatten() {
-                        let id = e.file_name().to_string_lossy().into_owned();
-                        if let Err(e) = tokio_rt.block_on(rt.remove(&id)) {
-                            eprintln!("cleanup: remove {id}: {e}");
-                        }
-                    }
-                }
-            });
-        });
-        if let Err(e) = self.rt.remove_cgroup_parent() {
-            eprintln!("cleanup: cgroup parent {}: {e}", self.parent);
-        }
+        common::remove_runtime_containers(&self.rt);
     }
 }
 

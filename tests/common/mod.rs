@@ -17,6 +17,36 @@ pub fn require_root() -> bool {
 pub mod daemon;
 pub mod rootfs;
 
+/// The guard of the runtime tests: removes every container under `rt`'s root (directories
+/// `list()` skips included), then the cgroup parent. Runs the async removals on a thread of
+/// its own, so it works from inside or outside a tokio runtime (and during a panic).
+pub fn remove_runtime_containers(rt: &shoal_agent::runtime::Runtime) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if let Ok(entries) = std::fs::read_dir(rt.root()) {
+                for e in entries.flatten() {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    if id.starts_with('.') {
+                        continue; // removals still being deleted
+                    }
+                    if let Err(e) = tokio_rt.block_on(rt.remove(&id)) {
+                        eprintln!("cleanup: remove {id}: {e}");
+                    }
+                }
+            }
+        });
+    });
+    if let Err(e) = rt.remove_cgroup_parent() {
+        eprintln!("cleanup: cgroup parent of {}: {e}", rt.root().display());
+    }
+}
+
 /// A random number (std's per-process random hasher keys), for names that must not collide.
 pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
