@@ -175,15 +175,6 @@ fn live_processes_mentioning(needle: &str) -> Vec<i32> {
     found
 }
 
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn exit_code_and_both_streams_are_logged() {
     if !common::require_root() {
@@ -334,7 +325,7 @@ async fn namespaces_mounts_hostname_and_loopback() {
     env.rt.kill("ns", Signal::SIGKILL).expect("kill");
     let exit = wait_exit(&env.rt, "ns").await;
     assert_eq!((exit.code, exit.signal), (137, Some(9)));
-    assert!(!alive(pid));
+    assert!(!common::pid_alive(pid));
     assert!(matches!(
         env.rt.kill("ns", Signal::SIGKILL),
         Err(RuntimeError::NotRunning { .. })
@@ -390,7 +381,7 @@ async fn limits_are_in_the_cgroup_before_exec() {
 
     // Remove kills it and leaves nothing.
     env.rt.remove("lim").await.expect("remove");
-    assert!(!alive(pid));
+    assert!(!common::pid_alive(pid));
     assert!(!env.rt.container_dir("lim").exists());
     for dir in env.cgroup_dirs("lim") {
         assert!(!dir.exists(), "{} left behind", dir.display());
@@ -611,7 +602,10 @@ async fn containers_outlive_the_runtime_and_are_adopted() {
     // in between is the shell's business (busybox ash can lose it). Wait for the trap.
     wait_for_line(&first, "adopt", "trapped").await;
     drop(first);
-    assert!(alive(pid), "the container died with its runtime");
+    assert!(
+        common::pid_alive(pid),
+        "the container died with its runtime"
+    );
 
     let second = env.reopen();
     let list = second.list().expect("list");
@@ -652,10 +646,13 @@ async fn a_vanished_supervisor_is_reported_as_lost() {
     assert_eq!(exit.code, 255);
     // The init had the supervisor as its parent-death signal source.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
+    while common::pid_alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!alive(pid), "the container outlived its supervisor");
+    assert!(
+        !common::pid_alive(pid),
+        "the container outlived its supervisor"
+    );
     env.rt.remove("lost").await.expect("remove");
     for dir in env.cgroup_dirs("lost") {
         assert!(!dir.exists(), "{} left behind", dir.display());
@@ -906,7 +903,7 @@ async fn containers_survive_kill_9_of_the_daemon() {
     daemon.0.kill().expect("SIGKILL the daemon");
     daemon.0.wait().expect("reap the daemon");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(alive(pid), "the container died with its daemon");
+    assert!(common::pid_alive(pid), "the container died with its daemon");
 
     // A new daemon adopts it and gets its real exit code.
     let rt = env.reopen();

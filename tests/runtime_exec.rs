@@ -524,7 +524,7 @@ async fn pause_freezes_unpause_thaws_and_stop_or_kill_still_work() {
     .expect("stop");
     let exit = env.rt.wait("pz").await.expect("wait");
     assert_eq!(exit.code, 137);
-    assert!(fs::metadata(format!("/proc/{pid}/status")).is_err() || !pid_alive(pid));
+    assert!(fs::metadata(format!("/proc/{pid}/status")).is_err() || !common::pid_alive(pid));
     assert!(matches!(
         env.rt.pause("pz"),
         Err(RuntimeError::NotRunning { .. })
@@ -547,15 +547,6 @@ async fn pause_freezes_unpause_thaws_and_stop_or_kill_still_work() {
         .await
         .expect("remove of a paused container finished")
         .expect("remove");
-}
-
-fn pid_alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod scenario;
 mod shoal;
 mod stats;
 mod swarm;
+mod table;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -276,7 +277,7 @@ fn print_table(shoal: &Side, swarm: &Side) {
             }
         }
     }
-    println!("{}", format_table(&header, &rows));
+    println!("{}", table::format_table(&header, &rows));
     if !raw.is_empty() {
         println!();
         println!("every run, in order (ms):");
@@ -297,48 +298,13 @@ fn range(s: Option<Stats>) -> String {
     })
 }
 
-/// Left-aligned columns, three spaces apart, with a rule under the header.
-fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let width = |i: usize| {
-        rows.iter()
-            .map(|r| r[i].chars().count())
-            .chain([header[i].chars().count()])
-            .max()
-            .unwrap_or(0)
-    };
-    let widths: Vec<usize> = (0..header.len()).map(width).collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect::<Vec<_>>()
-            .join("   ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = vec![line(header.to_vec())];
-    out.push(
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("   "),
-    );
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    out.join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn table_columns_line_up() {
-        let t = format_table(&["a", "bbb"], &[vec!["xxxx".into(), "y".into()]]);
+        let t = table::format_table(&["a", "bbb"], &[vec!["xxxx".into(), "y".into()]]);
         assert_eq!(t, "a      bbb\n----   ---\nxxxx   y");
     }
 }

@@ -17,6 +17,16 @@ pub fn require_root() -> bool {
 pub mod daemon;
 pub mod rootfs;
 
+/// Whether process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// The guard of the runtime tests: removes every container under `rt`'s root (directories
 /// `list()` skips included), then the cgroup parent. Runs the async removals on a thread of
 /// its own, so it works from inside or outside a tokio runtime (and during a panic).

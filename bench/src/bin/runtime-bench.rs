@@ -28,6 +28,9 @@
 //! by PID. Everything made (containers, bundles, cgroups, data dirs, processes, the Docker image)
 //! carries a random tag and is removed at the end, also on error.
 
+#[path = "../table.rs"]
+mod table;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
@@ -210,42 +213,6 @@ impl Stats {
             n,
         })
     }
-}
-
-/// Left-aligned columns, three spaces apart, a rule under the header.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect::<Vec<_>>()
-            .join("   ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = vec![line(header.to_vec())];
-    out.push(
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("   "),
-    );
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    out.join("\n")
 }
 
 /// VmRSS (from status) and Pss (from smaps_rollup) of a process, in KiB.
@@ -1345,7 +1312,10 @@ fn print_breakdown(lines: &[Timeline]) {
         ]);
         prev = at;
     }
-    println!("{}", table(&["event", "at", "since previous"], &rows));
+    println!(
+        "{}",
+        table::format_table(&["event", "at", "since previous"], &rows)
+    );
     let rows: Vec<Vec<String>> = (0..first.costs.len())
         .map(|k| {
             let v = median_of(&|t| t.costs[k].1);
@@ -1361,7 +1331,7 @@ fn print_breakdown(lines: &[Timeline]) {
         .collect();
     println!(
         "{}",
-        table(
+        table::format_table(
             &[
                 "time in syscalls, same traced runs (ms; counts as noted)",
                 "median"
@@ -1564,7 +1534,7 @@ fn run_all(args: &Args) -> Result<()> {
     }
     println!(
         "{}",
-        table(&["system", "p50", "p90", "min–max", "n", "vs"], &rows)
+        table::format_table(&["system", "p50", "p90", "min–max", "n", "vs"], &rows)
     );
     for (j, f) in oci_failed.iter().enumerate() {
         if let Some(f) = f {
@@ -1763,7 +1733,7 @@ fn run_all(args: &Args) -> Result<()> {
         }
         println!(
             "{}",
-            table(&["system", "p50", "p90", "min–max", "n", "note"], &rows)
+            table::format_table(&["system", "p50", "p90", "min–max", "n", "note"], &rows)
         );
         println!();
     }
@@ -1854,7 +1824,7 @@ fn run_all(args: &Args) -> Result<()> {
         }
         println!(
             "{}",
-            table(
+            table::format_table(
                 &[
                     "process",
                     "VmRSS p50",
@@ -1934,7 +1904,7 @@ fn run_all(args: &Args) -> Result<()> {
         }
         println!(
             "{}",
-            table(&["process", "VmRSS", "Pss", "threads", "target"], &rows)
+            table::format_table(&["process", "VmRSS", "Pss", "threads", "target"], &rows)
         );
         println!();
     }
