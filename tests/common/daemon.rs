@@ -82,6 +82,8 @@ impl TestDaemon {
 
     /// (Re)starts the daemon process on the same data dir and waits until it answers.
     pub fn spawn(&mut self) {
+        // Never two daemons on one data dir: an orphaned one would outlive the guard.
+        self.kill9();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -295,6 +297,12 @@ impl TestDaemon {
         });
         if let Ok(ports) = ports {
             let _ = ports.remove_all();
+        }
+        // Netns files whose endpoint the state no longer knew (a daemon killed mid-attach).
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("run/netns")) {
+            for e in entries.flatten() {
+                let _ = shoal_agent::network::delete_netns_file(&e.path());
+            }
         }
     }
 }
