@@ -117,22 +117,6 @@ async fn wait_exit(rt: &Runtime, id: &str) -> shoal_agent::runtime::ExitStatus {
         .expect("wait")
 }
 
-/// Polls the log until an entry equal to `line` shows up.
-async fn wait_for_line(rt: &Runtime, id: &str, line: &str) -> Vec<LogEntry> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let entries = read_log(&rt.log_path(id), None).expect("read log");
-        if entries.iter().any(|e| e.l == line) {
-            return entries;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line {line:?} within 15 s; log so far: {entries:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn lines(entries: &[LogEntry], stream: LogStream) -> Vec<String> {
     entries
         .iter()
@@ -256,7 +240,7 @@ async fn namespaces_mounts_hostname_and_loopback() {
     cfg.hostname = "box-1".into();
     let state = env.rt.create_and_start(cfg).await.expect("start");
     let pid = running_pid(&state);
-    let log = wait_for_line(&env.rt, "ns", "ready").await;
+    let log = common::wait_for_line(&env.rt, "ns", "ready").await;
     let out = lines(&log, LogStream::Stdout);
     for want in [
         "pid=1",
@@ -552,7 +536,7 @@ async fn stop_escalates_to_sigkill_and_honours_sigterm_handlers() {
         ))
         .await
         .expect("start");
-    wait_for_line(&env.rt, "polite", "ready").await;
+    common::wait_for_line(&env.rt, "polite", "ready").await;
     let t0 = Instant::now();
     env.rt
         .stop("polite", Duration::from_secs(20))
@@ -576,7 +560,7 @@ async fn stop_escalates_to_sigkill_and_honours_sigterm_handlers() {
         ))
         .await
         .expect("start");
-    wait_for_line(&env.rt, "fwd", "ready").await;
+    common::wait_for_line(&env.rt, "fwd", "ready").await;
     let sup = state.supervisor_pid.expect("supervisor");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM).expect("SIGTERM");
     let exit = wait_exit(&env.rt, "fwd").await;
@@ -600,7 +584,7 @@ async fn containers_outlive_the_runtime_and_are_adopted() {
     let pid = running_pid(&started);
     // The start returns once the shell is exec'd, before it has set its trap: a signal sent
     // in between is the shell's business (busybox ash can lose it). Wait for the trap.
-    wait_for_line(&first, "adopt", "trapped").await;
+    common::wait_for_line(&first, "adopt", "trapped").await;
     drop(first);
     assert!(
         common::pid_alive(pid),

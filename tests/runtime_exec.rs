@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use shoal_agent::runtime::{
     parse_signal_number, read_log, CgroupFs, CgroupVersion, ContainerConfig, ContainerStatus,
-    ExecHandle, ExecSpec, Limits, LogEntry, LogFollower, LogOptions, LogStream, Runtime,
-    RuntimeError, Stage,
+    ExecHandle, ExecSpec, Limits, LogFollower, LogOptions, LogStream, Runtime, RuntimeError, Stage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -121,21 +120,6 @@ fn status_field(status: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("{key} missing in {status}"))
         .trim()
         .to_string()
-}
-
-async fn wait_for_line(rt: &Runtime, id: &str, line: &str) -> Vec<LogEntry> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let entries = read_log(&rt.log_path(id), None).expect("read log");
-        if entries.iter().any(|e| e.l == line) {
-            return entries;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line {line:?} within 15 s; log so far: {entries:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -471,7 +455,7 @@ async fn pause_freezes_unpause_thaws_and_stop_or_kill_still_work() {
     let pid = env
         .start(env.sh("pz", "while true; do echo tick; sleep 0.05; done"))
         .await;
-    wait_for_line(&env.rt, "pz", "tick").await;
+    common::wait_for_line(&env.rt, "pz", "tick").await;
     assert!(!env.rt.state("pz").expect("state").paused);
 
     env.rt.pause("pz").expect("pause");
@@ -565,7 +549,7 @@ async fn stats_and_top() {
         pids: Some(50),
     };
     let pid = env.start(cfg).await;
-    wait_for_line(&env.rt, "st", "ready").await;
+    common::wait_for_line(&env.rt, "st", "ready").await;
 
     let s1 = env.rt.stats("st").expect("stats");
     assert_eq!(s1.memory_limit, Some(64 << 20));
@@ -649,7 +633,7 @@ async fn kill_takes_any_signal_name_or_number() {
         ),
     ))
     .await;
-    wait_for_line(&env.rt, "sig", "ready").await;
+    common::wait_for_line(&env.rt, "sig", "ready").await;
     for (spec, line) in [
         ("usr1", "got-usr1"),
         ("1", "got-hup"),
@@ -657,7 +641,7 @@ async fn kill_takes_any_signal_name_or_number() {
     ] {
         let n = parse_signal_number(spec).expect("parse");
         env.rt.kill_signal_number("sig", n).expect("kill");
-        wait_for_line(&env.rt, "sig", line).await;
+        common::wait_for_line(&env.rt, "sig", line).await;
     }
     env.rt
         .kill_signal_number("sig", parse_signal_number("SIGKILL").expect("parse"))

@@ -27,6 +27,26 @@ pub fn pid_alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Polls the container's log until an entry equal to `line` shows up (15 s at most).
+pub async fn wait_for_line(
+    rt: &shoal_agent::runtime::Runtime,
+    id: &str,
+    line: &str,
+) -> Vec<shoal_agent::runtime::LogEntry> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let entries = shoal_agent::runtime::read_log(&rt.log_path(id), None).expect("read log");
+        if entries.iter().any(|e| e.l == line) {
+            return entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line {line:?} within 15 s; log so far: {entries:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The guard of the runtime tests: removes every container under `rt`'s root (directories
 /// `list()` skips included), then the cgroup parent. Runs the async removals on a thread of
 /// its own, so it works from inside or outside a tokio runtime (and during a panic).
