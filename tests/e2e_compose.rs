@@ -41,7 +41,7 @@ fn compose_up_is_a_stack_idempotent_and_down_removes_everything() {
     // name on the project's network: "hello from shoal, web 10.x.y.z is <its hostname>".
     d.wait_for(
         "the ticker's greeting from web",
-        Duration::from_secs(20),
+        Duration::from_secs(45),
         || {
             d.ok(&["service", "logs", "hello_ticker"]).lines().any(|l| {
                 l.split_once("hello from shoal, web ")
