@@ -75,7 +75,7 @@ fn services_of_a_stack_reach_each_other_by_name_and_dns_follows_scaling() {
 
     d.wait_for(
         "the probe to reach web by name",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || {
             let l = logs(&d, "netapp_probe");
             l.contains("page=hello-from-web") && l.contains("tasks=2")
@@ -84,11 +84,11 @@ fn services_of_a_stack_reach_each_other_by_name_and_dns_follows_scaling() {
 
     // Scale up and down: tasks.web follows.
     d.ok(&["service", "scale", "netapp_web=3"]);
-    d.wait_for("tasks.web to list 3 tasks", Duration::from_secs(20), || {
+    d.wait_for("tasks.web to list 3 tasks", Duration::from_secs(60), || {
         logs(&d, "netapp_probe").contains("tasks=3")
     });
     d.ok(&["service", "scale", "netapp_web=1"]);
-    d.wait_for("tasks.web to list 1 task", Duration::from_secs(20), || {
+    d.wait_for("tasks.web to list 1 task", Duration::from_secs(60), || {
         logs(&d, "netapp_probe")
             .lines()
             .rfind(|l| l.contains("tasks="))
@@ -96,7 +96,7 @@ fn services_of_a_stack_reach_each_other_by_name_and_dns_follows_scaling() {
     });
 
     d.ok(&["compose", "-f", &file, "down"]);
-    d.wait_for("the stack network removed", Duration::from_secs(20), || {
+    d.wait_for("the stack network removed", Duration::from_secs(60), || {
         !d.ok(&["network", "ls"]).contains("netapp_default")
     });
 }
@@ -185,7 +185,7 @@ fn networks_isolate_and_nothing_leaks_after_removal() {
     };
     probe("near", "front");
     probe("far", "back");
-    d.wait_for("near reaches web", Duration::from_secs(20), || {
+    d.wait_for("near reaches web", Duration::from_secs(60), || {
         let l = logs(&d, "near");
         l.contains("name=front-page") && l.contains("ip=front-page")
     });
@@ -206,7 +206,7 @@ fn networks_isolate_and_nothing_leaks_after_removal() {
     }
     d.ok(&["network", "rm", "front", "back"]);
     // The node removes its bridges once no task needs them.
-    d.wait_for("no link and no rule left", Duration::from_secs(20), || {
+    d.wait_for("no link and no rule left", Duration::from_secs(60), || {
         leftovers(&d).is_empty()
     });
 }
@@ -254,7 +254,7 @@ fn a_published_port_reaches_every_replica_and_a_clash_is_refused() {
     let mut seen = std::collections::HashSet::new();
     d.wait_for(
         "both replicas to answer on the port",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || {
             if let Ok(body) = get(port) {
                 seen.insert(body);
@@ -276,13 +276,13 @@ fn a_published_port_reaches_every_replica_and_a_clash_is_refused() {
         "sleep",
         "100",
     ]);
-    d.wait_for("the clash to be reported", Duration::from_secs(20), || {
+    d.wait_for("the clash to be reported", Duration::from_secs(60), || {
         d.ok(&["service", "ps", "clash", "--format", "json"])
             .contains("already allocated")
     });
 
     d.ok(&["service", "rm", "web", "clash"]);
-    d.wait_for("the port to be freed", Duration::from_secs(20), || {
+    d.wait_for("the port to be freed", Duration::from_secs(60), || {
         get(port).is_err()
     });
 }
@@ -332,7 +332,7 @@ fn fifty_containers_come_and_go_without_leaking_links_rules_or_addresses() {
             d.running_tasks("c").is_empty()
         });
         // Stopped containers stay (as task history) but hold no address.
-        d.wait_for("no endpoint held", Duration::from_secs(20), || {
+        d.wait_for("no endpoint held", Duration::from_secs(60), || {
             endpoints(&d) == 0
         });
     }
@@ -346,7 +346,7 @@ fn fifty_containers_come_and_go_without_leaking_links_rules_or_addresses() {
                 .is_ok_and(|mut e| e.next().is_some())
     });
     // Nothing needs the network on this node any more: its bridge and rules go too.
-    d.wait_for("no link and no rule left", Duration::from_secs(20), || {
+    d.wait_for("no link and no rule left", Duration::from_secs(60), || {
         leftovers(&d).is_empty() && nft_rules(&d).is_empty()
     });
 }
