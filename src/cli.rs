@@ -798,10 +798,19 @@ pub struct RunArgs {
     /// Run an init inside the container that forwards signals and reaps processes.
     #[arg(long)]
     pub init: bool,
-    /// `none` (its own network namespace with only lo; the default for now) or `host`.
-    /// Bridge networks for standalone containers are not supported yet.
-    #[arg(long, default_value = "none")]
+    /// `bridge` (the node's default network), `none` (only lo), `host`, or a network's name.
+    #[arg(long, default_value = "bridge")]
     pub network: String,
+    /// Publish a port: `[IP:][HOST:]CONTAINER[/tcp|/udp]`, ranges allowed (HOST omitted: a
+    /// random free port).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Mount a volume or host path: `[SOURCE:]TARGET[:ro|rw|...]`.
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs: `TARGET[:size=64m,mode=1777]`.
+    #[arg(long = "tmpfs")]
+    pub tmpfs: Vec<String>,
     /// Overwrite the image's entrypoint (one executable; "" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,

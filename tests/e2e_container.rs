@@ -375,8 +375,8 @@ fn run_in_the_foreground_exits_with_the_containers_code_and_bad_input_leaves_not
             "invalid container name",
         ),
         (
-            vec!["run", "--rm", "--network", "bridge", "busybox", "true"],
-            "not supported",
+            vec!["run", "--rm", "--network", "nosuchnet", "busybox", "true"],
+            "no such network",
         ),
         (
             vec!["run", "--rm", "-e", "=x", "busybox", "true"],

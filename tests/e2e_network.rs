@@ -372,3 +372,78 @@ fn nft_rules(d: &TestDaemon) -> String {
     }
     keep
 }
+
+/// A free TCP port on loopback (the kernel's pick; nothing holds it afterwards).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn standalone_containers_join_networks_publish_ports_and_keep_volume_data() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    d.ok(&["network", "create", "appnet"]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "appnet",
+        "-p",
+        &publish,
+        "-v",
+        "webdata:/www",
+        "busybox",
+        "sh",
+        "-c",
+        "echo from-volume > /www/index.html; exec httpd -f -p 80 -h /www",
+    ]);
+    d.wait_for("the published port", Duration::from_secs(30), || {
+        get(port).is_ok_and(|body| body == "from-volume")
+    });
+    // Another container on the network finds it by name.
+    let by_name = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        "busybox",
+        "sh",
+        "-c",
+        "ip=$(nslookup srv 2>/dev/null | awk '/^Address: /{print $2; exit}'); \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$ip\" 80 | tail -1",
+    ]);
+    assert_eq!(by_name.trim(), "from-volume");
+    d.ok(&["rm", "-f", "srv"]);
+    assert!(get(port).is_err(), "the port is closed with its container");
+    // The named volume outlives the container.
+    let kept = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "webdata:/data:ro",
+        "busybox",
+        "cat",
+        "/data/index.html",
+    ]);
+    assert_eq!(kept, "from-volume\n");
+    d.ok(&["volume", "rm", "webdata"]);
+    d.ok(&["network", "rm", "appnet"]);
+    d.wait_for("no link and no rule left", Duration::from_secs(60), || {
+        leftovers(&d).is_empty()
+    });
+    // An unknown network: a clear error and no container.
+    let err = d.fails(&["run", "--rm", "--network", "nosuchnet", "busybox", "true"]);
+    assert!(err.contains("nosuchnet"), "{err}");
+    assert_eq!(d.ok(&["ps", "-a", "-q"]), "");
+}

@@ -10,8 +10,11 @@
 //! - `run` makes a standalone container: a fresh id (32 hex digits), the given name or a
 //!   Docker-style `adjective_noun`, the labels [`STANDALONE_LABEL`] and [`IMAGE_LABEL`].
 //!   Entrypoint, cmd, env, workdir and user are merged with the image's config by the
-//!   executor's [`container_config`] (one implementation of Docker's rules). Networks: `none`
-//!   (its own empty network namespace, the default for now) or `host`.
+//!   executor's [`container_config`] (one implementation of Docker's rules). Networks: the
+//!   node's default `bridge` (Docker's default), `none`, `host`, or store networks the CLI
+//!   resolved (made on this node if needed); mounts and published ports likewise go through
+//!   the executor's [`ContainerResources`], so a standalone container follows the same rules as
+//!   a task. Its endpoints and volumes are released when it is removed.
 //! - `--rm` (auto-remove) is done by this process: a daemon restart while such a container runs
 //!   leaves it behind (remove it with `rm`).
 //! - `start` of an exited container keeps its filesystem and log ([`Runtime::start_existing`]).
@@ -29,18 +32,18 @@ use shoal_proto::containers_server::{Containers, ContainersServer};
 use shoal_proto::{
     exec_input, exec_output, run_container_event, ContainerInfo, ContainerLogLine,
     ContainerLogsRequest, ContainerProcess, ContainerRef, ContainerSpec, ContainerStatsBatch,
-    ContainerStatsEntry, ContainerStatsRequest, ExecInput, ExecOutput, ExecSpecMessage,
-    InspectContainerResponse, KillContainerRequest, ListContainersRequest, ListContainersResponse,
-    RemoveContainerRequest, RemoveContainerResponse, Resources, RunContainerEvent,
-    RunContainerRequest, ServiceSpec, StopContainerRequest, Task, TopContainerResponse,
-    WaitContainerResponse,
+    ContainerStatsEntry, ContainerStatsRequest, EndpointSpec, ExecInput, ExecOutput,
+    ExecSpecMessage, InspectContainerResponse, KillContainerRequest, ListContainersRequest,
+    ListContainersResponse, Network, RemoveContainerRequest, RemoveContainerResponse, Resources,
+    RunContainerEvent, RunContainerRequest, ServiceSpec, StopContainerRequest, Task,
+    TopContainerResponse, WaitContainerResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::executor::container_config;
+use crate::executor::{container_config, ContainerResources};
 use crate::image::ImageStore;
 use crate::runtime::{
     parse_signal_number, read_log, ContainerState, ContainerStats, ContainerStatus, ExecHandle,
@@ -67,12 +70,32 @@ const STATS_FIRST_INTERVAL: Duration = Duration::from_millis(500);
 pub struct ContainersApi {
     runtime: Arc<Runtime>,
     images: ImageStore,
+    /// Networks and volumes for `run`; without them only `--network none|host` and no
+    /// mounts or ports are possible.
+    resources: Option<ContainerResources>,
 }
 
 impl ContainersApi {
     /// A service over the node's runtime and image store.
     pub fn new(runtime: Arc<Runtime>, images: ImageStore) -> ContainersApi {
-        ContainersApi { runtime, images }
+        ContainersApi {
+            runtime,
+            images,
+            resources: None,
+        }
+    }
+
+    /// A removed container's endpoints and volumes go back (nothing for one that had none).
+    async fn release(&self, id: &str) {
+        if let Some(r) = &self.resources {
+            r.release(id).await;
+        }
+    }
+
+    /// Lets `run` attach networks, publish ports and mount volumes.
+    pub fn with_resources(mut self, resources: ContainerResources) -> ContainersApi {
+        self.resources = Some(resources);
+        self
     }
 
     /// The tonic server wrapper, ready for `Server::add_service`.
@@ -154,24 +177,42 @@ impl ContainersApi {
         self.runtime.stop(&state.id, grace).await.map_err(status)
     }
 
-    /// `run`: the container's config from the request and the image.
+    /// `run`: the container's config from the request and the image, and the task-shaped
+    /// request its mounts and networks are made from.
     async fn run_config(
         &self,
         r: &RunContainerRequest,
-    ) -> Result<crate::runtime::ContainerConfig, Status> {
+    ) -> Result<(crate::runtime::ContainerConfig, Task), Status> {
         if r.image.trim().is_empty() {
             return Err(Status::invalid_argument("no image given"));
         }
-        let network = match r.network.as_str() {
-            "" | "none" => NetworkMode::New,
-            "host" => NetworkMode::Host,
-            other => {
+        let network_mode = match r.network.as_str() {
+            "none" | "host" => r.network.clone(),
+            _ if self.resources.is_none() => {
                 return Err(Status::invalid_argument(format!(
-                    "network {other:?} is not supported for standalone containers yet: use \
-                     --network none or --network host"
+                    "network {:?} is not available here: use --network none or --network host",
+                    r.network
                 )))
             }
+            "" | "bridge" | "default" => String::new(),
+            other if r.attachments.is_empty() => {
+                return Err(Status::invalid_argument(format!(
+                    "network {other:?} was not resolved: give the network's definition"
+                )))
+            }
+            _ => String::new(),
         };
+        if network_mode == "host" && !r.ports.is_empty() {
+            return Err(Status::invalid_argument(
+                "published ports make no sense with --network host: the container already \
+                 uses the host's ports",
+            ));
+        }
+        if self.resources.is_none() && !(r.ports.is_empty() && r.mounts.is_empty()) {
+            return Err(Status::invalid_argument(
+                "ports and mounts are not available here",
+            ));
+        }
         for kv in r.env.iter() {
             match kv.split_once('=') {
                 Some((k, _)) if !k.is_empty() => {}
@@ -231,6 +272,8 @@ impl ContainersApi {
                     cap_drop: r.cap_drop.clone(),
                     read_only: r.read_only,
                     init: r.init,
+                    network_mode,
+                    mounts: r.mounts.clone(),
                     ..Default::default()
                 }),
                 limits: Some(Resources {
@@ -238,8 +281,14 @@ impl ContainersApi {
                     nano_cpus: r.nano_cpus,
                     pids: r.pids_limit,
                 }),
+                networks: r.attachments.clone(),
+                endpoint: (!r.ports.is_empty()).then(|| EndpointSpec {
+                    ports: r.ports.clone(),
+                }),
                 ..Default::default()
             }),
+            // Published ports are kept per service: a standalone container is its own.
+            service_id: id.clone(),
             ..Default::default()
         };
         let mut config =
@@ -258,8 +307,11 @@ impl ContainersApi {
         labels.insert(STANDALONE_LABEL.into(), "true".into());
         labels.insert(IMAGE_LABEL.into(), r.image.clone());
         config.labels = labels;
-        config.network = network;
-        Ok(config)
+        config.network = match r.network.as_str() {
+            "host" => NetworkMode::Host,
+            _ => NetworkMode::New,
+        };
+        Ok((config, task))
     }
 }
 
@@ -551,9 +603,16 @@ async fn relay_exec(
     let _ = tx.send(last).await;
 }
 
-async fn auto_remove_container(runtime: &Runtime, id: &str) {
+async fn auto_remove_container(
+    runtime: &Runtime,
+    resources: Option<&ContainerResources>,
+    id: &str,
+) {
     if let Err(e) = runtime.remove(id).await {
         tracing::warn!(container = %id, "auto-remove: {e}");
+    }
+    if let Some(r) = resources {
+        r.release(id).await;
     }
 }
 
@@ -741,6 +800,7 @@ impl Containers for ContainersApi {
             )));
         }
         self.runtime.remove(&state.id).await.map_err(status)?;
+        self.release(&state.id).await;
         Ok(Response::new(RemoveContainerResponse { id: state.id }))
     }
 
@@ -918,13 +978,30 @@ impl Containers for ContainersApi {
         request: Request<RunContainerRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let r = request.into_inner();
-        let config = self.run_config(&r).await?;
+        let (mut config, task) = self.run_config(&r).await?;
         let id = config.id.clone();
-        let state = self
-            .runtime
-            .create_and_start(config)
-            .await
-            .map_err(status)?;
+        let name = config.name.clone();
+        if let Some(resources) = &self.resources {
+            let known: HashMap<String, Network> = r
+                .networks
+                .iter()
+                .map(|n| (n.id.clone(), n.clone()))
+                .collect();
+            resources
+                .prepare(&task, &known, &mut config)
+                .await
+                .map_err(Status::invalid_argument)?;
+        }
+        let state = match self.runtime.create_and_start(config).await {
+            Ok(state) => state,
+            Err(e) => {
+                self.release(&id).await;
+                return Err(status(e));
+            }
+        };
+        if let Some(resources) = &self.resources {
+            resources.announce(&task, &name).await;
+        }
         let info = self.info(&state).await;
         let (tx, rx) = mpsc::channel(256);
         let _ = tx
@@ -933,6 +1010,7 @@ impl Containers for ContainersApi {
             }))
             .await;
         let runtime = self.runtime.clone();
+        let resources = self.resources.clone();
         let (attach, auto_remove) = (r.attach, r.auto_remove);
         // Runs on even if the client goes away: `--rm` must still remove the container.
         tokio::spawn(async move {
@@ -957,14 +1035,14 @@ impl Containers for ContainersApi {
                 // Removed before the client hears the exit code: when `run --rm` returns,
                 // the container is gone.
                 if auto_remove {
-                    auto_remove_container(&runtime, &id).await;
+                    auto_remove_container(&runtime, resources.as_ref(), &id).await;
                 }
                 let _ = tx.send(last).await;
             } else {
                 drop(tx);
                 if auto_remove {
                     let _ = runtime.wait(&id).await;
-                    auto_remove_container(&runtime, &id).await;
+                    auto_remove_container(&runtime, resources.as_ref(), &id).await;
                 }
             }
         });

@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use shoal_proto::{
     exec_input, exec_output, run_container_event, ContainerInfo, ContainerLogLine,
     ContainerLogsRequest, ContainerRef, ContainerStatsRequest, ExecInput, ExecResize,
-    ExecSpecMessage, KillContainerRequest, ListContainersRequest, RemoveContainerRequest,
-    RunContainerRequest, StopContainerRequest,
+    ExecSpecMessage, GetNetworkRequest, KillContainerRequest, ListContainersRequest, Network,
+    NetworkAttachmentConfig, RemoveContainerRequest, RunContainerRequest, StopContainerRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -388,6 +388,19 @@ async fn run_container(client: &mut Client, a: RunArgs) -> Result<()> {
             env.push(format!("{e}={v}"));
         }
     }
+    let mut ports = Vec::new();
+    for p in &a.publish {
+        ports.extend(super::service::parse_publish(p)?);
+    }
+    let dir = std::env::current_dir()?;
+    let mut mounts = Vec::new();
+    for v in &a.volumes {
+        mounts.push(crate::compose::volume_flag(v, &dir).map_err(|e| anyhow!(e))?);
+    }
+    for t in &a.tmpfs {
+        mounts.push(crate::compose::tmpfs_mount(t));
+    }
+    let (attachments, networks) = resolve_network(client, &a.network).await?;
     let request = RunContainerRequest {
         image: a.image.clone(),
         cmd: a.args.clone(),
@@ -408,6 +421,10 @@ async fn run_container(client: &mut Client, a: RunArgs) -> Result<()> {
         attach: !a.detach,
         labels: parse_pairs(&a.labels, "label")?,
         hostname: a.hostname.clone().unwrap_or_default(),
+        attachments,
+        networks,
+        ports,
+        mounts,
     };
     let mut stream = client
         .containers
@@ -430,6 +447,32 @@ async fn run_container(client: &mut Client, a: RunArgs) -> Result<()> {
         }
     }
     bail!("the daemon ended the run without the container's exit code")
+}
+
+/// `--network NAME`: a store network, resolved here so the agent can make it on this node.
+/// The node's own modes (`bridge`, `none`, `host`) need nothing.
+pub(crate) async fn resolve_network(
+    client: &mut Client,
+    network: &str,
+) -> Result<(Vec<NetworkAttachmentConfig>, Vec<Network>)> {
+    if matches!(network, "" | "bridge" | "default" | "none" | "host") {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let found = client
+        .control
+        .get_network(GetNetworkRequest {
+            network: network.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("network {network}: {}", status_message(&s)))?
+        .into_inner()
+        .network
+        .ok_or_else(|| anyhow!("no such network: {network}"))?;
+    let attachment = NetworkAttachmentConfig {
+        target: found.id.clone(),
+        ..Default::default()
+    };
+    Ok((vec![attachment], vec![found]))
 }
 
 /// Docker's `--sig-proxy`: SIGINT, SIGTERM, SIGHUP and SIGQUIT received while attached go

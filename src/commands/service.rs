@@ -269,7 +269,7 @@ fn ports_column(ports: &[PortConfig]) -> String {
 }
 
 /// `--publish`: Docker's short form (through the port layer's parser) or its long form.
-fn parse_publish(text: &str) -> Result<Vec<PortConfig>> {
+pub(crate) fn parse_publish(text: &str) -> Result<Vec<PortConfig>> {
     if !text.contains('=') {
         let mappings = shoal_agent::ports::parse_publish(text)
             .map_err(|e| anyhow!("invalid --publish {text:?}: {e}"))?;

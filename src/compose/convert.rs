@@ -722,7 +722,7 @@ pub fn port_merge_key(v: &Value) -> Option<String> {
 // volumes
 
 /// `[SOURCE:]TARGET[:MODE]`.
-fn volume_short(spec: &str, path: &str, ctx: &Ctx) -> Result<ServiceVolume> {
+pub fn volume_short(spec: &str, path: &str, ctx: &Ctx) -> Result<ServiceVolume> {
     let bad = |m: &str| err(path, format!("invalid volume {spec:?}: {m}"));
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {

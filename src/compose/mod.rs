@@ -45,7 +45,7 @@ mod model;
 mod stack;
 
 pub use model::Project;
-pub use stack::{to_stack_spec, Flavor};
+pub use stack::{tmpfs_mount, to_stack_spec, Flavor};
 mod yaml;
 
 #[cfg(test)]
@@ -941,6 +941,23 @@ fn validate(p: &Project) -> Result<()> {
         visit(p, n, &mut Vec::new(), &mut done)?;
     }
     Ok(())
+}
+
+/// `run -v [SOURCE:]TARGET[:MODE]`: compose's short volume syntax, host paths (absolute, `.`
+/// or `~` relative) resolved against `dir`; any other source names a volume.
+pub fn volume_flag(spec: &str, dir: &Path) -> std::result::Result<shoal_proto::Mount, String> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut warnings = Vec::new();
+    let ctx = convert::Ctx {
+        project_name: "",
+        project_dir: dir,
+        env: &env,
+        fs: &RealFs,
+        warnings: &mut warnings,
+    };
+    let v = convert::volume_short(spec, "--volume", &ctx).map_err(|e| e.to_string())?;
+    let source = v.source.clone().unwrap_or_default();
+    stack::mount(&v, source)
 }
 
 /// Loads the project the way every `shoal compose` verb does (flags, env, profiles), printing

@@ -19,7 +19,7 @@ use shoal_proto::{
     UpdateConfig, UpdateFailureAction, UpdateOrder,
 };
 
-use super::model::{Project, ResourceSpec, Service};
+use super::model::{Project, ResourceSpec, Service, ServiceVolume};
 
 /// Which tool's defaults apply where the file is silent: `docker stack deploy` restarts tasks
 /// by default (Swarm), `docker compose up` does not.
@@ -132,55 +132,64 @@ fn ports(name: &str, s: &Service) -> Result<Vec<PortConfig>, String> {
 fn mounts(project: &Project, name: &str, s: &Service) -> Result<Vec<Mount>, String> {
     let mut out = Vec::new();
     for v in &s.volumes {
-        let kind = match v.kind.as_str() {
-            "volume" => MountType::Volume,
-            "bind" => MountType::Bind,
-            "tmpfs" => MountType::Tmpfs,
-            other => {
-                return Err(format!(
-                    "service {name}: volumes: type {other:?} is not supported: use volume, bind or tmpfs"
-                ))
-            }
-        };
-        let source = match (kind, v.source.as_deref()) {
-            (MountType::Volume, Some(key)) => match project.volumes.get(key) {
+        let source = match (v.kind.as_str(), v.source.as_deref()) {
+            ("volume", Some(key)) => match project.volumes.get(key) {
                 Some(vol) => vol.name.clone(),
                 None => key.to_string(),
             },
             (_, source) => source.unwrap_or_default().to_string(),
         };
-        out.push(Mount {
-            r#type: kind as i32,
-            source,
-            target: v.target.clone(),
-            read_only: v.read_only,
-            propagation: v
-                .bind
-                .as_ref()
-                .and_then(|b| b.propagation.clone())
-                .unwrap_or_default(),
-            create_host_path: v.bind.as_ref().is_some_and(|b| b.create_host_path),
-            no_copy: v.volume.as_ref().is_some_and(|o| o.nocopy),
-            tmpfs_size: v
-                .tmpfs
-                .as_ref()
-                .and_then(|t| t.size)
-                .map(|n| n.max(0) as u64),
-            tmpfs_mode: v.tmpfs.as_ref().and_then(|t| t.mode),
-            volume_labels: HashMap::new(),
-        });
+        out.push(mount(v, source).map_err(|e| format!("service {name}: volumes: {e}"))?);
     }
-    for t in &s.tmpfs {
-        // `/run` or `/run:size=64m,mode=1777`: the runtime reads the options.
-        let (target, _) = t.split_once(':').unwrap_or((t, ""));
-        out.push(Mount {
-            r#type: MountType::Tmpfs as i32,
-            target: target.to_string(),
-            source: t.clone(),
-            ..Default::default()
-        });
-    }
+    out.extend(s.tmpfs.iter().map(|t| tmpfs_mount(t)));
     Ok(out)
+}
+
+/// `/run` or `/run:size=64m,mode=1777` (compose's `tmpfs:`, `run --tmpfs`): the runtime reads
+/// the options.
+pub fn tmpfs_mount(text: &str) -> Mount {
+    let (target, _) = text.split_once(':').unwrap_or((text, ""));
+    Mount {
+        r#type: MountType::Tmpfs as i32,
+        target: target.to_string(),
+        source: text.to_string(),
+        ..Default::default()
+    }
+}
+
+/// One of a service's volumes as a mount, its source already resolved (a project volume's
+/// full name, an absolute host path, or empty for an anonymous volume).
+pub fn mount(v: &ServiceVolume, source: String) -> Result<Mount, String> {
+    let kind = match v.kind.as_str() {
+        "volume" => MountType::Volume,
+        "bind" => MountType::Bind,
+        "tmpfs" => MountType::Tmpfs,
+        other => {
+            return Err(format!(
+                "type {other:?} is not supported: use volume, bind or tmpfs"
+            ))
+        }
+    };
+    Ok(Mount {
+        r#type: kind as i32,
+        source,
+        target: v.target.clone(),
+        read_only: v.read_only,
+        propagation: v
+            .bind
+            .as_ref()
+            .and_then(|b| b.propagation.clone())
+            .unwrap_or_default(),
+        create_host_path: v.bind.as_ref().is_some_and(|b| b.create_host_path),
+        no_copy: v.volume.as_ref().is_some_and(|o| o.nocopy),
+        tmpfs_size: v
+            .tmpfs
+            .as_ref()
+            .and_then(|t| t.size)
+            .map(|n| n.max(0) as u64),
+        tmpfs_mode: v.tmpfs.as_ref().and_then(|t| t.mode),
+        volume_labels: HashMap::new(),
+    })
 }
 
 fn to_service_spec(

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shoal_agent::containers_api::ContainersApi;
 use shoal_agent::dns::{DnsServer, DnsTable};
-use shoal_agent::executor::{Executor, PublishedPorts, TaskNetworks};
+use shoal_agent::executor::{ContainerResources, Executor, PublishedPorts, TaskNetworks};
 use shoal_agent::image::ImageStore;
 use shoal_agent::network::{NetworkConfig, NetworkManager};
 use shoal_agent::ports::{PortConfig, PortManager};
@@ -26,6 +27,7 @@ use shoal_manager::dispatcher::Dispatcher;
 use shoal_manager::join::{require_manager, JoinService};
 use shoal_manager::raft::RaftNode;
 use shoal_manager::store::Store;
+use shoal_proto::containers_server::ContainersServer;
 use shoal_proto::{NodeDescription, NodeRole, Platform, Resources, Task};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
@@ -138,13 +140,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
                 .into_server(),
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
-        .add_service(
-            shoal_agent::containers_api::ContainersApi::new(
-                agent.runtime.clone(),
-                agent.images.clone(),
-            )
-            .into_server(),
-        )
+        .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
     // The embedded agent dials the managers like any remote agent would (this one first).
@@ -185,13 +181,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
                 .into_server(),
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
-        .add_service(
-            shoal_agent::containers_api::ContainersApi::new(
-                agent.runtime.clone(),
-                agent.images.clone(),
-            )
-            .into_server(),
-        )
+        .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
     agent.start(
         manager::known_managers(&data_dir, &[manager.trim().to_string()]),
@@ -217,6 +207,17 @@ struct Agent {
 }
 
 impl Agent {
+    /// Docker's local container commands over this node's runtime, images, networks and
+    /// volumes.
+    fn containers_api(&self) -> ContainersServer<ContainersApi> {
+        ContainersApi::new(self.runtime.clone(), self.images.clone())
+            .with_resources(ContainerResources {
+                networks: self.networks.clone(),
+                volumes: self.volumes.clone(),
+            })
+            .into_server()
+    }
+
     fn open(args: &DaemonArgs) -> Result<Agent> {
         let runtime = Arc::new(Runtime::new(
             args.data_dir.join("containers"),

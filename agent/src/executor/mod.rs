@@ -9,6 +9,7 @@ mod health;
 mod mounts;
 mod net;
 mod published;
+mod resources;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use config::{apply_network, container_config, container_name, stop_grace, DEFAULT_STOP_GRACE};
 pub use net::{Prepared, TaskNetworks, DEFAULT_NETWORK};
 pub use published::PublishedPorts;
+pub use resources::ContainerResources;
 use shoal_proto::{
     now_ms, Assignments, Network, Task, TaskAddress, TaskState, TaskStatus, TaskStatusUpdate,
 };

@@ -133,6 +133,9 @@ pub struct TaskNetworks {
     manager: NetworkManager,
     dns: DnsServer,
     ports: PublishedPorts,
+    /// What the assigned tasks needed at the last [`TaskNetworks::prune`], so a standalone
+    /// container's removal can prune too.
+    needed: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 /// Runs blocking port-layer work off the async threads.
@@ -146,6 +149,7 @@ impl TaskNetworks {
             manager,
             dns,
             ports,
+            needed: Default::default(),
         }
     }
 
@@ -282,6 +286,17 @@ impl TaskNetworks {
     /// Removes the networks that no container uses and no assigned task needs (`needed`,
     /// by local name); the default network stays.
     pub async fn prune(&self, needed: &HashSet<String>) {
+        needed.clone_into(&mut self.needed.lock().unwrap_or_else(|e| e.into_inner()));
+        self.prune_unused().await;
+    }
+
+    /// [`TaskNetworks::prune`] with what the tasks needed last time.
+    pub async fn prune_unused(&self) {
+        let needed = self
+            .needed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let state = self.manager.state();
         let used: HashSet<&str> = state
             .containers
