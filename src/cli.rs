@@ -180,22 +180,138 @@ pub enum ComposeCommand {
         /// Services to include (and activate whatever their profiles).
         services: Vec<String>,
     },
-    /// Deploy the project as a stack and wait until it runs; then follow its logs.
+    /// Deploy the project as a stack and wait until it runs; then follow its logs (Ctrl-C
+    /// stops the project).
     Up {
         /// Return once deployed, without waiting.
         #[arg(short, long)]
         detach: bool,
-        /// Wait until every service runs, then return (no logs).
+        /// Wait until every service runs (healthy, or finished for a one-shot job), then
+        /// return (no logs).
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        wait_timeout: Option<u64>,
         /// Remove the project's services that the file no longer has.
         #[arg(long)]
         remove_orphans: bool,
+        /// Replace the containers even if nothing changed.
+        #[arg(long)]
+        force_recreate: bool,
+        /// Do not start the services the named ones depend on.
+        #[arg(long)]
+        no_deps: bool,
+        /// Stop the project when any container exits (foreground only).
+        #[arg(long)]
+        abort_on_container_exit: bool,
+        /// Services to start (default: all).
+        services: Vec<String>,
     },
-    /// Remove the project's services and wait until their containers are gone.
-    Down,
+    /// Remove the project's services and networks and wait until their containers are gone.
+    Down {
+        /// Also remove the project's named volumes (on this node).
+        #[arg(short, long)]
+        volumes: bool,
+        /// Accepted for Compose's sake: services the file no longer has go too.
+        #[arg(long)]
+        remove_orphans: bool,
+        /// Also remove images: `all` (every service's image) or `local` (only images
+        /// without a custom tag, i.e. built for the project).
+        #[arg(long, value_parser = ["local", "all"])]
+        rmi: Option<String>,
+    },
     /// List the project's tasks.
     Ps(ListArgs),
+    /// Show the output of the project's services.
+    Logs {
+        /// Keep following new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines from the end of each task's log.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+        /// Show timestamps.
+        #[arg(short, long)]
+        timestamps: bool,
+        /// No colours in the prefixes.
+        #[arg(long)]
+        no_color: bool,
+        /// Services to show (default: all).
+        services: Vec<String>,
+    },
+    /// Run a command in a running container of a service (on this node).
+    Exec {
+        /// Do not allocate a terminal (default: one when stdin is a terminal).
+        #[arg(short = 'T', long = "no-TTY")]
+        no_tty: bool,
+        /// Username or UID (format: <name|uid>[:<group|gid>]).
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        /// Set environment variables (KEY=VALUE).
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Which replica (1-based).
+        #[arg(long, default_value_t = 1)]
+        index: u64,
+        service: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Run a one-off command in a new container of a service, on its networks.
+    Run {
+        /// Run in the background and print the container's id.
+        #[arg(short, long)]
+        detach: bool,
+        /// Remove the container when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// The container's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Set environment variables (KEY=VALUE).
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Overwrite the service's entrypoint.
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Username or UID.
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        /// Mount a volume or host path.
+        #[arg(short = 'v', long = "volume")]
+        volumes: Vec<String>,
+        /// Publish a port.
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+        /// Publish the service's own ports too.
+        #[arg(long)]
+        service_ports: bool,
+        /// Do not start the services it depends on.
+        #[arg(long)]
+        no_deps: bool,
+        service: String,
+        /// Command and arguments (default: the service's).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Replace the containers of services (all by default), following their update settings.
+    Restart { services: Vec<String> },
+    /// Stop services (all by default) without removing them; `start` brings them back.
+    Stop { services: Vec<String> },
+    /// Start services that `stop` stopped.
+    Start { services: Vec<String> },
+    /// The processes of the project's containers on this node.
+    Top { services: Vec<String> },
+    /// The images the project's services use.
+    Images { services: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -413,6 +529,9 @@ pub enum ServiceCommand {
         /// A new number of tasks.
         #[arg(long, allow_negative_numbers = true, value_parser = parse_replicas)]
         replicas: Option<u64>,
+        /// Replace every task even if nothing changed.
+        #[arg(long)]
+        force: bool,
         /// Rolling-update and rollback settings (--update-*, --rollback-*).
         #[command(flatten)]
         rollout: Box<crate::commands::service::RolloutArgs>,

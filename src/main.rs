@@ -84,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = client::connect(&cli.host).await?;
             match command {
                 Command::Info(f) => system::info(&mut client, f).await,
-                Command::Compose(args) => stack::compose(&mut client, args).await,
+                Command::Compose(args) => commands::compose::run(&mut client, args).await,
                 Command::Network(n) => match n {
                     NetworkCommand::Create(a) => network::create(&mut client, &a).await,
                     NetworkCommand::Ls(l) => network::ls(&mut client, l).await,
@@ -161,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         env_add,
                         env_rm,
                         replicas,
+                        force,
                         rollout,
                         detach,
                         service: s,
@@ -170,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             env_add,
                             env_rm,
                             replicas,
+                            force,
                             rollout: *rollout,
                         };
                         service::update(&mut client, &s, &change, detach).await

@@ -143,3 +143,103 @@ fn depends_on_conditions_order_the_start_of_the_chain_example() {
     assert!(page.contains("schema v2"), "{page}");
     d.ok(&["compose", "-f", CHAIN, "down"]);
 }
+
+/// A web server whose page lives in a named volume, and a store it depends on.
+const VERBS: &str = r#"
+name: verbs
+services:
+  web:
+    image: busybox
+    command: ["sh", "-c", "echo page-$$(hostname) > /www/index.html; echo web-up; exec httpd -f -p 80 -h /www"]
+    volumes: ["pages:/www"]
+    depends_on: [store]
+    stop_grace_period: 1s
+  store:
+    image: busybox
+    command: ["sh", "-c", "echo store-up; exec sleep 1000"]
+    init: true
+    stop_grace_period: 1s
+volumes:
+  pages: {}
+"#;
+
+#[test]
+fn compose_verbs_exec_run_logs_stop_start_restart_top_images_and_down_volumes() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(&file, VERBS).expect("write the compose file");
+    let f = file.to_str().expect("utf-8 path");
+    let compose = |args: &[&str]| {
+        let mut all = vec!["compose", "-f", f];
+        all.extend_from_slice(args);
+        d.ok(&all)
+    };
+
+    // `up web` brings its dependency too.
+    compose(&["up", "-d", "--wait", "web"]);
+    assert_eq!(d.running_tasks("verbs_web").len(), 1);
+    assert_eq!(d.running_tasks("verbs_store").len(), 1);
+
+    let page = compose(&["exec", "web", "cat", "/www/index.html"]);
+    assert!(page.starts_with("page-"), "{page}");
+    d.wait_for("both services' logs", Duration::from_secs(20), || {
+        let logs = compose(&["logs", "--no-color"]);
+        logs.lines()
+            .any(|l| l.starts_with("web-1") && l.ends_with("web-up"))
+            && logs
+                .lines()
+                .any(|l| l.starts_with("store-1") && l.ends_with("store-up"))
+    });
+    assert!(compose(&["top", "store"]).contains("sleep 1000"));
+    assert!(compose(&["images"]).contains("busybox"));
+
+    // A one-off on the project's network reaches web by name, with the service's volume.
+    let one_off = compose(&[
+        "run",
+        "--rm",
+        "web",
+        "sh",
+        "-c",
+        "ip=$(nslookup web 2>/dev/null | awk '/^Address: /{print $2; exit}'); \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$ip\" 80 | tail -1; cat /www/index.html",
+    ]);
+    let lines: Vec<&str> = one_off.lines().collect();
+    assert_eq!(lines.len(), 2, "{one_off}");
+    assert_eq!(
+        lines[0], lines[1],
+        "the page by name equals the volume's: {one_off}"
+    );
+    assert!(
+        d.ok(&["ps", "-a", "-q"]).lines().count() == 2,
+        "run --rm left no container"
+    );
+
+    // stop keeps the services; start brings them back; restart replaces the tasks.
+    compose(&["stop", "web"]);
+    assert!(d.running_tasks("verbs_web").is_empty());
+    assert_eq!(d.running_tasks("verbs_store").len(), 1);
+    compose(&["start", "web"]);
+    assert_eq!(d.running_tasks("verbs_web").len(), 1);
+    let before = task_ids(&d, "verbs_store");
+    compose(&["restart", "store"]);
+    d.wait_for("a new store task", Duration::from_secs(30), || {
+        let now = task_ids(&d, "verbs_store");
+        now.len() == 1 && now.is_disjoint(&before)
+    });
+    // An unchanged `up` changes nothing, even after the forced restart.
+    let after = task_ids(&d, "verbs_store");
+    compose(&["up", "-d", "--wait"]);
+    assert_eq!(task_ids(&d, "verbs_store"), after);
+
+    let err = d.fails(&["compose", "-f", f, "exec", "nosuch", "true"]);
+    assert!(err.contains("no such service: nosuch"), "{err}");
+
+    compose(&["down", "-v"]);
+    assert!(d.ok(&["service", "ls", "-q"]).trim().is_empty());
+    let volumes = d.ok(&["volume", "ls", "-q"]);
+    assert!(!volumes.contains("verbs_pages"), "{volumes}");
+}

@@ -370,7 +370,7 @@ fn read_env_file(path: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-async fn run_container(client: &mut Client, a: RunArgs) -> Result<()> {
+pub(crate) async fn run_container(client: &mut Client, a: RunArgs) -> Result<()> {
     if a.interactive || a.tty {
         bail!(
             "shoal run -i/-t is not supported yet: the runtime cannot give a container's main \
@@ -547,7 +547,7 @@ impl Drop for RawMode {
     }
 }
 
-async fn exec(client: &mut Client, a: ExecArgs) -> Result<()> {
+pub(crate) async fn exec(client: &mut Client, a: ExecArgs) -> Result<()> {
     let (rows, cols) = if a.tty {
         terminal_size().unwrap_or((0, 0))
     } else {
@@ -739,7 +739,7 @@ fn binary_size(bytes: u64) -> String {
     }
 }
 
-async fn top(client: &mut Client, container: &str) -> Result<()> {
+pub(crate) async fn top(client: &mut Client, container: &str) -> Result<()> {
     let processes = client
         .containers
         .top(ContainerRef {

@@ -101,6 +101,7 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
         depends_on: Vec::new(),
         update_config: a.rollout.update_config(None)?,
         rollback_config: a.rollout.rollback_config(None)?,
+        force_update: 0,
     })
 }
 
@@ -379,85 +380,133 @@ pub async fn create(client: &mut Client, args: &CreateArgs) -> Result<()> {
 }
 
 /// Waits until every wanted task of the service runs, printing progress like Docker.
+/// Where a service's rollout stands, from its spec and its tasks. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Tasks of the current spec that run (or, for a one-shot job, finished cleanly).
+    pub done: u64,
+    pub desired: u64,
+    /// Old or removed tasks that have not stopped yet.
+    pub leaving: usize,
+    /// A task that failed and will not be restarted (restart condition `none`).
+    pub failed: Option<String>,
+    /// Its tasks run to completion (restart condition other than `any`).
+    pub job: bool,
+    /// Its tasks are healthy once running (it has a healthcheck).
+    pub health_checked: bool,
+}
+
+impl Progress {
+    pub fn of(s: &Service, tasks: &[Task]) -> Progress {
+        let spec = s.spec.clone().unwrap_or_default();
+        // Only tasks of the current spec count: right after an update the old ones still run.
+        let current = |t: &Task| {
+            shoal_manager::orchestrator::update::same_task_spec(t.spec.as_ref(), Some(&spec))
+        };
+        let restart = spec.restart.unwrap_or_default();
+        let job = spec.restart.is_some() && restart.condition() != RestartCondition::Any;
+        let finished_cleanly = |t: &Task| {
+            task_state(t) == TaskState::Complete
+                && t.status.as_ref().and_then(|st| st.exit_code) == Some(0)
+        };
+        let done = tasks
+            .iter()
+            .filter(|t| current(t))
+            .filter(|t| {
+                (task_state(t) == TaskState::Running && t.desired_state() == TaskState::Running)
+                    || (job && finished_cleanly(t))
+            })
+            .count() as u64;
+        let never_again = spec.restart.is_some() && restart.condition() == RestartCondition::None;
+        let failed = tasks
+            .iter()
+            .find(|t| never_again && current(t) && task_state(t) == TaskState::Failed)
+            .map(|t| {
+                t.status
+                    .as_ref()
+                    .map(|st| st.error.clone())
+                    .unwrap_or_default()
+            });
+        let leaving = tasks
+            .iter()
+            .filter(|t| t.desired_state() != TaskState::Running && !task_state(t).is_terminal())
+            .count();
+        let health_checked = spec
+            .container
+            .as_ref()
+            .and_then(|c| c.healthcheck.as_ref())
+            .is_some_and(|h| {
+                !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE")
+            });
+        Progress {
+            done,
+            desired: desired_tasks(s, tasks),
+            leaving,
+            failed,
+            job,
+            health_checked,
+        }
+    }
+
+    /// Every wanted task runs (or finished, for a job) and nothing old is left.
+    pub fn converged(&self, s: &Service) -> bool {
+        // A global service has converged once its tasks exist and all run.
+        let placed = self.desired > 0 || mode_name(s) == "replicated";
+        placed && self.done == self.desired && self.leaving == 0
+    }
+}
+
+/// Waits until the service's tasks run its current spec, printing progress and task errors.
 pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
     let mut last_line = String::new();
     let mut shown_errors: Vec<String> = Vec::new();
     loop {
         let s = get(client, service).await?;
         let tasks = list_tasks(client, &s.id).await?;
-        let desired = desired_tasks(&s, &tasks);
-        // Only tasks of the current spec count: right after an update the old ones still run.
-        let current = |t: &Task| {
-            shoal_manager::orchestrator::update::same_task_spec(t.spec.as_ref(), s.spec.as_ref())
-        };
-        // A one-shot task (no restart on success) that finished cleanly is done, as a job.
-        let job = s
-            .spec
-            .as_ref()
-            .and_then(|sp| sp.restart.as_ref())
-            .is_some_and(|r| r.condition() != RestartCondition::Any);
-        let done = |t: &Task| {
-            task_state(t) == TaskState::Running
-                || (job
-                    && task_state(t) == TaskState::Complete
-                    && t.status.as_ref().and_then(|st| st.exit_code) == Some(0))
-        };
-        let running = tasks
-            .iter()
-            .filter(|t| current(t) && done(t))
-            .filter(|t| {
-                t.desired_state() == TaskState::Running || task_state(t) == TaskState::Complete
-            })
-            .count() as u64;
-        let never_again = s
-            .spec
-            .as_ref()
-            .and_then(|sp| sp.restart.as_ref())
-            .is_some_and(|r| r.condition() == RestartCondition::None);
-        if let Some(failed) = tasks
-            .iter()
-            .find(|t| never_again && current(t) && task_state(t) == TaskState::Failed)
-        {
-            let error = failed.status.as_ref().map(|st| st.error.clone());
+        let progress = Progress::of(&s, &tasks);
+        if let Some(error) = &progress.failed {
             bail!(
-                "service {}: a task failed and will not be restarted: {}",
+                "service {}: a task failed and will not be restarted: {error}",
                 spec_name(&s),
-                error.unwrap_or_default()
             );
         }
-        let extra = tasks
-            .iter()
-            .filter(|t| t.desired_state() != TaskState::Running && !task_state(t).is_terminal())
-            .count();
-        for t in &tasks {
-            let error = t
-                .status
-                .as_ref()
-                .map(|s| s.error.clone())
-                .unwrap_or_default();
-            let error = if error.is_empty() {
-                t.scheduling_error.clone()
-            } else {
-                error
-            };
-            if !error.is_empty() && !shown_errors.contains(&t.id) {
-                shown_errors.push(t.id.clone());
-                eprintln!("task {}.{}: {}", spec_name(&s), t.slot, error);
+        for (task, error) in task_errors(&tasks) {
+            if !shown_errors.contains(&task.id) {
+                shown_errors.push(task.id.clone());
+                eprintln!("task {}.{}: {}", spec_name(&s), task.slot, error);
             }
         }
-        let line = format!("overall progress: {running} out of {desired} tasks");
+        let line = format!(
+            "overall progress: {} out of {} tasks",
+            progress.done, progress.desired
+        );
         if line != last_line {
             eprintln!("{line}");
             last_line = line;
         }
-        // A global service has converged once its tasks exist and all run.
-        let placed = desired > 0 || mode_name(&s) == "replicated";
-        if placed && running == desired && extra == 0 {
+        if progress.converged(&s) {
             eprintln!("verify: Service {} converged", spec_name(&s));
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The tasks that carry an error (a start error, or why they cannot be placed), and it.
+pub fn task_errors(tasks: &[Task]) -> impl Iterator<Item = (&Task, String)> {
+    tasks.iter().filter_map(|t| {
+        let error = t
+            .status
+            .as_ref()
+            .map(|s| s.error.clone())
+            .unwrap_or_default();
+        let error = if error.is_empty() {
+            t.scheduling_error.clone()
+        } else {
+            error
+        };
+        (!error.is_empty()).then_some((t, error))
+    })
 }
 
 fn task_state(t: &Task) -> TaskState {
@@ -487,7 +536,7 @@ fn spec_name(s: &Service) -> &str {
     s.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
 }
 
-async fn get(client: &mut Client, service: &str) -> Result<Service> {
+pub async fn get(client: &mut Client, service: &str) -> Result<Service> {
     client
         .control
         .get_service(GetServiceRequest {
@@ -500,7 +549,7 @@ async fn get(client: &mut Client, service: &str) -> Result<Service> {
         .ok_or_else(|| anyhow!("no such service: {service}"))
 }
 
-async fn list_tasks(client: &mut Client, service: &str) -> Result<Vec<Task>> {
+pub async fn list_tasks(client: &mut Client, service: &str) -> Result<Vec<Task>> {
     Ok(client
         .control
         .list_tasks(ListTasksRequest {
@@ -710,6 +759,8 @@ pub struct SpecChange {
     pub env_add: Vec<String>,
     pub env_rm: Vec<String>,
     pub replicas: Option<u64>,
+    /// Replace every task although nothing else changes.
+    pub force: bool,
     pub rollout: RolloutArgs,
 }
 
@@ -734,6 +785,9 @@ impl SpecChange {
             container.env.retain(|e| e.split('=').next() != Some(key));
             container.env.push(kv.clone());
         }
+        if self.force {
+            spec.force_update += 1;
+        }
         if let Some(replicas) = self.replicas {
             match spec.mode {
                 Some(Mode::Global(_)) => bail!("a global service has no replica count"),
@@ -747,10 +801,20 @@ impl SpecChange {
 /// Reads, changes and writes a service spec, retrying when something else changed the
 /// service meanwhile (compare-and-set). Returns the service id.
 async fn change_spec(client: &mut Client, name: &str, change: &SpecChange) -> Result<String> {
+    modify_spec(client, name, |spec| change.apply(spec)).await
+}
+
+/// Reads a service's spec, lets `change` edit it and writes it back, retrying when something
+/// else changed the service meanwhile (compare-and-set). Returns the service id.
+pub async fn modify_spec(
+    client: &mut Client,
+    name: &str,
+    change: impl Fn(&mut ServiceSpec) -> Result<()>,
+) -> Result<String> {
     for _ in 0..5 {
         let s = get(client, name).await?;
         let mut spec = s.spec.clone().unwrap_or_default();
-        change.apply(&mut spec)?;
+        change(&mut spec)?;
         let request = UpdateServiceRequest {
             service_id: s.id.clone(),
             version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),

@@ -39,35 +39,8 @@ pub async fn deploy(
     apply(client, spec, &warnings, prune, !detach).await
 }
 
-/// `compose up|down|ps`: the project named by the file (or `-p`) is the stack.
-pub async fn compose(client: &mut Client, args: ComposeArgs) -> Result<()> {
-    let project = compose::load_for_cli(&args, &[])?;
-    match args.command {
-        ComposeCommand::Up {
-            detach,
-            wait,
-            remove_orphans,
-        } => {
-            let (spec, warnings) = compose::to_stack_spec(&project, &project.name, Flavor::Compose)
-                .map_err(|e| anyhow!(e))?;
-            let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
-            apply(client, spec, &warnings, remove_orphans, !detach).await?;
-            if detach || wait {
-                return Ok(());
-            }
-            eprintln!(
-                "Attaching to the logs of {} (Ctrl-C detaches; the project keeps running)",
-                project.name
-            );
-            follow_logs(client, &project.name, &services).await
-        }
-        ComposeCommand::Down => down(client, &project.name).await,
-        ComposeCommand::Ps(list) => ps(client, &project.name, list).await,
-        ComposeCommand::Config { .. } => Ok(()),
-    }
-}
-
-async fn apply(
+/// Deploys the stack; with `wait`, follows each service until it converges.
+pub(crate) async fn apply(
     client: &mut Client,
     spec: StackSpec,
     warnings: &[String],
@@ -104,23 +77,8 @@ async fn apply(
     Ok(())
 }
 
-async fn follow_logs(client: &mut Client, stack: &str, services: &[String]) -> Result<()> {
-    let mut streams = Vec::new();
-    for service in services {
-        let mut c = client.clone();
-        let full = format!("{stack}_{service}");
-        streams.push(tokio::spawn(async move {
-            super::service::logs(&mut c, &full, true, None, false).await
-        }));
-    }
-    for s in streams {
-        s.await??;
-    }
-    Ok(())
-}
-
 /// Services that carry the stack's label.
-async fn stack_services(client: &mut Client, stack: &str) -> Result<Vec<Service>> {
+pub(crate) async fn stack_services(client: &mut Client, stack: &str) -> Result<Vec<Service>> {
     Ok(client
         .control
         .list_services(ListServicesRequest {})
@@ -249,7 +207,7 @@ pub async fn rm(client: &mut Client, names: &[String]) -> Result<()> {
 
 /// `compose down`: remove the stack, then wait until its tasks are gone (containers
 /// stopped and removed), like Compose returns once its containers are.
-async fn down(client: &mut Client, stack: &str) -> Result<()> {
+pub(crate) async fn down(client: &mut Client, stack: &str) -> Result<()> {
     let ids: HashSet<String> = stack_services(client, stack)
         .await?
         .into_iter()

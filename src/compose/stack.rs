@@ -319,6 +319,7 @@ fn to_service_spec(
             .collect(),
         update_config: rollout_config(name, "update_config", deploy_update(s, false))?,
         rollback_config: rollout_config(name, "rollback_config", deploy_update(s, true))?,
+        force_update: 0,
     })
 }
 

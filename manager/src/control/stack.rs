@@ -78,11 +78,17 @@ pub fn plan_deploy(
     let mut names: Vec<&String> = wanted.keys().collect();
     names.sort();
     for name in names {
-        let spec_wanted = &wanted[name];
         let existing = state
             .services
             .values()
             .find(|s| s.spec.as_ref().is_some_and(|sp| &sp.name == name));
+        // A file knows nothing of forced restarts: the service's counter stays, unless the
+        // deploy forces one itself (`up --force-recreate` sends a higher one).
+        let mut kept = wanted[name].clone();
+        if let Some(old) = existing.and_then(|s| s.spec.as_ref()) {
+            kept.force_update = kept.force_update.max(old.force_update);
+        }
+        let spec_wanted = &kept;
         match existing {
             None => {
                 plan.changes.push(change(

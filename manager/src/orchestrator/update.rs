@@ -351,9 +351,11 @@ pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool 
         depends_on: _,
         update_config: _,
         rollback_config: _,
+        force_update,
     } = a.unwrap_or(&empty);
     let b = b.unwrap_or(&empty);
-    *container == b.container
+    *force_update == b.force_update
+        && *container == b.container
         && *limits == b.limits
         && *reservations == b.reservations
         && *restart == b.restart
