@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal.proto",
         "proto/containers.proto",
         "proto/cluster.proto",
+        "proto/secrets.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
@@ -36,6 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         ("shoal.v1.UpdateConfig.order", "update_order"),
         ("shoal.v1.UpdateStatus.state", "update_state"),
+        ("shoal.v1.SecretSpec.kind", "secret_kind"),
+        ("shoal.v1.ListSecretsRequest.kind", "secret_kind"),
+        ("shoal.v1.GetSecretRequest.kind", "secret_kind"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -58,9 +58,41 @@ pub enum Command {
     /// Manage this node's volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Manage secrets (files on a tmpfs at /run/secrets in the tasks that use them).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Manage configs (files at their target path in the tasks that use them).
+    #[command(subcommand)]
+    Config(SecretCommand),
     /// Containers on this node (`run`, `ps`, `exec`, `logs`, `stop`, ...).
     #[command(flatten)]
     Container(ContainerCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Create one from a file, or from stdin with `-`.
+    Create {
+        /// Labels (KEY=VALUE).
+        #[arg(short, long = "label")]
+        labels: Vec<String>,
+        name: String,
+        file: PathBuf,
+    },
+    /// List them.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show them in detail (JSON; a secret's data is never shown).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove them (refused while a service uses one).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

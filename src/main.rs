@@ -94,6 +94,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     NetworkCommand::Rm { networks } => network::rm(&mut client, &networks).await,
                     NetworkCommand::Prune { .. } => network::prune(&mut client).await,
                 },
+                Command::Secret(c) => {
+                    commands::secret::run(&mut client, shoal_proto::SecretKind::Secret, c).await
+                }
+                Command::Config(c) => {
+                    commands::secret::run(&mut client, shoal_proto::SecretKind::Config, c).await
+                }
                 Command::Volume(v) => match v {
                     VolumeCommand::Create {
                         labels,

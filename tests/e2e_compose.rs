@@ -243,3 +243,91 @@ fn compose_verbs_exec_run_logs_stop_start_restart_top_images_and_down_volumes() 
     let volumes = d.ok(&["volume", "ls", "-q"]);
     assert!(!volumes.contains("verbs_pages"), "{volumes}");
 }
+
+#[test]
+fn secrets_and_configs_reach_the_tasks_as_files_and_go_with_the_stack() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("db_password.txt"), "hunter2\n").expect("write the secret");
+    // An external secret, made with the CLI from stdin.
+    let made = d.shoal_with_input(&["secret", "create", "shared_key", "-"], b"from-stdin");
+    assert!(made.status.success(), "{made:?}");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        r#"
+name: sec
+services:
+  app:
+    image: busybox
+    command: ["sleep", "1000"]
+    init: true
+    stop_grace_period: 1s
+    secrets:
+      - db_password
+      - { source: shared, target: /etc/shared.key, mode: 0400 }
+    configs:
+      - { source: app_conf, target: /etc/app.conf }
+secrets:
+  db_password: { file: ./db_password.txt }
+  shared: { external: true, name: shared_key }
+configs:
+  app_conf: { content: "greeting=hello" }
+"#,
+    )
+    .expect("write the compose file");
+    let f = file.to_str().expect("utf-8 path");
+    d.ok(&["compose", "-f", f, "up", "-d", "--wait"]);
+    let exec = |cmd: &str| d.ok(&["compose", "-f", f, "exec", "app", "sh", "-c", cmd]);
+    assert_eq!(exec("cat /run/secrets/db_password"), "hunter2\n");
+    assert_eq!(exec("cat /etc/shared.key"), "from-stdin");
+    assert_eq!(exec("stat -c %a /etc/shared.key"), "400\n");
+    assert_eq!(exec("cat /etc/app.conf"), "greeting=hello");
+    assert_eq!(
+        exec("grep ' /run/secrets ' /proc/mounts | cut -d' ' -f3"),
+        "tmpfs\n"
+    );
+    let err = d.fails(&[
+        "compose",
+        "-f",
+        f,
+        "exec",
+        "app",
+        "sh",
+        "-c",
+        "echo x > /run/secrets/db_password",
+    ]);
+    assert!(err.contains("Read-only"), "{err}");
+
+    let listed = d.ok(&["secret", "ls"]);
+    assert!(
+        listed.contains("sec_db_password") && listed.contains("shared_key"),
+        "{listed}"
+    );
+    assert!(d.ok(&["config", "ls"]).contains("sec_app_conf"));
+    let shown = d.ok(&["secret", "inspect", "sec_db_password"]);
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("aHVudGVyMg"),
+        "{shown}"
+    );
+    let err = d.fails(&["secret", "rm", "shared_key"]);
+    assert!(err.contains("in use by service sec_app"), "{err}");
+
+    d.ok(&["compose", "-f", f, "down"]);
+    let left = d.ok(&["secret", "ls", "-q"]);
+    assert_eq!(
+        left.lines().count(),
+        1,
+        "only the external one stays: {left}"
+    );
+    assert!(d.ok(&["config", "ls", "-q"]).trim().is_empty());
+    d.ok(&["secret", "rm", "shared_key"]);
+    d.wait_for(
+        "no secret file left on the tmpfs",
+        Duration::from_secs(20),
+        || std::fs::read_dir(d.secrets_root()).map_or(true, |mut r| r.next().is_none()),
+    );
+}

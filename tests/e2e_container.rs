@@ -5,32 +5,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::daemon::{TestDaemon, SHOAL};
 use common::require_root;
-
-/// Runs `shoal` with `input` on its stdin.
-fn shoal_with_stdin(d: &TestDaemon, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(SHOAL)
-        .arg("--host")
-        .arg(d.socket())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run shoal");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    child.wait_with_output().expect("shoal output")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -128,7 +107,7 @@ fn standalone_container_lifecycle() {
         "echo $FOO $(pwd) $(id -u)",
     ]);
     assert_eq!(who.trim(), "bar /tmp 1234");
-    let piped = shoal_with_stdin(&d, &["exec", "-i", "web", "cat"], b"piped-input\nline 2\n");
+    let piped = d.shoal_with_input(&["exec", "-i", "web", "cat"], b"piped-input\nline 2\n");
     assert!(piped.status.success(), "{piped:?}");
     assert_eq!(stdout(&piped), "piped-input\nline 2\n");
     let tty = d.ok(&["exec", "-t", "web", "tty"]);

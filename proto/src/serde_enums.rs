@@ -73,6 +73,7 @@ enum_serde!(
 );
 enum_serde!(update_order, crate::v1::UpdateOrder, "UPDATE_ORDER_");
 enum_serde!(update_state, crate::v1::UpdateState, "UPDATE_STATE_");
+enum_serde!(secret_kind, crate::v1::SecretKind, "SECRET_KIND_");
 
 #[cfg(test)]
 mod tests {

@@ -260,6 +260,7 @@ fn stack_spec(project: &Project, services: &[String]) -> Result<StackSpec> {
     for s in &mut spec.services {
         s.depends_on.retain(|d| services.contains(&d.service));
     }
+    compose::read_secrets(project, &mut spec)?;
     Ok(spec)
 }
 

@@ -34,8 +34,9 @@ pub async fn deploy(
         },
     };
     let project = compose::load_for_cli(&args, &[])?;
-    let (spec, warnings) =
+    let (mut spec, warnings) =
         compose::to_stack_spec(&project, name, Flavor::Stack).map_err(|e| anyhow!(e))?;
+    compose::read_secrets(&project, &mut spec)?;
     apply(client, spec, &warnings, prune, !detach).await
 }
 

@@ -943,6 +943,14 @@ fn validate(p: &Project) -> Result<()> {
     Ok(())
 }
 
+/// Reads the data of the secrets and configs the stack's services use into `spec` (from their
+/// files, the process environment, or their `content`).
+pub fn read_secrets(project: &Project, spec: &mut shoal_proto::StackSpec) -> anyhow::Result<()> {
+    let read = |path: &str| std::fs::read(path);
+    let env = |var: &str| std::env::var(var).ok();
+    stack::attach_secrets(project, spec, &read, &env).map_err(|e| anyhow::anyhow!(e))
+}
+
 /// `run -v [SOURCE:]TARGET[:MODE]`: compose's short volume syntax, host paths (absolute, `.`
 /// or `~` relative) resolved against `dir`; any other source names a volume.
 pub fn volume_flag(spec: &str, dir: &Path) -> std::result::Result<shoal_proto::Mount, String> {

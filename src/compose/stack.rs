@@ -1,25 +1,27 @@
 //! From a loaded compose project to the stack the manager deploys.
 //!
 //! Everything the manager can run today maps onto a service spec; keys whose machinery lands
-//! with later work (secrets and configs, builds) are reported as
-//! warnings naming the service and the key, so nothing is dropped silently.
+//! with later work (builds) are reported as warnings naming the service and the key, so
+//! nothing is dropped silently. Secrets and configs are stack objects named like networks
+//! (`<stack>_<key>`); their data is read by [`attach_secrets`].
 //!
 //! Networks: the project's networks become the stack's (`<stack>_<key>` on the cluster);
 //! external ones are referred to by their own name. Volumes: named volumes are `<stack>_<key>`
 //! like Compose's (external ones keep their name); relative bind sources were made absolute
 //! by the loader.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
     ContainerSpec, DependencyCondition, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
     NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService,
-    Resources, RestartCondition, RestartPolicy, ServiceDependency, ServiceSpec, StackSpec, Ulimit,
-    UpdateConfig, UpdateFailureAction, UpdateOrder,
+    Resources, RestartCondition, RestartPolicy, SecretKind, SecretReference, SecretSpec,
+    ServiceDependency, ServiceSpec, StackSpec, Ulimit, UpdateConfig, UpdateFailureAction,
+    UpdateOrder,
 };
 
-use super::model::{Project, ResourceSpec, Service, ServiceVolume};
+use super::model::{FileObject, FileRef, Project, ResourceSpec, Service, ServiceVolume};
 
 /// Which tool's defaults apply where the file is silent: `docker stack deploy` restarts tasks
 /// by default (Swarm), `docker compose up` does not.
@@ -76,6 +78,7 @@ pub fn to_stack_spec(
             labels: HashMap::new(),
             services,
             networks,
+            secrets: Vec::new(),
         },
         warnings,
     ))
@@ -145,6 +148,95 @@ fn mounts(project: &Project, name: &str, s: &Service) -> Result<Vec<Mount>, Stri
     Ok(out)
 }
 
+/// A service's `secrets:` or `configs:` as references by the objects' full names.
+fn file_refs(
+    service: &str,
+    word: &str,
+    refs: &[FileRef],
+    defined: &BTreeMap<String, FileObject>,
+) -> Result<Vec<SecretReference>, String> {
+    let id = |text: &Option<String>, what: &str| -> Result<u32, String> {
+        match text.as_deref() {
+            None | Some("") => Ok(0),
+            Some(t) => t
+                .parse()
+                .map_err(|_| format!("service {service}: {word} {what} {t:?} is not a number")),
+        }
+    };
+    refs.iter()
+        .map(|r| {
+            let object = defined.get(&r.source).ok_or_else(|| {
+                format!(
+                    "service {service}: {word} {} is not defined under the top-level {word}s",
+                    r.source
+                )
+            })?;
+            Ok(SecretReference {
+                secret_id: String::new(),
+                secret_name: object.name.clone(),
+                // A short reference shows the file under the key it was given.
+                target: r.target.clone().unwrap_or_else(|| r.source.clone()),
+                uid: id(&r.uid, "uid")?,
+                gid: id(&r.gid, "gid")?,
+                mode: r.mode,
+            })
+        })
+        .collect()
+}
+
+/// Adds the secrets and configs the stack's services use (all but external ones) to `spec`,
+/// their data read from their file, the environment, or the file's own `content`.
+pub fn attach_secrets(
+    project: &Project,
+    spec: &mut StackSpec,
+    read_file: &dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    let used: BTreeSet<(i32, String)> = spec
+        .services
+        .iter()
+        .filter_map(|s| s.container.as_ref())
+        .flat_map(|c| {
+            c.secrets
+                .iter()
+                .map(|r| (SecretKind::Secret as i32, r.secret_name.clone()))
+                .chain(
+                    c.configs
+                        .iter()
+                        .map(|r| (SecretKind::Config as i32, r.secret_name.clone())),
+                )
+        })
+        .collect();
+    for (kind, word, defined) in [
+        (SecretKind::Secret, "secret", &project.secrets),
+        (SecretKind::Config, "config", &project.configs),
+    ] {
+        for (key, object) in defined {
+            if object.external || !used.contains(&(kind as i32, object.name.clone())) {
+                continue;
+            }
+            let data = if let Some(path) = &object.file {
+                read_file(path).map_err(|e| format!("{word} {key}: cannot read {path}: {e}"))?
+            } else if let Some(var) = &object.environment {
+                env(var)
+                    .ok_or_else(|| format!("{word} {key}: environment variable {var} is not set"))?
+                    .into_bytes()
+            } else if let Some(content) = &object.content {
+                content.clone().into_bytes()
+            } else {
+                return Err(format!("{word} {key}: give file, environment or content"));
+            };
+            spec.secrets.push(SecretSpec {
+                kind: kind as i32,
+                name: object.name.clone(),
+                labels: object.labels.clone().into_iter().collect(),
+                data,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `/run` or `/run:size=64m,mode=1777` (compose's `tmpfs:`, `run --tmpfs`): the runtime reads
 /// the options.
 pub fn tmpfs_mount(text: &str) -> Mount {
@@ -209,11 +301,7 @@ fn to_service_spec(
         });
     };
     let mut pending = Vec::new();
-    for (present, key) in [
-        (s.build.is_some(), "build"),
-        (!s.secrets.is_empty(), "secrets"),
-        (!s.configs.is_empty(), "configs"),
-    ] {
+    for (present, key) in [(s.build.is_some(), "build")] {
         if present {
             pending.push(key);
         }
@@ -291,6 +379,8 @@ fn to_service_spec(
                 .as_ref()
                 .map(|l| l.options.clone().into_iter().collect())
                 .unwrap_or_default(),
+            secrets: file_refs(name, "secret", &s.secrets, &project.secrets)?,
+            configs: file_refs(name, "config", &s.configs, &project.configs)?,
         }),
         limits: Some(to_resources(&limits)),
         reservations: resources.reservations.as_ref().map(to_resources),
@@ -583,12 +673,56 @@ services:
             err.contains("service img") && err.contains("build"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn secrets_and_configs_become_stack_objects_read_from_files_env_or_content() {
         let p = project(
-            "services:\n  web:\n    image: busybox\n    secrets: [s]\nsecrets:\n  s: {file: ./s}\n",
+            r#"
+services:
+  web:
+    image: busybox
+    secrets: [db, { source: tls, target: /etc/tls.key, uid: "33", mode: 0400 }]
+    configs: [{ source: conf, target: /etc/app.conf }]
+secrets:
+  db: { file: ./db.txt }
+  tls: { environment: TLS_KEY }
+  unused: { content: nobody }
+  shared: { external: true }
+configs:
+  conf: { content: "x=1" }
+"#,
         );
-        let (_, warnings) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
-        assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("secrets"), "{warnings:?}");
+        let (mut spec, warnings) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let c = spec.services[0].container.clone().expect("container");
+        assert_eq!(c.secrets[0].secret_name, "demo_db");
+        assert_eq!(c.secrets[0].target, "db");
+        assert_eq!(c.secrets[1].target, "/etc/tls.key");
+        assert_eq!((c.secrets[1].uid, c.secrets[1].mode), (33, Some(0o400)));
+        assert_eq!(c.configs[0].secret_name, "demo_conf");
+        let read = |path: &str| {
+            assert!(path.ends_with("/db.txt"), "{path}");
+            Ok(b"pw".to_vec())
+        };
+        let env = |var: &str| (var == "TLS_KEY").then(|| "key".to_string());
+        attach_secrets(&p, &mut spec, &read, &env).expect("reads");
+        let got: Vec<(i32, &str, &[u8])> = spec
+            .secrets
+            .iter()
+            .map(|s| (s.kind, s.name.as_str(), s.data.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (SecretKind::Secret as i32, "demo_db", &b"pw"[..]),
+                (SecretKind::Secret as i32, "demo_tls", &b"key"[..]),
+                (SecretKind::Config as i32, "demo_conf", &b"x=1"[..]),
+            ]
+        );
+        let mut again = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps").0;
+        let e = attach_secrets(&p, &mut again, &read, &|_| None).unwrap_err();
+        assert_eq!(e, "secret tls: environment variable TLS_KEY is not set");
     }
 
     #[test]

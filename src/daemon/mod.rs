@@ -22,6 +22,7 @@ use shoal_agent::session::Session;
 use shoal_agent::volume::{VolumeStore, VolumesApi};
 use shoal_manager::ca::Role;
 use shoal_manager::consensus::new_id;
+use shoal_manager::control::secrets::SecretsApi;
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
 use shoal_manager::join::{require_manager, JoinService};
@@ -134,6 +135,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let unix = bind_socket(&socket)?;
     let api = Server::builder()
         .add_service(control.into_service())
+        .add_service(SecretsApi::new(store.clone(), writer.clone()).into_service())
         .add_service(
             shoal_agent::image::ImagesApi::new(agent.images.clone())
                 .with_runtime(agent.runtime.clone())

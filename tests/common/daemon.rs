@@ -175,6 +175,32 @@ impl TestDaemon {
             .expect("run shoal")
     }
 
+    /// Runs a CLI command with `input` on its stdin.
+    pub fn shoal_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(SHOAL)
+            .arg("--host")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run shoal");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("shoal output")
+    }
+
+    /// Where the daemon writes its containers' secret files (a tmpfs).
+    pub fn secrets_root(&self) -> PathBuf {
+        shoal_agent::executor::secrets_root(&self.data_dir().join("containers"))
+    }
+
     /// Runs a CLI command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.shoal(args);
@@ -253,6 +279,7 @@ impl Drop for TestDaemon {
         }
         self.remove_networks();
         remove_cgroup_parent(&self.cgroup_parent);
+        let _ = std::fs::remove_dir_all(self.secrets_root());
     }
 }
 

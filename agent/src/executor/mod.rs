@@ -10,6 +10,7 @@ mod mounts;
 mod net;
 mod published;
 mod resources;
+mod secrets;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,8 +20,10 @@ pub use config::{apply_network, container_config, container_name, stop_grace, DE
 pub use net::{Prepared, TaskNetworks, DEFAULT_NETWORK};
 pub use published::PublishedPorts;
 pub use resources::ContainerResources;
+pub use secrets::secrets_root;
 use shoal_proto::{
-    now_ms, Assignments, Network, Task, TaskAddress, TaskState, TaskStatus, TaskStatusUpdate,
+    now_ms, Assignments, Network, Secret, Task, TaskAddress, TaskState, TaskStatus,
+    TaskStatusUpdate,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -42,6 +45,10 @@ struct Inner {
     known_networks: Mutex<HashMap<String, Network>>,
     /// The local networks the current assignments need (the others go once unused).
     needed_networks: Mutex<HashSet<String>>,
+    /// The secrets and configs the current assignments use, by id.
+    known_secrets: Mutex<HashMap<String, Secret>>,
+    /// Where containers' secret files are written (on a tmpfs).
+    secrets_root: std::path::PathBuf,
     updates: mpsc::UnboundedSender<TaskStatusUpdate>,
     workers: Mutex<HashMap<String, watch::Sender<Option<Task>>>>,
     /// Containers that exist on this node: found at start, then kept up to date.
@@ -68,8 +75,11 @@ impl Executor {
             .map(|c| c.id)
             .collect();
         let (updates, rx) = mpsc::unbounded_channel();
+        let secrets_root = secrets::secrets_root(runtime.root());
         let executor = Executor {
             inner: Arc::new(Inner {
+                secrets_root,
+                known_secrets: Mutex::new(HashMap::new()),
                 runtime,
                 images,
                 networks,
@@ -110,7 +120,12 @@ impl Executor {
 
     /// Reconciles with the complete set of tasks assigned to this node.
     pub fn assign(&self, assignments: Assignments) {
-        let Assignments { tasks, networks } = assignments;
+        let Assignments {
+            tasks,
+            networks,
+            secrets,
+        } = assignments;
+        *lock(&self.inner.known_secrets) = secrets.into_iter().map(|s| (s.id.clone(), s)).collect();
         let known: HashMap<String, Network> =
             networks.into_iter().map(|n| (n.id.clone(), n)).collect();
         *lock(&self.inner.needed_networks) = TaskNetworks::needed_by(&tasks, &known);
@@ -173,6 +188,7 @@ impl Executor {
     /// What a container held besides itself: network endpoints and volumes.
     async fn release_resources(&self, id: &str) {
         self.inner.networks.release(id).await;
+        secrets::release(&self.inner.secrets_root, id);
         let (volumes, id) = (self.inner.volumes.clone(), id.to_string());
         let _ = tokio::task::spawn_blocking(move || mounts::release(&volumes, &id)).await;
     }
@@ -411,6 +427,14 @@ impl Worker {
                 config.tmpfs.extend(m.tmpfs);
             }
             Err(e) => return self.reject(&e),
+        }
+        let known_secrets = lock(&executor.inner.known_secrets).clone();
+        match secrets::prepare(&executor.inner.secrets_root, &task, &known_secrets) {
+            Ok(files) => config.mounts.extend(files),
+            Err(e) => {
+                executor.release_resources(&self.id).await;
+                return self.reject(&e);
+            }
         }
         let known = lock(&executor.inner.known_networks).clone();
         let networks = executor.inner.networks.clone();

@@ -2,6 +2,7 @@
 //! barrier where it matters); writes go through consensus.
 
 pub mod network;
+pub mod secrets;
 pub mod stack;
 mod validate;
 
@@ -114,9 +115,11 @@ impl ControlApi {
     }
 
     /// Network targets by name become ids; unknown networks are refused.
+    /// Secret and config names become ids too.
     fn resolve_networks(&self, spec: &mut ServiceSpec) -> Result<(), Status> {
         let state = self.store.read();
-        network::resolve_targets(&state, spec, &|_| None).map_err(Status::invalid_argument)
+        network::resolve_targets(&state, spec, &|_| None).map_err(Status::invalid_argument)?;
+        secrets::resolve_secrets(&state, spec, &|_, _| None).map_err(Status::invalid_argument)
     }
 
     fn find_network(&self, key: &str) -> Result<Network, Status> {

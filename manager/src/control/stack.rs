@@ -5,10 +5,12 @@ use std::collections::HashMap;
 
 use shoal_proto::store_object::Object;
 use shoal_proto::{
-    ChangeKind, Meta, Network, NetworkSpec, Service, ServiceSpec, Stack, StackSpec, StoreChange,
+    ChangeKind, Meta, Network, NetworkSpec, Secret, SecretKind, SecretSpec, Service, ServiceSpec,
+    Stack, StackSpec, StoreChange,
 };
 
 use super::network::{check_network, resolve_targets};
+use super::secrets::{check_secret, delete_secret, kind_word, named, resolve_secrets};
 use super::validate::{valid_name, validate_spec};
 use crate::store::{change, State};
 
@@ -47,6 +49,9 @@ pub fn plan_deploy(
     let mut plan = StackPlan::default();
     let networks = plan_networks(state, spec, prune, new_id, &mut plan)?;
     let local = |short: &str| networks.get(short).cloned();
+    let secrets = plan_secrets(state, spec, prune, new_id, &mut plan)?;
+    let local_secret =
+        |kind: SecretKind, full: &str| secrets.get(&(kind as i32, full.to_string())).cloned();
     let mut wanted: HashMap<String, ServiceSpec> = HashMap::new();
     for service in &spec.services {
         let mut full = service.clone();
@@ -55,6 +60,8 @@ pub fn plan_deploy(
             .insert(STACK_LABEL.to_string(), spec.name.clone());
         validate_spec(&full).map_err(|e| format!("service {}: {e}", service.name))?;
         resolve_targets(state, &mut full, &local)
+            .map_err(|e| format!("service {}: {e}", service.name))?;
+        resolve_secrets(state, &mut full, &local_secret)
             .map_err(|e| format!("service {}: {e}", service.name))?;
         // depends_on names the stack's services by their short names.
         for dep in &mut full.depends_on {
@@ -148,7 +155,18 @@ pub fn plan_deploy(
     let stack = Stack {
         id: spec.name.clone(),
         meta: state.stacks.get(&spec.name).and_then(|s| s.meta),
-        spec: Some(spec.clone()),
+        // Secrets live in their own objects: the stack keeps only their names.
+        spec: Some(StackSpec {
+            secrets: spec
+                .secrets
+                .iter()
+                .map(|s| SecretSpec {
+                    data: Vec::new(),
+                    ..s.clone()
+                })
+                .collect(),
+            ..spec.clone()
+        }),
     };
     let kind = if state.stacks.contains_key(&spec.name) {
         ChangeKind::Update
@@ -236,6 +254,76 @@ fn plan_networks(
     Ok(ids)
 }
 
+/// The stack's secrets and configs (full names, `<stack>_<name>`, from the CLI): created when
+/// missing, their data replaced when it changed (tasks made from then on get the new data),
+/// and with `prune` those the spec no longer has are removed. Returns (kind, full name) → id.
+fn plan_secrets(
+    state: &State,
+    spec: &StackSpec,
+    prune: bool,
+    new_id: &mut dyn FnMut() -> String,
+    plan: &mut StackPlan,
+) -> Result<HashMap<(i32, String), String>, String> {
+    let mut ids = HashMap::new();
+    for wanted in &spec.secrets {
+        let mut full = wanted.clone();
+        full.labels
+            .insert(STACK_LABEL.to_string(), spec.name.clone());
+        let word = kind_word(wanted.kind());
+        let id = match named(state, wanted.kind(), &wanted.name) {
+            Some(s)
+                if s.spec.as_ref().and_then(|sp| sp.labels.get(STACK_LABEL))
+                    != Some(&spec.name) =>
+            {
+                return Err(format!(
+                    "{word} name {} is in use outside stack {}: remove or rename it",
+                    wanted.name, spec.name
+                ))
+            }
+            Some(s) if s.spec.as_ref() == Some(&full) => s.id.clone(),
+            Some(s) => {
+                let mut updated = s.clone();
+                updated.spec = Some(full);
+                plan.changes
+                    .push(change(ChangeKind::Update, Object::Secret(updated)));
+                s.id.clone()
+            }
+            None => {
+                check_secret(state, &full)?;
+                let id = new_id();
+                plan.changes.push(change(
+                    ChangeKind::Create,
+                    Object::Secret(Secret {
+                        id: id.clone(),
+                        meta: None,
+                        spec: Some(full),
+                    }),
+                ));
+                id
+            }
+        };
+        if ids.insert((wanted.kind, wanted.name.clone()), id).is_some() {
+            return Err(format!("{word} {} appears twice in the stack", wanted.name));
+        }
+    }
+    if prune {
+        let keep: Vec<&String> = ids.values().collect();
+        for s in state.secrets.values() {
+            if secret_stack(s) == Some(spec.name.as_str()) && !keep.contains(&&s.id) {
+                plan.changes.push(delete_secret(s));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn secret_stack(s: &Secret) -> Option<&str> {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.labels.get(STACK_LABEL))
+        .map(String::as_str)
+}
+
 fn network_stack(network: &Network) -> Option<&str> {
     network
         .spec
@@ -278,6 +366,13 @@ pub fn plan_remove(state: &State, name: &str) -> Result<StackPlan, String> {
     networks.sort_by(|a, b| a.id.cmp(&b.id));
     plan.changes
         .extend(networks.into_iter().map(delete_network));
+    let mut secrets: Vec<&Secret> = state
+        .secrets
+        .values()
+        .filter(|s| secret_stack(s) == Some(name))
+        .collect();
+    secrets.sort_by(|a, b| a.id.cmp(&b.id));
+    plan.changes.extend(secrets.into_iter().map(delete_secret));
     if state.stacks.contains_key(name) {
         plan.changes.push(change(
             ChangeKind::Delete,

@@ -285,8 +285,8 @@ fn node_state(node: &Node) -> NodeState {
     node.status.as_ref().map(|s| s.state()).unwrap_or_default()
 }
 
-/// The task set a node must run: every task assigned to it.
-/// The node's tasks, and the networks they attach to (so the agent needs nothing else).
+/// The node's tasks, and the networks, secrets and configs they use (so the agent needs
+/// nothing else).
 fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     let state = store.read();
     let tasks: Vec<Task> = state
@@ -304,7 +304,21 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
         .into_iter()
         .filter_map(|id| state.networks.get(id).cloned())
         .collect();
-    Assignments { tasks, networks }
+    let used: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t.spec.as_ref()?.container.as_ref())
+        .flat_map(|c| c.secrets.iter().chain(&c.configs))
+        .map(|r| r.secret_id.as_str())
+        .collect();
+    let secrets = used
+        .into_iter()
+        .filter_map(|id| state.secrets.get(id).cloned())
+        .collect();
+    Assignments {
+        tasks,
+        networks,
+        secrets,
+    }
 }
 
 fn touches_node(events: &[Event], node_id: &str) -> bool {

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::{
-    store_object::Object, ChangeKind, Cluster, Meta, Network, Node, Service, Stack, StoreChange,
-    StoreCommand, StoreObject, StoreSnapshot, Task,
+    store_object::Object, ChangeKind, Cluster, Meta, Network, Node, Secret, SecretKind, Service,
+    Stack, StoreChange, StoreCommand, StoreObject, StoreSnapshot, Task,
 };
 
 /// How many request ids are remembered to make retried commands idempotent.
@@ -63,6 +63,8 @@ pub struct State {
     pub tasks: BTreeMap<String, Task>,
     pub stacks: BTreeMap<String, Stack>,
     pub networks: BTreeMap<String, Network>,
+    /// Secrets and configs (one map: they differ only in how tasks get them).
+    pub secrets: BTreeMap<String, Secret>,
     recent_requests: VecDeque<String>,
     recent_set: HashSet<String>,
 }
@@ -75,6 +77,15 @@ fn kind_of(object: &Object) -> &'static str {
         Object::Task(_) => "task",
         Object::Stack(_) => "stack",
         Object::Network(_) => "network",
+        Object::Secret(o) => secret_kind_name(o),
+    }
+}
+
+/// Secrets and configs share a map but not their names.
+fn secret_kind_name(o: &Secret) -> &'static str {
+    match o.spec.as_ref().map(|s| s.kind()) {
+        Some(SecretKind::Config) => "config",
+        _ => "secret",
     }
 }
 
@@ -86,6 +97,7 @@ fn id_of(object: &Object) -> &str {
         Object::Task(o) => &o.id,
         Object::Stack(o) => &o.id,
         Object::Network(o) => &o.id,
+        Object::Secret(o) => &o.id,
     }
 }
 
@@ -94,6 +106,7 @@ fn name_of(object: &Object) -> Option<&str> {
     match object {
         Object::Service(o) => Some(o.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")),
         Object::Network(o) => Some(o.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")),
+        Object::Secret(o) => Some(o.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")),
         _ => None,
     }
 }
@@ -106,6 +119,7 @@ fn meta_of(object: &Object) -> Option<&Meta> {
         Object::Task(o) => o.meta.as_ref(),
         Object::Stack(o) => o.meta.as_ref(),
         Object::Network(o) => o.meta.as_ref(),
+        Object::Secret(o) => o.meta.as_ref(),
     }
 }
 
@@ -117,6 +131,7 @@ fn meta_mut(object: &mut Object) -> &mut Option<Meta> {
         Object::Task(o) => &mut o.meta,
         Object::Stack(o) => &mut o.meta,
         Object::Network(o) => &mut o.meta,
+        Object::Secret(o) => &mut o.meta,
     }
 }
 
@@ -287,6 +302,15 @@ impl State {
                     .values()
                     .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
             ),
+            "secret" | "config" => {
+                let wanted = if kind == "config" { "config" } else { "secret" };
+                Box::new(
+                    self.secrets
+                        .values()
+                        .filter(move |o| secret_kind_name(o) == wanted)
+                        .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
+                )
+            }
             _ => Box::new(std::iter::empty()),
         }
     }
@@ -316,6 +340,12 @@ impl State {
             "task" => self.tasks.get(id).cloned().map(Object::Task),
             "stack" => self.stacks.get(id).cloned().map(Object::Stack),
             "network" => self.networks.get(id).cloned().map(Object::Network),
+            "secret" | "config" => self
+                .secrets
+                .get(id)
+                .filter(|o| secret_kind_name(o) == kind)
+                .cloned()
+                .map(Object::Secret),
             _ => None,
         }
     }
@@ -338,6 +368,9 @@ impl State {
             Object::Network(o) => {
                 self.networks.insert(o.id.clone(), o);
             }
+            Object::Secret(o) => {
+                self.secrets.insert(o.id.clone(), o);
+            }
         }
     }
 
@@ -359,6 +392,9 @@ impl State {
             "network" => {
                 self.networks.remove(id);
             }
+            "secret" | "config" => {
+                self.secrets.remove(id);
+            }
             _ => {}
         }
     }
@@ -373,6 +409,7 @@ impl State {
             recent_request_ids: self.recent_requests.iter().cloned().collect(),
             stacks: self.stacks.values().cloned().collect(),
             networks: self.networks.values().cloned().collect(),
+            secrets: self.secrets.values().cloned().collect(),
         }
     }
 
@@ -395,6 +432,9 @@ impl State {
         }
         for n in snapshot.networks {
             state.networks.insert(n.id.clone(), n);
+        }
+        for s in snapshot.secrets {
+            state.secrets.insert(s.id.clone(), s);
         }
         for r in snapshot.recent_request_ids {
             state.remember(&r);
