@@ -3,6 +3,7 @@
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod registry;
 pub mod service;
 pub mod stack;
 pub mod system;
