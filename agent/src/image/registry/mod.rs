@@ -156,12 +156,21 @@ impl Registry {
     }
 
     /// For the manager's check before it accepts a service: the image is in this node's
-    /// store, or its registry confirms (anonymously) that it exists, so the nodes can pull it.
+    /// store, or — when the reference names its registry (`HOST[:PORT]/...`) — that registry
+    /// confirms (anonymously) that it exists, so the nodes can pull it. A bare name (Docker
+    /// Hub) is not looked up: pull it first (`shoal pull NAME`); so a typo is caught at once
+    /// and nothing leaves the machine unasked.
     pub async fn check_available(&self, reference: &str) -> Result<(), String> {
         match self.present(reference).await {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(e) => return Err(e.to_string()),
+        }
+        let local = self.store.root().display().to_string();
+        if !names_registry(reference) {
+            return Err(format!(
+                "no such image `{reference}` in this node's image store ({local}): pull it first                  (`shoal pull {reference}`), or name its registry (HOST[:PORT]/NAME[:TAG]) for                  the nodes to pull it"
+            ));
         }
         let parsed = Reference::parse_any(reference).map_err(|e| e.to_string())?;
         let session = session::Session::new(
@@ -171,7 +180,6 @@ impl Registry {
             false,
             true,
         );
-        let local = self.store.root().display().to_string();
         let check = async {
             session
                 .client
@@ -198,5 +206,30 @@ impl Registry {
     /// The gRPC service over this registry client.
     pub fn into_server(self) -> shoal_proto::registry_server::RegistryServer<RegistryApi> {
         RegistryApi::new(self).into_server()
+    }
+}
+
+/// Whether a reference spells out its registry (`host:5000/app`, `docker.io/library/x`), as
+/// opposed to a bare name that means Docker Hub.
+fn names_registry(reference: &str) -> bool {
+    reference.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_explicit_names_only_are_looked_up() {
+        for r in [
+            "127.0.0.1:5000/app",
+            "localhost/a:1",
+            "docker.io/library/nginx",
+        ] {
+            assert!(super::names_registry(r), "{r}");
+        }
+        for r in ["nginx", "team/app:1", "busybox@sha256:00"] {
+            assert!(!super::names_registry(r), "{r}");
+        }
     }
 }

@@ -216,6 +216,20 @@ impl Session {
                 }
             }
             OciDistributionError::IoError(io) => self.io_error(what, io),
+            OciDistributionError::RequestError(e)
+                if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+            {
+                auth_error(one_line(&chain(&e)))
+            }
+            OciDistributionError::RequestError(e)
+                if e.status().map(|s| s.as_u16()) == Some(404) =>
+            {
+                RegistryError::NotFound {
+                    registry,
+                    what: what.to_string(),
+                    detail: one_line(&chain(&e)),
+                }
+            }
             OciDistributionError::RequestError(e) => self.request_error(what, &e),
             other => RegistryError::Protocol {
                 registry,
