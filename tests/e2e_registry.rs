@@ -128,6 +128,26 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `PUT /v2/REPO/manifests/TAG` with `body`; returns the status code.
+fn put_manifest(port: u16, repo: &str, tag: &str, media_type: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the registry");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "PUT /v2/{repo}/manifests/{tag} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: \
+         {media_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("status line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A token service for the registry's `auth.token` realm: checks `USER`/`PASSWORD` (basic
 /// auth on the token request) and answers a JWT (ES256, with its certificate in `x5c`)
 /// granting what the `scope` parameters ask. Requests without valid credentials get 401.
@@ -538,6 +558,37 @@ fn push_rm_pull_runs_the_same_and_tampered_content_is_refused() {
     let again = cli_ok(&d, &cfg, &["image", "pull", &image]);
     assert!(again.contains("Status: Image is up to date"), "{again}");
     assert_eq!(again.matches("Already exists").count(), 3, "{again}");
+
+    // A multi-arch index (made here, pushed over the plain API): linux/amd64 is chosen.
+    let manifest_size = std::fs::metadata(registry.blob_path(&digest))
+        .expect("manifest blob")
+        .len();
+    let entry = |arch: &str, variant: Option<&str>| {
+        let mut platform = serde_json::json!({"os": "linux", "architecture": arch});
+        if let Some(v) = variant {
+            platform["variant"] = serde_json::json!(v);
+        }
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": digest, "size": manifest_size, "platform": platform})
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("arm64", Some("v8")), entry("amd64", None), entry("s390x", None)],
+    });
+    let status = put_manifest(
+        registry.port,
+        "team/app",
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &index.to_string(),
+    );
+    assert_eq!(status, 201, "index upload: {}", registry.log());
+    d.ok(&["image", "rm", &image]);
+    let multi = format!("{}/team/app:multi", registry.host());
+    cli_ok(&d, &cfg, &["pull", &multi]);
+    assert_eq!(run_image(&d, &multi), before);
+    d.ok(&["image", "rm", &multi]);
+    cli_ok(&d, &cfg, &["pull", "-q", &image]);
 
     // By digest: the same image, untagged.
     let by_digest = format!("{}/team/app@{digest}", registry.host());
