@@ -315,13 +315,22 @@ async fn fetch_layers(
         .map(|(desc, diff)| Box::pin(fetch_layer(store, session, desc, diff, progress)))
         .collect();
     let mut results = futures::stream::iter(jobs).buffer_unordered(CONCURRENT_LAYERS);
-    let mut downloaded = 0;
+    // Every job runs to its end even after one fails, so that a failed pull returns only
+    // once no unpacker is still writing under `tmp/`.
+    let (mut downloaded, mut first_error) = (0, None);
     while let Some(r) = results.next().await {
-        if r? {
-            downloaded += 1;
+        match r {
+            Ok(true) => downloaded += 1,
+            Ok(false) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    Ok(downloaded)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(downloaded),
+    }
 }
 
 /// One layer: skipped if the store has it, else streamed into a blob file and the unpacker at
