@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 if [ ! -x /bin/busybox ] || ! command -v nft >/dev/null || ! command -v iptables >/dev/null \
-    || ! command -v gcc >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/libc.a ]; then
-    apt-get update -qq && apt-get install -y -qq busybox-static nftables iptables gcc libc6-dev
+    || ! command -v gcc >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/libc.a ] \
+    || [ ! -x /usr/bin/docker-registry ]; then
+    apt-get update -qq && apt-get install -y -qq busybox-static nftables iptables gcc libc6-dev \
+        docker-registry
 fi
 cargo test --workspace --all-targets

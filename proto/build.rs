@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/containers.proto",
         "proto/cluster.proto",
         "proto/secrets.proto",
+        "proto/registry.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -67,6 +67,46 @@ pub enum Command {
     /// Containers on this node (`run`, `ps`, `exec`, `logs`, `stop`, ...).
     #[command(flatten)]
     Container(ContainerCommand),
+    /// Download an image from a registry (`image pull`).
+    Pull(PullArgs),
+    /// Upload an image to a registry (`image push`).
+    Push(PullArgs),
+    /// Log in to a registry (Docker Hub when no server is given).
+    Login(LoginArgs),
+    /// Log out from a registry (Docker Hub when no server is given).
+    Logout {
+        /// HOST[:PORT] of the registry.
+        server: Option<String>,
+    },
+}
+
+/// `pull` / `push` arguments.
+#[derive(Args)]
+pub struct PullArgs {
+    /// NAME[:TAG] or NAME@DIGEST (`push`: NAME[:TAG]).
+    pub image: String,
+    /// Speak plain HTTP to the registry (only the daemon's --insecure-registry list and
+    /// loopback registries may otherwise).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print only the image name (pull) or digest (push).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// User name.
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password (visible to other users of the machine: prefer --password-stdin).
+    #[arg(short, long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// HOST[:PORT] of the registry.
+    pub server: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -440,6 +480,10 @@ pub struct DaemonArgs {
     /// `none`: answer SERVFAIL instead). Default: the host's /etc/resolv.conf nameservers.
     #[arg(long = "dns-upstream")]
     pub dns_upstreams: Vec<String>,
+    /// A registry that may be reached over plain HTTP (HOST:PORT, or HOST for any port;
+    /// repeatable). Loopback registries always may.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// `base=10.10.0.0/16,size=24`.
@@ -812,6 +856,10 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Download an image from a registry.
+    Pull(PullArgs),
+    /// Upload an image to a registry.
+    Push(PullArgs),
     /// Remove unused images.
     Prune {
         /// Remove all images no container uses, not just dangling ones.

@@ -7,6 +7,7 @@ use hyper_util::rt::TokioIo;
 use shoal_proto::containers_client::ContainersClient;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::images_client::ImagesClient;
+use shoal_proto::registry_client::RegistryClient;
 use shoal_proto::secrets_client::SecretsClient;
 use shoal_proto::volumes_client::VolumesClient;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -21,6 +22,7 @@ pub struct Client {
     pub volumes: VolumesClient<Channel>,
     pub containers: ContainersClient<Channel>,
     pub secrets: SecretsClient<Channel>,
+    pub registry: RegistryClient<Channel>,
 }
 
 /// Connects to `host`: a path, `unix://PATH`, or `tcp://HOST:PORT`.
@@ -55,7 +57,8 @@ pub async fn connect(host: &str) -> Result<Client> {
         images: ImagesClient::new(channel.clone()),
         volumes: VolumesClient::new(channel.clone()),
         containers: ContainersClient::new(channel.clone()),
-        secrets: SecretsClient::new(channel),
+        secrets: SecretsClient::new(channel.clone()),
+        registry: RegistryClient::new(channel),
     })
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod commands;
 mod compose;
+mod credentials;
 mod daemon;
 mod output;
 mod units;
@@ -14,7 +15,7 @@ use cli::{
     Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand,
     VolumeCommand,
 };
-use commands::{container, image, network, service, stack, system, volume};
+use commands::{container, image, network, registry, service, stack, system, volume};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -76,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             system::version();
             Ok(())
         }
+        Command::Logout { server } => registry::logout(server.as_deref()),
         // `compose config` needs no daemon.
         Command::Compose(args) if matches!(args.command, cli::ComposeCommand::Config { .. }) => {
             compose::config(&args)
@@ -222,9 +224,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         image::rm(&mut client, &images, force).await
                     }
                     ImageCommand::Prune { all, force: _ } => image::prune(&mut client, all).await,
+                    ImageCommand::Pull(a) => {
+                        registry::pull(&mut client, &a.image, a.insecure, a.quiet).await
+                    }
+                    ImageCommand::Push(a) => {
+                        registry::push(&mut client, &a.image, a.insecure, a.quiet).await
+                    }
                 },
+                Command::Pull(a) => {
+                    registry::pull(&mut client, &a.image, a.insecure, a.quiet).await
+                }
+                Command::Push(a) => {
+                    registry::push(&mut client, &a.image, a.insecure, a.quiet).await
+                }
+                Command::Login(a) => {
+                    registry::login(
+                        &mut client,
+                        a.server.as_deref(),
+                        a.username,
+                        a.password,
+                        a.password_stdin,
+                    )
+                    .await
+                }
                 Command::Container(c) => container::run(&mut client, c).await,
-                Command::Daemon(_) | Command::Version => Ok(()),
+                Command::Daemon(_) | Command::Version | Command::Logout { .. } => Ok(()),
             }
         }
     }

@@ -4,6 +4,7 @@ pub mod compose;
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod registry;
 pub mod secret;
 pub mod service;
 pub mod stack;

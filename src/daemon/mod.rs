@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use shoal_agent::containers_api::ContainersApi;
 use shoal_agent::dns::{DnsServer, DnsTable};
 use shoal_agent::executor::{ContainerResources, Executor, PublishedPorts, TaskNetworks};
+use shoal_agent::image::registry::{Registry, RegistrySettings};
 use shoal_agent::image::ImageStore;
 use shoal_agent::network::{NetworkConfig, NetworkManager};
 use shoal_agent::ports::{PortConfig, PortManager};
@@ -101,7 +102,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let control = ControlApi::new(
         store.clone(),
         writer.clone(),
-        Arc::new(LocalImages(agent.images.clone())),
+        Arc::new(LocalImages(agent.images.clone(), agent.registry.clone())),
         Arc::new(LocalLogs(agent.runtime.clone())),
         facts,
     );
@@ -142,6 +143,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
                 .into_server(),
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
+        .add_service(agent.registry.clone().into_server())
         .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
@@ -183,6 +185,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
                 .into_server(),
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
+        .add_service(agent.registry.clone().into_server())
         .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
     agent.start(
@@ -206,6 +209,7 @@ struct Agent {
     images: ImageStore,
     networks: TaskNetworks,
     volumes: Arc<VolumeStore>,
+    registry: Registry,
 }
 
 impl Agent {
@@ -243,8 +247,15 @@ impl Agent {
         .context("cannot open the node's published ports")?;
         let volumes = VolumeStore::open(args.data_dir.join("volumes"))
             .context("cannot open the node's volumes")?;
+        let registry = Registry::new(
+            images.clone(),
+            RegistrySettings {
+                insecure: args.insecure_registries.clone(),
+            },
+        );
         Ok(Agent {
             runtime,
+            registry,
             images,
             networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports)),
             volumes: Arc::new(volumes),
@@ -266,6 +277,7 @@ impl Agent {
             self.networks.clone(),
             self.volumes.clone(),
         )?;
+        executor.use_registry(self.registry.clone());
         let reconciling = executor.clone();
         tokio::spawn(async move { reconciling.reconcile_networks().await });
         let tls = certs.client_tls();
@@ -422,14 +434,19 @@ fn describe_node() -> NodeDescription {
     }
 }
 
-struct LocalImages(ImageStore);
+struct LocalImages(ImageStore, Registry);
 
 impl ImageCatalog for LocalImages {
+    /// In this node's store, or (asked anonymously) in its registry, for the nodes to pull.
     fn check(&self, reference: &str) -> Result<(), String> {
-        self.0
-            .resolve(reference)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let local = self.0.resolve(reference).map(|_| ());
+        if local.is_ok() || tokio::runtime::Handle::try_current().is_err() {
+            return local.map_err(|e| e.to_string());
+        }
+        let registry = self.1.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(registry.check_available(reference))
+        })
     }
 }
 

@@ -53,6 +53,8 @@ struct Inner {
     workers: Mutex<HashMap<String, watch::Sender<Option<Task>>>>,
     /// Containers that exist on this node: found at start, then kept up to date.
     containers: Mutex<HashSet<String>>,
+    /// Where images the node lacks are pulled from (see [`Executor::use_registry`]).
+    registry: std::sync::OnceLock<crate::image::registry::Registry>,
 }
 
 impl Executor {
@@ -89,9 +91,16 @@ impl Executor {
                 updates,
                 workers: Mutex::new(HashMap::new()),
                 containers: Mutex::new(containers),
+                registry: std::sync::OnceLock::new(),
             }),
         };
         Ok((executor, rx))
+    }
+
+    /// Tasks whose image the node lacks pull it from its registry (else they are rejected
+    /// with "no such image"). Set once, at start.
+    pub fn use_registry(&self, registry: crate::image::registry::Registry) {
+        let _ = self.inner.registry.set(registry);
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -397,15 +406,31 @@ impl Worker {
             return;
         };
         self.report(TaskState::Accepted, "accepted", |_| {});
-        self.report(TaskState::Preparing, "preparing", |_| {});
         let image_ref = task
             .spec
             .as_ref()
             .and_then(|s| s.container.as_ref())
             .map(|c| c.image.clone())
             .unwrap_or_default();
-        let images = self.executor.inner.images.clone();
-        let resolved = tokio::task::spawn_blocking(move || images.resolve(&image_ref)).await;
+        let store = self.executor.inner.images.clone();
+        let resolve = || {
+            let (images, image_ref) = (store.clone(), image_ref.clone());
+            tokio::task::spawn_blocking(move || images.resolve(&image_ref))
+        };
+        let mut resolved = resolve().await;
+        // An image the node lacks is pulled now, as the task's preparing step.
+        let registry = self.executor.inner.registry.get().cloned();
+        match (&resolved, registry) {
+            (Ok(Err(crate::image::ImageError::NotFound { .. })), Some(registry)) => {
+                let message = format!("pulling image {image_ref}");
+                self.report(TaskState::Preparing, &message, |_| {});
+                if let Err(e) = registry.ensure(&image_ref).await {
+                    return self.reject(&format!("cannot pull image {image_ref}: {e}"));
+                }
+                resolved = resolve().await;
+            }
+            _ => self.report(TaskState::Preparing, "preparing", |_| {}),
+        }
         let resolved = match resolved {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return self.reject(&e.to_string()),

@@ -72,6 +72,7 @@ mod config;
 mod error;
 mod fsutil;
 mod reference;
+pub mod registry;
 mod store;
 mod unpack;
 

@@ -704,12 +704,25 @@ impl ImageStore {
     /// `expected` names. The caller holds [`ImageStore::lock_layer`] and a pin.
     pub(crate) fn unpack_and_place<R: Read>(
         &self,
-        reader: R,
+        mut reader: R,
         expected: &str,
         blob: StagedBlob,
     ) -> Result<(), ImageError> {
+        self.unpack_streamed(&mut reader, expected, |_| Ok(blob))
+    }
+
+    /// [`ImageStore::unpack_and_place`] for a layer unpacked as it streams in (a registry
+    /// pull): `finish` runs once the unpacker is done with `reader`, and must hand over the
+    /// verified blob (or fail, and then nothing is placed).
+    pub(crate) fn unpack_streamed<R: Read>(
+        &self,
+        reader: &mut R,
+        expected: &str,
+        finish: impl FnOnce(&mut R) -> Result<StagedBlob, ImageError>,
+    ) -> Result<(), ImageError> {
         let tmp = TmpDir::create(&self.tmp_path())?;
-        let unpacked = unpack_layer(reader, tmp.path(), &self.inner.limits)?;
+        let unpacked = unpack_layer(&mut *reader, tmp.path(), &self.inner.limits)?;
+        let blob = finish(reader)?;
         if unpacked.digest != expected {
             return Err(ImageError::InvalidArchive {
                 detail: format!(
