@@ -286,7 +286,7 @@ fn state_word(p: &Progress, s: &Service) -> &'static str {
         "Error"
     } else if p.converged(s) && p.desired == 0 {
         "Stopped"
-    } else if p.converged(s) && p.job {
+    } else if p.converged(s) && p.finished == p.done {
         "Exited"
     } else if p.converged(s) && p.health_checked {
         "Healthy"

@@ -385,13 +385,13 @@ pub async fn create(client: &mut Client, args: &CreateArgs) -> Result<()> {
 pub struct Progress {
     /// Tasks of the current spec that run (or, for a one-shot job, finished cleanly).
     pub done: u64,
+    /// Of those, the ones that finished.
+    pub finished: u64,
     pub desired: u64,
     /// Old or removed tasks that have not stopped yet.
     pub leaving: usize,
     /// A task that failed and will not be restarted (restart condition `none`).
     pub failed: Option<String>,
-    /// Its tasks run to completion (restart condition other than `any`).
-    pub job: bool,
     /// Its tasks are healthy once running (it has a healthcheck).
     pub health_checked: bool,
 }
@@ -409,13 +409,16 @@ impl Progress {
             task_state(t) == TaskState::Complete
                 && t.status.as_ref().and_then(|st| st.exit_code) == Some(0)
         };
-        let done = tasks
+        let running = tasks
             .iter()
             .filter(|t| current(t))
             .filter(|t| {
-                (task_state(t) == TaskState::Running && t.desired_state() == TaskState::Running)
-                    || (job && finished_cleanly(t))
+                task_state(t) == TaskState::Running && t.desired_state() == TaskState::Running
             })
+            .count() as u64;
+        let finished = tasks
+            .iter()
+            .filter(|t| job && current(t) && finished_cleanly(t))
             .count() as u64;
         let never_again = spec.restart.is_some() && restart.condition() == RestartCondition::None;
         let failed = tasks
@@ -439,11 +442,11 @@ impl Progress {
                 !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE")
             });
         Progress {
-            done,
+            done: running + finished,
+            finished,
             desired: desired_tasks(s, tasks),
             leaving,
             failed,
-            job,
             health_checked,
         }
     }

@@ -8,8 +8,9 @@
 //!    runs in a private mount namespace without /sys/fs/cgroup/unified (it refuses the hybrid
 //!    cgroup layout of this machine kind otherwise); so does the runc helper's (it is not needed
 //!    there, but keeps the two helpers alike).
-//! 2. One-shot end to end: `shoal run --rm busybox true` (not there yet: see [`shoal_run`]) and
-//!    `docker run --rm` of an imported busybox image, with and without `--network none`.
+//! 2. One-shot end to end: `shoal run --rm busybox true` through a private daemon and
+//!    `docker run --rm` of an imported busybox image, each with its default network (a bridge)
+//!    and with `--network none`.
 //! 3. Supervisor memory: K long-running containers (`sleep 1000`), VmRSS and Pss of each
 //!    supervisor; containerd-shim-runc-v2 of Docker containers beside it.
 //! 4. Idle daemon memory: a private `shoal daemon`, 2 s after it answers; dockerd and
@@ -820,11 +821,38 @@ enum OneShot<'a> {
     Unavailable(String),
 }
 
-/// `shoal run --rm busybox true`. Not there yet: when it is, start a private daemon (see
-/// [`Daemon::start`]), make the image (`image bootstrap busybox`) and return a closure that times
-/// `shoal --host SOCK run --rm busybox true`.
-fn shoal_run(_shoal: &Path) -> OneShot<'static> {
-    OneShot::Unavailable("shoal run: not available yet".into())
+/// `shoal --host SOCK run --rm busybox /bin/true` against a private daemon that has the
+/// image (`image bootstrap busybox`).
+fn shoal_run<'a>(
+    shoal: &'a Path,
+    daemon: &'a Result<Daemon>,
+    extra: &'static [&'static str],
+) -> OneShot<'a> {
+    let d = match daemon {
+        Ok(d) => d,
+        Err(e) => return OneShot::Unavailable(format!("shoal daemon: {e:#}")),
+    };
+    let socket = d.dir.join("s.sock");
+    OneShot::Ready(Box::new(move || {
+        let start = Instant::now();
+        run(Command::new(shoal)
+            .arg("--host")
+            .arg(&socket)
+            .args(["run", "--rm"])
+            .args(extra)
+            .args(["busybox", "/bin/true"]))?;
+        Ok(start.elapsed())
+    }))
+}
+
+/// A private daemon with the busybox image, for the end-to-end runs.
+fn daemon_with_busybox(shoal: &Path, base: &Path, tag: &str, octet: u8) -> Result<Daemon> {
+    let d = Daemon::start(shoal, base, tag, octet)?;
+    run(Command::new(shoal)
+        .arg("--host")
+        .arg(d.dir.join("s.sock"))
+        .args(["image", "bootstrap", "busybox"]))?;
+    Ok(d)
 }
 
 fn docker_run(image: &str, extra: &'static [&'static str]) -> OneShot<'static> {
@@ -1679,8 +1707,18 @@ fn run_all(args: &Args) -> Result<()> {
 
     // ---- 2. one-shot end to end
     {
-        let mut sides: Vec<(String, OneShot)> =
-            vec![("shoal run --rm busybox /bin/true".into(), shoal_run(&shoal))];
+        let octet = 200 + (u32::from_str_radix(&tag, 16).unwrap_or(0) % 50) as u8;
+        let daemon = daemon_with_busybox(&shoal, base, &tag, octet);
+        let mut sides: Vec<(String, OneShot)> = vec![
+            (
+                "shoal run --rm busybox /bin/true".into(),
+                shoal_run(&shoal, &daemon, &[]),
+            ),
+            (
+                "shoal run --rm --network none busybox /bin/true".into(),
+                shoal_run(&shoal, &daemon, &["--network", "none"]),
+            ),
+        ];
         if let Some(d) = &docker {
             sides.push((
                 "docker run --rm busybox /bin/true".into(),
@@ -1713,18 +1751,24 @@ fn run_all(args: &Args) -> Result<()> {
             "2. one-shot end to end ({} runs per variant after {warm} warm-up; ms)",
             args.e2e_runs
         );
-        let shoal_p50 = Stats::of(&samples[0]).map(|s| s.p50);
         let mut rows = Vec::new();
         for (k, (name, side)) in sides.iter().enumerate() {
             match side {
                 OneShot::Unavailable(why) => rows.push(row(name, None, why)),
                 OneShot::Ready(_) => {
                     let s = Stats::of(&samples[k]);
+                    // Docker's rows (2, 3) against shoal's with the same network (0, 1).
+                    let shoal_p50 = k
+                        .checked_sub(2)
+                        .and_then(|j| Stats::of(&samples[j]))
+                        .map(|s| s.p50);
                     let extra = match (&failed[k], shoal_p50, s) {
                         (Some(e), _, _) => format!("FAILED: {e}"),
-                        (None, Some(a), Some(b)) if k > 0 => {
-                            format!("{name} / shoal run p50 = {:.2}×", b.p50 / a)
-                        }
+                        (None, Some(a), Some(b)) => format!(
+                            "docker / shoal p50 = {:.1}× (target ≥ 8×: {})",
+                            b.p50 / a,
+                            if b.p50 / a >= 8.0 { "met" } else { "NOT met" }
+                        ),
                         _ => String::new(),
                     };
                     rows.push(row(name, s, &extra));
@@ -1736,6 +1780,8 @@ fn run_all(args: &Args) -> Result<()> {
             table::format_table(&["system", "p50", "p90", "min–max", "n", "note"], &rows)
         );
         println!();
+        drop(sides);
+        drop(daemon);
     }
 
     // ---- 3. supervisor memory
