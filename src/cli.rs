@@ -245,6 +245,47 @@ pub struct ComposeArgs {
     pub command: ComposeCommand,
 }
 
+#[derive(Args)]
+pub struct ComposeRunArgs {
+    /// Run in the background and print the container's id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// The container's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Overwrite the service's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Username or UID.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Mount a volume or host path.
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Publish a port.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish the service's own ports too.
+    #[arg(long)]
+    pub service_ports: bool,
+    /// Do not start the services it depends on.
+    #[arg(long)]
+    pub no_deps: bool,
+    pub service: String,
+    /// Command and arguments (default: the service's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
 #[derive(Subcommand)]
 pub enum ComposeCommand {
     /// Print the normalised compose model.
@@ -335,45 +376,7 @@ pub enum ComposeCommand {
         cmd: Vec<String>,
     },
     /// Run a one-off command in a new container of a service, on its networks.
-    Run {
-        /// Run in the background and print the container's id.
-        #[arg(short, long)]
-        detach: bool,
-        /// Remove the container when it exits.
-        #[arg(long)]
-        rm: bool,
-        /// The container's name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Set environment variables (KEY=VALUE).
-        #[arg(short = 'e', long = "env")]
-        env: Vec<String>,
-        /// Overwrite the service's entrypoint.
-        #[arg(long)]
-        entrypoint: Option<String>,
-        /// Username or UID.
-        #[arg(short = 'u', long)]
-        user: Option<String>,
-        /// Working directory inside the container.
-        #[arg(short = 'w', long)]
-        workdir: Option<String>,
-        /// Mount a volume or host path.
-        #[arg(short = 'v', long = "volume")]
-        volumes: Vec<String>,
-        /// Publish a port.
-        #[arg(short = 'p', long = "publish")]
-        publish: Vec<String>,
-        /// Publish the service's own ports too.
-        #[arg(long)]
-        service_ports: bool,
-        /// Do not start the services it depends on.
-        #[arg(long)]
-        no_deps: bool,
-        service: String,
-        /// Command and arguments (default: the service's).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        cmd: Vec<String>,
-    },
+    Run(ComposeRunArgs),
     /// Replace the containers of services (all by default), following their update settings.
     Restart { services: Vec<String> },
     /// Stop services (all by default) without removing them; `start` brings them back.

@@ -24,7 +24,7 @@ use shoal_proto::{
 
 use super::service::{self, Progress};
 use super::stack;
-use crate::cli::{ComposeArgs, ComposeCommand, ExecArgs, RunArgs};
+use crate::cli::{ComposeArgs, ComposeCommand, ComposeRunArgs, ExecArgs, RunArgs};
 use crate::client::{status_message, Client};
 use crate::compose::{self, Flavor, Project};
 use crate::output::table;
@@ -114,53 +114,24 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
             };
             super::container::exec(client, exec).await
         }
-        ComposeCommand::Run {
-            detach,
-            rm,
-            name: container_name,
-            env,
-            entrypoint,
-            user,
-            workdir,
-            volumes,
-            publish,
-            service_ports,
-            no_deps,
-            service,
-            cmd,
-        } => {
-            let chosen = with_dependencies(&project, std::slice::from_ref(&service), no_deps)?;
-            let dependencies: Vec<String> = chosen.into_iter().filter(|s| *s != service).collect();
+        ComposeCommand::Run(run) => {
+            let chosen =
+                with_dependencies(&project, std::slice::from_ref(&run.service), run.no_deps)?;
+            let dependencies: Vec<String> =
+                chosen.into_iter().filter(|s| *s != run.service).collect();
             // The project's networks exist (and its dependencies run) before the one-off.
             let spec = stack_spec(&project, &dependencies)?;
             let short: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
             stack::apply(client, spec, &[], false, false).await?;
             show_progress(client, &name, &short, None).await?;
-            let full = stack_spec(&project, std::slice::from_ref(&service))?;
+            let full = stack_spec(&project, std::slice::from_ref(&run.service))?;
             let spec = full
                 .services
                 .into_iter()
                 .next()
-                .ok_or_else(|| anyhow!("no such service: {service}"))?;
-            let run = one_off(
-                &project,
-                &service,
-                &spec,
-                OneOff {
-                    detach,
-                    rm,
-                    name: container_name,
-                    env,
-                    entrypoint,
-                    user,
-                    workdir,
-                    volumes,
-                    publish,
-                    service_ports,
-                    cmd,
-                },
-            )?;
-            super::container::run_container(client, run).await
+                .ok_or_else(|| anyhow!("no such service: {}", run.service))?;
+            let args = one_off(&project, &spec, run)?;
+            super::container::run_container(client, args).await
         }
         ComposeCommand::Restart { services } => {
             let short = selected(&project, &services)?;
@@ -564,24 +535,10 @@ async fn local_container(
         })
 }
 
-/// The flags of `compose run`.
-struct OneOff {
-    detach: bool,
-    rm: bool,
-    name: Option<String>,
-    env: Vec<String>,
-    entrypoint: Option<String>,
-    user: Option<String>,
-    workdir: Option<String>,
-    volumes: Vec<String>,
-    publish: Vec<String>,
-    service_ports: bool,
-    cmd: Vec<String>,
-}
-
 /// `compose run SERVICE`: a `shoal run` of the service's container settings on the project's
 /// networks.
-fn one_off(project: &Project, service: &str, spec: &ServiceSpec, o: OneOff) -> Result<RunArgs> {
+fn one_off(project: &Project, spec: &ServiceSpec, o: ComposeRunArgs) -> Result<RunArgs> {
+    let service = o.service.as_str();
     let c = spec.container.clone().unwrap_or_default();
     let networks: Vec<String> = project
         .services
@@ -895,7 +852,9 @@ mod tests {
             .expect("spec")
             .services
             .remove(0);
-        let o = OneOff {
+        let o = ComposeRunArgs {
+            no_deps: false,
+            service: "web".into(),
             detach: false,
             rm: true,
             name: None,
@@ -908,7 +867,7 @@ mod tests {
             service_ports: false,
             cmd: vec!["echo other".into()],
         };
-        let run = one_off(&p, "web", &spec, o).expect("run args");
+        let run = one_off(&p, &spec, o).expect("run args");
         assert_eq!(run.network, "p_default");
         assert_eq!(run.entrypoint.as_deref(), Some("sh"));
         assert_eq!(run.args, ["-c", "echo other"]);
