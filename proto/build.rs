@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal.proto",
         "proto/containers.proto",
         "proto/cluster.proto",
+        "proto/build.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

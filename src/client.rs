@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
+use shoal_proto::builder_client::BuilderClient;
 use shoal_proto::containers_client::ContainersClient;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::images_client::ImagesClient;
@@ -19,6 +20,7 @@ pub struct Client {
     pub images: ImagesClient<Channel>,
     pub volumes: VolumesClient<Channel>,
     pub containers: ContainersClient<Channel>,
+    pub builder: BuilderClient<Channel>,
 }
 
 /// Connects to `host`: a path, `unix://PATH`, or `tcp://HOST:PORT`.
@@ -52,7 +54,8 @@ pub async fn connect(host: &str) -> Result<Client> {
         control: ControlClient::new(channel.clone()),
         images: ImagesClient::new(channel.clone()),
         volumes: VolumesClient::new(channel.clone()),
-        containers: ContainersClient::new(channel),
+        containers: ContainersClient::new(channel.clone()),
+        builder: BuilderClient::new(channel),
     })
 }
 

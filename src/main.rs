@@ -14,7 +14,7 @@ use cli::{
     Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand,
     VolumeCommand,
 };
-use commands::{container, image, network, service, stack, system, volume};
+use commands::{build, container, image, network, service, stack, system, volume};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -214,7 +214,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         image::rm(&mut client, &images, force).await
                     }
                     ImageCommand::Prune { all, force: _ } => image::prune(&mut client, all).await,
+                    ImageCommand::Build(b) => build::build(&mut client, &b).await.map(drop),
                 },
+                Command::Build(b) => build::build(&mut client, &b).await.map(drop),
                 Command::Container(c) => container::run(&mut client, c).await,
                 Command::Daemon(_) | Command::Version => Ok(()),
             }

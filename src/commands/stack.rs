@@ -47,7 +47,11 @@ pub async fn compose(client: &mut Client, args: ComposeArgs) -> Result<()> {
             detach,
             wait,
             remove_orphans,
+            build,
         } => {
+            let mut project = project;
+            super::build::compose_build(client, &mut project, &[], build, false, &[], false)
+                .await?;
             let (spec, warnings) = compose::to_stack_spec(&project, &project.name, Flavor::Compose)
                 .map_err(|e| anyhow!(e))?;
             let services: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
@@ -60,6 +64,30 @@ pub async fn compose(client: &mut Client, args: ComposeArgs) -> Result<()> {
                 project.name
             );
             follow_logs(client, &project.name, &services).await
+        }
+        ComposeCommand::Build {
+            no_cache,
+            build_args,
+            quiet,
+            services,
+        } => {
+            let mut project = project;
+            let built = super::build::compose_build(
+                client,
+                &mut project,
+                &services,
+                true,
+                no_cache,
+                &build_args,
+                quiet,
+            )
+            .await?;
+            if quiet {
+                for id in built {
+                    println!("{id}");
+                }
+            }
+            Ok(())
         }
         ComposeCommand::Down => down(client, &project.name).await,
         ComposeCommand::Ps(list) => ps(client, &project.name, list).await,

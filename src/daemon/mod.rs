@@ -33,6 +33,7 @@ use tonic::transport::{Endpoint, Server};
 
 use crate::cli::DaemonArgs;
 
+mod build;
 mod identity;
 mod join;
 mod manager;
@@ -138,6 +139,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
                 .into_server(),
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
+        .add_service(build::service(&agent.builder))
         .add_service(
             shoal_agent::containers_api::ContainersApi::new(
                 agent.runtime.clone(),
@@ -185,6 +187,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
                 .into_server(),
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
+        .add_service(build::service(&agent.builder))
         .add_service(
             shoal_agent::containers_api::ContainersApi::new(
                 agent.runtime.clone(),
@@ -214,6 +217,7 @@ struct Agent {
     images: ImageStore,
     networks: TaskNetworks,
     volumes: Arc<VolumeStore>,
+    builder: shoal_agent::image::build::ImageBuilder,
 }
 
 impl Agent {
@@ -240,8 +244,10 @@ impl Agent {
         .context("cannot open the node's published ports")?;
         let volumes = VolumeStore::open(args.data_dir.join("volumes"))
             .context("cannot open the node's volumes")?;
+        let builder = build::open(args, &images, &manager)?;
         Ok(Agent {
             runtime,
+            builder,
             images,
             networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports)),
             volumes: Arc::new(volumes),
