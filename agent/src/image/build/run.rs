@@ -141,14 +141,19 @@ impl Runner {
         };
         match self.runtime.create_and_start(config).await {
             Ok(_) => {}
-            Err(RuntimeError::StartFailed { stage, message, .. }) => {
+            Err(RuntimeError::StartFailed {
+                stage,
+                message,
+                errno,
+                ..
+            }) => {
                 // Docker reports a command that cannot be executed as exit code 127 (not found)
                 // or 126 (not executable).
-                let code = if message.contains("No such file") || message.contains("not found") {
-                    127
-                } else {
-                    126
-                };
+                let lower = message.to_ascii_lowercase();
+                let missing = errno == Some(libc::ENOENT)
+                    || lower.contains("no such file")
+                    || lower.contains("not found");
+                let code = if missing { 127 } else { 126 };
                 return Err(failed(
                     code,
                     format!(
