@@ -305,8 +305,17 @@ pub async fn run(client: &mut Client, spec: &BuildSpec) -> Result<String> {
         }
         Err(status) => {
             renderer.finish(false);
-            // A context that could not be packed is the real cause.
-            packed?;
+            // A context that could not be packed is the real cause, unless packing only
+            // stopped because the daemon had given up already.
+            if let Err(e) = packed {
+                let daemon_gave_up = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                });
+                if !daemon_gave_up {
+                    return Err(e);
+                }
+            }
             Err(anyhow!(status_message(&status)))
         }
     }

@@ -403,15 +403,10 @@ impl Run<'_> {
                 ..Default::default()
             };
             (config, "scratch".to_string())
-        } else if let Some(j) = stage_index(df, &base).filter(|_| !base.contains([':', '/'])) {
-            if j >= i {
-                let e = fail_at(
-                    stage.line,
-                    format!("FROM {base}: a stage can only build on an earlier stage"),
-                );
-                self.progress.failed(&step, &e.to_string()).await;
-                return Err(e);
-            }
+        } else if let Some(j) = stage_index(df, &base)
+            // Only earlier stages: `FROM busybox AS busybox` names the image.
+            .filter(|j| *j < i && !base.contains([':', '/']))
+        {
             let b = self.built[j].clone().ok_or_else(|| {
                 BuildError::Internal(format!("stage {base} was not built before stage {i}"))
             })?;
