@@ -407,5 +407,15 @@ fn build_compose_up_builds_the_services_images() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("CACHED"), "{err}");
     d.ok(&["compose", "-f", file_s, "down"]);
+    // `up` without --build builds an image that is missing.
+    d.ok(&["image", "rm", &image]);
+    let out = d.shoal(&["compose", "-f", file_s, "up", "-d"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("Building web ({image})")), "{err}");
+    assert!(d.json(&["image", "inspect", &image])[0]["Id"]
+        .as_str()
+        .is_some());
+    d.ok(&["compose", "-f", file_s, "down"]);
     no_build_containers_left(&d);
 }
