@@ -78,7 +78,8 @@ WORKDIR $OUT
 COPY src/ ./src/
 RUN sh src/make.sh "$GREETING" > result.txt \
  && cat /proc/net/route > route.txt
-RUN mkdir /scratch-dir && echo temp > /scratch-dir/t && rm -r /scratch-dir
+RUN mkdir /scratch-dir && echo temp > /scratch-dir/t && rm -r /scratch-dir \
+ && rm /bin/wget && rm -rf /usr && mkdir -p /usr/local && echo x > /usr/local/x
 
 FROM busybox
 ARG VERSION
@@ -87,12 +88,13 @@ WORKDIR /app
 COPY --from=builder /out/result.txt ./
 ADD vendor.tar.gz /opt/
 COPY . /ctx/
+COPY --chown=nobody:nogroup --chmod=640 src/make.sh ./make.sh
 USER nobody
-CMD ["sh", "-c", "cat /app/result.txt; echo version=$APP_VERSION; cat /opt/vendor/lib.txt; id -u; pwd; ls /ctx"]
+CMD ["sh", "-c", "cat /app/result.txt; echo version=$APP_VERSION; cat /opt/vendor/lib.txt; id -u; pwd; ls /ctx; stat -c '%U:%G %a' make.sh"]
 "#;
 
 const EXPECTED: &str = "hello from make\nversion=dev\nvendored library\n65534\n/app\n\
-Dockerfile\nkeep.log\nsrc\nvendor.tar.gz\n";
+Dockerfile\nkeep.log\nsrc\nvendor.tar.gz\nnobody:nogroup 640\n";
 
 fn context(dir: &Path) -> PathBuf {
     let ctx = dir.join("ctx");
@@ -179,7 +181,7 @@ fn build_multi_stage_run_save_load_cache_and_target() {
         "{progress}"
     );
     let (steps, cached) = instruction_steps(&progress);
-    assert_eq!(steps.len(), 12, "{progress}");
+    assert_eq!(steps.len(), 13, "{progress}");
     assert!(
         cached.is_empty(),
         "a first build runs everything:\n{progress}"
@@ -218,13 +220,19 @@ fn build_multi_stage_run_save_load_cache_and_target() {
         listing.contains("out") && !listing.contains("app"),
         "{listing}"
     );
-    // The removed directory left nothing (a whiteout-free layer, or none).
-    assert!(
-        d.shoal(&["run", "--rm", "app:builder", "ls", "/scratch-dir"])
-            .status
-            .code()
-            != Some(0)
+    // RUN's deletions are whiteouts, a directory made anew over a removed one is opaque, and
+    // what a RUN made and removed again leaves nothing.
+    for gone in ["/scratch-dir", "/bin/wget"] {
+        let out = d.shoal(&["run", "--rm", "app:builder", "ls", gone]);
+        assert!(!out.status.success(), "{gone} is still there");
+    }
+    assert_eq!(
+        d.ok(&["run", "--rm", "app:builder", "ls", "/usr"]),
+        "local\n"
     );
+    assert!(d
+        .ok(&["run", "--rm", "busybox", "ls", "/bin/wget"])
+        .contains("wget"));
 
     // History like Docker's: one entry per instruction (ARG aside), metadata ones empty.
     let history = d.ok(&["image", "history", "--no-trunc", "app:1"]);
@@ -256,7 +264,7 @@ fn build_multi_stage_run_save_load_cache_and_target() {
     let (_, progress) = text(&out);
     assert!(out.status.success(), "{progress}");
     let (steps, cached) = instruction_steps(&progress);
-    assert_eq!(steps.len(), 12, "{progress}");
+    assert_eq!(steps.len(), 13, "{progress}");
     assert_eq!(
         cached, steps,
         "every instruction step is CACHED:\n{progress}"
