@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cluster.proto",
         "proto/secrets.proto",
         "proto/registry.proto",
+        "proto/build.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -78,6 +78,8 @@ pub enum Command {
         /// HOST[:PORT] of the registry.
         server: Option<String>,
     },
+    /// Build an image from a Dockerfile (`docker build`).
+    Build(ImageBuildArgs),
 }
 
 /// `pull` / `push` arguments.
@@ -133,6 +135,45 @@ pub enum SecretCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+/// `shoal build` / `shoal image build`.
+#[derive(Args, Clone)]
+pub struct ImageBuildArgs {
+    /// Name and optionally a tag (NAME[:TAG]); may be given several times.
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// A build-time variable (KEY=VALUE; KEY alone takes the value from the environment).
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Build up to this stage (by name).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use the cache: run every step.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Progress output: auto (compact on a terminal, plain otherwise), plain, tty or quiet.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Print only the image id when done.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Set a label on the image (KEY=VALUE).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// The build context: a directory.
+    pub context: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    Auto,
+    Plain,
+    Tty,
+    Quiet,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +350,10 @@ pub enum ComposeCommand {
         /// Remove the project's services that the file no longer has.
         #[arg(long)]
         remove_orphans: bool,
+        /// Build the images of services with `build:` before starting (without it, only
+        /// missing images are built).
+        #[arg(long)]
+        build: bool,
         /// Replace the containers even if nothing changed.
         #[arg(long)]
         force_recreate: bool,
@@ -333,6 +378,19 @@ pub enum ComposeCommand {
         /// without a custom tag, i.e. built for the project).
         #[arg(long, value_parser = ["local", "all"])]
         rmi: Option<String>,
+    },
+    /// Build the images of the services that have `build:` (all, or those named).
+    Build {
+        /// Do not use the cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// A build-time variable for every service (KEY=VALUE).
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+        /// Print only the image ids.
+        #[arg(short, long)]
+        quiet: bool,
+        services: Vec<String>,
     },
     /// List the project's tasks.
     Ps(ListArgs),
@@ -863,6 +921,8 @@ pub enum ImageCommand {
     Pull(PullArgs),
     /// Upload an image to a registry.
     Push(PullArgs),
+    /// Build an image from a Dockerfile (same as `shoal build`).
+    Build(ImageBuildArgs),
     /// Remove unused images.
     Prune {
         /// Remove all images no container uses, not just dangling ones.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
+use shoal_proto::builder_client::BuilderClient;
 use shoal_proto::containers_client::ContainersClient;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::images_client::ImagesClient;
@@ -23,6 +24,7 @@ pub struct Client {
     pub containers: ContainersClient<Channel>,
     pub secrets: SecretsClient<Channel>,
     pub registry: RegistryClient<Channel>,
+    pub builder: BuilderClient<Channel>,
 }
 
 /// Connects to `host`: a path, `unix://PATH`, or `tcp://HOST:PORT`.
@@ -58,7 +60,8 @@ pub async fn connect(host: &str) -> Result<Client> {
         volumes: VolumesClient::new(channel.clone()),
         containers: ContainersClient::new(channel.clone()),
         secrets: SecretsClient::new(channel.clone()),
-        registry: RegistryClient::new(channel),
+        registry: RegistryClient::new(channel.clone()),
+        builder: BuilderClient::new(channel),
     })
 }
 

@@ -15,7 +15,7 @@ use cli::{
     Cli, Command, ImageCommand, NetworkCommand, NodeCommand, ServiceCommand, StackCommand,
     VolumeCommand,
 };
-use commands::{container, image, network, registry, service, stack, system, volume};
+use commands::{build, container, image, network, registry, service, stack, system, volume};
 
 fn main() {
     // The container supervisor is this binary re-executed. It must run before any thread (and
@@ -230,7 +230,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ImageCommand::Push(a) => {
                         registry::push(&mut client, &a.image, a.insecure, a.quiet).await
                     }
+                    ImageCommand::Build(b) => build::build(&mut client, &b).await.map(drop),
                 },
+                Command::Build(b) => build::build(&mut client, &b).await.map(drop),
                 Command::Pull(a) => {
                     registry::pull(&mut client, &a.image, a.insecure, a.quiet).await
                 }

@@ -33,7 +33,7 @@ use crate::output::table;
 const STOPPED_REPLICAS: &str = "com.shoal.compose.stopped-replicas";
 
 pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
-    let project = compose::load_for_cli(&args, &[])?;
+    let mut project = compose::load_for_cli(&args, &[])?;
     let name = project.name.clone();
     match args.command {
         ComposeCommand::Config { .. } => Ok(()),
@@ -45,9 +45,13 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
             force_recreate,
             no_deps,
             abort_on_container_exit,
+            build,
             services,
         } => {
             let chosen = with_dependencies(&project, &services, no_deps)?;
+            // Images of `build:` services: built when missing, or always with --build.
+            super::build::compose_build(client, &mut project, &chosen, build, false, &[], false)
+                .await?;
             let mut spec = stack_spec(&project, &chosen)?;
             if force_recreate {
                 bump_force_update(client, &name, &mut spec).await?;
@@ -76,6 +80,29 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
             }
             if let Some(which) = rmi {
                 remove_images(client, &project, images, which == "all").await?;
+            }
+            Ok(())
+        }
+        ComposeCommand::Build {
+            no_cache,
+            build_args,
+            quiet,
+            services,
+        } => {
+            let built = super::build::compose_build(
+                client,
+                &mut project,
+                &services,
+                true,
+                no_cache,
+                &build_args,
+                quiet,
+            )
+            .await?;
+            if quiet {
+                for id in built {
+                    println!("{id}");
+                }
             }
             Ok(())
         }
@@ -117,6 +144,8 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
         ComposeCommand::Run(run) => {
             let chosen =
                 with_dependencies(&project, std::slice::from_ref(&run.service), run.no_deps)?;
+            super::build::compose_build(client, &mut project, &chosen, false, false, &[], false)
+                .await?;
             let dependencies: Vec<String> =
                 chosen.into_iter().filter(|s| *s != run.service).collect();
             // The project's networks exist (and its dependencies run) before the one-off.

@@ -1,5 +1,6 @@
 //! One module per command family; each turns parsed arguments into API calls and output.
 
+pub mod build;
 pub mod compose;
 pub mod container;
 pub mod image;

@@ -1,8 +1,7 @@
 //! From a loaded compose project to the stack the manager deploys.
 //!
-//! Everything the manager can run today maps onto a service spec; keys whose machinery lands
-//! with later work (builds) are reported as warnings naming the service and the key, so
-//! nothing is dropped silently. Secrets and configs are stack objects named like networks
+//! Everything the manager can run maps onto a service spec; `build:` sections are built by the
+//! CLI before (`compose up`/`build`), which sets the service's image. Secrets and configs are stack objects named like networks
 //! (`<stack>_<key>`); their data is read by [`attach_secrets`].
 //!
 //! Networks: the project's networks become the stack's (`<stack>_<key>` on the cluster);
@@ -40,13 +39,7 @@ pub fn to_stack_spec(
     let mut warnings = Vec::new();
     let mut services = Vec::new();
     for (service_name, service) in &project.services {
-        services.push(to_service_spec(
-            project,
-            service_name,
-            service,
-            flavor,
-            &mut warnings,
-        )?);
+        services.push(to_service_spec(project, service_name, service, flavor)?);
     }
     let mut networks = Vec::new();
     for (key, n) in project.networks.iter().filter(|(_, n)| !n.external) {
@@ -289,29 +282,17 @@ fn to_service_spec(
     name: &str,
     s: &Service,
     flavor: Flavor,
-    warnings: &mut Vec<String>,
 ) -> Result<ServiceSpec, String> {
     let Some(image) = s.image.clone() else {
         return Err(if s.build.is_some() {
             format!(
-                "service {name}: `build:` is not supported yet: build the image and give `image:`"
+                "service {name}: its image is built from `build:`, which `stack deploy` does not \
+                 do: use `shoal compose up`, or build it (`shoal compose build`) and give `image:`"
             )
         } else {
             format!("service {name}: no image: add `image:`")
         });
     };
-    let mut pending = Vec::new();
-    for (present, key) in [(s.build.is_some(), "build")] {
-        if present {
-            pending.push(key);
-        }
-    }
-    if !pending.is_empty() {
-        warnings.push(format!(
-            "service {name}: {} not applied yet by this version of shoal",
-            pending.join(", ")
-        ));
-    }
     let deploy = s.deploy.clone().unwrap_or_default();
     let mode = match deploy.mode.as_deref() {
         Some("global") => Mode::Global(GlobalService {}),
@@ -664,13 +645,13 @@ services:
     }
 
     #[test]
-    fn what_is_not_applied_yet_is_named() {
+    fn a_build_without_an_image_says_how_to_build_it() {
         let p = project(
             "services:\n  web:\n    image: busybox\n    ports: [\"8080:80\"]\n  img:\n    build: .\n",
         );
-        let err = to_stack_spec(&p, "demo", Flavor::Stack).expect_err("build is refused");
+        let err = to_stack_spec(&p, "demo", Flavor::Stack).expect_err("no image yet");
         assert!(
-            err.contains("service img") && err.contains("build"),
+            err.contains("service img") && err.contains("shoal compose build"),
             "{err}"
         );
     }

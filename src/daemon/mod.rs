@@ -37,6 +37,7 @@ use tonic::transport::{Endpoint, Server};
 
 use crate::cli::DaemonArgs;
 
+mod build;
 mod identity;
 mod join;
 mod manager;
@@ -144,6 +145,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
         .add_service(agent.registry.clone().into_server())
+        .add_service(build::service(&agent.builder))
         .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
@@ -186,6 +188,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
         )
         .add_service(VolumesApi::new(agent.volumes.clone()).into_server())
         .add_service(agent.registry.clone().into_server())
+        .add_service(build::service(&agent.builder))
         .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
     agent.start(
@@ -210,6 +213,7 @@ struct Agent {
     networks: TaskNetworks,
     volumes: Arc<VolumeStore>,
     registry: Registry,
+    builder: shoal_agent::image::build::ImageBuilder,
 }
 
 impl Agent {
@@ -253,9 +257,11 @@ impl Agent {
                 insecure: args.insecure_registries.clone(),
             },
         );
+        let builder = build::open(args, &images, &manager)?;
         Ok(Agent {
             runtime,
             registry,
+            builder,
             images,
             networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports)),
             volumes: Arc::new(volumes),

@@ -67,6 +67,7 @@
 
 mod api;
 mod archive;
+pub mod build;
 mod busybox;
 mod config;
 mod error;

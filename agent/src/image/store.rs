@@ -483,6 +483,16 @@ impl ImageStore {
             self.delete_image(&hex)?;
             report.deleted.push(id);
         }
+        // Build cache entries no remaining image builds on go too (unless a config is
+        // unreadable: then nothing can be told to be unreferenced).
+        let chains: Result<Vec<_>, _> = self
+            .image_hexes()?
+            .iter()
+            .map(|hex| self.read_config(hex).map(|c| c.rootfs.diff_ids))
+            .collect();
+        if let Ok(chains) = chains {
+            super::build::cache::drop_unreferenced(&self.inner.root, &chains)?;
+        }
         self.gc(&mut report)?;
         Ok(report)
     }
@@ -652,6 +662,37 @@ impl ImageStore {
             }
         }
         Ok(true)
+    }
+
+    // --- builds (build/) ------------------------------------------------------------------------
+
+    /// The image a reference names: its id (`sha256:<hex>`) and config.
+    pub(crate) fn image_config(
+        &self,
+        reference: &str,
+    ) -> Result<(String, OciImageConfig), ImageError> {
+        let _guard = self.lock();
+        let tags = self.read_tags()?;
+        let hex = match self.lookup(reference, &tags)? {
+            Target::Tag(_, hex) | Target::Id(hex) => hex,
+        };
+        Ok((format!("sha256:{hex}"), self.read_config(&hex)?))
+    }
+
+    /// The unpacked directories of layers (lowest first); an error names a missing one.
+    pub(crate) fn layer_dirs_for(&self, diff_ids: &[String]) -> Result<Vec<PathBuf>, ImageError> {
+        let _guard = self.lock();
+        diff_ids
+            .iter()
+            .map(|d| {
+                self.find_layer(d)?
+                    .map(|(short, _)| self.layers_dir().join(short))
+                    .ok_or_else(|| ImageError::Corrupt {
+                        path: self.layers_dir(),
+                        detail: format!("layer {d} is not in the store"),
+                    })
+            })
+            .collect()
     }
 
     // --- archive loads (archive.rs) ------------------------------------------------------------
@@ -1096,6 +1137,8 @@ impl ImageStore {
                 }
             }
         }
+        // The build cache's layers stay until `prune` drops its entries (see build/cache.rs).
+        used.extend(super::build::cache::layers_in_use(&self.inner.root)?);
         let pinned: BTreeSet<String> = {
             let busy = self.busy();
             busy.pinned
@@ -1219,6 +1262,7 @@ impl ImageStore {
                 }
             }
         }
+        used.extend(super::build::cache::layers_in_use(&self.inner.root)?);
         let layers = self.layers_dir();
         for entry in read_dir(&layers)? {
             let name = entry.file_name().to_string_lossy().into_owned();
