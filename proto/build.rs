@@ -36,6 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         ("shoal.v1.UpdateConfig.order", "update_order"),
         ("shoal.v1.UpdateStatus.state", "update_state"),
+        ("shoal.v1.UpdateConfig.strategy", "update_strategy"),
+        ("shoal.v1.UpdateConfig.promote", "promote_mode"),
+        ("shoal.v1.UpdateStatus.phase", "blue_green_phase"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -296,7 +296,12 @@ impl Worker {
             let started = tokio::time::Instant::now();
             let mut health = health::Health::default();
             let mut unhealthy = None;
+            // The task as last assigned (its drain period is stamped when it is stopped).
+            let mut latest = task.clone();
             let stopped = loop {
+                if let Some(t) = rx.borrow().as_ref() {
+                    latest = Some(t.clone());
+                }
                 if wanted(&rx) != Some(TaskState::Running) {
                     break true;
                 }
@@ -329,8 +334,20 @@ impl Worker {
                     }
                 }
             };
-            // Out of DNS first, then stopped: no new client is sent to a dying task.
+            // Out of rotation first (DNS, published ports), then drained, then stopped: no
+            // new client is sent to a dying task, and the requests it has get time to finish.
+            let served = self.reported == TaskState::Running;
             self.executor.inner.networks.withdraw(&self.id).await;
+            if stopped && served && unhealthy.is_none() {
+                let drain = latest
+                    .as_ref()
+                    .map(Task::drain_period_ms)
+                    .unwrap_or(shoal_proto::DEFAULT_DRAIN_MS);
+                tokio::select! {
+                    _ = runtime.wait(&self.id) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(drain)) => {}
+                }
+            }
             if stopped {
                 let grace = rx
                     .borrow()
