@@ -629,7 +629,49 @@ pub async fn ls_where(
 
 pub async fn ps(client: &mut Client, service: &str, args: ListArgs) -> Result<()> {
     let s = get(client, service).await?;
+    if !args.quiet && args.format.format != Some(Format::Json) {
+        if let Some(line) = s.update_status.as_ref().and_then(update_status_line) {
+            println!("{line}");
+        }
+    }
     ps_of(client, vec![s], args).await
+}
+
+/// The one-line form of a rollout's status, as `service ps` shows it above the tasks:
+/// `Update status: updating (blue-green: deploying), started 3 seconds ago: <message>`.
+pub fn update_status_line(status: &UpdateStatus) -> Option<String> {
+    let state = status.state();
+    if state == UpdateState::Unknown {
+        return None;
+    }
+    let phase = match status.phase() {
+        BlueGreenPhase::None => String::new(),
+        p => format!(" (blue-green: {})", blue_green_phase_name(p)),
+    };
+    let when = if status.completed_at > 0 {
+        format!("completed {}", ago(status.completed_at))
+    } else {
+        format!("started {}", ago(status.started_at))
+    };
+    let message = if status.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", status.message)
+    };
+    Some(format!(
+        "Update status: {}{phase}, {when}{message}",
+        update_state_name(state)
+    ))
+}
+
+pub fn blue_green_phase_name(phase: BlueGreenPhase) -> &'static str {
+    match phase {
+        BlueGreenPhase::None => "none",
+        BlueGreenPhase::Deploying => "deploying",
+        BlueGreenPhase::Ready => "ready",
+        BlueGreenPhase::Switched => "switched",
+        BlueGreenPhase::Done => "done",
+    }
 }
 
 /// The tasks of `services` in one table, like `service ps` (and `stack ps`).
@@ -697,6 +739,11 @@ pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) 
             let mut current = capitalize(state.display());
             current.push(' ');
             current.push_str(&ago(status.timestamp));
+            // Blue-green: running, but the manager keeps traffic away from it.
+            if t.out_of_rotation && t.desired_state() == TaskState::Running && !state.is_terminal()
+            {
+                current.push_str(" (out of rotation)");
+            }
             let error = if !status.error.is_empty() {
                 status.error.clone()
             } else {
@@ -852,6 +899,50 @@ pub async fn rollback(client: &mut Client, name: &str, detach: bool) -> Result<(
     Ok(())
 }
 
+/// `service promote`: blue-green with manual promotion switches the traffic to green. Waits
+/// (unless detached) until the switch happened.
+pub async fn promote(client: &mut Client, name: &str, detach: bool) -> Result<()> {
+    let s = client
+        .control
+        .promote_service(PromoteServiceRequest {
+            service: name.to_string(),
+        })
+        .await
+        .map_err(|e| anyhow!(status_message(&e)))?
+        .into_inner()
+        .service
+        .ok_or_else(|| anyhow!("the daemon returned no service"))?;
+    println!("{name}");
+    if detach {
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        let s = get(client, &s.id).await?;
+        let status = s.update_status.clone().unwrap_or_default();
+        let line = format!("{}: {}", update_state_name(status.state()), status.message);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match (status.phase(), status.state()) {
+            (BlueGreenPhase::Switched | BlueGreenPhase::Done, _) => return Ok(()),
+            (_, UpdateState::Paused | UpdateState::RollbackPaused) => {
+                bail!(
+                    "service {name} {}: {}",
+                    update_state_name(status.state()),
+                    status.message
+                )
+            }
+            (_, UpdateState::RollbackCompleted) => {
+                bail!("service {name} rolled back: {}", status.message)
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Asks the manager to roll `s` back (as read: fails if it changed since).
 pub async fn start_rollback(client: &mut Client, s: &Service) -> Result<()> {
     let request = UpdateServiceRequest {
@@ -902,6 +993,11 @@ async fn follow_rollout(client: &mut Client, id: &str, rollback: bool) -> Result
             last = line;
         }
         match state {
+            // Manual promotion: green is ready and waits for `service promote`; so does not
+            // this command.
+            UpdateState::Updating if !rollback && status.phase() == BlueGreenPhase::Ready => {
+                return Ok(())
+            }
             UpdateState::Completed if !rollback => return Ok(()),
             UpdateState::RollbackCompleted if rollback => return Ok(()),
             UpdateState::RollbackCompleted => {
@@ -1110,6 +1206,32 @@ mod tests {
         assert_eq!(u.strategy(), UpdateStrategy::Rolling);
         assert!(u.verify.is_empty());
         assert_eq!(u.keep_blue_ms, Some(30_000));
+    }
+
+    #[test]
+    fn the_update_status_line_names_state_phase_and_reason() {
+        let mut st = UpdateStatus {
+            started_at: shoal_proto::now_ms(),
+            message: "starting green beside blue, out of rotation: 1 of 2 ready".into(),
+            ..Default::default()
+        };
+        assert_eq!(update_status_line(&st), None);
+        st.set_state(UpdateState::Updating);
+        st.set_phase(BlueGreenPhase::Deploying);
+        assert_eq!(
+            update_status_line(&st).as_deref(),
+            Some("Update status: updating (blue-green: deploying), started Less than a second ago: starting green beside blue, out of rotation: 1 of 2 ready")
+        );
+        let mut done = UpdateStatus {
+            completed_at: shoal_proto::now_ms(),
+            message: "update completed".into(),
+            ..Default::default()
+        };
+        done.set_state(UpdateState::Completed);
+        assert_eq!(
+            update_status_line(&done).as_deref(),
+            Some("Update status: completed, completed Less than a second ago: update completed")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod health;
 mod mounts;
 mod net;
 mod published;
+mod rotation;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -113,6 +114,15 @@ impl Executor {
             networks.into_iter().map(|n| (n.id.clone(), n)).collect();
         *lock(&self.inner.needed_networks) = TaskNetworks::needed_by(&tasks, &known);
         *lock(&self.inner.known_networks) = known;
+        // Who the manager holds out of rotation: set before any worker starts or changes, so
+        // that a task that goes live here is never in rotation against the manager's word.
+        self.inner.networks.set_held(
+            tasks
+                .iter()
+                .filter(|t| t.out_of_rotation)
+                .map(|t| t.id.clone())
+                .collect(),
+        );
         let wanted: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let mut workers = lock(&self.inner.workers);
         workers.retain(|id, desired| {
@@ -144,6 +154,10 @@ impl Executor {
                 id: task.id.clone(),
                 reported: observed,
                 pid: 0,
+                last_status: task
+                    .status
+                    .clone()
+                    .filter(|_| observed == TaskState::Running),
             };
             tokio::spawn(worker.run(rx));
         }
@@ -214,7 +228,12 @@ struct Worker {
     reported: TaskState,
     /// Host pid of the container's first process, once started.
     pid: i32,
+    /// The status last reported (a verification result is added to it).
+    last_status: Option<TaskStatus>,
 }
+
+/// A blue-green verification under way: (passed, output).
+type Verification = std::pin::Pin<Box<dyn std::future::Future<Output = (bool, String)> + Send>>;
 
 /// What the manager wants of the task right now; `None` when the task is gone.
 fn wanted(rx: &watch::Receiver<Option<Task>>) -> Option<TaskState> {
@@ -235,6 +254,25 @@ impl Worker {
             ..Default::default()
         };
         fill(&mut status);
+        self.last_status = Some(status.clone());
+        let _ = self.executor.inner.updates.send(TaskStatusUpdate {
+            task_id: self.id.clone(),
+            status: Some(status),
+        });
+    }
+
+    /// Blue-green: the result of the task's verification, added to its RUNNING status.
+    fn report_verify(&mut self, passed: bool, output: String) {
+        let Some(mut status) = self.last_status.clone() else {
+            return;
+        };
+        if self.reported != TaskState::Running {
+            return;
+        }
+        status.verify = if passed { "passed" } else { "failed" }.into();
+        status.verify_output = output;
+        status.timestamp = now_ms();
+        self.last_status = Some(status.clone());
         let _ = self.executor.inner.updates.send(TaskStatusUpdate {
             task_id: self.id.clone(),
             status: Some(status),
@@ -298,12 +336,31 @@ impl Worker {
             let mut unhealthy = None;
             // The task as last assigned (its drain period is stamped when it is stopped).
             let mut latest = task.clone();
+            // Blue-green verification: run once, while the running task is held out of
+            // rotation (its result may have been reported before a daemon restart).
+            let verify_probe = task.as_ref().and_then(health::verify_probe_of);
+            let mut verified = task
+                .as_ref()
+                .and_then(|t| t.status.as_ref())
+                .is_some_and(|s| !s.verify.is_empty());
+            let mut verifying: Option<Verification> = None;
             let stopped = loop {
                 if let Some(t) = rx.borrow().as_ref() {
                     latest = Some(t.clone());
                 }
                 if wanted(&rx) != Some(TaskState::Running) {
                     break true;
+                }
+                let held = latest.as_ref().is_some_and(|t| t.out_of_rotation);
+                if let Some(p) = verify_probe
+                    .as_ref()
+                    .filter(|_| !verified && verifying.is_none() && held)
+                    .filter(|_| self.reported == TaskState::Running)
+                {
+                    let (runtime, id, p) = (runtime.clone(), self.id.clone(), p.clone());
+                    verifying = Some(Box::pin(async move {
+                        health::run_probe(&runtime, &id, &p).await
+                    }));
                 }
                 let delay = probe
                     .as_ref()
@@ -312,6 +369,16 @@ impl Worker {
                 tokio::select! {
                     _ = runtime.wait(&self.id) => break false,
                     changed = rx.changed() => if changed.is_err() { break true },
+                    (passed, output) = async {
+                        match verifying.as_mut() {
+                            Some(v) => v.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if verifying.is_some() => {
+                        verifying = None;
+                        verified = true;
+                        self.report_verify(passed, output);
+                    }
                     _ = tokio::time::sleep(delay), if probe.is_some() => {
                         let Some(p) = probe.as_ref() else { continue };
                         let (ok, output) = health::run_probe(&runtime, &self.id, p).await;
@@ -336,16 +403,18 @@ impl Worker {
             };
             // Out of rotation first (DNS, published ports), then drained, then stopped: no
             // new client is sent to a dying task, and the requests it has get time to finish.
-            let served = self.reported == TaskState::Running;
-            self.executor.inner.networks.withdraw(&self.id).await;
-            if stopped && served && unhealthy.is_none() {
+            // A task that never served (or left long ago: blue kept after a switch) stops at
+            // once; one that served waits out its drain period from the moment it left.
+            let left = self.executor.inner.networks.withdraw(&self.id).await;
+            if let Some(left) = left.filter(|_| stopped && unhealthy.is_none()) {
                 let drain = latest
                     .as_ref()
                     .map(Task::drain_period_ms)
                     .unwrap_or(shoal_proto::DEFAULT_DRAIN_MS);
+                let until = left + Duration::from_millis(drain);
                 tokio::select! {
                     _ = runtime.wait(&self.id) => {}
-                    _ = tokio::time::sleep(Duration::from_millis(drain)) => {}
+                    _ = tokio::time::sleep_until(until.into()) => {}
                 }
             }
             if stopped {
