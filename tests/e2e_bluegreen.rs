@@ -25,7 +25,16 @@ const HEALTH: &str = "test \"$VERSION\" != bad && wget -q -O /dev/null http://12
 /// (`dns= v1 v1`). The name is looked up through the node's DNS server.
 const PROBE: &str = "while true; do out=''; for ip in $(nslookup tasks.web 2>/dev/null | grep -v ':53' | awk '/^Address: /{print $2}'); do out=\"$out $(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 $ip 80 | tail -1)\"; done; echo \"dns=$out\"; sleep 0.2; done";
 
+/// Like HTTPD, but a task with VERSION=flaky falls sick 3 s after its start: its healthcheck
+/// (FLAKY_HEALTH) fails from then on, while it goes on serving.
+const FLAKY_HTTPD: &str = "if [ \"$VERSION\" = flaky ]; then (sleep 3; touch /tmp/sick) & fi; mkdir -p /www && echo \"$VERSION\" > /www/index.html && exec httpd -f -p 80 -h /www";
+const FLAKY_HEALTH: &str = "test ! -e /tmp/sick && wget -q -O /dev/null http://127.0.0.1/";
+
 fn create_web(d: &TestDaemon, replicas: u32) -> u16 {
+    create_web_with(d, replicas, HTTPD, HEALTH)
+}
+
+fn create_web_with(d: &TestDaemon, replicas: u32, command: &str, health: &str) -> u16 {
     let replicas = replicas.to_string();
     d.ok(&[
         "service",
@@ -37,7 +46,7 @@ fn create_web(d: &TestDaemon, replicas: u32) -> u16 {
         "-e",
         "VERSION=v1",
         "--health-cmd",
-        HEALTH,
+        health,
         "--health-interval",
         "200ms",
         "--health-start-interval",
@@ -53,7 +62,7 @@ fn create_web(d: &TestDaemon, replicas: u32) -> u16 {
         "busybox",
         "sh",
         "-c",
-        HTTPD,
+        command,
     ]);
     let tasks = d.running_tasks("web");
     assert_eq!(tasks.len(), replicas.parse::<usize>().unwrap_or(0));
@@ -341,6 +350,58 @@ fn manual_promotion_waits_for_the_verified_green_and_service_promote() {
     assert_eq!(status(&d)["phase"], "switched");
     d.wait_for("the update to complete", Duration::from_secs(20), || {
         status(&d)["state"] == "completed"
+    });
+    d.ok(&["service", "rm", "web"]);
+}
+
+#[test]
+fn a_green_that_turns_unhealthy_after_the_switch_sends_traffic_back_to_blue() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    let port = create_web_with(&d, 2, FLAKY_HTTPD, FLAKY_HEALTH);
+    let blue = tasks_of(&d, "v1");
+    let load = Load::start(port, "/", CLIENTS, PAUSE);
+    std::thread::sleep(Duration::from_millis(300));
+    let err = d.fails(&[
+        "service",
+        "update",
+        "--env-add",
+        "VERSION=flaky",
+        "--update-strategy",
+        "blue-green",
+        "--update-monitor",
+        "30s",
+        "web",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let clients = load.finish();
+    assert!(
+        err.contains("failed within the monitor window after the switch")
+            && err.contains("traffic back to blue"),
+        "{err}"
+    );
+    // Every request answered; each client went v1, then flaky, then v1 for good.
+    let all: Vec<&common::load::Answer> = clients.iter().flatten().collect();
+    let failed: Vec<&String> = all.iter().filter_map(|a| a.result.as_ref().err()).collect();
+    eprintln!("{} requests, {} failed", all.len(), failed.len());
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (i, answers) in clients.iter().enumerate() {
+        let mut runs: Vec<&str> = Vec::new();
+        for a in answers.iter().filter_map(|a| a.result.as_deref().ok()) {
+            if runs.last() != Some(&a) {
+                runs.push(a);
+            }
+        }
+        assert_eq!(runs, ["v1", "flaky", "v1"], "client {i}");
+    }
+    // The very blue tasks serve again; the sick green goes.
+    let back: Vec<(String, bool)> = blue.iter().map(|(id, _)| (id.clone(), false)).collect();
+    assert_eq!(tasks_of(&d, "v1"), back);
+    assert_eq!(status(&d)["state"], "rollback_completed");
+    d.wait_for("green to be gone", Duration::from_secs(30), || {
+        tasks_of(&d, "flaky").is_empty()
     });
     d.ok(&["service", "rm", "web"]);
 }

@@ -232,6 +232,10 @@ struct Worker {
     last_status: Option<TaskStatus>,
 }
 
+/// How long an unhealthy task that serves while a blue-green standby of its service is held
+/// on this node waits for the manager to move the traffic before it stops by itself.
+const UNHEALTHY_HANDOFF: Duration = Duration::from_secs(3);
+
 /// A blue-green verification under way: (passed, output).
 type Verification = std::pin::Pin<Box<dyn std::future::Future<Output = (bool, String)> + Send>>;
 
@@ -263,15 +267,31 @@ impl Worker {
 
     /// Blue-green: the result of the task's verification, added to its RUNNING status.
     fn report_verify(&mut self, passed: bool, output: String) {
+        self.report_running(|s| {
+            s.verify = if passed { "passed" } else { "failed" }.into();
+            s.verify_output = output;
+        });
+    }
+
+    /// The task turned unhealthy: said at once, while it still runs, so that the manager can
+    /// act (a blue-green switch back) before the task is stopped.
+    fn report_unhealthy(&mut self, output: &str) {
+        self.report_running(|s| {
+            s.health = health::HealthState::Unhealthy.as_str().into();
+            s.health_output = output.to_string();
+            s.timestamp = now_ms();
+        });
+    }
+
+    /// A change to the RUNNING status already reported.
+    fn report_running(&mut self, change: impl FnOnce(&mut TaskStatus)) {
         let Some(mut status) = self.last_status.clone() else {
             return;
         };
         if self.reported != TaskState::Running {
             return;
         }
-        status.verify = if passed { "passed" } else { "failed" }.into();
-        status.verify_output = output;
-        status.timestamp = now_ms();
+        change(&mut status);
         self.last_status = Some(status.clone());
         let _ = self.executor.inner.updates.send(TaskStatusUpdate {
             task_id: self.id.clone(),
@@ -344,6 +364,8 @@ impl Worker {
                 .and_then(|t| t.status.as_ref())
                 .is_some_and(|s| !s.verify.is_empty());
             let mut verifying: Option<Verification> = None;
+            // The manager stopped an unhealthy task it was told about (see below).
+            let mut handed_off = false;
             let stopped = loop {
                 if let Some(t) = rx.borrow().as_ref() {
                     latest = Some(t.clone());
@@ -393,7 +415,27 @@ impl Worker {
                                 }
                             }
                             health::HealthState::Unhealthy => {
+                                self.report_unhealthy(&output);
                                 unhealthy = Some(output);
+                                // A blue-green standby of the service is held here: the
+                                // manager decides where the traffic goes (back to blue, and
+                                // this task stopped, in one step); until then, or for
+                                // UNHEALTHY_HANDOFF at most, the task keeps serving.
+                                let standby = task.as_ref().is_some_and(|t| {
+                                    self.executor.inner.networks.has_standby(&t.id, &t.service_id)
+                                });
+                                if standby {
+                                    let deadline = tokio::time::sleep(UNHEALTHY_HANDOFF);
+                                    tokio::pin!(deadline);
+                                    while wanted(&rx) == Some(TaskState::Running) {
+                                        tokio::select! {
+                                            _ = &mut deadline => break,
+                                            _ = runtime.wait(&self.id) => break,
+                                            changed = rx.changed() => if changed.is_err() { break },
+                                        }
+                                    }
+                                    handed_off = wanted(&rx) != Some(TaskState::Running);
+                                }
                                 break true;
                             }
                             _ => {}
@@ -406,7 +448,7 @@ impl Worker {
             // A task that never served (or left long ago: blue kept after a switch) stops at
             // once; one that served waits out its drain period from the moment it left.
             let left = self.executor.inner.networks.withdraw(&self.id).await;
-            if let Some(left) = left.filter(|_| stopped && unhealthy.is_none()) {
+            if let Some(left) = left.filter(|_| stopped && (unhealthy.is_none() || handed_off)) {
                 let drain = latest
                     .as_ref()
                     .map(Task::drain_period_ms)

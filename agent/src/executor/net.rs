@@ -222,6 +222,12 @@ impl TaskNetworks {
         .flatten()
     }
 
+    /// The task serves while another running task of its service is held out of rotation
+    /// here: a blue-green standby the manager may switch back to.
+    pub fn has_standby(&self, task_id: &str, service_id: &str) -> bool {
+        self.rotation.has_standby(task_id, service_id)
+    }
+
     /// The manager's word on which of this node's tasks are held out of rotation (the
     /// complete set); applied at once, every service in one go.
     pub fn set_held(&self, held: HashSet<String>) {

@@ -177,6 +177,16 @@ impl Rotation {
         lock(&self.inner.wanted).live.remove(task_id);
     }
 
+    /// `task_id` serves, and another live task of `service_id` is held out of rotation.
+    pub fn has_standby(&self, task_id: &str, service_id: &str) -> bool {
+        let wanted = lock(&self.inner.wanted);
+        !wanted.held.contains(task_id)
+            && wanted.live.contains_key(task_id)
+            && wanted.live.iter().any(|(id, m)| {
+                id != task_id && m.service_id == service_id && wanted.held.contains(id)
+            })
+    }
+
     /// Applies what changed since the last sync. Blocking: the port layer runs `nft`.
     pub fn sync(&self) {
         let mut applied = lock(&self.inner.applied);
@@ -229,6 +239,7 @@ impl Rotation {
 mod tests {
     use super::*;
 
+    /// A member whose endpoint id is `<ip>/net`: give the task the id `ip` when DNS matters.
     fn member(service: &str, ip: &str, published: bool) -> Member {
         let ip: Ipv4Addr = ip.parse().expect("ip");
         Member {
@@ -281,6 +292,39 @@ mod tests {
         let web = &c.backends["web"];
         assert_eq!(web.keys().collect::<Vec<_>>(), ["g1", "g2"]);
         assert!(diff(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_serving_task_has_a_standby_when_a_sibling_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = crate::ports::PortManager::open_with(
+            crate::ports::PortConfig {
+                state_dir: dir.path().to_path_buf(),
+                nft_table: "rtest".into(),
+            },
+            Arc::new(crate::ports::FakePortSys::new()),
+        )
+        .expect("a fake port layer");
+        let dns = DnsTable::new();
+        let r = Rotation::new(dns.clone(), PublishedPorts::new(ports));
+        r.join("10.0.0.3", member("web", "10.0.0.3", true));
+        r.join("10.0.0.9", member("db", "10.0.0.9", false));
+        assert!(!r.has_standby("10.0.0.3", "web"));
+        r.join("10.0.0.2", member("web", "10.0.0.2", true));
+        r.set_held(HashSet::from(["10.0.0.2".to_string()]));
+        assert!(r.has_standby("10.0.0.3", "web"));
+        assert!(
+            !r.has_standby("10.0.0.2", "web"),
+            "a held task serves no one"
+        );
+        assert!(!r.has_standby("10.0.0.9", "db"));
+        // What serves is what DNS answers: green and db, not the held blue.
+        r.sync();
+        assert_eq!(dns.len(), 2);
+        r.set_held(HashSet::from(["10.0.0.3".to_string()]));
+        r.sync();
+        assert_eq!(dns.len(), 2);
+        assert!(r.left_at("10.0.0.3").is_some() && r.left_at("10.0.0.2").is_none());
     }
 
     #[test]

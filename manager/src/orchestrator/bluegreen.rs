@@ -28,15 +28,16 @@
 //!   every green task into rotation, every blue task out of it, phase SWITCHED,
 //!   `switched_at` = now. With manual promotion green waits in phase READY.
 //! - Failures before the switch (a green task made since the rollout began that ended FAILED,
-//!   REJECTED or COMPLETE, or whose verification failed) count against `max_failure_ratio` as
+//!   REJECTED or COMPLETE, that its agent reports unhealthy, or whose verification failed) count against `max_failure_ratio` as
 //!   in a rolling update. Beyond it: *continue* goes on; *rollback* aborts: the specs swap back,
 //!   green stops, blue is untouched (ROLLBACK_COMPLETED, phase DONE); *pause* (and *rollback*
 //!   while rolling back) holds: PAUSED, blue serves, green stays out of rotation, no switch.
 //! - **After the switch** (no parked task serves): green is in rotation; blue stays up, out of
 //!   rotation, until `switched_at + max(keep_blue, monitor)`, so that `service rollback` is a
 //!   switch back (the rollback's green is the kept blue, already ready: it switches in the
-//!   first pass). A green failure within the monitor window sends the traffic back to blue in
-//!   one plan (specs swap back, blue into rotation, green stopped: ROLLBACK_COMPLETED), unless
+//!   first pass). A green failure within the monitor window (an agent reports an unhealthy
+//!   task at once and, while a held standby of its service runs on its node, keeps it serving
+//!   until the manager moved the traffic) sends the traffic back to blue in one plan (specs swap back, blue into rotation, green stopped: ROLLBACK_COMPLETED), unless
 //!   the failure action is *continue*. When the monitor window ends: COMPLETED (or
 //!   ROLLBACK_COMPLETED); when the keep window ends, blue is stopped: phase DONE.
 //! - A rollback the API asked for before the switch finds green parked and out of rotation:
@@ -156,9 +157,13 @@ pub fn needs_verify(task: &Task) -> bool {
         .is_some_and(|c| !c.verify.is_empty())
 }
 
+/// What an agent reports in `TaskStatus.health` of a task that turned unhealthy.
+const UNHEALTHY: &str = "unhealthy";
+
 /// Green task ready to take traffic: running (healthy), and verified if asked.
 fn ready(task: &Task, rolling_back: bool) -> bool {
     status_state(task) == TaskState::Running
+        && task.status.as_ref().is_none_or(|s| s.health != UNHEALTHY)
         && (rolling_back || !needs_verify(task) || verify_of(task) == VERIFY_PASSED)
 }
 
@@ -175,6 +180,10 @@ fn failure(task: &Task) -> Option<String> {
         }
         _ if status.verify == VERIFY_FAILED => {
             Some(format!("verification failed: {}", status.verify_output))
+        }
+        // Reported at once, while the agent waits for us before stopping it.
+        TaskState::Running if status.health == UNHEALTHY => {
+            Some(format!("container unhealthy: {}", status.health_output))
         }
         _ => None,
     }

@@ -522,6 +522,29 @@ fn a_green_failure_in_the_monitor_window_sends_traffic_back_to_blue() {
     assert_eq!(sim.serving(), vec!["v1"; 2]);
     assert!(sim.held().is_empty());
 
+    // An agent's report of an unhealthy, still running green counts the same.
+    sim.update("v2b", auto());
+    sim.settle();
+    sim.run_all();
+    sim.settle();
+    assert_eq!(sim.serving(), vec!["v2b"; 2]);
+    let v2b = sim.of_version("v2b");
+    sim.now += 100;
+    let t = sim.tasks.get_mut(&v2b[0]).expect("task");
+    if let Some(s) = t.status.as_mut() {
+        s.health = "unhealthy".into();
+        s.health_output = "exit 1".into();
+        s.timestamp = sim.now;
+    }
+    sim.pass();
+    assert_eq!(sim.serving(), vec!["v1"; 2], "back to blue");
+    assert!(sim
+        .status()
+        .message
+        .contains("(container unhealthy: exit 1): traffic back to blue"));
+    sim.run_all();
+    sim.settle();
+
     // After the monitor window a failure is the restart policy's business only.
     sim.update("v3", auto());
     sim.settle();
