@@ -42,6 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("shoal.v1.SecretSpec.kind", "secret_kind"),
         ("shoal.v1.ListSecretsRequest.kind", "secret_kind"),
         ("shoal.v1.GetSecretRequest.kind", "secret_kind"),
+        ("shoal.v1.UpdateConfig.strategy", "update_strategy"),
+        ("shoal.v1.UpdateConfig.promote", "promote_mode"),
+        ("shoal.v1.UpdateStatus.phase", "blue_green_phase"),
     ] {
         builder = builder.field_attribute(
             field,

@@ -677,9 +677,17 @@ pub enum ServiceCommand {
         detach: bool,
         service: String,
     },
-    /// Roll a service back to its previous spec (with its rollback settings).
+    /// Roll a service back to its previous spec (with its rollback settings). After a
+    /// blue-green switch, while blue is kept, it switches the traffic back at once.
     Rollback {
         /// Return at once instead of waiting for the rollback (`--detach=false`: wait).
+        #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set, default_value = "false")]
+        detach: bool,
+        service: String,
+    },
+    /// Blue-green with `--update-promote manual`: switch the traffic to the new tasks.
+    Promote {
+        /// Return at once instead of waiting for the switch (`--detach=false`: wait).
         #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set, default_value = "false")]
         detach: bool,
         service: String,

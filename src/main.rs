@@ -187,6 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ServiceCommand::Rollback { detach, service: s } => {
                         service::rollback(&mut client, &s, detach).await
                     }
+                    ServiceCommand::Promote { detach, service: s } => {
+                        service::promote(&mut client, &s, detach).await
+                    }
                     ServiceCommand::Scale { targets, detach } => {
                         service::scale(&mut client, &targets, detach).await
                     }

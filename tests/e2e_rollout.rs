@@ -1,21 +1,33 @@
 //! Rolling updates under load: a start-first update and a `service rollback` of a published
-//! service answer every request, an update whose tasks never get healthy rolls back by itself.
+//! service answer every request, a stop-first update drains slow requests before stopping the
+//! old tasks, an update whose tasks never get healthy rolls back by itself, and a stack
+//! rollback restores every service (one of them blue-green).
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::daemon::TestDaemon;
+use common::load::{check_rolling, get, get_path, Load};
 use common::require_root;
+
+/// Load clients, and their pause between requests.
+const CLIENTS: usize = 3;
+const PAUSE: Duration = Duration::from_millis(2);
 
 /// Serves `$VERSION` on port 80; healthy once httpd answers, and never when VERSION is `bad`.
 const HTTPD: &str =
     "mkdir -p /www && echo \"$VERSION\" > /www/index.html && exec httpd -f -p 80 -h /www";
 const HEALTH: &str = "test \"$VERSION\" != bad && wget -q -O /dev/null http://127.0.0.1/";
 
+/// Like HTTPD, and `/cgi-bin/slow` answers `$VERSION` after half a second.
+const SLOW_HTTPD: &str = "mkdir -p /www/cgi-bin && echo \"$VERSION\" > /www/index.html && { echo '#!/bin/sh'; echo 'sleep 0.5'; echo 'echo Content-Type: text/plain'; echo 'echo'; echo \"echo $VERSION\"; } > /www/cgi-bin/slow && chmod +x /www/cgi-bin/slow && exec httpd -f -p 80 -h /www";
+
 fn create_web(d: &TestDaemon, name: &str, replicas: u32, publish: bool) {
+    create_web_with(d, name, replicas, publish, HTTPD);
+}
+
+fn create_web_with(d: &TestDaemon, name: &str, replicas: u32, publish: bool, command: &str) {
     let replicas = replicas.to_string();
     let mut args = vec![
         "service",
@@ -42,99 +54,13 @@ fn create_web(d: &TestDaemon, name: &str, replicas: u32, publish: bool) {
     if publish {
         args.extend(["-p", "80"]);
     }
-    args.extend(["busybox", "sh", "-c", HTTPD]);
+    if command == SLOW_HTTPD {
+        // httpd must die at once on its stop signal (as PID 1 it would ignore it and only
+        // go with the grace period's SIGKILL, a drain of its own).
+        args.push("--init");
+    }
+    args.extend(["busybox", "sh", "-c", command]);
     d.ok(&args);
-}
-
-/// `GET /` over a fresh connection to `127.0.0.1:port`: the body's last line.
-fn get(port: u16) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    if !text.starts_with("HTTP/1.") || !text.contains(" 200 ") {
-        return Err(std::io::Error::other(format!("bad answer {text:?}")));
-    }
-    Ok(text.lines().last().unwrap_or_default().trim().to_string())
-}
-
-/// A load generator on loopback: one request after the other (a few ms apart) until stopped,
-/// at most `MAX_REQUESTS`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<Result<String, String>>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-const MAX_REQUESTS: usize = 20_000;
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, answers) = (stop.clone(), answers.clone());
-            std::thread::spawn(move || {
-                for _ in 0..MAX_REQUESTS {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let answer = get(port).map_err(|e| e.to_string());
-                    answers.lock().expect("answers").push(answer);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        Load {
-            stop,
-            answers,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the load; returns every answer in order.
-    fn finish(mut self) -> Vec<Result<String, String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the load thread");
-        }
-        std::mem::take(&mut *self.answers.lock().expect("answers"))
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Checks a load run: no failure at all, and the answers go from `from` to `to` for good.
-fn check_switch(answers: &[Result<String, String>], from: &str, to: &str) {
-    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    let ok: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
-    eprintln!(
-        "{} requests, {} failed, {} answered {from}, {} answered {to}",
-        answers.len(),
-        failed.len(),
-        ok.iter().filter(|a| a.as_str() == from).count(),
-        ok.iter().filter(|a| a.as_str() == to).count()
-    );
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(answers.len() > 50, "too little load: {}", answers.len());
-    assert!(ok.iter().all(|a| a.as_str() == from || a.as_str() == to));
-    assert_eq!(ok.first().map(|a| a.as_str()), Some(from));
-    let last_from = ok.iter().rposition(|a| a.as_str() == from).unwrap_or(0);
-    let first_to = ok.iter().position(|a| a.as_str() == to);
-    assert!(first_to.is_some(), "never answered {to}");
-    assert!(
-        ok[last_from + 1..].iter().all(|a| a.as_str() == to) && last_from + 1 < ok.len(),
-        "the answers did not end on {to}"
-    );
 }
 
 fn update_state(d: &TestDaemon, service: &str) -> String {
@@ -143,6 +69,22 @@ fn update_state(d: &TestDaemon, service: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Ids of the running tasks of `service` with VERSION=`version`, sorted.
+fn task_ids(d: &TestDaemon, service: &str, version: &str) -> Vec<String> {
+    let mut ids: Vec<String> = d
+        .running_tasks(service)
+        .iter()
+        .filter(|t| {
+            t["spec"]["container"]["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v == &format!("VERSION={version}")))
+        })
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// The VERSION of every running task.
@@ -178,7 +120,7 @@ fn start_first_update_and_rollback_answer_every_request() {
         get(port).is_ok_and(|b| b == "v1")
     });
 
-    let load = Load::start(port);
+    let load = Load::start(port, "/", CLIENTS, PAUSE);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let out = d.shoal(&[
@@ -203,7 +145,7 @@ fn start_first_update_and_rollback_answer_every_request() {
     assert!(stderr.contains("updating: update in progress"), "{stderr}");
     assert!(stderr.contains("completed: update completed"), "{stderr}");
     eprintln!("start-first update of 4 tasks took {took:?}");
-    check_switch(&answers, "v1", "v2");
+    check_rolling(&answers, "v1", "v2");
     assert_eq!(update_state(&d, "web"), "completed");
     assert_eq!(versions(&d, "web"), vec!["v2"; 4]);
     let inspect = d.json(&["service", "inspect", "web"]);
@@ -223,7 +165,7 @@ fn start_first_update_and_rollback_answer_every_request() {
         "500ms",
         "web",
     ]);
-    let load = Load::start(port);
+    let load = Load::start(port, "/", CLIENTS, PAUSE);
     std::thread::sleep(Duration::from_millis(300));
     let out = d.shoal(&["service", "rollback", "web"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -234,10 +176,73 @@ fn start_first_update_and_rollback_answer_every_request() {
         "rollback failed: {stderr}\n{}",
         d.log()
     );
-    check_switch(&answers, "v2", "v1");
+    check_rolling(&answers, "v2", "v1");
     assert_eq!(update_state(&d, "web"), "rollback_completed");
     assert_eq!(versions(&d, "web"), vec!["v1"; 4]);
     d.ok(&["service", "rm", "web"]);
+}
+
+/// The published port of a service's first running task.
+fn published_port(d: &TestDaemon, service: &str) -> u16 {
+    let tasks = d.running_tasks(service);
+    tasks[0]["status"]["ports"][0]["published_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or_else(|| panic!("no published port in {}", tasks[0]))
+}
+
+#[test]
+fn a_stop_first_update_drains_slow_requests_before_stopping_old_tasks() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    create_web_with(&d, "slow", 3, true, SLOW_HTTPD);
+    let port = published_port(&d, "slow");
+    d.wait_for("the slow page to answer", Duration::from_secs(20), || {
+        get_path(port, "/cgi-bin/slow").is_ok_and(|b| b == "v1")
+    });
+    // Every request takes half a second: whenever an old task leaves the backends, requests
+    // are in flight to it. The drain lets them finish before its stop signal (with
+    // `--update-drain 0s` some of them fail here).
+    let load = Load::start(port, "/cgi-bin/slow", 8, PAUSE);
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let out = d.shoal(&[
+        "service",
+        "update",
+        "--detach=false",
+        "--env-add",
+        "VERSION=v2",
+        "--update-order",
+        "stop-first",
+        "--update-parallelism",
+        "1",
+        "--update-monitor",
+        "300ms",
+        "--update-drain",
+        "1500ms",
+        "slow",
+    ]);
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1_200));
+    let answers = load.finish();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "update failed: {stderr}\n{}", d.log());
+    eprintln!("stop-first update of 3 slow tasks, 1.5 s drain each, took {took:?}");
+    check_rolling(&answers, "v1", "v2");
+    // The stopped tasks got the drain period stamped, as the service asked.
+    let tasks = d.json(&["service", "ps", "slow", "--format", "json"]);
+    let stopped: Vec<&serde_json::Value> = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["desired_state"] == "shutdown")
+        .collect();
+    assert_eq!(stopped.len(), 3, "{tasks}");
+    assert!(stopped.iter().all(|t| t["drain_ms"] == 1500), "{tasks}");
+    d.ok(&["service", "rm", "slow"]);
 }
 
 #[test]
@@ -290,31 +295,59 @@ fn stack_rollback_returns_every_changed_service_to_its_previous_deployment() {
     let file = dir.path().join("stack.yaml");
     let path = file.to_str().expect("utf-8 path").to_string();
     // Both services roll out start-first, two at a time, settled after 300 ms.
+    // Service b is blue-green: its rollback is a switch back to the kept tasks.
     let deploy = |a: &str, b: &str| {
-        let service = |name: &str, version: &str| {
+        let service = |name: &str, version: &str, extra: &str| {
             format!(
-                "  {name}:\n    image: busybox\n    command: [sleep, '1000']\n    stop_grace_period: 1s\n    environment: {{ VERSION: {version} }}\n    deploy:\n      replicas: 2\n      update_config: {{ parallelism: 2, order: start-first, monitor: 300ms }}\n      rollback_config: {{ parallelism: 0, monitor: 300ms }}\n"
+                "  {name}:\n    image: busybox\n    command: [sleep, '1000']\n    stop_grace_period: 1s\n    environment: {{ VERSION: {version} }}\n    deploy:\n      replicas: 2\n      update_config: {{ parallelism: 2, order: start-first, monitor: 300ms{extra} }}\n      rollback_config: {{ parallelism: 0, monitor: 300ms }}\n"
             )
         };
-        let yaml = format!("services:\n{}{}", service("a", a), service("b", b));
+        let yaml = format!(
+            "services:\n{}{}",
+            service("a", a, ""),
+            service("b", b, ", x-strategy: blue-green, x-keep-blue: 2m")
+        );
         std::fs::write(&file, yaml).expect("write the stack file");
         d.ok(&["stack", "deploy", "-c", &path, "app"]);
     };
     deploy("v1", "v1");
     deploy("v2", "v2");
-    for s in ["app_a", "app_b"] {
-        d.wait_for("the update to complete", Duration::from_secs(30), || {
-            update_state(&d, s) == "completed" && versions(&d, s) == vec!["v2"; 2]
-        });
-        let inspect = d.json(&["service", "inspect", s]);
-        assert_eq!(inspect[0]["spec"]["update_config"]["order"], "start_first");
-    }
+    d.wait_for("a's update to complete", Duration::from_secs(30), || {
+        update_state(&d, "app_a") == "completed" && versions(&d, "app_a") == vec!["v2"; 2]
+    });
+    d.wait_for("b's switch to complete", Duration::from_secs(30), || {
+        update_state(&d, "app_b") == "completed"
+    });
+    let inspect = d.json(&["service", "inspect", "app_a"]);
+    assert_eq!(inspect[0]["spec"]["update_config"]["order"], "start_first");
+    let inspect = d.json(&["service", "inspect", "app_b"]);
+    assert_eq!(
+        inspect[0]["spec"]["update_config"]["strategy"],
+        "blue_green"
+    );
+    assert_eq!(inspect[0]["update_status"]["phase"], "switched");
+    // b's blue runs on, out of rotation, beside green.
+    let mut b = versions(&d, "app_b");
+    b.sort();
+    assert_eq!(b, ["v1", "v1", "v2", "v2"]);
+    let blue_ids = task_ids(&d, "app_b", "v1");
     d.ok(&["stack", "rollback", "app"]);
     for s in ["app_a", "app_b"] {
         assert_eq!(update_state(&d, s), "rollback_completed");
-        d.wait_for("v1 again", Duration::from_secs(20), || {
-            versions(&d, s) == vec!["v1"; 2]
-        });
+    }
+    d.wait_for("a on v1 again", Duration::from_secs(20), || {
+        versions(&d, "app_a") == vec!["v1"; 2]
+    });
+    // b switched back to the very tasks it kept.
+    assert_eq!(task_ids(&d, "app_b", "v1"), blue_ids);
+    let tasks = d.json(&["service", "ps", "app_b", "--format", "json"]);
+    for t in tasks.as_array().into_iter().flatten() {
+        if t["desired_state"] == "running" {
+            let v1 = t["spec"]["container"]["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v == "VERSION=v1"));
+            assert_eq!(t["out_of_rotation"] == true, !v1, "{t}");
+        }
     }
     d.ok(&["stack", "rm", "app"]);
 }

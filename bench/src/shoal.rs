@@ -26,6 +26,12 @@ impl Shoal {
     /// Starts the daemon and makes the busybox image. Everything lives under a fresh temp dir
     /// named after `tag`; the containers' cgroups under `shoal-bench-{tag}`.
     pub fn start(bin: &Path, tag: &str) -> Result<Shoal> {
+        Shoal::start_with(bin, tag, &[])
+    }
+
+    /// [`Shoal::start`] with more daemon flags (e.g. a network prefix and nft table of its
+    /// own, so that it never meets another daemon's networks).
+    pub fn start_with(bin: &Path, tag: &str, extra: &[String]) -> Result<Shoal> {
         let dir = std::env::temp_dir().join(format!("shoal-bench-{tag}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let socket = dir.join("s.sock");
@@ -43,6 +49,7 @@ impl Shoal {
                 "--cgroup-parent",
                 &cgroup_parent,
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -67,7 +74,8 @@ impl Shoal {
         Ok(shoal)
     }
 
-    fn cli(&self) -> Command {
+    /// `shoal --host <this daemon's socket>`, ready for more arguments.
+    pub fn cli(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--host").arg(&self.socket);
         cmd

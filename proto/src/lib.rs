@@ -9,6 +9,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod rollout;
 pub mod serde_enums;
 mod task_state;
+pub use rollout::DEFAULT_DRAIN_MS;
 pub use task_state::*;

@@ -74,6 +74,17 @@ enum_serde!(
 enum_serde!(update_order, crate::v1::UpdateOrder, "UPDATE_ORDER_");
 enum_serde!(update_state, crate::v1::UpdateState, "UPDATE_STATE_");
 enum_serde!(secret_kind, crate::v1::SecretKind, "SECRET_KIND_");
+enum_serde!(
+    update_strategy,
+    crate::v1::UpdateStrategy,
+    "UPDATE_STRATEGY_"
+);
+enum_serde!(promote_mode, crate::v1::PromoteMode, "PROMOTE_MODE_");
+enum_serde!(
+    blue_green_phase,
+    crate::v1::BlueGreenPhase,
+    "BLUE_GREEN_PHASE_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -126,6 +126,27 @@ pub struct RolloutArgs {
     /// Fraction of tasks that may fail before the failure action (default 0).
     #[arg(long = "update-max-failure-ratio")]
     pub update_max_failure_ratio: Option<f32>,
+    /// How long a task being replaced or removed stays out of DNS and the published ports
+    /// before its stop signal, so requests in flight finish (default 2s).
+    #[arg(long = "update-drain", value_parser = crate::units::parse_duration)]
+    pub update_drain: Option<Duration>,
+    /// rolling (default) or blue-green: a full new set of tasks starts beside the old one,
+    /// out of rotation, and takes all the traffic at once when ready.
+    #[arg(long = "update-strategy", value_parser = ["rolling", "blue-green"])]
+    pub update_strategy: Option<String>,
+    /// Blue-green: auto (default) switches as soon as the new tasks are ready; manual waits
+    /// for `service promote`.
+    #[arg(long = "update-promote", value_parser = ["auto", "manual"])]
+    pub update_promote: Option<String>,
+    /// Blue-green: how long the old tasks are kept, out of rotation, after the switch, for an
+    /// instant `service rollback` (default 60s; never less than the monitor period).
+    #[arg(long = "update-keep-blue", value_parser = crate::units::parse_duration)]
+    pub update_keep_blue: Option<Duration>,
+    /// Blue-green: a shell command run inside every new task once it runs (and is healthy),
+    /// before the switch; it must exit 0 (e.g. "wget -q -O- http://127.0.0.1/health"). An
+    /// empty string removes it.
+    #[arg(long = "update-verify-cmd")]
+    pub update_verify_cmd: Option<String>,
     /// Tasks rolled back at a time (0: all at once; default 1).
     #[arg(long = "rollback-parallelism")]
     pub rollback_parallelism: Option<u64>,
@@ -144,6 +165,9 @@ pub struct RolloutArgs {
     /// Fraction of tasks that may fail during a rollback (default 0).
     #[arg(long = "rollback-max-failure-ratio")]
     pub rollback_max_failure_ratio: Option<f32>,
+    /// The drain period during rollbacks (default: the update's).
+    #[arg(long = "rollback-drain", value_parser = crate::units::parse_duration)]
+    pub rollback_drain: Option<Duration>,
 }
 
 struct RolloutFlags<'a> {
@@ -153,6 +177,7 @@ struct RolloutFlags<'a> {
     failure_action: Option<&'a str>,
     monitor: Option<Duration>,
     max_failure_ratio: Option<f32>,
+    drain: Option<Duration>,
 }
 
 impl RolloutFlags<'_> {
@@ -164,7 +189,8 @@ impl RolloutFlags<'_> {
             || self.order.is_some()
             || self.failure_action.is_some()
             || self.monitor.is_some()
-            || self.max_failure_ratio.is_some();
+            || self.max_failure_ratio.is_some()
+            || self.drain.is_some();
         if !any {
             return Ok(base);
         }
@@ -177,6 +203,9 @@ impl RolloutFlags<'_> {
         }
         if let Some(m) = self.monitor {
             c.monitor_ms = Some(m.as_millis() as u64);
+        }
+        if let Some(d) = self.drain {
+            c.drain_ms = Some(d.as_millis() as u64);
         }
         if let Some(r) = self.max_failure_ratio {
             if !(0.0..=1.0).contains(&r) {
@@ -205,15 +234,45 @@ impl RolloutFlags<'_> {
 
 impl RolloutArgs {
     pub fn update_config(&self, base: Option<UpdateConfig>) -> Result<Option<UpdateConfig>> {
-        RolloutFlags {
+        let config = RolloutFlags {
             parallelism: self.update_parallelism,
             delay: self.update_delay,
             order: self.update_order.as_deref(),
             failure_action: self.update_failure_action.as_deref(),
             monitor: self.update_monitor,
             max_failure_ratio: self.update_max_failure_ratio,
+            drain: self.update_drain,
         }
-        .apply(base, "update")
+        .apply(base, "update")?;
+        let blue_green = self.update_strategy.is_some()
+            || self.update_promote.is_some()
+            || self.update_keep_blue.is_some()
+            || self.update_verify_cmd.is_some();
+        if !blue_green {
+            return Ok(config);
+        }
+        let mut c = config.unwrap_or_default();
+        match self.update_strategy.as_deref() {
+            Some("rolling") => c.set_strategy(UpdateStrategy::Rolling),
+            Some("blue-green") => c.set_strategy(UpdateStrategy::BlueGreen),
+            Some(s) => bail!("invalid --update-strategy {s:?}: use rolling or blue-green"),
+            None => {}
+        }
+        match self.update_promote.as_deref() {
+            Some("auto") => c.set_promote(PromoteMode::Auto),
+            Some("manual") => c.set_promote(PromoteMode::Manual),
+            Some(p) => bail!("invalid --update-promote {p:?}: use auto or manual"),
+            None => {}
+        }
+        if let Some(k) = self.update_keep_blue {
+            c.keep_blue_ms = Some(k.as_millis() as u64);
+        }
+        match self.update_verify_cmd.as_deref() {
+            Some("") => c.verify.clear(),
+            Some(cmd) => c.verify = vec!["CMD-SHELL".into(), cmd.into()],
+            None => {}
+        }
+        Ok(Some(c))
     }
 
     pub fn rollback_config(&self, base: Option<UpdateConfig>) -> Result<Option<UpdateConfig>> {
@@ -224,6 +283,7 @@ impl RolloutArgs {
             failure_action: self.rollback_failure_action.as_deref(),
             monitor: self.rollback_monitor,
             max_failure_ratio: self.rollback_max_failure_ratio,
+            drain: self.rollback_drain,
         }
         .apply(base, "rollback")
     }
@@ -621,7 +681,49 @@ pub async fn ls_where(
 
 pub async fn ps(client: &mut Client, service: &str, args: ListArgs) -> Result<()> {
     let s = get(client, service).await?;
+    if !args.quiet && args.format.format != Some(Format::Json) {
+        if let Some(line) = s.update_status.as_ref().and_then(update_status_line) {
+            println!("{line}");
+        }
+    }
     ps_of(client, vec![s], args).await
+}
+
+/// The one-line form of a rollout's status, as `service ps` shows it above the tasks:
+/// `Update status: updating (blue-green: deploying), started 3 seconds ago: <message>`.
+pub fn update_status_line(status: &UpdateStatus) -> Option<String> {
+    let state = status.state();
+    if state == UpdateState::Unknown {
+        return None;
+    }
+    let phase = match status.phase() {
+        BlueGreenPhase::None => String::new(),
+        p => format!(" (blue-green: {})", blue_green_phase_name(p)),
+    };
+    let when = if status.completed_at > 0 {
+        format!("completed {}", ago(status.completed_at))
+    } else {
+        format!("started {}", ago(status.started_at))
+    };
+    let message = if status.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", status.message)
+    };
+    Some(format!(
+        "Update status: {}{phase}, {when}{message}",
+        update_state_name(state)
+    ))
+}
+
+pub fn blue_green_phase_name(phase: BlueGreenPhase) -> &'static str {
+    match phase {
+        BlueGreenPhase::None => "none",
+        BlueGreenPhase::Deploying => "deploying",
+        BlueGreenPhase::Ready => "ready",
+        BlueGreenPhase::Switched => "switched",
+        BlueGreenPhase::Done => "done",
+    }
 }
 
 /// The tasks of `services` in one table, like `service ps` (and `stack ps`).
@@ -689,6 +791,11 @@ pub async fn ps_of(client: &mut Client, services: Vec<Service>, args: ListArgs) 
             let mut current = capitalize(state.display());
             current.push(' ');
             current.push_str(&ago(status.timestamp));
+            // Blue-green: running, but the manager keeps traffic away from it.
+            if t.out_of_rotation && t.desired_state() == TaskState::Running && !state.is_terminal()
+            {
+                current.push_str(" (out of rotation)");
+            }
             let error = if !status.error.is_empty() {
                 status.error.clone()
             } else {
@@ -859,6 +966,50 @@ pub async fn rollback(client: &mut Client, name: &str, detach: bool) -> Result<(
     Ok(())
 }
 
+/// `service promote`: blue-green with manual promotion switches the traffic to green. Waits
+/// (unless detached) until the switch happened.
+pub async fn promote(client: &mut Client, name: &str, detach: bool) -> Result<()> {
+    let s = client
+        .control
+        .promote_service(PromoteServiceRequest {
+            service: name.to_string(),
+        })
+        .await
+        .map_err(|e| anyhow!(status_message(&e)))?
+        .into_inner()
+        .service
+        .ok_or_else(|| anyhow!("the daemon returned no service"))?;
+    println!("{name}");
+    if detach {
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        let s = get(client, &s.id).await?;
+        let status = s.update_status.clone().unwrap_or_default();
+        let line = format!("{}: {}", update_state_name(status.state()), status.message);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match (status.phase(), status.state()) {
+            (BlueGreenPhase::Switched | BlueGreenPhase::Done, _) => return Ok(()),
+            (_, UpdateState::Paused | UpdateState::RollbackPaused) => {
+                bail!(
+                    "service {name} {}: {}",
+                    update_state_name(status.state()),
+                    status.message
+                )
+            }
+            (_, UpdateState::RollbackCompleted) => {
+                bail!("service {name} rolled back: {}", status.message)
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Asks the manager to roll `s` back (as read: fails if it changed since).
 pub async fn start_rollback(client: &mut Client, s: &Service) -> Result<()> {
     let request = UpdateServiceRequest {
@@ -909,6 +1060,11 @@ async fn follow_rollout(client: &mut Client, id: &str, rollback: bool) -> Result
             last = line;
         }
         match state {
+            // Manual promotion: green is ready and waits for `service promote`; so does not
+            // this command.
+            UpdateState::Updating if !rollback && status.phase() == BlueGreenPhase::Ready => {
+                return Ok(())
+            }
             UpdateState::Completed if !rollback => return Ok(()),
             UpdateState::RollbackCompleted if rollback => return Ok(()),
             UpdateState::RollbackCompleted => {
@@ -1087,6 +1243,62 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.update_config(None).is_err());
+    }
+
+    #[test]
+    fn blue_green_and_drain_flags() {
+        let args = RolloutArgs {
+            update_strategy: Some("blue-green".into()),
+            update_promote: Some("manual".into()),
+            update_keep_blue: Some(Duration::from_secs(30)),
+            update_verify_cmd: Some("test -f /ready".into()),
+            update_drain: Some(Duration::from_millis(250)),
+            rollback_drain: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        let u = args.update_config(None).expect("ok").expect("set");
+        assert_eq!(u.strategy(), UpdateStrategy::BlueGreen);
+        assert_eq!(u.promote(), PromoteMode::Manual);
+        assert_eq!((u.keep_blue_ms, u.drain_ms), (Some(30_000), Some(250)));
+        assert_eq!(u.verify, ["CMD-SHELL", "test -f /ready"]);
+        let r = args.rollback_config(None).expect("ok").expect("set");
+        assert_eq!(r.drain_ms, Some(0));
+        // Back to rolling, and the check removed, keeping the rest.
+        let back = RolloutArgs {
+            update_strategy: Some("rolling".into()),
+            update_verify_cmd: Some(String::new()),
+            ..Default::default()
+        };
+        let u = back.update_config(Some(u)).expect("ok").expect("set");
+        assert_eq!(u.strategy(), UpdateStrategy::Rolling);
+        assert!(u.verify.is_empty());
+        assert_eq!(u.keep_blue_ms, Some(30_000));
+    }
+
+    #[test]
+    fn the_update_status_line_names_state_phase_and_reason() {
+        let mut st = UpdateStatus {
+            started_at: shoal_proto::now_ms(),
+            message: "starting green beside blue, out of rotation: 1 of 2 ready".into(),
+            ..Default::default()
+        };
+        assert_eq!(update_status_line(&st), None);
+        st.set_state(UpdateState::Updating);
+        st.set_phase(BlueGreenPhase::Deploying);
+        assert_eq!(
+            update_status_line(&st).as_deref(),
+            Some("Update status: updating (blue-green: deploying), started Less than a second ago: starting green beside blue, out of rotation: 1 of 2 ready")
+        );
+        let mut done = UpdateStatus {
+            completed_at: shoal_proto::now_ms(),
+            message: "update completed".into(),
+            ..Default::default()
+        };
+        done.set_state(UpdateState::Completed);
+        assert_eq!(
+            update_status_line(&done).as_deref(),
+            Some("Update status: completed, completed Less than a second ago: update completed")
+        );
     }
 
     #[test]

@@ -1535,6 +1535,34 @@ fn deploy(v: &Value, path: &str) -> Result<Deploy> {
                     "order",
                 ],
             )?;
+            let blue_green_only = |k: &str| -> Result<()> {
+                if key == "rollback_config" && u.get(k).is_some() {
+                    return Err(err(
+                        &u.path(k),
+                        "a blue-green setting belongs under deploy.update_config",
+                    ));
+                }
+                Ok(())
+            };
+            for k in ["x-strategy", "x-promote", "x-keep-blue", "x-verify"] {
+                blue_green_only(k)?;
+            }
+            let verify = match u.get("x-verify") {
+                None => Vec::new(),
+                Some((t @ Value::Sequence(_), p)) => {
+                    let test = str_list(t, &p)?;
+                    if !matches!(test.first().map(String::as_str), Some("CMD" | "CMD-SHELL"))
+                        || test.len() < 2
+                    {
+                        return Err(err(
+                            &p,
+                            "expected [\"CMD\", args...], [\"CMD-SHELL\", command] or a command string",
+                        ));
+                    }
+                    test
+                }
+                Some((t, p)) => vec!["CMD-SHELL".to_string(), scalar(t, &p)?],
+            };
             let cfg = UpdateConfig {
                 parallelism: u.uint("parallelism")?,
                 delay: u.dur("delay")?,
@@ -1542,6 +1570,11 @@ fn deploy(v: &Value, path: &str) -> Result<Deploy> {
                 monitor: u.dur("monitor")?,
                 max_failure_ratio: u.float("max_failure_ratio")?,
                 order: u.one_of("order", &["stop-first", "start-first"])?,
+                drain: u.dur("x-drain")?,
+                strategy: u.one_of("x-strategy", &["rolling", "blue-green"])?,
+                promote: u.one_of("x-promote", &["auto", "manual"])?,
+                keep_blue: u.dur("x-keep-blue")?,
+                verify,
             };
             if key == "update_config" {
                 d.update_config = Some(cfg);

@@ -434,6 +434,22 @@ pub struct UpdateConfig {
     /// `stop-first` or `start-first`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// `x-drain`: how long a stopping task stays out of rotation before its stop signal.
+    #[serde(rename = "x-drain", skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Dur>,
+    /// `x-strategy`: `rolling` or `blue-green` (update_config only).
+    #[serde(rename = "x-strategy", skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// `x-promote`: `auto` or `manual` (blue-green).
+    #[serde(rename = "x-promote", skip_serializing_if = "Option::is_none")]
+    pub promote: Option<String>,
+    /// `x-keep-blue`: how long blue is kept after the switch (blue-green).
+    #[serde(rename = "x-keep-blue", skip_serializing_if = "Option::is_none")]
+    pub keep_blue: Option<Dur>,
+    /// `x-verify`: a check run in every green task before the switch, in the healthcheck's
+    /// `test` forms (blue-green).
+    #[serde(rename = "x-verify", skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]

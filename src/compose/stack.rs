@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
     ContainerSpec, DependencyCondition, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
-    NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PublishMode, ReplicatedService,
-    Resources, RestartCondition, RestartPolicy, SecretKind, SecretReference, SecretSpec,
-    ServiceDependency, ServiceSpec, StackSpec, Ulimit, UpdateConfig, UpdateFailureAction,
-    UpdateOrder,
+    NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PromoteMode, PublishMode,
+    ReplicatedService, Resources, RestartCondition, RestartPolicy, SecretKind, SecretReference,
+    SecretSpec, ServiceDependency, ServiceSpec, StackSpec, Ulimit, UpdateConfig,
+    UpdateFailureAction, UpdateOrder, UpdateStrategy,
 };
 
 use super::model::{FileObject, FileRef, Project, ResourceSpec, Service, ServiceVolume};
@@ -410,12 +410,24 @@ fn rollout_config(
     c: Option<&super::model::UpdateConfig>,
 ) -> Result<Option<UpdateConfig>, String> {
     let Some(c) = c else { return Ok(None) };
+    let ms = |d: Option<super::model::Dur>| d.map(|d| d.0.as_millis() as u64);
     let mut out = UpdateConfig {
         parallelism: c.parallelism,
-        delay_ms: c.delay.map(|d| d.0.as_millis() as u64).unwrap_or(0),
-        monitor_ms: c.monitor.map(|d| d.0.as_millis() as u64),
+        delay_ms: ms(c.delay).unwrap_or(0),
+        monitor_ms: ms(c.monitor),
+        drain_ms: ms(c.drain),
+        keep_blue_ms: ms(c.keep_blue),
+        verify: c.verify.clone(),
         ..Default::default()
     };
+    out.set_strategy(match c.strategy.as_deref() {
+        Some("blue-green") => UpdateStrategy::BlueGreen,
+        _ => UpdateStrategy::Rolling,
+    });
+    out.set_promote(match c.promote.as_deref() {
+        Some("manual") => PromoteMode::Manual,
+        _ => PromoteMode::Auto,
+    });
     if let Some(r) = c.max_failure_ratio {
         if !(0.0..=1.0).contains(&r) {
             return Err(format!(
@@ -620,14 +632,14 @@ services:
             .iter()
             .find(|s| s.name == "web")
             .expect("web");
-        let u = web.update_config.expect("update_config");
+        let u = web.update_config.clone().expect("update_config");
         assert_eq!(u.parallelism, Some(2));
         assert_eq!(u.delay_ms, 10_000);
         assert_eq!(u.monitor_ms, Some(30_000));
         assert_eq!(u.max_failure_ratio, 0.25);
         assert_eq!(u.failure_action(), UpdateFailureAction::Rollback);
         assert_eq!(u.order(), UpdateOrder::StartFirst);
-        let r = web.rollback_config.expect("rollback_config");
+        let r = web.rollback_config.clone().expect("rollback_config");
         assert_eq!(r.parallelism, Some(0));
         assert_eq!(r.monitor_ms, None, "unset: the default");
         assert_eq!(r.order(), UpdateOrder::StopFirst);
@@ -642,6 +654,40 @@ services:
             err.contains("deploy.rollback_config.failure_action"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn blue_green_and_drain_extensions_map() {
+        let p = project(
+            r#"
+services:
+  web:
+    image: busybox
+    deploy:
+      update_config:
+        x-strategy: blue-green
+        x-promote: manual
+        x-keep-blue: 5m
+        x-drain: 500ms
+        x-verify: wget -q -O- http://127.0.0.1/health
+      rollback_config:
+        x-drain: 0s
+"#,
+        );
+        let (stack, _) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
+        let web = &stack.services[0];
+        let u = web.update_config.clone().expect("update_config");
+        assert_eq!(u.strategy(), UpdateStrategy::BlueGreen);
+        assert_eq!(u.promote(), PromoteMode::Manual);
+        assert_eq!(u.keep_blue_ms, Some(300_000));
+        assert_eq!(u.drain_ms, Some(500));
+        assert_eq!(
+            u.verify,
+            ["CMD-SHELL", "wget -q -O- http://127.0.0.1/health"]
+        );
+        let r = web.rollback_config.clone().expect("rollback_config");
+        assert_eq!(r.drain_ms, Some(0));
+        assert_eq!(r.strategy(), UpdateStrategy::Rolling);
     }
 
     #[test]

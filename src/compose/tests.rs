@@ -2033,3 +2033,39 @@ fn compose_file_variable() {
     let e = load_with(&opts(&[("COMPOSE_FILE", ":")]), &fs).unwrap_err();
     assert_eq!(e.to_string(), "no compose file given");
 }
+
+#[test]
+fn blue_green_extensions_are_checked_where_they_are() {
+    for (bad, what) in [
+        (
+            "update_config: {x-strategy: red-black}",
+            "x-strategy: invalid value",
+        ),
+        (
+            "update_config: {x-promote: later}",
+            "x-promote: invalid value",
+        ),
+        ("update_config: {x-verify: [NONE]}", "x-verify: expected"),
+        ("update_config: {x-drain: soon}", "x-drain"),
+        (
+            "rollback_config: {x-strategy: blue-green}",
+            "rollback_config.x-strategy: a blue-green setting belongs under deploy.update_config",
+        ),
+    ] {
+        let err = load_err(&format!(
+            "services:\n  a:\n    image: x\n    deploy:\n      {bad}\n"
+        ));
+        assert!(err.contains(what), "{bad}: {err}");
+    }
+    let p = load_one(
+        "services:\n  a:\n    image: x\n    deploy:\n      update_config: {x-verify: [CMD, test, -f, /ok]}\n",
+    );
+    let u = svc(&p, "a")
+        .deploy
+        .as_ref()
+        .unwrap()
+        .update_config
+        .as_ref()
+        .unwrap();
+    assert_eq!(u.verify, ["CMD", "test", "-f", "/ok"]);
+}

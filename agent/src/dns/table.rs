@@ -67,6 +67,52 @@ impl Inner {
         Some(ep)
     }
 
+    fn insert(&mut self, endpoint_id: &str, network_id: &str, ip: Ipv4Addr, names: Vec<String>) {
+        let mut seen = HashSet::new();
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| normalize_name(n.trim()))
+            .filter(|n| !n.is_empty() && seen.insert(n.clone()))
+            .collect();
+        self.unindex(endpoint_id);
+        for name in &names {
+            self.by_name
+                .entry(name.clone())
+                .or_default()
+                .insert(endpoint_id.to_string());
+        }
+        self.by_ip
+            .entry(ip)
+            .or_default()
+            .insert(endpoint_id.to_string());
+        self.by_container
+            .entry(container_of(endpoint_id).to_string())
+            .or_default()
+            .insert(endpoint_id.to_string());
+        self.endpoints.insert(
+            endpoint_id.to_string(),
+            Endpoint {
+                network_id: network_id.to_string(),
+                ip,
+                names,
+            },
+        );
+    }
+
+    fn remove_container(&mut self, container_id: &str) {
+        let container = container_id.strip_suffix('/').unwrap_or(container_id);
+        let ids: Vec<String> = self
+            .by_container
+            .get(container)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.unindex(&id);
+        }
+    }
+
     /// Networks the client at `client` is attached to: the client is the container (or
     /// containers) owning an endpoint with that address, and all of its endpoints count, so a
     /// container on two networks sees both whichever of its addresses it asks from.
@@ -119,39 +165,21 @@ impl DnsTable {
         ip: Ipv4Addr,
         names: Vec<String>,
     ) {
-        let mut seen = HashSet::new();
-        let names: Vec<String> = names
-            .iter()
-            .map(|n| normalize_name(n.trim()))
-            .filter(|n| !n.is_empty() && seen.insert(n.clone()))
-            .collect();
+        self.write().insert(endpoint_id, network_id, ip, names);
+    }
+
+    /// Removes every endpoint of the `leaving` containers, then registers `entering`
+    /// endpoints (`(endpoint id, network id, address, names)`, as [`DnsTable::set_endpoint`]),
+    /// under one lock: a lookup sees the table before or after, never half-way (a blue-green
+    /// switch of a service's names).
+    pub fn swap(&self, leaving: &[String], entering: Vec<(String, String, Ipv4Addr, Vec<String>)>) {
         let mut inner = self.write();
-        inner.unindex(endpoint_id);
-        for name in &names {
-            inner
-                .by_name
-                .entry(name.clone())
-                .or_default()
-                .insert(endpoint_id.to_string());
+        for container in leaving {
+            inner.remove_container(container);
         }
-        inner
-            .by_ip
-            .entry(ip)
-            .or_default()
-            .insert(endpoint_id.to_string());
-        inner
-            .by_container
-            .entry(container_of(endpoint_id).to_string())
-            .or_default()
-            .insert(endpoint_id.to_string());
-        inner.endpoints.insert(
-            endpoint_id.to_string(),
-            Endpoint {
-                network_id: network_id.to_string(),
-                ip,
-                names,
-            },
-        );
+        for (endpoint_id, network_id, ip, names) in entering {
+            inner.insert(&endpoint_id, &network_id, ip, names);
+        }
     }
 
     /// Removes one endpoint; unknown ids are ignored.
@@ -162,18 +190,7 @@ impl DnsTable {
     /// Removes every endpoint of one container: those whose id starts with `"<container id>/"`.
     /// `container_id` may be given with or without the trailing `/`.
     pub fn remove_container(&self, container_id: &str) {
-        let container = container_id.strip_suffix('/').unwrap_or(container_id);
-        let mut inner = self.write();
-        let ids: Vec<String> = inner
-            .by_container
-            .get(container)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        for id in ids {
-            inner.unindex(&id);
-        }
+        self.write().remove_container(container_id);
     }
 
     /// Number of endpoints registered.
@@ -399,6 +416,26 @@ mod tests {
         t.remove_container("client");
         assert_eq!(t.lookup(client, "web.1.abc"), None);
         assert!(!t.knows_client(client));
+    }
+
+    #[test]
+    fn a_swap_replaces_one_set_of_endpoints_by_another() {
+        let t = DnsTable::new();
+        let net = "n1";
+        t.set_endpoint("client/n1", net, ip("10.0.0.2"), names(&["client"]));
+        t.set_endpoint("blue/n1", net, ip("10.0.0.3"), names(&["blue", "web"]));
+        t.swap(
+            &["blue".to_string(), "gone".to_string()],
+            vec![(
+                "green/n1".to_string(),
+                net.to_string(),
+                ip("10.0.0.4"),
+                names(&["green", "web"]),
+            )],
+        );
+        assert_eq!(t.lookup(ip("10.0.0.2"), "web"), Some(vec![ip("10.0.0.4")]));
+        assert_eq!(t.lookup(ip("10.0.0.2"), "blue"), None);
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

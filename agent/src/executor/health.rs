@@ -73,6 +73,27 @@ pub fn probe_of(task: &Task) -> Result<Option<Probe>, String> {
     }))
 }
 
+/// Blue-green: the task's verification (its update config's `verify`), run like a probe with
+/// the healthcheck's default timeout. Pure.
+pub fn verify_probe_of(task: &Task) -> Option<Probe> {
+    let test = &task.spec.as_ref()?.update_config.as_ref()?.verify;
+    let args = match test.split_first() {
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+        Some((kind, rest)) if kind == "CMD-SHELL" && !rest.is_empty() => {
+            vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]
+        }
+        _ => return None,
+    };
+    Some(Probe {
+        args,
+        interval: DEFAULT_INTERVAL,
+        timeout: DEFAULT_TIMEOUT,
+        retries: 1,
+        start_period: Duration::ZERO,
+        start_interval: DEFAULT_START_INTERVAL,
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthState {
     Starting,
@@ -211,6 +232,28 @@ mod tests {
         assert_eq!(probe_of(&task(&["NONE"])), Ok(None));
         assert_eq!(probe_of(&Task::default()), Ok(None));
         assert!(probe_of(&task(&["true"])).is_err());
+    }
+
+    #[test]
+    fn a_verification_runs_like_a_probe() {
+        let with = |verify: &[&str]| Task {
+            spec: Some(ServiceSpec {
+                update_config: Some(shoal_proto::UpdateConfig {
+                    verify: verify.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = verify_probe_of(&with(&["CMD-SHELL", "test -f /ok"])).expect("a probe");
+        assert_eq!(p.args, ["/bin/sh", "-c", "test -f /ok"]);
+        assert_eq!(p.timeout, DEFAULT_TIMEOUT);
+        let p = verify_probe_of(&with(&["CMD", "true"])).expect("a probe");
+        assert_eq!(p.args, ["true"]);
+        assert_eq!(verify_probe_of(&with(&[])), None);
+        assert_eq!(verify_probe_of(&with(&["CMD"])), None);
+        assert_eq!(verify_probe_of(&Task::default()), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod mounts;
 mod net;
 mod published;
 mod resources;
+mod rotation;
 mod secrets;
 
 use std::collections::{HashMap, HashSet};
@@ -139,6 +140,15 @@ impl Executor {
             networks.into_iter().map(|n| (n.id.clone(), n)).collect();
         *lock(&self.inner.needed_networks) = TaskNetworks::needed_by(&tasks, &known);
         *lock(&self.inner.known_networks) = known;
+        // Who the manager holds out of rotation: set before any worker starts or changes, so
+        // that a task that goes live here is never in rotation against the manager's word.
+        self.inner.networks.set_held(
+            tasks
+                .iter()
+                .filter(|t| t.out_of_rotation)
+                .map(|t| t.id.clone())
+                .collect(),
+        );
         let wanted: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
         let mut workers = lock(&self.inner.workers);
         workers.retain(|id, desired| {
@@ -170,6 +180,10 @@ impl Executor {
                 id: task.id.clone(),
                 reported: observed,
                 pid: 0,
+                last_status: task
+                    .status
+                    .clone()
+                    .filter(|_| observed == TaskState::Running),
             };
             tokio::spawn(worker.run(rx));
         }
@@ -241,7 +255,16 @@ struct Worker {
     reported: TaskState,
     /// Host pid of the container's first process, once started.
     pid: i32,
+    /// The status last reported (a verification result is added to it).
+    last_status: Option<TaskStatus>,
 }
+
+/// How long an unhealthy task that serves while a blue-green standby of its service is held
+/// on this node waits for the manager to move the traffic before it stops by itself.
+const UNHEALTHY_HANDOFF: Duration = Duration::from_secs(3);
+
+/// A blue-green verification under way: (passed, output).
+type Verification = std::pin::Pin<Box<dyn std::future::Future<Output = (bool, String)> + Send>>;
 
 /// What the manager wants of the task right now; `None` when the task is gone.
 fn wanted(rx: &watch::Receiver<Option<Task>>) -> Option<TaskState> {
@@ -262,6 +285,41 @@ impl Worker {
             ..Default::default()
         };
         fill(&mut status);
+        self.last_status = Some(status.clone());
+        let _ = self.executor.inner.updates.send(TaskStatusUpdate {
+            task_id: self.id.clone(),
+            status: Some(status),
+        });
+    }
+
+    /// Blue-green: the result of the task's verification, added to its RUNNING status.
+    fn report_verify(&mut self, passed: bool, output: String) {
+        self.report_running(|s| {
+            s.verify = if passed { "passed" } else { "failed" }.into();
+            s.verify_output = output;
+        });
+    }
+
+    /// The task turned unhealthy: said at once, while it still runs, so that the manager can
+    /// act (a blue-green switch back) before the task is stopped.
+    fn report_unhealthy(&mut self, output: &str) {
+        self.report_running(|s| {
+            s.health = health::HealthState::Unhealthy.as_str().into();
+            s.health_output = output.to_string();
+            s.timestamp = now_ms();
+        });
+    }
+
+    /// A change to the RUNNING status already reported.
+    fn report_running(&mut self, change: impl FnOnce(&mut TaskStatus)) {
+        let Some(mut status) = self.last_status.clone() else {
+            return;
+        };
+        if self.reported != TaskState::Running {
+            return;
+        }
+        change(&mut status);
+        self.last_status = Some(status.clone());
         let _ = self.executor.inner.updates.send(TaskStatusUpdate {
             task_id: self.id.clone(),
             status: Some(status),
@@ -323,9 +381,35 @@ impl Worker {
             let started = tokio::time::Instant::now();
             let mut health = health::Health::default();
             let mut unhealthy = None;
+            // The task as last assigned (its drain period is stamped when it is stopped).
+            let mut latest = task.clone();
+            // Blue-green verification: run once, while the running task is held out of
+            // rotation (its result may have been reported before a daemon restart).
+            let verify_probe = task.as_ref().and_then(health::verify_probe_of);
+            let mut verified = task
+                .as_ref()
+                .and_then(|t| t.status.as_ref())
+                .is_some_and(|s| !s.verify.is_empty());
+            let mut verifying: Option<Verification> = None;
+            // The manager stopped an unhealthy task it was told about (see below).
+            let mut handed_off = false;
             let stopped = loop {
+                if let Some(t) = rx.borrow().as_ref() {
+                    latest = Some(t.clone());
+                }
                 if wanted(&rx) != Some(TaskState::Running) {
                     break true;
+                }
+                let held = latest.as_ref().is_some_and(|t| t.out_of_rotation);
+                if let Some(p) = verify_probe
+                    .as_ref()
+                    .filter(|_| !verified && verifying.is_none() && held)
+                    .filter(|_| self.reported == TaskState::Running)
+                {
+                    let (runtime, id, p) = (runtime.clone(), self.id.clone(), p.clone());
+                    verifying = Some(Box::pin(async move {
+                        health::run_probe(&runtime, &id, &p).await
+                    }));
                 }
                 let delay = probe
                     .as_ref()
@@ -334,6 +418,16 @@ impl Worker {
                 tokio::select! {
                     _ = runtime.wait(&self.id) => break false,
                     changed = rx.changed() => if changed.is_err() { break true },
+                    (passed, output) = async {
+                        match verifying.as_mut() {
+                            Some(v) => v.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if verifying.is_some() => {
+                        verifying = None;
+                        verified = true;
+                        self.report_verify(passed, output);
+                    }
                     _ = tokio::time::sleep(delay), if probe.is_some() => {
                         let Some(p) = probe.as_ref() else { continue };
                         let (ok, output) = health::run_probe(&runtime, &self.id, p).await;
@@ -348,7 +442,27 @@ impl Worker {
                                 }
                             }
                             health::HealthState::Unhealthy => {
+                                self.report_unhealthy(&output);
                                 unhealthy = Some(output);
+                                // A blue-green standby of the service is held here: the
+                                // manager decides where the traffic goes (back to blue, and
+                                // this task stopped, in one step); until then, or for
+                                // UNHEALTHY_HANDOFF at most, the task keeps serving.
+                                let standby = task.as_ref().is_some_and(|t| {
+                                    self.executor.inner.networks.has_standby(&t.id, &t.service_id)
+                                });
+                                if standby {
+                                    let deadline = tokio::time::sleep(UNHEALTHY_HANDOFF);
+                                    tokio::pin!(deadline);
+                                    while wanted(&rx) == Some(TaskState::Running) {
+                                        tokio::select! {
+                                            _ = &mut deadline => break,
+                                            _ = runtime.wait(&self.id) => break,
+                                            changed = rx.changed() => if changed.is_err() { break },
+                                        }
+                                    }
+                                    handed_off = wanted(&rx) != Some(TaskState::Running);
+                                }
                                 break true;
                             }
                             _ => {}
@@ -356,8 +470,22 @@ impl Worker {
                     }
                 }
             };
-            // Out of DNS first, then stopped: no new client is sent to a dying task.
-            self.executor.inner.networks.withdraw(&self.id).await;
+            // Out of rotation first (DNS, published ports), then drained, then stopped: no
+            // new client is sent to a dying task, and the requests it has get time to finish.
+            // A task that never served (or left long ago: blue kept after a switch) stops at
+            // once; one that served waits out its drain period from the moment it left.
+            let left = self.executor.inner.networks.withdraw(&self.id).await;
+            if let Some(left) = left.filter(|_| stopped && (unhealthy.is_none() || handed_off)) {
+                let drain = latest
+                    .as_ref()
+                    .map(Task::drain_period_ms)
+                    .unwrap_or(shoal_proto::DEFAULT_DRAIN_MS);
+                let until = left + Duration::from_millis(drain);
+                tokio::select! {
+                    _ = runtime.wait(&self.id) => {}
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
             if stopped {
                 let grace = rx
                     .borrow()

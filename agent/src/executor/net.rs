@@ -9,8 +9,9 @@
 //!   it has one, else one from the node's address pools. Networks no task needs any more are
 //!   removed by [`TaskNetworks::prune`].
 //! - Service discovery: the node's DNS server answers on each network's gateway (port 53);
-//!   containers name the gateway in their resolv.conf. A running task answers to its container
-//!   name, its service name, its aliases, and `tasks.<service|alias>`, on each of its networks.
+//!   containers name the gateway in their resolv.conf. A task in rotation (running, healthy,
+//!   not held out by the manager: see [`super::rotation`]) answers to its container name, its
+//!   service name, its aliases, and `tasks.<service|alias>`, on each of its networks.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use shoal_proto::{Network, PortConfig, Task};
 
 use super::published::PublishedPorts;
+use super::rotation::{Endpoint, Member, Rotation};
 use crate::dns::DnsServer;
 use crate::network::{Attachment, NetworkManager, NetworkSpec};
 use crate::runtime::NetworkMode;
@@ -136,6 +138,7 @@ pub struct TaskNetworks {
     /// What the assigned tasks needed at the last [`TaskNetworks::prune`], so a standalone
     /// container's removal can prune too.
     needed: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
+    rotation: Rotation,
 }
 
 /// Runs blocking port-layer work off the async threads.
@@ -145,11 +148,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl TaskNetworks {
     pub fn new(manager: NetworkManager, dns: DnsServer, ports: PublishedPorts) -> Self {
+        let rotation = Rotation::new(dns.table().clone(), ports.clone());
         TaskNetworks {
             manager,
             dns,
             ports,
             needed: Default::default(),
+            rotation,
         }
     }
 
@@ -157,49 +162,83 @@ impl TaskNetworks {
         &self.ports
     }
 
-    /// Makes the task's names resolvable on its networks (it runs now), and makes sure the
-    /// DNS server listens on those networks' gateways (also after a daemon restart).
-    ///
-    /// Its published ports then reach it too (through its first non-internal network);
-    /// returns them with their host ports resolved.
+    /// The task runs (and is healthy): it joins the rotation, so that its names resolve on
+    /// its networks and its published ports (through its first non-internal network) reach
+    /// it, unless the manager holds it out. Makes sure the DNS server listens on those
+    /// networks' gateways (also after a daemon restart). Returns its published ports with
+    /// their host ports resolved.
     pub async fn announce(&self, task: &Task, container_name: &str) -> Vec<PortConfig> {
         let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
         let attachments = self.manager.attachments(&task.id);
+        let mut endpoints = Vec::new();
         for a in &attachments {
             let listen = SocketAddr::new(a.gateway.into(), 53);
             if let Err(e) = self.dns.listen(listen).await {
                 tracing::warn!(network = %a.network_name, "no DNS on this network: {e}");
             }
-            let endpoint = format!("{}/{}", task.id, a.network_id);
-            let names = dns_names(container_name, service, &a.aliases);
-            self.dns
-                .table()
-                .set_endpoint(&endpoint, &a.network_id, a.ip, names);
+            endpoints.push(Endpoint {
+                id: format!("{}/{}", task.id, a.network_id),
+                network_id: a.network_id.clone(),
+                ip: a.ip,
+                names: dns_names(container_name, service, &a.aliases),
+            });
         }
         let reachable = attachments.iter().find(|a| {
             self.manager
                 .network(&a.network_id)
                 .is_ok_and(|n| !n.internal)
         });
-        let Some(ip) = reachable.map(|a| a.ip) else {
-            return Vec::new();
-        };
-        let (ports, task) = (self.ports.clone(), task.clone());
-        match blocking(move || ports.add_backend(&task, ip)).await {
-            Some(Ok(published)) => published,
-            Some(Err(e)) => {
-                tracing::warn!("publishing ports: {e}");
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
+        let (ports, rotation, task) = (self.ports.clone(), self.rotation.clone(), task.clone());
+        let backend = reachable.map(|a| a.ip);
+        let published = blocking(move || {
+            let published = match backend.map(|_| ports.ensure(&task)) {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    tracing::warn!("publishing ports: {e}");
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let member = Member {
+                service_id: task.service_id.clone(),
+                endpoints,
+                backend: backend.filter(|_| !published.is_empty()),
+            };
+            rotation.join(&task.id, member);
+            rotation.sync();
+            published
+        })
+        .await;
+        published.unwrap_or_default()
     }
 
     /// The task stops: its names go, its published ports stop sending it new connections.
-    pub async fn withdraw(&self, container_id: &str) {
-        self.dns.table().remove_container(container_id);
-        let (ports, id) = (self.ports.clone(), container_id.to_string());
-        blocking(move || ports.remove_backend(&id)).await;
+    /// Returns when it last left rotation (`None`: it never served), from which its drain
+    /// period runs.
+    pub async fn withdraw(&self, container_id: &str) -> Option<std::time::Instant> {
+        let (rotation, id) = (self.rotation.clone(), container_id.to_string());
+        blocking(move || {
+            rotation.leave(&id);
+            rotation.sync();
+            rotation.left_at(&id)
+        })
+        .await
+        .flatten()
+    }
+
+    /// The task serves while another running task of its service is held out of rotation
+    /// here: a blue-green standby the manager may switch back to.
+    pub fn has_standby(&self, task_id: &str, service_id: &str) -> bool {
+        self.rotation.has_standby(task_id, service_id)
+    }
+
+    /// The manager's word on which of this node's tasks are held out of rotation (the
+    /// complete set); applied at once, every service in one go.
+    pub fn set_held(&self, held: HashSet<String>) {
+        if self.rotation.set_held(held) {
+            let rotation = self.rotation.clone();
+            tokio::task::spawn_blocking(move || rotation.sync());
+        }
     }
 
     pub fn manager(&self) -> &NetworkManager {
@@ -273,8 +312,16 @@ impl TaskNetworks {
     /// Releases the container's names, addresses, veths and netns file. Idempotent.
     pub async fn release(&self, container_id: &str) {
         self.withdraw(container_id).await;
-        let (ports, id) = (self.ports.clone(), container_id.to_string());
-        blocking(move || ports.release(&id)).await;
+        let (ports, rotation, id) = (
+            self.ports.clone(),
+            self.rotation.clone(),
+            container_id.to_string(),
+        );
+        blocking(move || {
+            ports.release(&id);
+            rotation.forget(&id);
+        })
+        .await;
         if let Err(e) = self.manager.release_container(container_id).await {
             tracing::warn!(
                 container = container_id,

@@ -3,8 +3,9 @@
 //! answers on the port; the cluster-wide mesh extends the backend set to other nodes.)
 //!
 //! - A task that is about to start reserves the ports (a clash is its start error, as with
-//!   `docker run -p`), but joins the backends only once it runs;
-//! - a task that stops leaves the backends at once (before its stop signal: draining);
+//!   `docker run -p`); which tasks are backends is the rotation's decision
+//!   ([`super::rotation`]): running, healthy and not held out by the manager; a stopping task
+//!   leaves the backends before its drain period and its stop signal;
 //! - when the node has no task of the service left, the ports are freed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -137,9 +138,11 @@ impl PublishedPorts {
         }
     }
 
-    /// The task runs at `ip`: it joins the backends. Returns its ports with the host ports
-    /// resolved. Blocking.
-    pub fn add_backend(&self, task: &Task, ip: Ipv4Addr) -> Result<Vec<PortConfig>, String> {
+    /// The task runs: its service's ports are published (again, after a daemon restart, when
+    /// the task was adopted rather than started). Returns its ports with the host ports
+    /// resolved. Whether it gets connections is the rotation's business
+    /// ([`PublishedPorts::set_backends`]). Blocking.
+    pub fn ensure(&self, task: &Task) -> Result<Vec<PortConfig>, String> {
         let mappings = mappings(task)?;
         if mappings.is_empty() {
             return Ok(Vec::new());
@@ -147,35 +150,38 @@ impl PublishedPorts {
         let mut services = lock(&self.services);
         let entry = services.entry(task.service_id.clone()).or_default();
         entry.tasks.insert(task.id.clone());
-        entry.backends.insert(task.id.clone(), ip);
-        // `publish` again rather than `set_backends`: after a restart the entry is new.
-        let resolved = self
-            .ports
-            .publish(&task.service_id, &mappings, &entry.backends())
-            .map_err(|e| e.to_string())?;
-        entry.mappings = resolved.clone();
-        Ok(configs(task, &resolved))
+        if entry.mappings.is_empty() {
+            let resolved = self
+                .ports
+                .publish(&task.service_id, &mappings, &entry.backends())
+                .map_err(|e| e.to_string())?;
+            entry.mappings = resolved;
+        }
+        Ok(configs(task, &entry.mappings))
     }
 
-    /// The task stops (or stopped): no new connection goes to it. Blocking.
-    pub fn remove_backend(&self, task_id: &str) {
+    /// The service's published ports now reach exactly `backends` (task → address), switched
+    /// in one port-layer transaction. A service without published ports here is left alone.
+    /// Blocking.
+    pub fn set_backends(&self, service: &str, backends: &BTreeMap<String, Ipv4Addr>) {
         let mut services = lock(&self.services);
-        for (service, entry) in services.iter_mut() {
-            if entry.backends.remove(task_id).is_some() {
-                if let Err(e) = self.ports.set_backends(service, &entry.backends()) {
-                    tracing::warn!(%service, "updating published port backends: {e}");
-                }
-            }
+        let Some(entry) = services.get_mut(service).filter(|e| !e.mappings.is_empty()) else {
+            return;
+        };
+        entry.backends = backends.clone();
+        if let Err(e) = self.ports.set_backends(service, &entry.backends()) {
+            tracing::warn!(%service, "updating published port backends: {e}");
         }
     }
 
     /// The task's container is gone: the service's ports are freed once no task of it is left
     /// here. Blocking.
     pub fn release(&self, task_id: &str) {
-        self.remove_backend(task_id);
         let mut services = lock(&self.services);
         let mut emptied = Vec::new();
         for (service, entry) in services.iter_mut() {
+            // The rotation took it out of the backends already (the task left it first).
+            entry.backends.remove(task_id);
             if entry.tasks.remove(task_id) && entry.tasks.is_empty() {
                 emptied.push(service.clone());
             }

@@ -308,6 +308,7 @@ impl Control for ControlApi {
                 started_at: now_ms(),
                 completed_at: 0,
                 message: "manually requested rollback".into(),
+                ..Default::default()
             });
             if r.version != 0 {
                 service.meta = Some(Meta {
@@ -686,6 +687,47 @@ impl Control for ControlApi {
             .await
             .map_err(write_status)?;
         Ok(Response::new(RemoveNetworkResponse {}))
+    }
+
+    async fn promote_service(
+        &self,
+        request: Request<PromoteServiceRequest>,
+    ) -> Result<Response<PromoteServiceResponse>, Status> {
+        let key = request.into_inner().service;
+        // Compare-and-set: retry when the orchestrator wrote the service meanwhile.
+        for _ in 0..5 {
+            self.barrier().await?;
+            let service = self.find_service(&key)?;
+            let name = service
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let Some(promoted) = crate::orchestrator::bluegreen::promote(&service)
+                .map_err(|e| Status::failed_precondition(format!("service {name}: {e}")))?
+            else {
+                return Ok(Response::new(PromoteServiceResponse {
+                    service: Some(service),
+                }));
+            };
+            let id = promoted.id.clone();
+            match self
+                .writer
+                .commit(vec![change(ChangeKind::Update, Object::Service(promoted))])
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Response::new(PromoteServiceResponse {
+                        service: Some(self.find_service(&id)?),
+                    }))
+                }
+                Err(crate::consensus::WriteError::Rejected(ApplyError::Conflict { .. })) => {
+                    continue
+                }
+                Err(e) => return Err(write_status(e)),
+            }
+        }
+        Err(Status::aborted("the service kept changing: try again"))
     }
 
     type ServiceLogsStream = LogStream;

@@ -60,5 +60,6 @@ pub(super) fn reconcile_global(
             }
         }
     }
+    super::replicated::stamp_drain(&mut plan, service);
     plan
 }

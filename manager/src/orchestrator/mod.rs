@@ -11,7 +11,11 @@
 //!   supervisor ([`restart`]) and the spec-update step ([`update`]) it calls.
 //!
 //! - [`global`]: one task on every READY, ACTIVE node.
+//!
+//! - [`bluegreen`]: the blue-green strategy, wrapped around either: the new tasks start
+//!   beside the old ones, out of rotation, and the traffic switches in one plan.
 
+pub mod bluegreen;
 pub mod depends;
 pub mod global;
 pub mod replicated;

@@ -253,7 +253,7 @@ pub(super) fn newest_first(tasks: &mut [&Task]) {
 }
 
 /// Replica count, or `None` for a mode this orchestrator does not own.
-fn replicas(service: &Service) -> Option<u64> {
+pub(super) fn replicas(service: &Service) -> Option<u64> {
     match service.spec.as_ref().and_then(|s| s.mode.as_ref()) {
         Some(Mode::Replicated(r)) => Some(r.replicas),
         Some(Mode::Global(_)) => None,
@@ -296,6 +296,21 @@ fn reconcile_service(
     let Some(service) = service else {
         return remove_all(tasks);
     };
+    if super::bluegreen::applies(service, tasks, nodes) {
+        return super::bluegreen::reconcile(service, service_id, tasks, nodes, now, new_id);
+    }
+    reconcile_mode(service, service_id, tasks, nodes, now, new_id)
+}
+
+/// The replicated or global orchestrator, as the service's mode says.
+pub(super) fn reconcile_mode(
+    service: &Service,
+    service_id: &str,
+    tasks: &[&Task],
+    nodes: &Nodes,
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
     let Some(replicas) = replicas(service) else {
         return super::global::reconcile_global(service, service_id, tasks, nodes, now, new_id);
     };
@@ -328,7 +343,18 @@ fn reconcile_service(
             }
         }
     }
+    stamp_drain(&mut plan, service);
     plan
+}
+
+/// Every task the plan stops gets the service's drain period (see [`update::drain_of`]).
+pub(super) fn stamp_drain(plan: &mut Plan, service: &Service) {
+    let drain = update::drain_of(service);
+    for task in &mut plan.update {
+        if task.desired_state() != TaskState::Running && task.drain_ms.is_none() {
+            task.drain_ms = Some(drain);
+        }
+    }
 }
 
 /// Phases one and two for a service's slots, given as (slot, node for new tasks, tasks):
@@ -501,7 +527,10 @@ pub(super) fn remove_all(tasks: &[&Task]) -> Plan {
         if is_terminal(task) {
             plan.delete.push(task.id.clone());
         } else if task.desired_state() != TaskState::Remove {
-            plan.update.push(with_desired(task, TaskState::Remove));
+            // The service is gone: the drain its task was made with.
+            let mut removed = with_desired(task, TaskState::Remove);
+            removed.drain_ms = Some(task.drain_period_ms());
+            plan.update.push(removed);
         }
     }
     plan
@@ -531,6 +560,8 @@ fn new_task(service: &Service, service_id: &str, work: &SlotWork, now: i64, id: 
         desired_state: 0,
         status: Some(status),
         scheduling_error: String::new(),
+        drain_ms: None,
+        out_of_rotation: false,
     };
     task.set_desired_state(TaskState::Running);
     task

@@ -349,6 +349,8 @@ fn updates_keep_the_task_as_read() {
     let plan = run(Some(&s), &tasks, &nodes(), NOW);
     let mut expected = tasks[0].clone();
     expected.set_desired_state(TaskState::Shutdown);
+    // Stopped tasks carry the service's drain period (Swarm's update config has none).
+    expected.drain_ms = Some(shoal_proto::DEFAULT_DRAIN_MS);
     assert_eq!(plan.update, vec![expected]);
 }
 
@@ -1063,8 +1065,21 @@ fn check_shape(plan: &Plan, tasks: &[Task]) -> Result<(), TestCaseError> {
         let mut back = t.clone();
         if let Some(b) = before {
             back.set_desired_state(b.desired_state());
-            prop_assert_eq!(&back, b, "only desired_state may change");
-            prop_assert_ne!(t.desired_state(), b.desired_state());
+            back.out_of_rotation = b.out_of_rotation;
+            if t.desired_state() != TaskState::Running {
+                prop_assert!(t.drain_ms.is_some(), "a stopped task carries its drain");
+                back.drain_ms = b.drain_ms;
+            }
+            prop_assert_eq!(
+                &back,
+                b,
+                "only desired_state, rotation and drain may change"
+            );
+            prop_assert!(
+                t.desired_state() != b.desired_state() || t.out_of_rotation != b.out_of_rotation,
+                "an update that changes nothing: {:?}",
+                t
+            );
         }
     }
     for id in &plan.delete {
@@ -1663,9 +1678,19 @@ fn arb_rollout() -> impl Strategy<Value = (UpdateConfig, Option<shoal_proto::Upd
         prop_oneof![Just(0.0f32), Just(0.5)],
         0i32..2,
         proptest::option::of((1i32..=6, 0i64..30_000)),
+        (0i32..2, 0i32..2),
     )
         .prop_map(
-            |(parallelism, delay_ms, action, monitor_ms, ratio, order, status)| {
+            |(
+                parallelism,
+                delay_ms,
+                action,
+                monitor_ms,
+                ratio,
+                order,
+                status,
+                (strategy, promote),
+            )| {
                 let config = UpdateConfig {
                     parallelism,
                     delay_ms,
@@ -1673,6 +1698,9 @@ fn arb_rollout() -> impl Strategy<Value = (UpdateConfig, Option<shoal_proto::Upd
                     monitor_ms,
                     max_failure_ratio: ratio,
                     order,
+                    strategy,
+                    promote,
+                    ..Default::default()
                 };
                 let status = status.map(|(state, started_at)| shoal_proto::UpdateStatus {
                     state,
@@ -1694,7 +1722,7 @@ proptest! {
         let mut sc = sc;
         if let Some(s) = sc.service.as_mut() {
             if let Some(spec) = s.spec.as_mut() {
-                spec.update_config = Some(config);
+                spec.update_config = Some(config.clone());
                 spec.rollback_config = Some(config);
             }
             s.previous_spec = Some(spec("busybox:0", 2, None));

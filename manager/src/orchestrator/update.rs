@@ -138,6 +138,27 @@ pub fn rollout_of(service: &Service) -> Rollout {
     }
 }
 
+/// How long a task the orchestrator stops now stays out of rotation before its stop signal:
+/// during a rollback the rollback config's drain if it sets one, else the update config's,
+/// else [`shoal_proto::DEFAULT_DRAIN_MS`]. Stamped on the task, so that a drain changed with
+/// the update itself applies to the tasks that update replaces.
+pub fn drain_of(service: &Service) -> u64 {
+    let spec = service.spec.as_ref();
+    let rollback = rolling_back(service)
+        .then(|| {
+            service
+                .previous_spec
+                .as_ref()
+                .and_then(|p| p.rollback_config.as_ref())
+                .and_then(|c| c.drain_ms)
+                .or_else(|| spec?.rollback_config.as_ref()?.drain_ms)
+        })
+        .flatten();
+    rollback
+        .or_else(|| spec?.update_config.as_ref()?.drain_ms)
+        .unwrap_or(shoal_proto::DEFAULT_DRAIN_MS)
+}
+
 /// New tasks start beside the old ones (start-first) in the rollout in effect.
 pub fn starts_first(service: &Service) -> bool {
     rollout_of(service).order == UpdateOrder::StartFirst
@@ -694,6 +715,31 @@ mod tests {
             status.message,
             "rollback paused due to failure or early termination of task f2"
         );
+    }
+
+    #[test]
+    fn the_drain_comes_from_the_config_in_effect() {
+        let mut s = service(7, "busybox:2", 1);
+        assert_eq!(drain_of(&s), shoal_proto::DEFAULT_DRAIN_MS);
+        s = with_config(
+            s,
+            UpdateConfig {
+                drain_ms: Some(300),
+                ..Default::default()
+            },
+        );
+        assert_eq!(drain_of(&s), 300);
+        // A rollback keeps the update's drain unless its own config names one.
+        let mut back = s.clone();
+        back.update_status = Some(status(UpdateState::RollbackStarted, 1, 0, String::new()));
+        assert_eq!(drain_of(&back), 300);
+        let mut previous = s.spec.clone().unwrap_or_default();
+        previous.rollback_config = Some(UpdateConfig {
+            drain_ms: Some(0),
+            ..Default::default()
+        });
+        back.previous_spec = Some(previous);
+        assert_eq!(drain_of(&back), 0);
     }
 
     #[test]
