@@ -94,7 +94,9 @@ fn raft_id(data_dir: &Path, joining: bool) -> Result<u64> {
 /// leader is replaced in well under a second (ha-bench: leader kill → first write ≈ 0.8 s on
 /// loopback; 100/300–600 ms gave ≈ 1.2 s: a follower still inside the dead leader's lease
 /// refuses the first vote). `SHOAL_RAFT_TIMINGS=heartbeat,election_min,election_max` (ms)
-/// overrides them.
+/// overrides them. `SHOAL_SNAPSHOT_EVERY=N[,KEEP]` builds a snapshot every N entries and keeps
+/// KEEP entries behind it (default 10,000 and 1,000): tests make a lagging manager catch up
+/// by snapshot with small values.
 fn raft_config() -> RaftConfig {
     let mut config = RaftConfig {
         heartbeat_ms: 50,
@@ -111,6 +113,20 @@ fn raft_config() -> RaftConfig {
             config.heartbeat_ms = heartbeat;
             config.election_min_ms = min;
             config.election_max_ms = max;
+        }
+    }
+    if let Ok(text) = std::env::var("SHOAL_SNAPSHOT_EVERY") {
+        let n: Vec<u64> = text
+            .split(',')
+            .filter_map(|t| t.trim().parse().ok())
+            .collect();
+        match n[..] {
+            [every] => config.snapshot_logs = every.max(1),
+            [every, keep] => {
+                config.snapshot_logs = every.max(1);
+                config.snapshot_keep_logs = keep;
+            }
+            _ => tracing::warn!(%text, "SHOAL_SNAPSHOT_EVERY: give N or N,KEEP; ignored"),
         }
     }
     config
