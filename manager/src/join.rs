@@ -34,7 +34,16 @@ pub fn new_cluster(now_secs: i64) -> Result<Cluster, ca::CaError> {
             manager: JoinToken::generate(ca.digest()).secret,
         }),
         revoked_nodes: Vec::new(),
+        node_cert_expiry_secs: 0,
     })
+}
+
+/// How long the cluster's node certificates live, in seconds.
+pub fn cert_lifetime(cluster: &Cluster) -> i64 {
+    match cluster.node_cert_expiry_secs {
+        0 => ca::DEFAULT_NODE_CERT_SECS,
+        secs => secs.max(ca::MIN_NODE_CERT_SECS),
+    }
 }
 
 /// The cluster's CA, loaded from the replicated cluster object.
@@ -115,7 +124,7 @@ impl Join for JoinService {
                 "the join token is for another cluster (its CA digest does not match)",
             ));
         }
-        let secrets = cluster.join_secrets.unwrap_or_default();
+        let secrets = cluster.join_secrets.clone().unwrap_or_default();
         let matches = |secret: &str| {
             token.secret_matches(&JoinToken {
                 ca_digest: token.ca_digest,
@@ -134,7 +143,7 @@ impl Join for JoinService {
         let node_id = new_id();
         let now = shoal_proto::now_ms() / 1000;
         let cert_pem = ca
-            .sign_csr(&r.csr_pem, &node_id, role, now, ca::DEFAULT_NODE_CERT_DAYS)
+            .sign_csr_for(&r.csr_pem, &node_id, role, now, cert_lifetime(&cluster))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(node = %node_id, ?role, "issued a node certificate");
         Ok(Response::new(IssueNodeCertificateResponse {

@@ -357,11 +357,14 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     Assignments { tasks, networks }
 }
 
+/// Whether a batch of store events may change what a node's session sends: its tasks, or its
+/// node object (the role it should have).
 fn touches_node(events: &[Event], node_id: &str) -> bool {
     // An empty batch means the whole state was replaced: assume everything changed.
     events.is_empty()
         || events.iter().any(|e| match e {
             Event::Put(Object::Task(t)) => t.node_id == node_id,
+            Event::Put(Object::Node(n)) => n.id == node_id,
             Event::Deleted { kind: "task", .. } => true,
             _ => false,
         })
@@ -408,7 +411,7 @@ impl DispatcherRpc for Dispatcher {
         let writer = self.inner.writer.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
         tokio::spawn(async move {
-            let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>)> = None;
+            let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>, i32)> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
                 let managers: Vec<String> = writer.managers().into_iter().map(|m| m.addr).collect();
@@ -423,7 +426,14 @@ impl DispatcherRpc for Dispatcher {
                         )
                     })
                     .collect();
-                let fingerprint = (fingerprint, managers);
+                // The role the cluster wants the node in (promote / demote).
+                let role = store
+                    .read()
+                    .nodes
+                    .get(&node_id)
+                    .map(|n| n.role)
+                    .unwrap_or_default();
+                let fingerprint = (fingerprint, managers, role);
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {
                         session_id: session_id.clone(),
@@ -431,6 +441,7 @@ impl DispatcherRpc for Dispatcher {
                         heartbeat_period_ms: period,
                         assignments: Some(assignments),
                         managers: fingerprint.1.clone(),
+                        role,
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         break; // the agent went away
