@@ -502,7 +502,7 @@ async fn add_manager(
 }
 
 /// The `Managers` gRPC service (manager certificates only: mount it behind
-/// [`crate::join::require_manager`]).
+/// [`crate::join::ManagersOnly`]).
 pub struct ManagersService {
     cluster: Cluster,
     writer: Writer,

@@ -23,7 +23,7 @@ use shoal_manager::ca::Role;
 use shoal_manager::consensus::new_id;
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
-use shoal_manager::join::{require_manager, JoinService};
+use shoal_manager::join::{JoinService, ManagersOnly};
 use shoal_manager::raft::RaftNode;
 use shoal_manager::store::Store;
 use shoal_proto::{NodeDescription, NodeRole, Platform, Resources, Task};
@@ -123,11 +123,11 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
         .add_service(dispatcher.into_service())
         .add_service(InterceptedService::new(
             raft.raft_service(),
-            require_manager,
+            ManagersOnly::new(store.clone()),
         ))
         .add_service(InterceptedService::new(
             core.cluster.clone().into_service(writer.clone()),
-            require_manager,
+            ManagersOnly::new(store.clone()),
         ))
         .serve_with_incoming(certs::tls_incoming(listener, tls));
     let tcp = tokio::spawn(tcp);
