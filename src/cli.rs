@@ -513,6 +513,11 @@ pub struct DaemonArgs {
     /// as the only member of its cluster, keeping its state (see `shoal daemon --help`).
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// How long node certificates are valid (Swarm's `--cert-expiry`; default 90 days):
+    /// stored for the whole cluster by a manager started with it. Nodes renew theirs at a
+    /// random 50–80 % of it.
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub cert_expiry: Option<std::time::Duration>,
     /// How often agents heartbeat; a node is down after three missed heartbeats.
     #[arg(long, default_value = "500ms", value_parser = crate::units::parse_duration)]
     pub heartbeat: std::time::Duration,
@@ -612,7 +617,22 @@ pub enum NodeCommand {
         /// Remove labels (KEY).
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
+        /// `manager` (promote) or `worker` (demote).
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
         node: String,
+    },
+    /// Make workers managers: each gets a manager certificate, restarts as a manager and
+    /// joins the Raft membership.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers: each leaves the Raft membership, gets a worker certificate and
+    /// restarts as a worker. Refused for the last manager, or when it would lose the quorum.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
     /// Remove nodes from the cluster; their certificates are refused from then on.
     #[command(alias = "remove")]
@@ -623,6 +643,12 @@ pub enum NodeCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum RoleArg {
+    Worker,
+    Manager,
 }
 
 #[derive(ValueEnum, Clone, Copy)]

@@ -146,10 +146,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         availability,
                         label_add,
                         label_rm,
+                        role,
                         node,
                     } => {
-                        system::node_update(&mut client, &node, availability, label_add, label_rm)
-                            .await
+                        let update = system::NodeUpdate {
+                            availability,
+                            label_add,
+                            label_rm,
+                            role,
+                        };
+                        system::node_update(&mut client, &node, update).await
+                    }
+                    NodeCommand::Promote { nodes } => {
+                        system::node_set_role(&mut client, &nodes, cli::RoleArg::Manager).await
+                    }
+                    NodeCommand::Demote { nodes } => {
+                        system::node_set_role(&mut client, &nodes, cli::RoleArg::Worker).await
                     }
                     NodeCommand::Rm { force, nodes } => {
                         system::node_rm(&mut client, &nodes, force).await

@@ -1,5 +1,6 @@
 //! The manager port is mutual TLS: joins need a valid token, sessions need a certificate from
-//! the cluster CA, and a worker's certificate cannot reach manager-only services.
+//! the cluster CA that has not expired, and a worker's certificate cannot reach manager-only
+//! services. Certificates renew before they expire.
 
 mod common;
 
@@ -8,9 +9,12 @@ use common::require_root;
 use shoal_proto::control_client::ControlClient;
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::join_client::JoinClient;
+use shoal_proto::managers_client::ManagersClient;
+use shoal_proto::node_certificates_client::NodeCertificatesClient;
 use shoal_proto::raft_client::RaftClient;
 use shoal_proto::{
-    IssueNodeCertificateRequest, JoinTokenRequest, NodeRole, RaftMessage, SessionRequest,
+    IssueNodeCertificateRequest, JoinTokenRequest, NodeRole, ProbeRequest, RaftMessage,
+    RenewCertificateRequest, SessionRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
@@ -174,5 +178,130 @@ fn a_certificate_from_another_cluster_is_refused() {
             refused,
             "a foreign CA's certificate must not open a session"
         );
+    });
+}
+
+/// The serial of the certificate in `<data dir>/certs/node.crt`: changes on every renewal.
+fn cert_of(d: &TestDaemon) -> String {
+    std::fs::read_to_string(d.data_dir().join("certs/node.crt")).unwrap_or_default()
+}
+
+#[test]
+fn expired_and_forged_credentials_are_refused_and_certificates_renew_before_expiry() {
+    if !require_root() {
+        return;
+    }
+    // Six-second certificates: renewed every 3–5 s, so a node that stays in the cluster for
+    // several lifetimes proves that renewal works.
+    let d = TestDaemon::start_with(vec!["--cert-expiry".into(), "6s".into()]);
+    let worker = TestDaemon::start_worker(&d);
+    let worker_certs = vec![cert_of(&worker)];
+    let manager_cert = cert_of(&d);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (key_pem, cert_pem) = rt.block_on(async {
+        let anonymous = manager_channel(&d, None).await;
+        // A token with the right CA digest but a made-up secret.
+        let ca = std::fs::read_to_string(d.data_dir().join("certs/ca.crt")).expect("ca.crt");
+        let digest = shoal_manager::ca::pem_digest(&ca).expect("digest");
+        let forged = shoal_manager::ca::JoinToken::generate(digest).to_string();
+        let (key_pem, csr_pem) = shoal_manager::ca::node_key_and_csr("w").expect("csr");
+        let err = JoinClient::new(anonymous.clone())
+            .issue_node_certificate(IssueNodeCertificateRequest {
+                token: forged,
+                csr_pem: csr_pem.clone(),
+            })
+            .await
+            .expect_err("a forged secret is refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+
+        // Renewing needs a certificate in the first place.
+        let err = NodeCertificatesClient::new(anonymous.clone())
+            .renew(RenewCertificateRequest {
+                csr_pem: csr_pem.clone(),
+            })
+            .await
+            .expect_err("no certificate, no renewal");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
+        let issued = JoinClient::new(anonymous)
+            .issue_node_certificate(IssueNodeCertificateRequest {
+                token: token(&d, NodeRole::Worker, false).await,
+                csr_pem,
+            })
+            .await
+            .expect("a worker certificate")
+            .into_inner();
+        let identity = shoal_manager::ca::identity_of(&issued.cert_pem).expect("identity");
+        assert!(
+            identity.not_after - identity.not_before <= 7,
+            "the cluster's expiry applies: {identity:?}"
+        );
+        // While valid, the worker's certificate opens a session, and cannot call the
+        // managers' own services.
+        let worker_channel =
+            manager_channel(&d, Some(Identity::from_pem(&issued.cert_pem, &key_pem))).await;
+        DispatcherClient::new(worker_channel.clone())
+            .session(SessionRequest {
+                node_id: issued.node_id.clone(),
+                description: None,
+            })
+            .await
+            .expect("a valid certificate opens a session");
+        let err = ManagersClient::new(worker_channel)
+            .probe(ProbeRequest {})
+            .await
+            .expect_err("workers cannot call manager RPCs");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        (key_pem, issued.cert_pem)
+    });
+
+    // Over two lifetimes: the joined worker and the manager renew, and the worker stays in.
+    let mut worker_certs = worker_certs;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(14);
+    while std::time::Instant::now() < deadline {
+        let now = cert_of(&worker);
+        if worker_certs.last() != Some(&now) {
+            worker_certs.push(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        worker_certs.len() >= 3,
+        "the worker renewed its certificate at least twice in 14 s: {} certificates\n{}",
+        worker_certs.len(),
+        worker.log()
+    );
+    assert_ne!(cert_of(&d), manager_cert, "the manager renewed its own");
+    // (The node made by hand above had one session and is down by now.)
+    d.wait_for(
+        "the manager and the worker still ready",
+        std::time::Duration::from_secs(10),
+        || {
+            let nodes = d.json(&["node", "ls", "--format", "json"]);
+            nodes
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|n| n["status"]["state"] == "ready").count() == 2)
+        },
+    );
+
+    // The certificate fetched by hand was never renewed: it has expired, and is refused.
+    rt.block_on(async {
+        let ca = std::fs::read_to_string(d.data_dir().join("certs/ca.crt")).expect("ca.crt");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("swarm-manager.shoal")
+            .identity(Identity::from_pem(cert_pem, key_pem));
+        let endpoint = Endpoint::from_shared(format!("https://{}", d.manager_addr()))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls");
+        let refused = match endpoint.connect().await {
+            Err(_) => true,
+            Ok(channel) => DispatcherClient::new(channel)
+                .session(SessionRequest::default())
+                .await
+                .is_err(),
+        };
+        assert!(refused, "an expired certificate must not open a session");
     });
 }

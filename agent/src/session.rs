@@ -34,6 +34,9 @@ const REPORT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 /// Told the managers' new list.
 pub type OnManagers = Arc<dyn Fn(&[String]) + Send + Sync>;
+/// Told the role the cluster wants this node in (a `NodeRole` value), with every session
+/// message: when it differs from the node's certificate, the node renews it.
+pub type OnRole = Arc<dyn Fn(i32) + Send + Sync>;
 
 pub struct Session {
     /// The managers to try, in order; replaced by the list each session message carries.
@@ -41,6 +44,8 @@ pub struct Session {
     pub connect: Connect,
     /// Told when the managers' list changes (the daemon keeps it for its next start).
     pub on_managers: Option<OnManagers>,
+    /// Told the role the cluster wants this node in.
+    pub on_role: Option<OnRole>,
     pub node_id: String,
     pub description: NodeDescription,
     pub executor: Executor,
@@ -104,6 +109,12 @@ impl Session {
         }
     }
 
+    fn learn_role(&self, role: i32) {
+        if let Some(tell) = &self.on_role {
+            tell(role);
+        }
+    }
+
     async fn session(
         &mut self,
         addr: &str,
@@ -131,6 +142,7 @@ impl Session {
         *established = true;
         tracing::info!(manager = %addr, "dispatcher session open");
         self.learn_managers(&first.managers);
+        self.learn_role(first.role);
         let session_id = first.session_id.clone();
         self.node_id = first.node_id.clone();
         let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
@@ -157,6 +169,7 @@ impl Session {
                     match message? {
                         Some(m) => {
                             self.learn_managers(&m.managers);
+                            self.learn_role(m.role);
                             if let Some(a) = m.assignments { self.executor.assign(a) }
                         }
                         None => return Err(tonic::Status::unavailable("the manager ended the session")),

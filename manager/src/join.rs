@@ -3,7 +3,8 @@
 //! - [`JoinService`]: the `Join` gRPC service: hands out the CA certificate (the joiner checks
 //!   it against its token's digest) and signs a joiner's CSR once its token's secret matches.
 //! - [`peer_identity`]: who the peer of a request is, from its verified TLS certificate;
-//!   [`require_manager`] is the interceptor that keeps workers away from manager-only services.
+//!   [`ManagersOnly`] is the interceptor that keeps workers (and removed nodes) away from
+//!   manager-only services.
 //! - [`new_cluster`]: the cluster object of a fresh cluster, CA and join secrets included.
 
 use shoal_proto::join_server::{Join, JoinServer};
@@ -34,7 +35,16 @@ pub fn new_cluster(now_secs: i64) -> Result<Cluster, ca::CaError> {
             manager: JoinToken::generate(ca.digest()).secret,
         }),
         revoked_nodes: Vec::new(),
+        node_cert_expiry_secs: 0,
     })
+}
+
+/// How long the cluster's node certificates live, in seconds.
+pub fn cert_lifetime(cluster: &Cluster) -> i64 {
+    match cluster.node_cert_expiry_secs {
+        0 => ca::DEFAULT_NODE_CERT_SECS,
+        secs => secs.max(ca::MIN_NODE_CERT_SECS),
+    }
 }
 
 /// The cluster's CA, loaded from the replicated cluster object.
@@ -115,7 +125,7 @@ impl Join for JoinService {
                 "the join token is for another cluster (its CA digest does not match)",
             ));
         }
-        let secrets = cluster.join_secrets.unwrap_or_default();
+        let secrets = cluster.join_secrets.clone().unwrap_or_default();
         let matches = |secret: &str| {
             token.secret_matches(&JoinToken {
                 ca_digest: token.ca_digest,
@@ -134,7 +144,7 @@ impl Join for JoinService {
         let node_id = new_id();
         let now = shoal_proto::now_ms() / 1000;
         let cert_pem = ca
-            .sign_csr(&r.csr_pem, &node_id, role, now, ca::DEFAULT_NODE_CERT_DAYS)
+            .sign_csr_for(&r.csr_pem, &node_id, role, now, cert_lifetime(&cluster))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(node = %node_id, ?role, "issued a node certificate");
         Ok(Response::new(IssueNodeCertificateResponse {
@@ -156,7 +166,41 @@ pub fn peer_identity<T>(request: &Request<T>) -> Option<NodeIdentity> {
     ca::identity_of_der(first.as_ref()).ok()
 }
 
-/// Interceptor for manager-only services (Raft): the peer must hold a manager certificate.
+/// Interceptor for manager-only services (Raft, Managers): the peer must hold a manager
+/// certificate of a node that was not removed from the cluster.
+#[derive(Clone)]
+pub struct ManagersOnly {
+    store: Store,
+}
+
+impl ManagersOnly {
+    pub fn new(store: Store) -> ManagersOnly {
+        ManagersOnly { store }
+    }
+}
+
+impl tonic::service::Interceptor for ManagersOnly {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let request = require_manager(request)?;
+        if let Some(id) = peer_identity(&request) {
+            let revoked = self
+                .store
+                .read()
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.revoked_nodes.contains(&id.node_id));
+            if revoked {
+                return Err(Status::permission_denied(format!(
+                    "node {} was removed from the cluster",
+                    id.node_id
+                )));
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// The role check of [`ManagersOnly`], without the revocation check.
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
 pub fn require_manager(request: Request<()>) -> Result<Request<()>, Status> {
     match peer_identity(&request) {

@@ -21,11 +21,22 @@ use crate::{orchestrator, scheduler};
 const BATCH: usize = 2_000;
 /// The longest the loop sleeps without a change: heartbeat expiry is checked this often.
 const IDLE_TICK: Duration = Duration::from_millis(200);
+/// A loop turn this much later than due means the process was stalled.
+const STALL: Duration = Duration::from_secs(2);
 
 pub async fn run(store: Store, writer: Writer, dispatcher: Dispatcher) {
     let mut events = store.subscribe();
     let mut leader_since: Option<Instant> = None;
+    let mut last_turn = Instant::now();
     loop {
+        // A turn that comes far later than the tick means this process was stalled (frozen,
+        // starved): the agents could not reach it either, so they get a fresh TTL to come
+        // back before their nodes are marked down.
+        if last_turn.elapsed() > STALL {
+            tracing::warn!(stalled = ?last_turn.elapsed(), "the manager was stalled; agents get a fresh heartbeat period");
+            leader_since = None;
+        }
+        last_turn = Instant::now();
         if !writer.is_leader() {
             leader_since = None;
             tokio::time::sleep(IDLE_TICK).await;

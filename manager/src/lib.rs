@@ -6,11 +6,13 @@
 //! - [`orchestrator`]: reconcile loops (desired services → tasks);
 //! - [`scheduler`]: a pure function that assigns tasks to nodes;
 //! - [`dispatcher`]: the gRPC service agents hold their sessions with;
-//! - [`control`]: the gRPC API the CLI calls.
+//! - [`control`]: the gRPC API the CLI calls;
+//! - [`certs`]: node certificate renewal (and with it, role changes).
 //!
 //! [`StoreCommand`]: shoal_proto::StoreCommand
 
 pub mod ca;
+pub mod certs;
 pub mod consensus;
 pub mod control;
 pub mod dispatcher;

@@ -55,6 +55,8 @@ const ADD_MANAGER_TIMEOUT: Duration = Duration::from_secs(60);
 struct Health {
     ok: bool,
     at: Instant,
+    /// The leader the manager named in its last answer (0: none).
+    leader: u64,
 }
 
 /// This manager's view of the Raft group; the [`Consensus`] of a daemon. Cheap to clone.
@@ -117,28 +119,43 @@ impl Cluster {
             .map(|(id, (addr, _))| (id, addr))
             .collect();
         let probes = peers.into_iter().map(|(id, addr)| async move {
-            let ok = match self.client(&addr) {
+            let answer = match self.client(&addr) {
                 Ok(mut client) => {
                     let mut request = Request::new(ProbeRequest {});
                     request.set_timeout(PROBE_TIMEOUT);
-                    matches!(
-                        tokio::time::timeout(PROBE_TIMEOUT, client.probe(request)).await,
-                        Ok(Ok(_))
-                    )
+                    match tokio::time::timeout(PROBE_TIMEOUT, client.probe(request)).await {
+                        Ok(Ok(answer)) => Some(answer.into_inner().leader_id),
+                        _ => None,
+                    }
                 }
-                Err(_) => false,
+                Err(_) => None,
             };
-            (id, ok)
+            (id, answer)
         });
         let results = futures::future::join_all(probes).await;
         let now = Instant::now();
         let mut health = self.health();
-        for (id, ok) in results {
+        for (id, answer) in results {
+            let ok = answer.is_some();
+            let leader = answer.unwrap_or(0);
             match health.get_mut(&id) {
-                Some(h) if ok => *h = Health { ok, at: now },
+                Some(h) if ok => {
+                    *h = Health {
+                        ok,
+                        at: now,
+                        leader,
+                    }
+                }
                 Some(h) => h.ok = false,
                 None => {
-                    health.insert(id, Health { ok, at: now });
+                    health.insert(
+                        id,
+                        Health {
+                            ok,
+                            at: now,
+                            leader,
+                        },
+                    );
                 }
             }
         }
@@ -188,10 +205,25 @@ impl Cluster {
         ))
     }
 
-    /// The leader's id and address, when one is known.
+    /// The leader's id and address, when one is known: from Raft, else from what the other
+    /// managers answered to the last probes (a manager that just left the membership, e.g.
+    /// a demoted leader, hears from no leader but can still forward to it).
     fn leader(&self) -> Option<(u64, String)> {
-        let id = self.inner.raft.metrics().current_leader?;
-        let addr = self.inner.raft.membership().get(&id)?.0.clone();
+        let membership = self.inner.raft.membership();
+        let known = self
+            .inner
+            .raft
+            .metrics()
+            .current_leader
+            .filter(|id| membership.contains_key(id));
+        let id = known.or_else(|| {
+            self.health()
+                .values()
+                .filter(|h| h.ok && h.at.elapsed() < REACHABLE_FOR && h.leader != 0)
+                .map(|h| h.leader)
+                .find(|id| membership.contains_key(id))
+        })?;
+        let addr = membership.get(&id)?.0.clone();
         Some((id, addr))
     }
 
@@ -220,10 +252,9 @@ impl Cluster {
         let local = tokio::time::timeout(PROPOSE_TIMEOUT, raft.propose_indexed(command.clone()));
         match local.await {
             Ok(Ok((_, result))) => return Ok(result),
-            Ok(Err(RaftError::NotLeader {
-                leader_addr: Some(_),
-                ..
-            })) => {}
+            // Forwarded below, to the leader Raft names or (outside the membership) the
+            // one the other managers name.
+            Ok(Err(RaftError::NotLeader { .. })) => {}
             Ok(Err(e)) => return Err(self.transient(e)),
             Err(_) => {
                 return Err(self.transient(RaftError::Timeout {
@@ -471,7 +502,7 @@ async fn add_manager(
 }
 
 /// The `Managers` gRPC service (manager certificates only: mount it behind
-/// [`crate::join::require_manager`]).
+/// [`crate::join::ManagersOnly`]).
 pub struct ManagersService {
     cluster: Cluster,
     writer: Writer,
@@ -533,11 +564,7 @@ impl Managers for ManagersService {
     ) -> Result<Response<RemoveManagerResponse>, Status> {
         self.leader_only()?;
         let raft_id = request.into_inner().raft_id;
-        if raft_id == self.cluster.raft().id() {
-            return Err(Status::failed_precondition(
-                "the leader cannot remove itself: demote or remove it from another manager",
-            ));
-        }
+        // The leader may remove itself: it steps down once the new membership is committed.
         self.cluster
             .raft()
             .remove_manager(raft_id)

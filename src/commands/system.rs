@@ -6,7 +6,7 @@ use shoal_proto::{
     RemoveNodeRequest, UpdateNodeRequest,
 };
 
-use crate::cli::{AvailabilityArg, Format, FormatArgs, ListArgs};
+use crate::cli::{AvailabilityArg, Format, FormatArgs, ListArgs, RoleArg};
 use crate::client::{status_message, Client};
 use crate::output::{print_json, table};
 
@@ -178,13 +178,48 @@ pub async fn node_inspect(client: &mut Client, keys: &[String]) -> Result<()> {
     print_json(&found)
 }
 
-pub async fn node_update(
-    client: &mut Client,
-    node: &str,
-    availability: Option<AvailabilityArg>,
-    label_add: Vec<String>,
-    label_rm: Vec<String>,
-) -> Result<()> {
+/// What `node update` changes.
+pub struct NodeUpdate {
+    pub availability: Option<AvailabilityArg>,
+    pub label_add: Vec<String>,
+    pub label_rm: Vec<String>,
+    pub role: Option<RoleArg>,
+}
+
+fn node_role(role: RoleArg) -> NodeRole {
+    match role {
+        RoleArg::Worker => NodeRole::Worker,
+        RoleArg::Manager => NodeRole::Manager,
+    }
+}
+
+/// `node promote` / `node demote`: Docker's wording for each node.
+pub async fn node_set_role(client: &mut Client, nodes: &[String], role: RoleArg) -> Result<()> {
+    for node in nodes {
+        client
+            .control
+            .update_node(UpdateNodeRequest {
+                node: node.clone(),
+                role: Some(node_role(role) as i32),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow!(status_message(&s)))?;
+        match role {
+            RoleArg::Manager => println!("Node {node} promoted to a manager in the cluster."),
+            RoleArg::Worker => println!("Manager {node} demoted in the cluster."),
+        }
+    }
+    Ok(())
+}
+
+pub async fn node_update(client: &mut Client, node: &str, update: NodeUpdate) -> Result<()> {
+    let NodeUpdate {
+        availability,
+        label_add,
+        label_rm,
+        role,
+    } = update;
     let mut labels = std::collections::HashMap::new();
     for kv in &label_add {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
@@ -205,6 +240,7 @@ pub async fn node_update(
             availability,
             label_add: labels,
             label_rm,
+            role: role.map(|r| node_role(r) as i32),
         })
         .await
         .map_err(|s| anyhow!(status_message(&s)))?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use shoal_manager::ca::{self, ClusterCa, Role};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The name every manager certificate carries: what agents verify they are talking to.
 pub const MANAGER_NAME: &str = "swarm-manager.shoal";
@@ -43,17 +43,15 @@ impl NodeCerts {
         }))
     }
 
-    /// A manager signs its own certificate with the cluster CA.
-    pub fn issue_for_manager(ca: &ClusterCa, node_id: &str) -> Result<NodeCerts> {
+    /// A manager signs its own certificate with the cluster CA, valid `lifetime_secs`.
+    pub fn issue_for_manager(
+        ca: &ClusterCa,
+        node_id: &str,
+        lifetime_secs: i64,
+    ) -> Result<NodeCerts> {
         let (key_pem, csr_pem) = ca::node_key_and_csr(node_id)?;
         let now = shoal_proto::now_ms() / 1000;
-        let cert_pem = ca.sign_csr(
-            &csr_pem,
-            node_id,
-            Role::Manager,
-            now,
-            ca::DEFAULT_NODE_CERT_DAYS,
-        )?;
+        let cert_pem = ca.sign_csr_for(&csr_pem, node_id, Role::Manager, now, lifetime_secs)?;
         Ok(NodeCerts {
             ca_pem: ca.cert_pem().to_string(),
             cert_pem,
@@ -89,15 +87,6 @@ impl NodeCerts {
     /// The node id this node's certificate names.
     pub fn node_id(&self) -> Result<String> {
         Ok(ca::identity_of(&self.cert_pem)?.node_id)
-    }
-
-    /// Server side of the manager port: our certificate; clients' certificates are verified
-    /// against the cluster CA when shown (only the Join service serves clients without one).
-    pub fn server_tls(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(true)
     }
 
     /// Client side: we prove who we are, and accept only a manager of our cluster.

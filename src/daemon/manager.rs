@@ -94,7 +94,9 @@ fn raft_id(data_dir: &Path, joining: bool) -> Result<u64> {
 /// leader is replaced in well under a second (ha-bench: leader kill → first write ≈ 0.8 s on
 /// loopback; 100/300–600 ms gave ≈ 1.2 s: a follower still inside the dead leader's lease
 /// refuses the first vote). `SHOAL_RAFT_TIMINGS=heartbeat,election_min,election_max` (ms)
-/// overrides them.
+/// overrides them. `SHOAL_SNAPSHOT_EVERY=N[,KEEP]` builds a snapshot every N entries and keeps
+/// KEEP entries behind it (default 10,000 and 1,000): tests make a lagging manager catch up
+/// by snapshot with small values.
 fn raft_config() -> RaftConfig {
     let mut config = RaftConfig {
         heartbeat_ms: 50,
@@ -111,6 +113,20 @@ fn raft_config() -> RaftConfig {
             config.heartbeat_ms = heartbeat;
             config.election_min_ms = min;
             config.election_max_ms = max;
+        }
+    }
+    if let Ok(text) = std::env::var("SHOAL_SNAPSHOT_EVERY") {
+        let n: Vec<u64> = text
+            .split(',')
+            .filter_map(|t| t.trim().parse().ok())
+            .collect();
+        match n[..] {
+            [every] => config.snapshot_logs = every.max(1),
+            [every, keep] => {
+                config.snapshot_logs = every.max(1);
+                config.snapshot_keep_logs = keep;
+            }
+            _ => tracing::warn!(%text, "SHOAL_SNAPSHOT_EVERY: give N or N,KEEP; ignored"),
         }
     }
     config
@@ -172,7 +188,8 @@ pub async fn open(
         }
     }
     if writer.is_leader() && store.read().cluster.is_none() {
-        let cluster = shoal_manager::join::new_cluster(shoal_proto::now_ms() / 1000)?;
+        let mut cluster = shoal_manager::join::new_cluster(shoal_proto::now_ms() / 1000)?;
+        cluster.node_cert_expiry_secs = cert_expiry_secs(args)?.unwrap_or(0);
         writer
             .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
             .await?;
@@ -187,7 +204,8 @@ pub async fn open(
                 .context("this manager has no cluster yet and no leader to get it from")?;
             let ca = shoal_manager::join::cluster_ca(&cluster)
                 .map_err(|s| anyhow::anyhow!("cannot load the cluster CA: {}", s.message()))?;
-            let certs = NodeCerts::issue_for_manager(&ca, node_id)?;
+            let lifetime = shoal_manager::join::cert_lifetime(&cluster);
+            let certs = NodeCerts::issue_for_manager(&ca, node_id, lifetime)?;
             certs.save(data_dir)?;
             raft.network().set_tls(certs.client_tls());
             certs
@@ -202,11 +220,62 @@ pub async fn open(
     })
 }
 
+/// `--cert-expiry` in seconds, checked.
+fn cert_expiry_secs(args: &DaemonArgs) -> Result<Option<i64>> {
+    let Some(expiry) = args.cert_expiry else {
+        return Ok(None);
+    };
+    let secs = expiry.as_secs() as i64;
+    if secs < shoal_manager::ca::MIN_NODE_CERT_SECS {
+        bail!(
+            "--cert-expiry {expiry:?} is too short: give at least {} s (the default is 90 days)",
+            shoal_manager::ca::MIN_NODE_CERT_SECS
+        );
+    }
+    Ok(Some(secs))
+}
+
+/// A manager started with `--cert-expiry` stores it for the whole cluster (if it differs):
+/// certificates issued and renewed from then on get that lifetime.
+pub fn apply_cert_expiry(args: &DaemonArgs, store: &Store, writer: &Writer) -> Result<()> {
+    let Some(secs) = cert_expiry_secs(args)? else {
+        return Ok(());
+    };
+    let (store, writer) = (store.clone(), writer.clone());
+    tokio::spawn(async move {
+        for _ in 0..20 {
+            let Some(mut cluster) = store.read().cluster.clone() else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            if cluster.node_cert_expiry_secs == secs {
+                return;
+            }
+            cluster.node_cert_expiry_secs = secs;
+            match writer
+                .commit(vec![change(ChangeKind::Update, Object::Cluster(cluster))])
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(secs, "node certificates now live this long");
+                    return;
+                }
+                Err(e) => tracing::debug!("storing --cert-expiry: {e}; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::warn!("could not store --cert-expiry for the cluster: is there a leader?");
+    });
+    Ok(())
+}
+
 /// Makes this manager a voter (first start after `--join`: waits for it) and records its
 /// manager status; a restarted manager does it in the background when no leader answers
 /// at once. Call once the manager port serves Raft and `Managers`.
 pub async fn join(core: &Core, args: &DaemonArgs, node_id: &str, addr: &str) -> Result<()> {
-    let seeds: Vec<String> = std::fs::read_to_string(args.data_dir.join("manager_addr"))
+    // The manager it joined through, then every manager it heard of since (a promoted
+    // worker's first manager may be long gone).
+    let first: Vec<String> = std::fs::read_to_string(args.data_dir.join("manager_addr"))
         .map(|s| {
             s.lines()
                 .map(str::trim)
@@ -215,6 +284,10 @@ pub async fn join(core: &Core, args: &DaemonArgs, node_id: &str, addr: &str) -> 
                 .collect()
         })
         .unwrap_or_default();
+    let seeds: Vec<String> = known_managers(&args.data_dir, &first)
+        .into_iter()
+        .filter(|m| m != addr)
+        .collect();
     let patience = if core.joining {
         JOIN_PATIENCE
     } else {

@@ -26,22 +26,24 @@ use shoal_manager::consensus::new_id;
 use shoal_manager::control::secrets::SecretsApi;
 use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
-use shoal_manager::join::{require_manager, JoinService};
+use shoal_manager::join::{JoinService, ManagersOnly};
 use shoal_manager::raft::RaftNode;
 use shoal_manager::store::Store;
 use shoal_proto::containers_server::ContainersServer;
 use shoal_proto::{NodeDescription, NodeRole, Platform, Resources, Task};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Endpoint, Server};
 
 use crate::cli::DaemonArgs;
 
 mod build;
+mod certs;
 mod identity;
 mod join;
 mod manager;
 
+use certs::{LiveCerts, Renewal};
 use identity::NodeCerts;
 
 pub async fn run(args: DaemonArgs) -> Result<()> {
@@ -84,7 +86,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let store = Store::new();
     let core = manager::open(&args, &node_id, &addr, certs, store.clone()).await?;
     let (raft, writer) = (core.raft.clone(), core.writer.clone());
-    let certs = core.certs.clone();
+    let live = LiveCerts::new(core.certs.clone())?;
 
     let agent = Agent::open(&args)?;
     let dispatcher = Dispatcher::new(
@@ -113,24 +115,30 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
         dispatcher.clone(),
     ));
 
-    // Manager traffic on TCP, all mutual TLS: joins, dispatcher sessions, Raft (managers only).
+    // Manager traffic on TCP, all mutual TLS: joins, dispatcher sessions, certificate
+    // renewals, Raft (managers only). TLS is done by `certs` so a renewal takes effect at once.
+    let tls = live
+        .server_config()
+        .context("invalid TLS settings for the manager port")?;
     let tcp = Server::builder()
-        .tls_config(certs.server_tls())
-        .context("invalid TLS settings for the manager port")?
         .add_service(JoinService::new(store.clone()).into_service())
+        .add_service(
+            shoal_manager::certs::RenewService::new(store.clone(), writer.clone()).into_service(),
+        )
         .add_service(dispatcher.into_service())
         .add_service(InterceptedService::new(
             raft.raft_service(),
-            require_manager,
+            ManagersOnly::new(store.clone()),
         ))
         .add_service(InterceptedService::new(
             core.cluster.clone().into_service(writer.clone()),
-            require_manager,
+            ManagersOnly::new(store.clone()),
         ))
-        .serve_with_incoming(TcpListenerStream::new(listener));
+        .serve_with_incoming(certs::tls_incoming(listener, tls));
     let tcp = tokio::spawn(tcp);
     // A manager that joined becomes a voter now that its port serves Raft.
     manager::join(&core, &args, &node_id, &addr).await?;
+    manager::apply_cert_expiry(&args, &store, &writer)?;
 
     // The CLI's API on a unix socket only root can open.
     let socket = args.socket.clone();
@@ -150,12 +158,32 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
 
     // The embedded agent dials the managers like any remote agent would (this one first).
-    agent.start(
+    let wanted_role = agent.start(
         manager::known_managers(&data_dir, std::slice::from_ref(&addr)),
-        &certs,
+        &live,
         node_id.clone(),
         &data_dir,
     )?;
+    let members = raft.clone();
+    let tls_raft = raft.clone();
+    tokio::spawn(
+        Renewal {
+            live: live.clone(),
+            data_dir: data_dir.clone(),
+            managers: Arc::new(move || {
+                let mut all: Vec<String> =
+                    members.membership().into_values().map(|(a, _)| a).collect();
+                all.sort();
+                all
+            }),
+            own_addr: Some(addr.clone()),
+            wanted_role,
+            on_renewed: Some(Arc::new(move |certs: &NodeCerts| {
+                tls_raft.network().set_tls(certs.client_tls())
+            })),
+        }
+        .run(),
+    );
 
     tracing::info!(%node_id, %addr, socket = %socket.display(), "shoal daemon ready");
     let served = api.await;
@@ -191,12 +219,26 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
         .add_service(build::service(&agent.builder))
         .add_service(agent.containers_api())
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
-    agent.start(
-        manager::known_managers(&data_dir, &[manager.trim().to_string()]),
-        &certs,
+    let live = LiveCerts::new(certs)?;
+    let first = manager.trim().to_string();
+    let wanted_role = agent.start(
+        manager::known_managers(&data_dir, std::slice::from_ref(&first)),
+        &live,
         node_id.clone(),
         &data_dir,
     )?;
+    let dir = data_dir.clone();
+    tokio::spawn(
+        Renewal {
+            live,
+            data_dir: data_dir.clone(),
+            managers: Arc::new(move || manager::known_managers(&dir, std::slice::from_ref(&first))),
+            own_addr: None,
+            wanted_role,
+            on_renewed: None,
+        }
+        .run(),
+    );
     tracing::info!(%node_id, manager = %manager.trim(), socket = %socket.display(), "shoal worker ready");
     let served = api.await;
     tracing::info!("shutting down; containers keep running");
@@ -268,15 +310,17 @@ impl Agent {
         })
     }
 
-    /// Opens the dispatcher session with the leader among `managers`, over mutual TLS; the
-    /// managers' list the leader sends is kept in the data dir for the next start.
+    /// Opens the dispatcher session with the leader among `managers`, over mutual TLS with
+    /// the node's current certificate; the managers' list the leader sends is kept in the
+    /// data dir for the next start. Returns the role the cluster wants the node in, as the
+    /// session learns it.
     fn start(
         &self,
         managers: Vec<String>,
-        certs: &NodeCerts,
+        live: &Arc<LiveCerts>,
         node_id: String,
         data_dir: &Path,
-    ) -> Result<()> {
+    ) -> Result<tokio::sync::watch::Receiver<Option<NodeRole>>> {
         let (executor, updates) = Executor::new(
             self.runtime.clone(),
             self.images.clone(),
@@ -286,19 +330,26 @@ impl Agent {
         executor.use_registry(self.registry.clone());
         let reconciling = executor.clone();
         tokio::spawn(async move { reconciling.reconcile_networks().await });
-        let tls = certs.client_tls();
-        let channels = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
-            String,
-            tonic::transport::Channel,
-        >::new()));
+        let live = live.clone();
+        // Channels per manager, made with the certificate of version `.0`: a renewal makes
+        // the next connection use the new one.
+        let channels = Arc::new(std::sync::Mutex::new((
+            live.version(),
+            std::collections::HashMap::<String, tonic::transport::Channel>::new(),
+        )));
         let connect: shoal_agent::session::Connect = Arc::new(move |addr: &str| {
-            let mut channels = channels.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cached = channels.lock().unwrap_or_else(|p| p.into_inner());
+            let (version, channels) = &mut *cached;
+            if *version != live.version() {
+                *version = live.version();
+                channels.clear();
+            }
             if let Some(channel) = channels.get(addr) {
                 return Ok(channel.clone());
             }
             let channel = Endpoint::from_shared(format!("https://{addr}"))
                 .map_err(|e| format!("bad manager address {addr:?}: {e}"))?
-                .tls_config(tls.clone())
+                .tls_config(live.client_tls())
                 .map_err(|e| format!("invalid TLS settings for the agent: {e}"))?
                 .connect_timeout(Duration::from_millis(500))
                 .http2_keep_alive_interval(Duration::from_secs(1))
@@ -308,12 +359,21 @@ impl Agent {
             Ok(channel)
         });
         let dir = data_dir.to_path_buf();
+        let (role_tx, role_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(
             Session {
                 managers,
                 connect,
                 on_managers: Some(Arc::new(move |m: &[String]| {
                     manager::remember_managers(&dir, m)
+                })),
+                on_role: Some(Arc::new(move |role: i32| {
+                    let role = NodeRole::try_from(role).ok();
+                    role_tx.send_if_modified(|now| {
+                        let changed = *now != role;
+                        *now = role;
+                        changed
+                    });
                 })),
                 node_id,
                 description: describe_node(),
@@ -322,7 +382,7 @@ impl Agent {
             }
             .run(),
         );
-        Ok(())
+        Ok(role_rx)
     }
 }
 

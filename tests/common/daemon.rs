@@ -17,6 +17,13 @@ pub struct TestDaemon {
     pub pool_octet: u8,
     /// Flags beyond the defaults, e.g. `--join ADDR --token T` for a worker.
     extra_args: Vec<String>,
+    /// `--listen-addr`: loopback with a free port, unless the daemon runs on a test host.
+    pub listen_addr: String,
+    /// The network namespace (a `/run/netns/NAME` file) the daemon runs in: a test host's
+    /// (see `hosts.rs`); `None`: this machine's own.
+    pub netns: Option<PathBuf>,
+    /// Environment variables for the daemon (e.g. `SHOAL_SNAPSHOT_EVERY`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -47,6 +54,29 @@ impl TestDaemon {
     }
 
     pub fn start_with(extra_args: Vec<String>) -> TestDaemon {
+        let mut daemon = TestDaemon::new(extra_args);
+        daemon.spawn();
+        daemon
+    }
+
+    /// A daemon that runs in the network namespace `netns` and listens on `listen_addr`
+    /// (a test host: see `hosts.rs`).
+    pub fn start_in_netns(
+        netns: PathBuf,
+        listen_addr: String,
+        extra_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> TestDaemon {
+        let mut daemon = TestDaemon::new(extra_args);
+        daemon.netns = Some(netns);
+        daemon.env = env;
+        daemon.listen_addr = listen_addr;
+        daemon.spawn();
+        daemon
+    }
+
+    /// Everything but the process: its dir and unique names.
+    fn new(extra_args: Vec<String>) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix("shoal-e2e-")
             .tempdir()
@@ -59,17 +89,18 @@ impl TestDaemon {
             .to_string();
         let random = super::random_u64();
         let net_prefix = format!("t{:04x}", random & 0xffff);
-        let mut daemon = TestDaemon {
+        TestDaemon {
             dir,
             cgroup_parent: unique,
             nft_table: format!("shoaltest-{net_prefix}"),
             net_prefix,
             pool_octet: 100 + ((random >> 16) % 150) as u8,
             extra_args,
+            listen_addr: "127.0.0.1:0".into(),
+            netns: None,
+            env: Vec::new(),
             child: None,
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -89,7 +120,11 @@ impl TestDaemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("daemon log file");
-        let child = Command::new(SHOAL)
+        let mut command = Command::new(SHOAL);
+        if let Some(netns) = &self.netns {
+            enter_netns_on_exec(&mut command, netns);
+        }
+        let child = command
             .arg("daemon")
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -97,7 +132,7 @@ impl TestDaemon {
             .arg(self.socket())
             .args([
                 "--listen-addr",
-                "127.0.0.1:0",
+                &self.listen_addr,
                 "--cgroup-parent",
                 &self.cgroup_parent,
                 "--network-prefix",
@@ -111,6 +146,7 @@ impl TestDaemon {
                 "none",
             ])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -155,6 +191,19 @@ impl TestDaemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `signal` to the daemon process (SIGSTOP / SIGCONT freeze and thaw it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+                .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+        }
     }
 
     /// `kill -9`: no shutdown path runs.
@@ -300,8 +349,29 @@ impl TestDaemon {
     }
 
     /// Releases every endpoint and removes every network the daemon made: veths, bridges,
-    /// netns files, nftables tables.
+    /// netns files, nftables tables; in the daemon's network namespace when it has one.
     fn remove_networks(&self) {
+        let Some(netns) = &self.netns else {
+            return self.remove_networks_here();
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // setns affects this thread only.
+                match std::fs::File::open(netns) {
+                    Ok(ns)
+                        if nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).is_ok() =>
+                    {
+                        self.remove_networks_here()
+                    }
+                    // The namespace is gone, and what was in it with it: only the netns
+                    // files (mounts in this mount namespace) remain to remove.
+                    _ => self.remove_netns_files(),
+                }
+            });
+        });
+    }
+
+    fn remove_networks_here(&self) {
         let Ok(manager) = shoal_agent::network::NetworkManager::open(self.network_config()) else {
             return;
         };
@@ -325,12 +395,32 @@ impl TestDaemon {
         if let Ok(ports) = ports {
             let _ = ports.remove_all();
         }
-        // Netns files whose endpoint the state no longer knew (a daemon killed mid-attach).
+        self.remove_netns_files();
+    }
+
+    /// Netns files whose endpoint the state no longer knew (a daemon killed mid-attach).
+    fn remove_netns_files(&self) {
         if let Ok(entries) = std::fs::read_dir(self.data_dir().join("run/netns")) {
             for e in entries.flatten() {
                 let _ = shoal_agent::network::delete_netns_file(&e.path());
             }
         }
+    }
+}
+
+/// Makes `command` enter the network namespace at `netns` (a `/run/netns/NAME` file) between
+/// fork and exec; only the network namespace changes (unlike `ip netns exec`, which also
+/// remounts /sys and so would hide the cgroup hierarchies).
+pub fn enter_netns_on_exec(command: &mut Command, netns: &Path) {
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open(netns)
+        .unwrap_or_else(|e| panic!("open network namespace {}: {e}", netns.display()));
+    // SAFETY: setns is async-signal-safe; `ns` lives in the closure until exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -15,6 +15,7 @@ pub fn require_root() -> bool {
 }
 
 pub mod daemon;
+pub mod hosts;
 pub mod load;
 pub mod rootfs;
 

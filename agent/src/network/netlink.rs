@@ -230,8 +230,19 @@ impl NetOps for RealNetOps {
     }
 
     fn set_hairpin(&self, name: &str) -> Result<(), NetError> {
-        let p = format!("/sys/class/net/{name}/brport/hairpin_mode");
-        std::fs::write(&p, "1").map_err(io_err(format!("write {p}")))
+        // Over netlink (`ip link set NAME type bridge_slave hairpin on`), not
+        // /sys/class/net: sysfs shows the network namespace it was mounted in, which is not
+        // this daemon's when it runs in a namespace of its own.
+        use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind};
+        let name = name.to_string();
+        run_in(None, move |h| {
+            set_link(h, name, |b| {
+                b.set_port_kind(InfoPortKind::Bridge)
+                    .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                        true,
+                    )]))
+            })
+        })
     }
 
     fn set_up(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError> {

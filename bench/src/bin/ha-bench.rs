@@ -15,12 +15,15 @@
 //! Runs as root (each daemon is also an agent). Every daemon has its own data dir, socket,
 //! port, cgroup parent and nftables table, all removed at the end, also on error.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../daemons.rs"]
+mod daemons;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use daemons::{median, shoal_bin, wait_until, Daemon};
 
 #[derive(Parser)]
 #[command(name = "ha-bench", about = "Leader kill → first successful write")]
@@ -31,160 +34,6 @@ struct Args {
     /// The shoal binary (default: `shoal` next to this one).
     #[arg(long)]
     shoal: Option<PathBuf>,
-}
-
-struct Daemon {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    tag: String,
-    pool_octet: u8,
-    extra: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(bin: &Path, n: usize, extra: Vec<String>) -> Result<Daemon> {
-        let dir = tempfile::Builder::new()
-            .prefix("shoal-ha-bench-")
-            .tempdir()?;
-        let tag = format!("h{:03x}{n}", std::process::id() & 0xfff);
-        let mut d = Daemon {
-            bin: bin.to_path_buf(),
-            dir,
-            tag,
-            pool_octet: 60 + n as u8,
-            extra,
-            child: None,
-        };
-        d.spawn()?;
-        Ok(d)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("s.sock")
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))?;
-        let child = Command::new(&self.bin)
-            .arg("daemon")
-            .arg("--data-dir")
-            .arg(self.data())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(["--listen-addr", "127.0.0.1:0", "--cgroup-parent"])
-            .arg(format!("shoal-ha-bench-{}", self.tag))
-            .args(["--network-prefix", &self.tag, "--nft-table"])
-            .arg(format!("shoalbench-{}", self.tag))
-            .arg("--default-address-pool")
-            .arg(format!("base=10.{}.0.0/16,size=24", self.pool_octet))
-            .args(["--dns-upstream", "none"])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting shoal daemon")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.socket().exists() && self.cli(&["info", "--format", "json"]).is_ok() {
-                return Ok(());
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                bail!("the daemon exited ({status}):\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("the daemon did not answer within 60 s:\n{}", self.log())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.bin)
-            .arg("--host")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn info(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(
-            &self.cli(&["info", "--format", "json"])?,
-        )?)
-    }
-
-    fn is_leader(&self) -> bool {
-        self.info().is_ok_and(|i| i["is_leader"] == true)
-    }
-
-    fn manager_addr(&self) -> Result<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("shoal daemon ready"))
-            .find_map(|l| l.split("addr=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_string)
-            .context("no manager address in the daemon log")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        // The nftables tables the daemon's agent made (no container ever ran).
-        for table in [
-            format!("shoalbench-{}", self.tag),
-            format!("shoalbench-{}-ports", self.tag),
-        ] {
-            for family in ["inet", "ip"] {
-                let _ = Command::new("nft")
-                    .args(["delete", "table", family, &table])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        for root in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(root.path().join(format!("shoal-ha-bench-{}", self.tag)));
-        }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("timed out waiting for {what}")
 }
 
 /// All three managers reachable from `d`, one of them leading.
@@ -207,27 +56,11 @@ fn healthy(d: &Daemon) -> bool {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let bin = match args.shoal {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("shoal"),
-    };
-    if !bin.exists() {
-        bail!("{} not found: build it, or pass --shoal", bin.display());
-    }
+    let bin = shoal_bin(args.shoal)?;
     let mut managers = vec![Daemon::start(&bin, 0, Vec::new())?];
-    let token = managers[0]
-        .cli(&["join-token", "manager", "-q"])?
-        .trim()
-        .to_string();
-    let seed = managers[0].manager_addr()?;
+    let join = managers[0].join_args("manager")?;
     for n in 1..3 {
-        let extra = vec![
-            "--join".into(),
-            seed.clone(),
-            "--token".into(),
-            token.clone(),
-        ];
-        managers.push(Daemon::start(&bin, n, extra)?);
+        managers.push(Daemon::start(&bin, n, join.clone())?);
     }
     let mut times = Vec::new();
     for run in 0..args.runs {
@@ -267,12 +100,7 @@ fn main() -> Result<()> {
         times.push(took);
         managers[leader].spawn()?;
     }
-    times.sort();
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2
-    };
+    let median = median(&mut times);
     println!(
         "leader kill → first successful write, median of {} runs: {:.1} ms (min {:.1}, max {:.1}; goal ≤ 1000 ms)",
         times.len(),

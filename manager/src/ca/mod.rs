@@ -24,6 +24,13 @@ pub use token::{JoinToken, TokenError};
 
 /// Swarm's default node certificate lifetime.
 pub const DEFAULT_NODE_CERT_DAYS: i64 = 90;
+/// The same, in seconds.
+pub const DEFAULT_NODE_CERT_SECS: i64 = DEFAULT_NODE_CERT_DAYS * 86_400;
+/// The shortest node certificate lifetime accepted (tests use it; operators want days).
+pub const MIN_NODE_CERT_SECS: i64 = 5;
+/// How far a node certificate's validity starts before its issue, for clocks that are a
+/// little behind: an hour, or a tenth of a short lifetime.
+const MAX_BACKDATE_SECS: i64 = 3600;
 /// The CA's lifetime (Swarm's: 20 years).
 pub const CA_DAYS: i64 = 20 * 365;
 
@@ -152,6 +159,18 @@ impl ClusterCa {
         now: i64,
         days: i64,
     ) -> Result<String, CaError> {
+        self.sign_csr_for(csr_pem, node_id, role, now, days * 86_400)
+    }
+
+    /// [`sign_csr`](Self::sign_csr) for a lifetime in seconds (the cluster's cert expiry).
+    pub fn sign_csr_for(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        role: Role,
+        now: i64,
+        lifetime_secs: i64,
+    ) -> Result<String, CaError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
         let mut name = DistinguishedName::new();
@@ -172,8 +191,9 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
-        params.not_before = at(now - 3600)?;
-        params.not_after = at(now + days * 86_400)?;
+        let lifetime = lifetime_secs.max(1);
+        params.not_before = at(now - (lifetime / 10).min(MAX_BACKDATE_SECS))?;
+        params.not_after = at(now + lifetime)?;
         csr.params = params;
         let cert = csr.signed_by(&self.issuer).map_err(gen_err)?;
         Ok(cert.pem())
@@ -351,6 +371,29 @@ mod tests {
         assert_eq!(renewal_time(&id, 0.0), 500);
         assert_eq!(renewal_time(&id, 1.0), 800);
         assert!((500..=800).contains(&renewal_time(&id, 0.42)));
+    }
+
+    #[test]
+    fn short_lived_certificates_are_backdated_a_tenth_of_their_life() {
+        let ca = ClusterCa::generate("c1", NOW).expect("ca");
+        let (_k, csr) = node_key_and_csr("n").expect("csr");
+        let cert = ca
+            .sign_csr_for(&csr, "n", Role::Worker, NOW, 20)
+            .expect("signed");
+        let id = ca.verify(&cert, NOW).expect("valid now");
+        assert_eq!((id.not_before, id.not_after), (NOW - 2, NOW + 20));
+        // Renewed between 50 % and 80 % of its life: after issue, before expiry.
+        let renew = renewal_time(&id, 0.0);
+        assert!(renew > NOW && renew < id.not_after, "{renew}");
+        assert!(matches!(
+            ca.verify(&cert, NOW + 21),
+            Err(CaError::Expired { .. })
+        ));
+        let long = ca
+            .sign_csr(&csr, "n", Role::Worker, NOW, DEFAULT_NODE_CERT_DAYS)
+            .expect("signed");
+        let id = ca.verify(&long, NOW).expect("valid");
+        assert_eq!(NOW - id.not_before, 3600, "an hour for clock skew");
     }
 
     #[test]

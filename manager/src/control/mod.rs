@@ -2,6 +2,7 @@
 //! barrier where it matters); writes go through consensus.
 
 pub mod network;
+mod roles;
 pub mod secrets;
 pub mod stack;
 mod validate;
@@ -137,6 +138,21 @@ impl ControlApi {
         self.images
             .check(image)
             .map_err(Status::failed_precondition)
+    }
+}
+
+impl ControlApi {
+    /// Takes a manager out of the Raft membership, unless that leaves no manager or no
+    /// quorum.
+    async fn leave_managers(&self, node: &str, raft_id: u64) -> Result<(), Status> {
+        roles::check_manager_removal(&self.writer.managers(), raft_id, node)
+            .map_err(Status::failed_precondition)?;
+        self.writer
+            .remove_manager(raft_id)
+            .await
+            .map_err(write_status)?;
+        tracing::info!(%node, raft_id, "manager left the Raft membership");
+        Ok(())
     }
 }
 
@@ -420,6 +436,21 @@ impl Control for ControlApi {
         request: Request<UpdateNodeRequest>,
     ) -> Result<Response<UpdateNodeResponse>, Status> {
         let r = request.into_inner();
+        let role = r
+            .role
+            .map(NodeRole::try_from)
+            .transpose()
+            .map_err(|_| Status::invalid_argument("unknown role"))?;
+        // Demoting a manager: out of the Raft membership first (refused if that would lose
+        // the quorum). Once the store says worker, the node's next certificate is a worker's
+        // and it restarts as one. Promoting is the store alone: the node gets a manager
+        // certificate, restarts as a manager and joins the Raft membership by itself.
+        if role == Some(NodeRole::Worker) {
+            let node = self.find_node(&r.node)?;
+            if let Some(status) = node.manager_status.as_ref().filter(|s| s.raft_id != 0) {
+                self.leave_managers(&node.id, status.raft_id).await?;
+            }
+        }
         // Compare-and-set: retry when the node changed meanwhile (heartbeats, status).
         for _ in 0..5 {
             let mut node = self.find_node(&r.node)?;
@@ -432,6 +463,12 @@ impl Control for ControlApi {
                 node.labels.remove(key);
             }
             node.labels.extend(r.label_add.clone());
+            if let Some(role) = role {
+                node.set_role(role);
+                if role == NodeRole::Worker {
+                    node.manager_status = None;
+                }
+            }
             let id = node.id.clone();
             match self
                 .writer
@@ -479,10 +516,7 @@ impl Control for ControlApi {
                     node.id
                 )));
             }
-            self.writer
-                .remove_manager(status.raft_id)
-                .await
-                .map_err(write_status)?;
+            self.leave_managers(&node.id, status.raft_id).await?;
         }
         // Remove the node and revoke its certificate in one entry.
         let mut cluster = self

@@ -141,9 +141,34 @@ impl Dispatcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn end_session(&self, node_id: &str, session_id: &str) {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(node_id)
+            .is_some_and(|s| s.session_id == session_id)
+        {
+            sessions.remove(node_id);
+        }
+    }
+
+    /// A heartbeat or report of a live session. A node marked down meanwhile (this manager
+    /// stalled, or heard nothing for a while) must open a new session, which marks it READY.
     fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        let ready = self
+            .inner
+            .store
+            .read()
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| node_state(n) == NodeState::Ready);
         let mut sessions = self.sessions();
         match sessions.get_mut(node_id) {
+            Some(entry) if entry.session_id == session_id && !ready => {
+                sessions.remove(node_id);
+                Err(Status::failed_precondition(format!(
+                    "node {node_id} was marked down: open a new session"
+                )))
+            }
             Some(entry) if entry.session_id == session_id => {
                 entry.last_seen = Instant::now();
                 Ok(())
@@ -207,28 +232,13 @@ impl Dispatcher {
         } else {
             request.node_id
         };
-        let existing = self.inner.store.read().nodes.get(&node_id).cloned();
         let role = if node_id == self.inner.local_node_id {
             NodeRole::Manager
         } else {
             NodeRole::Worker
         };
-        let mut node = existing.unwrap_or_else(|| Node {
-            id: node_id.clone(),
-            role: role as i32,
-            ..Default::default()
-        });
-        node.description = request.description;
-        node.status = Some(NodeStatus {
-            state: NodeState::Ready as i32,
-            message: String::new(),
-            addr,
-        });
-        self.inner
-            .writer
-            .commit(vec![change(ChangeKind::Upsert, Object::Node(node))])
-            .await
-            .map_err(write_status)?;
+        // The session is live before the node is READY: otherwise the expiry timer could see
+        // a READY node without a session in between, and mark it down for good.
         let session_id = new_id();
         self.sessions().insert(
             node_id.clone(),
@@ -237,6 +247,46 @@ impl Dispatcher {
                 last_seen: Instant::now(),
             },
         );
+        // Compare-and-set on the version read: a blind overwrite would undo a change (a
+        // label, an availability) committed between the read and this write.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let existing = self.inner.store.read().nodes.get(&node_id).cloned();
+            let kind = if existing.is_some() {
+                ChangeKind::Update
+            } else {
+                ChangeKind::Create
+            };
+            let mut node = existing.unwrap_or_else(|| Node {
+                id: node_id.clone(),
+                role: role as i32,
+                ..Default::default()
+            });
+            node.description = request.description.clone();
+            node.status = Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                message: String::new(),
+                addr: addr.clone(),
+            });
+            match self
+                .inner
+                .writer
+                .commit(vec![change(kind, Object::Node(node))])
+                .await
+            {
+                Ok(_) => break,
+                Err(WriteError::Rejected(
+                    ApplyError::Conflict { .. }
+                    | ApplyError::AlreadyExists { .. }
+                    | ApplyError::NotFound { .. },
+                )) if attempts < STATUS_WRITE_ATTEMPTS => continue,
+                Err(e) => {
+                    self.end_session(&node_id, &session_id);
+                    return Err(write_status(e));
+                }
+            }
+        }
         tracing::info!(node = %node_id, "agent session opened");
         Ok((node_id, session_id))
     }
@@ -321,11 +371,14 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     }
 }
 
+/// Whether a batch of store events may change what a node's session sends: its tasks, or its
+/// node object (the role it should have).
 fn touches_node(events: &[Event], node_id: &str) -> bool {
     // An empty batch means the whole state was replaced: assume everything changed.
     events.is_empty()
         || events.iter().any(|e| match e {
             Event::Put(Object::Task(t)) => t.node_id == node_id,
+            Event::Put(Object::Node(n)) => n.id == node_id,
             Event::Deleted { kind: "task", .. } => true,
             _ => false,
         })
@@ -372,7 +425,7 @@ impl DispatcherRpc for Dispatcher {
         let writer = self.inner.writer.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
         tokio::spawn(async move {
-            let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>)> = None;
+            let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>, i32)> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
                 let managers: Vec<String> = writer.managers().into_iter().map(|m| m.addr).collect();
@@ -387,7 +440,14 @@ impl DispatcherRpc for Dispatcher {
                         )
                     })
                     .collect();
-                let fingerprint = (fingerprint, managers);
+                // The role the cluster wants the node in (promote / demote).
+                let role = store
+                    .read()
+                    .nodes
+                    .get(&node_id)
+                    .map(|n| n.role)
+                    .unwrap_or_default();
+                let fingerprint = (fingerprint, managers, role);
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {
                         session_id: session_id.clone(),
@@ -395,6 +455,7 @@ impl DispatcherRpc for Dispatcher {
                         heartbeat_period_ms: period,
                         assignments: Some(assignments),
                         managers: fingerprint.1.clone(),
+                        role,
                     };
                     if tx.send(Ok(message)).await.is_err() {
                         break; // the agent went away
