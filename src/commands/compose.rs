@@ -286,7 +286,7 @@ fn state_word(p: &Progress, s: &Service) -> &'static str {
         "Error"
     } else if p.converged(s) && p.desired == 0 {
         "Stopped"
-    } else if p.converged(s) && p.job {
+    } else if p.converged(s) && p.job && p.finished == p.done {
         "Exited"
     } else if p.converged(s) && p.health_checked {
         "Healthy"
@@ -878,6 +878,41 @@ mod tests {
             Some(Mode::Replicated(ReplicatedService { replicas: 3 }))
         );
         assert!(spec.labels.is_empty());
+    }
+
+    #[test]
+    fn a_running_service_without_restart_says_started_and_a_finished_job_exited() {
+        use shoal_proto::{RestartCondition, RestartPolicy, Task, TaskStatus};
+        let spec = ServiceSpec {
+            mode: Some(Mode::Replicated(ReplicatedService { replicas: 1 })),
+            restart: Some(RestartPolicy {
+                condition: RestartCondition::None as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let service = Service {
+            id: "s".into(),
+            spec: Some(spec.clone()),
+            ..Default::default()
+        };
+        let task = |state: TaskState, exit_code: Option<i32>| Task {
+            id: "t".into(),
+            service_id: "s".into(),
+            slot: 1,
+            spec: Some(spec.clone()),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                exit_code,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let running = Progress::of(&service, &[task(TaskState::Running, None)]);
+        assert_eq!(state_word(&running, &service), "Started");
+        let exited = Progress::of(&service, &[task(TaskState::Complete, Some(0))]);
+        assert_eq!(state_word(&exited, &service), "Exited");
     }
 
     #[test]

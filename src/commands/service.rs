@@ -392,6 +392,8 @@ pub struct Progress {
     pub failed: Option<String>,
     /// Its tasks run to completion (restart condition other than `any`).
     pub job: bool,
+    /// Of `done`, the tasks that finished cleanly (a job's), rather than run.
+    pub finished: u64,
     /// Its tasks are healthy once running (it has a healthcheck).
     pub health_checked: bool,
 }
@@ -417,6 +419,14 @@ impl Progress {
                     || (job && finished_cleanly(t))
             })
             .count() as u64;
+        let finished = if job {
+            tasks
+                .iter()
+                .filter(|t| current(t) && finished_cleanly(t))
+                .count() as u64
+        } else {
+            0
+        };
         let never_again = spec.restart.is_some() && restart.condition() == RestartCondition::None;
         let failed = tasks
             .iter()
@@ -444,6 +454,7 @@ impl Progress {
             leaving,
             failed,
             job,
+            finished,
             health_checked,
         }
     }
