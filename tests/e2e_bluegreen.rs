@@ -196,7 +196,7 @@ fn a_switch_answers_every_request_never_reaches_blue_again_and_rolls_back_at_onc
     );
     assert_eq!(ps.matches("(out of rotation)").count(), 4, "{ps}");
     // DNS switched with the port: the probe went from all blue to all green, never a mix.
-    d.wait_for("the probe to see green", Duration::from_secs(30), || {
+    d.wait_for("the probe to see green", Duration::from_secs(90), || {
         last_dns_line(&d).is_some_and(|l| l == ["v2"; 4])
     });
     let lines = dns_lines(&d);
