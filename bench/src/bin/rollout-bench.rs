@@ -262,18 +262,61 @@ fn measure_shoal(bin: &Path, tag: &str, args: &Args) -> Result<ShoalFigures> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let _networks = NetworkLeftovers {
+        link_prefix: format!("r{}-", &tag[..4]),
+        nft_prefix: format!("shoal-rb-{tag}"),
+    };
     let mut d = shoal::Shoal::start_with(bin, tag, &extra)?;
     let version = d.version();
     let result = shoal_scenarios(&d, args);
     if result.is_err() {
         d.failed = true;
     }
+    drop(d);
     result.map(|(rolling, switch, rollback)| ShoalFigures {
         rolling,
         switch,
         rollback,
         version,
     })
+}
+
+/// The daemon's bridges and nftables tables, which outlive it by design (published ports keep
+/// working across daemon restarts): removed when the bench is done with shoal.
+struct NetworkLeftovers {
+    link_prefix: String,
+    nft_prefix: String,
+}
+
+impl Drop for NetworkLeftovers {
+    fn drop(&mut self) {
+        if let Ok(links) = run(Command::new("ip").args(["-o", "link", "show"])) {
+            for name in links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n))
+                .filter(|n| n.starts_with(&self.link_prefix))
+            {
+                if let Err(e) = run(Command::new("ip").args(["link", "del", name])) {
+                    eprintln!("rollout-bench: cleanup: {e:#}");
+                }
+            }
+        }
+        if let Ok(tables) = run(Command::new("nft").args(["list", "tables"])) {
+            for line in tables.lines() {
+                let mut words = line.split_whitespace().skip(1);
+                let (Some(family), Some(name)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                if name.starts_with(&self.nft_prefix) {
+                    if let Err(e) = run(Command::new("nft").args(["delete", "table", family, name]))
+                    {
+                        eprintln!("rollout-bench: cleanup: {e:#}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 const SERVICE: &str = "rb-web";
