@@ -7,8 +7,9 @@
 //! - shoal's blue-green switch of the same service (manual promotion): from the start of
 //!   `service promote` until the first request answered by green; then `service rollback`
 //!   back to the kept blue, measured the same way.
-//! - A load on shoal's published port during each (3 clients, a fresh connection per request):
-//!   the failed requests. Swarm's side has no load: its routing mesh needs IPVS, which this
+//! - A load on shoal's published port (3 clients, a fresh connection per request): the failed
+//!   requests of one more rolling update per row, and of every switch. The timed rounds run
+//!   without load, as Swarm's do: Swarm's side has no load: its routing mesh needs IPVS, which this
 //!   kernel lacks, and 50 host-mode replicas cannot share one host port (STACK.md).
 //!
 //! Every task runs busybox `httpd` behind `--init` (so a stop signal stops it at once) with a
@@ -86,6 +87,8 @@ const ROLLING: [(&str, &str, Option<&str>); 4] = [
 #[derive(Default, Clone)]
 struct Figure {
     times: Vec<Duration>,
+    /// The time of the one round under load (shoal's rolling updates).
+    loaded: Option<Duration>,
     /// (failed, total) requests of the load, summed over the runs.
     failed: u64,
     requests: u64,
@@ -258,22 +261,69 @@ fn measure_shoal(bin: &Path, tag: &str, args: &Args) -> Result<ShoalFigures> {
         &format!("base=10.{octet}.0.0/16,size=24"),
         "--dns-upstream",
         "none",
+        // Swarm's default heartbeat: on a shared, loaded 2-core machine shoal's 500 ms made the
+        // single node look down now and then, which reschedules everything.
+        "--heartbeat",
+        "5s",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let _networks = NetworkLeftovers {
+        link_prefix: format!("r{}-", &tag[..4]),
+        nft_prefix: format!("shoal-rb-{tag}"),
+    };
     let mut d = shoal::Shoal::start_with(bin, tag, &extra)?;
     let version = d.version();
     let result = shoal_scenarios(&d, args);
     if result.is_err() {
         d.failed = true;
     }
+    drop(d);
     result.map(|(rolling, switch, rollback)| ShoalFigures {
         rolling,
         switch,
         rollback,
         version,
     })
+}
+
+/// The daemon's bridges and nftables tables, which outlive it by design (published ports keep
+/// working across daemon restarts): removed when the bench is done with shoal.
+struct NetworkLeftovers {
+    link_prefix: String,
+    nft_prefix: String,
+}
+
+impl Drop for NetworkLeftovers {
+    fn drop(&mut self) {
+        if let Ok(links) = run(Command::new("ip").args(["-o", "link", "show"])) {
+            for name in links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n))
+                .filter(|n| n.starts_with(&self.link_prefix))
+            {
+                if let Err(e) = run(Command::new("ip").args(["link", "del", name])) {
+                    eprintln!("rollout-bench: cleanup: {e:#}");
+                }
+            }
+        }
+        if let Ok(tables) = run(Command::new("nft").args(["list", "tables"])) {
+            for line in tables.lines() {
+                let mut words = line.split_whitespace().skip(1);
+                let (Some(family), Some(name)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                if name.starts_with(&self.nft_prefix) {
+                    if let Err(e) = run(Command::new("nft").args(["delete", "table", family, name]))
+                    {
+                        eprintln!("rollout-bench: cleanup: {e:#}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 const SERVICE: &str = "rb-web";
@@ -340,12 +390,17 @@ fn shoal_scenarios(d: &shoal::Shoal, args: &Args) -> Result<(Vec<Figure>, Figure
         String::new,
     )?;
 
-    // Rolling updates: alternate between two tags of the same image.
+    // Rolling updates: alternate between two tags of the same image. `runs` rounds without
+    // load (as Swarm's), then one under load.
+    let status = |d: &shoal::Shoal| -> Result<serde_json::Value> {
+        Ok(json(d.cli().args(["service", "inspect", SERVICE]))?[0]["update_status"].clone())
+    };
     let mut image = "busybox";
     let mut rolling = Vec::new();
     for (label, order, drain) in ROLLING {
         let mut figure = Figure::default();
-        for round in 1..=args.runs {
+        for round in 1..=args.runs + 1 {
+            let loaded = round > args.runs;
             let (old, new) = (
                 image,
                 if image == "busybox" {
@@ -354,7 +409,7 @@ fn shoal_scenarios(d: &shoal::Shoal, args: &Args) -> Result<(Vec<Figure>, Figure
                     "busybox"
                 },
             );
-            let load = Load::start(port);
+            let load = loaded.then(|| Load::start(port));
             std::thread::sleep(Duration::from_millis(200));
             let start = Instant::now();
             let mut cmd = d.cli();
@@ -377,8 +432,16 @@ fn shoal_scenarios(d: &shoal::Shoal, args: &Args) -> Result<(Vec<Figure>, Figure
                 cmd.args(["--update-drain", drain]);
             }
             run(cmd.arg(SERVICE))?;
+            // The cheap question first (the update's state), the task list only at the end:
+            // polling hundreds of tasks every 25 ms would cost the daemon more than the work.
             poll(
-                &format!("shoal's {label} update"),
+                &format!("shoal's {label} update to complete"),
+                TIMEOUT,
+                || Ok((status(d)?["state"] == "completed").then_some(())),
+                || status(d).map(|s| s.to_string()).unwrap_or_default(),
+            )?;
+            poll(
+                &format!("the old tasks of shoal's {label} update to stop"),
                 TIMEOUT,
                 || {
                     let t = tasks(d)?;
@@ -397,27 +460,32 @@ fn shoal_scenarios(d: &shoal::Shoal, args: &Args) -> Result<(Vec<Figure>, Figure
                 },
             )?;
             let took = start.elapsed();
+            image = new;
+            let Some(load) = load else {
+                eprintln!(
+                    "  shoal {label} {round}/{}: {:.0} ms",
+                    args.runs,
+                    took.as_secs_f64() * 1000.0
+                );
+                figure.times.push(took);
+                continue;
+            };
             std::thread::sleep(Duration::from_millis(200));
             let answers = load.finish();
             let failed = count_failed(&answers);
             eprintln!(
-                "  shoal {label} {round}/{}: {:.0} ms, {failed} of {} requests failed",
-                args.runs,
+                "  shoal {label} under load: {:.0} ms, {failed} of {} requests failed",
                 took.as_secs_f64() * 1000.0,
                 answers.len()
             );
-            figure.times.push(took);
+            figure.loaded = Some(took);
             figure.failed += failed;
             figure.requests += answers.len() as u64;
-            image = new;
         }
         rolling.push(figure);
     }
 
     // Blue-green: green beside blue, promoted by hand, then rolled back to the kept blue.
-    let status = |d: &shoal::Shoal| -> Result<serde_json::Value> {
-        Ok(json(d.cli().args(["service", "inspect", SERVICE]))?[0]["update_status"].clone())
-    };
     let (mut switch, mut rollback) = (Figure::default(), Figure::default());
     for round in 1..=args.switch_runs {
         let green = format!("bg{round}");
@@ -649,6 +717,17 @@ fn measure_swarm(tag: &str, args: &Args) -> Result<SwarmFigures> {
         let mut figure = Figure::default();
         for round in 1..=args.runs {
             let new = if image == v1 { v2.clone() } else { v1.clone() };
+            let update_status = || {
+                run(Command::new("docker").args([
+                    "service",
+                    "inspect",
+                    "--format",
+                    "{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt}}{{end}}",
+                    &service,
+                ]))
+                .map(|s| s.trim().to_string())
+            };
+            let before = update_status()?;
             let start = Instant::now();
             run(Command::new("docker").args([
                 "service",
@@ -667,8 +746,18 @@ fn measure_swarm(tag: &str, args: &Args) -> Result<SwarmFigures> {
                 "0s",
                 &service,
             ]))?;
+            // As on shoal: the update's state first (a new one, completed), then the tasks.
             poll(
-                &format!("Swarm's {label} update"),
+                &format!("Swarm's {label} update to complete"),
+                TIMEOUT,
+                || {
+                    let now = update_status()?;
+                    Ok((now != before && now.starts_with("completed")).then_some(()))
+                },
+                || update_status().unwrap_or_default(),
+            )?;
+            poll(
+                &format!("the old tasks of Swarm's {label} update to stop"),
                 TIMEOUT,
                 || {
                     let t = tasks()?;
@@ -747,12 +836,16 @@ fn report(args: &Args, shoal: &ShoalFigures, swarm: &Result<SwarmFigures, String
             }
             _ => ("–".into(), "–".into()),
         };
+        let loaded = figure
+            .loaded
+            .map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "n/a".into());
         rows.push(vec![
             format!("{label} ({} tasks)", args.replicas),
             ms(ours),
             theirs,
             ratio,
-            format!("{} of {}", figure.failed, figure.requests),
+            format!("{loaded}, {} of {} failed", figure.failed, figure.requests),
         ]);
     }
     for (label, figure) in [
@@ -770,7 +863,10 @@ fn report(args: &Args, shoal: &ShoalFigures, swarm: &Result<SwarmFigures, String
             ms(Stats::of(&figure.times)),
             "(no blue-green)".into(),
             "–".into(),
-            format!("{} of {}", figure.failed, figure.requests),
+            format!(
+                "(all runs), {} of {} failed",
+                figure.failed, figure.requests
+            ),
         ]);
     }
     println!();
@@ -782,7 +878,7 @@ fn report(args: &Args, shoal: &ShoalFigures, swarm: &Result<SwarmFigures, String
                 "shoal median (min–max)",
                 "Swarm median (min–max)",
                 "Swarm/shoal",
-                "shoal failed requests",
+                "shoal under load: time, requests",
             ],
             &rows
         )
@@ -807,6 +903,6 @@ fn report(args: &Args, shoal: &ShoalFigures, swarm: &Result<SwarmFigures, String
         switch_ms
     );
     println!(
-        "notes: a rollout is done when every task runs the new image and no old task still runs (shoal's draining tasks count as running: its default drain of 2 s is in the first two rows); the load is 3 clients on shoal's published port, a fresh connection per request."
+        "notes: a rollout is done when every task runs the new image and no old task still runs (shoal's draining tasks count as running: its default drain of 2 s is in the first two rows). The medians are of rounds without load, as Swarm's; one more round per row runs under a load of 3 clients on shoal's published port (a fresh connection per request), and every blue-green round does. shoal runs with Swarm's default heartbeat (5 s)."
     );
 }

@@ -45,6 +45,9 @@
 //! - The settings are the update config of the spec rolled out or, while rolling back, of the
 //!   spec rolled away from (the blue-green rollout being undone). Rollbacks always promote
 //!   themselves.
+//! - A blue task that ends before the switch is not restarted (its slot has green already):
+//!   blue serves with one task fewer until the switch; when no blue task is left, green goes
+//!   into rotation at once (the rollout completes: there is nothing to switch from).
 
 use std::collections::HashSet;
 
