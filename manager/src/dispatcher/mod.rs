@@ -339,12 +339,7 @@ fn node_state(node: &Node) -> NodeState {
 /// nothing else).
 fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     let state = store.read();
-    let tasks: Vec<Task> = state
-        .tasks
-        .values()
-        .filter(|t| t.node_id == node_id)
-        .cloned()
-        .collect();
+    let tasks: Vec<Task> = state.tasks_on(node_id).cloned().collect();
     let wanted: std::collections::BTreeSet<&str> = tasks
         .iter()
         .filter_map(|t| t.spec.as_ref())

@@ -44,7 +44,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError};
 use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_proto::StoreCommand;
+use shoal_proto::{StoreCommand, StoreCommandBatch};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -69,30 +69,35 @@ openraft::declare_raft_types!(
 /// The openraft handle for shoal's types.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// The payload of a normal log entry. Its serde form is the protobuf encoding of the command
-/// (as bytes), so the log on disk and on the wire is protobuf, not a serde mirror of it.
+/// The payload of a normal log entry: the commands proposed together (group commit, see
+/// [`RaftNode::propose`]). Its serde form is the protobuf encoding of a [`StoreCommandBatch`]
+/// (as bytes), so the log on disk and on the wire is protobuf, not a serde mirror of it. An
+/// entry written before batching (a bare `StoreCommand`) reads as a batch of one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub StoreCommand);
+pub struct Request(pub Vec<StoreCommand>);
 
 impl Serialize for Request {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use prost::Message;
-        serializer.serialize_bytes(&self.0.encode_to_vec())
+        let batch = StoreCommandBatch {
+            commands: self.0.clone(),
+        };
+        serializer.serialize_bytes(&batch.encode_to_vec())
     }
 }
 
 impl<'de> Deserialize<'de> for Request {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
-            .deserialize_byte_buf(codec::ProtoVisitor::<StoreCommand>::new())
-            .map(Request)
+            .deserialize_byte_buf(codec::ProtoVisitor::<codec::CommandsOrOne>::new())
+            .map(|c| Request(c.0))
     }
 }
 
-/// What applying an entry returned: the [`Store::apply`] result for a command; blank and
-/// membership entries report `Ok` with their index.
+/// What applying an entry returned: the [`Store::apply`] result of each of its commands;
+/// blank and membership entries report one `Ok` with their index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response(pub Result<Applied, ApplyError>);
+pub struct Response(pub Vec<Result<Applied, ApplyError>>);
 
 /// Raft timings and snapshot policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +262,69 @@ pub const DB_FILE: &str = "raft.redb";
 /// chunk (3 MiB) with room to spare.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// What a proposal ends in: the log index it was committed at and what applying it did.
+type Proposed = Result<(u64, Result<Applied, ApplyError>), RaftError>;
+
+/// A command waiting for the next log entry, and where its result goes.
+struct Proposal {
+    command: StoreCommand,
+    reply: tokio::sync::oneshot::Sender<Proposed>,
+}
+
+/// The most commands one log entry carries.
+const MAX_BATCH: usize = 1_024;
+/// An entry stops taking commands past this size (a single larger command still goes).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+fn write_error(e: &openraft::error::RaftError<u64, ClientWriteError<u64, BasicNode>>) -> RaftError {
+    match e {
+        openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => forward(f),
+        openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            RaftError::stopped(e)
+        }
+        openraft::error::RaftError::Fatal(e) => RaftError::stopped(e),
+    }
+}
+
+/// Takes the proposals queued while the previous entry was being written and writes them as
+/// one entry; ends when the node is dropped.
+async fn run_proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Proposal>) {
+    use prost::Message;
+    while let Some(first) = queue.recv().await {
+        let mut bytes = first.command.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.command.encoded_len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let commands = batch.iter().map(|p| p.command.clone()).collect();
+        match raft.client_write(Request(commands)).await {
+            Ok(response) => {
+                let index = response.log_id.index;
+                let mut results = response.data.0.into_iter();
+                for proposal in batch {
+                    let result = results.next().unwrap_or_else(|| {
+                        Err(ApplyError::Invalid(
+                            "the state machine returned no result for this command".into(),
+                        ))
+                    });
+                    let _ = proposal.reply.send(Ok((index, result)));
+                }
+            }
+            Err(e) => {
+                for proposal in batch {
+                    let _ = proposal.reply.send(Err(write_error(&e)));
+                }
+            }
+        }
+    }
+}
+
 /// A running Raft member. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {
@@ -271,6 +339,8 @@ struct Inner {
     config: RaftConfig,
     network: NetworkFactory,
     leader: watch::Receiver<Option<u64>>,
+    /// Commands for the next log entry (see [`RaftNode::propose_indexed`]).
+    proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     /// Tells when the database file is closed, so its lock is free again.
     closed: watch::Receiver<()>,
     watcher: Mutex<Option<JoinHandle<()>>>,
@@ -328,6 +398,8 @@ impl RaftNode {
                 });
             }
         });
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_proposer(raft.clone(), queue));
         tracing::info!(node_id, path = %path.display(), "raft started");
         Ok(RaftNode {
             inner: Arc::new(Inner {
@@ -338,6 +410,7 @@ impl RaftNode {
                 config,
                 network,
                 leader,
+                proposals,
                 closed,
                 watcher: Mutex::new(Some(watcher)),
             }),
@@ -422,34 +495,29 @@ impl RaftNode {
         &self,
         command: StoreCommand,
     ) -> Result<Result<Applied, ApplyError>, RaftError> {
-        match self.inner.raft.client_write(Request(command)).await {
-            Ok(response) => Ok(response.data.0),
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(forward(&f))
-            }
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                e,
-            ))) => Err(RaftError::stopped(e)),
-            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
-        }
+        self.propose_indexed(command)
+            .await
+            .map(|(_, result)| result)
     }
 
     /// [`propose`](Self::propose), also returning the log index the command was committed at
     /// (what a follower that forwarded it waits to have applied).
+    ///
+    /// Group commit: proposals that arrive while an append is under way wait for it and then
+    /// go together into the next log entry, so concurrent writers share one append and one
+    /// fsync (openraft 0.9 appends and syncs each entry on its own).
     pub async fn propose_indexed(
         &self,
         command: StoreCommand,
     ) -> Result<(u64, Result<Applied, ApplyError>), RaftError> {
-        match self.inner.raft.client_write(Request(command)).await {
-            Ok(response) => Ok((response.log_id.index, response.data.0)),
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(forward(&f))
-            }
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                e,
-            ))) => Err(RaftError::stopped(e)),
-            Err(openraft::error::RaftError::Fatal(e)) => Err(RaftError::stopped(e)),
-        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .proposals
+            .send(Proposal { command, reply })
+            .map_err(|_| RaftError::stopped("it was shut down"))?;
+        answer
+            .await
+            .map_err(|_| RaftError::stopped("it was shut down"))?
     }
 
     /// On the leader: confirms with a quorum that it still leads and returns the index a

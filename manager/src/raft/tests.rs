@@ -77,15 +77,58 @@ fn openraft_storage_suite() -> TestResult {
 #[test]
 fn request_serde_is_the_protobuf_encoding() -> TestResult {
     use prost::Message;
-    let request = Request(create_service(7));
+    let request = Request(vec![create_service(7), create_service(8)]);
     let bytes = codec::encode(&request)?;
-    let protobuf = request.0.encode_to_vec();
+    let protobuf = shoal_proto::StoreCommandBatch {
+        commands: request.0.clone(),
+    }
+    .encode_to_vec();
     // postcard: a varint length, then the protobuf bytes as they are.
     assert!(bytes.ends_with(&protobuf));
     assert_eq!(codec::decode::<Request>(&bytes)?, request);
     // A self-describing format reads it back too.
     let json = serde_json::to_vec(&request)?;
     assert_eq!(serde_json::from_slice::<Request>(&json)?, request);
+    // An entry written before batching, a bare command, reads as a batch of one.
+    struct Legacy(Vec<u8>);
+    impl serde::Serialize for Legacy {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+    let single = create_service(9);
+    let legacy = codec::encode(&Legacy(single.encode_to_vec()))?;
+    assert_eq!(codec::decode::<Request>(&legacy)?, Request(vec![single]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_log_entries() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await?;
+    node.initialize_single("127.0.0.1:1").await?;
+    let before = node.metrics().last_applied.map(|l| l.index).unwrap_or(0);
+    let n = 64;
+    let started = Instant::now();
+    let proposals = (0..n).map(|i| {
+        let node = node.clone();
+        tokio::spawn(async move { node.propose(create_service(i)).await })
+    });
+    for p in futures::future::join_all(proposals).await {
+        let applied = p???;
+        assert!(!applied.duplicate);
+    }
+    let entries = node.metrics().last_applied.map(|l| l.index).unwrap_or(0) - before;
+    eprintln!(
+        "{n} concurrent proposals in {entries} log entries, {:?}",
+        started.elapsed()
+    );
+    assert!(entries < n as u64, "{n} proposals took {entries} entries");
+    assert_eq!(node.store().read().services.len(), n);
+    // A retried request id still applies once.
+    let clash = node.propose(create_service(3)).await?;
+    assert!(clash.expect("a retried request").duplicate);
+    node.shutdown().await;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! Pure: no I/O, no clock (the proposer stamps the time into the command), so every manager
 //! that applies the same log ends with the same state.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::{
@@ -67,6 +67,9 @@ pub struct State {
     pub secrets: BTreeMap<String, Secret>,
     recent_requests: VecDeque<String>,
     recent_set: HashSet<String>,
+    /// Task ids by the node they are assigned to: a dispatcher session reads its node's tasks
+    /// on every change, which must not cost a scan of every task in the cluster.
+    tasks_by_node: HashMap<String, BTreeSet<String>>,
 }
 
 fn kind_of(object: &Object) -> &'static str {
@@ -360,7 +363,13 @@ impl State {
                 self.services.insert(o.id.clone(), o);
             }
             Object::Task(o) => {
-                self.tasks.insert(o.id.clone(), o);
+                self.index_task(&o);
+                if let Some(old) = self.tasks.insert(o.id.clone(), o) {
+                    let moved = self.tasks.get(&old.id).map(|t| t.node_id != old.node_id);
+                    if moved == Some(true) {
+                        self.unindex_task(&old);
+                    }
+                }
             }
             Object::Stack(o) => {
                 self.stacks.insert(o.id.clone(), o);
@@ -384,7 +393,9 @@ impl State {
                 self.services.remove(id);
             }
             "task" => {
-                self.tasks.remove(id);
+                if let Some(old) = self.tasks.remove(id) {
+                    self.unindex_task(&old);
+                }
             }
             "stack" => {
                 self.stacks.remove(id);
@@ -425,6 +436,7 @@ impl State {
             state.services.insert(s.id.clone(), s);
         }
         for t in snapshot.tasks {
+            state.index_task(&t);
             state.tasks.insert(t.id.clone(), t);
         }
         for s in snapshot.stacks {
@@ -464,6 +476,33 @@ impl State {
                 kind: "service".into(),
                 id: key.into(),
             }),
+        }
+    }
+
+    /// The tasks assigned to `node_id`, without scanning the others.
+    pub fn tasks_on<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> {
+        self.tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    fn index_task(&mut self, task: &Task) {
+        if !task.node_id.is_empty() {
+            self.tasks_by_node
+                .entry(task.node_id.clone())
+                .or_default()
+                .insert(task.id.clone());
+        }
+    }
+
+    fn unindex_task(&mut self, task: &Task) {
+        if let Some(ids) = self.tasks_by_node.get_mut(&task.node_id) {
+            ids.remove(&task.id);
+            if ids.is_empty() {
+                self.tasks_by_node.remove(&task.node_id);
+            }
         }
     }
 
@@ -588,6 +627,59 @@ mod tests {
             s.services["a"].meta.as_ref().map(|m| m.created_at),
             Some(1000)
         );
+    }
+
+    #[test]
+    fn tasks_are_indexed_by_node_through_moves_deletes_and_snapshots() {
+        let mut s = State::default();
+        let task = |id: &str, node: &str| Task {
+            id: id.into(),
+            node_id: node.into(),
+            ..Default::default()
+        };
+        let ids = |s: &State, node: &str| -> Vec<String> {
+            s.tasks_on(node).map(|t| t.id.clone()).collect()
+        };
+        s.apply(
+            1,
+            &cmd(
+                "r1",
+                vec![
+                    change(ChangeKind::Create, Object::Task(task("a", ""))),
+                    change(ChangeKind::Create, Object::Task(task("b", "n1"))),
+                ],
+            ),
+        )
+        .expect("applies");
+        assert_eq!(ids(&s, "n1"), ["b"]);
+        let mut a = s.tasks["a"].clone();
+        a.node_id = "n1".into();
+        let mut b = s.tasks["b"].clone();
+        b.node_id = "n2".into();
+        s.apply(
+            2,
+            &cmd(
+                "r2",
+                vec![
+                    change(ChangeKind::Update, Object::Task(a)),
+                    change(ChangeKind::Update, Object::Task(b)),
+                ],
+            ),
+        )
+        .expect("applies");
+        assert_eq!(ids(&s, "n1"), ["a"]);
+        assert_eq!(ids(&s, "n2"), ["b"]);
+        let back = State::from_snapshot(s.to_snapshot());
+        assert_eq!(ids(&back, "n2"), ["b"]);
+        s.apply(
+            3,
+            &cmd(
+                "r3",
+                vec![change(ChangeKind::Delete, Object::Task(task("b", "")))],
+            ),
+        )
+        .expect("applies");
+        assert!(ids(&s, "n2").is_empty());
     }
 
     #[test]
