@@ -67,7 +67,8 @@ impl Shoal {
         Ok(shoal)
     }
 
-    fn cli(&self) -> Command {
+    /// The `shoal` CLI, talking to this daemon.
+    pub fn cli(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--host").arg(&self.socket);
         cmd
@@ -113,7 +114,7 @@ impl Shoal {
     }
 
     /// Number of container state dirs the agent still has (0 when the dir does not exist).
-    fn containers_left(&self) -> usize {
+    pub fn containers_left(&self) -> usize {
         std::fs::read_dir(self.containers_dir()).map_or(0, |d| d.count())
     }
 

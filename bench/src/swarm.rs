@@ -15,7 +15,7 @@ use crate::scenario::Cluster;
 use crate::util::{on_path, poll, poll_during_cleanup, run, stop_child, succeeds, tail};
 
 pub const IMAGE: &str = "shoal-bench-busybox:latest";
-const BUSYBOX: &str = "/bin/busybox";
+pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Why the Swarm side cannot run at all on this machine, if it cannot.
 pub fn why_unavailable() -> Option<String> {
@@ -308,7 +308,7 @@ fn parse_service_ls(out: &str, name: &str) -> Result<Option<(u64, u64)>> {
 }
 
 /// A rootfs tarball: `bin/busybox` and a `bin/APPLET -> busybox` symlink for each applet.
-fn write_busybox_rootfs(busybox: &Path, tarball: &Path) -> Result<()> {
+pub fn write_busybox_rootfs(busybox: &Path, tarball: &Path) -> Result<()> {
     let install = "install busybox-static: apt-get install -y busybox-static";
     if !busybox.is_file() {
         bail!("{} is missing; {install}", busybox.display());
