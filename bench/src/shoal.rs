@@ -121,7 +121,7 @@ impl Shoal {
     }
 
     /// Number of container state dirs the agent still has (0 when the dir does not exist).
-    fn containers_left(&self) -> usize {
+    pub fn containers_left(&self) -> usize {
         std::fs::read_dir(self.containers_dir()).map_or(0, |d| d.count())
     }
 

@@ -15,7 +15,7 @@ use crate::scenario::Cluster;
 use crate::util::{on_path, poll, poll_during_cleanup, run, stop_child, succeeds, tail};
 
 pub const IMAGE: &str = "shoal-bench-busybox:latest";
-const BUSYBOX: &str = "/bin/busybox";
+pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Why the Swarm side cannot run at all on this machine, if it cannot.
 pub fn why_unavailable() -> Option<String> {

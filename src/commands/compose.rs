@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
-    ContainerInfo, InspectImagesRequest, ListContainersRequest, RemoveImagesRequest,
-    RemoveVolumeRequest, ReplicatedService, Service, ServiceLogsRequest, ServiceSpec, StackSpec,
-    TaskState,
+    ContainerInfo, InspectImagesRequest, ListContainersRequest, ListTasksRequest,
+    RemoveImagesRequest, RemoveVolumeRequest, ReplicatedService, Service, ServiceLogsRequest,
+    ServiceSpec, StackSpec, Task, TaskState,
 };
 
 use super::service::{self, Progress};
@@ -312,12 +312,28 @@ async fn show_progress(
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let mut errors: BTreeSet<String> = BTreeSet::new();
     loop {
+        // Two requests a round, whatever the project's size: its services, then the tasks.
+        let services = stack::stack_services(client, project).await?;
+        let all_tasks = client
+            .control
+            .list_tasks(ListTasksRequest::default())
+            .await
+            .map_err(|s| anyhow!(status_message(&s)))?
+            .into_inner()
+            .tasks;
         let mut all_done = true;
         for s in short {
             let full = format!("{project}_{s}");
-            let service = service::get(client, &full).await?;
-            let tasks = service::list_tasks(client, &service.id).await?;
-            let progress = Progress::of(&service, &tasks);
+            let service = services
+                .iter()
+                .find(|x| x.spec.as_ref().is_some_and(|spec| spec.name == full))
+                .ok_or_else(|| anyhow!("no such service: {full}"))?;
+            let tasks: Vec<Task> = all_tasks
+                .iter()
+                .filter(|t| t.service_id == service.id)
+                .cloned()
+                .collect();
+            let progress = Progress::of(service, &tasks);
             for (task, error) in service::task_errors(&tasks) {
                 if errors.insert(task.id.clone()) {
                     eprintln!(" ! {full}.{}: {error}", task.slot);
@@ -329,12 +345,12 @@ async fn show_progress(
             let line = format!(
                 "{:<width$}  {} {}/{}",
                 full,
-                state_word(&progress, &service),
+                state_word(&progress, service),
                 progress.done,
                 progress.desired
             );
             if shown.get(s) != Some(&line) {
-                let mark = if progress.converged(&service) {
+                let mark = if progress.converged(service) {
                     "✔"
                 } else {
                     "⠿"
@@ -342,7 +358,7 @@ async fn show_progress(
                 eprintln!(" {mark} Service {line}");
                 shown.insert(s.clone(), line);
             }
-            all_done &= progress.converged(&service);
+            all_done &= progress.converged(service);
         }
         if all_done {
             return Ok(());
@@ -350,7 +366,7 @@ async fn show_progress(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             bail!("timed out waiting for the project {project} to run (--wait-timeout)");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -864,6 +880,41 @@ mod tests {
             Some(Mode::Replicated(ReplicatedService { replicas: 3 }))
         );
         assert!(spec.labels.is_empty());
+    }
+
+    #[test]
+    fn a_running_service_without_restart_says_started_and_a_finished_job_exited() {
+        use shoal_proto::{RestartCondition, RestartPolicy, TaskStatus};
+        let spec = ServiceSpec {
+            mode: Some(Mode::Replicated(ReplicatedService { replicas: 1 })),
+            restart: Some(RestartPolicy {
+                condition: RestartCondition::None as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let service = Service {
+            id: "s".into(),
+            spec: Some(spec.clone()),
+            ..Default::default()
+        };
+        let task = |state: TaskState, exit_code: Option<i32>| Task {
+            id: "t".into(),
+            service_id: "s".into(),
+            slot: 1,
+            spec: Some(spec.clone()),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                exit_code,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let running = Progress::of(&service, &[task(TaskState::Running, None)]);
+        assert_eq!(state_word(&running, &service), "Started");
+        let exited = Progress::of(&service, &[task(TaskState::Complete, Some(0))]);
+        assert_eq!(state_word(&exited, &service), "Exited");
     }
 
     #[test]
