@@ -363,6 +363,10 @@ pub enum ComposeCommand {
         /// Stop the project when any container exits (foreground only).
         #[arg(long)]
         abort_on_container_exit: bool,
+        /// Pull images before starting: `always`, `missing` (when not on this node) or
+        /// `never`; overrides each service's `pull_policy` (default: `missing`).
+        #[arg(long, value_parser = ["always", "missing", "never"])]
+        pull: Option<String>,
         /// Services to start (default: all).
         services: Vec<String>,
     },
@@ -378,6 +382,19 @@ pub enum ComposeCommand {
         /// without a custom tag, i.e. built for the project).
         #[arg(long, value_parser = ["local", "all"])]
         rmi: Option<String>,
+    },
+    /// Pull the images of the services (all, or those named) from their registries, at once.
+    Pull {
+        /// Warn instead of failing when an image cannot be pulled.
+        #[arg(long)]
+        ignore_pull_failures: bool,
+        /// Also pull the images of the services the named ones depend on.
+        #[arg(long)]
+        include_deps: bool,
+        /// Print only errors.
+        #[arg(short, long)]
+        quiet: bool,
+        services: Vec<String>,
     },
     /// Build the images of the services that have `build:` (all, or those named).
     Build {

@@ -870,3 +870,76 @@ fn service_pulls_a_missing_image_on_its_node() {
     d.ok(&["service", "rm", "broken"]);
     drop(registry);
 }
+
+#[test]
+fn compose_pull_and_up_follow_the_pull_policy() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let registry = RegistryServer::start(&d.dir.path().join("registry"), "");
+    let cfg = d.dir.path().join("client-config");
+    let image = format!("{}/compose/app:1", registry.host());
+    load_test_image(&d, &d.dir.path().join("work"), &image);
+    cli_ok(&d, &cfg, &["push", &image]);
+    d.ok(&["image", "rm", &image]);
+    assert_store_clean(&d, 0);
+
+    let project = d.dir.path().join("project");
+    std::fs::create_dir_all(&project).expect("project dir");
+    let file = |policy: &str| {
+        let path = project.join(format!("compose-{policy}.yaml"));
+        let text = format!(
+            "name: pulled\nservices:\n  app:\n    image: {image}\n    pull_policy: {policy}\n    \
+             command: [\"sleep\", \"1000\"]\n    init: true\n"
+        );
+        std::fs::write(&path, text).expect("compose file");
+        path.to_string_lossy().into_owned()
+    };
+
+    // `compose pull` brings the image; its line names the service.
+    let missing = file("missing");
+    let out = cli(&d, &cfg, &["compose", "-f", &missing, "pull"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("app Pulled"),
+        "{out:?}"
+    );
+    assert_store_clean(&d, 1);
+    d.ok(&["image", "rm", &image]);
+
+    // `pull_policy: never` and the image absent: up refuses, saying why; `--pull` overrides.
+    let never = file("never");
+    let err = cli_fails(&d, &cfg, &["compose", "-f", &never, "up", "-d"]);
+    assert!(err.contains("pull policy is never"), "{err}");
+    cli_ok(
+        &d,
+        &cfg,
+        &["compose", "-f", &never, "up", "-d", "--pull", "missing"],
+    );
+    assert_store_clean(&d, 1);
+    cli_ok(&d, &cfg, &["compose", "-f", &never, "down"]);
+
+    // An image no registry has: `pull` fails naming it, unless told to ignore failures.
+    let ghost = project.join("compose-ghost.yaml");
+    std::fs::write(
+        &ghost,
+        format!(
+            "services:\n  ghost:\n    image: {}/compose/ghost:1\n",
+            registry.host()
+        ),
+    )
+    .expect("compose file");
+    let ghost = ghost.to_string_lossy().into_owned();
+    let err = cli_fails(&d, &cfg, &["compose", "-f", &ghost, "pull"]);
+    assert!(
+        err.contains("ghost") && err.contains("compose/ghost:1"),
+        "{err}"
+    );
+    cli_ok(
+        &d,
+        &cfg,
+        &["compose", "-f", &ghost, "pull", "--ignore-pull-failures"],
+    );
+    drop(registry);
+}

@@ -46,12 +46,14 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
             no_deps,
             abort_on_container_exit,
             build,
+            pull,
             services,
         } => {
             let chosen = with_dependencies(&project, &services, no_deps)?;
             // Images of `build:` services: built when missing, or always with --build.
             super::build::compose_build(client, &mut project, &chosen, build, false, &[], false)
                 .await?;
+            pull_before_up(client, &project, &chosen, pull.as_deref()).await?;
             let mut spec = stack_spec(&project, &chosen)?;
             if force_recreate {
                 bump_force_update(client, &name, &mut spec).await?;
@@ -82,6 +84,32 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
                 remove_images(client, &project, images, which == "all").await?;
             }
             Ok(())
+        }
+        ComposeCommand::Pull {
+            ignore_pull_failures,
+            include_deps,
+            quiet,
+            services,
+        } => {
+            let short = match include_deps {
+                true => with_dependencies(&project, &services, false)?,
+                false => selected(&project, &services)?,
+            };
+            let wanted: Vec<Pull> = short
+                .iter()
+                .filter_map(|s| {
+                    let service = &project.services[s];
+                    let policy = PullPolicy::of(service.pull_policy.as_deref());
+                    let image = service.image.clone()?;
+                    (!matches!(policy, PullPolicy::Never | PullPolicy::Build)).then(|| Pull {
+                        service: s.clone(),
+                        image,
+                        // An image the project can build may be absent from registries.
+                        may_fail: ignore_pull_failures || service.build.is_some(),
+                    })
+                })
+                .collect();
+            pull_images(client, &wanted, quiet).await
         }
         ComposeCommand::Build {
             no_cache,
@@ -207,6 +235,117 @@ pub async fn run(client: &mut Client, args: ComposeArgs) -> Result<()> {
             images(client, &project, &short).await
         }
     }
+}
+
+/// When a service's image is pulled: Compose's `pull_policy`, or `up --pull`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullPolicy {
+    Always,
+    /// Only when this node lacks it (`missing`, `if_not_present`, and the periodic ones:
+    /// `daily`, `weekly`, `every_<duration>`, which shoal treats as `missing`).
+    Missing,
+    Never,
+    /// Built from the service's `build:`, never pulled.
+    Build,
+}
+
+impl PullPolicy {
+    fn of(policy: Option<&str>) -> PullPolicy {
+        match policy {
+            Some("always") => PullPolicy::Always,
+            Some("never") => PullPolicy::Never,
+            Some("build") => PullPolicy::Build,
+            _ => PullPolicy::Missing,
+        }
+    }
+}
+
+/// One image to pull for a service.
+struct Pull {
+    service: String,
+    image: String,
+    /// A failure only warns.
+    may_fail: bool,
+}
+
+/// `up`: pulls what the services' pull policies (or `--pull`) ask for before deploying, so a
+/// missing image shows up here, not later as a failed task. Services with `build:` were built.
+async fn pull_before_up(
+    client: &mut Client,
+    project: &Project,
+    chosen: &[String],
+    flag: Option<&str>,
+) -> Result<()> {
+    let mut wanted = Vec::new();
+    for name in chosen {
+        let service = &project.services[name];
+        let (Some(image), None) = (&service.image, &service.build) else {
+            continue;
+        };
+        let policy = PullPolicy::of(flag.or(service.pull_policy.as_deref()));
+        if policy == PullPolicy::Always {
+            wanted.push(Pull {
+                service: name.clone(),
+                image: image.clone(),
+                may_fail: false,
+            });
+            continue;
+        }
+        let present = client
+            .images
+            .inspect(InspectImagesRequest {
+                images: vec![image.clone()],
+            })
+            .await
+            .is_ok();
+        match policy {
+            _ if present => {}
+            PullPolicy::Never | PullPolicy::Build => bail!(
+                "service {name}: image {image} is not on this node and its pull policy is \
+                 {policy}: pull, load or build it first",
+                policy = service.pull_policy.as_deref().or(flag).unwrap_or("never"),
+            ),
+            _ => wanted.push(Pull {
+                service: name.clone(),
+                image: image.clone(),
+                may_fail: false,
+            }),
+        }
+    }
+    pull_images(client, &wanted, false).await
+}
+
+/// Pulls every image of `wanted` at once, each once, with a line per service.
+async fn pull_images(client: &Client, wanted: &[Pull], quiet: bool) -> Result<()> {
+    let unique: Vec<String> = wanted
+        .iter()
+        .map(|w| w.image.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    if !quiet {
+        for w in wanted {
+            eprintln!(" Pulling {} ({})", w.service, w.image);
+        }
+    }
+    let results = super::registry::pull_quietly(client, &unique).await;
+    let outcome: BTreeMap<&String, &Result<()>> = unique.iter().zip(&results).collect();
+    let mut failed = Vec::new();
+    for w in wanted {
+        match outcome.get(&w.image) {
+            Some(Err(e)) if w.may_fail => eprintln!(" {} not pulled: {e:#}", w.service),
+            Some(Err(e)) => failed.push(format!("{} ({}): {e:#}", w.service, w.image)),
+            _ if quiet => {}
+            _ => eprintln!(" {} Pulled", w.service),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not pull: {}", failed.join("; "));
+    }
+    Ok(())
 }
 
 /// The named services (all when none is named), checked against the file.
@@ -804,6 +943,21 @@ async fn images(client: &mut Client, project: &Project, short: &[String]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_policies_map_to_when_up_pulls() {
+        assert_eq!(PullPolicy::of(None), PullPolicy::Missing);
+        assert_eq!(PullPolicy::of(Some("always")), PullPolicy::Always);
+        assert_eq!(PullPolicy::of(Some("never")), PullPolicy::Never);
+        assert_eq!(PullPolicy::of(Some("build")), PullPolicy::Build);
+        for periodic in ["missing", "if_not_present", "daily", "weekly", "every_12h"] {
+            assert_eq!(
+                PullPolicy::of(Some(periodic)),
+                PullPolicy::Missing,
+                "{periodic}"
+            );
+        }
+    }
 
     fn project(yaml: &str) -> Project {
         let opts = compose::LoadOptions {

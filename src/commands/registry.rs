@@ -25,10 +25,14 @@ fn credentials_for(reference: &str) -> Result<Option<RegistryCredentials>> {
     )
 }
 
-/// `docker pull [-q] REF`.
-pub async fn pull(client: &mut Client, reference: &str, insecure: bool, quiet: bool) -> Result<()> {
+/// Asks the daemon to pull `reference` with the saved credentials; the progress stream.
+async fn start_pull(
+    client: &mut Client,
+    reference: &str,
+    insecure: bool,
+) -> Result<tonic::Streaming<RegistryProgress>> {
     let credentials = credentials_for(reference)?;
-    let stream = client
+    Ok(client
         .registry
         .pull(PullRequest {
             reference: reference.to_string(),
@@ -37,13 +41,31 @@ pub async fn pull(client: &mut Client, reference: &str, insecure: bool, quiet: b
         })
         .await
         .map_err(|s| anyhow!(status_message(&s)))?
-        .into_inner();
+        .into_inner())
+}
+
+/// `docker pull [-q] REF`.
+pub async fn pull(client: &mut Client, reference: &str, insecure: bool, quiet: bool) -> Result<()> {
+    let stream = start_pull(client, reference, insecure).await?;
     show(stream, quiet).await?;
     let canonical = Reference::parse_any(reference)
         .map(|r| r.canonical())
         .unwrap_or_else(|_| reference.to_string());
     println!("{canonical}");
     Ok(())
+}
+
+/// Pulls every image in `references` at once without per-layer output (`compose pull`);
+/// each result, in the order given.
+pub async fn pull_quietly(client: &Client, references: &[String]) -> Vec<Result<()>> {
+    let pulls = references.iter().map(|reference| {
+        let mut client = client.clone();
+        async move {
+            let stream = start_pull(&mut client, reference, false).await?;
+            show(stream, true).await.map(|_| ())
+        }
+    });
+    futures::future::join_all(pulls).await
 }
 
 /// `docker push [-q] REF`.
