@@ -24,10 +24,13 @@
 //!   code. A client that goes away closes the process's stdin; the process is not killed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use shoal_proto::containers_server::{Containers, ContainersServer};
 use shoal_proto::{
     exec_input, exec_output, run_container_event, ContainerInfo, ContainerLogLine,
@@ -55,7 +58,8 @@ pub const STANDALONE_LABEL: &str = "com.shoal.container.standalone";
 /// Label holding the image reference a standalone container was made from.
 pub const IMAGE_LABEL: &str = "com.shoal.container.image";
 
-/// How often followed logs look for new lines.
+/// How often followed logs look for new lines when nothing wakes them earlier (see
+/// [`FollowWake`]).
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// How long an exec's output may still flow after the process exited (a background process
 /// holding the pipes open must not hold the exec forever).
@@ -495,6 +499,7 @@ fn follow_log<T>(
     tx: &mpsc::Sender<T>,
     wrap: impl Fn(LogEntry) -> T,
 ) {
+    let wake = FollowWake::new(runtime, id);
     loop {
         // Read the state first: lines written before it stopped are all read below.
         let running = is_running(runtime, id);
@@ -506,7 +511,49 @@ fn follow_log<T>(
         if !running || tx.is_closed() {
             return;
         }
-        std::thread::sleep(FOLLOW_POLL);
+        wake.wait();
+    }
+}
+
+/// Wakes a log follower as soon as there may be something to do: the container's supervisor
+/// exited (its pidfd turns readable) or its log was written (inotify), else after
+/// [`FOLLOW_POLL`] (a rotated log is no longer watched; the poll finds its successor).
+/// Without it, `run --rm` would end up to a poll period after the container did.
+struct FollowWake {
+    supervisor: Option<OwnedFd>,
+    log: Option<Inotify>,
+}
+
+impl FollowWake {
+    fn new(runtime: &Runtime, id: &str) -> FollowWake {
+        let log = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .ok()
+            .filter(|i| {
+                i.add_watch(&runtime.log_path(id), AddWatchFlags::IN_MODIFY)
+                    .is_ok()
+            });
+        FollowWake {
+            supervisor: runtime.supervisor_pidfd(id),
+            log,
+        }
+    }
+
+    fn wait(&self) {
+        let mut fds = Vec::with_capacity(2);
+        if let Some(fd) = &self.supervisor {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(i) = &self.log {
+            fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = PollTimeout::try_from(FOLLOW_POLL).unwrap_or(PollTimeout::NONE);
+        if poll(&mut fds, timeout).is_err() {
+            std::thread::sleep(FOLLOW_POLL);
+        }
+        if let Some(i) = &self.log {
+            // Drop the events read so far: the follower reads the file itself.
+            while i.read_events().is_ok_and(|e| !e.is_empty()) {}
+        }
     }
 }
 

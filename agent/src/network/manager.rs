@@ -165,7 +165,20 @@ fn check_container_id(id: &str) -> Result<(), NetError> {
 }
 
 impl<N: NetOps> Core<N> {
+    /// Saves the state durably (networks changed: they must outlive a machine crash).
     fn save(&self) -> Result<(), NetError> {
+        self.write_state(true)
+    }
+
+    /// Saves the state after a change of attachments only: replaced atomically (rename), not
+    /// fsync'd. Attachments describe live containers, which a machine crash ends along with
+    /// their netns; a daemon crash leaves the page cache, so a restart reads the new file. Two
+    /// fsyncs per container start and stop, under the manager's lock, would serialise them.
+    fn save_attachments(&self) -> Result<(), NetError> {
+        self.write_state(false)
+    }
+
+    fn write_state(&self, durable: bool) -> Result<(), NetError> {
         let dir = &self.cfg.state_dir;
         let io = |what: &str| {
             let what = format!("{what} {}", dir.join(STATE_FILE).display());
@@ -176,10 +189,14 @@ impl<N: NetOps> Core<N> {
         let json = serde_json::to_vec_pretty(&self.st).expect("state serialises");
         let mut f = std::fs::File::create(&tmp).map_err(io("write"))?;
         f.write_all(&json).map_err(io("write"))?;
-        f.sync_all().map_err(io("fsync"))?;
+        if durable {
+            f.sync_all().map_err(io("fsync"))?;
+        }
         std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io("rename"))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        if durable {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     }
@@ -451,7 +468,7 @@ impl<N: NetOps> Core<N> {
             .expect("container entry")
             .attachments
             .push(att.clone());
-        self.save()?;
+        self.save_attachments()?;
         Ok(att)
     }
 
@@ -511,7 +528,7 @@ impl<N: NetOps> Core<N> {
                 next.default_route = result.is_ok();
             }
         }
-        self.save()?;
+        self.save_attachments()?;
         result
     }
 
@@ -535,7 +552,7 @@ impl<N: NetOps> Core<N> {
         if first_err.is_none() {
             self.st.containers.remove(container_id);
         }
-        self.save()?;
+        self.save_attachments()?;
         first_err.map_or(Ok(()), Err)
     }
 

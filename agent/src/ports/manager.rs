@@ -1,7 +1,11 @@
 //! [`PortManager`]: the published ports of every key, their reservations, their nft table, and
-//! the state file. Every change is computed on a copy of the state, then the host side is made
-//! to match (reservations first, then one nft transaction), then the state is saved, and only
-//! then the copy becomes the state: a failure at any step leaves the previous state in force.
+//! the state file. A change takes its host-port reservations, becomes the state at once (so the
+//! next change sees it), and returns only once the nft table and the state file match it.
+//!
+//! Making the host match is a group commit: changes that arrive while `nft` runs are loaded
+//! together by the next run, so a rollout that moves many backends at once costs a few `nft`
+//! transactions, not one per task. A change whose transaction fails is undone (unless a later
+//! change of the same key replaced it), so the state never claims what the kernel refused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -73,15 +77,28 @@ fn hold_key(m: &PortMapping) -> HoldKey {
 struct Inner {
     state: PortState,
     holds: HashMap<HoldKey, Reservation>,
+    /// Bumped by every change of `state`.
+    generation: u64,
+}
+
+/// What the nft table and the state file hold (see [`PortManager::flush`]).
+#[derive(Default)]
+struct Host {
+    /// The generation of [`Inner::state`] they match.
+    generation: u64,
+    /// That state, put back if saving a newer one fails.
+    state: PortState,
 }
 
 /// The published ports of this node. Synchronous (call it from `spawn_blocking` in async code);
-/// one internal lock serialises changes. Cloning shares the manager.
+/// one lock serialises changes of the state, another the runs of `nft` (always taken first).
+/// Cloning shares the manager.
 #[derive(Clone)]
 pub struct PortManager {
     cfg: PortConfig,
     sys: Arc<dyn PortSys>,
     inner: Arc<Mutex<Inner>>,
+    host: Arc<Mutex<Host>>,
 }
 
 impl std::fmt::Debug for PortManager {
@@ -165,8 +182,13 @@ impl PortManager {
             cfg,
             sys,
             inner: Arc::new(Mutex::new(Inner {
-                state,
+                state: state.clone(),
                 holds: HashMap::new(),
+                generation: 0,
+            })),
+            host: Arc::new(Mutex::new(Host {
+                generation: 0,
+                state,
             })),
         })
     }
@@ -177,6 +199,10 @@ impl PortManager {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_host(&self) -> MutexGuard<'_, Host> {
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes (or updates) the ports of `key` to `backends`. Host port 0 gets a random free
@@ -216,7 +242,7 @@ impl PortManager {
             return Err(PortError::Invalid(format!("no ports to publish for {key}")));
         }
 
-        let mut inner = self.lock();
+        let inner = self.lock();
         let others: Vec<(&str, PortMapping)> = inner
             .state
             .keys
@@ -320,7 +346,7 @@ impl PortManager {
         let mut next = inner.state.clone();
         next.keys
             .insert(key.to_string(), KeyState { ports, backends });
-        self.commit(&mut inner, next, new_holds)?;
+        self.commit(inner, key, next, new_holds)?;
         Ok(out)
     }
 
@@ -330,7 +356,7 @@ impl PortManager {
     /// old backends.
     pub fn set_backends(&self, key: &str, backends: &[Ipv4Addr]) -> Result<(), PortError> {
         let backends = validate_backends(backends)?;
-        let mut inner = self.lock();
+        let inner = self.lock();
         let mut next = inner.state.clone();
         let ks = next
             .keys
@@ -340,25 +366,26 @@ impl PortManager {
             return Ok(());
         }
         ks.backends = backends;
-        self.commit(&mut inner, next, HashMap::new())
+        self.commit(inner, key, next, HashMap::new())
     }
 
     /// Unpublishes every port of `key` and releases the host ports. A key with no published
     /// ports is not an error.
     pub fn unpublish(&self, key: &str) -> Result<(), PortError> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         if !inner.state.keys.contains_key(key) {
             return Ok(());
         }
         let mut next = inner.state.clone();
         next.keys.remove(key);
-        self.commit(&mut inner, next, HashMap::new())
+        self.commit(inner, key, next, HashMap::new())
     }
 
     /// After a restart: unpublishes the keys that are not in `live_keys`, loads the rules of
     /// the others again (whatever the kernel has now), and takes the host-port reservations
     /// again.
     pub fn reconcile(&self, live_keys: &HashSet<String>) -> Result<ReconcileReport, PortError> {
+        let mut host = self.lock_host();
         let mut inner = self.lock();
         let mut next = inner.state.clone();
         let mut report = ReconcileReport::default();
@@ -387,9 +414,14 @@ impl PortManager {
         }
         self.apply(&next)?;
         self.save(&next)?;
-        inner.state = next;
+        inner.state = next.clone();
+        inner.generation += 1;
         inner.holds.extend(new_holds);
         Self::prune_holds(&mut inner);
+        *host = Host {
+            generation: inner.generation,
+            state: next,
+        };
         Ok(report)
     }
 
@@ -411,11 +443,17 @@ impl PortManager {
 
     /// Removes the nft table, every reservation and the state (tests, teardown).
     pub fn remove_all(&self) -> Result<(), PortError> {
+        let mut host = self.lock_host();
         let mut inner = self.lock();
         self.sys
             .apply_nft(&ruleset(&self.cfg.nft_table, &[], &[]))?;
         inner.holds.clear();
         inner.state = PortState::default();
+        inner.generation += 1;
+        *host = Host {
+            generation: inner.generation,
+            state: PortState::default(),
+        };
         self.save(&inner.state)
     }
 
@@ -426,22 +464,55 @@ impl PortManager {
         self.script(&inner.state, &routes)
     }
 
-    /// Makes the host match `next` and saves it; on failure the host is put back to the current
-    /// state and the new reservations are dropped.
+    /// Makes `next` (a change of `key` only) the state, then waits until the host matches it.
+    /// On failure `key` is put back as it was (unless a later change replaced it meanwhile)
+    /// and its new reservations are dropped.
     fn commit(
         &self,
-        inner: &mut Inner,
+        mut inner: MutexGuard<'_, Inner>,
+        key: &str,
         next: PortState,
         new_holds: HashMap<HoldKey, Reservation>,
     ) -> Result<(), PortError> {
-        self.apply(&next)?;
-        if let Err(e) = self.save(&next) {
-            let _ = self.apply(&inner.state);
+        let before = inner.state.keys.get(key).cloned();
+        let after = next.keys.get(key).cloned();
+        inner.state = next;
+        inner.generation += 1;
+        inner.holds.extend(new_holds);
+        let mine = inner.generation;
+        drop(inner);
+        let result = self.flush(mine);
+        let mut inner = self.lock();
+        if result.is_err() && inner.state.keys.get(key) == after.as_ref() {
+            match before {
+                Some(ks) => inner.state.keys.insert(key.to_string(), ks),
+                None => inner.state.keys.remove(key),
+            };
+            inner.generation += 1;
+        }
+        Self::prune_holds(&mut inner);
+        result
+    }
+
+    /// Loads the state of generation `mine` or a later one into nft and saves it, unless a
+    /// run since has (group commit: whoever holds the host lock loads everything changed so
+    /// far). On failure the kernel keeps the table it had (an nft transaction is atomic) and
+    /// the file the state it had.
+    fn flush(&self, mine: u64) -> Result<(), PortError> {
+        let mut host = self.lock_host();
+        if host.generation >= mine {
+            return Ok(());
+        }
+        let (state, generation) = {
+            let inner = self.lock();
+            (inner.state.clone(), inner.generation)
+        };
+        self.apply(&state)?;
+        if let Err(e) = self.save(&state) {
+            let _ = self.apply(&host.state);
             return Err(e);
         }
-        inner.state = next;
-        inner.holds.extend(new_holds);
-        Self::prune_holds(inner);
+        *host = Host { generation, state };
         Ok(())
     }
 
@@ -462,9 +533,12 @@ impl PortManager {
             .values()
             .flat_map(|ks| ks.backends.iter().copied())
             .collect();
-        let routes: BTreeSet<DirectRoute> = backends
+        let backends: Vec<Ipv4Addr> = backends.into_iter().collect();
+        let routes: BTreeSet<DirectRoute> = self
+            .sys
+            .routes_to(&backends)
             .into_iter()
-            .filter_map(|b| self.sys.route_to(b))
+            .flatten()
             .collect();
         routes.into_iter().collect()
     }
@@ -552,6 +626,64 @@ mod tests {
 
     const B1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
     const B2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 3);
+
+    #[test]
+    fn changes_made_while_nft_runs_load_together() {
+        let (_d, fake, m) = mgr();
+        for k in 0..8u16 {
+            m.publish(&format!("k{k}"), &[PortMapping::tcp(9000 + k, 80)], &[B1])
+                .unwrap();
+        }
+        let before = fake.get().nft_applies;
+        fake.state.lock().unwrap().nft_delay = Some(std::time::Duration::from_millis(30));
+        let threads: Vec<_> = (0..8u8)
+            .map(|k| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    m.set_backends(&format!("k{k}"), &[Ipv4Addr::new(10, 1, 0, 10 + k)])
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let s = fake.get();
+        // Every change is in the table, in fewer transactions than changes.
+        for k in 0..8u8 {
+            let rule = format!("dnat to 10.1.0.{}:80 comment \"k{k}\"", 10 + k);
+            assert!(s.nft_script.contains(&rule), "{rule} in {}", s.nft_script);
+        }
+        assert!(
+            s.nft_applies - before < 8,
+            "{} runs",
+            s.nft_applies - before
+        );
+        // And the saved state has them too.
+        let reopened =
+            PortManager::open_with(m.config().clone(), Arc::new(FakePortSys::new())).unwrap();
+        assert_eq!(reopened.list(), m.list());
+    }
+
+    #[test]
+    fn a_refused_change_is_undone_and_the_next_one_loads() {
+        let (_d, fake, m) = mgr();
+        m.publish("c1", &[PortMapping::tcp(8080, 80)], &[B1])
+            .unwrap();
+        fake.state.lock().unwrap().fail_nft = true;
+        assert!(m.set_backends("c1", &[B2]).is_err());
+        assert!(m
+            .publish("c2", &[PortMapping::tcp(8081, 80)], &[B1])
+            .is_err());
+        assert_eq!(m.list().len(), 1);
+        assert_eq!(m.list()[0].2, [B1]);
+        assert!(!fake.get().held.contains_key(&(Protocol::Tcp, 8081)));
+        fake.state.lock().unwrap().fail_nft = false;
+        m.set_backends("c1", &[B2]).unwrap();
+        assert!(fake
+            .get()
+            .nft_script
+            .contains("dnat to 10.1.0.3:80 comment \"c1\""));
+    }
 
     #[test]
     fn publish_switch_unpublish() {

@@ -51,6 +51,10 @@ pub trait PortSys: Send + Sync + 'static {
     fn ephemeral_range(&self) -> (u16, u16);
     /// The directly connected route to `ip` with the longest prefix, if any.
     fn route_to(&self, ip: Ipv4Addr) -> Option<DirectRoute>;
+    /// [`route_to`](Self::route_to) of each address.
+    fn routes_to(&self, ips: &[Ipv4Addr]) -> Vec<Option<DirectRoute>> {
+        ips.iter().map(|&ip| self.route_to(ip)).collect()
+    }
     /// Sets `net.ipv4.conf.<iface>.route_localnet` to 1.
     fn enable_route_localnet(&self, iface: &str) -> Result<(), PortError>;
 }
@@ -191,6 +195,12 @@ impl PortSys for RealPortSys {
         route_from_proc(&std::fs::read_to_string("/proc/net/route").ok()?, ip)
     }
 
+    /// One read of the routing table for all of them.
+    fn routes_to(&self, ips: &[Ipv4Addr]) -> Vec<Option<DirectRoute>> {
+        let table = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        ips.iter().map(|&ip| route_from_proc(&table, ip)).collect()
+    }
+
     fn enable_route_localnet(&self, iface: &str) -> Result<(), PortError> {
         if iface.contains('/') || iface.starts_with('.') {
             return Err(PortError::Invalid(format!("bad interface name {iface:?}")));
@@ -211,6 +221,8 @@ pub struct FakeSysState {
     pub nft_applies: usize,
     /// When set, `apply_nft` fails.
     pub fail_nft: bool,
+    /// How long `apply_nft` takes (as `nft` does), so that changes can pile up meanwhile.
+    pub nft_delay: Option<std::time::Duration>,
     /// Ports a "host process" holds: `reserve` fails with EADDRINUSE.
     pub busy: BTreeSet<(Protocol, u16)>,
     /// Ports our reservations hold now (with the bound IP).
@@ -262,6 +274,10 @@ impl Drop for FakeHold {
 
 impl PortSys for FakePortSys {
     fn apply_nft(&self, script: &str) -> Result<(), PortError> {
+        let delay = self.state.lock().unwrap().nft_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut s = self.state.lock().unwrap();
         if s.fail_nft {
             return Err(PortError::Firewall("injected nft failure".into()));

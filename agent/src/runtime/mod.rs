@@ -1793,6 +1793,12 @@ impl Runtime {
     }
 
     /// The container's log file (JSON lines; see [`read_log`]).
+    /// A pidfd of the container's supervisor (readable once it has exited), while it runs.
+    pub fn supervisor_pidfd(&self, id: &str) -> Option<OwnedFd> {
+        let dir = self.dir_of(id).ok()?;
+        read_state(&dir).ok()?.0?.supervisor_fd()
+    }
+
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.root.join(dir_name(id)).join(LOG_FILE)
     }
