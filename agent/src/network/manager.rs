@@ -17,6 +17,7 @@ use super::firewall::{self, FirewallNetwork};
 use super::ipam::{AddressPool, Ipam, Ipv4Net, SubnetRequest};
 use super::{
     bridge_name, format_mac, mac_for_ip, validate_prefix, veth_names, NetError, NetOps, RealNetOps,
+    VethPlug,
 };
 
 const STATE_FILE: &str = "network.json";
@@ -420,24 +421,18 @@ impl<N: NetOps> Core<N> {
         let default_route = !net.internal && !existing.iter().any(|a| a.default_route);
         let (host, peer) = veth_names(&self.cfg.name_prefix, &new_key());
         let mac = mac_for_ip(ip);
-        let ops = &self.ops;
-        let r = (|| {
-            ops.create_veth(&host, &peer, net.mtu)?;
-            ops.set_master(&host, &net.bridge)?;
-            ops.set_hairpin(&host)?;
-            ops.set_up(None, &host)?;
-            ops.move_to_netns(&peer, &netns)?;
-            let ns = Some(netns.as_path());
-            ops.rename_link(ns, &peer, &ifname)?;
-            ops.set_mac(ns, &ifname, mac)?;
-            ops.set_mtu(ns, &ifname, net.mtu)?;
-            ops.add_address(ns, &ifname, ip, net.subnet.prefix())?;
-            ops.set_up(ns, &ifname)?;
-            if default_route {
-                ops.set_default_route(ns, net.gateway)?;
-            }
-            Ok::<(), NetError>(())
-        })();
+        let r = self.ops.plug_veth(&VethPlug {
+            host: host.clone(),
+            peer: peer.clone(),
+            bridge: net.bridge.clone(),
+            netns: netns.clone(),
+            ifname: ifname.clone(),
+            mac,
+            mtu: net.mtu,
+            ip,
+            prefix: net.subnet.prefix(),
+            gateway: default_route.then_some(net.gateway),
+        });
         if let Err(e) = r {
             let _ = self.ops.delete_link(None, &host);
             let _ = self.ops.delete_link(None, &peer);

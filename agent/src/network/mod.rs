@@ -44,7 +44,7 @@ pub use manager::{
     ReconcileReport,
 };
 pub use netlink::{create_netns_file, delete_netns_file, RealNetOps};
-pub use ops::{AddrInfo, FakeNetOps, FakeState, LinkInfo, NetOps};
+pub use ops::{AddrInfo, FakeNetOps, FakeState, LinkInfo, NetOps, VethPlug};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]

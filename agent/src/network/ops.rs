@@ -37,7 +37,47 @@ pub struct AddrInfo {
 }
 
 /// Host networking operations. See the module docs.
+/// A container's link on a bridge network: what [`NetOps::plug_veth`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VethPlug {
+    /// The host end, enslaved to `bridge`.
+    pub host: String,
+    /// The container end's temporary name in the host namespace.
+    pub peer: String,
+    pub bridge: String,
+    /// The container's netns file, and the container end's name, MAC and address there.
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    /// The default route's gateway, if this link carries it.
+    pub gateway: Option<Ipv4Addr>,
+}
+
 pub trait NetOps: Send + Sync + 'static {
+    /// Makes the veth pair of `p` and plugs it in: the host end on the bridge (hairpin, up),
+    /// the other moved into the netns, renamed, addressed and up, with the default route if
+    /// asked. The default runs the single steps below, in this order.
+    fn plug_veth(&self, p: &VethPlug) -> Result<(), NetError> {
+        self.create_veth(&p.host, &p.peer, p.mtu)?;
+        self.set_master(&p.host, &p.bridge)?;
+        self.set_hairpin(&p.host)?;
+        self.set_up(None, &p.host)?;
+        self.move_to_netns(&p.peer, &p.netns)?;
+        let ns = Some(p.netns.as_path());
+        self.rename_link(ns, &p.peer, &p.ifname)?;
+        self.set_mac(ns, &p.ifname, p.mac)?;
+        self.set_mtu(ns, &p.ifname, p.mtu)?;
+        self.add_address(ns, &p.ifname, p.ip, p.prefix)?;
+        self.set_up(ns, &p.ifname)?;
+        if let Some(gateway) = p.gateway {
+            self.set_default_route(ns, gateway)?;
+        }
+        Ok(())
+    }
+
     /// Creates a bridge with this MTU and sets it up.
     fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetError>;
     /// Creates a veth pair `name` ↔ `peer` (both down) in the host namespace.
