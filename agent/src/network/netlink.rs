@@ -185,37 +185,40 @@ async fn hairpin_on(h: Handle, name: String) -> Result<(), NetError> {
 
 impl NetOps for RealNetOps {
     /// One thread, one runtime and two netlink connections (host, then container namespace)
-    /// for the whole plug, and the container end's name, MAC, MTU and state in one message:
-    /// a thread and a connection per step made the plug cost tens of milliseconds.
+    /// for the whole plug; the container end is born in the container's namespace with its
+    /// name, MAC and MTU (no move, no rename). A thread and a connection per step, and moving
+    /// the link between namespaces, made the plug cost tens of milliseconds.
     fn plug_veth(&self, p: &VethPlug) -> Result<(), NetError> {
+        use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+        use rtnetlink::LinkMessageBuilder;
         let netns =
             File::open(&p.netns).map_err(io_err(format!("open netns {}", p.netns.display())))?;
         let p = p.clone();
         std::thread::Builder::new()
             .name("shoal-netns".into())
             .spawn(move || {
-                let (host, peer) = (p.host.clone(), p.peer.clone());
-                let (bridge, mtu, ns_fd) = (p.bridge.clone(), p.mtu, netns.as_raw_fd());
+                let container_end = LinkMessageBuilder::<LinkUnspec>::new()
+                    .name(p.ifname.clone())
+                    .address(p.mac.to_vec())
+                    .mtu(p.mtu)
+                    .setns_by_fd(netns.as_raw_fd())
+                    .build();
+                let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                    .name(p.host.clone())
+                    .mtu(p.mtu)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(container_end)))
+                    .build();
+                let (host, bridge) = (p.host.clone(), p.bridge.clone());
                 block_on_netlink(|h| async move {
-                    h.link()
-                        .add(LinkVeth::new(&host, &peer).mtu(mtu).build())
-                        .execute()
-                        .await
-                        .map_err(nl)?;
+                    h.link().add(veth).execute().await.map_err(nl)?;
                     let master = must_index(&h, &bridge).await?;
                     set_link(h.clone(), host.clone(), |b| b.controller(master).up()).await?;
-                    hairpin_on(h.clone(), host).await?;
-                    set_link(h, peer, |b| b.setns_by_fd(ns_fd)).await
+                    hairpin_on(h, host).await
                 })?;
                 nix::sched::setns(&netns, CloneFlags::CLONE_NEWNET)
                     .map_err(|e| NetError::Netlink(format!("setns: {e}")))?;
                 block_on_netlink(|h| async move {
-                    let mac = p.mac.to_vec();
-                    let ifname = p.ifname.clone();
-                    set_link(h.clone(), p.peer.clone(), move |b| {
-                        b.name(ifname).address(mac).mtu(p.mtu).up()
-                    })
-                    .await?;
+                    set_link(h.clone(), p.ifname.clone(), |b| b.up()).await?;
                     let idx = must_index(&h, &p.ifname).await?;
                     h.address()
                         .add(idx, IpAddr::V4(p.ip), p.prefix)
