@@ -135,6 +135,7 @@ impl Executor {
             networks,
             secrets,
         } = assignments;
+        tracing::debug!(tasks = tasks.len(), "assignments");
         *lock(&self.inner.known_secrets) = secrets.into_iter().map(|s| (s.id.clone(), s)).collect();
         let known: HashMap<String, Network> =
             networks.into_iter().map(|n| (n.id.clone(), n)).collect();
@@ -277,6 +278,7 @@ impl Worker {
             return;
         }
         self.reported = state;
+        tracing::debug!(task = %self.id, ?state, message, "task state");
         let mut status = TaskStatus {
             state: state as i32,
             timestamp: now_ms(),

@@ -369,12 +369,14 @@ impl<N: NetOps> Core<N> {
         r
     }
 
-    fn attach(
+    /// Decides an attachment under the lock: its address, names and routes, and the
+    /// container's entry (with its netns path) when it is the first. Nothing on the host yet.
+    fn plan_attach(
         &mut self,
         container_id: &str,
         network: &str,
         aliases: Vec<String>,
-    ) -> Result<Attachment, NetError> {
+    ) -> Result<PlannedAttach, NetError> {
         check_container_id(container_id)?;
         let net = self.find_network(network)?;
         if let Some(c) = self.st.containers.get(container_id) {
@@ -386,29 +388,20 @@ impl<N: NetOps> Core<N> {
             }
         }
         let created_ns = !self.st.containers.contains_key(container_id);
-        let netns = match self.st.containers.get(container_id) {
-            Some(c) => c.netns_path.clone(),
-            None => {
-                let p = self.cfg.netns_path(container_id);
-                // A file no state knows is a leftover of a crash before the state was saved.
-                self.ops.delete_netns(&p)?;
-                self.ops.create_netns(&p)?;
-                self.st.containers.insert(
-                    container_id.to_string(),
-                    ContainerNet {
-                        netns_path: p.clone(),
-                        attachments: Vec::new(),
-                    },
-                );
-                p
-            }
-        };
+        let entry = self
+            .st
+            .containers
+            .entry(container_id.to_string())
+            .or_insert_with(|| ContainerNet {
+                netns_path: self.cfg.netns_path(container_id),
+                attachments: Vec::new(),
+            });
+        let netns = entry.netns_path.clone();
         let ip = match self.st.ipam.allocate_address(&net.id, container_id) {
             Ok(ip) => ip,
             Err(e) => {
                 if created_ns {
                     self.st.containers.remove(container_id);
-                    let _ = self.ops.delete_netns(&netns);
                 }
                 return Err(e.into());
             }
@@ -421,45 +414,62 @@ impl<N: NetOps> Core<N> {
         let default_route = !net.internal && !existing.iter().any(|a| a.default_route);
         let (host, peer) = veth_names(&self.cfg.name_prefix, &new_key());
         let mac = mac_for_ip(ip);
-        let r = self.ops.plug_veth(&VethPlug {
-            host: host.clone(),
-            peer: peer.clone(),
-            bridge: net.bridge.clone(),
-            netns: netns.clone(),
-            ifname: ifname.clone(),
-            mac,
-            mtu: net.mtu,
-            ip,
-            prefix: net.subnet.prefix(),
-            gateway: default_route.then_some(net.gateway),
-        });
-        if let Err(e) = r {
-            let _ = self.ops.delete_link(None, &host);
-            let _ = self.ops.delete_link(None, &peer);
-            self.st.ipam.release_address(&net.id, ip);
+        Ok(PlannedAttach {
+            created_ns,
+            veth: VethPlug {
+                host: host.clone(),
+                peer,
+                bridge: net.bridge.clone(),
+                netns: netns.clone(),
+                ifname: ifname.clone(),
+                mac,
+                mtu: net.mtu,
+                ip,
+                prefix: net.subnet.prefix(),
+                gateway: default_route.then_some(net.gateway),
+            },
+            att: Attachment {
+                container_id: container_id.to_string(),
+                network_id: net.id.clone(),
+                network_name: net.name.clone(),
+                netns_path: netns,
+                ifname,
+                host_ifname: host,
+                ip,
+                prefix_len: net.subnet.prefix(),
+                mac: format_mac(mac),
+                gateway: net.gateway,
+                aliases,
+                default_route,
+            },
+        })
+    }
+
+    /// Records a planned attachment once its links are in place, or undoes the plan (links,
+    /// address, the container's entry and netns if the plan made them) if they are not.
+    fn finish_attach(
+        &mut self,
+        plan: PlannedAttach,
+        plugged: Result<(), NetError>,
+    ) -> Result<Attachment, NetError> {
+        let PlannedAttach {
+            created_ns,
+            veth,
+            att,
+        } = plan;
+        if let Err(e) = plugged {
+            let _ = self.ops.delete_link(None, &veth.host);
+            let _ = self.ops.delete_link(None, &veth.peer);
+            self.st.ipam.release_address(&att.network_id, att.ip);
             if created_ns {
-                self.st.containers.remove(container_id);
-                let _ = self.ops.delete_netns(&netns);
+                self.st.containers.remove(&att.container_id);
+                let _ = self.ops.delete_netns(&att.netns_path);
             }
             return Err(e);
         }
-        let att = Attachment {
-            container_id: container_id.to_string(),
-            network_id: net.id.clone(),
-            network_name: net.name.clone(),
-            netns_path: netns,
-            ifname,
-            host_ifname: host,
-            ip,
-            prefix_len: net.subnet.prefix(),
-            mac: format_mac(mac),
-            gateway: net.gateway,
-            aliases,
-            default_route,
-        };
         self.st
             .containers
-            .get_mut(container_id)
+            .get_mut(&att.container_id)
             .expect("container entry")
             .attachments
             .push(att.clone());
@@ -636,6 +646,26 @@ impl<N: NetOps> Core<N> {
     }
 }
 
+/// An attachment decided by [`Core::plan_attach`], to be made on the host.
+struct PlannedAttach {
+    /// The plan made the container's entry: the netns is to be created too.
+    created_ns: bool,
+    veth: VethPlug,
+    att: Attachment,
+}
+
+impl PlannedAttach {
+    /// Makes the planned netns and links (the slow part, outside the manager's lock).
+    fn plug<N: NetOps>(&self, ops: &N) -> Result<(), NetError> {
+        if self.created_ns {
+            // A file no state knows is a leftover of a crash before the state was saved.
+            ops.delete_netns(&self.veth.netns)?;
+            ops.create_netns(&self.veth.netns)?;
+        }
+        ops.plug_veth(&self.veth)
+    }
+}
+
 /// Bridge networks of one node. Cheap to clone (shared state).
 pub struct NetworkManager<N: NetOps = RealNetOps> {
     core: Arc<Mutex<Core<N>>>,
@@ -749,7 +779,9 @@ impl<N: NetOps> NetworkManager<N> {
         self.call(move |c| c.remove_network(&n)).await
     }
 
-    /// Attaches a container to a network, creating its netns file on first use.
+    /// Attaches a container to a network, creating its netns file on first use. Only the
+    /// bookkeeping holds the manager's lock: the namespace and links of several containers
+    /// starting at once are made side by side.
     pub async fn attach(
         &self,
         container_id: &str,
@@ -757,7 +789,14 @@ impl<N: NetOps> NetworkManager<N> {
         aliases: Vec<String>,
     ) -> Result<Attachment, NetError> {
         let (cid, net) = (container_id.to_string(), network.to_string());
-        self.call(move |c| c.attach(&cid, &net, aliases)).await
+        let plan = self
+            .call(move |c| c.plan_attach(&cid, &net, aliases))
+            .await?;
+        let ops = self.ops();
+        let (plugged, plan) = tokio::task::spawn_blocking(move || (plan.plug(&*ops), plan))
+            .await
+            .map_err(|e| NetError::Invalid(format!("network task failed: {e}")))?;
+        self.call(move |c| c.finish_attach(plan, plugged)).await
     }
 
     /// Detaches a container from one network; its netns file stays.
