@@ -24,11 +24,11 @@ use shoal_proto::{
     NodeStatus, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::consensus::{new_id, WriteError, Writer};
-use crate::store::{change, ApplyError, Event, Store};
+use crate::store::{change, ApplyError, Event, Store, TaskChange};
 
 /// How often agents heartbeat; a node is down after three missed periods.
 pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
@@ -54,6 +54,13 @@ struct Inner {
     /// daemon's TLS port; unit tests call the methods directly).
     require_identity: bool,
     sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Per node with a session, a counter the router bumps when a change concerns the node:
+    /// its sessions wait on it. One router reads the store's events for all sessions, so a
+    /// change costs a lookup per node it concerns, not a wake-up of every session.
+    wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// The store's events, subscribed at creation (so no change is missed), until the router
+    /// takes them at the first session.
+    events: Mutex<Option<broadcast::Receiver<Arc<Vec<Event>>>>>,
 }
 
 struct SessionEntry {
@@ -71,14 +78,28 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             inner: Arc::new(Inner {
-                store,
                 writer,
                 heartbeat_period,
                 local_node_id,
                 require_identity,
                 sessions: Mutex::new(HashMap::new()),
+                wakers: Arc::new(Mutex::new(HashMap::new())),
+                events: Mutex::new(Some(store.subscribe())),
+                store,
             }),
         }
+    }
+
+    /// Starts the router on first use (it needs the runtime), then hands out the receiver
+    /// the sessions of `node_id` wait on.
+    fn watch_node(&self, node_id: &str) -> watch::Receiver<u64> {
+        if let Some(events) = lock(&self.inner.events).take() {
+            tokio::spawn(route(events, self.inner.wakers.clone()));
+        }
+        lock(&self.inner.wakers)
+            .entry(node_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// The node id the caller may act as: its certificate's, when identities are required.
@@ -135,10 +156,7 @@ impl Dispatcher {
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.sessions)
     }
 
     fn end_session(&self, node_id: &str, session_id: &str) {
@@ -366,17 +384,88 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     }
 }
 
-/// Whether a batch of store events may change what a node's session sends: its tasks, or its
-/// node object (the role it should have).
-fn touches_node(events: &[Event], node_id: &str) -> bool {
+/// The nodes whose sessions a batch of store events may change the message of: the nodes of
+/// the tasks written or deleted, and the nodes written (the role they should have).
+#[derive(Debug, PartialEq, Eq)]
+enum Concerned<'a> {
+    All,
+    Nodes(std::collections::BTreeSet<&'a str>),
+}
+
+fn concerned_nodes(events: &[Event]) -> Concerned<'_> {
     // An empty batch means the whole state was replaced: assume everything changed.
-    events.is_empty()
-        || events.iter().any(|e| match e {
-            Event::Put(Object::Task(t)) => t.node_id == node_id,
-            Event::Put(Object::Node(n)) => n.id == node_id,
-            Event::Deleted { kind: "task", .. } => true,
-            _ => false,
-        })
+    if events.is_empty() {
+        return Concerned::All;
+    }
+    let mut nodes = std::collections::BTreeSet::new();
+    for event in events {
+        match event {
+            // A change of status alone is what the agent reported (or a verdict on it): the
+            // agent needs nothing new. Swarm's dispatcher skips these too.
+            Event::Task(t) if matches!(t.change, TaskChange::Status(_)) => {}
+            Event::Task(t) => {
+                nodes.extend(
+                    std::iter::once(t.node_id.as_str())
+                        .chain(t.previous_node_id.as_deref())
+                        .filter(|n| !n.is_empty()),
+                );
+            }
+            Event::Put { kind: "node", id } | Event::Deleted { kind: "node", id } => {
+                nodes.insert(id.as_str());
+            }
+            _ => {}
+        }
+    }
+    Concerned::Nodes(nodes)
+}
+
+/// Wakes the sessions of the nodes each batch of events concerns (all of them after a gap).
+async fn route(
+    mut events: broadcast::Receiver<Arc<Vec<Event>>>,
+    wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+) {
+    let bump = |w: &watch::Sender<u64>| w.send_modify(|n| *n = n.wrapping_add(1));
+    loop {
+        match events.recv().await {
+            Ok(batch) => {
+                let wakers = lock(&wakers);
+                match concerned_nodes(&batch) {
+                    Concerned::All => wakers.values().for_each(bump),
+                    Concerned::Nodes(nodes) => nodes
+                        .into_iter()
+                        .filter_map(|n| wakers.get(n))
+                        .for_each(bump),
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => lock(&wakers).values().for_each(bump),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// What a session waits on; forgets the node's waker once its last session ended, whichever
+/// way it ended.
+struct NodeWatch {
+    changes: watch::Receiver<u64>,
+    wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    node_id: String,
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        let mut wakers = lock(&self.wakers);
+        // `changes` is still alive here: a count of one is this session alone.
+        if wakers
+            .get(&self.node_id)
+            .is_some_and(|w| w.receiver_count() == 1)
+        {
+            wakers.remove(&self.node_id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn write_status(e: WriteError) -> Status {
@@ -412,13 +501,27 @@ impl DispatcherRpc for Dispatcher {
         if let Some(node_id) = certified {
             session_request.node_id = node_id;
         }
-        // Subscribe before the first read so no change slips between the two.
-        let mut events = self.inner.store.subscribe();
+        // Watch before the first read so no change slips between the two.
+        let watched = if session_request.node_id.is_empty() {
+            None
+        } else {
+            Some(self.watch_node(&session_request.node_id))
+        };
         let (node_id, session_id) = self.register(session_request, addr).await?;
+        // A node that came without an id has one now; nothing could concern it before.
+        let wake = match watched {
+            Some(w) => w,
+            None => self.watch_node(&node_id),
+        };
         let (tx, rx) = mpsc::channel(16);
         let store = self.inner.store.clone();
         let writer = self.inner.writer.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
+        let mut wake = NodeWatch {
+            changes: wake,
+            wakers: self.inner.wakers.clone(),
+            node_id: node_id.clone(),
+        };
         tokio::spawn(async move {
             let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>, i32)> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
@@ -461,11 +564,9 @@ impl DispatcherRpc for Dispatcher {
                 // manager stops leading, so the agent goes to the new leader.
                 loop {
                     tokio::select! {
-                        event = events.recv() => match event {
-                            Ok(batch) if touches_node(&batch, &node_id) => break,
-                            Ok(_) => continue,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        changed = wake.changes.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return,
                         },
                         _ = leadership.tick() => {
                             if !writer.is_leader() {
@@ -540,6 +641,101 @@ mod tests {
             state: state as i32,
             ..Default::default()
         })
+    }
+
+    fn task_event(node: &str, previous: Option<&str>, change: TaskChange) -> Event {
+        Event::Task(crate::store::TaskEvent {
+            id: "t".into(),
+            node_id: node.into(),
+            previous_node_id: previous.map(str::to_string),
+            change,
+        })
+    }
+
+    fn nodes<'a>(names: &[&'a str]) -> Concerned<'a> {
+        Concerned::Nodes(names.iter().copied().collect())
+    }
+
+    #[test]
+    fn a_change_wakes_only_the_sessions_it_concerns() {
+        assert_eq!(concerned_nodes(&[]), Concerned::All, "a replaced state");
+        let events = [
+            task_event("n1", Some(""), TaskChange::Written),
+            task_event("n2", Some("n3"), TaskChange::Written),
+            task_event("n4", None, TaskChange::Deleted),
+            task_event("", None, TaskChange::Written),
+            Event::Put {
+                kind: "node",
+                id: "n5".into(),
+            },
+            Event::Put {
+                kind: "service",
+                id: "s".into(),
+            },
+        ];
+        assert_eq!(
+            concerned_nodes(&events),
+            nodes(&["n1", "n2", "n3", "n4", "n5"])
+        );
+    }
+
+    #[test]
+    fn a_status_report_wakes_no_session() {
+        let events = [task_event(
+            "n1",
+            None,
+            TaskChange::Status(TaskState::Running),
+        )];
+        assert_eq!(concerned_nodes(&events), nodes(&[]));
+    }
+
+    #[tokio::test]
+    async fn a_session_wakes_on_its_tasks_and_not_on_their_reports() {
+        let (d, store) = dispatcher(DEFAULT_HEARTBEAT_PERIOD);
+        let (node_id, session_id) = d
+            .register(SessionRequest::default(), String::new())
+            .await
+            .expect("registers");
+        let mut wake = d.watch_node(&node_id);
+        let mut other = d.watch_node("someone-else");
+        let task = Task {
+            id: "t1".into(),
+            node_id: node_id.clone(),
+            status: status(TaskState::Assigned),
+            ..Default::default()
+        };
+        d.inner
+            .writer
+            .commit(vec![change(ChangeKind::Create, Object::Task(task))])
+            .await
+            .expect("task created");
+        tokio::time::timeout(Duration::from_secs(5), wake.changed())
+            .await
+            .expect("woken by its new task")
+            .expect("router alive");
+        d.update_statuses(UpdateTaskStatusRequest {
+            node_id: node_id.clone(),
+            session_id,
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: status(TaskState::Running),
+            }],
+        })
+        .await
+        .expect("reported");
+        let state = store.read().tasks["t1"].status.as_ref().map(|s| s.state());
+        assert_eq!(state, Some(TaskState::Running));
+        // Give the router time to (wrongly) pass the report on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !wake.has_changed().expect("router alive"),
+            "woken by its own report"
+        );
+        assert!(
+            !other.has_changed().expect("router alive"),
+            "woken by another node's task"
+        );
+        let _ = other.borrow_and_update();
     }
 
     #[tokio::test]

@@ -128,6 +128,18 @@ pub fn reconcile_all(
     now: i64,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
+    reconcile_all_refs(services.iter(), tasks.iter(), nodes, now, new_id)
+}
+
+/// [`reconcile_all`] over borrowed services and tasks: the leader calls it on the store as it
+/// stands, without copying every task first.
+pub fn reconcile_all_refs<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    tasks: impl IntoIterator<Item = &'a Task>,
+    nodes: &[Node],
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
     let nodes = Nodes::new(nodes);
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for task in tasks {
@@ -136,7 +148,8 @@ pub fn reconcile_all(
             .or_default()
             .push(task);
     }
-    let services: BTreeMap<&str, &Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let services: BTreeMap<&str, &Service> =
+        services.into_iter().map(|s| (s.id.as_str(), s)).collect();
     let by_name: HashMap<&str, &Service> = services
         .values()
         .filter_map(|s| Some((s.spec.as_ref()?.name.as_str(), *s)))

@@ -44,7 +44,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError};
 use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_proto::{StoreCommand, StoreCommandBatch};
+use shoal_proto::StoreCommand;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -76,13 +76,23 @@ pub type Raft = openraft::Raft<TypeConfig>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request(pub Vec<StoreCommand>);
 
+/// The field number of `StoreCommandBatch.commands` (cluster.proto).
+const BATCH_COMMANDS_FIELD: u32 = 15;
+
 impl Serialize for Request {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use prost::Message;
-        let batch = StoreCommandBatch {
-            commands: self.0.clone(),
-        };
-        serializer.serialize_bytes(&batch.encode_to_vec())
+        // The bytes of a `StoreCommandBatch`, encoded field by field: building one would
+        // copy every command first.
+        let mut bytes = Vec::with_capacity(
+            self.0
+                .iter()
+                .map(|c| prost::encoding::message::encoded_len(BATCH_COMMANDS_FIELD, c))
+                .sum(),
+        );
+        for command in &self.0 {
+            prost::encoding::message::encode(BATCH_COMMANDS_FIELD, command, &mut bytes);
+        }
+        serializer.serialize_bytes(&bytes)
     }
 }
 

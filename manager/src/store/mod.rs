@@ -11,7 +11,9 @@ mod state;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use shoal_proto::{StoreCommand, StoreSnapshot};
-pub use state::{change, Applied, ApplyError, Event, State};
+pub use state::{
+    change, same_but_status, Applied, ApplyError, Event, State, TaskChange, TaskEvent,
+};
 use tokio::sync::{broadcast, watch};
 
 /// Shared handle on the replicated state.
