@@ -133,6 +133,7 @@ fn drain(events: &mut broadcast::Receiver<Arc<Vec<Event>>>, woke: &mut Wake) {
 
 /// One orchestrate + schedule pass. Returns when it next wants to run by itself.
 async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError> {
+    let started = Instant::now();
     // The pure cores read the store in place: copying every task first would cost more than
     // the reconcile itself, and hold twice the tasks in memory, on every pass.
     let plan = {
@@ -148,85 +149,120 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
     };
     // Service rewrites (update status, rollback) first, so they land in the first batch with
     // the task changes of the same rollout step; each is a compare-and-set on the version read.
-    let mut changes: Vec<StoreChange> = plan
+    // The changes are made batch by batch as they are committed: a list of them all would
+    // hold every task of a large plan twice.
+    let planned = (
+        started.elapsed(),
+        plan.services.len() + plan.create.len() + plan.update.len() + plan.delete.len(),
+    );
+    let wake_at = plan.wake_at;
+    let changes = plan
         .services
         .into_iter()
         .map(|s| change(ChangeKind::Update, Object::Service(s)))
-        .collect();
-    changes.extend(
-        plan.create
-            .into_iter()
-            .map(|t| change(ChangeKind::Create, Object::Task(t))),
-    );
-    changes.extend(
-        plan.update
-            .into_iter()
-            .map(|t| change(ChangeKind::Update, Object::Task(t))),
-    );
-    changes.extend(plan.delete.into_iter().map(|id| {
-        change(
-            ChangeKind::Delete,
-            Object::Task(Task {
-                id,
-                ..Default::default()
-            }),
+        .chain(
+            plan.create
+                .into_iter()
+                .map(|t| change(ChangeKind::Create, Object::Task(t))),
         )
-    }));
+        .chain(
+            plan.update
+                .into_iter()
+                .map(|t| change(ChangeKind::Update, Object::Task(t))),
+        )
+        .chain(plan.delete.into_iter().map(|id| {
+            change(
+                ChangeKind::Delete,
+                Object::Task(Task {
+                    id,
+                    ..Default::default()
+                }),
+            )
+        }));
     commit_in_batches(writer, changes).await?;
+    let orchestrated = started.elapsed();
 
-    let mut decisions = {
+    let mut decisions: Vec<Placement> = {
         let state = store.read();
         let tasks: Vec<&Task> = state.tasks.values().collect();
         let nodes: Vec<_> = state.nodes.values().cloned().collect();
-        let decisions = scheduler::schedule_refs(&nodes, &tasks);
-        decisions
+        scheduler::schedule_refs(&nodes, &tasks)
             .into_iter()
             .filter_map(|d| {
-                let mut task = state.tasks.get(&d.task_id)?.clone();
-                match d.node_id {
-                    Some(node_id) => {
-                        task.node_id = node_id;
-                        task.scheduling_error.clear();
-                        task.status = Some(shoal_proto::TaskStatus {
-                            state: TaskState::Assigned as i32,
-                            timestamp: now_ms(),
-                            message: "scheduler assigned task to node".into(),
-                            ..Default::default()
-                        });
-                    }
-                    None if task.scheduling_error == d.error => return None,
-                    None => task.scheduling_error = d.error,
-                }
-                Some(change(ChangeKind::Update, Object::Task(task)))
+                let version = state.tasks.get(&d.task_id)?.meta.as_ref()?.version;
+                Some(Placement {
+                    decision: d,
+                    version,
+                })
             })
-            .collect::<Vec<_>>()
+            .collect()
     };
     group_by_node(&mut decisions);
-    commit_in_batches(writer, decisions).await?;
-    Ok(plan.wake_at)
+    let scheduled = (started.elapsed(), decisions.len());
+    // Each task is copied when its batch is committed, as it is then; one changed since
+    // the scheduler saw it is left to the next pass.
+    let changes = decisions.into_iter().filter_map(|p| {
+        let state = store.read();
+        let task = state.tasks.get(&p.decision.task_id)?;
+        if task.meta.as_ref().map(|m| m.version) != Some(p.version) {
+            return None;
+        }
+        let mut task = task.clone();
+        drop(state);
+        match p.decision.node_id {
+            Some(node_id) => {
+                task.node_id = node_id;
+                task.scheduling_error.clear();
+                task.status = Some(shoal_proto::TaskStatus {
+                    state: TaskState::Assigned as i32,
+                    timestamp: now_ms(),
+                    message: "scheduler assigned task to node".into(),
+                    ..Default::default()
+                });
+            }
+            None if task.scheduling_error == p.decision.error => return None,
+            None => task.scheduling_error = p.decision.error,
+        }
+        Some(change(ChangeKind::Update, Object::Task(task)))
+    });
+    commit_in_batches(writer, changes).await?;
+    if planned.1 + scheduled.1 > 0 {
+        tracing::debug!(
+            changes = planned.1,
+            placements = scheduled.1,
+            reconcile_ms = planned.0.as_millis() as u64,
+            orchestrated_ms = orchestrated.as_millis() as u64,
+            scheduled_ms = scheduled.0.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "orchestration pass"
+        );
+    }
+    Ok(wake_at)
 }
 
-/// Orders task changes node by node (stable otherwise). Placements spread consecutive tasks
-/// over every node; committed in that order, each batch would add a task or two to every
-/// node's set, and every node's session would resend its whole set after each batch. Grouped,
-/// a batch completes the sets of a few nodes, each sent once.
-fn group_by_node(changes: &mut [StoreChange]) {
-    changes.sort_by_cached_key(
-        |c| match c.object.as_ref().and_then(|o| o.object.as_ref()) {
-            Some(Object::Task(t)) => t.node_id.clone(),
-            _ => String::new(),
-        },
-    );
+/// A scheduler decision and the version of the task it was made for.
+struct Placement {
+    decision: scheduler::Decision,
+    version: u64,
 }
 
+/// Orders placements node by node (stable otherwise). The scheduler spreads consecutive
+/// tasks over every node; committed in that order, each batch would add a task or two to
+/// every node's set, and every node's session would resend its whole set after each batch.
+/// Grouped, a batch completes the sets of a few nodes, each sent once.
+fn group_by_node(placements: &mut [Placement]) {
+    placements.sort_by(|a, b| a.decision.node_id.cmp(&b.decision.node_id));
+}
+
+/// Commits `changes` in entries of at most [`BATCH`] changes, in order.
 async fn commit_in_batches(
     writer: &Writer,
-    mut changes: Vec<StoreChange>,
+    changes: impl Iterator<Item = StoreChange>,
 ) -> Result<(), WriteError> {
-    while !changes.is_empty() {
-        let rest = changes.split_off(changes.len().min(BATCH));
-        writer.commit(changes).await?;
-        changes = rest;
+    let mut changes = changes.peekable();
+    while changes.peek().is_some() {
+        let batch: Vec<StoreChange> = changes.by_ref().take(BATCH).collect();
+        writer.commit(batch).await?;
     }
     Ok(())
 }
@@ -239,38 +275,57 @@ mod tests {
     use shoal_proto::{Node, NodeState, NodeStatus, ReplicatedService, Service, ServiceSpec};
     use std::sync::Arc;
 
-    fn task_change(id: &str, node: &str) -> StoreChange {
-        change(
-            ChangeKind::Update,
-            Object::Task(Task {
-                id: id.into(),
-                node_id: node.into(),
-                ..Default::default()
-            }),
-        )
-    }
-
-    fn ids(changes: &[StoreChange]) -> Vec<String> {
-        changes
-            .iter()
-            .filter_map(|c| match c.object.as_ref()?.object.as_ref()? {
-                Object::Task(t) => Some(t.id.clone()),
-                _ => None,
-            })
-            .collect()
+    fn placement(id: &str, node: Option<&str>) -> Placement {
+        Placement {
+            decision: scheduler::Decision {
+                task_id: id.into(),
+                node_id: node.map(str::to_string),
+                error: String::new(),
+            },
+            version: 1,
+        }
     }
 
     #[test]
     fn placements_are_committed_node_by_node_in_their_order() {
-        let mut changes = vec![
-            task_change("a", "n2"),
-            task_change("b", "n1"),
-            task_change("c", "n2"),
-            task_change("d", "n1"),
-            task_change("e", ""),
+        let mut placements = vec![
+            placement("a", Some("n2")),
+            placement("b", Some("n1")),
+            placement("c", Some("n2")),
+            placement("d", Some("n1")),
+            placement("e", None),
         ];
-        group_by_node(&mut changes);
-        assert_eq!(ids(&changes), ["e", "b", "d", "a", "c"]);
+        group_by_node(&mut placements);
+        let ids: Vec<&str> = placements
+            .iter()
+            .map(|p| p.decision.task_id.as_str())
+            .collect();
+        assert_eq!(ids, ["e", "b", "d", "a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_large_plan_is_committed_in_entries_of_at_most_a_batch() {
+        let store = Store::new();
+        let writer = Writer::new(Arc::new(Immediate::new(store.clone())));
+        let changes = (0..BATCH * 2 + 1).map(|i| {
+            change(
+                ChangeKind::Create,
+                Object::Task(Task {
+                    id: format!("t{i}"),
+                    ..Default::default()
+                }),
+            )
+        });
+        commit_in_batches(&writer, changes).await.expect("commits");
+        let state = store.read();
+        assert_eq!(state.tasks.len(), BATCH * 2 + 1);
+        // One version (log index) per entry: three entries.
+        let versions: std::collections::BTreeSet<u64> = state
+            .tasks
+            .values()
+            .filter_map(|t| t.meta.as_ref().map(|m| m.version))
+            .collect();
+        assert_eq!(versions.len(), 3);
     }
 
     fn status_event(state: TaskState) -> Event {
