@@ -141,7 +141,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
         let nodes: Vec<_> = state.nodes.values().cloned().collect();
         orchestrator::reconcile_all_refs(
             state.services.values(),
-            state.tasks.values(),
+            state.tasks.values().map(|t| &**t),
             &nodes,
             now_ms(),
             &mut new_id,
@@ -184,7 +184,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
 
     let mut decisions: Vec<Placement> = {
         let state = store.read();
-        let tasks: Vec<&Task> = state.tasks.values().collect();
+        let tasks: Vec<&Task> = state.tasks.values().map(|t| &**t).collect();
         let nodes: Vec<_> = state.nodes.values().cloned().collect();
         scheduler::schedule_refs(&nodes, &tasks)
             .into_iter()
@@ -207,7 +207,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
         if task.meta.as_ref().map(|m| m.version) != Some(p.version) {
             return None;
         }
-        let mut task = task.clone();
+        let mut task = Task::clone(task);
         drop(state);
         match p.decision.node_id {
             Some(node_id) => {
@@ -254,18 +254,29 @@ fn group_by_node(placements: &mut [Placement]) {
     placements.sort_by(|a, b| a.decision.node_id.cmp(&b.decision.node_id));
 }
 
-/// Commits `changes` in entries of at most [`BATCH`] changes, in order.
+/// Commits `changes` in commands of at most [`BATCH`] changes, proposed in order with up
+/// to [`IN_FLIGHT`] at a time, so that Raft's group commit writes them in one entry and one
+/// fsync. Each command is atomic; a failed one ends the call (the next pass redoes what is
+/// missing).
 async fn commit_in_batches(
     writer: &Writer,
     changes: impl Iterator<Item = StoreChange>,
 ) -> Result<(), WriteError> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
     let mut changes = changes.peekable();
-    while changes.peek().is_some() {
-        let batch: Vec<StoreChange> = changes.by_ref().take(BATCH).collect();
-        writer.commit(batch).await?;
-    }
-    Ok(())
+    let batches = std::iter::from_fn(move || {
+        changes.peek()?;
+        Some(changes.by_ref().take(BATCH).collect::<Vec<StoreChange>>())
+    });
+    stream::iter(batches)
+        .map(|batch| writer.commit(batch))
+        .buffered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
+
+/// How many batches of one pass are proposed at a time.
+const IN_FLIGHT: usize = 4;
 
 #[cfg(test)]
 mod tests {

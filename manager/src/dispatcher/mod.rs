@@ -328,7 +328,7 @@ impl Dispatcher {
                         if new.state() < current || unchanged {
                             return None;
                         }
-                        let mut task = task.clone();
+                        let mut task = Task::clone(task);
                         task.status = Some(new);
                         Some(change(ChangeKind::Update, Object::Task(task)))
                     })
@@ -513,7 +513,9 @@ impl DispatcherRpc for Dispatcher {
             Some(w) => w,
             None => self.watch_node(&node_id),
         };
-        let (tx, rx) = mpsc::channel(16);
+        // One message waits at most: the next is built only once the agent took the last, so
+        // a slow agent gets the latest set, never a queue of stale full sets.
+        let (tx, rx) = mpsc::channel(1);
         let store = self.inner.store.clone();
         let writer = self.inner.writer.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
@@ -526,6 +528,9 @@ impl DispatcherRpc for Dispatcher {
             let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>, i32)> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
+                let Ok(permit) = tx.reserve().await else {
+                    break; // the agent went away
+                };
                 let managers: Vec<String> = writer.managers().into_iter().map(|m| m.addr).collect();
                 let assignments = assignments_of(&store, &node_id);
                 let fingerprint: Vec<(String, u64)> = assignments
@@ -555,9 +560,7 @@ impl DispatcherRpc for Dispatcher {
                         managers: fingerprint.1.clone(),
                         role,
                     };
-                    if tx.send(Ok(message)).await.is_err() {
-                        break; // the agent went away
-                    }
+                    permit.send(Ok(message));
                     last_sent = Some(fingerprint);
                 }
                 // Wait for a change that concerns this node; end the session when this

@@ -16,6 +16,9 @@ pub use state::{
 };
 use tokio::sync::{broadcast, watch};
 
+/// How many batches of events the store buffers for its watchers.
+const EVENT_BATCHES: usize = 128;
+
 /// Shared handle on the replicated state.
 #[derive(Clone)]
 pub struct Store {
@@ -38,7 +41,9 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Store {
-        let (events, _) = broadcast::channel(1024);
+        // Every buffered batch is kept until overwritten: a small ring keeps little. Its
+        // readers are quick; one that lags re-reads the state.
+        let (events, _) = broadcast::channel(EVENT_BATCHES);
         let (applied, _) = watch::channel(0);
         Store {
             inner: Arc::new(Inner {

@@ -132,7 +132,7 @@ pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
-    pub tasks: BTreeMap<String, Task>,
+    pub tasks: BTreeMap<String, Box<Task>>,
     pub stacks: BTreeMap<String, Stack>,
     pub networks: BTreeMap<String, Network>,
     /// Secrets and configs (one map: they differ only in how tasks get them).
@@ -316,7 +316,7 @@ impl State {
             // this command to the same object are already in).
             match object {
                 Some(Object::Task(task)) => {
-                    let event = task_event(self.tasks.get(&id), &task);
+                    let event = task_event(self.tasks.get(&id).map(|t| &**t), &task);
                     self.put(Object::Task(task));
                     events.push(Event::Task(event));
                 }
@@ -471,7 +471,7 @@ impl State {
             }
             Object::Task(o) => {
                 self.index_task(&o);
-                if let Some(old) = self.tasks.insert(o.id.clone(), o) {
+                if let Some(old) = self.tasks.insert(o.id.clone(), Box::new(o)) {
                     let moved = self.tasks.get(&old.id).map(|t| t.node_id != old.node_id);
                     if moved == Some(true) {
                         self.unindex_task(&old);
@@ -523,7 +523,7 @@ impl State {
             cluster: self.cluster.clone(),
             nodes: self.nodes.values().cloned().collect(),
             services: self.services.values().cloned().collect(),
-            tasks: self.tasks.values().cloned().collect(),
+            tasks: self.tasks.values().map(|t| Task::clone(t)).collect(),
             recent_request_ids: self.recent_requests.iter().cloned().collect(),
             stacks: self.stacks.values().cloned().collect(),
             networks: self.networks.values().cloned().collect(),
@@ -544,7 +544,7 @@ impl State {
         }
         for t in snapshot.tasks {
             state.index_task(&t);
-            state.tasks.insert(t.id.clone(), t);
+            state.tasks.insert(t.id.clone(), Box::new(t));
         }
         for s in snapshot.stacks {
             state.stacks.insert(s.id.clone(), s);
@@ -592,7 +592,7 @@ impl State {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     fn index_task(&mut self, task: &Task) {
@@ -616,6 +616,7 @@ impl State {
     pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> {
         self.tasks
             .values()
+            .map(|t| &**t)
             .filter(move |t| t.service_id == service_id)
     }
 }
@@ -759,9 +760,9 @@ mod tests {
         )
         .expect("applies");
         assert_eq!(ids(&s, "n1"), ["b"]);
-        let mut a = s.tasks["a"].clone();
+        let mut a = Task::clone(&s.tasks["a"]);
         a.node_id = "n1".into();
-        let mut b = s.tasks["b"].clone();
+        let mut b = Task::clone(&s.tasks["b"]);
         b.node_id = "n2".into();
         s.apply(
             2,
@@ -857,7 +858,7 @@ mod tests {
 
     /// The stored task with a change applied, as a writer would send it (version as read).
     fn edited(s: &State, id: &str, edit: impl FnOnce(&mut Task)) -> Object {
-        let mut t = s.tasks[id].clone();
+        let mut t = Task::clone(&s.tasks[id]);
         edit(&mut t);
         Object::Task(t)
     }
