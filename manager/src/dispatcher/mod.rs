@@ -66,6 +66,49 @@ struct Inner {
 struct SessionEntry {
     session_id: String,
     last_seen: Instant,
+    /// Status reports of this session being written now. An agent waits for its report to
+    /// be committed before it heartbeats again: while one is under way (a busy Raft log can
+    /// take longer than the heartbeat TTL), the node is alive.
+    reports_in_flight: usize,
+}
+
+/// Counts a status report in flight on its session, and counts it as a sign of life when it
+/// ends, however it ends.
+struct ReportInFlight {
+    dispatcher: Dispatcher,
+    node_id: String,
+    session_id: String,
+}
+
+impl ReportInFlight {
+    fn start(dispatcher: &Dispatcher, node_id: &str, session_id: &str) -> ReportInFlight {
+        if let Some(entry) = dispatcher
+            .sessions()
+            .get_mut(node_id)
+            .filter(|e| e.session_id == session_id)
+        {
+            entry.reports_in_flight += 1;
+        }
+        ReportInFlight {
+            dispatcher: dispatcher.clone(),
+            node_id: node_id.to_string(),
+            session_id: session_id.to_string(),
+        }
+    }
+}
+
+impl Drop for ReportInFlight {
+    fn drop(&mut self) {
+        if let Some(entry) = self
+            .dispatcher
+            .sessions()
+            .get_mut(&self.node_id)
+            .filter(|e| e.session_id == self.session_id)
+        {
+            entry.reports_in_flight = entry.reports_in_flight.saturating_sub(1);
+            entry.last_seen = Instant::now();
+        }
+    }
 }
 
 impl Dispatcher {
@@ -206,7 +249,7 @@ impl Dispatcher {
         }
         let live: Vec<String> = {
             let mut sessions = self.sessions();
-            sessions.retain(|_, s| s.last_seen.elapsed() < ttl);
+            sessions.retain(|_, s| s.reports_in_flight > 0 || s.last_seen.elapsed() < ttl);
             sessions.keys().cloned().collect()
         };
         let changes: Vec<_> = {
@@ -263,6 +306,7 @@ impl Dispatcher {
             SessionEntry {
                 session_id: session_id.clone(),
                 last_seen: Instant::now(),
+                reports_in_flight: 0,
             },
         );
         // Compare-and-set on the version read: a blind overwrite would undo a change (a
@@ -619,6 +663,7 @@ impl DispatcherRpc for Dispatcher {
         self.authorize(&request, &request.get_ref().node_id)?;
         let r = request.into_inner();
         self.check_session(&r.node_id, &r.session_id)?;
+        let _in_flight = ReportInFlight::start(self, &r.node_id, &r.session_id);
         self.update_statuses(r).await.map_err(write_status)?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
@@ -739,6 +784,28 @@ mod tests {
             "woken by another node's task"
         );
         let _ = other.borrow_and_update();
+    }
+
+    #[tokio::test]
+    async fn a_node_with_a_report_in_flight_is_not_marked_down() {
+        let period = Duration::from_millis(10);
+        let (d, store) = dispatcher(period);
+        let (node_id, session_id) = d
+            .register(SessionRequest::default(), String::new())
+            .await
+            .expect("registers");
+        let leader_since = Instant::now() - period * 10;
+        let report = ReportInFlight::start(&d, &node_id, &session_id);
+        tokio::time::sleep(period * 4).await;
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        // The report's end is a sign of life: the node has a full TTL from there.
+        drop(report);
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        tokio::time::sleep(period * 4).await;
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Down);
     }
 
     #[tokio::test]
