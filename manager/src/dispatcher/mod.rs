@@ -36,6 +36,9 @@ pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 /// How often a session checks that this manager still leads.
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
+/// How many status reports are written at a time (enough for group commit to fill entries).
+const STATUS_WRITES_IN_FLIGHT: usize = 64;
+
 /// How many times a status write is retried after losing a compare-and-set race.
 const STATUS_WRITE_ATTEMPTS: usize = 8;
 
@@ -54,6 +57,10 @@ struct Inner {
     /// daemon's TLS port; unit tests call the methods directly).
     require_identity: bool,
     sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Status reports being written. Each copies the tasks it reports, and Raft writes them
+    /// one entry at a time: a thousand agents reporting at once would otherwise hold a
+    /// thousand copies in its queue. Those past the limit wait with their request alone.
+    status_writes: tokio::sync::Semaphore,
     /// Per node with a session, a counter the router bumps when a change concerns the node:
     /// its sessions wait on it. One router reads the store's events for all sessions, so a
     /// change costs a lookup per node it concerns, not a wake-up of every session.
@@ -126,6 +133,7 @@ impl Dispatcher {
                 local_node_id,
                 require_identity,
                 sessions: Mutex::new(HashMap::new()),
+                status_writes: tokio::sync::Semaphore::new(STATUS_WRITES_IN_FLIGHT),
                 wakers: Arc::new(Mutex::new(HashMap::new())),
                 events: Mutex::new(Some(store.subscribe())),
                 store,
@@ -664,6 +672,12 @@ impl DispatcherRpc for Dispatcher {
         let r = request.into_inner();
         self.check_session(&r.node_id, &r.session_id)?;
         let _in_flight = ReportInFlight::start(self, &r.node_id, &r.session_id);
+        let _turn = self
+            .inner
+            .status_writes
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the dispatcher is shutting down"))?;
         self.update_statuses(r).await.map_err(write_status)?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }

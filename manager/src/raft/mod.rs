@@ -312,23 +312,25 @@ async fn run_proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        let commands = batch.iter().map(|p| p.command.clone()).collect();
+        // The commands move into the entry (no copy); the replies wait for its result.
+        let (commands, replies): (Vec<StoreCommand>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         match raft.client_write(Request(commands)).await {
             Ok(response) => {
                 let index = response.log_id.index;
                 let mut results = response.data.0.into_iter();
-                for proposal in batch {
+                for reply in replies {
                     let result = results.next().unwrap_or_else(|| {
                         Err(ApplyError::Invalid(
                             "the state machine returned no result for this command".into(),
                         ))
                     });
-                    let _ = proposal.reply.send(Ok((index, result)));
+                    let _ = reply.send(Ok((index, result)));
                 }
             }
             Err(e) => {
-                for proposal in batch {
-                    let _ = proposal.reply.send(Err(write_error(&e)));
+                for reply in replies {
+                    let _ = reply.send(Err(write_error(&e)));
                 }
             }
         }
