@@ -6,15 +6,17 @@
 //! batches. A pass that loses a compare-and-set race simply runs again: the cores are
 //! idempotent, so a crash or a lost leadership at any point loses or duplicates nothing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::store_object::Object;
 use shoal_proto::{now_ms, ChangeKind, StoreChange, Task, TaskState};
-use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::consensus::{new_id, WriteError, Writer};
 use crate::dispatcher::Dispatcher;
-use crate::store::{change, Store};
+use crate::store::{change, Event, Store, TaskChange, TaskEvent};
 use crate::{orchestrator, scheduler};
 
 /// How many changes go into one Raft entry.
@@ -61,91 +63,220 @@ pub async fn run(store: Store, writer: Writer, dispatcher: Dispatcher) {
         }
         // Sleep until something changes (or the timeout), then swallow the burst of events
         // that usually follows so one pass covers it.
-        if tokio::time::timeout(timeout, events.recv()).await.is_ok() {
-            while let Ok(_) | Err(TryRecvError::Lagged(_)) = events.try_recv() {}
+        let mut woke = Wake::default();
+        if let Ok(first) = tokio::time::timeout(timeout, events.recv()).await {
+            woke.note(first);
+            drain(&mut events, &mut woke);
+        }
+        // Only task statuses moved (agents' reports): rollouts and start-first replacements
+        // follow them, but not to the millisecond. Wait out the rest of the interval (unless
+        // something more pressing comes), so a stream of reports costs a few passes, not one
+        // each.
+        if woke.any && !woke.urgent {
+            let until = tokio::time::Instant::from_std(last_turn + STATUS_PASS_INTERVAL);
+            while !woke.urgent {
+                match tokio::time::timeout_at(until, events.recv()).await {
+                    Ok(event) => {
+                        woke.note(event);
+                        drain(&mut events, &mut woke);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// How often a pass runs at most while only task statuses change.
+const STATUS_PASS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the events since the last pass call for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Wake {
+    /// Something changed.
+    any: bool,
+    /// Something changed that a pass must see at once: anything but a task's status moving
+    /// to another non-terminal state (an ended task is restarted without delay).
+    urgent: bool,
+}
+
+impl Wake {
+    fn note(&mut self, event: Result<Arc<Vec<Event>>, RecvError>) {
+        self.any = true;
+        self.urgent |= match event {
+            Ok(batch) => batch.is_empty() || batch.iter().any(needs_prompt_pass),
+            Err(_) => true, // lagged (or closed): assume the worst
+        };
+    }
+}
+
+fn needs_prompt_pass(event: &Event) -> bool {
+    !matches!(
+        event,
+        Event::Task(TaskEvent {
+            change: TaskChange::Status(state),
+            ..
+        }) if !state.is_terminal()
+    )
+}
+
+/// Takes every event already waiting.
+fn drain(events: &mut broadcast::Receiver<Arc<Vec<Event>>>, woke: &mut Wake) {
+    loop {
+        match events.try_recv() {
+            Ok(batch) => woke.note(Ok(batch)),
+            Err(TryRecvError::Lagged(n)) => woke.note(Err(RecvError::Lagged(n))),
+            Err(_) => return,
         }
     }
 }
 
 /// One orchestrate + schedule pass. Returns when it next wants to run by itself.
 async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError> {
+    let started = Instant::now();
+    // The pure cores read the store in place: copying every task first would cost more than
+    // the reconcile itself, and hold twice the tasks in memory, on every pass.
     let plan = {
         let state = store.read();
-        let services: Vec<_> = state.services.values().cloned().collect();
-        let tasks: Vec<_> = state.tasks.values().cloned().collect();
         let nodes: Vec<_> = state.nodes.values().cloned().collect();
-        orchestrator::reconcile_all(&services, &tasks, &nodes, now_ms(), &mut new_id)
+        orchestrator::reconcile_all_refs(
+            state.services.values(),
+            state.tasks.values().map(|t| &**t),
+            &nodes,
+            now_ms(),
+            &mut new_id,
+        )
     };
     // Service rewrites (update status, rollback) first, so they land in the first batch with
     // the task changes of the same rollout step; each is a compare-and-set on the version read.
-    let mut changes: Vec<StoreChange> = plan
+    // The changes are made batch by batch as they are committed: a list of them all would
+    // hold every task of a large plan twice.
+    let planned = (
+        started.elapsed(),
+        plan.services.len() + plan.create.len() + plan.update.len() + plan.delete.len(),
+    );
+    let wake_at = plan.wake_at;
+    let changes = plan
         .services
         .into_iter()
         .map(|s| change(ChangeKind::Update, Object::Service(s)))
-        .collect();
-    changes.extend(
-        plan.create
-            .into_iter()
-            .map(|t| change(ChangeKind::Create, Object::Task(t))),
-    );
-    changes.extend(
-        plan.update
-            .into_iter()
-            .map(|t| change(ChangeKind::Update, Object::Task(t))),
-    );
-    changes.extend(plan.delete.into_iter().map(|id| {
-        change(
-            ChangeKind::Delete,
-            Object::Task(Task {
-                id,
-                ..Default::default()
-            }),
+        .chain(
+            plan.create
+                .into_iter()
+                .map(|t| change(ChangeKind::Create, Object::Task(t))),
         )
-    }));
+        .chain(
+            plan.update
+                .into_iter()
+                .map(|t| change(ChangeKind::Update, Object::Task(t))),
+        )
+        .chain(plan.delete.into_iter().map(|id| {
+            change(
+                ChangeKind::Delete,
+                Object::Task(Task {
+                    id,
+                    ..Default::default()
+                }),
+            )
+        }));
     commit_in_batches(writer, changes).await?;
+    let orchestrated = started.elapsed();
 
-    let decisions = {
+    let mut decisions: Vec<Placement> = {
         let state = store.read();
-        let tasks: Vec<_> = state.tasks.values().cloned().collect();
+        let tasks: Vec<&Task> = state.tasks.values().map(|t| &**t).collect();
         let nodes: Vec<_> = state.nodes.values().cloned().collect();
-        let decisions = scheduler::schedule(&nodes, &tasks);
-        decisions
+        scheduler::schedule_refs(&nodes, &tasks)
             .into_iter()
             .filter_map(|d| {
-                let mut task = state.tasks.get(&d.task_id)?.clone();
-                match d.node_id {
-                    Some(node_id) => {
-                        task.node_id = node_id;
-                        task.scheduling_error.clear();
-                        task.status = Some(shoal_proto::TaskStatus {
-                            state: TaskState::Assigned as i32,
-                            timestamp: now_ms(),
-                            message: "scheduler assigned task to node".into(),
-                            ..Default::default()
-                        });
-                    }
-                    None if task.scheduling_error == d.error => return None,
-                    None => task.scheduling_error = d.error,
-                }
-                Some(change(ChangeKind::Update, Object::Task(task)))
+                let version = state.tasks.get(&d.task_id)?.meta.as_ref()?.version;
+                Some(Placement {
+                    decision: d,
+                    version,
+                })
             })
-            .collect::<Vec<_>>()
+            .collect()
     };
-    commit_in_batches(writer, decisions).await?;
-    Ok(plan.wake_at)
+    group_by_node(&mut decisions);
+    let scheduled = (started.elapsed(), decisions.len());
+    // Each task is copied when its batch is committed, as it is then; one changed since
+    // the scheduler saw it is left to the next pass.
+    let changes = decisions.into_iter().filter_map(|p| {
+        let state = store.read();
+        let task = state.tasks.get(&p.decision.task_id)?;
+        if task.meta.as_ref().map(|m| m.version) != Some(p.version) {
+            return None;
+        }
+        let mut task = Task::clone(task);
+        drop(state);
+        match p.decision.node_id {
+            Some(node_id) => {
+                task.node_id = node_id;
+                task.scheduling_error.clear();
+                task.status = Some(shoal_proto::TaskStatus {
+                    state: TaskState::Assigned as i32,
+                    timestamp: now_ms(),
+                    message: "scheduler assigned task to node".into(),
+                    ..Default::default()
+                });
+            }
+            None if task.scheduling_error == p.decision.error => return None,
+            None => task.scheduling_error = p.decision.error,
+        }
+        Some(change(ChangeKind::Update, Object::Task(task)))
+    });
+    commit_in_batches(writer, changes).await?;
+    if planned.1 + scheduled.1 > 0 {
+        tracing::debug!(
+            changes = planned.1,
+            placements = scheduled.1,
+            reconcile_ms = planned.0.as_millis() as u64,
+            orchestrated_ms = orchestrated.as_millis() as u64,
+            scheduled_ms = scheduled.0.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "orchestration pass"
+        );
+    }
+    Ok(wake_at)
 }
 
+/// A scheduler decision and the version of the task it was made for.
+struct Placement {
+    decision: scheduler::Decision,
+    version: u64,
+}
+
+/// Orders placements node by node (stable otherwise). The scheduler spreads consecutive
+/// tasks over every node; committed in that order, each batch would add a task or two to
+/// every node's set, and every node's session would resend its whole set after each batch.
+/// Grouped, a batch completes the sets of a few nodes, each sent once.
+fn group_by_node(placements: &mut [Placement]) {
+    placements.sort_by(|a, b| a.decision.node_id.cmp(&b.decision.node_id));
+}
+
+/// Commits `changes` in commands of at most [`BATCH`] changes, proposed in order with up
+/// to [`IN_FLIGHT`] at a time, so that Raft's group commit writes them in one entry and one
+/// fsync. Each command is atomic; a failed one ends the call (the next pass redoes what is
+/// missing).
 async fn commit_in_batches(
     writer: &Writer,
-    mut changes: Vec<StoreChange>,
+    changes: impl Iterator<Item = StoreChange>,
 ) -> Result<(), WriteError> {
-    while !changes.is_empty() {
-        let rest = changes.split_off(changes.len().min(BATCH));
-        writer.commit(changes).await?;
-        changes = rest;
-    }
-    Ok(())
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    let mut changes = changes.peekable();
+    let batches = std::iter::from_fn(move || {
+        changes.peek()?;
+        Some(changes.by_ref().take(BATCH).collect::<Vec<StoreChange>>())
+    });
+    stream::iter(batches)
+        .map(|batch| writer.commit(batch))
+        .buffered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
+
+/// How many batches of one pass are proposed at a time.
+const IN_FLIGHT: usize = 4;
 
 #[cfg(test)]
 mod tests {
@@ -154,6 +285,96 @@ mod tests {
     use shoal_proto::service_spec::Mode;
     use shoal_proto::{Node, NodeState, NodeStatus, ReplicatedService, Service, ServiceSpec};
     use std::sync::Arc;
+
+    fn placement(id: &str, node: Option<&str>) -> Placement {
+        Placement {
+            decision: scheduler::Decision {
+                task_id: id.into(),
+                node_id: node.map(str::to_string),
+                error: String::new(),
+            },
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn placements_are_committed_node_by_node_in_their_order() {
+        let mut placements = vec![
+            placement("a", Some("n2")),
+            placement("b", Some("n1")),
+            placement("c", Some("n2")),
+            placement("d", Some("n1")),
+            placement("e", None),
+        ];
+        group_by_node(&mut placements);
+        let ids: Vec<&str> = placements
+            .iter()
+            .map(|p| p.decision.task_id.as_str())
+            .collect();
+        assert_eq!(ids, ["e", "b", "d", "a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_large_plan_is_committed_in_entries_of_at_most_a_batch() {
+        let store = Store::new();
+        let writer = Writer::new(Arc::new(Immediate::new(store.clone())));
+        let changes = (0..BATCH * 2 + 1).map(|i| {
+            change(
+                ChangeKind::Create,
+                Object::Task(Task {
+                    id: format!("t{i}"),
+                    ..Default::default()
+                }),
+            )
+        });
+        commit_in_batches(&writer, changes).await.expect("commits");
+        let state = store.read();
+        assert_eq!(state.tasks.len(), BATCH * 2 + 1);
+        // One version (log index) per entry: three entries.
+        let versions: std::collections::BTreeSet<u64> = state
+            .tasks
+            .values()
+            .filter_map(|t| t.meta.as_ref().map(|m| m.version))
+            .collect();
+        assert_eq!(versions.len(), 3);
+    }
+
+    fn status_event(state: TaskState) -> Event {
+        Event::Task(TaskEvent {
+            id: "t".into(),
+            node_id: "n".into(),
+            previous_node_id: None,
+            change: TaskChange::Status(state),
+        })
+    }
+
+    #[test]
+    fn only_status_reports_can_wait_for_the_next_pass() {
+        let mut woke = Wake::default();
+        woke.note(Ok(Arc::new(vec![status_event(TaskState::Running)])));
+        assert_eq!(
+            woke,
+            Wake {
+                any: true,
+                urgent: false
+            }
+        );
+        woke.note(Ok(Arc::new(vec![status_event(TaskState::Failed)])));
+        assert!(woke.urgent, "an ended task is restarted at once");
+
+        let mut woke = Wake::default();
+        woke.note(Ok(Arc::new(vec![Event::Put {
+            kind: "service",
+            id: "s".into(),
+        }])));
+        assert!(woke.urgent);
+        let mut woke = Wake::default();
+        woke.note(Ok(Arc::new(Vec::new())));
+        assert!(woke.urgent, "a replaced state is re-read at once");
+        let mut woke = Wake::default();
+        woke.note(Err(RecvError::Lagged(3)));
+        assert!(woke.urgent, "missed events may have been anything");
+    }
 
     #[tokio::test]
     async fn a_pass_creates_and_assigns_every_replica_once() {

@@ -426,7 +426,7 @@ impl Control for ControlApi {
             .values()
             .filter(|t| service_id.as_ref().is_none_or(|id| &t.service_id == id))
             .filter(|t| r.node_id.is_empty() || t.node_id == r.node_id)
-            .cloned()
+            .map(|t| Task::clone(t))
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
     }

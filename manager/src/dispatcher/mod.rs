@@ -24,17 +24,20 @@ use shoal_proto::{
     NodeStatus, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::consensus::{new_id, WriteError, Writer};
-use crate::store::{change, ApplyError, Event, Store};
+use crate::store::{change, ApplyError, Event, Store, TaskChange};
 
 /// How often agents heartbeat; a node is down after three missed periods.
 pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 
 /// How often a session checks that this manager still leads.
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
+
+/// How many status reports are written at a time (enough for group commit to fill entries).
+const STATUS_WRITES_IN_FLIGHT: usize = 64;
 
 /// How many times a status write is retried after losing a compare-and-set race.
 const STATUS_WRITE_ATTEMPTS: usize = 8;
@@ -54,11 +57,65 @@ struct Inner {
     /// daemon's TLS port; unit tests call the methods directly).
     require_identity: bool,
     sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Status reports being written. Each copies the tasks it reports, and Raft writes them
+    /// one entry at a time: a thousand agents reporting at once would otherwise hold a
+    /// thousand copies in its queue. Those past the limit wait with their request alone.
+    status_writes: tokio::sync::Semaphore,
+    /// Per node with a session, a counter the router bumps when a change concerns the node:
+    /// its sessions wait on it. One router reads the store's events for all sessions, so a
+    /// change costs a lookup per node it concerns, not a wake-up of every session.
+    wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    /// The store's events, subscribed at creation (so no change is missed), until the router
+    /// takes them at the first session.
+    events: Mutex<Option<broadcast::Receiver<Arc<Vec<Event>>>>>,
 }
 
 struct SessionEntry {
     session_id: String,
     last_seen: Instant,
+    /// Status reports of this session being written now. An agent waits for its report to
+    /// be committed before it heartbeats again: while one is under way (a busy Raft log can
+    /// take longer than the heartbeat TTL), the node is alive.
+    reports_in_flight: usize,
+}
+
+/// Counts a status report in flight on its session, and counts it as a sign of life when it
+/// ends, however it ends.
+struct ReportInFlight {
+    dispatcher: Dispatcher,
+    node_id: String,
+    session_id: String,
+}
+
+impl ReportInFlight {
+    fn start(dispatcher: &Dispatcher, node_id: &str, session_id: &str) -> ReportInFlight {
+        if let Some(entry) = dispatcher
+            .sessions()
+            .get_mut(node_id)
+            .filter(|e| e.session_id == session_id)
+        {
+            entry.reports_in_flight += 1;
+        }
+        ReportInFlight {
+            dispatcher: dispatcher.clone(),
+            node_id: node_id.to_string(),
+            session_id: session_id.to_string(),
+        }
+    }
+}
+
+impl Drop for ReportInFlight {
+    fn drop(&mut self) {
+        if let Some(entry) = self
+            .dispatcher
+            .sessions()
+            .get_mut(&self.node_id)
+            .filter(|e| e.session_id == self.session_id)
+        {
+            entry.reports_in_flight = entry.reports_in_flight.saturating_sub(1);
+            entry.last_seen = Instant::now();
+        }
+    }
 }
 
 impl Dispatcher {
@@ -71,14 +128,29 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             inner: Arc::new(Inner {
-                store,
                 writer,
                 heartbeat_period,
                 local_node_id,
                 require_identity,
                 sessions: Mutex::new(HashMap::new()),
+                status_writes: tokio::sync::Semaphore::new(STATUS_WRITES_IN_FLIGHT),
+                wakers: Arc::new(Mutex::new(HashMap::new())),
+                events: Mutex::new(Some(store.subscribe())),
+                store,
             }),
         }
+    }
+
+    /// Starts the router on first use (it needs the runtime), then hands out the receiver
+    /// the sessions of `node_id` wait on.
+    fn watch_node(&self, node_id: &str) -> watch::Receiver<u64> {
+        if let Some(events) = lock(&self.inner.events).take() {
+            tokio::spawn(route(events, self.inner.wakers.clone()));
+        }
+        lock(&self.inner.wakers)
+            .entry(node_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// The node id the caller may act as: its certificate's, when identities are required.
@@ -135,10 +207,7 @@ impl Dispatcher {
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.sessions)
     }
 
     fn end_session(&self, node_id: &str, session_id: &str) {
@@ -188,7 +257,7 @@ impl Dispatcher {
         }
         let live: Vec<String> = {
             let mut sessions = self.sessions();
-            sessions.retain(|_, s| s.last_seen.elapsed() < ttl);
+            sessions.retain(|_, s| s.reports_in_flight > 0 || s.last_seen.elapsed() < ttl);
             sessions.keys().cloned().collect()
         };
         let changes: Vec<_> = {
@@ -245,6 +314,7 @@ impl Dispatcher {
             SessionEntry {
                 session_id: session_id.clone(),
                 last_seen: Instant::now(),
+                reports_in_flight: 0,
             },
         );
         // Compare-and-set on the version read: a blind overwrite would undo a change (a
@@ -310,7 +380,7 @@ impl Dispatcher {
                         if new.state() < current || unchanged {
                             return None;
                         }
-                        let mut task = task.clone();
+                        let mut task = Task::clone(task);
                         task.status = Some(new);
                         Some(change(ChangeKind::Update, Object::Task(task)))
                     })
@@ -366,17 +436,88 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
     }
 }
 
-/// Whether a batch of store events may change what a node's session sends: its tasks, or its
-/// node object (the role it should have).
-fn touches_node(events: &[Event], node_id: &str) -> bool {
+/// The nodes whose sessions a batch of store events may change the message of: the nodes of
+/// the tasks written or deleted, and the nodes written (the role they should have).
+#[derive(Debug, PartialEq, Eq)]
+enum Concerned<'a> {
+    All,
+    Nodes(std::collections::BTreeSet<&'a str>),
+}
+
+fn concerned_nodes(events: &[Event]) -> Concerned<'_> {
     // An empty batch means the whole state was replaced: assume everything changed.
-    events.is_empty()
-        || events.iter().any(|e| match e {
-            Event::Put(Object::Task(t)) => t.node_id == node_id,
-            Event::Put(Object::Node(n)) => n.id == node_id,
-            Event::Deleted { kind: "task", .. } => true,
-            _ => false,
-        })
+    if events.is_empty() {
+        return Concerned::All;
+    }
+    let mut nodes = std::collections::BTreeSet::new();
+    for event in events {
+        match event {
+            // A change of status alone is what the agent reported (or a verdict on it): the
+            // agent needs nothing new. Swarm's dispatcher skips these too.
+            Event::Task(t) if matches!(t.change, TaskChange::Status(_)) => {}
+            Event::Task(t) => {
+                nodes.extend(
+                    std::iter::once(t.node_id.as_str())
+                        .chain(t.previous_node_id.as_deref())
+                        .filter(|n| !n.is_empty()),
+                );
+            }
+            Event::Put { kind: "node", id } | Event::Deleted { kind: "node", id } => {
+                nodes.insert(id.as_str());
+            }
+            _ => {}
+        }
+    }
+    Concerned::Nodes(nodes)
+}
+
+/// Wakes the sessions of the nodes each batch of events concerns (all of them after a gap).
+async fn route(
+    mut events: broadcast::Receiver<Arc<Vec<Event>>>,
+    wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+) {
+    let bump = |w: &watch::Sender<u64>| w.send_modify(|n| *n = n.wrapping_add(1));
+    loop {
+        match events.recv().await {
+            Ok(batch) => {
+                let wakers = lock(&wakers);
+                match concerned_nodes(&batch) {
+                    Concerned::All => wakers.values().for_each(bump),
+                    Concerned::Nodes(nodes) => nodes
+                        .into_iter()
+                        .filter_map(|n| wakers.get(n))
+                        .for_each(bump),
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => lock(&wakers).values().for_each(bump),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// What a session waits on; forgets the node's waker once its last session ended, whichever
+/// way it ended.
+struct NodeWatch {
+    changes: watch::Receiver<u64>,
+    wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    node_id: String,
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        let mut wakers = lock(&self.wakers);
+        // `changes` is still alive here: a count of one is this session alone.
+        if wakers
+            .get(&self.node_id)
+            .is_some_and(|w| w.receiver_count() == 1)
+        {
+            wakers.remove(&self.node_id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn write_status(e: WriteError) -> Status {
@@ -412,17 +553,36 @@ impl DispatcherRpc for Dispatcher {
         if let Some(node_id) = certified {
             session_request.node_id = node_id;
         }
-        // Subscribe before the first read so no change slips between the two.
-        let mut events = self.inner.store.subscribe();
+        // Watch before the first read so no change slips between the two.
+        let watched = if session_request.node_id.is_empty() {
+            None
+        } else {
+            Some(self.watch_node(&session_request.node_id))
+        };
         let (node_id, session_id) = self.register(session_request, addr).await?;
-        let (tx, rx) = mpsc::channel(16);
+        // A node that came without an id has one now; nothing could concern it before.
+        let wake = match watched {
+            Some(w) => w,
+            None => self.watch_node(&node_id),
+        };
+        // One message waits at most: the next is built only once the agent took the last, so
+        // a slow agent gets the latest set, never a queue of stale full sets.
+        let (tx, rx) = mpsc::channel(1);
         let store = self.inner.store.clone();
         let writer = self.inner.writer.clone();
         let period = self.inner.heartbeat_period.as_millis() as u64;
+        let mut wake = NodeWatch {
+            changes: wake,
+            wakers: self.inner.wakers.clone(),
+            node_id: node_id.clone(),
+        };
         tokio::spawn(async move {
             let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>, i32)> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
+                let Ok(permit) = tx.reserve().await else {
+                    break; // the agent went away
+                };
                 let managers: Vec<String> = writer.managers().into_iter().map(|m| m.addr).collect();
                 let assignments = assignments_of(&store, &node_id);
                 let fingerprint: Vec<(String, u64)> = assignments
@@ -452,20 +612,16 @@ impl DispatcherRpc for Dispatcher {
                         managers: fingerprint.1.clone(),
                         role,
                     };
-                    if tx.send(Ok(message)).await.is_err() {
-                        break; // the agent went away
-                    }
+                    permit.send(Ok(message));
                     last_sent = Some(fingerprint);
                 }
                 // Wait for a change that concerns this node; end the session when this
                 // manager stops leading, so the agent goes to the new leader.
                 loop {
                     tokio::select! {
-                        event = events.recv() => match event {
-                            Ok(batch) if touches_node(&batch, &node_id) => break,
-                            Ok(_) => continue,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        changed = wake.changes.changed() => match changed {
+                            Ok(()) => break,
+                            Err(_) => return,
                         },
                         _ = leadership.tick() => {
                             if !writer.is_leader() {
@@ -515,6 +671,13 @@ impl DispatcherRpc for Dispatcher {
         self.authorize(&request, &request.get_ref().node_id)?;
         let r = request.into_inner();
         self.check_session(&r.node_id, &r.session_id)?;
+        let _in_flight = ReportInFlight::start(self, &r.node_id, &r.session_id);
+        let _turn = self
+            .inner
+            .status_writes
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the dispatcher is shutting down"))?;
         self.update_statuses(r).await.map_err(write_status)?;
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
@@ -540,6 +703,123 @@ mod tests {
             state: state as i32,
             ..Default::default()
         })
+    }
+
+    fn task_event(node: &str, previous: Option<&str>, change: TaskChange) -> Event {
+        Event::Task(crate::store::TaskEvent {
+            id: "t".into(),
+            node_id: node.into(),
+            previous_node_id: previous.map(str::to_string),
+            change,
+        })
+    }
+
+    fn nodes<'a>(names: &[&'a str]) -> Concerned<'a> {
+        Concerned::Nodes(names.iter().copied().collect())
+    }
+
+    #[test]
+    fn a_change_wakes_only_the_sessions_it_concerns() {
+        assert_eq!(concerned_nodes(&[]), Concerned::All, "a replaced state");
+        let events = [
+            task_event("n1", Some(""), TaskChange::Written),
+            task_event("n2", Some("n3"), TaskChange::Written),
+            task_event("n4", None, TaskChange::Deleted),
+            task_event("", None, TaskChange::Written),
+            Event::Put {
+                kind: "node",
+                id: "n5".into(),
+            },
+            Event::Put {
+                kind: "service",
+                id: "s".into(),
+            },
+        ];
+        assert_eq!(
+            concerned_nodes(&events),
+            nodes(&["n1", "n2", "n3", "n4", "n5"])
+        );
+    }
+
+    #[test]
+    fn a_status_report_wakes_no_session() {
+        let events = [task_event(
+            "n1",
+            None,
+            TaskChange::Status(TaskState::Running),
+        )];
+        assert_eq!(concerned_nodes(&events), nodes(&[]));
+    }
+
+    #[tokio::test]
+    async fn a_session_wakes_on_its_tasks_and_not_on_their_reports() {
+        let (d, store) = dispatcher(DEFAULT_HEARTBEAT_PERIOD);
+        let (node_id, session_id) = d
+            .register(SessionRequest::default(), String::new())
+            .await
+            .expect("registers");
+        let mut wake = d.watch_node(&node_id);
+        let mut other = d.watch_node("someone-else");
+        let task = Task {
+            id: "t1".into(),
+            node_id: node_id.clone(),
+            status: status(TaskState::Assigned),
+            ..Default::default()
+        };
+        d.inner
+            .writer
+            .commit(vec![change(ChangeKind::Create, Object::Task(task))])
+            .await
+            .expect("task created");
+        tokio::time::timeout(Duration::from_secs(5), wake.changed())
+            .await
+            .expect("woken by its new task")
+            .expect("router alive");
+        d.update_statuses(UpdateTaskStatusRequest {
+            node_id: node_id.clone(),
+            session_id,
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: status(TaskState::Running),
+            }],
+        })
+        .await
+        .expect("reported");
+        let state = store.read().tasks["t1"].status.as_ref().map(|s| s.state());
+        assert_eq!(state, Some(TaskState::Running));
+        // Give the router time to (wrongly) pass the report on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !wake.has_changed().expect("router alive"),
+            "woken by its own report"
+        );
+        assert!(
+            !other.has_changed().expect("router alive"),
+            "woken by another node's task"
+        );
+        let _ = other.borrow_and_update();
+    }
+
+    #[tokio::test]
+    async fn a_node_with_a_report_in_flight_is_not_marked_down() {
+        let period = Duration::from_millis(10);
+        let (d, store) = dispatcher(period);
+        let (node_id, session_id) = d
+            .register(SessionRequest::default(), String::new())
+            .await
+            .expect("registers");
+        let leader_since = Instant::now() - period * 10;
+        let report = ReportInFlight::start(&d, &node_id, &session_id);
+        tokio::time::sleep(period * 4).await;
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        // The report's end is a sign of life: the node has a full TTL from there.
+        drop(report);
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        tokio::time::sleep(period * 4).await;
+        d.expire_sessions(leader_since).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Down);
     }
 
     #[tokio::test]

@@ -22,7 +22,9 @@ pub mod replicated;
 pub mod restart;
 pub mod update;
 
-pub use replicated::{reconcile, reconcile_all, Plan, ReconcileInput};
+pub use replicated::{
+    reconcile, reconcile_all, reconcile_all_refs, Plan, ReconcileInput, MAX_NEW_SLOTS,
+};
 pub use restart::{DEFAULT_RESTART_DELAY_MS, TASK_HISTORY_LIMIT};
 
 #[cfg(test)]

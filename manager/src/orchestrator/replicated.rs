@@ -43,6 +43,10 @@ use shoal_proto::{
 use super::restart::{self, Restart};
 use super::update::{self, SlotView};
 
+/// The most slots one reconcile of a replicated service adds beyond its highest slot with a
+/// task (a scale-up from 0 to 100,000 takes five passes).
+pub const MAX_NEW_SLOTS: u64 = 20_000;
+
 /// What one reconcile pass wants written to the store. Apply it atomically (one Raft entry):
 /// the caller does compare-and-set on each updated task's `meta.version`, as read.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -128,6 +132,18 @@ pub fn reconcile_all(
     now: i64,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
+    reconcile_all_refs(services.iter(), tasks.iter(), nodes, now, new_id)
+}
+
+/// [`reconcile_all`] over borrowed services and tasks: the leader calls it on the store as it
+/// stands, without copying every task first.
+pub fn reconcile_all_refs<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    tasks: impl IntoIterator<Item = &'a Task>,
+    nodes: &[Node],
+    now: i64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
     let nodes = Nodes::new(nodes);
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for task in tasks {
@@ -136,7 +152,8 @@ pub fn reconcile_all(
             .or_default()
             .push(task);
     }
-    let services: BTreeMap<&str, &Service> = services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let services: BTreeMap<&str, &Service> =
+        services.into_iter().map(|s| (s.id.as_str(), s)).collect();
     let by_name: HashMap<&str, &Service> = services
         .values()
         .filter_map(|s| Some((s.spec.as_ref()?.name.as_str(), *s)))
@@ -322,7 +339,12 @@ pub(super) fn reconcile_mode(
     let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
 
     let mut plan = Plan::default();
-    let slots = (1..=replicas)
+    // A large scale-up is created in steps: slots up to MAX_NEW_SLOTS past the highest that
+    // has a task, so that no plan holds a copy of the spec for every new replica at once.
+    // The slots past that have no task yet; the next call (woken by these creates) goes on.
+    let highest = by_slot.keys().next_back().copied().unwrap_or(0);
+    let upto = replicas.min(highest.saturating_add(MAX_NEW_SLOTS));
+    let slots = (1..=upto)
         .map(|slot| (slot, "", by_slot.remove(&slot).unwrap_or_default()))
         .collect();
     let works = assess_slots(slots, service, nodes, limit, now, &mut plan);

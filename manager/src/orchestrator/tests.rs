@@ -222,6 +222,37 @@ fn creates_a_task_per_missing_slot() {
 }
 
 #[test]
+fn a_large_scale_up_is_created_in_steps_that_add_up_to_every_slot() {
+    let replicas = 2 * MAX_NEW_SLOTS + 5;
+    let s = service(4, replicas);
+    let mut gen = ids();
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut steps = Vec::new();
+    loop {
+        let plan = reconcile(
+            &ReconcileInput {
+                service: Some(&s),
+                service_id: "svc",
+                tasks: &tasks,
+                nodes: &nodes(),
+                now: NOW,
+            },
+            &mut gen,
+        );
+        if plan.is_empty() {
+            break;
+        }
+        assert!(plan.update.is_empty() && plan.delete.is_empty());
+        steps.push(plan.create.len() as u64);
+        tasks = apply(&tasks, &plan, NOW);
+        assert!(steps.len() <= 3, "a scale-up must converge");
+    }
+    assert_eq!(steps, [MAX_NEW_SLOTS, MAX_NEW_SLOTS, 5]);
+    let slots: HashSet<u64> = tasks.iter().map(|t| t.slot).collect();
+    assert_eq!(slots, (1..=replicas).collect::<HashSet<u64>>());
+}
+
+#[test]
 fn a_spec_without_mode_has_one_replica() {
     let mut s = service(1, 3);
     if let Some(spec) = s.spec.as_mut() {

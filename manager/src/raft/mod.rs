@@ -44,7 +44,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError};
 use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_proto::{StoreCommand, StoreCommandBatch};
+use shoal_proto::StoreCommand;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -76,13 +76,23 @@ pub type Raft = openraft::Raft<TypeConfig>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request(pub Vec<StoreCommand>);
 
+/// The field number of `StoreCommandBatch.commands` (cluster.proto).
+const BATCH_COMMANDS_FIELD: u32 = 15;
+
 impl Serialize for Request {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use prost::Message;
-        let batch = StoreCommandBatch {
-            commands: self.0.clone(),
-        };
-        serializer.serialize_bytes(&batch.encode_to_vec())
+        // The bytes of a `StoreCommandBatch`, encoded field by field: building one would
+        // copy every command first.
+        let mut bytes = Vec::with_capacity(
+            self.0
+                .iter()
+                .map(|c| prost::encoding::message::encoded_len(BATCH_COMMANDS_FIELD, c))
+                .sum(),
+        );
+        for command in &self.0 {
+            prost::encoding::message::encode(BATCH_COMMANDS_FIELD, command, &mut bytes);
+        }
+        serializer.serialize_bytes(&bytes)
     }
 }
 
@@ -302,23 +312,25 @@ async fn run_proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        let commands = batch.iter().map(|p| p.command.clone()).collect();
+        // The commands move into the entry (no copy); the replies wait for its result.
+        let (commands, replies): (Vec<StoreCommand>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         match raft.client_write(Request(commands)).await {
             Ok(response) => {
                 let index = response.log_id.index;
                 let mut results = response.data.0.into_iter();
-                for proposal in batch {
+                for reply in replies {
                     let result = results.next().unwrap_or_else(|| {
                         Err(ApplyError::Invalid(
                             "the state machine returned no result for this command".into(),
                         ))
                     });
-                    let _ = proposal.reply.send(Ok((index, result)));
+                    let _ = reply.send(Ok((index, result)));
                 }
             }
             Err(e) => {
-                for proposal in batch {
-                    let _ = proposal.reply.send(Err(write_error(&e)));
+                for reply in replies {
+                    let _ = reply.send(Err(write_error(&e)));
                 }
             }
         }

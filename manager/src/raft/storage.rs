@@ -239,8 +239,13 @@ pub(crate) async fn open(path: &Path, store: Store) -> Result<(LogStore, StateMa
     Ok((LogStore { db }, sm))
 }
 
+/// redb's page cache. Its default (1 GiB) would keep every log entry written in memory until
+/// it is full: the log is written once and read back only for a lagging follower or at a
+/// restart, so a small cache costs little and the manager's memory stays its state's.
+const CACHE_BYTES: usize = 32 << 20;
+
 fn open_blocking(path: &PathBuf) -> Result<(Database, Option<StoredSnapshot>), RaftError> {
-    let db = match Database::create(path) {
+    let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(RaftError::Locked { path: path.clone() })

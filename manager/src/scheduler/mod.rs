@@ -55,9 +55,25 @@ pub struct Decision {
 ///
 /// Decisions come in a deterministic order (by service, reservations, slot, task id).
 pub fn schedule(nodes: &[Node], tasks: &[Task]) -> Vec<Decision> {
+    let tasks: Vec<&Task> = tasks.iter().collect();
+    schedule_refs(nodes, &tasks)
+}
+
+/// [`schedule`] over borrowed tasks: the leader calls it on the store as it stands, without
+/// copying every task first.
+pub fn schedule_refs(nodes: &[Node], tasks: &[&Task]) -> Vec<Decision> {
+    let mut pending: Vec<&Task> = tasks.iter().copied().filter(|t| wants_node(t)).collect();
+    // Tasks whose node is already chosen (a global service's) only need that node's consent.
+    let mut preassigned: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| awaits_node_check(t))
+        .collect();
+    if pending.is_empty() && preassigned.is_empty() {
+        return Vec::new(); // the usual case: nothing to count the load for
+    }
     let mut cluster = Cluster::new(nodes, tasks);
 
-    let mut pending: Vec<&Task> = tasks.iter().filter(|t| wants_node(t)).collect();
     pending.sort_by(|a, b| {
         (a.service_id.as_str(), reservation(a), a.slot, a.id.as_str()).cmp(&(
             b.service_id.as_str(),
@@ -68,8 +84,6 @@ pub fn schedule(nodes: &[Node], tasks: &[Task]) -> Vec<Decision> {
     });
 
     let mut decisions = Vec::with_capacity(pending.len());
-    // Tasks whose node is already chosen (a global service's) only need that node's consent.
-    let mut preassigned: Vec<&Task> = tasks.iter().filter(|t| awaits_node_check(t)).collect();
     preassigned.sort_by(|a, b| a.id.cmp(&b.id));
     for task in preassigned {
         cluster.check_preassigned(task, &mut decisions);
@@ -156,7 +170,7 @@ struct Cluster<'a> {
 }
 
 impl<'a> Cluster<'a> {
-    fn new(nodes: &'a [Node], tasks: &'a [Task]) -> Cluster<'a> {
+    fn new(nodes: &'a [Node], tasks: &[&'a Task]) -> Cluster<'a> {
         let mut sorted: Vec<&Node> = nodes.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
         // A node id is unique in the store; should a snapshot repeat one, the first wins.
@@ -182,7 +196,7 @@ impl<'a> Cluster<'a> {
         let mut reserved = vec![(0i64, 0i64); sorted.len()];
         let mut load = vec![0u64; sorted.len()];
         let mut per_service: HashMap<&str, HashMap<usize, u64>> = HashMap::new();
-        for task in tasks {
+        for &task in tasks {
             // Preassigned pending tasks are counted when their node accepts them.
             if task.node_id.is_empty() || is_terminal(task) || awaits_node_check(task) {
                 continue;

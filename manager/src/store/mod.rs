@@ -11,8 +11,13 @@ mod state;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use shoal_proto::{StoreCommand, StoreSnapshot};
-pub use state::{change, Applied, ApplyError, Event, State};
+pub use state::{
+    change, same_but_status, Applied, ApplyError, Event, State, TaskChange, TaskEvent,
+};
 use tokio::sync::{broadcast, watch};
+
+/// How many batches of events the store buffers for its watchers.
+const EVENT_BATCHES: usize = 128;
 
 /// Shared handle on the replicated state.
 #[derive(Clone)]
@@ -36,7 +41,9 @@ impl Default for Store {
 
 impl Store {
     pub fn new() -> Store {
-        let (events, _) = broadcast::channel(1024);
+        // Every buffered batch is kept until overwritten: a small ring keeps little. Its
+        // readers are quick; one that lags re-reads the state.
+        let (events, _) = broadcast::channel(EVENT_BATCHES);
         let (applied, _) = watch::channel(0);
         Store {
             inner: Arc::new(Inner {

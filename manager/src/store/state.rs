@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use shoal_proto::{
     store_object::Object, ChangeKind, Cluster, Meta, Network, Node, Secret, SecretKind, Service,
-    Stack, StoreChange, StoreCommand, StoreObject, StoreSnapshot, Task,
+    Stack, StoreChange, StoreCommand, StoreObject, StoreSnapshot, Task, TaskState,
 };
 
 /// How many request ids are remembered to make retried commands idempotent.
@@ -47,12 +47,84 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
-/// One object as it is after a change, or the id of one deleted: what watchers receive.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)] // short-lived, sent in batches behind an Arc
+/// What a change did, as watchers hear it: which object, and for a task, the nodes it
+/// concerns and whether only its status moved. Events carry no copy of the objects (a batch
+/// of thousands of tasks would otherwise be held again by every buffered event); watchers
+/// read the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Put(Object),
+    /// A task was created, changed or deleted.
+    Task(TaskEvent),
+    /// Another kind of object was created or changed.
+    Put { kind: &'static str, id: String },
+    /// Another kind of object was deleted.
     Deleted { kind: &'static str, id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub id: String,
+    /// The node the task is on after the change (before it, for a deletion); empty: none.
+    pub node_id: String,
+    /// The node it was on before the change, when that was another one.
+    pub previous_node_id: Option<String>,
+    pub change: TaskChange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskChange {
+    /// Created, or changed in more than its status.
+    Written,
+    /// Only its observed status changed (an agent's report, mostly), now in this state.
+    Status(TaskState),
+    Deleted,
+}
+
+/// The event for `task` written over `previous`.
+fn task_event(previous: Option<&Task>, task: &Task) -> TaskEvent {
+    let change = match previous {
+        Some(old) if same_but_status(old, task) => {
+            TaskChange::Status(task.status.as_ref().map(|s| s.state()).unwrap_or_default())
+        }
+        _ => TaskChange::Written,
+    };
+    TaskEvent {
+        id: task.id.clone(),
+        node_id: task.node_id.clone(),
+        previous_node_id: previous
+            .filter(|old| old.node_id != task.node_id)
+            .map(|old| old.node_id.clone()),
+        change,
+    }
+}
+
+/// Whether two versions of a task differ in nothing but their status (and store metadata).
+/// Destructured field by field, so that a new field must be considered here.
+pub fn same_but_status(a: &Task, b: &Task) -> bool {
+    let Task {
+        id,
+        meta: _,
+        service_id,
+        slot,
+        node_id,
+        spec,
+        spec_version,
+        desired_state,
+        status: _,
+        scheduling_error,
+        drain_ms,
+        out_of_rotation,
+    } = a;
+    *id == b.id
+        && *service_id == b.service_id
+        && *slot == b.slot
+        && *node_id == b.node_id
+        && *spec_version == b.spec_version
+        && *desired_state == b.desired_state
+        && *scheduling_error == b.scheduling_error
+        && *drain_ms == b.drain_ms
+        && *out_of_rotation == b.out_of_rotation
+        && *spec == b.spec
 }
 
 #[derive(Debug, Default, Clone)]
@@ -60,7 +132,7 @@ pub struct State {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
-    pub tasks: BTreeMap<String, Task>,
+    pub tasks: BTreeMap<String, Box<Task>>,
     pub stacks: BTreeMap<String, Stack>,
     pub networks: BTreeMap<String, Network>,
     /// Secrets and configs (one map: they differ only in how tasks get them).
@@ -153,8 +225,11 @@ impl State {
             return Ok((applied, Vec::new()));
         }
         // Check every change against the state as the earlier changes of this command leave it,
-        // on a scratch copy of only the touched objects, then commit.
-        let mut staged: Vec<(&'static str, String, Option<Object>)> = Vec::new();
+        // on a scratch list of only the touched objects (indexed, so a command of thousands of
+        // changes costs no quadratic scan, and nothing stored is cloned), then commit.
+        let mut staged: Vec<(&'static str, String, Option<Object>)> =
+            Vec::with_capacity(command.changes.len());
+        let mut latest: HashMap<(&'static str, String), usize> = HashMap::new();
         for change in &command.changes {
             let object = change
                 .object
@@ -166,15 +241,21 @@ impl State {
             if id.is_empty() {
                 return Err(ApplyError::Invalid(format!("a {kind} without an id")));
             }
-            let current = match staged.iter().rev().find(|(k, i, _)| *k == kind && *i == id) {
-                Some((_, _, o)) => o.clone(),
-                None => self.get(kind, &id),
+            let key = (kind, id);
+            // (version, created_at) of the object as the earlier changes leave it; `None`:
+            // there is none.
+            let current: Option<(u64, Option<i64>)> = match latest.get(&key) {
+                Some(&at) => staged[at].2.as_ref().map(|o| {
+                    let meta = meta_of(o);
+                    (
+                        meta.map(|m| m.version).unwrap_or(0),
+                        meta.map(|m| m.created_at),
+                    )
+                }),
+                None => self.peek_meta(kind, &key.1),
             };
-            let current_version = current
-                .as_ref()
-                .and_then(meta_of)
-                .map(|m| m.version)
-                .unwrap_or(0);
+            let (kind, id) = key;
+            let current_version = current.map(|(v, _)| v).unwrap_or(0);
             let given_version = meta_of(&object).map(|m| m.version).unwrap_or(0);
             let change_kind = ChangeKind::try_from(change.kind)
                 .map_err(|_| ApplyError::Invalid(format!("unknown change kind {}", change.kind)))?;
@@ -217,9 +298,7 @@ impl State {
             } else {
                 let mut object = object;
                 let created_at = current
-                    .as_ref()
-                    .and_then(meta_of)
-                    .map(|m| m.created_at)
+                    .and_then(|(_, created)| created)
                     .unwrap_or(command.timestamp);
                 *meta_mut(&mut object) = Some(Meta {
                     version: index,
@@ -228,14 +307,36 @@ impl State {
                 });
                 Some(object)
             };
+            latest.insert((kind, id.clone()), staged.len());
             staged.push((kind, id, next));
         }
         let mut events = Vec::with_capacity(staged.len());
         for (kind, id, object) in staged {
+            // The state holds the previous version of the object here (earlier changes of
+            // this command to the same object are already in).
             match object {
+                Some(Object::Task(task)) => {
+                    let event = task_event(self.tasks.get(&id).map(|t| &**t), &task);
+                    self.put(Object::Task(task));
+                    events.push(Event::Task(event));
+                }
                 Some(object) => {
-                    self.put(object.clone());
-                    events.push(Event::Put(object));
+                    self.put(object);
+                    events.push(Event::Put { kind, id });
+                }
+                None if kind == "task" => {
+                    let node_id = self
+                        .tasks
+                        .get(&id)
+                        .map(|t| t.node_id.clone())
+                        .unwrap_or_default();
+                    self.remove(kind, &id);
+                    events.push(Event::Task(TaskEvent {
+                        id,
+                        node_id,
+                        previous_node_id: None,
+                        change: TaskChange::Deleted,
+                    }));
                 }
                 None => {
                     self.remove(kind, &id);
@@ -331,24 +432,30 @@ impl State {
         }
     }
 
-    fn get(&self, kind: &str, id: &str) -> Option<Object> {
+    /// (version, created_at) of a stored object, without copying it; `None`: not stored.
+    fn peek_meta(&self, kind: &str, id: &str) -> Option<(u64, Option<i64>)> {
+        fn of(meta: &Option<Meta>) -> (u64, Option<i64>) {
+            (
+                meta.as_ref().map(|m| m.version).unwrap_or(0),
+                meta.as_ref().map(|m| m.created_at),
+            )
+        }
         match kind {
             "cluster" => self
                 .cluster
-                .clone()
+                .as_ref()
                 .filter(|c| c.id == id)
-                .map(Object::Cluster),
-            "node" => self.nodes.get(id).cloned().map(Object::Node),
-            "service" => self.services.get(id).cloned().map(Object::Service),
-            "task" => self.tasks.get(id).cloned().map(Object::Task),
-            "stack" => self.stacks.get(id).cloned().map(Object::Stack),
-            "network" => self.networks.get(id).cloned().map(Object::Network),
+                .map(|c| of(&c.meta)),
+            "node" => self.nodes.get(id).map(|o| of(&o.meta)),
+            "service" => self.services.get(id).map(|o| of(&o.meta)),
+            "task" => self.tasks.get(id).map(|o| of(&o.meta)),
+            "stack" => self.stacks.get(id).map(|o| of(&o.meta)),
+            "network" => self.networks.get(id).map(|o| of(&o.meta)),
             "secret" | "config" => self
                 .secrets
                 .get(id)
                 .filter(|o| secret_kind_name(o) == kind)
-                .cloned()
-                .map(Object::Secret),
+                .map(|o| of(&o.meta)),
             _ => None,
         }
     }
@@ -364,7 +471,7 @@ impl State {
             }
             Object::Task(o) => {
                 self.index_task(&o);
-                if let Some(old) = self.tasks.insert(o.id.clone(), o) {
+                if let Some(old) = self.tasks.insert(o.id.clone(), Box::new(o)) {
                     let moved = self.tasks.get(&old.id).map(|t| t.node_id != old.node_id);
                     if moved == Some(true) {
                         self.unindex_task(&old);
@@ -416,7 +523,7 @@ impl State {
             cluster: self.cluster.clone(),
             nodes: self.nodes.values().cloned().collect(),
             services: self.services.values().cloned().collect(),
-            tasks: self.tasks.values().cloned().collect(),
+            tasks: self.tasks.values().map(|t| Task::clone(t)).collect(),
             recent_request_ids: self.recent_requests.iter().cloned().collect(),
             stacks: self.stacks.values().cloned().collect(),
             networks: self.networks.values().cloned().collect(),
@@ -437,7 +544,7 @@ impl State {
         }
         for t in snapshot.tasks {
             state.index_task(&t);
-            state.tasks.insert(t.id.clone(), t);
+            state.tasks.insert(t.id.clone(), Box::new(t));
         }
         for s in snapshot.stacks {
             state.stacks.insert(s.id.clone(), s);
@@ -485,7 +592,7 @@ impl State {
             .get(node_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     fn index_task(&mut self, task: &Task) {
@@ -509,6 +616,7 @@ impl State {
     pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> {
         self.tasks
             .values()
+            .map(|t| &**t)
             .filter(move |t| t.service_id == service_id)
     }
 }
@@ -652,9 +760,9 @@ mod tests {
         )
         .expect("applies");
         assert_eq!(ids(&s, "n1"), ["b"]);
-        let mut a = s.tasks["a"].clone();
+        let mut a = Task::clone(&s.tasks["a"]);
         a.node_id = "n1".into();
-        let mut b = s.tasks["b"].clone();
+        let mut b = Task::clone(&s.tasks["b"]);
         b.node_id = "n2".into();
         s.apply(
             2,
@@ -734,5 +842,167 @@ mod tests {
         assert_eq!(s.find_service("web").map(|x| x.id.as_str()), Ok("abc123"));
         assert_eq!(s.find_service("abc").map(|x| x.id.as_str()), Ok("abc123"));
         assert!(s.find_service("zzz").is_err());
+    }
+
+    fn task_on(id: &str, node: &str, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            node_id: node.into(),
+            status: Some(shoal_proto::TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The stored task with a change applied, as a writer would send it (version as read).
+    fn edited(s: &State, id: &str, edit: impl FnOnce(&mut Task)) -> Object {
+        let mut t = Task::clone(&s.tasks[id]);
+        edit(&mut t);
+        Object::Task(t)
+    }
+
+    fn task_events(events: &[Event]) -> Vec<TaskEvent> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Task(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn task_events_tell_status_reports_from_other_changes() {
+        let mut s = State::default();
+        let (_, events) = s
+            .apply(
+                1,
+                &cmd(
+                    "r1",
+                    vec![change(
+                        ChangeKind::Create,
+                        Object::Task(task_on("t", "", TaskState::Pending)),
+                    )],
+                ),
+            )
+            .expect("created");
+        assert_eq!(task_events(&events)[0].change, TaskChange::Written);
+
+        let assign = edited(&s, "t", |t| {
+            t.node_id = "n1".into();
+            t.status = task_on("", "", TaskState::Assigned).status;
+        });
+        let (_, events) = s
+            .apply(2, &cmd("r2", vec![change(ChangeKind::Update, assign)]))
+            .expect("assigned");
+        let event = &task_events(&events)[0];
+        assert_eq!(
+            event.change,
+            TaskChange::Written,
+            "a new node is more than a status"
+        );
+        assert_eq!(event.node_id, "n1");
+        assert_eq!(event.previous_node_id.as_deref(), Some(""));
+
+        let report = edited(&s, "t", |t| {
+            t.status = task_on("", "", TaskState::Running).status;
+        });
+        let (_, events) = s
+            .apply(3, &cmd("r3", vec![change(ChangeKind::Update, report)]))
+            .expect("reported");
+        let event = &task_events(&events)[0];
+        assert_eq!(event.change, TaskChange::Status(TaskState::Running));
+        assert_eq!(
+            (event.node_id.as_str(), &event.previous_node_id),
+            ("n1", &None)
+        );
+
+        let stop = edited(&s, "t", |t| t.set_desired_state(TaskState::Shutdown));
+        let (_, events) = s
+            .apply(4, &cmd("r4", vec![change(ChangeKind::Update, stop)]))
+            .expect("stopped");
+        assert_eq!(task_events(&events)[0].change, TaskChange::Written);
+
+        let gone = Object::Task(Task {
+            id: "t".into(),
+            ..Default::default()
+        });
+        let (_, events) = s
+            .apply(5, &cmd("r5", vec![change(ChangeKind::Delete, gone)]))
+            .expect("deleted");
+        let event = &task_events(&events)[0];
+        assert_eq!(event.change, TaskChange::Deleted);
+        assert_eq!(
+            event.node_id, "n1",
+            "a deletion names the node the task was on"
+        );
+    }
+
+    #[test]
+    fn a_command_sees_its_own_earlier_changes() {
+        let mut s = State::default();
+        let created = task_on("t", "", TaskState::Pending);
+        let mut assigned = task_on("t", "n1", TaskState::Assigned);
+        // The version the create gives it: the entry's index.
+        assigned.meta = Some(Meta {
+            version: 9,
+            ..Default::default()
+        });
+        let (_, events) = s
+            .apply(
+                9,
+                &cmd(
+                    "r1",
+                    vec![
+                        change(ChangeKind::Create, Object::Task(created.clone())),
+                        change(ChangeKind::Update, Object::Task(assigned)),
+                    ],
+                ),
+            )
+            .expect("create then update in one command");
+        assert_eq!(s.tasks["t"].node_id, "n1");
+        assert_eq!(s.tasks["t"].meta.as_ref().map(|m| m.created_at), Some(1000));
+        assert_eq!(task_events(&events).len(), 2);
+        let again = s
+            .apply(
+                10,
+                &cmd(
+                    "r2",
+                    vec![
+                        change(
+                            ChangeKind::Create,
+                            Object::Task(task_on("u", "", TaskState::New)),
+                        ),
+                        change(
+                            ChangeKind::Create,
+                            Object::Task(task_on("u", "", TaskState::New)),
+                        ),
+                    ],
+                ),
+            )
+            .expect_err("the same task created twice in one command");
+        assert!(matches!(again, ApplyError::AlreadyExists { .. }));
+        assert!(
+            !s.tasks.contains_key("u"),
+            "a rejected command must not half-apply"
+        );
+    }
+
+    #[test]
+    fn a_command_of_many_changes_applies_them_all() {
+        let mut s = State::default();
+        let changes = (0..20_000)
+            .map(|i| {
+                change(
+                    ChangeKind::Create,
+                    Object::Task(task_on(&format!("t{i}"), "", TaskState::Pending)),
+                )
+            })
+            .collect();
+        let (_, events) = s.apply(1, &cmd("r1", changes)).expect("applies");
+        assert_eq!(s.tasks.len(), 20_000);
+        assert_eq!(events.len(), 20_000);
     }
 }
