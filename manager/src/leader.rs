@@ -72,7 +72,7 @@ pub async fn run(store: Store, writer: Writer, dispatcher: Dispatcher) {
         // follow them, but not to the millisecond. Wait out the rest of the interval (unless
         // something more pressing comes), so a stream of reports costs a few passes, not one
         // each.
-        if woke.any && !woke.urgent {
+        if woke.any && !woke.urgent && !(woke.running && waits_on_running_tasks(&store)) {
             let until = tokio::time::Instant::from_std(last_turn + STATUS_PASS_INTERVAL);
             while !woke.urgent {
                 match tokio::time::timeout_at(until, events.recv()).await {
@@ -98,11 +98,45 @@ struct Wake {
     /// Something changed that a pass must see at once: anything but a task's status moving
     /// to another non-terminal state (an ended task is restarted without delay).
     urgent: bool,
+    /// A task reported RUNNING: urgent too while a service waits for that (see
+    /// [`waits_on_running_tasks`]).
+    running: bool,
+}
+
+/// A rollout (the next batch starts once the last one runs) or a `depends_on` condition
+/// waits for tasks to run: a pass must follow their RUNNING reports at once, or every step
+/// of a rollout or a dependency chain would lose up to [`STATUS_PASS_INTERVAL`].
+fn waits_on_running_tasks(store: &Store) -> bool {
+    use shoal_proto::UpdateState;
+    let state = store.read();
+    state.services.values().any(|s| {
+        let updating = s.update_status.as_ref().is_some_and(|u| {
+            matches!(
+                u.state(),
+                UpdateState::Updating | UpdateState::RollbackStarted
+            )
+        });
+        updating
+            || s.spec
+                .as_ref()
+                .is_some_and(|spec| !spec.depends_on.is_empty())
+    })
 }
 
 impl Wake {
     fn note(&mut self, event: Result<Arc<Vec<Event>>, RecvError>) {
         self.any = true;
+        if let Ok(batch) = &event {
+            self.running |= batch.iter().any(|e| {
+                matches!(
+                    e,
+                    Event::Task(TaskEvent {
+                        change: TaskChange::Status(TaskState::Running),
+                        ..
+                    })
+                )
+            });
+        }
         self.urgent |= match event {
             Ok(batch) => batch.is_empty() || batch.iter().any(needs_prompt_pass),
             Err(_) => true, // lagged (or closed): assume the worst
@@ -351,13 +385,19 @@ mod tests {
     #[test]
     fn only_status_reports_can_wait_for_the_next_pass() {
         let mut woke = Wake::default();
-        woke.note(Ok(Arc::new(vec![status_event(TaskState::Running)])));
+        woke.note(Ok(Arc::new(vec![status_event(TaskState::Starting)])));
         assert_eq!(
             woke,
             Wake {
                 any: true,
-                urgent: false
+                urgent: false,
+                running: false,
             }
+        );
+        woke.note(Ok(Arc::new(vec![status_event(TaskState::Running)])));
+        assert!(
+            woke.running && !woke.urgent,
+            "running: urgent only for a rollout"
         );
         woke.note(Ok(Arc::new(vec![status_event(TaskState::Failed)])));
         assert!(woke.urgent, "an ended task is restarted at once");
