@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let tag = util::unique_tag();
 
     println!("shoal-bench: create {CREATE_REPLICAS} replicas, then scale {CREATE_REPLICAS}→{SCALE_REPLICAS}; median of {runs} runs per system; both polled every {} ms", util::POLL.as_millis());
-    println!("machine: {}", machine());
+    println!("machine: {}", util::machine());
     if runs < 3 {
         println!("warning: fewer than 3 runs; a median of {runs} is not a figure to quote");
     }
@@ -199,29 +199,6 @@ fn shoal_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-/// CPUs, CPU model, kernel, cgroup mode.
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| k.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "cgroup v2"
-    } else {
-        "cgroup v1"
-    };
-    format!("{cpus} CPUs ({model}), Linux {kernel}, {cgroup}")
 }
 
 fn print_table(shoal: &Side, swarm: &Side) {

@@ -168,3 +168,26 @@ pub fn tail(path: &Path, n: usize) -> String {
         Err(e) => format!("(could not read {}: {e})", path.display()),
     }
 }
+
+/// CPUs, CPU model, kernel, cgroup mode.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let cgroup = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "cgroup v2"
+    } else {
+        "cgroup v1"
+    };
+    format!("{cpus} CPUs ({model}), Linux {kernel}, {cgroup}")
+}

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
         SIZES.map(|s| s.to_string()).join(" and "),
         util::POLL.as_millis()
     );
-    println!("machine: {}", machine());
+    println!("machine: {}", util::machine());
     if runs < 5 {
         println!("warning: fewer than 5 runs; a median of {runs} is not a figure to quote");
     }
@@ -629,29 +629,6 @@ fn range(s: Option<Stats>) -> String {
     s.map_or("-".into(), |s| {
         format!("n={}, {:.0}–{:.0}", s.n, s.min_ms, s.max_ms)
     })
-}
-
-/// CPUs, CPU model, kernel, cgroup mode.
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| k.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "cgroup v2"
-    } else {
-        "cgroup v1"
-    };
-    format!("{cpus} CPUs ({model}), Linux {kernel}, {cgroup}")
 }
 
 #[cfg(test)]
