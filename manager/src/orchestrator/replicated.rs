@@ -549,9 +549,11 @@ pub(super) fn remove_all(tasks: &[&Task]) -> Plan {
         if is_terminal(task) {
             plan.delete.push(task.id.clone());
         } else if task.desired_state() != TaskState::Remove {
-            // The service is gone: the drain its task was made with.
+            // The service is gone: no other task takes its traffic over, so waiting gains
+            // nothing. Its tasks stop at once (each with its stop grace period), as
+            // `docker service rm` and `compose down` stop theirs.
             let mut removed = with_desired(task, TaskState::Remove);
-            removed.drain_ms = Some(task.drain_period_ms());
+            removed.drain_ms = Some(0);
             plan.update.push(removed);
         }
     }

@@ -374,6 +374,18 @@ fn keeps_only_the_newest_of_several_running_tasks_in_a_slot() {
 }
 
 #[test]
+fn a_removed_service_stops_its_tasks_without_draining() {
+    let s = service(1, 2);
+    let tasks = vec![running(&s, "a", 1, 10), running(&s, "b", 2, 10)];
+    let plan = run(None, &tasks, &nodes(), NOW);
+    assert_eq!(plan.update.len(), 2);
+    for t in &plan.update {
+        assert_eq!(t.desired_state(), TaskState::Remove);
+        assert_eq!(t.drain_ms, Some(0));
+    }
+}
+
+#[test]
 fn updates_keep_the_task_as_read() {
     let s = service(1, 1);
     let tasks = vec![running(&s, "old", 1, 10), running(&s, "new", 1, 20)];
