@@ -143,6 +143,9 @@ struct Core<N: NetOps> {
     cfg: NetworkConfig,
     ops: Arc<N>,
     st: NetworkState,
+    /// Attachments planned but not recorded yet (their links are being made), by container:
+    /// their networks are in use, and no one may remove them meanwhile.
+    plugging: Vec<(String, String)>,
 }
 
 fn new_key() -> String {
@@ -353,6 +356,12 @@ impl<N: NetOps> Core<N> {
             .flat_map(|c| &c.attachments)
             .filter(|a| a.network_id == net.id)
             .map(|a| a.container_id.as_str())
+            .chain(
+                self.plugging
+                    .iter()
+                    .filter(|(_, n)| *n == net.id)
+                    .map(|(c, _)| c.as_str()),
+            )
             .collect();
         if !users.is_empty() {
             return Err(NetError::Invalid(format!(
@@ -414,6 +423,8 @@ impl<N: NetOps> Core<N> {
         let default_route = !net.internal && !existing.iter().any(|a| a.default_route);
         let (host, peer) = veth_names(&self.cfg.name_prefix, &new_key());
         let mac = mac_for_ip(ip);
+        self.plugging
+            .push((container_id.to_string(), net.id.clone()));
         Ok(PlannedAttach {
             created_ns,
             veth: VethPlug {
@@ -457,6 +468,10 @@ impl<N: NetOps> Core<N> {
             veth,
             att,
         } = plan;
+        let mine = (att.container_id.clone(), att.network_id.clone());
+        if let Some(i) = self.plugging.iter().position(|p| *p == mine) {
+            self.plugging.swap_remove(i);
+        }
         if let Err(e) = plugged {
             let _ = self.ops.delete_link(None, &veth.host);
             let _ = self.ops.delete_link(None, &veth.peer);
@@ -728,6 +743,7 @@ impl<N: NetOps> NetworkManager<N> {
                 cfg,
                 ops: Arc::new(ops),
                 st,
+                plugging: Vec::new(),
             })),
         })
     }
@@ -874,6 +890,26 @@ mod tests {
         ops.add_host_route("172.17.0.0/16".parse().unwrap());
         NetworkManager::with_ops(NetworkConfig::new(dir.join("state"), dir.join("run")), ops)
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_network_being_plugged_into_cannot_be_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let m = mgr(d.path());
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        let plan = m
+            .core
+            .lock()
+            .unwrap()
+            .plan_attach("c1", "n", vec![])
+            .unwrap();
+        let busy = m.remove_network("n").await.unwrap_err().to_string();
+        assert!(busy.contains("c1"), "{busy}");
+        plan.plug(&*m.ops()).unwrap();
+        m.core.lock().unwrap().finish_attach(plan, Ok(())).unwrap();
+        assert!(m.remove_network("n").await.is_err(), "attached now");
+        m.release_container("c1").await.unwrap();
+        m.remove_network("n").await.unwrap();
     }
 
     fn links(m: &NetworkManager<FakeNetOps>, ns: Option<&Path>) -> Vec<String> {
