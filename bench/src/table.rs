@@ -34,3 +34,18 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
     );
     out.join("\n")
 }
+
+/// Prints the table, then `runs` (one line per scenario and system, every sample in order)
+/// under a heading, then a blank line.
+#[allow(dead_code)] // shared by path; not every bench lists its runs
+pub fn print_with_runs(header: &[&str], rows: &[Vec<String>], runs: &[String]) {
+    println!("{}", format_table(header, rows));
+    if !runs.is_empty() {
+        println!();
+        println!("every run, in order (ms):");
+        for line in runs {
+            println!("{line}");
+        }
+    }
+    println!();
+}

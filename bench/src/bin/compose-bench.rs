@@ -599,15 +599,7 @@ fn print_table(shoal: &Side, docker: &Side) {
             }
         }
     }
-    println!("{}", table::format_table(&header, &rows));
-    if !raw.is_empty() {
-        println!();
-        println!("every run, in order (ms):");
-        for line in raw {
-            println!("{line}");
-        }
-    }
-    println!();
+    table::print_with_runs(&header, &rows, &raw);
 }
 
 fn ratio(shoal: Option<Stats>, peer: Option<Stats>, goal: f64) -> String {

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use image_files::{run, sha256_file, Rng};
 
+#[path = "../image_files.rs"]
+mod image_files;
 #[path = "../table.rs"]
 mod table;
 
@@ -166,51 +169,6 @@ fn row(name: &str, times: &[Duration], bytes: u64) -> Vec<String> {
         format!("{:.0} ms", s[s.len() - 1].as_secs_f64() * 1000.0),
         format!("{:.1}", bytes as f64 / 1e6 / med.as_secs_f64()),
     ]
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .context("sha256sum")?;
-    if !out.status.success() {
-        bail!("sha256sum {} failed", path.display());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string())
-}
-
-/// xorshift64*: fast, incompressible, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
 }
 
 /// A `docker save` archive (Docker 25+'s form: gzip layer blobs under `blobs/sha256/`) of
