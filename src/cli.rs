@@ -553,6 +553,11 @@ pub struct DaemonArgs {
     /// route are skipped.
     #[arg(long = "default-address-pool", value_parser = parse_address_pool)]
     pub address_pools: Vec<shoal_agent::network::AddressPool>,
+    /// Where overlay networks' subnets come from, cluster-wide, in /24s (Swarm's
+    /// `swarm init --default-addr-pool`; default 10.0.0.0/8). Taken when this daemon makes a
+    /// new cluster; later starts and joining nodes keep the cluster's.
+    #[arg(long, value_name = "CIDR")]
+    pub overlay_address_pool: Option<shoal_agent::network::Ipv4Net>,
     /// Prefix of the bridge and veth names this daemon makes (1-5 of [a-z0-9]).
     #[arg(long, default_value = "sh")]
     pub network_prefix: String,
@@ -830,6 +835,10 @@ pub struct CreateArgs {
     /// Attach to a network: NAME, or name=NAME,alias=A[,alias=B] (repeatable).
     #[arg(long = "network")]
     pub networks: Vec<String>,
+    /// How the service's name resolves on overlay networks: vip (one virtual address,
+    /// balanced over its tasks) or dnsrr (the tasks' addresses).
+    #[arg(long, value_parser = ["vip", "dnsrr"])]
+    pub endpoint_mode: Option<String>,
     /// Add Linux capabilities (or ALL).
     #[arg(long = "cap-add")]
     pub cap_add: Vec<String>,

@@ -147,7 +147,7 @@ impl Session {
         self.node_id = first.node_id.clone();
         let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
         if let Some(a) = first.assignments {
-            self.executor.assign(a);
+            self.executor.assign(&self.node_id, a);
         }
         let mut heartbeat = tokio::time::interval(period);
         loop {
@@ -170,7 +170,7 @@ impl Session {
                         Some(m) => {
                             self.learn_managers(&m.managers);
                             self.learn_role(m.role);
-                            if let Some(a) = m.assignments { self.executor.assign(a) }
+                            if let Some(a) = m.assignments { self.executor.assign(&self.node_id, a) }
                         }
                         None => return Err(tonic::Status::unavailable("the manager ended the session")),
                     }

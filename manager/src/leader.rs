@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::store_object::Object;
-use shoal_proto::{now_ms, ChangeKind, StoreChange, Task, TaskState};
+use shoal_proto::{now_ms, ChangeKind, Service, StoreChange, Task, TaskState};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -168,6 +168,29 @@ fn drain(events: &mut broadcast::Receiver<Arc<Vec<Event>>>, woke: &mut Wake) {
 /// One orchestrate + schedule pass. Returns when it next wants to run by itself.
 async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError> {
     let started = Instant::now();
+    // Virtual addresses first: the orchestrator's service writes below are compare-and-sets
+    // on the versions it reads after these.
+    let vips: Vec<StoreChange> = {
+        let state = store.read();
+        let mut ipam = crate::ipam::TaskIpam::new(&state);
+        let overlays = !ipam.is_empty();
+        state
+            .services
+            .values()
+            .filter(|s| overlays || !s.virtual_ips.is_empty())
+            .filter_map(|s| {
+                let virtual_ips = ipam.virtual_ips(s)?;
+                Some(change(
+                    ChangeKind::Update,
+                    Object::Service(Service {
+                        virtual_ips,
+                        ..s.clone()
+                    }),
+                ))
+            })
+            .collect()
+    };
+    commit_in_batches(writer, vips.into_iter()).await?;
     // The pure cores read the store in place: copying every task first would cost more than
     // the reconcile itself, and hold twice the tasks in memory, on every pass.
     let plan = {
@@ -233,6 +256,8 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
     };
     group_by_node(&mut decisions);
     let scheduled = (started.elapsed(), decisions.len());
+    // A placed task gets its overlay addresses in the same write (see `crate::ipam`).
+    let mut ipam = crate::ipam::TaskIpam::new(&store.read());
     // Each task is copied when its batch is committed, as it is then; one changed since
     // the scheduler saw it is left to the next pass.
     let changes = decisions.into_iter().filter_map(|p| {
@@ -243,8 +268,15 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
         }
         let mut task = Task::clone(task);
         drop(state);
-        match p.decision.node_id {
-            Some(node_id) => {
+        let addresses = match &p.decision.node_id {
+            Some(_) if !ipam.is_empty() => ipam.assign(&task),
+            _ => Ok(task.network_addresses.clone()),
+        };
+        match (p.decision.node_id, addresses) {
+            (Some(_), Err(error)) if task.scheduling_error == error => return None,
+            (Some(_), Err(error)) => task.scheduling_error = error,
+            (Some(node_id), Ok(addresses)) => {
+                task.network_addresses = addresses;
                 task.node_id = node_id;
                 task.scheduling_error.clear();
                 task.status = Some(shoal_proto::TaskStatus {
@@ -254,8 +286,8 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
                     ..Default::default()
                 });
             }
-            None if task.scheduling_error == p.decision.error => return None,
-            None => task.scheduling_error = p.decision.error,
+            (None, _) if task.scheduling_error == p.decision.error => return None,
+            (None, _) => task.scheduling_error = p.decision.error,
         }
         Some(change(ChangeKind::Update, Object::Task(task)))
     });
@@ -379,6 +411,7 @@ mod tests {
             node_id: "n".into(),
             previous_node_id: None,
             change: TaskChange::Status(state),
+            on_overlay: false,
         })
     }
 

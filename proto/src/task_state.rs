@@ -1,6 +1,6 @@
 //! Small helpers on generated types that every crate needs: state ordering, display names.
 
-use crate::v1::{NodeState, TaskState};
+use crate::v1::{NodeState, Task, TaskState};
 
 impl TaskState {
     /// A terminal state: the task's container is gone or never will exist.
@@ -26,6 +26,15 @@ impl TaskState {
             TaskState::Remove => "remove",
             TaskState::Orphaned => "orphaned",
         }
+    }
+}
+
+impl Task {
+    /// The name of the task's container, Swarm's `<service>.<slot>.<task id>`: the agent names
+    /// the container so, and the manager gives it out as a DNS name on overlay networks.
+    pub fn container_name(&self) -> String {
+        let service = self.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("task");
+        format!("{service}.{}.{}", self.slot, self.id)
     }
 }
 

@@ -97,6 +97,7 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
                 .map(|p| parse_publish(p))
                 .collect::<Result<Vec<_>>>()?
                 .concat(),
+            mode: a.endpoint_mode.clone().unwrap_or_default(),
         }),
         depends_on: Vec::new(),
         update_config: a.rollout.update_config(None)?,

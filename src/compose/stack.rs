@@ -44,15 +44,21 @@ pub fn to_stack_spec(
     let mut networks = Vec::new();
     for (key, n) in project.networks.iter().filter(|(_, n)| !n.external) {
         let pool = n.ipam.as_ref().and_then(|i| i.config.first());
-        if n.driver.as_deref().is_some_and(|d| d != "bridge") {
-            warnings.push(format!(
-                "network {key}: driver {:?} is not supported yet: a bridge network is made instead",
-                n.driver.as_deref().unwrap_or_default()
-            ));
-        }
+        // Swarm's defaults: a stack's networks span the cluster, compose's stay on the node.
+        let driver = match n.driver.as_deref() {
+            None if flavor == Flavor::Stack => "overlay",
+            None | Some("bridge") => "bridge",
+            Some("overlay") => "overlay",
+            Some(other) => {
+                warnings.push(format!(
+                    "network {key}: driver {other:?} is not supported: a bridge network is made instead"
+                ));
+                "bridge"
+            }
+        };
         networks.push(NetworkSpec {
             name: key.clone(),
-            driver: "bridge".into(),
+            driver: driver.into(),
             labels: n.labels.clone().into_iter().collect(),
             internal: n.internal,
             attachable: n.attachable,
@@ -374,6 +380,7 @@ fn to_service_spec(
         },
         endpoint: Some(EndpointSpec {
             ports: ports(name, s)?,
+            mode: deploy.endpoint_mode.clone().unwrap_or_default(),
         }),
         depends_on: s
             .depends_on

@@ -190,6 +190,11 @@ pub async fn open(
     if writer.is_leader() && store.read().cluster.is_none() {
         let mut cluster = shoal_manager::join::new_cluster(shoal_proto::now_ms() / 1000)?;
         cluster.node_cert_expiry_secs = cert_expiry_secs(args)?.unwrap_or(0);
+        cluster.overlay_address_pool = args
+            .overlay_address_pool
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         writer
             .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
             .await?;

@@ -139,8 +139,12 @@ impl TestDaemon {
                 &self.net_prefix,
                 "--nft-table",
                 &self.nft_table,
+                // The test's own 10.X.0.0/16: local networks in its lower half, overlay
+                // networks in its upper half.
                 "--default-address-pool",
-                &format!("base=10.{}.0.0/16,size=24", self.pool_octet),
+                &format!("base=10.{}.0.0/17,size=24", self.pool_octet),
+                "--overlay-address-pool",
+                &format!("10.{}.128.0/17", self.pool_octet),
                 // Tests send nothing off the machine: unknown names fail at once.
                 "--dns-upstream",
                 "none",
@@ -340,7 +344,7 @@ impl TestDaemon {
             NetworkConfig::new(self.data_dir().join("network"), self.data_dir().join("run"));
         config.name_prefix = self.net_prefix.clone();
         config.nft_table = self.nft_table.clone();
-        let base = Ipv4Net::new(std::net::Ipv4Addr::new(10, self.pool_octet, 0, 0), 16);
+        let base = Ipv4Net::new(std::net::Ipv4Addr::new(10, self.pool_octet, 0, 0), 17);
         config.pools = base
             .and_then(|b| AddressPool::new(b, 24))
             .into_iter()

@@ -13,12 +13,7 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The container name Swarm gives a task: `service.slot.taskid`.
 pub fn container_name(task: &Task) -> String {
-    let service = task
-        .spec
-        .as_ref()
-        .map(|s| s.name.as_str())
-        .unwrap_or("task");
-    format!("{service}.{}.{}", task.slot, task.id)
+    task.container_name()
 }
 
 /// Merges the task's container spec over the image's config.

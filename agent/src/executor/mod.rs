@@ -8,10 +8,12 @@ mod config;
 mod health;
 mod mounts;
 mod net;
+mod overlay;
 mod published;
 mod resources;
 mod rotation;
 mod secrets;
+mod vip;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -129,16 +131,22 @@ impl Executor {
     }
 
     /// Reconciles with the complete set of tasks assigned to this node.
-    pub fn assign(&self, assignments: Assignments) {
+    pub fn assign(&self, node_id: &str, assignments: Assignments) {
         let Assignments {
             tasks,
             networks,
             secrets,
+            overlay_peers,
         } = assignments;
         tracing::debug!(tasks = tasks.len(), "assignments");
         *lock(&self.inner.known_secrets) = secrets.into_iter().map(|s| (s.id.clone(), s)).collect();
         let known: HashMap<String, Network> =
             networks.into_iter().map(|n| (n.id.clone(), n)).collect();
+        let remote = overlay::remote_view(&overlay_peers, node_id, |id| {
+            known.get(id)?.spec.as_ref().map(|s| s.name.clone())
+        });
+        let networks = self.inner.networks.clone();
+        tokio::spawn(async move { networks.set_remote(remote).await });
         *lock(&self.inner.needed_networks) = TaskNetworks::needed_by(&tasks, &known);
         *lock(&self.inner.known_networks) = known;
         // Who the manager holds out of rotation: set before any worker starts or changes, so

@@ -14,14 +14,16 @@
 //!   service name, its aliases, and `tasks.<service|alias>`, on each of its networks.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
-use shoal_proto::{Network, PortConfig, Task};
+use shoal_proto::{Network, NetworkAddress, PortConfig, Task};
 
+use super::overlay::{RemoteView, Vip};
+use super::vip;
 use super::published::PublishedPorts;
 use super::rotation::{Endpoint, Member, Rotation};
 use crate::dns::DnsServer;
-use crate::network::{Attachment, NetworkManager, NetworkSpec};
+use crate::network::{Attachment, NetworkManager, NetworkSpec, OverlaySpec};
 use crate::runtime::NetworkMode;
 
 /// The node-local network of services that name none.
@@ -112,12 +114,18 @@ fn local_spec(name: &str, network: Option<&Network>) -> Result<NetworkSpec, Stri
     }
     local.internal = spec.internal;
     local.mtu = spec.mtu;
+    if spec.driver == "overlay" {
+        let vni = network.map(|n| n.vni).unwrap_or_default();
+        local.overlay = Some(OverlaySpec { vni });
+    }
     Ok(local)
 }
 
 /// The names a task answers to on one network: its container name first (the reverse
-/// lookup's answer), then its service name and aliases, then their `tasks.` forms. Pure.
-pub fn dns_names(container_name: &str, service: &str, aliases: &[String]) -> Vec<String> {
+/// lookup's answer), then its service name and aliases, then their `tasks.` forms. With a
+/// virtual address (`vip`), the service name and aliases are the VIP's: only the `tasks.`
+/// forms stay the task's. Pure.
+pub fn dns_names(container_name: &str, service: &str, aliases: &[String], vip: bool) -> Vec<String> {
     let mut names = vec![container_name.to_string()];
     for n in std::iter::once(service).chain(aliases.iter().map(String::as_str)) {
         if !n.is_empty() && !names.iter().any(|x| x == n) {
@@ -125,6 +133,9 @@ pub fn dns_names(container_name: &str, service: &str, aliases: &[String]) -> Vec
         }
     }
     let tasks: Vec<String> = names[1..].iter().map(|n| format!("tasks.{n}")).collect();
+    if vip {
+        names.truncate(1);
+    }
     names.extend(tasks);
     names
 }
@@ -139,6 +150,26 @@ pub struct TaskNetworks {
     /// container's removal can prune too.
     needed: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
     rotation: Rotation,
+    remote: std::sync::Arc<Remote>,
+}
+
+/// The other nodes' tasks on this node's overlay networks: the latest view from the manager,
+/// and what of it is applied. Every apply applies the latest view, so applies may run in any
+/// order; one at a time.
+#[derive(Default)]
+struct Remote {
+    view: std::sync::Mutex<RemoteView>,
+    applied: tokio::sync::Mutex<AppliedRemote>,
+}
+
+#[derive(Default)]
+struct AppliedRemote {
+    /// Networks given peers (so that one leaving the view gets an empty set).
+    networks: HashSet<String>,
+    /// DNS entries by task: (endpoint id, local network id, address, names).
+    records: HashMap<String, Vec<(String, String, Ipv4Addr, Vec<String>)>>,
+    /// The VIP table loaded in each container's namespace (see [`super::vip`]).
+    vip_rules: HashMap<String, String>,
 }
 
 /// Runs blocking port-layer work off the async threads.
@@ -155,6 +186,112 @@ impl TaskNetworks {
             ports,
             needed: Default::default(),
             rotation,
+            remote: Default::default(),
+        }
+    }
+
+    /// Takes the manager's latest view of the other nodes' tasks on the overlay networks
+    /// and applies it (forwarding entries, DNS records).
+    pub async fn set_remote(&self, view: RemoteView) {
+        *self.remote.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+        self.apply_remote().await;
+    }
+
+    /// Applies the latest remote view: each network's peers to the driver, the serving
+    /// endpoints' names to the DNS table (of networks this node has; a network made later
+    /// gets them when it is made).
+    async fn apply_remote(&self) {
+        let mut applied = self.remote.applied.lock().await;
+        let view = self
+            .remote
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let gone: Vec<String> = applied
+            .networks
+            .iter()
+            .filter(|n| !view.peers.contains_key(*n))
+            .cloned()
+            .collect();
+        let updates = view
+            .peers
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .chain(gone.into_iter().map(|n| (n, Vec::new())));
+        for (network, peers) in updates {
+            if let Err(e) = self.manager.set_overlay_peers(&network, peers).await {
+                tracing::warn!(%network, "programming the overlay's peers: {e}");
+            }
+        }
+        applied.networks = view.peers.keys().cloned().collect();
+        let wanted: HashMap<String, Vec<(String, String, Ipv4Addr, Vec<String>)>> = view
+            .records
+            .iter()
+            .map(|(task, records)| {
+                let entries = records
+                    .iter()
+                    .filter_map(|(network, ip, names)| {
+                        let id = self.manager.network(network).ok()?.id;
+                        Some((format!("{task}/{id}"), id, *ip, names.clone()))
+                    })
+                    .collect::<Vec<_>>();
+                (task.clone(), entries)
+            })
+            .filter(|(_, entries)| !entries.is_empty())
+            .collect();
+        let leaving: Vec<String> = applied
+            .records
+            .iter()
+            .filter(|(task, old)| wanted.get(*task) != Some(old))
+            .map(|(task, _)| task.clone())
+            .collect();
+        let entering: Vec<_> = wanted
+            .iter()
+            .filter(|(task, new)| applied.records.get(*task) != Some(new))
+            .flat_map(|(_, entries)| entries.iter().cloned())
+            .collect();
+        if !leaving.is_empty() || !entering.is_empty() {
+            self.dns.table().swap(&leaving, entering);
+        }
+        applied.records = wanted;
+        self.apply_vip_rules(&view, &mut applied.vip_rules).await;
+    }
+
+    /// Loads, in each of this node's containers on an overlay network, the VIPs of its
+    /// networks where they changed.
+    async fn apply_vip_rules(&self, view: &RemoteView, applied: &mut HashMap<String, String>) {
+        let state = self.manager.state();
+        let mut wanted: HashMap<String, (std::path::PathBuf, String)> = HashMap::new();
+        for (container, net) in &state.containers {
+            let vips: Vec<Vip> = net
+                .attachments
+                .iter()
+                .filter_map(|a| view.vips.get(&a.network_name))
+                .flatten()
+                .cloned()
+                .collect();
+            if vips.is_empty() && !applied.contains_key(container) {
+                continue;
+            }
+            wanted.insert(container.clone(), (net.netns_path.clone(), vip::ruleset(&vips)));
+        }
+        applied.retain(|container, _| wanted.contains_key(container));
+        for (container, (netns, script)) in wanted {
+            if applied.get(&container) == Some(&script) {
+                continue;
+            }
+            let s = script.clone();
+            match blocking(move || vip::apply(&netns, &s)).await {
+                Some(Ok(())) if script.contains("chain") => {
+                    applied.insert(container, script);
+                }
+                Some(Ok(())) => {
+                    applied.remove(&container);
+                }
+                Some(Err(e)) => tracing::warn!(%container, "virtual addresses: {e}"),
+                None => {}
+            }
         }
     }
 
@@ -170,8 +307,20 @@ impl TaskNetworks {
     pub async fn announce(&self, task: &Task, container_name: &str) -> Vec<PortConfig> {
         let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
         let attachments = self.manager.attachments(&task.id);
+        let dnsrr = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.endpoint.as_ref())
+            .is_some_and(|e| e.mode == "dnsrr");
         let mut endpoints = Vec::new();
         for a in &attachments {
+            // On an overlay network the service's name is its virtual address's (see
+            // `super::overlay`), unless it resolves to its tasks (dnsrr).
+            let vip = !dnsrr
+                && self
+                    .manager
+                    .network(&a.network_id)
+                    .is_ok_and(|n| n.overlay.is_some());
             let listen = SocketAddr::new(a.gateway.into(), 53);
             if let Err(e) = self.dns.listen(listen).await {
                 tracing::warn!(network = %a.network_name, "no DNS on this network: {e}");
@@ -180,7 +329,7 @@ impl TaskNetworks {
                 id: format!("{}/{}", task.id, a.network_id),
                 network_id: a.network_id.clone(),
                 ip: a.ip,
-                names: dns_names(container_name, service, &a.aliases),
+                names: dns_names(container_name, service, &a.aliases, vip),
             });
         }
         let reachable = attachments.iter().find(|a| {
@@ -267,7 +416,9 @@ impl TaskNetworks {
             }
             Wanted::Networks(n) => n,
         };
-        let mut result = self.attach_all(&task.id, networks).await;
+        let mut result = self
+            .attach_all(&task.id, networks, &task.network_addresses)
+            .await;
         if result.is_ok() {
             let (ports, t) = (self.ports.clone(), task.clone());
             if let Some(Err(e)) = blocking(move || ports.reserve(&t)).await {
@@ -284,20 +435,34 @@ impl TaskNetworks {
         &self,
         container_id: &str,
         networks: Vec<(String, Option<Network>, Vec<String>)>,
+        addresses: &[NetworkAddress],
     ) -> Result<Prepared, String> {
         let mut attachments = Vec::new();
+        let mut on_overlay = false;
         for (name, network, aliases) in networks {
             let spec = local_spec(&name, network.as_ref())?;
-            self.manager
+            // The address the manager chose for the task (overlay networks).
+            let ip = network
+                .as_ref()
+                .and_then(|n| addresses.iter().find(|a| a.network_id == n.id))
+                .and_then(|a| a.address.split('/').next()?.parse().ok());
+            let made = self
+                .manager
                 .ensure_network(spec)
                 .await
                 .map_err(|e| format!("network {name}: {e}"))?;
+            on_overlay |= made.overlay.is_some();
             let attachment = self
                 .manager
-                .attach(container_id, &name, aliases)
+                .attach(container_id, &name, aliases, ip)
                 .await
                 .map_err(|e| format!("attach to network {name}: {e}"))?;
             attachments.push(attachment);
+        }
+        if on_overlay {
+            // The other nodes' names on a network made just now (it has its local id only
+            // now), and the VIPs in the new container's namespace, before it starts.
+            self.apply_remote().await;
         }
         let netns = attachments
             .first()
@@ -443,6 +608,7 @@ mod tests {
             "app_web.1.abc",
             "app_web",
             &["web".into(), "app_web".into()],
+            false,
         );
         assert_eq!(
             names,
@@ -453,6 +619,11 @@ mod tests {
                 "tasks.app_web",
                 "tasks.web"
             ]
+        );
+        let behind_a_vip = dns_names("app_web.1.abc", "app_web", &["web".into()], true);
+        assert_eq!(
+            behind_a_vip,
+            ["app_web.1.abc", "tasks.app_web", "tasks.web"]
         );
     }
 

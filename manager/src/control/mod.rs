@@ -661,17 +661,13 @@ impl Control for ControlApi {
         &self,
         request: Request<CreateNetworkRequest>,
     ) -> Result<Response<CreateNetworkResponse>, Status> {
-        let mut spec = request
+        let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("CreateNetwork needs a spec"))?;
-        network::check_network(&self.store.read(), &mut spec).map_err(Status::invalid_argument)?;
         let id = new_id();
-        let created = Network {
-            id: id.clone(),
-            meta: None,
-            spec: Some(spec),
-        };
+        let created = network::new_network(&self.store.read(), spec, id.clone(), &[])
+            .map_err(Status::invalid_argument)?;
         self.writer
             .commit(vec![change(ChangeKind::Create, Object::Network(created))])
             .await

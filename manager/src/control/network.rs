@@ -3,7 +3,8 @@
 //!
 //! Bridge networks are node-local in effect: the object is cluster-wide (so every node that
 //! runs a task of the service makes the same network), the bridge and the addresses are each
-//! node's own. A service that names no network goes on the node's default `bridge`.
+//! node's own. Overlay networks span the cluster: [`crate::ipam`] gives them their subnet,
+//! VNI and task addresses. A service that names no network goes on the node's default `bridge`.
 
 use std::net::Ipv4Addr;
 
@@ -13,7 +14,7 @@ use super::validate::valid_name;
 use crate::store::State;
 
 /// The drivers a network may have.
-pub const DRIVERS: &[&str] = &["bridge"];
+pub const DRIVERS: &[&str] = &["bridge", crate::ipam::OVERLAY];
 
 /// The node-local network of services that name none; not a store object.
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -124,6 +125,36 @@ pub fn check_network(state: &State, spec: &mut NetworkSpec) -> Result<(), String
     Ok(())
 }
 
+/// A network to create with id `id`: `spec` checked against the store and the networks made
+/// in the same write (`planned`), and, for an overlay network, its subnet and VNI chosen.
+pub fn new_network(
+    state: &State,
+    mut spec: NetworkSpec,
+    id: String,
+    planned: &[&Network],
+) -> Result<Network, String> {
+    check_network(state, &mut spec)?;
+    let vni = if spec.driver == crate::ipam::OVERLAY {
+        crate::ipam::allocate_network(
+            &mut spec,
+            state.networks.values().chain(planned.iter().copied()),
+            state
+                .cluster
+                .as_ref()
+                .map(|c| c.overlay_address_pool.as_str())
+                .unwrap_or(""),
+        )?
+    } else {
+        0
+    };
+    Ok(Network {
+        id,
+        meta: None,
+        spec: Some(spec),
+        vni,
+    })
+}
+
 fn name_of(n: &Network) -> &str {
     n.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
 }
@@ -213,6 +244,7 @@ mod tests {
                 subnet: subnet.into(),
                 ..Default::default()
             }),
+            vni: 0,
         };
         let command = StoreCommand {
             request_id: "r".into(),

@@ -9,7 +9,7 @@ use shoal_proto::{
     Stack, StackSpec, StoreChange,
 };
 
-use super::network::{check_network, resolve_targets};
+use super::network::{new_network, resolve_targets};
 use super::secrets::{check_secret, delete_secret, kind_word, named, resolve_secrets};
 use super::validate::{valid_name, validate_spec};
 use crate::store::{change, State};
@@ -223,16 +223,18 @@ fn plan_networks(
                 };
                 full.labels
                     .insert(STACK_LABEL.to_string(), spec.name.clone());
-                check_network(state, &mut full).map_err(|e| format!("network {}: {e}", network.name))?;
-                let id = new_id();
-                plan.changes.push(change(
-                    ChangeKind::Create,
-                    Object::Network(Network {
-                        id: id.clone(),
-                        meta: None,
-                        spec: Some(full),
-                    }),
-                ));
+                let planned: Vec<&Network> = plan
+                    .changes
+                    .iter()
+                    .filter_map(|c| match c.object.as_ref()?.object.as_ref()? {
+                        Object::Network(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect();
+                let created = new_network(state, full, new_id(), &planned)
+                    .map_err(|e| format!("network {}: {e}", network.name))?;
+                let id = created.id.clone();
+                plan.changes.push(change(ChangeKind::Create, Object::Network(created)));
                 id
             }
         };

@@ -16,12 +16,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod overlay;
+
 use futures::Stream;
 use shoal_proto::dispatcher_server::{Dispatcher as DispatcherRpc, DispatcherServer};
 use shoal_proto::store_object::Object;
 use shoal_proto::{
     Assignments, ChangeKind, HeartbeatRequest, HeartbeatResponse, Node, NodeRole, NodeState,
-    NodeStatus, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
+    NodeStatus, OverlayPeers, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
 use tokio::sync::{broadcast, mpsc, watch};
@@ -145,7 +147,11 @@ impl Dispatcher {
     /// the sessions of `node_id` wait on.
     fn watch_node(&self, node_id: &str) -> watch::Receiver<u64> {
         if let Some(events) = lock(&self.inner.events).take() {
-            tokio::spawn(route(events, self.inner.wakers.clone()));
+            tokio::spawn(route(
+                events,
+                self.inner.wakers.clone(),
+                self.inner.store.clone(),
+            ));
         }
         lock(&self.inner.wakers)
             .entry(node_id.to_string())
@@ -415,6 +421,7 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
         .filter_map(|t| t.spec.as_ref())
         .flat_map(|s| s.networks.iter().map(|n| n.target.as_str()))
         .collect();
+    let overlay_peers = overlay::overlay_peers(&state, &wanted);
     let networks = wanted
         .into_iter()
         .filter_map(|id| state.networks.get(id).cloned())
@@ -433,6 +440,7 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
         tasks,
         networks,
         secrets,
+        overlay_peers,
     }
 }
 
@@ -452,6 +460,9 @@ fn concerned_nodes(events: &[Event]) -> Concerned<'_> {
     let mut nodes = std::collections::BTreeSet::new();
     for event in events {
         match event {
+            // Every node on an overlay network follows its tasks (addresses, DNS), wherever
+            // they run; each session then sends only if its message changed.
+            Event::Task(t) if t.on_overlay => return Concerned::All,
             // A change of status alone is what the agent reported (or a verdict on it): the
             // agent needs nothing new. Swarm's dispatcher skips these too.
             Event::Task(t) if matches!(t.change, TaskChange::Status(_)) => {}
@@ -475,13 +486,22 @@ fn concerned_nodes(events: &[Event]) -> Concerned<'_> {
 async fn route(
     mut events: broadcast::Receiver<Arc<Vec<Event>>>,
     wakers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    store: Store,
 ) {
     let bump = |w: &watch::Sender<u64>| w.send_modify(|n| *n = n.wrapping_add(1));
     loop {
         match events.recv().await {
             Ok(batch) => {
+                let mut concerned = concerned_nodes(&batch);
+                // A node that goes down or comes back takes its tasks out of (or back into)
+                // every overlay network's endpoints.
+                if batch.iter().any(|e| matches!(e, Event::Put { kind: "node", .. }))
+                    && store.read().networks.values().any(crate::ipam::is_overlay)
+                {
+                    concerned = Concerned::All;
+                }
                 let wakers = lock(&wakers);
-                match concerned_nodes(&batch) {
+                match concerned {
                     Concerned::All => wakers.values().for_each(bump),
                     Concerned::Nodes(nodes) => nodes
                         .into_iter()
@@ -577,7 +597,8 @@ impl DispatcherRpc for Dispatcher {
             node_id: node_id.clone(),
         };
         tokio::spawn(async move {
-            let mut last_sent: Option<(Vec<(String, u64)>, Vec<String>, i32)> = None;
+            type Fingerprint = (Vec<(String, u64)>, Vec<String>, i32, Vec<OverlayPeers>);
+            let mut last_sent: Option<Fingerprint> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
                 let Ok(permit) = tx.reserve().await else {
@@ -602,7 +623,7 @@ impl DispatcherRpc for Dispatcher {
                     .get(&node_id)
                     .map(|n| n.role)
                     .unwrap_or_default();
-                let fingerprint = (fingerprint, managers, role);
+                let fingerprint = (fingerprint, managers, role, assignments.overlay_peers.clone());
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {
                         session_id: session_id.clone(),
@@ -711,6 +732,7 @@ mod tests {
             node_id: node.into(),
             previous_node_id: previous.map(str::to_string),
             change,
+            on_overlay: false,
         })
     }
 

@@ -586,6 +586,8 @@ fn new_task(service: &Service, service_id: &str, work: &SlotWork, now: i64, id: 
         scheduling_error: String::new(),
         drain_ms: None,
         out_of_rotation: false,
+        // Given when the task is placed (see `crate::ipam`).
+        network_addresses: Vec::new(),
     };
     task.set_desired_state(TaskState::Running);
     task

@@ -69,6 +69,9 @@ pub struct TaskEvent {
     /// The node it was on before the change, when that was another one.
     pub previous_node_id: Option<String>,
     pub change: TaskChange,
+    /// The task has addresses on overlay networks: every node on those networks learns of its
+    /// changes, its status included (where to reach it, whether DNS gives it out).
+    pub on_overlay: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,8 @@ fn task_event(previous: Option<&Task>, task: &Task) -> TaskEvent {
             .filter(|old| old.node_id != task.node_id)
             .map(|old| old.node_id.clone()),
         change,
+        on_overlay: !task.network_addresses.is_empty()
+            || previous.is_some_and(|old| !old.network_addresses.is_empty()),
     }
 }
 
@@ -114,6 +119,7 @@ pub fn same_but_status(a: &Task, b: &Task) -> bool {
         scheduling_error,
         drain_ms,
         out_of_rotation,
+        network_addresses,
     } = a;
     *id == b.id
         && *service_id == b.service_id
@@ -124,6 +130,7 @@ pub fn same_but_status(a: &Task, b: &Task) -> bool {
         && *scheduling_error == b.scheduling_error
         && *drain_ms == b.drain_ms
         && *out_of_rotation == b.out_of_rotation
+        && *network_addresses == b.network_addresses
         && *spec == b.spec
 }
 
@@ -325,10 +332,10 @@ impl State {
                     events.push(Event::Put { kind, id });
                 }
                 None if kind == "task" => {
-                    let node_id = self
+                    let (node_id, on_overlay) = self
                         .tasks
                         .get(&id)
-                        .map(|t| t.node_id.clone())
+                        .map(|t| (t.node_id.clone(), !t.network_addresses.is_empty()))
                         .unwrap_or_default();
                     self.remove(kind, &id);
                     events.push(Event::Task(TaskEvent {
@@ -336,6 +343,7 @@ impl State {
                         node_id,
                         previous_node_id: None,
                         change: TaskChange::Deleted,
+                        on_overlay,
                     }));
                 }
                 None => {
