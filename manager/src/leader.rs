@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::store_object::Object;
-use shoal_proto::{now_ms, ChangeKind, Service, StoreChange, Task, TaskState};
+use shoal_proto::{now_ms, ChangeKind, StoreChange, Task, TaskState};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -168,29 +168,30 @@ fn drain(events: &mut broadcast::Receiver<Arc<Vec<Event>>>, woke: &mut Wake) {
 /// One orchestrate + schedule pass. Returns when it next wants to run by itself.
 async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError> {
     let started = Instant::now();
-    // Virtual addresses first: the orchestrator's service writes below are compare-and-sets
-    // on the versions it reads after these.
-    let vips: Vec<StoreChange> = {
+    // Services' cluster-wide endpoints first (virtual addresses, ingress ports): the
+    // orchestrator's service writes below are compare-and-sets on the versions it reads
+    // after these.
+    let endpoints: Vec<StoreChange> = {
         let state = store.read();
         let mut ipam = crate::ipam::TaskIpam::new(&state);
-        let overlays = !ipam.is_empty();
+        let mut ports = crate::ingress::IngressPorts::new(&state);
         state
             .services
             .values()
-            .filter(|s| overlays || !s.virtual_ips.is_empty())
             .filter_map(|s| {
-                let virtual_ips = ipam.virtual_ips(s)?;
-                Some(change(
-                    ChangeKind::Update,
-                    Object::Service(Service {
-                        virtual_ips,
-                        ..s.clone()
-                    }),
-                ))
+                let vips = ipam.virtual_ips(s);
+                let ingress = ports.resolve(s);
+                if vips.is_none() && ingress.is_none() {
+                    return None;
+                }
+                let mut s = s.clone();
+                s.virtual_ips = vips.unwrap_or(s.virtual_ips);
+                s.ingress_ports = ingress.unwrap_or(s.ingress_ports);
+                Some(change(ChangeKind::Update, Object::Service(s)))
             })
             .collect()
     };
-    commit_in_batches(writer, vips.into_iter()).await?;
+    commit_in_batches(writer, endpoints.into_iter()).await?;
     // The pure cores read the store in place: copying every task first would cost more than
     // the reconcile itself, and hold twice the tasks in memory, on every pass.
     let plan = {
@@ -411,7 +412,7 @@ mod tests {
             node_id: "n".into(),
             previous_node_id: None,
             change: TaskChange::Status(state),
-            on_overlay: false,
+            cluster_wide: false,
         })
     }
 

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod consensus;
 pub mod control;
 pub mod dispatcher;
+pub mod ingress;
 pub mod ipam;
 pub mod join;
 pub mod leader;

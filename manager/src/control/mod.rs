@@ -270,6 +270,8 @@ impl Control for ControlApi {
         validate_spec(&spec).map_err(Status::invalid_argument)?;
         self.resolve_networks(&mut spec)?;
         self.check_image(&spec)?;
+        crate::ingress::check_ports(&self.store.read(), "", &spec)
+            .map_err(Status::invalid_argument)?;
         let id = new_id();
         let service = Service {
             id: id.clone(),
@@ -351,6 +353,8 @@ impl Control for ControlApi {
         if current.spec.as_ref().map(|s| &s.container) != Some(&spec.container) {
             self.check_image(&spec)?;
         }
+        crate::ingress::check_ports(&self.store.read(), &current.id, &spec)
+            .map_err(Status::invalid_argument)?;
         let mut service = current;
         service.meta = Some(Meta {
             version: r.version,

@@ -96,6 +96,8 @@ pub fn plan_deploy(
             kept.force_update = kept.force_update.max(old.force_update);
         }
         let spec_wanted = &kept;
+        let id = existing.map(|s| s.id.as_str()).unwrap_or("");
+        crate::ingress::check_ports(state, id, spec_wanted)?;
         match existing {
             None => {
                 plan.changes.push(change(

@@ -22,7 +22,7 @@ use futures::Stream;
 use shoal_proto::dispatcher_server::{Dispatcher as DispatcherRpc, DispatcherServer};
 use shoal_proto::store_object::Object;
 use shoal_proto::{
-    Assignments, ChangeKind, HeartbeatRequest, HeartbeatResponse, Node, NodeRole, NodeState,
+    Assignments, ChangeKind, HeartbeatRequest, IngressService, HeartbeatResponse, Node, NodeRole, NodeState,
     NodeStatus, OverlayPeers, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse,
 };
@@ -441,6 +441,7 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
         networks,
         secrets,
         overlay_peers,
+        ingress: overlay::ingress_services(&state),
     }
 }
 
@@ -460,9 +461,9 @@ fn concerned_nodes(events: &[Event]) -> Concerned<'_> {
     let mut nodes = std::collections::BTreeSet::new();
     for event in events {
         match event {
-            // Every node on an overlay network follows its tasks (addresses, DNS), wherever
-            // they run; each session then sends only if its message changed.
-            Event::Task(t) if t.on_overlay => return Concerned::All,
+            // Other nodes follow these tasks (overlay addresses, DNS, the routing mesh),
+            // wherever they run; each session then sends only if its message changed.
+            Event::Task(t) if t.cluster_wide => return Concerned::All,
             // A change of status alone is what the agent reported (or a verdict on it): the
             // agent needs nothing new. Swarm's dispatcher skips these too.
             Event::Task(t) if matches!(t.change, TaskChange::Status(_)) => {}
@@ -495,9 +496,11 @@ async fn route(
                 let mut concerned = concerned_nodes(&batch);
                 // A node that goes down or comes back takes its tasks out of (or back into)
                 // every overlay network's endpoints.
-                if batch.iter().any(|e| matches!(e, Event::Put { kind: "node", .. }))
-                    && store.read().networks.values().any(crate::ipam::is_overlay)
-                {
+                if batch.iter().any(|e| matches!(e, Event::Put { kind: "node", .. })) && {
+                    let state = store.read();
+                    state.networks.values().any(crate::ipam::is_overlay)
+                        || state.services.values().any(|s| !s.ingress_ports.is_empty())
+                } {
                     concerned = Concerned::All;
                 }
                 let wakers = lock(&wakers);
@@ -597,7 +600,13 @@ impl DispatcherRpc for Dispatcher {
             node_id: node_id.clone(),
         };
         tokio::spawn(async move {
-            type Fingerprint = (Vec<(String, u64)>, Vec<String>, i32, Vec<OverlayPeers>);
+            type Fingerprint = (
+                Vec<(String, u64)>,
+                Vec<String>,
+                i32,
+                Vec<OverlayPeers>,
+                Vec<IngressService>,
+            );
             let mut last_sent: Option<Fingerprint> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
             loop {
@@ -623,7 +632,13 @@ impl DispatcherRpc for Dispatcher {
                     .get(&node_id)
                     .map(|n| n.role)
                     .unwrap_or_default();
-                let fingerprint = (fingerprint, managers, role, assignments.overlay_peers.clone());
+                let fingerprint = (
+                    fingerprint,
+                    managers,
+                    role,
+                    assignments.overlay_peers.clone(),
+                    assignments.ingress.clone(),
+                );
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {
                         session_id: session_id.clone(),
@@ -732,7 +747,7 @@ mod tests {
             node_id: node.into(),
             previous_node_id: previous.map(str::to_string),
             change,
-            on_overlay: false,
+            cluster_wide: false,
         })
     }
 

@@ -1,14 +1,18 @@
-//! What a node needs to know of the other tasks on its overlay networks: where each one is
-//! (its address, and the address of its node as the VXLAN tunnel end) and whether DNS gives
-//! it out. Pure: read from the store for every session message of a node on such a network.
+//! What a node needs to know of the tasks on other nodes. Pure: read from the store for every
+//! session message.
 //!
-//! A task is an endpoint while it holds its address (not ended) and its node is up: a node
-//! marked down takes its tasks out at once, from forwarding and from DNS.
+//! - On its overlay networks: where each task is (its address, and the address of its node
+//!   as the VXLAN tunnel end) and whether DNS and the VIPs give it out. A task is an endpoint
+//!   while it holds its address (not ended) and its node is up: a node marked down takes its
+//!   tasks out at once, from forwarding, DNS and the VIPs.
+//! - For the routing mesh (every node, whatever it runs): each service with ingress ports,
+//!   and how many serving tasks it has on which node.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_proto::{
-    Node, NodeState, OverlayEndpoint, OverlayPeers, ServiceSpec, Task, TaskState, VirtualIp,
+    IngressBackend, IngressService, Node, NodeState, OverlayEndpoint, OverlayPeers, ServiceSpec,
+    Task, TaskState, VirtualIp,
 };
 
 use crate::store::State;
@@ -74,10 +78,52 @@ fn is_up(node: &Node) -> bool {
     node.status.as_ref().is_some_and(|s| s.state() == NodeState::Ready)
 }
 
+/// Whether a task is in rotation: running (healthy, with a healthcheck), wanted running and
+/// not held out by the manager. (Its node being up is the caller's check.)
+fn serving(task: &Task) -> bool {
+    let healthy = task
+        .status
+        .as_ref()
+        .is_none_or(|s| s.health.is_empty() || s.health == "healthy");
+    status_of(task) == TaskState::Running
+        && healthy
+        && !task.out_of_rotation
+        && task.desired_state() == TaskState::Running
+}
+
+/// Every service with ingress ports, and how many serving tasks it has on each up node.
+pub fn ingress_services(state: &State) -> Vec<IngressService> {
+    state
+        .services
+        .values()
+        .filter(|s| !s.ingress_ports.is_empty())
+        .map(|s| {
+            let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+            for task in state.tasks_of(&s.id).filter(|t| serving(t)) {
+                *counts.entry(task.node_id.as_str()).or_default() += 1;
+            }
+            let backends = counts
+                .into_iter()
+                .filter_map(|(node_id, tasks)| {
+                    let node = state.nodes.get(node_id).filter(|n| is_up(n))?;
+                    Some(IngressBackend {
+                        node_id: node_id.to_string(),
+                        node_addr: node.status.as_ref()?.addr.clone(),
+                        tasks,
+                    })
+                })
+                .collect();
+            IngressService {
+                service_id: s.id.clone(),
+                ports: s.ingress_ports.clone(),
+                backends,
+            }
+        })
+        .collect()
+}
+
 fn endpoint(task: &Task, node: &Node, network_id: &str, address: &str) -> OverlayEndpoint {
     let spec = task.spec.as_ref();
-    let status = task.status.as_ref();
-    let healthy = status.is_none_or(|s| s.health.is_empty() || s.health == "healthy");
     OverlayEndpoint {
         task_id: task.id.clone(),
         node_id: task.node_id.clone(),
@@ -86,10 +132,7 @@ fn endpoint(task: &Task, node: &Node, network_id: &str, address: &str) -> Overla
         container_name: task.container_name(),
         service_name: spec.map(|s| s.name.clone()).unwrap_or_default(),
         aliases: aliases_on(spec, network_id),
-        serving: status_of(task) == TaskState::Running
-            && healthy
-            && !task.out_of_rotation
-            && task.desired_state() == TaskState::Running,
+        serving: serving(task),
         service_id: task.service_id.clone(),
     }
 }
@@ -177,6 +220,27 @@ mod tests {
             .map(|e| (e.task_id.as_str(), e.serving))
             .collect();
         assert_eq!(got, vec![("a", true), ("b", false)]);
+        let mut web = shoal_proto::Service {
+            id: "web".into(),
+            ..Default::default()
+        };
+        web.ingress_ports.push(shoal_proto::PortConfig {
+            published_port: 8080,
+            target_port: 80,
+            ..Default::default()
+        });
+        state.services.insert("web".into(), web);
+        for t in state.tasks.values_mut() {
+            t.service_id = "web".into();
+        }
+        let ingress = ingress_services(&state);
+        assert_eq!(ingress.len(), 1);
+        let backends: Vec<(&str, &str, u32)> = ingress[0]
+            .backends
+            .iter()
+            .map(|b| (b.node_id.as_str(), b.node_addr.as_str(), b.tasks))
+            .collect();
+        assert_eq!(backends, vec![("n1", "198.18.0.11", 1)], "serving tasks of up nodes");
         let a = &peers[0].endpoints[0];
         assert_eq!(a.node_addr, "198.18.0.11");
         assert_eq!(a.container_name, "web.1.a");

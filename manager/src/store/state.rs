@@ -69,9 +69,10 @@ pub struct TaskEvent {
     /// The node it was on before the change, when that was another one.
     pub previous_node_id: Option<String>,
     pub change: TaskChange,
-    /// The task has addresses on overlay networks: every node on those networks learns of its
-    /// changes, its status included (where to reach it, whether DNS gives it out).
-    pub on_overlay: bool,
+    /// Other nodes follow the task, its status included: it has addresses on overlay
+    /// networks (where to reach it, whether DNS gives it out), or its service publishes
+    /// ingress ports (the routing mesh sends to it from every node).
+    pub cluster_wide: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,9 +99,13 @@ fn task_event(previous: Option<&Task>, task: &Task) -> TaskEvent {
             .filter(|old| old.node_id != task.node_id)
             .map(|old| old.node_id.clone()),
         change,
-        on_overlay: !task.network_addresses.is_empty()
-            || previous.is_some_and(|old| !old.network_addresses.is_empty()),
+        cluster_wide: is_cluster_wide(task) || previous.is_some_and(is_cluster_wide),
     }
+}
+
+fn is_cluster_wide(task: &Task) -> bool {
+    !task.network_addresses.is_empty()
+        || crate::ingress::has_ingress_ports(task.spec.as_ref())
 }
 
 /// Whether two versions of a task differ in nothing but their status (and store metadata).
@@ -332,10 +337,10 @@ impl State {
                     events.push(Event::Put { kind, id });
                 }
                 None if kind == "task" => {
-                    let (node_id, on_overlay) = self
+                    let (node_id, cluster_wide) = self
                         .tasks
                         .get(&id)
-                        .map(|t| (t.node_id.clone(), !t.network_addresses.is_empty()))
+                        .map(|t| (t.node_id.clone(), is_cluster_wide(t)))
                         .unwrap_or_default();
                     self.remove(kind, &id);
                     events.push(Event::Task(TaskEvent {
@@ -343,7 +348,7 @@ impl State {
                         node_id,
                         previous_node_id: None,
                         change: TaskChange::Deleted,
-                        on_overlay,
+                        cluster_wide,
                     }));
                 }
                 None => {
