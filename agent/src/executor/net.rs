@@ -294,7 +294,7 @@ impl TaskNetworks {
                 .map_err(|e| format!("network {name}: {e}"))?;
             let attachment = self
                 .manager
-                .attach(container_id, &name, aliases)
+                .attach(container_id, &name, aliases, None)
                 .await
                 .map_err(|e| format!("attach to network {name}: {e}"))?;
             attachments.push(attachment);
