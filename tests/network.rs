@@ -1,11 +1,13 @@
-//! Privileged tests of the bridge networks (agent/src/network) with the real NetworkManager.
+//! Privileged tests of the bridge and overlay networks (agent/src/network) with the real
+//! NetworkManager.
 //!
 //! "Containers" here are netns files; traffic is a TCP listener in one namespace and a
 //! connector in another, each on a thread that `setns`es into its namespace (no extra
 //! packages). Every resource carries a random prefix and is removed by a guard, also on panic.
 //! The only addresses used are in the test's own subnets (on its own bridges), on a veth pair
 //! the test makes between the host namespace and an "outside" namespace of its own, and no
-//! traffic leaves the machine. The tests run one at a time: they share the host's
+//! traffic leaves the machine. The overlay test runs two managers, each in a namespace of its
+//! own that plays a node, joined by a veth pair; it pings with busybox (`busybox-static`). The tests run one at a time: they share the host's
 //! `net.ipv4.ip_forward`, and Docker's `DOCKER-USER` chain when there is one.
 
 mod common;
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use shoal_agent::network::{
     create_netns_file, delete_netns_file, firewall, AddressPool, Ipv4Net, NetOps, NetworkConfig,
-    NetworkManager, NetworkSpec, RealNetOps,
+    NetworkManager, NetworkSpec, OverlayEntries, OverlayPeer, OverlaySpec, RealNetOps,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -243,9 +245,9 @@ fn bridge_networks_connect_and_isolate() {
             })
             .await
             .unwrap();
-        let a1 = m.attach("a1", "A", vec![]).await.unwrap();
-        let a2 = m.attach("a2", "A", vec!["db".into()]).await.unwrap();
-        let b1 = m.attach("b1", "B", vec![]).await.unwrap();
+        let a1 = m.attach("a1", "A", vec![], None).await.unwrap();
+        let a2 = m.attach("a2", "A", vec!["db".into()], None).await.unwrap();
+        let b1 = m.attach("b1", "B", vec![], None).await.unwrap();
         (a, b, a1, a2, b1)
     });
     assert!(a.bridge.starts_with(&env.prefix) && a.bridge.len() <= 15);
@@ -331,8 +333,8 @@ fn egress_is_masqueraded_and_internal_networks_are_closed() {
             })
             .await
             .unwrap();
-        let n1 = m.attach("n1", "pub", vec![]).await.unwrap();
-        let i1 = m.attach("i1", "priv", vec![]).await.unwrap();
+        let n1 = m.attach("n1", "pub", vec![], None).await.unwrap();
+        let i1 = m.attach("i1", "priv", vec![], None).await.unwrap();
         (internal, n1, i1)
     });
     assert!(n1.default_route && !i1.default_route);
@@ -387,10 +389,10 @@ fn fifty_attachments_come_and_go_without_leaks() {
         let mut seen = HashSet::new();
         for i in 0..50 {
             let c = format!("c{i}");
-            let a = m.attach(&c, "churn", vec![]).await.unwrap();
+            let a = m.attach(&c, "churn", vec![], None).await.unwrap();
             seen.insert(a.ip);
             if i % 5 == 0 {
-                let b = m.attach(&c, "other", vec![]).await.unwrap();
+                let b = m.attach(&c, "other", vec![], None).await.unwrap();
                 assert_eq!(b.ifname, "eth1");
                 assert!(!b.default_route);
                 m.detach(&c, "other").await.unwrap();
@@ -401,7 +403,7 @@ fn fifty_attachments_come_and_go_without_leaks() {
         assert_eq!(seen.len(), 50);
         // A restart: a new manager on the same state reconciles; a container that died while
         // the agent was away is cleaned up.
-        m.attach("ghost", "churn", vec![]).await.unwrap();
+        m.attach("ghost", "churn", vec![], None).await.unwrap();
     });
     // And a link of ours that no state knows (a crash between creating it and saving).
     let stray = format!("v{}dead", env.prefix);
@@ -418,4 +420,236 @@ fn fifty_attachments_come_and_go_without_leaks() {
         again.remove_network("other").await.unwrap();
     });
     env.assert_clean();
+}
+
+/// Two simulated nodes for the overlay test: each a network namespace of the test's own
+/// (joined by a veth pair, the underlay) with a NetworkManager whose "host" is that namespace.
+/// Torn down on drop, also on panic: the managers' containers and networks, then the
+/// namespaces (their links, vxlan devices and nft tables go with them).
+struct TwoNodes {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    /// (node netns file, its manager)
+    nodes: Vec<(PathBuf, NetworkManager)>,
+    prefix: String,
+    octet: u8,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl TwoNodes {
+    fn new() -> TwoNodes {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let r = common::random_u64();
+        let prefix = format!("t{:04x}", r & 0xffff);
+        let octet = 100 + ((r >> 16) % 150) as u8;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut me = TwoNodes {
+            rt,
+            dir: tempfile::tempdir().unwrap(),
+            nodes: Vec::new(),
+            prefix,
+            octet,
+            _serial: serial,
+        };
+        for name in ["a", "b"] {
+            let ns = me.dir.path().join(format!("node-{name}"));
+            create_netns_file(&ns).unwrap();
+            let mgr = NetworkManager::with_ops(me.config(name), RealNetOps::in_netns(&ns));
+            me.nodes.push((ns, mgr.unwrap()));
+        }
+        // The underlay: u0 (198.18.X.1/24) in node a ↔ u1 (198.18.X.2/24) in node b.
+        let (a, b) = (me.ops(0), me.ops(1));
+        a.create_veth("u0", "u1", 1500).unwrap();
+        a.move_to_netns("u1", &me.nodes[1].0).unwrap();
+        a.add_address(None, "u0", me.vtep(0), 24).unwrap();
+        a.set_up(None, "u0").unwrap();
+        b.add_address(None, "u1", me.vtep(1), 24).unwrap();
+        b.set_up(None, "u1").unwrap();
+        me
+    }
+
+    fn config(&self, node: &str) -> NetworkConfig {
+        let d = self.dir.path().join(node);
+        let mut cfg = NetworkConfig::new(d.join("data"), d.join("run"));
+        cfg.name_prefix = self.prefix.clone();
+        cfg.nft_table = format!("shoaltest-{}", self.prefix);
+        cfg
+    }
+
+    fn ops(&self, node: usize) -> RealNetOps {
+        RealNetOps::in_netns(&self.nodes[node].0)
+    }
+
+    fn mgr(&self, node: usize) -> NetworkManager {
+        self.nodes[node].1.clone()
+    }
+
+    /// The underlay address of node 0 or 1.
+    fn vtep(&self, node: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.octet, 1 + node as u8)
+    }
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        for (ns, mgr) in &self.nodes {
+            let st = mgr.state();
+            let mgr = mgr.clone();
+            self.rt.block_on(async {
+                for c in st.containers.keys() {
+                    let _ = mgr.release_container(c).await;
+                }
+                for n in st.networks.values() {
+                    let _ = mgr.remove_network(&n.id).await;
+                }
+            });
+            if let Ok(rd) = std::fs::read_dir(mgr.config().run_dir.join("netns")) {
+                for e in rd.flatten() {
+                    let _ = delete_netns_file(&e.path());
+                }
+            }
+            let _ = delete_netns_file(ns);
+        }
+    }
+}
+
+/// Whether one `ping` from the network namespace `ns` to `ip` gets an answer (busybox's
+/// `ping`, run by a thread that has joined the namespace: the child inherits it).
+fn pings(ns: &Path, ip: Ipv4Addr) -> bool {
+    let target = ip.to_string();
+    in_netns(ns, move || {
+        std::process::Command::new("busybox")
+            .args(["ping", "-c", "1", "-W", "1", &target])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run busybox ping (Debian package busybox-static)")
+            .success()
+    })
+}
+
+/// Pings until an answer comes, for up to 20 s (a loaded machine may be slow to start).
+fn pings_within(ns: &Path, ip: Ipv4Addr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if pings(ns, ip) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn overlay_network_spans_two_nodes() {
+    if !common::require_root() {
+        return;
+    }
+    let nodes = TwoNodes::new();
+    let (a, b) = (nodes.mgr(0), nodes.mgr(1));
+    let x = nodes.octet;
+    let subnet = Ipv4Net::new(Ipv4Addr::new(10, x, 0, 0), 24).unwrap();
+    let vni = 1 + (common::random_u64() % 0xfffff) as u32;
+    let spec = NetworkSpec {
+        subnet: Some(subnet),
+        gateway: Some(subnet.first_host()),
+        overlay: Some(OverlaySpec { vni }),
+        ..NetworkSpec::named("ov")
+    };
+    let (ip1, ip2) = (Ipv4Addr::new(10, x, 0, 2), Ipv4Addr::new(10, x, 0, 3));
+    // c1 on node a and c2 on node b, the same network on both.
+    let (net_a, c1, c2) = nodes.rt.block_on(async {
+        let net_a = a.create_network(spec.clone()).await.unwrap();
+        let net_b = b.create_network(spec.clone()).await.unwrap();
+        assert_eq!(
+            (net_a.gateway, net_a.mtu),
+            (net_b.gateway, net_b.mtu),
+            "one distributed gateway"
+        );
+        assert!(a.attach("c1", "ov", vec![], None).await.is_err());
+        let c1 = a.attach("c1", "ov", vec![], Some(ip1)).await.unwrap();
+        let c2 = b.attach("c2", "ov", vec![], Some(ip2)).await.unwrap();
+        (net_a, c1, c2)
+    });
+    let vx = net_a.vxlan().unwrap();
+    let links = nodes.ops(0).list_links(None).unwrap();
+    let l = links.iter().find(|l| l.name == vx).expect("vxlan device");
+    assert_eq!(l.kind, "vxlan");
+    assert_eq!(l.master.as_deref(), Some(net_a.bridge.as_str()));
+    assert!(l.up);
+    let eth0 = nodes.ops(0).list_links(Some(&c1.netns_path)).unwrap();
+    assert_eq!(eth0.iter().find(|l| l.name == "eth0").unwrap().mtu, 1450);
+
+    // No peers: nothing reaches the other node.
+    assert!(!pings(&c1.netns_path, ip2), "reached c2 without peers");
+
+    let to_c2 = OverlayPeer {
+        ip: ip2,
+        vtep: nodes.vtep(1),
+    };
+    let to_c1 = OverlayPeer {
+        ip: ip1,
+        vtep: nodes.vtep(0),
+    };
+    nodes.rt.block_on(async {
+        a.set_overlay_peers("ov", vec![to_c2]).await.unwrap();
+        b.set_overlay_peers("ov", vec![to_c1]).await.unwrap();
+    });
+    assert!(pings_within(&c1.netns_path, ip2), "c1 cannot ping c2");
+    assert!(pings_within(&c2.netns_path, ip1), "c2 cannot ping c1");
+    // What the kernel holds: one FDB and one neighbour entry for the peer, nothing flooded.
+    let want = OverlayEntries::of(&[to_c2].into());
+    assert_eq!(nodes.ops(0).list_overlay_entries(&vx).unwrap(), want);
+
+    // Node a's daemon restarts: its overlay device goes on working, and the resent (now
+    // empty) peer set removes what the kernel held.
+    let a2 = NetworkManager::with_ops(a.config(), nodes.ops(0)).unwrap();
+    let live: HashSet<String> = ["c1".to_string()].into();
+    let r = nodes.rt.block_on(a2.reconcile(live)).unwrap();
+    assert!(
+        r.removed_links.is_empty() && r.recreated_vxlans.is_empty(),
+        "{r:?}"
+    );
+    assert!(pings_within(&c1.netns_path, ip2), "broken by the restart");
+    nodes
+        .rt
+        .block_on(a2.set_overlay_peers("ov", vec![]))
+        .unwrap();
+    assert_eq!(
+        nodes.ops(0).list_overlay_entries(&vx).unwrap(),
+        OverlayEntries::default()
+    );
+    for _ in 0..2 {
+        assert!(
+            !pings(&c1.netns_path, ip2),
+            "c1 reached c2 after its peer entry went"
+        );
+    }
+    // And back.
+    nodes
+        .rt
+        .block_on(a2.set_overlay_peers("ov", vec![to_c2]))
+        .unwrap();
+    assert!(pings_within(&c1.netns_path, ip2), "c1 cannot ping c2 again");
+
+    // Tear down through the API: the vxlan device goes with the network.
+    nodes.rt.block_on(async {
+        a2.release_container("c1").await.unwrap();
+        b.release_container("c2").await.unwrap();
+        a2.remove_network("ov").await.unwrap();
+        b.remove_network("ov").await.unwrap();
+    });
+    let left: Vec<String> = nodes
+        .ops(0)
+        .list_links(None)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.contains(&nodes.prefix))
+        .collect();
+    assert!(left.is_empty(), "links left on node a: {left:?}");
 }

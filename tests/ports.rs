@@ -108,7 +108,7 @@ impl Env {
             let n = m.create_network(NetworkSpec::named("n")).await.unwrap();
             let mut atts = Vec::new();
             for c in &names {
-                atts.push(m.attach(c, "n", vec![]).await.unwrap());
+                atts.push(m.attach(c, "n", vec![], None).await.unwrap());
             }
             (n.gateway, atts)
         });

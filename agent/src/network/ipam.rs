@@ -400,7 +400,9 @@ impl Ipam {
         })
     }
 
-    /// Reserves a specific address (`--ip`) of network `id` for `owner`.
+    /// Reserves a specific address (`--ip`) of network `id` for `owner`: any host address of
+    /// the subnet but the gateway, inside the ip range or not (as Docker does: the range is
+    /// where the addresses it picks come from).
     pub fn allocate_specific(
         &mut self,
         id: &str,
@@ -411,11 +413,15 @@ impl Ipam {
             .networks
             .get_mut(id)
             .ok_or_else(|| IpamError::UnknownNetwork(id.to_string()))?;
-        if !n.usable(ip) {
+        if !n.subnet.contains(ip)
+            || ip == n.subnet.network()
+            || ip == n.subnet.broadcast()
+            || ip == n.gateway
+        {
             return Err(IpamError::AddressNotUsable {
                 ip,
                 network: id.to_string(),
-                range: n.range(),
+                range: n.subnet,
             });
         }
         if let Some(o) = n.allocated.get(&ip) {
@@ -658,7 +664,10 @@ mod tests {
             ipam.allocate_specific("n", ip("10.0.0.1"), "c"),
             Err(IpamError::AddressNotUsable { .. })
         ));
-        assert!(ipam.allocate_specific("n", ip("10.0.0.9"), "c").is_err());
+        // Outside the range but inside the subnet: allowed (Docker's `--ip` too).
+        ipam.allocate_specific("n", ip("10.0.0.9"), "c").unwrap();
+        assert!(ipam.allocate_specific("n", ip("10.0.1.9"), "c").is_err());
+        assert!(ipam.allocate_specific("n", ip("10.0.0.255"), "c").is_err());
         assert!(ipam.release_address("n", ip("10.0.0.3")));
         ipam.allocate_specific("n", ip("10.0.0.3"), "c").unwrap();
     }

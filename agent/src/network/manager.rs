@@ -1,11 +1,12 @@
-//! [`NetworkManager`]: bridge networks, container attachments, persistence and reconciliation.
+//! [`NetworkManager`]: bridge and overlay networks, container attachments, overlay peers,
+//! persistence and reconciliation.
 //!
 //! The logic lives in a synchronous core over a [`NetOps`]; the async API runs each call on
 //! `spawn_blocking` under one mutex (network changes on a node are rare and short). Every
 //! operation either completes or undoes what it did, and the state is saved (write, fsync,
 //! rename) after each change.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::firewall::{self, FirewallNetwork};
-use super::ipam::{AddressPool, Ipam, Ipv4Net, SubnetRequest};
+use super::ipam::{AddressPool, Ipam, IpamError, Ipv4Net, SubnetRequest};
+use super::overlay::{
+    self, vxlan_name, OverlayEntries, OverlayPeer, OverlaySpec, VXLAN_OVERHEAD, VXLAN_PORT,
+};
 use super::{
     bridge_name, format_mac, mac_for_ip, validate_prefix, veth_names, NetError, NetOps, RealNetOps,
-    VethPlug,
+    VethPlug, VxlanLink,
 };
 
 const STATE_FILE: &str = "network.json";
@@ -66,7 +70,12 @@ pub struct NetworkSpec {
     pub ip_range: Option<Ipv4Net>,
     /// No traffic in or out of the network's bridge (Docker's `--internal`).
     pub internal: bool,
+    /// Default: 1500, or 1450 on an overlay network (room for the VXLAN header).
     pub mtu: Option<u32>,
+    /// Makes it an overlay network (VXLAN): `subnet` and `gateway` are then required (the
+    /// manager picks them, the same on every node), and every attach gives the address.
+    #[serde(default)]
+    pub overlay: Option<OverlaySpec>,
 }
 
 impl NetworkSpec {
@@ -78,7 +87,7 @@ impl NetworkSpec {
     }
 }
 
-/// A bridge network on this node.
+/// A bridge or overlay network on this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub id: String,
@@ -89,6 +98,17 @@ pub struct Network {
     pub ip_range: Option<Ipv4Net>,
     pub internal: bool,
     pub mtu: u32,
+    /// Set on an overlay network: its bridge has a vxlan device
+    /// ([`overlay::vxlan_name`] of the bridge) as a port.
+    #[serde(default)]
+    pub overlay: Option<OverlaySpec>,
+}
+
+impl Network {
+    /// The vxlan device of an overlay network.
+    pub fn vxlan(&self) -> Option<String> {
+        self.overlay.map(|_| vxlan_name(&self.bridge))
+    }
 }
 
 /// A container's endpoint on one network.
@@ -137,6 +157,7 @@ pub struct ReconcileReport {
     pub removed_links: Vec<String>,
     pub removed_netns: Vec<PathBuf>,
     pub recreated_bridges: Vec<String>,
+    pub recreated_vxlans: Vec<String>,
 }
 
 struct Core<N: NetOps> {
@@ -146,6 +167,19 @@ struct Core<N: NetOps> {
     /// Attachments planned but not recorded yet (their links are being made), by container:
     /// their networks are in use, and no one may remove them meanwhile.
     plugging: Vec<(String, String)>,
+    /// Remote endpoints of overlay networks, by network name (also of networks not created
+    /// here yet). Not persisted: the cluster manager resends them.
+    peers: BTreeMap<String, Peers>,
+}
+
+/// One overlay network's remote endpoints.
+#[derive(Clone, Debug, Default)]
+struct Peers {
+    /// The complete set the cluster manager sent last.
+    wanted: BTreeSet<OverlayPeer>,
+    /// What is on the vxlan device; `None` when unknown (after a daemon restart, or a failed
+    /// change): read back from the kernel before the next change.
+    programmed: Option<OverlayEntries>,
 }
 
 fn new_key() -> String {
@@ -271,7 +305,15 @@ impl<N: NetOps> Core<N> {
                 spec.name
             )));
         }
-        let mtu = spec.mtu.unwrap_or(self.cfg.default_mtu);
+        if let Some(o) = spec.overlay {
+            self.check_overlay(&spec.name, &spec, o)?;
+        }
+        // VXLAN's header must fit in the underlay's MTU.
+        let default_mtu = match spec.overlay {
+            Some(_) => self.cfg.default_mtu.saturating_sub(VXLAN_OVERHEAD),
+            None => self.cfg.default_mtu,
+        };
+        let mtu = spec.mtu.unwrap_or(default_mtu);
         if !(68..=65535).contains(&mtu) {
             return Err(NetError::Invalid(format!(
                 "mtu {mtu} must be between 68 and 65535"
@@ -286,7 +328,10 @@ impl<N: NetOps> Core<N> {
         let (id, bridge) = loop {
             let id = new_key();
             let bridge = bridge_name(&self.cfg.name_prefix, &id);
-            if !links.contains(&bridge) && !self.st.networks.values().any(|n| n.bridge == bridge) {
+            if !links.contains(&bridge)
+                && !links.contains(&vxlan_name(&bridge))
+                && !self.st.networks.values().any(|n| n.bridge == bridge)
+            {
                 break (id, bridge);
             }
         };
@@ -296,29 +341,10 @@ impl<N: NetOps> Core<N> {
             gateway: spec.gateway,
             ip_range: spec.ip_range,
         };
-        let addrs = self
-            .st
-            .ipam
-            .allocate_subnet(&id, &req, &routes)
-            .map_err(|e| match e {
-                // Name the network, not its id.
-                super::IpamError::OverlapsNetwork {
-                    subnet,
-                    other_network,
-                    other_subnet,
-                } => super::IpamError::OverlapsNetwork {
-                    subnet,
-                    other_network: self
-                        .st
-                        .networks
-                        .get(&other_network)
-                        .map(|n| n.name.clone())
-                        .unwrap_or(other_network),
-                    other_subnet,
-                },
-                e => e,
-            })?
-            .clone();
+        let addrs = match self.st.ipam.allocate_subnet(&id, &req, &routes) {
+            Ok(a) => a.clone(),
+            Err(e) => return Err(self.name_ipam_error(e).into()),
+        };
         let net = Network {
             id: id.clone(),
             name: spec.name,
@@ -328,23 +354,234 @@ impl<N: NetOps> Core<N> {
             ip_range: addrs.ip_range,
             internal: spec.internal,
             mtu,
+            overlay: spec.overlay,
         };
         let r = (|| {
             self.ops.create_bridge(&bridge, mtu)?;
             self.ops
                 .add_address(None, &bridge, net.gateway, net.subnet.prefix())?;
+            if let Some(o) = net.overlay {
+                self.ops.create_vxlan(&VxlanLink {
+                    name: vxlan_name(&bridge),
+                    vni: o.vni,
+                    port: VXLAN_PORT,
+                    mtu,
+                    bridge: bridge.clone(),
+                })?;
+                self.adopt_pending_peers(&net);
+                self.program_peers(&net)?;
+            }
             self.st.networks.insert(id.clone(), net.clone());
             self.apply_firewall()
         })();
         if let Err(e) = r {
             self.st.networks.remove(&id);
             self.st.ipam.release_subnet(&id);
+            if let Some(vx) = net.vxlan() {
+                let _ = self.ops.delete_link(None, &vx);
+            }
+            if let Some(p) = self.peers.get_mut(&net.name) {
+                p.programmed = None;
+            }
             let _ = self.ops.delete_link(None, &bridge);
             let _ = self.apply_firewall();
             return Err(e);
         }
         self.save()?;
         Ok(net)
+    }
+
+    /// An overlay spec needs a VNI of its own on this node, and the subnet and gateway the
+    /// cluster manager picked (the same on every node: a distributed gateway).
+    fn check_overlay(
+        &self,
+        name: &str,
+        spec: &NetworkSpec,
+        o: OverlaySpec,
+    ) -> Result<(), NetError> {
+        if spec.subnet.is_none() || spec.gateway.is_none() {
+            return Err(NetError::Invalid(format!(
+                "overlay network {name:?} needs its subnet and gateway from the manager"
+            )));
+        }
+        overlay::check_vni(o.vni)
+            .map_err(|e| NetError::Invalid(format!("overlay network {name:?}: {e}")))?;
+        if let Some(other) = self
+            .st
+            .networks
+            .values()
+            .find(|n| n.overlay.is_some_and(|x| x.vni == o.vni))
+        {
+            return Err(NetError::Invalid(format!(
+                "overlay network {name:?}: VNI {} is already used by network {:?} on this node",
+                o.vni, other.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// IPAM errors name networks by id: name them by name.
+    fn name_ipam_error(&self, e: IpamError) -> IpamError {
+        let name = |id: String| {
+            self.st
+                .networks
+                .get(&id)
+                .map(|n| n.name.clone())
+                .unwrap_or(id)
+        };
+        match e {
+            IpamError::OverlapsNetwork {
+                subnet,
+                other_network,
+                other_subnet,
+            } => IpamError::OverlapsNetwork {
+                subnet,
+                other_network: name(other_network),
+                other_subnet,
+            },
+            IpamError::AddressInUse { ip, network, owner } => IpamError::AddressInUse {
+                ip,
+                network: name(network),
+                owner,
+            },
+            IpamError::AddressNotUsable { ip, network, range } => IpamError::AddressNotUsable {
+                ip,
+                network: name(network),
+                range,
+            },
+            IpamError::AddressesExhausted { network, range } => IpamError::AddressesExhausted {
+                network: name(network),
+                range,
+            },
+            e => e,
+        }
+    }
+
+    /// Peers heard of before the network was made here: keeps those that fit its subnet
+    /// (a set sent for an older network of that name may not), and notes that its fresh
+    /// vxlan device holds none yet.
+    fn adopt_pending_peers(&mut self, net: &Network) {
+        let entry = self.peers.entry(net.name.clone()).or_default();
+        let fits: Vec<OverlayPeer> = entry
+            .wanted
+            .iter()
+            .filter(|p| {
+                let one = [**p];
+                overlay::check_peers(&net.name, net.subnet, net.gateway, &one)
+                    .map_err(|e| tracing::warn!("overlay peer left out: {e}"))
+                    .is_ok()
+            })
+            .copied()
+            .collect();
+        entry.wanted = fits.into_iter().collect();
+        entry.programmed = Some(OverlayEntries::default());
+    }
+
+    /// Makes the vxlan device of overlay network `net` hold exactly the wanted peers: adds and
+    /// removes the difference with what it holds.
+    fn program_peers(&mut self, net: &Network) -> Result<(), NetError> {
+        let Some(vx) = net.vxlan() else {
+            return Ok(());
+        };
+        let entry = self.peers.entry(net.name.clone()).or_default();
+        let have = match entry.programmed.take() {
+            Some(p) => p,
+            None => self.ops.list_overlay_entries(&vx)?,
+        };
+        let want = OverlayEntries::of(&entry.wanted);
+        let d = overlay::diff(&have, &want);
+        let ops = &self.ops;
+        let apply = || -> Result<(), NetError> {
+            for (mac, vtep) in &d.fdb_del {
+                ops.del_fdb(&vx, *mac, *vtep)?;
+            }
+            for ip in &d.neigh_del {
+                ops.del_neighbour(&vx, *ip)?;
+            }
+            for (mac, vtep) in &d.fdb_add {
+                ops.add_fdb(&vx, *mac, *vtep)?;
+            }
+            for (ip, mac) in &d.neigh_add {
+                ops.add_neighbour(&vx, *ip, *mac)?;
+            }
+            Ok(())
+        };
+        let r = apply();
+        if r.is_ok() {
+            // On error it stays unknown: the next change reads the kernel back.
+            entry.programmed = Some(want);
+        }
+        r.map_err(|e| match e {
+            NetError::Netlink(m) => NetError::Netlink(format!(
+                "program the peers of overlay network {:?} on {vx}: {m}",
+                net.name
+            )),
+            e => e,
+        })
+    }
+
+    fn set_overlay_peers(
+        &mut self,
+        network: &str,
+        peers: Vec<OverlayPeer>,
+    ) -> Result<(), NetError> {
+        let net = match self.find_network(network) {
+            Ok(net) => net,
+            Err(NetError::NotFound(_)) => {
+                // Not here yet: remembered for when it is made. Only what needs no subnet is
+                // checked now.
+                let any = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid");
+                let wanted = overlay::check_peers(network, any, Ipv4Addr::UNSPECIFIED, &peers)
+                    .map_err(NetError::Invalid)?;
+                if wanted.is_empty() {
+                    self.peers.remove(network);
+                } else {
+                    self.peers.entry(network.to_string()).or_default().wanted = wanted;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if net.overlay.is_none() {
+            return Err(NetError::Invalid(format!(
+                "network {:?} is not an overlay network: it has no remote peers",
+                net.name
+            )));
+        }
+        let wanted = overlay::check_peers(&net.name, net.subnet, net.gateway, &peers)
+            .map_err(NetError::Invalid)?;
+        self.peers.entry(net.name.clone()).or_default().wanted = wanted;
+        self.program_peers(&net)
+    }
+
+    fn ensure_network(&mut self, spec: NetworkSpec) -> Result<Network, NetError> {
+        let Some(n) = self
+            .st
+            .networks
+            .values()
+            .find(|n| n.name == spec.name)
+            .cloned()
+        else {
+            return self.create_network(spec);
+        };
+        let differs = (n.overlay.is_some() || spec.overlay.is_some())
+            && (n.overlay != spec.overlay
+                || spec.subnet.is_some_and(|s| s != n.subnet)
+                || spec.gateway.is_some_and(|g| g != n.gateway));
+        if !differs {
+            return Ok(n);
+        }
+        self.remove_network(&n.id).map_err(|e| {
+            NetError::Invalid(format!(
+                "network {:?} exists on this node with another definition (VNI {}, subnet {}, \
+                 gateway {}) and cannot be replaced: {e}",
+                n.name,
+                n.overlay.map_or("none".to_string(), |o| o.vni.to_string()),
+                n.subnet,
+                n.gateway
+            ))
+        })?;
+        self.create_network(spec)
     }
 
     fn remove_network(&mut self, name_or_id: &str) -> Result<(), NetError> {
@@ -370,6 +607,13 @@ impl<N: NetOps> Core<N> {
                 users.join(", ")
             )));
         }
+        if let Some(vx) = net.vxlan() {
+            // Its FDB and neighbour entries go with it.
+            self.ops.delete_link(None, &vx)?;
+            if let Some(p) = self.peers.get_mut(&net.name) {
+                p.programmed = None;
+            }
+        }
         self.ops.delete_link(None, &net.bridge)?;
         self.st.networks.remove(&net.id);
         self.st.ipam.release_subnet(&net.id);
@@ -385,6 +629,7 @@ impl<N: NetOps> Core<N> {
         container_id: &str,
         network: &str,
         aliases: Vec<String>,
+        ip: Option<Ipv4Addr>,
     ) -> Result<PlannedAttach, NetError> {
         check_container_id(container_id)?;
         let net = self.find_network(network)?;
@@ -396,6 +641,45 @@ impl<N: NetOps> Core<N> {
                 )));
             }
         }
+        let ip = match ip {
+            Some(ip) => {
+                if !net.subnet.contains(ip)
+                    || ip == net.subnet.network()
+                    || ip == net.subnet.broadcast()
+                {
+                    return Err(NetError::Invalid(format!(
+                        "container {container_id}: address {ip} is not a host address of \
+                         subnet {} of network {:?}",
+                        net.subnet, net.name
+                    )));
+                }
+                if ip == net.gateway {
+                    return Err(NetError::Invalid(format!(
+                        "container {container_id}: address {ip} is the gateway of network {:?}",
+                        net.name
+                    )));
+                }
+                self.st
+                    .ipam
+                    .allocate_specific(&net.id, ip, container_id)
+                    .map_err(|e| self.name_ipam_error(e))?;
+                ip
+            }
+            // The cluster manager gives every overlay address: a node picking one itself
+            // could pick one that a container elsewhere has.
+            None if net.overlay.is_some() => {
+                return Err(NetError::Invalid(format!(
+                    "container {container_id}: overlay network {:?} needs an address from the \
+                     manager",
+                    net.name
+                )))
+            }
+            None => self
+                .st
+                .ipam
+                .allocate_address(&net.id, container_id)
+                .map_err(|e| self.name_ipam_error(e))?,
+        };
         let created_ns = !self.st.containers.contains_key(container_id);
         let entry = self
             .st
@@ -406,15 +690,6 @@ impl<N: NetOps> Core<N> {
                 attachments: Vec::new(),
             });
         let netns = entry.netns_path.clone();
-        let ip = match self.st.ipam.allocate_address(&net.id, container_id) {
-            Ok(ip) => ip,
-            Err(e) => {
-                if created_ns {
-                    self.st.containers.remove(container_id);
-                }
-                return Err(e.into());
-            }
-        };
         let existing = &self.st.containers[container_id].attachments;
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
@@ -603,10 +878,17 @@ impl<N: NetOps> Core<N> {
             .values()
             .map(|n| n.bridge.as_str())
             .collect();
-        let (vp, cp, bp) = (
+        let vxlans: HashSet<String> = self
+            .st
+            .networks
+            .values()
+            .filter_map(Network::vxlan)
+            .collect();
+        let (vp, cp, bp, xp) = (
             format!("v{prefix}"),
             format!("c{prefix}"),
             format!("{prefix}-"),
+            format!("x{prefix}"),
         );
         let links = self.ops.list_links(None)?;
         let mut stale = Vec::new();
@@ -616,7 +898,9 @@ impl<N: NetOps> Core<N> {
                     || l.name.starts_with(&cp));
             let ours_bridge =
                 l.kind == "bridge" && l.name.starts_with(&bp) && !bridges.contains(l.name.as_str());
-            if ours_veth || ours_bridge {
+            let ours_vxlan =
+                l.kind == "vxlan" && l.name.starts_with(&xp) && !vxlans.contains(&l.name);
+            if ours_veth || ours_bridge || ours_vxlan {
                 stale.push(l.name.clone());
             }
         }
@@ -639,6 +923,49 @@ impl<N: NetOps> Core<N> {
             self.ops
                 .add_address(None, &n.bridge, n.gateway, n.subnet.prefix())?;
             report.recreated_bridges.push(n.bridge);
+        }
+        // Overlay networks: a vxlan device that survived the restart goes on as it is (its
+        // entries too, read back at the next peer change); a lost one is made again, with the
+        // peers known so far.
+        let overlays: Vec<Network> = self
+            .st
+            .networks
+            .values()
+            .filter(|n| n.overlay.is_some())
+            .cloned()
+            .collect();
+        for n in overlays {
+            let (Some(o), Some(vx)) = (n.overlay, n.vxlan()) else {
+                continue;
+            };
+            match links.iter().find(|l| l.name == vx && l.kind == "vxlan") {
+                Some(l) => {
+                    if l.master.as_deref() != Some(n.bridge.as_str()) {
+                        // Its bridge was made again.
+                        self.ops.set_master(&vx, &n.bridge)?;
+                    }
+                    if !l.up {
+                        self.ops.set_up(None, &vx)?;
+                    }
+                }
+                None => {
+                    if links.iter().any(|l| l.name == vx) {
+                        // Not a vxlan device: not ours to keep under that name.
+                        self.ops.delete_link(None, &vx)?;
+                    }
+                    self.ops.create_vxlan(&VxlanLink {
+                        name: vx.clone(),
+                        vni: o.vni,
+                        port: VXLAN_PORT,
+                        mtu: n.mtu,
+                        bridge: n.bridge.clone(),
+                    })?;
+                    self.peers.entry(n.name.clone()).or_default().programmed =
+                        Some(OverlayEntries::default());
+                    self.program_peers(&n)?;
+                    report.recreated_vxlans.push(vx);
+                }
+            }
         }
         let known_ns: HashSet<PathBuf> = self
             .st
@@ -744,6 +1071,7 @@ impl<N: NetOps> NetworkManager<N> {
                 ops: Arc::new(ops),
                 st,
                 plugging: Vec::new(),
+                peers: BTreeMap::new(),
             })),
         })
     }
@@ -779,14 +1107,34 @@ impl<N: NetOps> NetworkManager<N> {
 
     /// The network named `spec.name`, created first if there is none (one step under the
     /// manager's lock, so concurrent tasks that need the same network make it once).
+    ///
+    /// An overlay network here whose VNI, subnet or gateway differ from the spec's (the
+    /// cluster's network of that name was replaced while this node kept the old one) is
+    /// replaced when no container uses it, and an error otherwise.
     pub async fn ensure_network(&self, spec: NetworkSpec) -> Result<Network, NetError> {
-        self.call(
-            move |c| match c.st.networks.values().find(|n| n.name == spec.name) {
-                Some(n) => Ok(n.clone()),
-                None => c.create_network(spec),
-            },
-        )
-        .await
+        self.call(move |c| c.ensure_network(spec)).await
+    }
+
+    /// Sets the complete set of remote endpoints of overlay network `network` (name or id):
+    /// the FDB and neighbour entries of its vxlan device are changed by the difference with
+    /// what they hold. For a network not on this node yet, the set is kept and programmed when
+    /// the network is created.
+    pub async fn set_overlay_peers(
+        &self,
+        network: &str,
+        peers: Vec<OverlayPeer>,
+    ) -> Result<(), NetError> {
+        let n = network.to_string();
+        self.call(move |c| c.set_overlay_peers(&n, peers)).await
+    }
+
+    /// The peers last set for an overlay network (by name), sorted; empty when none.
+    pub fn overlay_peers(&self, network: &str) -> Vec<OverlayPeer> {
+        let c = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        c.peers
+            .get(network)
+            .map(|p| p.wanted.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Removes a network (by name, id or unique id prefix) that has no attachments.
@@ -798,15 +1146,20 @@ impl<N: NetOps> NetworkManager<N> {
     /// Attaches a container to a network, creating its netns file on first use. Only the
     /// bookkeeping holds the manager's lock: the namespace and links of several containers
     /// starting at once are made side by side.
+    ///
+    /// `ip`: the container's address (Docker's `--ip`): a host address of the subnet, not the
+    /// gateway, not in use. `None` lets the node's IPAM pick one, except on an overlay network,
+    /// whose addresses only the cluster manager gives.
     pub async fn attach(
         &self,
         container_id: &str,
         network: &str,
         aliases: Vec<String>,
+        ip: Option<Ipv4Addr>,
     ) -> Result<Attachment, NetError> {
         let (cid, net) = (container_id.to_string(), network.to_string());
         let plan = self
-            .call(move |c| c.plan_attach(&cid, &net, aliases))
+            .call(move |c| c.plan_attach(&cid, &net, aliases, ip))
             .await?;
         let ops = self.ops();
         let (plugged, plan) = tokio::task::spawn_blocking(move || (plan.plug(&*ops), plan))
@@ -901,7 +1254,7 @@ mod tests {
             .core
             .lock()
             .unwrap()
-            .plan_attach("c1", "n", vec![])
+            .plan_attach("c1", "n", vec![], None)
             .unwrap();
         let busy = m.remove_network("n").await.unwrap_err().to_string();
         assert!(busy.contains("c1"), "{busy}");
@@ -969,10 +1322,13 @@ mod tests {
             "subnet 172.18.5.0/24 overlaps subnet 172.18.0.0/16 of network \"front\""
         );
 
-        let x1 = m.attach("c1", "back", vec![]).await.unwrap();
+        let x1 = m.attach("c1", "back", vec![], None).await.unwrap();
         assert_eq!(x1.ifname, "eth0");
         assert!(!x1.default_route, "internal networks give no default route");
-        let x2 = m.attach("c1", "front", vec!["web".into()]).await.unwrap();
+        let x2 = m
+            .attach("c1", "front", vec!["web".into()], None)
+            .await
+            .unwrap();
         assert_eq!(x2.ifname, "eth1");
         assert!(x2.default_route);
         assert_eq!(x2.ip, "172.18.0.2".parse::<Ipv4Addr>().unwrap());
@@ -984,7 +1340,7 @@ mod tests {
         let mut names = links(&m, ns);
         names.sort();
         assert_eq!(names, ["eth0", "eth1", "lo"]);
-        assert!(m.attach("c1", "front", vec![]).await.is_err());
+        assert!(m.attach("c1", "front", vec![], None).await.is_err());
         assert!(m
             .remove_network("front")
             .await
@@ -1025,8 +1381,8 @@ mod tests {
         let m = mgr(dir.path());
         m.create_network(NetworkSpec::named("a")).await.unwrap();
         let b = m.create_network(NetworkSpec::named("b")).await.unwrap();
-        let x = m.attach("c", "a", vec![]).await.unwrap();
-        let y = m.attach("c", "b", vec![]).await.unwrap();
+        let x = m.attach("c", "a", vec![], None).await.unwrap();
+        let y = m.attach("c", "b", vec![], None).await.unwrap();
         assert!(x.default_route && !y.default_route);
         m.detach("c", "a").await.unwrap();
         assert!(m.attachments("c")[0].default_route);
@@ -1035,7 +1391,10 @@ mod tests {
             Some(b.gateway)
         );
         // A re-attach reuses eth0.
-        assert_eq!(m.attach("c", "a", vec![]).await.unwrap().ifname, "eth0");
+        assert_eq!(
+            m.attach("c", "a", vec![], None).await.unwrap().ifname,
+            "eth0"
+        );
     }
 
     /// The state without the IPAM cursors (a failed attempt may advance them).
@@ -1056,7 +1415,7 @@ mod tests {
             .unwrap()
             .fail_ops
             .push("set_default_route");
-        assert!(m.attach("c", "a", vec![]).await.is_err());
+        assert!(m.attach("c", "a", vec![], None).await.is_err());
         assert_eq!(essentials(&m.state()), essentials(&before));
         assert_eq!(m.ops().netns_count(), 0);
         assert_eq!(links(&m, None).len(), 1, "only the bridge");
@@ -1073,8 +1432,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("--subnet"), "{e}");
-        assert!(m.attach("../x", "a", vec![]).await.is_err());
-        assert!(m.attach("c", "nope", vec![]).await.is_err());
+        assert!(m.attach("../x", "a", vec![], None).await.is_err());
+        assert!(m.attach("c", "nope", vec![], None).await.is_err());
     }
 
     #[tokio::test]
@@ -1087,8 +1446,8 @@ mod tests {
         })
         .await
         .unwrap();
-        m.attach("c1", "tiny", vec![]).await.unwrap();
-        let e = m.attach("c2", "tiny", vec![]).await.unwrap_err();
+        m.attach("c1", "tiny", vec![], None).await.unwrap();
+        let e = m.attach("c2", "tiny", vec![], None).await.unwrap_err();
         assert!(e.to_string().contains("no free address"), "{e}");
         assert_eq!(m.ops().netns_count(), 1, "c2's netns was rolled back");
     }
@@ -1098,8 +1457,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = mgr(dir.path());
         m.create_network(NetworkSpec::named("a")).await.unwrap();
-        m.attach("alive", "a", vec![]).await.unwrap();
-        m.attach("dead", "a", vec![]).await.unwrap();
+        m.attach("alive", "a", vec![], None).await.unwrap();
+        m.attach("dead", "a", vec![], None).await.unwrap();
         m.ops()
             .create_veth("vshdeadbeef", "cshdeadbeef", 1500)
             .unwrap();
@@ -1112,11 +1471,527 @@ mod tests {
         // A netns file left by a crash before the state was saved does not block an attach.
         let cfg = m.config();
         m.ops().create_netns(&cfg.netns_path("c9")).unwrap();
-        m.attach("c9", "a", vec![]).await.unwrap();
+        m.attach("c9", "a", vec![], None).await.unwrap();
         assert_eq!(r.removed_links.len(), 1, "{r:?}");
         assert_eq!(m.ops().netns_count(), 2);
         let names = links(&m, None);
         assert!(names.contains(&"vethother".to_string()), "not ours: kept");
         assert_eq!(names.iter().filter(|n| n.starts_with("vsh")).count(), 2);
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn peer(a: &str, vtep: &str) -> OverlayPeer {
+        OverlayPeer {
+            ip: ip(a),
+            vtep: ip(vtep),
+        }
+    }
+
+    fn overlay_spec(name: &str, subnet: &str, vni: u32) -> NetworkSpec {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        NetworkSpec {
+            subnet: Some(subnet),
+            gateway: Some(subnet.first_host()),
+            overlay: Some(OverlaySpec { vni }),
+            ..NetworkSpec::named(name)
+        }
+    }
+
+    /// Takes the FDB and neighbour changes logged so far.
+    fn overlay_log(m: &NetworkManager<FakeNetOps>) -> Vec<String> {
+        std::mem::take(&mut m.ops().state.lock().unwrap().overlay_log)
+    }
+
+    #[tokio::test]
+    async fn overlay_network_create_attach_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let n = m
+            .create_network(overlay_spec("ov", "10.77.0.0/24", 4242))
+            .await
+            .unwrap();
+        assert_eq!(n.overlay, Some(OverlaySpec { vni: 4242 }));
+        assert_eq!(n.gateway, ip("10.77.0.1"));
+        assert_eq!(n.mtu, 1450, "room for the VXLAN header");
+        let vx = n.vxlan().unwrap();
+        assert_eq!(vx, format!("x{}", n.bridge.replace('-', "")));
+        assert!(vx.len() <= 15);
+        let ops = m.ops();
+        assert_eq!(
+            ops.vxlan(&vx),
+            Some(VxlanLink {
+                name: vx.clone(),
+                vni: 4242,
+                port: 4789,
+                mtu: 1450,
+                bridge: n.bridge.clone(),
+            })
+        );
+        let host = ops.list_links(None).unwrap();
+        let l = host.iter().find(|l| l.name == vx).unwrap();
+        assert_eq!(
+            (l.kind.as_str(), l.master.as_deref(), l.up),
+            ("vxlan", Some(n.bridge.as_str()), true)
+        );
+        let br = host.iter().find(|l| l.name == n.bridge).unwrap();
+        assert_eq!(br.mtu, 1450);
+        assert!(
+            ops.fdb(&vx).is_empty(),
+            "nothing flooded: no all-zero entry"
+        );
+        {
+            let s = ops.state.lock().unwrap();
+            assert!(s.nft_script.contains(&format!(
+                "ip saddr 10.77.0.0/24 oifname != \"{}\" masquerade",
+                n.bridge
+            )));
+        }
+
+        let a = m
+            .attach("c1", "ov", vec![], Some(ip("10.77.0.5")))
+            .await
+            .unwrap();
+        assert_eq!((a.ip, a.prefix_len), (ip("10.77.0.5"), 24));
+        assert_eq!(a.mac, "02:42:0a:4d:00:05");
+        assert!(a.default_route, "egress through this node's gateway");
+        let eth0 = ops
+            .list_links(Some(&a.netns_path))
+            .unwrap()
+            .into_iter()
+            .find(|l| l.name == "eth0")
+            .unwrap();
+        assert_eq!(eth0.mtu, 1450);
+
+        // The record survives a restart; a record written before overlays loads too.
+        let again = NetworkManager::with_ops(m.config(), FakeNetOps::new()).unwrap();
+        assert_eq!(again.network("ov").unwrap(), n);
+        let mut old = serde_json::to_value(&n).unwrap();
+        old.as_object_mut().unwrap().remove("overlay");
+        let old: Network = serde_json::from_value(old).unwrap();
+        assert_eq!(old.overlay, None);
+
+        assert!(m.remove_network("ov").await.is_err(), "c1 is attached");
+        m.release_container("c1").await.unwrap();
+        m.remove_network("ov").await.unwrap();
+        assert!(links(&m, None).is_empty(), "{:?}", links(&m, None));
+        assert_eq!(ops.vxlan(&vx), None);
+
+        // A given MTU wins.
+        let n = m
+            .create_network(NetworkSpec {
+                mtu: Some(1400),
+                ..overlay_spec("ov", "10.77.0.0/24", 4242)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ops.vxlan(&n.vxlan().unwrap()).unwrap().mtu, 1400);
+    }
+
+    #[tokio::test]
+    async fn overlay_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let invalid = |r: Result<Network, NetError>| match r {
+            Err(NetError::Invalid(e)) => e,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        let e = invalid(
+            m.create_network(NetworkSpec {
+                gateway: None,
+                ..overlay_spec("o", "10.77.0.0/24", 7)
+            })
+            .await,
+        );
+        assert!(e.contains("needs its subnet and gateway"), "{e}");
+        let e = invalid(
+            m.create_network(NetworkSpec {
+                subnet: None,
+                gateway: None,
+                ..overlay_spec("o", "10.77.0.0/24", 7)
+            })
+            .await,
+        );
+        assert!(e.contains("needs its subnet and gateway"), "{e}");
+        assert!(
+            invalid(m.create_network(overlay_spec("o", "10.77.0.0/24", 0)).await).contains("VNI 0")
+        );
+        assert!(invalid(
+            m.create_network(overlay_spec("o", "10.77.0.0/24", 1 << 24))
+                .await
+        )
+        .contains("VNI"));
+        assert!(m.state().networks.is_empty(), "nothing was made");
+        assert!(links(&m, None).is_empty());
+
+        m.create_network(overlay_spec("o", "10.77.0.0/24", 7))
+            .await
+            .unwrap();
+        let e = invalid(m.create_network(overlay_spec("p", "10.78.0.0/24", 7)).await);
+        assert!(e.contains("VNI 7 is already used by network \"o\""), "{e}");
+
+        // Attaching: the address comes from the manager, and must fit.
+        let e = m.attach("c1", "o", vec![], None).await.unwrap_err();
+        assert!(matches!(e, NetError::Invalid(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("overlay network \"o\" needs an address from the manager"),
+            "{e}"
+        );
+        for (bad, what) in [
+            ("10.78.0.5", "is not a host address of subnet 10.77.0.0/24"),
+            ("10.77.0.255", "is not a host address"),
+            ("10.77.0.0", "is not a host address"),
+            ("10.77.0.1", "is the gateway of network \"o\""),
+        ] {
+            let e = m
+                .attach("c1", "o", vec![], Some(ip(bad)))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(what), "{bad}: {e}");
+        }
+        m.attach("c1", "o", vec![], Some(ip("10.77.0.9")))
+            .await
+            .unwrap();
+        let e = m
+            .attach("c2", "o", vec![], Some(ip("10.77.0.9")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 10.77.0.9 is already in use in network \"o\" (by c1)"
+        );
+        assert_eq!(m.ops().netns_count(), 1, "c2 got no netns");
+        assert!(m.attachments("c2").is_empty());
+
+        // Peers must fit the network; a bridge network has none.
+        let before = overlay_log(&m);
+        let e = m
+            .set_overlay_peers("o", vec![peer("10.78.0.2", "198.18.0.2")])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, NetError::Invalid(_)), "{e:?}");
+        let e = m
+            .set_overlay_peers(
+                "o",
+                vec![
+                    peer("10.77.0.2", "198.18.0.2"),
+                    peer("10.77.0.2", "198.18.0.3"),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        assert!(overlay_log(&m).is_empty(), "{before:?}");
+        m.create_network(NetworkSpec::named("br")).await.unwrap();
+        let e = m
+            .set_overlay_peers("br", vec![peer("172.18.0.9", "198.18.0.2")])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not an overlay network"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_given_address_on_a_bridge_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        m.create_network(NetworkSpec {
+            subnet: Some("10.5.0.0/24".parse().unwrap()),
+            ip_range: Some("10.5.0.0/28".parse().unwrap()),
+            ..NetworkSpec::named("b")
+        })
+        .await
+        .unwrap();
+        let a = m
+            .attach("c1", "b", vec![], Some(ip("10.5.0.2")))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.ip, a.mac.as_str()),
+            (ip("10.5.0.2"), "02:42:0a:05:00:02")
+        );
+        // Outside the ip range but in the subnet, as Docker allows.
+        let b = m
+            .attach("c2", "b", vec![], Some(ip("10.5.0.200")))
+            .await
+            .unwrap();
+        assert_eq!(b.ip, ip("10.5.0.200"));
+        // IPAM's own pick skips the taken address.
+        assert_eq!(
+            m.attach("c3", "b", vec![], None).await.unwrap().ip,
+            ip("10.5.0.3")
+        );
+        let e = m
+            .attach("c4", "b", vec![], Some(ip("10.5.0.3")))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("in use in network \"b\" (by c3)"),
+            "{e}"
+        );
+        // Released: free again.
+        m.release_container("c1").await.unwrap();
+        m.attach("c4", "b", vec![], Some(ip("10.5.0.2")))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn overlay_peers_are_programmed_by_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let n = m
+            .create_network(overlay_spec("ov", "10.77.0.0/24", 42))
+            .await
+            .unwrap();
+        let vx = n.vxlan().unwrap();
+        overlay_log(&m);
+        let (a, b, c) = (
+            peer("10.77.0.2", "198.18.0.2"),
+            peer("10.77.0.3", "198.18.0.2"),
+            peer("10.77.0.4", "198.18.0.3"),
+        );
+        m.set_overlay_peers("ov", vec![b, a]).await.unwrap();
+        assert_eq!(
+            overlay_log(&m),
+            [
+                format!("fdb add {vx} 02:42:0a:4d:00:02 198.18.0.2"),
+                format!("fdb add {vx} 02:42:0a:4d:00:03 198.18.0.2"),
+                format!("neigh add {vx} 10.77.0.2 02:42:0a:4d:00:02"),
+                format!("neigh add {vx} 10.77.0.3 02:42:0a:4d:00:03"),
+            ]
+        );
+        assert_eq!(m.overlay_peers("ov"), [a, b]);
+        // The same set again: nothing to do.
+        m.set_overlay_peers("ov", vec![a, b]).await.unwrap();
+        assert!(overlay_log(&m).is_empty());
+        // a goes, c comes (by id works too).
+        m.set_overlay_peers(&n.id, vec![b, c]).await.unwrap();
+        assert_eq!(
+            overlay_log(&m),
+            [
+                format!("fdb del {vx} 02:42:0a:4d:00:02 198.18.0.2"),
+                format!("neigh del {vx} 10.77.0.2"),
+                format!("fdb add {vx} 02:42:0a:4d:00:04 198.18.0.3"),
+                format!("neigh add {vx} 10.77.0.4 02:42:0a:4d:00:04"),
+            ]
+        );
+        // b moves to another node: only its FDB entry changes.
+        let b2 = peer("10.77.0.3", "198.18.0.9");
+        m.set_overlay_peers("ov", vec![b2, c]).await.unwrap();
+        assert_eq!(
+            overlay_log(&m),
+            [
+                format!("fdb del {vx} 02:42:0a:4d:00:03 198.18.0.2"),
+                format!("fdb add {vx} 02:42:0a:4d:00:03 198.18.0.9"),
+            ]
+        );
+        let ops = m.ops();
+        assert_eq!(
+            ops.fdb(&vx),
+            [(mac_for_ip(b2.ip), b2.vtep), (mac_for_ip(c.ip), c.vtep)]
+        );
+        assert_eq!(
+            ops.neighbours(&vx),
+            [(b2.ip, mac_for_ip(b2.ip)), (c.ip, mac_for_ip(c.ip))]
+        );
+        // A failure midway: the next call finds out from the kernel what is there.
+        ops.state.lock().unwrap().fail_ops.push("add_neighbour");
+        assert!(m.set_overlay_peers("ov", vec![a, b2, c]).await.is_err());
+        ops.state.lock().unwrap().fail_ops.clear();
+        overlay_log(&m);
+        m.set_overlay_peers("ov", vec![a, b2, c]).await.unwrap();
+        assert_eq!(
+            overlay_log(&m),
+            [format!("neigh add {vx} 10.77.0.2 02:42:0a:4d:00:02")]
+        );
+        // All gone.
+        m.set_overlay_peers("ov", vec![]).await.unwrap();
+        assert_eq!(overlay_log(&m).len(), 6);
+        assert!(ops.fdb(&vx).is_empty() && ops.neighbours(&vx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn peers_heard_of_before_the_network_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let a = peer("10.77.0.2", "198.18.0.2");
+        let stray = peer("10.99.0.2", "198.18.0.2");
+        m.set_overlay_peers("later", vec![a, stray]).await.unwrap();
+        assert!(overlay_log(&m).is_empty(), "nothing to program yet");
+        assert_eq!(m.overlay_peers("later"), [a, stray]);
+        // Structural errors are refused at once.
+        assert!(m
+            .set_overlay_peers("later", vec![peer("10.77.0.2", "0.0.0.0")])
+            .await
+            .is_err());
+        let n = m
+            .create_network(overlay_spec("later", "10.77.0.0/24", 9))
+            .await
+            .unwrap();
+        let vx = n.vxlan().unwrap();
+        // The one outside the subnet is left out.
+        assert_eq!(m.ops().fdb(&vx), [(mac_for_ip(a.ip), a.vtep)]);
+        assert_eq!(m.ops().neighbours(&vx), [(a.ip, mac_for_ip(a.ip))]);
+        assert_eq!(m.overlay_peers("later"), [a]);
+        // Removed and made again: the last set is programmed again.
+        m.remove_network("later").await.unwrap();
+        m.create_network(overlay_spec("later", "10.77.0.0/24", 9))
+            .await
+            .unwrap();
+        assert_eq!(
+            m.ops()
+                .fdb(&m.network("later").unwrap().vxlan().unwrap())
+                .len(),
+            1
+        );
+        // An empty set for an unknown network is forgotten.
+        m.set_overlay_peers("other", vec![a]).await.unwrap();
+        m.set_overlay_peers("other", vec![]).await.unwrap();
+        assert!(m.overlay_peers("other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_overlay_create_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let before = m.state();
+        for op in ["create_vxlan", "add_fdb"] {
+            m.set_overlay_peers("o", vec![peer("10.77.0.2", "198.18.0.2")])
+                .await
+                .unwrap();
+            m.ops().state.lock().unwrap().fail_ops = vec![op];
+            assert!(m
+                .create_network(overlay_spec("o", "10.77.0.0/24", 5))
+                .await
+                .is_err());
+            m.ops().state.lock().unwrap().fail_ops.clear();
+            assert_eq!(essentials(&m.state()), essentials(&before), "{op}");
+            assert!(links(&m, None).is_empty(), "{op}: {:?}", links(&m, None));
+        }
+        m.create_network(overlay_spec("o", "10.77.0.0/24", 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            m.ops().fdb(&m.network("o").unwrap().vxlan().unwrap()).len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn ensure_network_replaces_an_unused_overlay_of_another_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let a = m
+            .ensure_network(overlay_spec("o", "10.77.0.0/24", 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            m.ensure_network(overlay_spec("o", "10.77.0.0/24", 5))
+                .await
+                .unwrap(),
+            a
+        );
+        m.attach("c", "o", vec![], Some(ip("10.77.0.3")))
+            .await
+            .unwrap();
+        let e = m
+            .ensure_network(overlay_spec("o", "10.88.0.0/24", 6))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("another definition"), "{e}");
+        m.release_container("c").await.unwrap();
+        let b = m
+            .ensure_network(overlay_spec("o", "10.88.0.0/24", 6))
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.overlay.unwrap().vni, b.subnet.to_string()),
+            (6, "10.88.0.0/24".into())
+        );
+        assert_eq!(m.networks().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_overlay_devices_and_reads_their_entries_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = mgr(dir.path());
+        let n = m
+            .create_network(overlay_spec("ov", "10.77.0.0/24", 42))
+            .await
+            .unwrap();
+        let vx = n.vxlan().unwrap();
+        let (a, b, c) = (
+            peer("10.77.0.2", "198.18.0.2"),
+            peer("10.77.0.3", "198.18.0.2"),
+            peer("10.77.0.4", "198.18.0.3"),
+        );
+        m.set_overlay_peers("ov", vec![a, b]).await.unwrap();
+        // A stray vxlan device of ours that no state knows.
+        let stray = format!("x{}dead", m.config().name_prefix);
+        m.ops()
+            .create_vxlan(&VxlanLink {
+                name: stray.clone(),
+                vni: 99,
+                port: 4789,
+                mtu: 1450,
+                bridge: n.bridge.clone(),
+            })
+            .unwrap();
+
+        // The daemon restarts; the kernel keeps its links and entries.
+        let mut kernel = m.ops().state.lock().unwrap().clone();
+        kernel.overlay_log.clear();
+        let ops = FakeNetOps {
+            state: std::sync::Mutex::new(kernel),
+        };
+        let again = NetworkManager::with_ops(m.config(), ops).unwrap();
+        let r = again.reconcile(HashSet::new()).await.unwrap();
+        assert_eq!(r.removed_links, [stray]);
+        assert!(r.recreated_vxlans.is_empty() && r.recreated_bridges.is_empty());
+        assert!(again.ops().vxlan(&vx).is_some());
+        assert_eq!(again.ops().fdb(&vx).len(), 2, "entries kept");
+        // The manager resends the complete set: only the difference is made.
+        again.set_overlay_peers("ov", vec![a, c]).await.unwrap();
+        assert_eq!(
+            overlay_log(&again),
+            [
+                format!("fdb del {vx} 02:42:0a:4d:00:03 198.18.0.2"),
+                format!("neigh del {vx} 10.77.0.3"),
+                format!("fdb add {vx} 02:42:0a:4d:00:04 198.18.0.3"),
+                format!("neigh add {vx} 10.77.0.4 02:42:0a:4d:00:04"),
+            ]
+        );
+
+        // A vxlan device lost meanwhile is made again, with the known peers.
+        again.ops().delete_link(None, &vx).unwrap();
+        let r = again.reconcile(HashSet::new()).await.unwrap();
+        assert_eq!(r.recreated_vxlans, std::slice::from_ref(&vx));
+        let l = again
+            .ops()
+            .list_links(None)
+            .unwrap()
+            .into_iter()
+            .find(|l| l.name == vx)
+            .unwrap();
+        assert_eq!(l.master.as_deref(), Some(n.bridge.as_str()));
+        assert_eq!(again.ops().fdb(&vx).len(), 2);
+        assert_eq!(again.ops().neighbours(&vx).len(), 2);
+
+        // A lost bridge is made again and the surviving vxlan device put back on it.
+        again.ops().delete_link(None, &n.bridge).unwrap();
+        let r = again.reconcile(HashSet::new()).await.unwrap();
+        assert_eq!(r.recreated_bridges, std::slice::from_ref(&n.bridge));
+        assert!(r.recreated_vxlans.is_empty());
+        let l = again
+            .ops()
+            .list_links(None)
+            .unwrap()
+            .into_iter()
+            .find(|l| l.name == vx)
+            .unwrap();
+        assert_eq!(l.master.as_deref(), Some(n.bridge.as_str()));
     }
 }

@@ -1,4 +1,5 @@
-//! Single-node container networking: bridge networks like Docker's `bridge` driver.
+//! Container networking: bridge networks like Docker's `bridge` driver, and the node side of
+//! overlay networks (VXLAN) spanning the cluster.
 //!
 //! - [`ipam`]: pure address management (pools, subnets, container addresses); serde state.
 //! - [`NetOps`]: the host operations (links, addresses, routes, netns files, nftables,
@@ -7,9 +8,13 @@
 //! - [`firewall`]: the nftables rules (isolation between networks, egress masquerade, internal
 //!   networks), generated as text and loaded atomically with `nft -f` (Debian package
 //!   `nftables`).
+//! - [`overlay`]: overlay networks: a bridge network plus a vxlan device, whose FDB and
+//!   neighbour entries are programmed from the remote endpoints the cluster manager sends (no
+//!   learning, no flooding); the pure diff of peer sets.
 //! - [`NetworkManager`]: the async API the agent uses: create/remove networks, attach/detach
-//!   containers, release a container, reconcile after a restart. Its state (networks, IPAM,
-//!   attachments) is persisted as JSON (`network.json`) in the agent's data dir.
+//!   containers, release a container, set an overlay network's peers, reconcile after a
+//!   restart. Its state (networks, IPAM, attachments) is persisted as JSON (`network.json`) in
+//!   the agent's data dir; overlay peers are not (the cluster manager resends them).
 //!
 //! How a container plugs in: [`NetworkManager::attach`] creates a persistent network namespace
 //! file for the container (`<run_dir>/netns/<container id>`, like `ip netns add`) the first
@@ -28,13 +33,14 @@
 //! - on a host where Docker runs, ACCEPT rules for our bridges go into Docker's `DOCKER-USER`
 //!   chain (see [`firewall`]).
 //!
-//! Not here yet: embedded DNS (aliases are recorded for it), published ports, IPv6, overlay.
+//! Not here: IPv6, encrypted overlays.
 
 pub mod firewall;
 pub mod ipam;
 mod manager;
 mod netlink;
 mod ops;
+pub mod overlay;
 
 use std::net::Ipv4Addr;
 
@@ -44,7 +50,8 @@ pub use manager::{
     ReconcileReport,
 };
 pub use netlink::{create_netns_file, delete_netns_file, RealNetOps};
-pub use ops::{AddrInfo, FakeNetOps, FakeState, LinkInfo, NetOps, VethPlug};
+pub use ops::{AddrInfo, FakeNetOps, FakeState, LinkInfo, NetOps, VethPlug, VxlanLink};
+pub use overlay::{OverlayEntries, OverlayPeer, OverlaySpec};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]

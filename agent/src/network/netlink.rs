@@ -1,4 +1,5 @@
-//! The real [`NetOps`]: rtnetlink for links, addresses and routes; netns files; `nft`;
+//! The real [`NetOps`]: rtnetlink for links, addresses, routes, FDB and neighbour entries;
+//! netns files; `nft`;
 //! `iptables` for Docker's `DOCKER-USER` chain; sysctls under `/proc/sys`.
 //!
 //! A netlink socket belongs to the network namespace of the thread that opened it. So every
@@ -19,20 +20,69 @@ use futures::TryStreamExt;
 use nix::sched::CloneFlags;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
-use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{
+    Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use super::ipam::Ipv4Net;
-use super::ops::{AddrInfo, LinkInfo, NetOps, VethPlug};
+use super::ops::{AddrInfo, LinkInfo, NetOps, VethPlug, VxlanLink};
+use super::overlay::OverlayEntries;
 use super::NetError;
 
-/// Host networking for real. Stateless: cheap to create.
+/// Host networking for real. Cheap to create and clone.
 #[derive(Debug, Default, Clone)]
-pub struct RealNetOps;
+pub struct RealNetOps {
+    /// The network namespace that plays "the host" (`ns = None`); the caller's when unset.
+    host_ns: Option<PathBuf>,
+}
 
 impl RealNetOps {
+    /// Operations on the caller's network namespace as the host.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// Operations that take the network namespace bound to the file `netns` as the host: its
+    /// links, routes, nftables, sysctls and `iptables`. Lets one process run a network manager
+    /// per namespace (a test's simulated nodes), however its threads are scheduled.
+    pub fn in_netns(netns: impl Into<PathBuf>) -> Self {
+        Self {
+            host_ns: Some(netns.into()),
+        }
+    }
+
+    /// The namespace of an operation: `ns`, else the host's.
+    fn ns<'a>(&'a self, ns: Option<&'a Path>) -> Option<&'a Path> {
+        ns.or(self.host_ns.as_deref())
+    }
+
+    /// Runs `f` (a command, a /proc/sys access: both follow the calling thread's namespace) in
+    /// the host namespace: on a thread of its own that `setns`es there when the host is not the
+    /// caller's namespace, else right here.
+    fn in_host<T, F>(&self, f: F) -> Result<T, NetError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, NetError> + Send + 'static,
+    {
+        let Some(ns) = &self.host_ns else {
+            return f();
+        };
+        let file = File::open(ns).map_err(io_err(format!("open netns {}", ns.display())))?;
+        std::thread::Builder::new()
+            .name("shoal-netns".into())
+            .spawn(move || {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetError::Netlink(format!("setns: {e}")))?;
+                f()
+            })
+            .map_err(io_err("spawn netns thread"))?
+            .join()
+            .map_err(|_| NetError::Netlink("netns thread panicked".into()))?
     }
 }
 
@@ -47,6 +97,24 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetError {
 
 fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+/// A deletion's result: `Ok(false)` when there was nothing to delete.
+fn gone_is_ok(r: Result<(), rtnetlink::Error>) -> Result<bool, NetError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ENODEV) => Ok(false),
+        Err(e) => Err(nl(e)),
+    }
+}
+
+/// An IPv4 neighbour or FDB destination (AF_BRIDGE dumps carry it as raw bytes).
+fn ipv4_of(a: &NeighbourAddress) -> Option<Ipv4Addr> {
+    match a {
+        NeighbourAddress::Inet(v) => Some(*v),
+        NeighbourAddress::Other(b) => <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from),
+        _ => None,
+    }
 }
 
 /// Runs `f` with an rtnetlink handle opened inside `ns` (or the caller's namespace), on a
@@ -193,10 +261,19 @@ impl NetOps for RealNetOps {
         use rtnetlink::LinkMessageBuilder;
         let netns =
             File::open(&p.netns).map_err(io_err(format!("open netns {}", p.netns.display())))?;
+        let host = self
+            .host_ns
+            .as_ref()
+            .map(|h| File::open(h).map_err(io_err(format!("open netns {}", h.display()))))
+            .transpose()?;
         let p = p.clone();
         std::thread::Builder::new()
             .name("shoal-netns".into())
             .spawn(move || {
+                if let Some(host) = host {
+                    nix::sched::setns(&host, CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| NetError::Netlink(format!("setns: {e}")))?;
+                }
                 let container_end = LinkMessageBuilder::<LinkUnspec>::new()
                     .name(p.ifname.clone())
                     .address(p.mac.to_vec())
@@ -241,15 +318,157 @@ impl NetOps for RealNetOps {
 
     fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(None, move |h| async move {
+        run_in(self.ns(None), move |h| async move {
             let msg = LinkBridge::new(&name).mtu(mtu).build();
             h.link().add(msg).execute().await.map_err(nl)
         })
     }
 
+    fn create_vxlan(&self, v: &VxlanLink) -> Result<(), NetError> {
+        let v = v.clone();
+        run_in(self.ns(None), move |h| async move {
+            let master = must_index(&h, &v.bridge).await?;
+            // No `remote`/`group`: without an all-zero FDB entry nothing is flooded.
+            let msg = LinkVxlan::new(&v.name, v.vni)
+                .port(v.port)
+                .learning(false)
+                .proxy(true)
+                .mtu(v.mtu)
+                .controller(master)
+                .up()
+                .build();
+            h.link().add(msg).execute().await.map_err(nl)
+        })
+    }
+
+    fn add_fdb(&self, dev: &str, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetError> {
+        let dev = dev.to_string();
+        run_in(self.ns(None), move |h| async move {
+            let idx = must_index(&h, &dev).await?;
+            h.neighbours()
+                .add_bridge(idx, &mac)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .destination(IpAddr::V4(vtep))
+                .replace()
+                .execute()
+                .await
+                .map_err(nl)
+        })
+    }
+
+    fn del_fdb(&self, dev: &str, mac: [u8; 6], vtep: Ipv4Addr) -> Result<bool, NetError> {
+        let dev = dev.to_string();
+        run_in(self.ns(None), move |h| async move {
+            let Some(idx) = index_of(&h, &dev).await? else {
+                return Ok(false);
+            };
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Bridge;
+            m.header.ifindex = idx;
+            m.header.flags = NeighbourFlags::Own;
+            m.header.state = NeighbourState::Permanent;
+            m.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            m.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    vtep,
+                )));
+            gone_is_ok(h.neighbours().del(m).execute().await)
+        })
+    }
+
+    fn add_neighbour(&self, dev: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError> {
+        let dev = dev.to_string();
+        run_in(self.ns(None), move |h| async move {
+            let idx = must_index(&h, &dev).await?;
+            h.neighbours()
+                .add(idx, IpAddr::V4(ip))
+                .state(NeighbourState::Permanent)
+                .link_layer_address(&mac)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl)
+        })
+    }
+
+    fn del_neighbour(&self, dev: &str, ip: Ipv4Addr) -> Result<bool, NetError> {
+        let dev = dev.to_string();
+        run_in(self.ns(None), move |h| async move {
+            let Some(idx) = index_of(&h, &dev).await? else {
+                return Ok(false);
+            };
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Inet;
+            m.header.ifindex = idx;
+            m.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            gone_is_ok(h.neighbours().del(m).execute().await)
+        })
+    }
+
+    fn list_overlay_entries(&self, dev: &str) -> Result<OverlayEntries, NetError> {
+        let dev = dev.to_string();
+        run_in(self.ns(None), move |h| async move {
+            let idx = must_index(&h, &dev).await?;
+            let mut out = OverlayEntries::default();
+            let mut s = h
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute();
+            while let Some(m) = s.try_next().await.map_err(nl)? {
+                // The vxlan device's own table, not what the bridge learnt on that port.
+                if m.header.ifindex != idx || m.header.flags.contains(NeighbourFlags::Controller) {
+                    continue;
+                }
+                let (mut mac, mut dst) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(l) => {
+                            mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                        }
+                        NeighbourAttribute::Destination(d) => dst = ipv4_of(d),
+                        _ => {}
+                    }
+                }
+                if let (Some(mac), Some(dst)) = (mac, dst) {
+                    if mac != [0; 6] && mac[0] & 1 == 0 {
+                        out.fdb.insert((mac, dst));
+                    }
+                }
+            }
+            let mut s = h
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute();
+            while let Some(m) = s.try_next().await.map_err(nl)? {
+                if m.header.ifindex != idx || m.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                let (mut mac, mut ip) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(l) => {
+                            mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                        }
+                        NeighbourAttribute::Destination(d) => ip = ipv4_of(d),
+                        _ => {}
+                    }
+                }
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.neighbours.insert(ip, mac);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), NetError> {
         let (name, peer) = (name.to_string(), peer.to_string());
-        run_in(None, move |h| async move {
+        run_in(self.ns(None), move |h| async move {
             let msg = LinkVeth::new(&name, &peer).mtu(mtu).build();
             h.link().add(msg).execute().await.map_err(nl)
         })
@@ -257,7 +476,7 @@ impl NetOps for RealNetOps {
 
     fn create_dummy(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(ns, move |h| async move {
+        run_in(self.ns(ns), move |h| async move {
             let msg = LinkDummy::new(&name).build();
             h.link().add(msg).execute().await.map_err(nl)
         })
@@ -265,7 +484,7 @@ impl NetOps for RealNetOps {
 
     fn set_master(&self, name: &str, master: &str) -> Result<(), NetError> {
         let (name, master) = (name.to_string(), master.to_string());
-        run_in(None, move |h| async move {
+        run_in(self.ns(None), move |h| async move {
             let m = must_index(&h, &master).await?;
             set_link(h, name, |b| b.controller(m)).await
         })
@@ -274,7 +493,7 @@ impl NetOps for RealNetOps {
     fn move_to_netns(&self, name: &str, netns: &Path) -> Result<(), NetError> {
         let file = File::open(netns).map_err(io_err(format!("open netns {}", netns.display())))?;
         let name = name.to_string();
-        run_in(None, move |h| async move {
+        run_in(self.ns(None), move |h| async move {
             let r = set_link(h, name, |b| b.setns_by_fd(file.as_raw_fd())).await;
             drop(file);
             r
@@ -283,29 +502,31 @@ impl NetOps for RealNetOps {
 
     fn rename_link(&self, ns: Option<&Path>, name: &str, new_name: &str) -> Result<(), NetError> {
         let (name, new_name) = (name.to_string(), new_name.to_string());
-        run_in(ns, move |h| set_link(h, name, move |b| b.name(new_name)))
+        run_in(self.ns(ns), move |h| {
+            set_link(h, name, move |b| b.name(new_name))
+        })
     }
 
     fn set_mtu(&self, ns: Option<&Path>, name: &str, mtu: u32) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(ns, move |h| set_link(h, name, move |b| b.mtu(mtu)))
+        run_in(self.ns(ns), move |h| set_link(h, name, move |b| b.mtu(mtu)))
     }
 
     fn set_mac(&self, ns: Option<&Path>, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(ns, move |h| {
+        run_in(self.ns(ns), move |h| {
             set_link(h, name, move |b| b.address(mac.to_vec()))
         })
     }
 
     fn set_hairpin(&self, name: &str) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(None, move |h| hairpin_on(h, name))
+        run_in(self.ns(None), move |h| hairpin_on(h, name))
     }
 
     fn set_up(&self, ns: Option<&Path>, name: &str) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(ns, move |h| set_link(h, name, |b| b.up()))
+        run_in(self.ns(ns), move |h| set_link(h, name, |b| b.up()))
     }
 
     fn add_address(
@@ -316,7 +537,7 @@ impl NetOps for RealNetOps {
         prefix: u8,
     ) -> Result<(), NetError> {
         let name = name.to_string();
-        run_in(ns, move |h| async move {
+        run_in(self.ns(ns), move |h| async move {
             let idx = must_index(&h, &name).await?;
             h.address()
                 .add(idx, IpAddr::V4(addr), prefix)
@@ -327,7 +548,7 @@ impl NetOps for RealNetOps {
     }
 
     fn set_default_route(&self, ns: Option<&Path>, gateway: Ipv4Addr) -> Result<(), NetError> {
-        run_in(ns, move |h| async move {
+        run_in(self.ns(ns), move |h| async move {
             let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gateway)
                 .build();
@@ -340,7 +561,7 @@ impl NetOps for RealNetOps {
             return Ok(false);
         }
         let name = name.to_string();
-        run_in(ns, move |h| async move {
+        run_in(self.ns(ns), move |h| async move {
             let Some(idx) = index_of(&h, &name).await? else {
                 return Ok(false);
             };
@@ -353,11 +574,11 @@ impl NetOps for RealNetOps {
     }
 
     fn list_links(&self, ns: Option<&Path>) -> Result<Vec<LinkInfo>, NetError> {
-        run_in(ns, |h| async move { links(&h).await })
+        run_in(self.ns(ns), |h| async move { links(&h).await })
     }
 
     fn list_addresses(&self, ns: Option<&Path>) -> Result<Vec<AddrInfo>, NetError> {
-        run_in(ns, |h| async move {
+        run_in(self.ns(ns), |h| async move {
             let links = links(&h).await?;
             let mut out = Vec::new();
             let mut s = h.address().get().execute();
@@ -389,7 +610,7 @@ impl NetOps for RealNetOps {
     }
 
     fn list_routes(&self, ns: Option<&Path>) -> Result<Vec<Ipv4Net>, NetError> {
-        run_in(ns, |h| async move {
+        run_in(self.ns(ns), |h| async move {
             let mut out = Vec::new();
             let mut s = h
                 .route()
@@ -424,6 +645,36 @@ impl NetOps for RealNetOps {
     }
 
     fn apply_nft(&self, script: &str) -> Result<(), NetError> {
+        let script = script.to_string();
+        self.in_host(move || Here::apply_nft(&script))
+    }
+
+    fn list_nft_tables(&self) -> Result<Vec<(String, String)>, NetError> {
+        self.in_host(Here::list_nft_tables)
+    }
+
+    fn read_sysctl(&self, key: &str) -> Result<String, NetError> {
+        let key = key.to_string();
+        self.in_host(move || Here::read_sysctl(&key))
+    }
+
+    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), NetError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.in_host(move || Here::write_sysctl(&key, &value))
+    }
+
+    fn sync_docker_user(&self, tag: &str, bridges: &[String]) -> Result<(), NetError> {
+        let (tag, bridges) = (tag.to_string(), bridges.to_vec());
+        self.in_host(move || Here::sync_docker_user(&tag, &bridges))
+    }
+}
+
+/// The operations that act on the calling thread's network namespace (commands inherit it,
+/// `/proc/sys/net` shows it): [`RealNetOps`] runs them through `in_host`.
+struct Here;
+
+impl Here {
+    fn apply_nft(script: &str) -> Result<(), NetError> {
         let mut child = Command::new("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -451,7 +702,7 @@ impl NetOps for RealNetOps {
         Ok(())
     }
 
-    fn list_nft_tables(&self) -> Result<Vec<(String, String)>, NetError> {
+    fn list_nft_tables() -> Result<Vec<(String, String)>, NetError> {
         let out = Command::new("nft")
             .args(["list", "tables"])
             .output()
@@ -474,19 +725,19 @@ impl NetOps for RealNetOps {
             .collect())
     }
 
-    fn read_sysctl(&self, key: &str) -> Result<String, NetError> {
+    fn read_sysctl(key: &str) -> Result<String, NetError> {
         let p = sysctl_path(key);
         std::fs::read_to_string(&p)
             .map(|s| s.trim().to_string())
             .map_err(io_err(format!("read {}", p.display())))
     }
 
-    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), NetError> {
+    fn write_sysctl(key: &str, value: &str) -> Result<(), NetError> {
         let p = sysctl_path(key);
         std::fs::write(&p, value).map_err(io_err(format!("write {}", p.display())))
     }
 
-    fn sync_docker_user(&self, tag: &str, bridges: &[String]) -> Result<(), NetError> {
+    fn sync_docker_user(tag: &str, bridges: &[String]) -> Result<(), NetError> {
         let ipt = |args: &[&str]| Command::new("iptables").args(args).output();
         let listed = match ipt(&["-w", "-t", "filter", "-S", "DOCKER-USER"]) {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),

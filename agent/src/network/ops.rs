@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::ipam::Ipv4Net;
-use super::NetError;
+use super::overlay::OverlayEntries;
+use super::{format_mac, NetError};
 
 /// A link as listed by [`NetOps::list_links`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +57,19 @@ pub struct VethPlug {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// An overlay network's vxlan device: what [`NetOps::create_vxlan`] makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub name: String,
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port (4789).
+    pub port: u16,
+    pub mtu: u32,
+    /// The bridge it is enslaved to.
+    pub bridge: String,
+}
+
 pub trait NetOps: Send + Sync + 'static {
     /// Makes the veth pair of `p` and plugs it in: the host end on the bridge (hairpin, up),
     /// the other moved into the netns, renamed, addressed and up, with the default route if
@@ -80,6 +94,22 @@ pub trait NetOps: Send + Sync + 'static {
 
     /// Creates a bridge with this MTU and sets it up.
     fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetError>;
+    /// Creates a vxlan device in the host namespace: no learning, ARP proxy on (ARP requests
+    /// for remote addresses are answered from its neighbour table), no default remote (nothing
+    /// flooded), enslaved to its bridge and up.
+    fn create_vxlan(&self, v: &VxlanLink) -> Result<(), NetError>;
+    /// Adds (or replaces) the FDB entry `mac` → tunnel endpoint `vtep` on vxlan device `dev`
+    /// (`bridge fdb replace MAC dev DEV dst VTEP self permanent`).
+    fn add_fdb(&self, dev: &str, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetError>;
+    /// Deletes that FDB entry; `Ok(false)` when there was none.
+    fn del_fdb(&self, dev: &str, mac: [u8; 6], vtep: Ipv4Addr) -> Result<bool, NetError>;
+    /// Adds (or replaces) the permanent neighbour entry `ip` → `mac` on `dev`
+    /// (`ip neigh replace IP lladdr MAC dev DEV nud permanent`).
+    fn add_neighbour(&self, dev: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError>;
+    /// Deletes the neighbour entry of `ip` on `dev`; `Ok(false)` when there was none.
+    fn del_neighbour(&self, dev: &str, ip: Ipv4Addr) -> Result<bool, NetError>;
+    /// The unicast FDB entries with a remote, and the neighbour entries, of vxlan device `dev`.
+    fn list_overlay_entries(&self, dev: &str) -> Result<OverlayEntries, NetError>;
     /// Creates a veth pair `name` ↔ `peer` (both down) in the host namespace.
     fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(), NetError>;
     /// Creates a dummy link (used by tests and diagnostics).
@@ -131,6 +161,12 @@ pub trait NetOps: Send + Sync + 'static {
 #[derive(Debug, Default, Clone)]
 struct FakeNs {
     links: BTreeMap<String, LinkInfo>,
+    /// The vxlan devices' settings, by name.
+    vxlans: BTreeMap<String, VxlanLink>,
+    /// FDB entries of vxlan devices: (device, MAC) → tunnel endpoint.
+    fdb: BTreeMap<(String, [u8; 6]), Ipv4Addr>,
+    /// Neighbour entries: (device, address) → MAC.
+    neighbours: BTreeMap<(String, Ipv4Addr), [u8; 6]>,
     addrs: Vec<AddrInfo>,
     routes: Vec<Ipv4Net>,
     default_gw: Option<Ipv4Addr>,
@@ -148,6 +184,9 @@ pub struct FakeState {
     pub docker_user: BTreeMap<String, Vec<String>>,
     /// Operations whose name is in here fail (to test rollback).
     pub fail_ops: Vec<&'static str>,
+    /// Every FDB and neighbour change, in order: `fdb add DEV MAC VTEP`, `fdb del DEV MAC VTEP`,
+    /// `neigh add DEV IP MAC`, `neigh del DEV IP`.
+    pub overlay_log: Vec<String>,
     next_index: u32,
 }
 
@@ -182,6 +221,33 @@ impl FakeNetOps {
         }
     }
 
+    /// A host vxlan device's settings, if it exists.
+    pub fn vxlan(&self, name: &str) -> Option<VxlanLink> {
+        self.state.lock().unwrap().host.vxlans.get(name).cloned()
+    }
+
+    /// The FDB entries of a host vxlan device: (MAC, tunnel endpoint).
+    pub fn fdb(&self, dev: &str) -> Vec<([u8; 6], Ipv4Addr)> {
+        let s = self.state.lock().unwrap();
+        s.host
+            .fdb
+            .iter()
+            .filter(|((d, _), _)| d == dev)
+            .map(|((_, mac), vtep)| (*mac, *vtep))
+            .collect()
+    }
+
+    /// The neighbour entries of a host link: (address, MAC).
+    pub fn neighbours(&self, dev: &str) -> Vec<(Ipv4Addr, [u8; 6])> {
+        let s = self.state.lock().unwrap();
+        s.host
+            .neighbours
+            .iter()
+            .filter(|((d, _), _)| d == dev)
+            .map(|((_, ip), mac)| (*ip, *mac))
+            .collect()
+    }
+
     /// Number of netns files that exist.
     pub fn netns_count(&self) -> usize {
         self.state.lock().unwrap().netns.len()
@@ -206,6 +272,15 @@ impl FakeNetOps {
                 .ok_or_else(|| NetError::NotFound(format!("netns {}", p.display())))?,
         };
         f(n, &mut s.next_index)
+    }
+}
+
+impl FakeNetOps {
+    /// Records a successful FDB or neighbour change in [`FakeState::overlay_log`].
+    fn log<T>(&self, r: &Result<T, NetError>, what: String) {
+        if r.is_ok() {
+            self.state.lock().unwrap().overlay_log.push(what);
+        }
     }
 }
 
@@ -244,6 +319,92 @@ impl NetOps for FakeNetOps {
             l.up = true;
             n.links.insert(name.into(), l);
             Ok(())
+        })
+    }
+
+    fn create_vxlan(&self, v: &VxlanLink) -> Result<(), NetError> {
+        self.with("create_vxlan", None, |n, idx| {
+            exists(n, &v.name)?;
+            link(n, &v.bridge)?;
+            if let Some(o) = n
+                .vxlans
+                .values()
+                .find(|o| o.vni == v.vni && o.port == v.port)
+            {
+                return Err(NetError::Netlink(format!(
+                    "vxlan {} already has VNI {}",
+                    o.name, v.vni
+                )));
+            }
+            let mut l = new_link(idx, &v.name, "vxlan", v.mtu);
+            l.master = Some(v.bridge.clone());
+            l.up = true;
+            n.links.insert(v.name.clone(), l);
+            n.vxlans.insert(v.name.clone(), v.clone());
+            Ok(())
+        })
+    }
+
+    fn add_fdb(&self, dev: &str, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetError> {
+        let r = self.with("add_fdb", None, |n, _| {
+            if !n.vxlans.contains_key(dev) {
+                return Err(NetError::NotFound(format!("vxlan {dev}")));
+            }
+            n.fdb.insert((dev.to_string(), mac), vtep);
+            Ok(())
+        });
+        self.log(&r, format!("fdb add {dev} {} {vtep}", format_mac(mac)));
+        r
+    }
+
+    fn del_fdb(&self, dev: &str, mac: [u8; 6], vtep: Ipv4Addr) -> Result<bool, NetError> {
+        let r = self.with("del_fdb", None, |n, _| {
+            let key = (dev.to_string(), mac);
+            if n.fdb.get(&key) == Some(&vtep) {
+                n.fdb.remove(&key);
+                return Ok(true);
+            }
+            Ok(false)
+        });
+        self.log(&r, format!("fdb del {dev} {} {vtep}", format_mac(mac)));
+        r
+    }
+
+    fn add_neighbour(&self, dev: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError> {
+        let r = self.with("add_neighbour", None, |n, _| {
+            link(n, dev)?;
+            n.neighbours.insert((dev.to_string(), ip), mac);
+            Ok(())
+        });
+        self.log(&r, format!("neigh add {dev} {ip} {}", format_mac(mac)));
+        r
+    }
+
+    fn del_neighbour(&self, dev: &str, ip: Ipv4Addr) -> Result<bool, NetError> {
+        let r = self.with("del_neighbour", None, |n, _| {
+            Ok(n.neighbours.remove(&(dev.to_string(), ip)).is_some())
+        });
+        self.log(&r, format!("neigh del {dev} {ip}"));
+        r
+    }
+
+    fn list_overlay_entries(&self, dev: &str) -> Result<OverlayEntries, NetError> {
+        self.with("list_overlay_entries", None, |n, _| {
+            link(n, dev)?;
+            Ok(OverlayEntries {
+                fdb: n
+                    .fdb
+                    .iter()
+                    .filter(|((d, _), _)| d == dev)
+                    .map(|((_, mac), vtep)| (*mac, *vtep))
+                    .collect(),
+                neighbours: n
+                    .neighbours
+                    .iter()
+                    .filter(|((d, _), _)| d == dev)
+                    .map(|((_, ip), mac)| (*ip, *mac))
+                    .collect(),
+            })
         })
     }
 
@@ -383,7 +544,24 @@ impl NetOps for FakeNetOps {
         let Some(l) = n.links.remove(name) else {
             return Ok(false);
         };
+        // Its addresses go, and the routes to their subnets.
+        let gone: Vec<Ipv4Net> = n
+            .addrs
+            .iter()
+            .filter(|a| a.link == name)
+            .filter_map(|a| Ipv4Net::new(a.addr, a.prefix).ok())
+            .collect();
+        n.routes.retain(|r| !gone.contains(r));
         n.addrs.retain(|a| a.link != name);
+        // A link's FDB and neighbour entries go with it; its ports are set free.
+        n.vxlans.remove(name);
+        n.fdb.retain(|(d, _), _| d != name);
+        n.neighbours.retain(|(d, _), _| d != name);
+        for port in n.links.values_mut() {
+            if port.master.as_deref() == Some(name) {
+                port.master = None;
+            }
+        }
         if l.kind == "veth" {
             let peer_idx = l.index ^ 1;
             for ns in std::iter::once(&mut s.host).chain(s.netns.values_mut()) {

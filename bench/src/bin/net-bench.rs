@@ -340,7 +340,7 @@ impl Shoal {
         let m = s.net.clone();
         let (n, a) = s.rt.block_on(async {
             let n = m.create_network(NetworkSpec::named("bench")).await?;
-            let a = m.attach("srv", "bench", vec![]).await?;
+            let a = m.attach("srv", "bench", vec![], None).await?;
             Ok::<_, anyhow::Error>((n, a))
         })?;
         s.ip = a.ip;
@@ -597,7 +597,7 @@ fn setup_cost(s: &Shoal, reps: usize) -> Result<f64> {
         let id = format!("churn{i}");
         let t = Instant::now();
         s.rt.block_on(async {
-            s.net.attach(&id, "bench", vec![]).await?;
+            s.net.attach(&id, "bench", vec![], None).await?;
             s.net.release_container(&id).await
         })?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -115,7 +115,7 @@ impl Runner {
                     .await
                     .map_err(|e| BuildError::Internal(format!("network {bridge}: {e}")))?;
                 let a = net
-                    .attach(id, bridge, Vec::new())
+                    .attach(id, bridge, Vec::new(), None)
                     .await
                     .map_err(|e| BuildError::Internal(format!("attach to {bridge}: {e}")))?;
                 NetworkMode::Join(a.netns_path)
