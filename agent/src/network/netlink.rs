@@ -1,6 +1,6 @@
 //! The real [`NetOps`]: rtnetlink for links, addresses, routes, FDB and neighbour entries;
-//! netns files; `nft`;
-//! `iptables` for Docker's `DOCKER-USER` chain; sysctls under `/proc/sys`.
+//! netns files; `nft`; `iptables` for Docker's `DOCKER-USER` chain; sysctls under `/proc/sys`.
+//! "The host" is the caller's network namespace, or the one given to [`RealNetOps::in_netns`].
 //!
 //! A netlink socket belongs to the network namespace of the thread that opened it. So every
 //! operation runs on a fresh, dedicated `std::thread` that first `setns`es into the target

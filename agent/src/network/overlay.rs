@@ -16,6 +16,13 @@
 //!   itself (`proxy`), so that no ARP broadcast ever leaves the node.
 //!
 //! There is no all-zero FDB entry: broadcasts and unknown unicast stay on the node.
+//!
+//! Addresses: the cluster manager picks the subnet, gateway and VNI of an overlay network and
+//! every task's address on it, so a node's IPAM never picks one itself (an attach without an
+//! address is refused). The MTU defaults to the node's default minus [`VXLAN_OVERHEAD`].
+//! The firewall treats the bridge as any other: isolation from other networks, egress
+//! masqueraded through the node unless `internal`; frames between the bridge and its vxlan
+//! port are bridged (in = out = the bridge), and the tunnel's UDP packets are the host's own.
 //! [`diff`] computes what to add and remove when a new set arrives, from what was programmed,
 //! or after a daemon restart (the set is not persisted: the manager resends it) from what the
 //! kernel lists.
