@@ -1,6 +1,7 @@
 //! Overlay networks end to end on three test hosts (one network namespace each, see
-//! `common::hosts`): a stack spread over the hosts talks by name across them, and a dead
-//! node's tasks leave DNS as soon as the node is marked down.
+//! `common::hosts`): a stack spread over the hosts talks by name across them (task names,
+//! `tasks.<service>`, the service's virtual IP), and a dead node's tasks leave DNS as soon as
+//! the node is marked down.
 //!
 //! What a container sees is asked with `shoal exec` on the host that runs it. busybox-static
 //! resolves names only through /etc/hosts, so names go through `nslookup` (which asks the
@@ -14,8 +15,8 @@ use std::time::Duration;
 use common::hosts::{Host, Lab};
 use common::require_root;
 
-/// web: 3 replicas, one per host, each serving its container's hostname; db: one replica on the host
-/// labelled `role=db`, serving "db".
+/// web: 3 replicas (spread over the hosts), each serving its container's hostname; db: one
+/// replica, serving "db".
 const STACK: &str = r#"
 services:
   web:
@@ -24,13 +25,10 @@ services:
     stop_grace_period: 1s
     deploy:
       replicas: 3
-      placement: { max_replicas_per_node: 1 }
   db:
     image: busybox
     command: [sh, -c, "mkdir -p /www && echo db > /www/index.html && exec httpd -f -p 80 -h /www"]
     stop_grace_period: 1s
-    deploy:
-      placement: { constraints: [node.labels.role == db] }
 "#;
 
 /// A manager and two workers, every node ready with busybox.
@@ -67,7 +65,9 @@ fn node_of(lab: &Lab, i: usize) -> String {
 
 /// A running task of `service`: (node id, container id, overlay address).
 fn running(lab: &Lab, service: &str) -> Vec<(String, String, String)> {
-    let out = lab.host(0).shoal(&["service", "ps", service, "--format", "json"]);
+    let out = lab
+        .host(0)
+        .shoal(&["service", "ps", service, "--format", "json"]);
     let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     tasks
         .as_array()
@@ -124,8 +124,6 @@ fn a_stack_spread_over_three_hosts_talks_by_name_and_drops_a_dead_nodes_tasks() 
     }
     let mut lab = three_hosts();
     let nodes: Vec<String> = (0..3).map(|i| node_of(&lab, i)).collect();
-    lab.host(0)
-        .ok(&["node", "update", "--label-add", "role=db", &nodes[2]]);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("stack.yaml");
     std::fs::write(&file, STACK).expect("write the stack file");
@@ -137,45 +135,85 @@ fn a_stack_spread_over_three_hosts_talks_by_name_and_drops_a_dead_nodes_tasks() 
     let network = lab.host(0).json(&["network", "inspect", "app_default"]);
     assert_eq!(network[0]["spec"]["driver"], "overlay", "{network}");
 
-    lab.wait_for("3 web tasks, one per host, and db", Duration::from_secs(90), || {
-        let hosts: BTreeSet<String> = running(&lab, "app_web").into_iter().map(|t| t.0).collect();
-        hosts.len() == 3 && running(&lab, "app_db").len() == 1
-    });
     let host_of = |node: &str| nodes.iter().position(|n| n == node).expect("a lab node");
+    lab.wait_for(
+        "3 web tasks on several hosts, and db",
+        Duration::from_secs(90),
+        || {
+            let hosts: BTreeSet<String> =
+                running(&lab, "app_web").into_iter().map(|t| t.0).collect();
+            hosts.len() >= 2
+                && running(&lab, "app_web").len() == 3
+                && running(&lab, "app_db").len() == 1
+        },
+    );
     let web = running(&lab, "app_web");
     let db = running(&lab, "app_db").remove(0);
-    assert_eq!(host_of(&db.0), 2, "db runs on the labelled host");
+    let db_host = host_of(&db.0);
     let web_addresses: BTreeSet<String> = web.iter().map(|t| t.2.clone()).collect();
-    assert_eq!(web_addresses.len(), 3, "every task has its own overlay address: {web:?}");
+    assert_eq!(
+        web_addresses.len(),
+        3,
+        "every task has its own overlay address: {web:?}"
+    );
 
-    // A web task on a host without db finds db by name and gets its page across hosts.
+    // A web task on another host than db's finds db by name and gets its page across hosts.
     let (node, container, _) = web
         .iter()
-        .find(|t| host_of(&t.0) == 0)
-        .expect("a web task on host 0");
+        .find(|t| host_of(&t.0) != db_host)
+        .expect("a web task away from db");
     let from = lab.host(host_of(node));
-    lab.wait_for("web on host 0 reaches db by name", Duration::from_secs(30), || {
-        lookup(from, container, "db").into_iter().any(|ip| page(from, container, &ip) == "db")
-    });
+    lab.wait_for(
+        "web reaches db on another host by name",
+        Duration::from_secs(30),
+        || {
+            let ips = lookup(from, container, "db");
+            let pages: Vec<String> = ips.iter().map(|ip| page(from, container, ip)).collect();
+            pages.iter().any(|p| p == "db")
+        },
+    );
 
-    // db sees every web task (tasks.web) and reaches each, two of them on other hosts.
-    let db_host = lab.host(2);
-    lab.wait_for("db resolves tasks.web to the 3 tasks", Duration::from_secs(30), || {
-        lookup(db_host, &db.1, "tasks.web") == web_addresses
-    });
+    // db sees every web task (tasks.web) and reaches each, some on other hosts.
+    lab.wait_for(
+        "db resolves tasks.web to the 3 tasks",
+        Duration::from_secs(30),
+        || lookup(lab.host(db_host), &db.1, "tasks.web") == web_addresses,
+    );
     for ip in &web_addresses {
-        let got = page(db_host, &db.1, ip);
-        assert!(got.starts_with("web-"), "page of web at {ip} from db: {got:?}\n{}", lab.logs());
+        let got = page(lab.host(db_host), &db.1, ip);
+        assert!(
+            got.starts_with("web-"),
+            "page of web at {ip} from db: {got:?}\n{}",
+            lab.logs()
+        );
     }
+    // The service name is its virtual IP, which reaches the web tasks.
+    let vip = lookup(lab.host(db_host), &db.1, "web");
+    assert_eq!(vip.len(), 1, "web resolves to one virtual IP: {vip:?}");
+    let vip = vip.into_iter().next().expect("one");
+    assert!(
+        !web_addresses.contains(&vip),
+        "{vip} is not a task's address"
+    );
+    let pages: BTreeSet<String> = (0..12)
+        .map(|_| page(lab.host(db_host), &db.1, &vip))
+        .collect();
+    assert!(
+        pages.iter().all(|p| p.starts_with("web-")) && pages.len() >= 2,
+        "connections to the VIP reach several web tasks: {pages:?}"
+    );
 
-    // Host 1 dies: once its node is down, its task's address leaves every answer.
-    let dead = web
+    // A worker host with a web task and not db dies: once its node is down, its task's
+    // address leaves every answer.
+    let (dead_node, _, dead) = web
         .iter()
-        .find(|t| host_of(&t.0) == 1)
-        .map(|t| t.2.clone())
-        .expect("a web task on host 1");
-    lab.host_mut(1).kill9();
-    lab.wait_for("the dead host's web task out of DNS", Duration::from_secs(30), || {
-        !lookup(db_host, &db.1, "tasks.web").contains(&dead)
-    });
+        .find(|t| ![0, db_host].contains(&host_of(&t.0)))
+        .cloned()
+        .unwrap_or_else(|| panic!("a web task on a worker without db: {web:?}, db on {db_host}"));
+    lab.host_mut(host_of(&dead_node)).kill9();
+    lab.wait_for(
+        "the dead host's web task out of DNS",
+        Duration::from_secs(30),
+        || !lookup(lab.host(db_host), &db.1, "tasks.web").contains(&dead),
+    );
 }

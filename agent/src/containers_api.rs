@@ -288,6 +288,7 @@ impl ContainersApi {
                 networks: r.attachments.clone(),
                 endpoint: (!r.ports.is_empty()).then(|| EndpointSpec {
                     ports: r.ports.clone(),
+                    mode: String::new(),
                 }),
                 ..Default::default()
             }),

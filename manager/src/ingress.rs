@@ -148,7 +148,8 @@ mod tests {
         assert!(err.contains("already published by service web"), "{err}");
         check_ports(&state, "web", web.spec.as_ref().expect("spec")).expect("its own port");
         let host = service("api", vec![port(8080, 81, PublishMode::Host)]);
-        check_ports(&state, "api", host.spec.as_ref().expect("spec")).expect("host mode is per node");
+        check_ports(&state, "api", host.spec.as_ref().expect("spec"))
+            .expect("host mode is per node");
     }
 
     #[test]
@@ -161,7 +162,10 @@ mod tests {
         let mut ports = IngressPorts::new(&state);
         let mut b = service(
             "b",
-            vec![port(0, 80, PublishMode::Ingress), port(0, 90, PublishMode::Host)],
+            vec![
+                port(0, 80, PublishMode::Ingress),
+                port(0, 90, PublishMode::Host),
+            ],
         );
         let resolved = ports.resolve(&b).expect("new");
         assert_eq!(resolved.len(), 1, "host-mode ports are the node's");

@@ -116,14 +116,18 @@ impl Space {
             len,
             // Neither the network address nor the broadcast address.
             range: (range.0.max(base + 1), range.1.min(last - 1)),
-            gateway: spec.gateway.parse::<Ipv4Addr>().map(u32::from).unwrap_or(base + 1),
+            gateway: spec
+                .gateway
+                .parse::<Ipv4Addr>()
+                .map(u32::from)
+                .unwrap_or(base + 1),
             used: HashSet::new(),
         })
     }
 
     fn take(&mut self) -> Option<u32> {
-        let free = (self.range.0..=self.range.1)
-            .find(|a| *a != self.gateway && !self.used.contains(a))?;
+        let free =
+            (self.range.0..=self.range.1).find(|a| *a != self.gateway && !self.used.contains(a))?;
         self.used.insert(free);
         Some(free)
     }
@@ -267,7 +271,10 @@ mod tests {
 
     #[test]
     fn networks_get_the_first_free_subnet_and_vni() {
-        let existing = [overlay("a", "10.0.0.0/24", 4096), overlay("b", "10.0.2.0/23", 4098)];
+        let existing = [
+            overlay("a", "10.0.0.0/24", 4096),
+            overlay("b", "10.0.2.0/23", 4098),
+        ];
         let mut spec = NetworkSpec {
             driver: OVERLAY.into(),
             ..Default::default()
@@ -282,7 +289,10 @@ mod tests {
             ..Default::default()
         };
         allocate_network(&mut spec, existing.iter(), "").expect("allocates");
-        assert_eq!((spec.subnet.as_str(), spec.gateway.as_str()), ("10.9.0.0/16", "10.9.0.1"));
+        assert_eq!(
+            (spec.subnet.as_str(), spec.gateway.as_str()),
+            ("10.9.0.0/16", "10.9.0.1")
+        );
         let mut spec = NetworkSpec::default();
         allocate_network(&mut spec, existing.iter(), "10.77.128.0/17").expect("allocates");
         assert_eq!(spec.subnet, "10.77.128.0/24", "from the cluster's pool");
@@ -343,7 +353,10 @@ mod tests {
         let new = task("new", &["o", "bridge-net"], &[], TaskState::Pending);
         let got = ipam.assign(&new).expect("assigns");
         assert_eq!(got.len(), 1, "bridge networks get no cluster address");
-        assert_eq!(got[0].address, "10.0.0.3/24", "an ended task's address is free again");
+        assert_eq!(
+            got[0].address, "10.0.0.3/24",
+            "an ended task's address is free again"
+        );
         let next = ipam.assign(&new).expect("assigns");
         assert_eq!(next[0].address, "10.0.0.4/24", "taken within the pass");
         let kept = task("k", &["o"], &[("o", "10.0.0.2/24")], TaskState::Assigned);
@@ -355,7 +368,12 @@ mod tests {
         use shoal_proto::EndpointSpec;
         let state = state_with(
             vec![overlay("o", "10.0.0.0/24", 4096)],
-            vec![task("live", &["o"], &[("o", "10.0.0.2/24")], TaskState::Running)],
+            vec![task(
+                "live",
+                &["o"],
+                &[("o", "10.0.0.2/24")],
+                TaskState::Running,
+            )],
         );
         let mut ipam = TaskIpam::new(&state);
         let mut service = Service {
@@ -373,7 +391,11 @@ mod tests {
                 mode: "dnsrr".into(),
             });
         }
-        assert_eq!(ipam.virtual_ips(&service), Some(vec![]), "dnsrr gives its VIP back");
+        assert_eq!(
+            ipam.virtual_ips(&service),
+            Some(vec![]),
+            "dnsrr gives its VIP back"
+        );
     }
 
     #[test]
@@ -383,6 +405,9 @@ mod tests {
         let t = task("t", &["o"], &[], TaskState::Pending);
         // /30: .1 is the gateway, .2 the only host address left.
         assert_eq!(ipam.assign(&t).expect("one")[0].address, "10.0.0.2/30");
-        assert!(ipam.assign(&t).expect_err("full").contains("no free address"));
+        assert!(ipam
+            .assign(&t)
+            .expect_err("full")
+            .contains("no free address"));
     }
 }

@@ -33,7 +33,11 @@ impl Task {
     /// The name of the task's container, Swarm's `<service>.<slot>.<task id>`: the agent names
     /// the container so, and the manager gives it out as a DNS name on overlay networks.
     pub fn container_name(&self) -> String {
-        let service = self.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("task");
+        let service = self
+            .spec
+            .as_ref()
+            .map(|s| s.name.as_str())
+            .unwrap_or("task");
         format!("{service}.{}.{}", self.slot, self.id)
     }
 }

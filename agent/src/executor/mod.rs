@@ -137,6 +137,7 @@ impl Executor {
             networks,
             secrets,
             overlay_peers,
+            ingress: _,
         } = assignments;
         tracing::debug!(tasks = tasks.len(), "assignments");
         *lock(&self.inner.known_secrets) = secrets.into_iter().map(|s| (s.id.clone(), s)).collect();

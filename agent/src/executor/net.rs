@@ -19,9 +19,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use shoal_proto::{Network, NetworkAddress, PortConfig, Task};
 
 use super::overlay::{RemoteView, Vip};
-use super::vip;
 use super::published::PublishedPorts;
 use super::rotation::{Endpoint, Member, Rotation};
+use super::vip;
 use crate::dns::DnsServer;
 use crate::network::{Attachment, NetworkManager, NetworkSpec, OverlaySpec};
 use crate::runtime::NetworkMode;
@@ -125,7 +125,12 @@ fn local_spec(name: &str, network: Option<&Network>) -> Result<NetworkSpec, Stri
 /// lookup's answer), then its service name and aliases, then their `tasks.` forms. With a
 /// virtual address (`vip`), the service name and aliases are the VIP's: only the `tasks.`
 /// forms stay the task's. Pure.
-pub fn dns_names(container_name: &str, service: &str, aliases: &[String], vip: bool) -> Vec<String> {
+pub fn dns_names(
+    container_name: &str,
+    service: &str,
+    aliases: &[String],
+    vip: bool,
+) -> Vec<String> {
     let mut names = vec![container_name.to_string()];
     for n in std::iter::once(service).chain(aliases.iter().map(String::as_str)) {
         if !n.is_empty() && !names.iter().any(|x| x == n) {
@@ -162,12 +167,15 @@ struct Remote {
     applied: tokio::sync::Mutex<AppliedRemote>,
 }
 
+/// A DNS table entry: (endpoint id, local network id, address, names).
+type DnsEntry = (String, String, Ipv4Addr, Vec<String>);
+
 #[derive(Default)]
 struct AppliedRemote {
     /// Networks given peers (so that one leaving the view gets an empty set).
     networks: HashSet<String>,
     /// DNS entries by task: (endpoint id, local network id, address, names).
-    records: HashMap<String, Vec<(String, String, Ipv4Addr, Vec<String>)>>,
+    records: HashMap<String, Vec<DnsEntry>>,
     /// The VIP table loaded in each container's namespace (see [`super::vip`]).
     vip_rules: HashMap<String, String>,
 }
@@ -225,7 +233,7 @@ impl TaskNetworks {
             }
         }
         applied.networks = view.peers.keys().cloned().collect();
-        let wanted: HashMap<String, Vec<(String, String, Ipv4Addr, Vec<String>)>> = view
+        let wanted: HashMap<String, Vec<DnsEntry>> = view
             .records
             .iter()
             .map(|(task, records)| {
@@ -274,7 +282,10 @@ impl TaskNetworks {
             if vips.is_empty() && !applied.contains_key(container) {
                 continue;
             }
-            wanted.insert(container.clone(), (net.netns_path.clone(), vip::ruleset(&vips)));
+            wanted.insert(
+                container.clone(),
+                (net.netns_path.clone(), vip::ruleset(&vips)),
+            );
         }
         applied.retain(|container, _| wanted.contains_key(container));
         for (container, (netns, script)) in wanted {
@@ -578,6 +589,7 @@ mod tests {
                 internal: true,
                 ..Default::default()
             }),
+            vni: 0,
         };
         HashMap::from([("n1".to_string(), n)])
     }

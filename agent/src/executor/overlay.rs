@@ -51,10 +51,8 @@ pub fn remote_view(
         };
         let peers = view.peers.entry(name.clone()).or_default();
         for e in network.endpoints.iter().filter(|e| e.node_id != own_node) {
-            let (Some(ip), Ok(vtep)) = (
-                address_of(&e.address),
-                e.node_addr.parse::<Ipv4Addr>(),
-            ) else {
+            let (Some(ip), Ok(vtep)) = (address_of(&e.address), e.node_addr.parse::<Ipv4Addr>())
+            else {
                 tracing::warn!(task = %e.task_id, address = %e.address, node = %e.node_addr, "overlay endpoint with an unreadable address: skipped");
                 continue;
             };
@@ -146,8 +144,14 @@ mod tests {
         assert_eq!(
             view.peers["net"],
             vec![
-                OverlayPeer { ip: ip("10.0.0.3"), vtep },
-                OverlayPeer { ip: ip("10.0.0.4"), vtep }
+                OverlayPeer {
+                    ip: ip("10.0.0.3"),
+                    vtep
+                },
+                OverlayPeer {
+                    ip: ip("10.0.0.4"),
+                    vtep
+                }
             ]
         );
         assert_eq!(view.records.len(), 1);
@@ -184,10 +188,17 @@ mod tests {
         );
         assert_eq!(
             view.records["vip:s"],
-            vec![("net".to_string(), ip("10.0.0.9"), vec!["web".to_string(), "www".to_string()])]
+            vec![(
+                "net".to_string(),
+                ip("10.0.0.9"),
+                vec!["web".to_string(), "www".to_string()]
+            )]
         );
         let (_, _, names) = &view.records["b"][0];
-        assert!(!names.contains(&"web".to_string()), "the VIP answers for the service: {names:?}");
+        assert!(
+            !names.contains(&"web".to_string()),
+            "the VIP answers for the service: {names:?}"
+        );
         assert!(names.contains(&"tasks.web".to_string()));
     }
 }

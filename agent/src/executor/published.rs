@@ -205,7 +205,10 @@ mod tests {
             id: "t1".into(),
             service_id: "s1".into(),
             spec: Some(ServiceSpec {
-                endpoint: Some(EndpointSpec { ports }),
+                endpoint: Some(EndpointSpec {
+                    ports,
+                    mode: String::new(),
+                }),
                 ..Default::default()
             }),
             ..Default::default()

@@ -32,7 +32,8 @@ pub fn ruleset(vips: &[Vip]) -> String {
         return script;
     }
     script.push_str(&format!("table ip {TABLE} {{\n"));
-    script.push_str("  chain output {\n    type nat hook output priority dstnat; policy accept;\n");
+    // nft 1.0.6 only accepts the name `dstnat` on prerouting: spelt as its number.
+    script.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n");
     for vip in vips {
         match vip.backends.as_slice() {
             [] => {}
@@ -59,7 +60,9 @@ pub fn ruleset(vips: &[Vip]) -> String {
         .map(|v| v.ip)
         .collect();
     if !empty.is_empty() {
-        script.push_str("  chain refuse {\n    type filter hook output priority filter; policy accept;\n");
+        script.push_str(
+            "  chain refuse {\n    type filter hook output priority filter; policy accept;\n",
+        );
         for ip in empty {
             script.push_str(&format!(
                 "    ip daddr {ip} meta l4proto tcp reject with tcp reset\n    ip daddr {ip} reject\n"

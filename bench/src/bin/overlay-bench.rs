@@ -25,8 +25,14 @@ use shoal_agent::network::{
     AddressPool, Ipv4Net, NetworkConfig, NetworkManager, NetworkSpec, OverlayPeer, OverlaySpec,
     RealNetOps,
 };
-use shoal_bench::table;
-use shoal_bench::util::{machine, unique_tag};
+
+#[path = "../table.rs"]
+mod table;
+#[path = "../util.rs"]
+#[allow(dead_code)]
+mod util;
+
+use util::{machine, unique_tag};
 
 #[derive(Parser)]
 #[command(about = "Cross-host TCP throughput and latency: shoal's overlay vs the underlay")]
@@ -43,13 +49,20 @@ struct Args {
 }
 
 const PORT: u16 = 5201;
-const UNDERLAY: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 250, 1), Ipv4Addr::new(198, 18, 250, 2)];
+const UNDERLAY: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 18, 250, 1),
+    Ipv4Addr::new(198, 18, 250, 2),
+];
 const OVERLAY: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 250, 0, 2), Ipv4Addr::new(10, 250, 0, 3)];
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -83,7 +96,8 @@ fn in_netns<T: Send + 'static>(
 }
 
 fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
-    h.join().map_err(|_| anyhow::anyhow!("a bench thread panicked"))?
+    h.join()
+        .map_err(|_| anyhow::anyhow!("a bench thread panicked"))?
 }
 
 /// Makes the hosts and the overlay; returns them with the two container namespaces.
@@ -104,7 +118,15 @@ fn setup(rt: &tokio::runtime::Runtime) -> Result<(Hosts, [PathBuf; 2])> {
     ])?;
     for (i, n) in names.iter().enumerate() {
         let dev = format!("u{i}");
-        ip(&["-n", n, "addr", "add", &format!("{}/24", UNDERLAY[i]), "dev", &dev])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/24", UNDERLAY[i]),
+            "dev",
+            &dev,
+        ])?;
         ip(&["-n", n, "link", "set", &dev, "up"])?;
         ip(&["-n", n, "link", "set", "lo", "up"])?;
     }
@@ -256,8 +278,16 @@ fn main() -> Result<()> {
         .map(|n| PathBuf::from("/run/netns").join(n))
         .collect();
     let paths = [
-        ("underlay (host ↔ host)", [host_ns[0].clone(), host_ns[1].clone()], UNDERLAY[1]),
-        ("overlay (container ↔ container)", containers.clone(), OVERLAY[1]),
+        (
+            "underlay (host ↔ host)",
+            [host_ns[0].clone(), host_ns[1].clone()],
+            UNDERLAY[1],
+        ),
+        (
+            "overlay (container ↔ container)",
+            containers.clone(),
+            OVERLAY[1],
+        ),
     ];
     let mut results = Vec::new();
     let mut runs = Vec::new();
@@ -273,7 +303,10 @@ fn main() -> Result<()> {
         }
         runs.push(format!(
             "{name}: Gbit/s {:?}; median RTT µs {:?}",
-            rates.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            rates
+                .iter()
+                .map(|r| (r * 100.0).round() / 100.0)
+                .collect::<Vec<_>>(),
             rtts.iter().map(|r| r.round()).collect::<Vec<_>>()
         ));
         results.push((name.to_string(), median(rates), median(rtts)));
@@ -299,7 +332,12 @@ fn main() -> Result<()> {
         machine()
     );
     table::print_with_runs(
-        &["path", "throughput Gbit/s (median)", "of underlay", "RTT µs (median)"],
+        &[
+            "path",
+            "throughput Gbit/s (median)",
+            "of underlay",
+            "RTT µs (median)",
+        ],
         &rows,
         &runs,
     );

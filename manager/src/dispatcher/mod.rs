@@ -22,9 +22,9 @@ use futures::Stream;
 use shoal_proto::dispatcher_server::{Dispatcher as DispatcherRpc, DispatcherServer};
 use shoal_proto::store_object::Object;
 use shoal_proto::{
-    Assignments, ChangeKind, HeartbeatRequest, IngressService, HeartbeatResponse, Node, NodeRole, NodeState,
-    NodeStatus, OverlayPeers, SessionMessage, SessionRequest, Task, UpdateTaskStatusRequest,
-    UpdateTaskStatusResponse,
+    Assignments, ChangeKind, HeartbeatRequest, HeartbeatResponse, IngressService, Node, NodeRole,
+    NodeState, NodeStatus, OverlayPeers, SessionMessage, SessionRequest, Task,
+    UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -496,11 +496,15 @@ async fn route(
                 let mut concerned = concerned_nodes(&batch);
                 // A node that goes down or comes back takes its tasks out of (or back into)
                 // every overlay network's endpoints.
-                if batch.iter().any(|e| matches!(e, Event::Put { kind: "node", .. })) && {
-                    let state = store.read();
-                    state.networks.values().any(crate::ipam::is_overlay)
-                        || state.services.values().any(|s| !s.ingress_ports.is_empty())
-                } {
+                if batch
+                    .iter()
+                    .any(|e| matches!(e, Event::Put { kind: "node", .. }))
+                    && {
+                        let state = store.read();
+                        state.networks.values().any(crate::ipam::is_overlay)
+                            || state.services.values().any(|s| !s.ingress_ports.is_empty())
+                    }
+                {
                     concerned = Concerned::All;
                 }
                 let wakers = lock(&wakers);

@@ -22,12 +22,7 @@ pub fn overlay_peers(state: &State, networks: &BTreeSet<&str>) -> Vec<OverlayPee
     let overlays: Vec<&str> = networks
         .iter()
         .copied()
-        .filter(|id| {
-            state
-                .networks
-                .get(*id)
-                .is_some_and(crate::ipam::is_overlay)
-        })
+        .filter(|id| state.networks.get(*id).is_some_and(crate::ipam::is_overlay))
         .collect();
     if overlays.is_empty() {
         return Vec::new();
@@ -61,7 +56,10 @@ pub fn overlay_peers(state: &State, networks: &BTreeSet<&str>) -> Vec<OverlayPee
             continue;
         };
         for address in &task.network_addresses {
-            if let Some(p) = peers.iter_mut().find(|p| p.network_id == address.network_id) {
+            if let Some(p) = peers
+                .iter_mut()
+                .find(|p| p.network_id == address.network_id)
+            {
                 p.endpoints
                     .push(endpoint(task, node, &address.network_id, &address.address));
             }
@@ -75,7 +73,9 @@ fn status_of(task: &Task) -> TaskState {
 }
 
 fn is_up(node: &Node) -> bool {
-    node.status.as_ref().is_some_and(|s| s.state() == NodeState::Ready)
+    node.status
+        .as_ref()
+        .is_some_and(|s| s.state() == NodeState::Ready)
 }
 
 /// Whether a task is in rotation: running (healthy, with a healthcheck), wanted running and
@@ -127,7 +127,11 @@ fn endpoint(task: &Task, node: &Node, network_id: &str, address: &str) -> Overla
     OverlayEndpoint {
         task_id: task.id.clone(),
         node_id: task.node_id.clone(),
-        node_addr: node.status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+        node_addr: node
+            .status
+            .as_ref()
+            .map(|s| s.addr.clone())
+            .unwrap_or_default(),
         address: address.to_string(),
         container_name: task.container_name(),
         service_name: spec.map(|s| s.name.clone()).unwrap_or_default(),
@@ -202,8 +206,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        state.nodes.insert("n1".into(), node("n1", "198.18.0.11", NodeState::Ready));
-        state.nodes.insert("n2".into(), node("n2", "198.18.0.12", NodeState::Down));
+        state
+            .nodes
+            .insert("n1".into(), node("n1", "198.18.0.11", NodeState::Ready));
+        state
+            .nodes
+            .insert("n2".into(), node("n2", "198.18.0.12", NodeState::Down));
         for t in [
             task("a", "n1", TaskState::Running, "10.0.0.2/24"),
             task("b", "n1", TaskState::Starting, "10.0.0.3/24"),
@@ -240,7 +248,11 @@ mod tests {
             .iter()
             .map(|b| (b.node_id.as_str(), b.node_addr.as_str(), b.tasks))
             .collect();
-        assert_eq!(backends, vec![("n1", "198.18.0.11", 1)], "serving tasks of up nodes");
+        assert_eq!(
+            backends,
+            vec![("n1", "198.18.0.11", 1)],
+            "serving tasks of up nodes"
+        );
         let a = &peers[0].endpoints[0];
         assert_eq!(a.node_addr, "198.18.0.11");
         assert_eq!(a.container_name, "web.1.a");

@@ -104,8 +104,7 @@ fn task_event(previous: Option<&Task>, task: &Task) -> TaskEvent {
 }
 
 fn is_cluster_wide(task: &Task) -> bool {
-    !task.network_addresses.is_empty()
-        || crate::ingress::has_ingress_ports(task.spec.as_ref())
+    !task.network_addresses.is_empty() || crate::ingress::has_ingress_ports(task.spec.as_ref())
 }
 
 /// Whether two versions of a task differ in nothing but their status (and store metadata).
