@@ -94,6 +94,19 @@ pub struct Located {
     pub id: String,
 }
 
+/// The digest a service naming `reference` pins, given the image it names on the deploying
+/// node: its manifest digest (its id when it has none). `None` when the reference pins itself
+/// (a digest or an id).
+pub fn pin_for(reference: &str, image: &shoal_proto::Image) -> Option<String> {
+    match Wanted::of(reference) {
+        Ok(Wanted::Named(_)) if !image.manifest_digest.is_empty() => {
+            Some(image.manifest_digest.clone())
+        }
+        Ok(Wanted::Named(_)) if !image.id.is_empty() => Some(image.id.clone()),
+        _ => None,
+    }
+}
+
 /// The reference a node runs for a service's `image` pinned to `digest` (its
 /// `image_digest`): `name:tag@digest`, as Swarm writes it. An image named by id or already by
 /// digest stays as it is; so does any image when there is no pin.

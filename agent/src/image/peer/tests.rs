@@ -325,3 +325,24 @@ fn peer_pinned_reference_is_name_tag_at_digest() {
     assert_eq!(pinned_reference(&id, &d), id, "an id is a pin");
     assert_eq!(pinned_reference("Not A Name", &d), "Not A Name");
 }
+
+#[test]
+fn peer_pin_is_the_manifest_digest_of_a_named_image() {
+    let image = shoal_proto::Image {
+        id: format!("sha256:{}", "11".repeat(32)),
+        manifest_digest: format!("sha256:{}", "22".repeat(32)),
+        ..Default::default()
+    };
+    assert_eq!(
+        pin_for("app:v1", &image),
+        Some(image.manifest_digest.clone())
+    );
+    let no_manifest = shoal_proto::Image {
+        manifest_digest: String::new(),
+        ..image.clone()
+    };
+    assert_eq!(pin_for("app", &no_manifest), Some(image.id.clone()));
+    assert_eq!(pin_for(&image.id, &image), None, "an id pins itself");
+    let by_digest = format!("app@{}", image.manifest_digest);
+    assert_eq!(pin_for(&by_digest, &image), None, "a digest pins itself");
+}
