@@ -110,6 +110,24 @@ fn tasks(h: &Host, service: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// What the service's tasks running on host `on` printed (read there: `service logs` reads
+/// the logs of the manager's own node).
+fn output_on(lab: &Lab, on: usize, service: &str) -> String {
+    let out = lab.host(0).shoal(&["service", "ps", service, "--format", "json"]);
+    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let node = node_id(lab, on);
+    tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["node_id"] == node.as_str() && t["status"]["state"] == "running")
+        .filter_map(|t| t["id"].as_str())
+        .map(|id| {
+            String::from_utf8_lossy(&lab.host(on).shoal(&["logs", id]).stdout).into_owned()
+        })
+        .collect()
+}
+
 fn running_on(h: &Host, service: &str) -> Vec<String> {
     tasks(h, service)
         .into_iter()
@@ -204,10 +222,8 @@ fn an_image_built_or_loaded_on_one_node_runs_on_another_with_no_registry() {
         let on = running_on(manager, "built");
         on.len() == 2 && on.iter().all(|n| *n == target_id)
     });
-    lab.wait_for("the built image's output", CONVERGE, || {
-        manager
-            .ok(&["service", "logs", "built"])
-            .contains("built on host 1")
+    lab.wait_for("the built image's output on host 3", CONVERGE, || {
+        output_on(&lab, 2, "built").matches("built on host 1").count() == 2
     });
     assert_eq!(
         image_id(target, "peerapp:v1").as_deref(),
@@ -236,10 +252,8 @@ fn an_image_built_or_loaded_on_one_node_runs_on_another_with_no_registry() {
     lab.wait_for("the loaded image running on host 3", CONVERGE, || {
         running_on(manager, "loaded") == vec![target_id.clone()]
     });
-    lab.wait_for("the loaded image's output", CONVERGE, || {
-        manager
-            .ok(&["service", "logs", "loaded"])
-            .contains("loaded on host 2")
+    lab.wait_for("the loaded image's output on host 3", CONVERGE, || {
+        output_on(&lab, 2, "loaded").contains("loaded on host 2")
     });
     assert_eq!(
         image_id(target, "peerload:v1").as_deref(),
@@ -317,12 +331,10 @@ fn compose_up_build_runs_a_global_service_on_every_node_without_a_registry() {
             h.index
         );
     }
-    lab.wait_for("every task's output", CONVERGE, || {
-        manager
-            .ok(&["service", "logs", &service])
-            .matches("built by compose on host 1")
-            .count()
-            == 3
-    });
+    for i in 0..3 {
+        lab.wait_for(&format!("the task's output on host {}", i + 1), CONVERGE, || {
+            output_on(&lab, i, &service).contains("built by compose on host 1")
+        });
+    }
     manager.ok(&["compose", "-f", file_s, "down"]);
 }
