@@ -4,6 +4,9 @@
 //! digest at deploy. And `compose up --build` of a global service on a three-node cluster:
 //! built once, run on every node.
 //!
+//! Only nodes of the cluster get in: the image ports refuse a client without a certificate,
+//! and one from another cluster's CA.
+//!
 //! The wrong-digest case (a peer serving a blob that does not hash to its digest) is refused
 //! with the store untouched: see `agent/src/image/peer/tests.rs`, where a lying peer can be
 //! made.
@@ -13,8 +16,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::daemon::TestDaemon;
 use common::hosts::{Host, Lab};
 use common::require_root;
+use shoal_proto::image_peer_client::ImagePeerClient;
+use shoal_proto::image_peer_directory_client::ImagePeerDirectoryClient;
+use shoal_proto::{ListImagePeersRequest, PeerImageRequest};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -113,7 +121,9 @@ fn tasks(h: &Host, service: &str) -> Vec<(String, String, String)> {
 /// What the service's tasks running on host `on` printed (read there: `service logs` reads
 /// the logs of the manager's own node).
 fn output_on(lab: &Lab, on: usize, service: &str) -> String {
-    let out = lab.host(0).shoal(&["service", "ps", service, "--format", "json"]);
+    let out = lab
+        .host(0)
+        .shoal(&["service", "ps", service, "--format", "json"]);
     let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let node = node_id(lab, on);
     tasks
@@ -122,9 +132,7 @@ fn output_on(lab: &Lab, on: usize, service: &str) -> String {
         .flatten()
         .filter(|t| t["node_id"] == node.as_str() && t["status"]["state"] == "running")
         .filter_map(|t| t["id"].as_str())
-        .map(|id| {
-            String::from_utf8_lossy(&lab.host(on).shoal(&["logs", id]).stdout).into_owned()
-        })
+        .map(|id| String::from_utf8_lossy(&lab.host(on).shoal(&["logs", id]).stdout).into_owned())
         .collect()
 }
 
@@ -223,7 +231,10 @@ fn an_image_built_or_loaded_on_one_node_runs_on_another_with_no_registry() {
         on.len() == 2 && on.iter().all(|n| *n == target_id)
     });
     lab.wait_for("the built image's output on host 3", CONVERGE, || {
-        output_on(&lab, 2, "built").matches("built on host 1").count() == 2
+        output_on(&lab, 2, "built")
+            .matches("built on host 1")
+            .count()
+            == 2
     });
     assert_eq!(
         image_id(target, "peerapp:v1").as_deref(),
@@ -332,9 +343,193 @@ fn compose_up_build_runs_a_global_service_on_every_node_without_a_registry() {
         );
     }
     for i in 0..3 {
-        lab.wait_for(&format!("the task's output on host {}", i + 1), CONVERGE, || {
-            output_on(&lab, i, &service).contains("built by compose on host 1")
-        });
+        lab.wait_for(
+            &format!("the task's output on host {}", i + 1),
+            CONVERGE,
+            || output_on(&lab, i, &service).contains("built by compose on host 1"),
+        );
     }
     manager.ok(&["compose", "-f", file_s, "down"]);
+}
+
+/// A channel to `addr` whose certificate must name `server`, trusting `d`'s cluster CA, with
+/// `identity` (or none).
+async fn channel_to(
+    d: &TestDaemon,
+    addr: &str,
+    server: &str,
+    identity: Option<Identity>,
+) -> Result<Channel, tonic::transport::Error> {
+    let ca = std::fs::read_to_string(d.data_dir().join("certs/ca.crt")).expect("ca.crt");
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(server);
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+}
+
+fn identity_of(d: &TestDaemon) -> Identity {
+    let dir = d.data_dir().join("certs");
+    Identity::from_pem(
+        std::fs::read_to_string(dir.join("node.crt")).expect("node.crt"),
+        std::fs::read_to_string(dir.join("node.key")).expect("node.key"),
+    )
+}
+
+/// A certificate and key from a CA that is not the cluster's, naming `node`.
+fn foreign_identity(node: &str) -> Identity {
+    let other = shoal_manager::ca::ClusterCa::generate("other", shoal_proto::now_ms() / 1000)
+        .expect("another CA");
+    let (key_pem, csr_pem) = shoal_manager::ca::node_key_and_csr(node).expect("csr");
+    let cert = other
+        .sign_csr(
+            &csr_pem,
+            node,
+            shoal_manager::ca::Role::Manager,
+            shoal_proto::now_ms() / 1000,
+            1,
+        )
+        .expect("signed");
+    Identity::from_pem(cert, key_pem)
+}
+
+/// GetImage through `channel` (or the connection's own failure): Ok when served.
+async fn get_busybox(channel: Result<Channel, tonic::transport::Error>) -> Result<(), String> {
+    let channel = channel.map_err(|e| format!("connect: {e}"))?;
+    ImagePeerClient::new(channel)
+        .get_image(PeerImageRequest {
+            reference: "busybox".into(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[test]
+fn the_image_ports_serve_only_nodes_of_the_cluster() {
+    if !require_root() {
+        return;
+    }
+    let manager = TestDaemon::with_busybox();
+    let worker = TestDaemon::start_worker(&manager);
+    worker.ok(&["image", "bootstrap", "busybox"]);
+    let nodes = manager.json(&["node", "ls", "--format", "json"]);
+    let find = |role: &str| {
+        nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["role"] == role)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {role} in {nodes}"))
+    };
+    let (m, w) = (find("manager"), find("worker"));
+    let manager_id = m["id"].as_str().expect("id").to_string();
+    let worker_id = w["id"].as_str().expect("id").to_string();
+    let worker_addr = w["description"]["peer_addr"].as_str().expect("peer_addr");
+    assert_eq!(
+        m["description"]["peer_addr"].as_str(),
+        Some(manager.manager_addr().as_str()),
+        "a manager serves its images on its manager port"
+    );
+    let manager_addr = manager.manager_addr();
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // A node's certificate: served by both, each known by its node id.
+        let ok = get_busybox(
+            channel_to(
+                &manager,
+                worker_addr,
+                &worker_id,
+                Some(identity_of(&manager)),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(ok, Ok(()), "the manager fetches from the worker");
+        let ok = get_busybox(
+            channel_to(
+                &worker,
+                &manager_addr,
+                &manager_id,
+                Some(identity_of(&worker)),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(ok, Ok(()), "the worker fetches from the manager");
+        // The directory lists the others, not the caller.
+        let channel = channel_to(
+            &worker,
+            &manager_addr,
+            "swarm-manager.shoal",
+            Some(identity_of(&worker)),
+        )
+        .await
+        .expect("connect");
+        let peers = ImagePeerDirectoryClient::new(channel)
+            .list_image_peers(ListImagePeersRequest {})
+            .await
+            .expect("directory")
+            .into_inner()
+            .peers;
+        let listed: Vec<(&str, &str)> = peers
+            .iter()
+            .map(|p| (p.node_id.as_str(), p.addr.as_str()))
+            .collect();
+        assert_eq!(listed, vec![(manager_id.as_str(), manager_addr.as_str())]);
+
+        // No certificate: refused at the worker's handshake, and by the manager's services.
+        for (addr, name) in [
+            (worker_addr, worker_id.as_str()),
+            (&manager_addr, manager_id.as_str()),
+        ] {
+            let refused = get_busybox(channel_to(&manager, addr, name, None).await).await;
+            assert!(
+                refused.is_err(),
+                "{addr} served a client without a certificate"
+            );
+        }
+        let no_cert = channel_to(&manager, &manager_addr, "swarm-manager.shoal", None)
+            .await
+            .expect("the manager port takes joiners without certificates");
+        let status = ImagePeerDirectoryClient::new(no_cert)
+            .list_image_peers(ListImagePeersRequest {})
+            .await
+            .expect_err("the directory needs a certificate");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        // Another cluster's certificate: refused by both.
+        for (addr, name) in [
+            (worker_addr, worker_id.as_str()),
+            (&manager_addr, manager_id.as_str()),
+        ] {
+            let refused =
+                get_busybox(channel_to(&manager, addr, name, Some(foreign_identity("x"))).await)
+                    .await;
+            assert!(refused.is_err(), "{addr} served another cluster's node");
+        }
+        // A node that names itself as another is caught by the caller's name check.
+        let wrong = get_busybox(
+            channel_to(
+                &manager,
+                worker_addr,
+                &manager_id,
+                Some(identity_of(&manager)),
+            )
+            .await,
+        )
+        .await;
+        assert!(
+            wrong.is_err(),
+            "the worker's certificate does not name the manager"
+        );
+    });
 }
