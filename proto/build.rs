@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/secrets.proto",
         "proto/registry.proto",
         "proto/build.proto",
+        "proto/peer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -518,8 +518,9 @@ pub struct DaemonArgs {
     /// The control socket the CLI talks to (mode 0600).
     #[arg(long, default_value = crate::client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Address for manager traffic (dispatcher, Raft). Port 0 picks a free one (and keeps
-    /// it across restarts: other managers know this one by its address).
+    /// Address for manager traffic (dispatcher, Raft, images for the other nodes); on a
+    /// worker, where it serves its images to the other nodes. Port 0 picks a free one (and
+    /// keeps it across restarts: other nodes know this one by its address).
     #[arg(long, default_value = "127.0.0.1:4242")]
     pub listen_addr: String,
     /// The address other nodes reach this manager at (HOST or HOST:PORT), when it is not

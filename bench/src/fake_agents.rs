@@ -119,6 +119,8 @@ impl FakeAgent {
                         pids: 0,
                     }),
                     engine_version: "fake".into(),
+                    // Fake agents serve no images.
+                    peer_addr: String::new(),
                 }),
             })
             .await?

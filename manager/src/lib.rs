@@ -7,7 +7,8 @@
 //! - [`scheduler`]: a pure function that assigns tasks to nodes;
 //! - [`dispatcher`]: the gRPC service agents hold their sessions with;
 //! - [`control`]: the gRPC API the CLI calls;
-//! - [`certs`]: node certificate renewal (and with it, role changes).
+//! - [`certs`]: node certificate renewal (and with it, role changes);
+//! - [`peers`]: which nodes serve images to the others, and who may fetch them.
 //!
 //! [`StoreCommand`]: shoal_proto::StoreCommand
 
@@ -22,6 +23,7 @@ pub mod join;
 pub mod leader;
 pub mod membership;
 pub mod orchestrator;
+pub mod peers;
 pub mod raft;
 pub mod scheduler;
 pub mod store;

@@ -882,6 +882,8 @@ impl SpecChange {
         let container = spec.container.get_or_insert_with(Default::default);
         if let Some(image) = &self.image {
             container.image = image.clone();
+            // `--image` asks for what the name means now: the manager pins it anew.
+            container.image_digest.clear();
         }
         for key in &self.env_rm {
             container

@@ -368,6 +368,8 @@ fn to_service_spec(
                 .unwrap_or_default(),
             secrets: file_refs(name, "secret", &s.secrets, &project.secrets)?,
             configs: file_refs(name, "config", &s.configs, &project.configs)?,
+            // Pinned by the manager at deploy.
+            image_digest: String::new(),
         }),
         limits: Some(to_resources(&limits)),
         reservations: resources.reservations.as_ref().map(to_resources),

@@ -98,6 +98,19 @@ impl LiveCerts {
     /// against the cluster CA when shown (only the Join service serves clients without one,
     /// and every other service checks the peer's identity itself).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>> {
+        self.tls_server_config(false)
+    }
+
+    /// TLS for a worker's port, which serves only the node-to-node services: a client
+    /// without a certificate of the cluster CA is refused at the handshake.
+    pub fn members_server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>> {
+        self.tls_server_config(true)
+    }
+
+    fn tls_server_config(
+        self: &Arc<Self>,
+        require_client_cert: bool,
+    ) -> Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(self.current().ca_pem.as_bytes()) {
@@ -105,11 +118,16 @@ impl LiveCerts {
                 .add(ca.context("the cluster CA is not valid PEM")?)
                 .context("the cluster CA is not a usable certificate")?;
         }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .context("cannot verify clients against the cluster CA")?;
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder = if require_client_cert {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        let verifier = builder
+            .build()
+            .context("cannot verify clients against the cluster CA")?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS settings")?

@@ -24,7 +24,7 @@ use shoal_agent::volume::{VolumeStore, VolumesApi};
 use shoal_manager::ca::Role;
 use shoal_manager::consensus::new_id;
 use shoal_manager::control::secrets::SecretsApi;
-use shoal_manager::control::{ControlApi, DaemonFacts, ImageCatalog, LogStream, TaskLogs};
+use shoal_manager::control::{ControlApi, DaemonFacts, LogStream, TaskLogs};
 use shoal_manager::dispatcher::Dispatcher;
 use shoal_manager::join::{JoinService, ManagersOnly};
 use shoal_manager::raft::RaftNode;
@@ -42,6 +42,7 @@ mod certs;
 mod identity;
 mod join;
 mod manager;
+mod peers;
 
 use certs::{LiveCerts, Renewal};
 use identity::NodeCerts;
@@ -88,7 +89,16 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let (raft, writer) = (core.raft.clone(), core.writer.clone());
     let live = LiveCerts::new(core.certs.clone())?;
 
-    let agent = Agent::open(&args)?;
+    let mut agent = Agent::open(&args)?;
+    // Images between nodes: this one serves its own on the manager port (below) and asks
+    // the managers, itself first, which nodes serve theirs.
+    let peer_images = {
+        let (dir, own) = (data_dir.clone(), addr.clone());
+        let managers: peers::Managers =
+            Arc::new(move || manager::known_managers(&dir, std::slice::from_ref(&own)));
+        peers::peer_images(&agent.images, &live, managers)
+    };
+    agent.share_images(addr.clone(), peer_images.clone());
     let dispatcher = Dispatcher::new(
         store.clone(),
         writer.clone(),
@@ -105,7 +115,11 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     let control = ControlApi::new(
         store.clone(),
         writer.clone(),
-        Arc::new(LocalImages(agent.images.clone(), agent.registry.clone())),
+        Arc::new(peers::ClusterImages {
+            store: agent.images.clone(),
+            peers: peer_images,
+            registry: agent.registry.clone(),
+        }),
         Arc::new(LocalLogs(agent.runtime.clone())),
         facts,
     );
@@ -133,6 +147,14 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
         .add_service(InterceptedService::new(
             core.cluster.clone().into_service(writer.clone()),
             ManagersOnly::new(store.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            shoal_agent::image::peer::ImagePeerService::new(agent.images.clone()).into_server(),
+            shoal_manager::peers::MembersOnly::new(store.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            shoal_manager::peers::PeerDirectory::new(store.clone()).into_service(),
+            shoal_manager::peers::MembersOnly::new(store.clone()),
         ))
         .serve_with_incoming(certs::tls_incoming(listener, tls));
     let tcp = tokio::spawn(tcp);
@@ -205,7 +227,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
             data_dir.display()
         )
     })?;
-    let agent = Agent::open(&args)?;
+    let mut agent = Agent::open(&args)?;
     let socket = args.socket.clone();
     let unix = bind_socket(&socket)?;
     let api = Server::builder()
@@ -221,6 +243,14 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown_signal());
     let live = LiveCerts::new(certs)?;
     let first = manager.trim().to_string();
+    // Images between nodes: served on this worker's own port, fetched from the others.
+    if let Some(peer_addr) = peers::serve_worker(&args, &live, &agent.images).await {
+        let (dir, first) = (data_dir.clone(), first.clone());
+        let managers: peers::Managers =
+            Arc::new(move || manager::known_managers(&dir, std::slice::from_ref(&first)));
+        let peer_images = peers::peer_images(&agent.images, &live, managers);
+        agent.share_images(peer_addr, peer_images);
+    }
     let wanted_role = agent.start(
         manager::known_managers(&data_dir, std::slice::from_ref(&first)),
         &live,
@@ -256,9 +286,20 @@ struct Agent {
     volumes: Arc<VolumeStore>,
     registry: Registry,
     builder: shoal_agent::image::build::ImageBuilder,
+    /// Where this node serves its images to the others (reported to the managers), and how
+    /// it fetches theirs: see `peers.rs`.
+    peer_addr: String,
+    peers: Option<shoal_agent::image::peer::PeerImages>,
 }
 
 impl Agent {
+    /// Tasks fetch images this node lacks from the other nodes; this node serves its own at
+    /// `addr`.
+    fn share_images(&mut self, addr: String, peers: shoal_agent::image::peer::PeerImages) {
+        self.peer_addr = addr;
+        self.peers = Some(peers);
+    }
+
     /// Docker's local container commands over this node's runtime, images, networks and
     /// volumes.
     fn containers_api(&self) -> ContainersServer<ContainersApi> {
@@ -307,6 +348,8 @@ impl Agent {
             images,
             networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports)),
             volumes: Arc::new(volumes),
+            peer_addr: String::new(),
+            peers: None,
         })
     }
 
@@ -328,6 +371,9 @@ impl Agent {
             self.volumes.clone(),
         )?;
         executor.use_registry(self.registry.clone());
+        if let Some(peers) = &self.peers {
+            executor.use_peers(peers.clone());
+        }
         let reconciling = executor.clone();
         tokio::spawn(async move { reconciling.reconcile_networks().await });
         let live = live.clone();
@@ -376,7 +422,10 @@ impl Agent {
                     });
                 })),
                 node_id,
-                description: describe_node(),
+                description: NodeDescription {
+                    peer_addr: self.peer_addr.clone(),
+                    ..describe_node()
+                },
                 executor,
                 updates,
             }
@@ -497,22 +546,7 @@ fn describe_node() -> NodeDescription {
             pids: 0,
         }),
         engine_version: env!("CARGO_PKG_VERSION").into(),
-    }
-}
-
-struct LocalImages(ImageStore, Registry);
-
-impl ImageCatalog for LocalImages {
-    /// In this node's store, or (asked anonymously) in its registry, for the nodes to pull.
-    fn check(&self, reference: &str) -> Result<(), String> {
-        let local = self.0.resolve(reference).map(|_| ());
-        if local.is_ok() || tokio::runtime::Handle::try_current().is_err() {
-            return local.map_err(|e| e.to_string());
-        }
-        let registry = self.1.clone();
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(registry.check_available(reference))
-        })
+        peer_addr: String::new(),
     }
 }
 

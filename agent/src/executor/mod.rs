@@ -5,6 +5,7 @@
 //! replacing them, so no replica is ever duplicated.
 
 mod config;
+mod fetch;
 mod health;
 mod mounts;
 mod net;
@@ -58,6 +59,8 @@ struct Inner {
     containers: Mutex<HashSet<String>>,
     /// Where images the node lacks are pulled from (see [`Executor::use_registry`]).
     registry: std::sync::OnceLock<crate::image::registry::Registry>,
+    /// The other nodes, asked first for an image the node lacks (see [`Executor::use_peers`]).
+    peers: std::sync::OnceLock<crate::image::peer::PeerImages>,
 }
 
 impl Executor {
@@ -95,6 +98,7 @@ impl Executor {
                 workers: Mutex::new(HashMap::new()),
                 containers: Mutex::new(containers),
                 registry: std::sync::OnceLock::new(),
+                peers: std::sync::OnceLock::new(),
             }),
         };
         Ok((executor, rx))
@@ -104,6 +108,12 @@ impl Executor {
     /// with "no such image"). Set once, at start.
     pub fn use_registry(&self, registry: crate::image::registry::Registry) {
         let _ = self.inner.registry.set(registry);
+    }
+
+    /// Tasks whose image the node lacks fetch it from another node that has it, before
+    /// trying its registry. Set once, at start.
+    pub fn use_peers(&self, peers: crate::image::peer::PeerImages) {
+        let _ = self.inner.peers.set(peers);
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -545,28 +555,34 @@ impl Worker {
             return;
         };
         self.report(TaskState::Accepted, "accepted", |_| {});
+        // The image as the manager pinned it, so that every node runs the same bytes.
         let image_ref = task
             .spec
             .as_ref()
             .and_then(|s| s.container.as_ref())
-            .map(|c| c.image.clone())
+            .map(|c| crate::image::peer::pinned_reference(&c.image, &c.image_digest))
             .unwrap_or_default();
         let store = self.executor.inner.images.clone();
-        let resolve = || {
-            let (images, image_ref) = (store.clone(), image_ref.clone());
+        let resolve = |image_ref: &str| {
+            let (images, image_ref) = (store.clone(), image_ref.to_string());
             tokio::task::spawn_blocking(move || images.resolve(&image_ref))
         };
-        let mut resolved = resolve().await;
-        // An image the node lacks is pulled now, as the task's preparing step.
+        let mut resolved = resolve(&image_ref).await;
+        // An image the node lacks is fetched now, as the task's preparing step: from another
+        // node, else from its registry.
         let registry = self.executor.inner.registry.get().cloned();
-        match (&resolved, registry) {
-            (Ok(Err(crate::image::ImageError::NotFound { .. })), Some(registry)) => {
-                let message = format!("pulling image {image_ref}");
+        let peers = self.executor.inner.peers.get().cloned();
+        match &resolved {
+            Ok(Err(crate::image::ImageError::NotFound { .. }))
+                if registry.is_some() || peers.is_some() =>
+            {
+                let message = format!("fetching image {image_ref}");
                 self.report(TaskState::Preparing, &message, |_| {});
-                if let Err(e) = registry.ensure(&image_ref).await {
-                    return self.reject(&format!("cannot pull image {image_ref}: {e}"));
+                match fetch::fetch_missing(&image_ref, peers.as_ref(), registry.as_ref()).await {
+                    Ok(fetch::Fetched::Image(id)) => resolved = resolve(&id).await,
+                    Ok(fetch::Fetched::Pulled) => resolved = resolve(&image_ref).await,
+                    Err(e) => return self.reject(&e),
                 }
-                resolved = resolve().await;
             }
             _ => self.report(TaskState::Preparing, "preparing", |_| {}),
         }

@@ -72,6 +72,7 @@ mod busybox;
 mod config;
 mod error;
 mod fsutil;
+pub mod peer;
 mod reference;
 pub mod registry;
 mod store;

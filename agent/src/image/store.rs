@@ -118,6 +118,20 @@ struct TagsFile {
     /// Image id → the digest of its OCI manifest (a blob in `blobs/sha256/`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     manifests: BTreeMap<String, String>,
+    /// Other digests an image is known by → its id: the index it was pulled through, or a
+    /// peer's manifest that names other blobs than this store keeps for the same layers. So
+    /// that `name@<that digest>`, as a service pins it, resolves here too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    aliases: BTreeMap<String, String>,
+}
+
+/// An image as another node fetches it (see [`ImageStore::describe_for_peer`]).
+#[derive(Clone, Debug)]
+pub(crate) struct PeerImageBytes {
+    /// `sha256:<hex>` of the config.
+    pub id: String,
+    pub manifest: Vec<u8>,
+    pub config: Vec<u8>,
 }
 
 /// A layer blob received (in `tmp/`), not yet in `blobs/`.
@@ -664,6 +678,84 @@ impl ImageStore {
         Ok(true)
     }
 
+    // --- peers (peer/) ------------------------------------------------------------------------
+
+    /// What another node needs to fetch the image `reference` names: its id, and its manifest
+    /// (made now if the image has none yet) and config, byte for byte as stored.
+    pub(crate) fn describe_for_peer(&self, reference: &str) -> Result<PeerImageBytes, ImageError> {
+        let _guard = self.lock();
+        let mut tags = self.read_tags()?;
+        let hex = match self.lookup(reference, &tags)? {
+            Target::Tag(_, hex) | Target::Id(hex) => hex,
+        };
+        let config = self.read_config(&hex)?;
+        let config_bytes = fs::read(self.image_path(&hex))
+            .map_err(ImageError::io("read", self.image_path(&hex)))?;
+        let id = format!("sha256:{hex}");
+        if !tags.manifests.contains_key(&id) {
+            self.record_manifest(&mut tags, &hex, None, &config_bytes, &config)?;
+            self.write_tags(&tags)?;
+        }
+        let Some(digest) = tags.manifests.get(&id) else {
+            return Err(ImageError::Corrupt {
+                path: self.layers_dir(),
+                detail: format!(
+                    "image {id} has layers without a stored blob (imported by an older shoal): \
+                     import or load it again so that other nodes can fetch it"
+                ),
+            });
+        };
+        let path = self
+            .blobs_dir()
+            .join(digest_hex(digest).unwrap_or_default());
+        let manifest = fs::read(&path).map_err(ImageError::io("read manifest", &path))?;
+        Ok(PeerImageBytes {
+            id,
+            manifest,
+            config: config_bytes,
+        })
+    }
+
+    /// A blob of the store (a layer or a manifest) by digest, opened, with its size: the open
+    /// file stays readable even if the image is removed meanwhile.
+    pub(crate) fn open_blob(&self, digest: &str) -> Result<(fs::File, u64), ImageError> {
+        let hex = digest_hex(digest).ok_or_else(|| ImageError::InvalidReference {
+            reference: digest.to_string(),
+            reason: "a blob digest is sha256:<64 lowercase hex digits>".into(),
+        })?;
+        let _guard = self.lock();
+        let path = self.blobs_dir().join(hex);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(digest)),
+            Err(e) => return Err(ImageError::io("open blob", &path)(e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(ImageError::io("stat", &path))?
+            .len();
+        Ok((file, size))
+    }
+
+    /// Records that the image `id` is also known by `digest` (see `TagsFile::aliases`); a
+    /// digest that already names it is left alone.
+    pub(crate) fn add_digest_alias(&self, id: &str, digest: &str) -> Result<(), ImageError> {
+        let (Some(hex), Some(_)) = (id_hex(id), digest_hex(digest)) else {
+            return Ok(());
+        };
+        let _guard = self.lock();
+        let mut tags = self.read_tags()?;
+        if !self.image_path(hex).exists()
+            || id == digest
+            || tags.manifests.get(id).map(String::as_str) == Some(digest)
+            || tags.aliases.get(digest).map(String::as_str) == Some(id)
+        {
+            return Ok(());
+        }
+        tags.aliases.insert(digest.to_string(), id.to_string());
+        self.write_tags(&tags)
+    }
+
     // --- builds (build/) ------------------------------------------------------------------------
 
     /// The image a reference names: its id (`sha256:<hex>`) and config.
@@ -1043,8 +1135,8 @@ impl ImageStore {
         Err(self.not_found(reference))
     }
 
-    /// `name@sha256:…`: the image whose manifest digest or config digest (id) it is, tagged in
-    /// that repository (any repository if the image has no tag).
+    /// `name@sha256:…`: the image whose manifest digest, config digest (id) or alias it is,
+    /// tagged in that repository (any repository if the image has no tag).
     fn lookup_digest(
         &self,
         reference: &str,
@@ -1058,7 +1150,10 @@ impl ImageStore {
                 .manifests
                 .iter()
                 .find(|(_, m)| m.as_str() == digest)
-                .and_then(|(id, _)| id_hex(id).map(str::to_string)),
+                .map(|(id, _)| id)
+                .or_else(|| tags.aliases.get(digest))
+                .and_then(|id| id_hex(id).map(str::to_string))
+                .filter(|h| self.image_path(h).exists()),
         };
         let Some(hex) = hex else {
             return Err(self.not_found(reference));
@@ -1073,11 +1168,8 @@ impl ImageStore {
         if !repos.is_empty() && !repos.contains(&parsed.name) {
             return Err(self.not_found(reference));
         }
-        if let Some(key) = parsed.tag_key() {
-            if tags.tags.get(&key) != Some(&id) {
-                return Err(self.not_found(reference));
-            }
-        }
+        // A tag beside the digest (`name:tag@sha256:…`, as a pinned service names its image)
+        // is only a reminder, as in Docker: the digest decides, wherever the tag moved since.
         Ok(Target::Id(hex))
     }
 
@@ -1117,7 +1209,10 @@ impl ImageStore {
         }
         fsync_dir(&self.images_dir())?;
         let mut tags = self.read_tags()?;
-        if tags.manifests.remove(&format!("sha256:{hex}")).is_some() {
+        let id = format!("sha256:{hex}");
+        let aliases = tags.aliases.len();
+        tags.aliases.retain(|_, of| *of != id);
+        if tags.manifests.remove(&id).is_some() || tags.aliases.len() != aliases {
             self.write_tags(&tags)?;
         }
         Ok(())

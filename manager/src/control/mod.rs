@@ -2,6 +2,7 @@
 //! barrier where it matters); writes go through consensus.
 
 pub mod network;
+pub mod pin;
 mod roles;
 pub mod secrets;
 pub mod stack;
@@ -27,6 +28,13 @@ use crate::store::{change, ApplyError, State, Store};
 pub trait ImageCatalog: Send + Sync + 'static {
     /// `Err` says what is missing and how to get it.
     fn check(&self, reference: &str) -> Result<(), String>;
+
+    /// [`ImageCatalog::check`], and the digest every node must run the image at (as this
+    /// node has it, else as the node or registry that has it does): a service's
+    /// `image_digest`. `None`: nothing to pin (the reference is a digest or an id already).
+    fn pin(&self, reference: &str) -> Result<Option<String>, String> {
+        self.check(reference).map(|()| None)
+    }
 }
 
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send>>;
@@ -129,15 +137,25 @@ impl ControlApi {
             .map_err(Status::not_found)
     }
 
-    fn check_image(&self, spec: &ServiceSpec) -> Result<(), Status> {
-        let image = spec
-            .container
-            .as_ref()
-            .map(|c| c.image.as_str())
-            .unwrap_or("");
-        self.images
-            .check(image)
-            .map_err(Status::failed_precondition)
+    /// Checks that the spec's image can run and pins its digest (see [`pin::needs_pin`]):
+    /// every node then runs the same bytes.
+    fn pin_image(
+        &self,
+        spec: &mut ServiceSpec,
+        current: Option<&ServiceSpec>,
+    ) -> Result<(), Status> {
+        let Some(container) = spec.container.as_mut() else {
+            return self.images.check("").map_err(Status::failed_precondition);
+        };
+        if !pin::needs_pin(current.and_then(|c| c.container.as_ref()), container) {
+            return Ok(());
+        }
+        container.image_digest = self
+            .images
+            .pin(&container.image)
+            .map_err(Status::failed_precondition)?
+            .unwrap_or_default();
+        Ok(())
     }
 }
 
@@ -269,7 +287,7 @@ impl Control for ControlApi {
             .ok_or_else(|| Status::invalid_argument("CreateService needs a spec"))?;
         validate_spec(&spec).map_err(Status::invalid_argument)?;
         self.resolve_networks(&mut spec)?;
-        self.check_image(&spec)?;
+        self.pin_image(&mut spec, None)?;
         crate::ingress::check_ports(&self.store.read(), "", &spec)
             .map_err(Status::invalid_argument)?;
         let id = new_id();
@@ -351,7 +369,7 @@ impl Control for ControlApi {
         self.barrier().await?;
         let current = self.find_service(&r.service_id)?;
         if current.spec.as_ref().map(|s| &s.container) != Some(&spec.container) {
-            self.check_image(&spec)?;
+            self.pin_image(&mut spec, current.spec.as_ref())?;
         }
         crate::ingress::check_ports(&self.store.read(), &current.id, &spec)
             .map_err(Status::invalid_argument)?;
@@ -586,12 +604,13 @@ impl Control for ControlApi {
         request: Request<DeployStackRequest>,
     ) -> Result<Response<DeployStackResponse>, Status> {
         let r = request.into_inner();
-        let spec = r
+        let mut spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("DeployStack needs a spec"))?;
-        for service in &spec.services {
-            self.check_image(service).map_err(|e| {
-                Status::failed_precondition(format!("service {}: {}", service.name, e.message()))
+        for service in &mut spec.services {
+            let name = service.name.clone();
+            self.pin_image(service, None).map_err(|e| {
+                Status::failed_precondition(format!("service {name}: {}", e.message()))
             })?;
         }
         // A conflicting concurrent change makes the compare-and-set fail: plan again.

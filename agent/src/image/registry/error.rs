@@ -82,6 +82,10 @@ pub enum RegistryError {
         hint: String,
     },
 
+    /// Another node of the cluster failed to send an image's blob (see `image/peer`).
+    #[error("{what} failed: {detail}")]
+    Transfer { what: String, detail: String },
+
     /// Anything else the registry answered that makes no sense.
     #[error("registry {registry} failed {what}: {detail}")]
     Protocol {
@@ -103,7 +107,9 @@ impl From<RegistryError> for tonic::Status {
             | RegistryError::SizeMismatch { .. }
             | RegistryError::UnsupportedManifest { .. }
             | RegistryError::BadManifest { .. } => tonic::Status::invalid_argument(msg),
-            RegistryError::Unreachable { .. } => tonic::Status::unavailable(msg),
+            RegistryError::Unreachable { .. } | RegistryError::Transfer { .. } => {
+                tonic::Status::unavailable(msg)
+            }
             RegistryError::Protocol { .. } => tonic::Status::internal(msg),
         }
     }

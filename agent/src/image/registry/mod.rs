@@ -21,9 +21,9 @@
 mod api;
 mod error;
 mod login;
-mod manifest;
+pub(in crate::image) mod manifest;
 mod progress;
-mod pull;
+pub(in crate::image) mod pull;
 mod push;
 mod session;
 mod settings;
@@ -130,15 +130,42 @@ impl Registry {
         let result = if self.present(reference).await? {
             Ok(false)
         } else {
-            self.pull(reference, &Credentials::default(), false, &Progress::none())
+            match self
+                .pull(reference, &Credentials::default(), false, &Progress::none())
                 .await
-                .map(|_| true)
+            {
+                Ok(pulled) => {
+                    self.name_pinned(reference, &pulled.image.id).await;
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+            }
         };
         let mut pulling = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
         if pulling.get(&key).is_some_and(|l| Arc::strong_count(l) <= 2) {
             pulling.remove(&key);
         }
         result
+    }
+
+    /// A task's image pulled by a pinned reference (`name:tag@sha256:…`) is untagged, as any
+    /// pull by digest: it gets the tag, as the service names it, when no local image has it.
+    async fn name_pinned(&self, reference: &str, id: &str) {
+        let Ok(parsed) = Reference::parse_any(reference) else {
+            return;
+        };
+        let Some(tag) = parsed.digest.as_ref().and(parsed.tag_key()) else {
+            return;
+        };
+        let (store, id) = (self.store.clone(), id.to_string());
+        let _ = tokio::task::spawn_blocking(move || {
+            if store.resolve(&tag).is_err() {
+                if let Err(e) = store.tag(&id, &tag) {
+                    tracing::warn!(%tag, error = %e, "cannot tag a pulled image");
+                }
+            }
+        })
+        .await;
     }
 
     async fn present(&self, reference: &str) -> Result<bool, RegistryError> {
@@ -161,8 +188,14 @@ impl Registry {
     /// Hub) is not looked up: pull it first (`shoal pull NAME`); so a typo is caught at once
     /// and nothing leaves the machine unasked.
     pub async fn check_available(&self, reference: &str) -> Result<(), String> {
+        self.available_digest(reference).await.map(|_| ())
+    }
+
+    /// [`Registry::check_available`], with the manifest (or index) digest the registry gave
+    /// for the reference: what a service pins. `None`: the image is in this node's store.
+    pub async fn available_digest(&self, reference: &str) -> Result<Option<String>, String> {
         match self.present(reference).await {
-            Ok(true) => return Ok(()),
+            Ok(true) => return Ok(None),
             Ok(false) => {}
             Err(e) => return Err(e.to_string()),
         }
@@ -185,11 +218,10 @@ impl Registry {
                 .client
                 .fetch_manifest_digest(&session.reference, &session.auth)
                 .await
-                .map(|_| ())
                 .map_err(|e| session.error(&format!("manifest for {parsed}"), e))
         };
         match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(digest)) => Ok(Some(digest)),
             Ok(Err(e)) => Err(format!(
                 "no such image `{reference}` in this node's image store ({local}), and its \
                  registry cannot provide it: {e}"

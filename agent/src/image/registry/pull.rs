@@ -112,6 +112,15 @@ pub(super) async fn pull(
     drop(pins);
     match result {
         Ok((image, downloaded, previous)) => {
+            // Pulled through an index (a multi-arch digest): the image answers to it too.
+            if let Some(asked) = parsed.digest.clone().filter(|d| *d != manifest_digest) {
+                let (store, id) = (store.clone(), image.id.clone());
+                let noted =
+                    tokio::task::spawn_blocking(move || store.add_digest_alias(&id, &asked));
+                if let Ok(Err(e)) = noted.await {
+                    tracing::warn!(error = %e, "image store: cannot note the digest an image was pulled by");
+                }
+            }
             progress.line(format!("Digest: {manifest_digest}"));
             let status = if downloaded == 0 && previous.as_deref() == Some(image.id.as_str()) {
                 format!("Status: Image is up to date for {}", parsed.canonical())
@@ -258,7 +267,7 @@ async fn fetch_small_blob(
     Ok(out)
 }
 
-fn parse_config(
+pub(in crate::image) fn parse_config(
     bytes: &[u8],
     manifest: &ImageManifest,
     what: &str,
@@ -333,8 +342,7 @@ async fn fetch_layers(
     }
 }
 
-/// One layer: skipped if the store has it, else streamed into a blob file and the unpacker at
-/// once. Returns whether it was downloaded.
+/// One layer from the registry: see [`receive_layer`].
 async fn fetch_layer(
     store: &ImageStore,
     session: &Session,
@@ -342,8 +350,37 @@ async fn fetch_layer(
     diff_id: &str,
     progress: &Progress,
 ) -> Result<bool, RegistryError> {
-    let id = short_id(&desc.digest);
     let what = format!("layer {}", desc.digest);
+    let what = what.as_str();
+    receive_layer(store, desc, diff_id, what, progress, || async move {
+        let stream = session
+            .client
+            .pull_blob_stream(&session.reference, desc.digest.as_str())
+            .await
+            .map_err(|e| session.error(what, e))?;
+        Ok(stream.map(move |chunk| chunk.map_err(|e| session.io_error(what, e))))
+    })
+    .await
+}
+
+/// One layer: skipped if the store has it, else the stream `open` gives (the blob's bytes) is
+/// written into a blob file and the unpacker at once, and must hash to `desc`'s digest, be
+/// `desc`'s size, and unpack to `diff_id`; else nothing is placed. Returns whether it was
+/// downloaded. Registry pulls and peer fetches both come through here.
+pub(in crate::image) async fn receive_layer<F, Fut, S>(
+    store: &ImageStore,
+    desc: &Descriptor,
+    diff_id: &str,
+    what: &str,
+    progress: &Progress,
+    open: F,
+) -> Result<bool, RegistryError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<S, RegistryError>>,
+    S: futures::Stream<Item = Result<bytes::Bytes, RegistryError>>,
+{
+    let id = short_id(&desc.digest);
     // One unpacker per layer at a time, across concurrent pulls and loads.
     let guard = {
         let (store, diff) = (store.clone(), diff_id.to_string());
@@ -362,16 +399,13 @@ async fn fetch_layer(
         return Ok(false);
     }
     let size = u64::try_from(desc.size).unwrap_or(0);
-    let mut stream = session
-        .client
-        .pull_blob_stream(&session.reference, desc.digest.as_str())
-        .await
-        .map_err(|e| session.error(&what, e))?;
+    let stream = open().await?;
+    let mut stream = std::pin::pin!(stream);
 
     let (tx, rx) = mpsc::channel::<io::Result<bytes::Bytes>>(CHANNEL_DEPTH);
     let worker = {
         let store = store.clone();
-        let (diff, expected, what) = (diff_id.to_string(), desc.digest.clone(), what.clone());
+        let (diff, expected, what) = (diff_id.to_string(), desc.digest.clone(), what.to_string());
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             let mut tee = Tee::create(rx, &store.tmp_path())?;
@@ -406,7 +440,7 @@ async fn fetch_layer(
                 received += bytes.len() as u64;
                 if received > size {
                     failed = Some(RegistryError::SizeMismatch {
-                        what: what.clone(),
+                        what: what.to_string(),
                         expected: size,
                         actual: received,
                     });
@@ -421,7 +455,7 @@ async fn fetch_layer(
                 }
             }
             Err(e) => {
-                failed = Some(session.io_error(&what, e));
+                failed = Some(e);
                 let _ = tx.send(Err(io::Error::other("download failed"))).await;
                 break;
             }
