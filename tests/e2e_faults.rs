@@ -27,21 +27,6 @@ fn is_leader(h: &Host) -> bool {
     info(h).is_some_and(|i| i["is_leader"] == true)
 }
 
-/// The node id of host `i`, as the manager `via` knows it (by the host's address: workers
-/// have no `info`).
-fn node_id(lab: &Lab, via: usize, i: usize) -> String {
-    let nodes = lab.host(via).json(&["node", "ls", "--format", "json"]);
-    let ip = lab.host(i).ip.to_string();
-    nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["status"]["addr"] == ip.as_str())
-        .and_then(|n| n["id"].as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no node at {ip}: {nodes}"))
-}
-
 fn last_applied(h: &Host) -> u64 {
     info(h)
         .and_then(|i| i["raft_last_applied"].as_u64())
@@ -172,7 +157,7 @@ fn leader_kill_elects_a_new_leader_and_the_old_one_catches_up_by_snapshot() {
     let managers = [0, 1, 2];
     let old = leader_among(&lab, &managers).expect("a leader");
     let survivors: Vec<usize> = managers.iter().copied().filter(|&i| i != old).collect();
-    let target = node_id(&lab, old, 3);
+    let target = lab.node_id(old, 3);
 
     // Kill the leader: a surviving manager leads and takes writes.
     let killed = Instant::now();
@@ -232,7 +217,7 @@ fn leader_kill_elects_a_new_leader_and_the_old_one_catches_up_by_snapshot() {
 /// Drains the three managers (hosts 0–2), so that services run on the workers only.
 fn drain_managers(lab: &Lab) {
     for i in 0..3 {
-        let id = node_id(lab, 0, i);
+        let id = lab.node_id(0, i);
         lab.host(0)
             .ok(&["node", "update", "--availability", "drain", &id]);
     }
@@ -256,7 +241,7 @@ fn a_dead_workers_tasks_run_elsewhere() {
             now.len() == 4 && nodes.len() == 2
         },
     );
-    let dead = node_id(&lab, 0, 3);
+    let dead = lab.node_id(0, 3);
     let killed = Instant::now();
     lab.host_mut(3).kill9();
     lab.wait_for(
@@ -286,7 +271,7 @@ fn a_partitioned_leader_cannot_commit_and_healing_leaves_one_history() {
     cluster(&mut lab, 0);
     let old = leader_among(&lab, &[0, 1, 2]).expect("a leader");
     let majority: Vec<usize> = (0..3).filter(|&i| i != old).collect();
-    let target = node_id(&lab, old, majority[0]);
+    let target = lab.node_id(old, majority[0]);
 
     // Cut the leader off. Every write on its side fails, and soon says why in plain words.
     lab.host(old).cut_link();
@@ -415,7 +400,7 @@ fn no_acknowledged_write_is_lost_across_20_leader_kills() {
     let mut lab = Lab::new();
     lab.env = vec![("SHOAL_SNAPSHOT_EVERY".into(), SNAPSHOT_EVERY.into())];
     cluster(&mut lab, 0);
-    let target = node_id(&lab, 0, 0);
+    let target = lab.node_id(0, 0);
     let sockets: Vec<std::path::PathBuf> = lab.hosts().iter().map(|h| h.socket()).collect();
 
     // A client writes all along, to any manager, and logs what was acknowledged.

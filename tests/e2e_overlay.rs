@@ -49,20 +49,6 @@ fn three_hosts() -> Lab {
     lab
 }
 
-/// The node id of host `i`, as the manager knows it (by the address it comes from).
-fn node_of(lab: &Lab, i: usize) -> String {
-    let nodes = lab.host(0).json(&["node", "ls", "--format", "json"]);
-    let ip = lab.host(i).ip.to_string();
-    nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["status"]["addr"] == ip.as_str())
-        .and_then(|n| n["id"].as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no node at {ip}: {nodes}"))
-}
-
 /// A running task of `service`: (node id, container id, overlay address).
 fn running(lab: &Lab, service: &str) -> Vec<(String, String, String)> {
     let out = lab
@@ -123,7 +109,7 @@ fn a_stack_spread_over_three_hosts_talks_by_name_and_drops_a_dead_nodes_tasks() 
         return;
     }
     let mut lab = three_hosts();
-    let nodes: Vec<String> = (0..3).map(|i| node_of(&lab, i)).collect();
+    let nodes: Vec<String> = (0..3).map(|i| lab.node_id(0, i)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("stack.yaml");
     std::fs::write(&file, STACK).expect("write the stack file");

@@ -26,20 +26,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
-/// The node id of host `i`, as the manager knows it (by the host's address).
-fn node_id(lab: &Lab, i: usize) -> String {
-    let nodes = lab.host(0).json(&["node", "ls", "--format", "json"]);
-    let ip = lab.host(i).ip.to_string();
-    nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["status"]["addr"] == ip.as_str())
-        .and_then(|n| n["id"].as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no node at {ip}: {nodes}"))
-}
-
 fn ready_nodes(h: &Host) -> usize {
     let out = h.shoal(&["node", "ls", "--format", "json"]);
     let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -125,7 +111,7 @@ fn output_on(lab: &Lab, on: usize, service: &str) -> String {
         .host(0)
         .shoal(&["service", "ps", service, "--format", "json"]);
     let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let node = node_id(lab, on);
+    let node = lab.node_id(0, on);
     tasks
         .as_array()
         .into_iter()
@@ -183,7 +169,7 @@ fn an_image_built_or_loaded_on_one_node_runs_on_another_with_no_registry() {
     assert!(image_ids(target).is_empty(), "host 3 starts with no image");
 
     // Every node says where it serves its images.
-    let target_id = node_id(&lab, 2);
+    let target_id = lab.node_id(0, 2);
     let inspect = manager.json(&["node", "inspect", &target_id, "--format", "json"]);
     assert_eq!(
         inspect[0]["description"]["peer_addr"],
@@ -198,7 +184,7 @@ fn an_image_built_or_loaded_on_one_node_runs_on_another_with_no_registry() {
             "update",
             "--availability",
             "drain",
-            &node_id(&lab, i),
+            &lab.node_id(0, i),
         ]);
     }
 
@@ -270,7 +256,7 @@ fn an_image_built_or_loaded_on_one_node_runs_on_another_with_no_registry() {
         image_id(target, "peerload:v1").as_deref(),
         Some(loaded.as_str())
     );
-    let worker_id = node_id(&lab, 1);
+    let worker_id = lab.node_id(0, 1);
     assert!(
         target
             .log()
@@ -324,7 +310,7 @@ fn compose_up_build_runs_a_global_service_on_every_node_without_a_registry() {
         lab.logs()
     );
     let service = format!("{project}_web");
-    let nodes: Vec<String> = (0..3).map(|i| node_id(&lab, i)).collect();
+    let nodes: Vec<String> = (0..3).map(|i| lab.node_id(0, i)).collect();
     lab.wait_for("the service running on all three nodes", CONVERGE, || {
         let mut on = running_on(manager, &service);
         on.sort();

@@ -18,19 +18,6 @@ fn cert_role(h: &Host) -> Option<Role> {
     shoal_manager::ca::identity_of(&pem).ok().map(|id| id.role)
 }
 
-fn node_id(lab: &Lab, via: usize, i: usize) -> String {
-    let nodes = lab.host(via).json(&["node", "ls", "--format", "json"]);
-    let ip = lab.host(i).ip.to_string();
-    nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["status"]["addr"] == ip.as_str())
-        .and_then(|n| n["id"].as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no node at {ip}: {nodes}"))
-}
-
 /// (managers reachable, leaders, ready nodes) as host `via` sees them; None if it cannot say.
 fn view(lab: &Lab, via: usize) -> Option<(usize, usize, usize)> {
     let out = lab.host(via).shoal(&["node", "ls", "--format", "json"]);
@@ -64,7 +51,7 @@ fn workers_are_promoted_and_managers_demoted_with_new_certificates() {
         view(&lab, 0) == Some((1, 1, 3))
     });
     assert_eq!(cert_role(lab.host(1)), Some(Role::Worker));
-    let ids: Vec<String> = (0..3).map(|i| node_id(&lab, 0, i)).collect();
+    let ids: Vec<String> = (0..3).map(|i| lab.node_id(0, i)).collect();
 
     // Promote both workers: each restarts as a manager and joins the Raft membership.
     let out = lab.host(0).ok(&["node", "promote", &ids[1], &ids[2]]);

@@ -148,6 +148,21 @@ impl Lab {
         self.add_host(vec!["--join".into(), addr, "--token".into(), token])
     }
 
+    /// The node id of host `i`, as the managers know it (by the address it comes from),
+    /// asked through host `via`.
+    pub fn node_id(&self, via: usize, i: usize) -> String {
+        let nodes = self.host(via).json(&["node", "ls", "--format", "json"]);
+        let ip = self.host(i).ip.to_string();
+        nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["status"]["addr"] == ip.as_str())
+            .and_then(|n| n["id"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no node at {ip}: {nodes}"))
+    }
+
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }

@@ -331,16 +331,18 @@ fn main() -> Result<()> {
         args.round_trips,
         machine()
     );
-    table::print_with_runs(
-        &[
-            "path",
-            "throughput Gbit/s (median)",
-            "of underlay",
-            "RTT µs (median)",
-        ],
-        &rows,
-        &runs,
-    );
+    let header = [
+        "path",
+        "throughput Gbit/s (median)",
+        "of underlay",
+        "RTT µs (median)",
+    ];
+    println!("{}", table::format_table(&header, &rows));
+    println!("\nevery run, in order:");
+    for line in &runs {
+        println!("{line}");
+    }
+    println!();
     let ratio = results[1].1 / under.1;
     println!(
         "goal overlay ≥ 80 % of underlay throughput: {:.0} % — {}",
