@@ -182,23 +182,27 @@ impl ManagersOnly {
 
 impl tonic::service::Interceptor for ManagersOnly {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let request = require_manager(request)?;
-        if let Some(id) = peer_identity(&request) {
-            let revoked = self
-                .store
-                .read()
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.revoked_nodes.contains(&id.node_id));
-            if revoked {
-                return Err(Status::permission_denied(format!(
-                    "node {} was removed from the cluster",
-                    id.node_id
-                )));
-            }
-        }
-        Ok(request)
+        refuse_removed(&self.store, require_manager(request)?)
     }
+}
+
+/// Lets the request through unless its peer's node was removed from the cluster (`node rm`).
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn refuse_removed(store: &Store, request: Request<()>) -> Result<Request<()>, Status> {
+    if let Some(id) = peer_identity(&request) {
+        let revoked = store
+            .read()
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.revoked_nodes.contains(&id.node_id));
+        if revoked {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster",
+                id.node_id
+            )));
+        }
+    }
+    Ok(request)
 }
 
 /// The role check of [`ManagersOnly`], without the revocation check.

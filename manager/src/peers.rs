@@ -100,22 +100,7 @@ impl MembersOnly {
 
 impl tonic::service::Interceptor for MembersOnly {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let request = require_member(request)?;
-        if let Some(id) = peer_identity(&request) {
-            let revoked = self
-                .store
-                .read()
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.revoked_nodes.contains(&id.node_id));
-            if revoked {
-                return Err(Status::permission_denied(format!(
-                    "node {} was removed from the cluster",
-                    id.node_id
-                )));
-            }
-        }
-        Ok(request)
+        crate::join::refuse_removed(&self.store, require_member(request)?)
     }
 }
 
