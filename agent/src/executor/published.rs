@@ -162,6 +162,19 @@ pub fn parse_node_addr(addr: &str) -> Option<Ipv4Addr> {
     })
 }
 
+/// Connections from other machines that this node forwards to a peer pass the forward hook:
+/// `net.ipv4.ip_forward=1` (the network layer sets it too, but a node with no task may have no
+/// network yet).
+fn enable_forwarding() {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(PATH, "1") {
+        tracing::warn!("routing mesh: cannot enable {PATH}: {e}");
+    }
+}
+
 impl PublishedPorts {
     pub fn new(ports: PortManager) -> Self {
         PublishedPorts {
@@ -231,6 +244,9 @@ impl PublishedPorts {
                 tracing::warn!(service = id, "routing mesh of ingress ports: {e}");
             }
             state.ingress.insert(id.to_string(), next);
+        }
+        if state.ingress.values().any(|i| !i.remotes.is_empty()) {
+            enable_forwarding();
         }
     }
 

@@ -67,11 +67,25 @@ pub fn ruleset(
             set.join(", ")
         );
     }
+    // Connections forwarded by a peer node arrive on prerouting only (a process of this host
+    // connecting from its own address goes through output and is a client like any other).
+    let from_peers = if peers.is_empty() {
+        ""
+    } else {
+        "\t\tip saddr @peers fib daddr type local jump from_peers\n"
+    };
     let _ = writeln!(
         s,
         "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
-         \t\tfib daddr type local jump published\n\t}}"
+         {from_peers}\t\tfib daddr type local jump published\n\t}}"
     );
+    if !peers.is_empty() {
+        let _ = writeln!(s, "\tchain from_peers {{");
+        for e in entries.iter().filter(|e| !e.remotes.is_empty()) {
+            let _ = writeln!(s, "\t\t{}", peer_rule(e));
+        }
+        let _ = writeln!(s, "\t}}");
+    }
     let _ = writeln!(
         s,
         "\tchain output {{\n\t\ttype nat hook output priority {OUTPUT_PRIORITY}; policy accept;\n\
@@ -79,9 +93,6 @@ pub fn ruleset(
     );
     let _ = writeln!(s, "\tchain published {{");
     for e in entries {
-        if !e.remotes.is_empty() && !peers.is_empty() {
-            let _ = writeln!(s, "\t\t{}", peer_rule(e));
-        }
         if let Some(rule) = dnat_rule(e) {
             let _ = writeln!(s, "\t\t{rule}");
         }
@@ -121,7 +132,7 @@ fn match_prefix(m: &PortMapping) -> String {
     format!("{daddr}{} dport {}", m.protocol, m.host_port)
 }
 
-/// The rule for connections a peer node forwarded: local backends only (never forwarded again,
+/// The rule (in chain `from_peers`) for connections a peer node forwarded: local backends only (never forwarded again,
 /// so no loops); with none, `accept` leaves them un-NATed and the reservation socket refuses.
 pub fn peer_rule(e: &RuleEntry<'_>) -> String {
     let local = RuleEntry {
@@ -129,12 +140,8 @@ pub fn peer_rule(e: &RuleEntry<'_>) -> String {
         ..e.clone()
     };
     match dnat_rule(&local) {
-        Some(rule) => format!("ip saddr @peers {rule}"),
-        None => format!(
-            "ip saddr @peers {} accept comment \"{}\"",
-            match_prefix(&e.mapping),
-            e.key
-        ),
+        Some(rule) => rule,
+        None => format!("{} accept comment \"{}\"", match_prefix(&e.mapping), e.key),
     }
 }
 
@@ -328,10 +335,11 @@ mod mesh_tests {
         let s = ruleset("p", &entries, &[], &peers);
         let want = [
             "\tset peers {\n\t\ttype ipv4_addr\n\t\telements = { 192.168.1.2, 192.168.1.3, 192.168.1.4 }\n\t}\n",
-            "\t\tip saddr @peers tcp dport 8080 dnat to 10.1.0.2:80 comment \"svc1\"\n\
-             \t\ttcp dport 8080 dnat ip addr . port to numgen inc mod 4 map { 0 : 10.1.0.2 . 80, 1 : 192.168.1.3 . 8080, 2 : 192.168.1.3 . 8080, 3 : 192.168.1.4 . 8080 } comment \"svc1\"\n",
-            "\t\tip saddr @peers tcp dport 9090 accept comment \"svc2\"\n\
-             \t\ttcp dport 9090 dnat ip addr . port to numgen inc mod 1 map { 0 : 192.168.1.4 . 9090 } comment \"svc2\"\n",
+            "\t\tip saddr @peers fib daddr type local jump from_peers\n\t\tfib daddr type local jump published\n",
+            "\tchain from_peers {\n\t\ttcp dport 8080 dnat to 10.1.0.2:80 comment \"svc1\"\n\
+             \t\ttcp dport 9090 accept comment \"svc2\"\n\t}\n",
+            "\t\ttcp dport 8080 dnat ip addr . port to numgen inc mod 4 map { 0 : 10.1.0.2 . 80, 1 : 192.168.1.3 . 8080, 2 : 192.168.1.3 . 8080, 3 : 192.168.1.4 . 8080 } comment \"svc1\"\n",
+            "\t\ttcp dport 9090 dnat ip addr . port to numgen inc mod 1 map { 0 : 192.168.1.4 . 9090 } comment \"svc2\"\n",
             "\t\tct status dnat ip daddr @peers masquerade\n",
         ];
         for w in want {
