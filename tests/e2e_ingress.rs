@@ -147,6 +147,7 @@ fn an_ingress_port_answers_on_every_node_and_spreads_over_the_cluster() {
         task_hosts(&lab, "web").len() == 1
     });
     let with_task = task_hosts(&lab, "web")[0];
+    eprintln!("ingress task on host {with_task}, host-mode task on host {local}");
     for i in 0..3 {
         lab.wait_for(
             &format!("the ingress port answers on host {i} (task on host {with_task})"),
@@ -166,6 +167,7 @@ fn an_ingress_port_answers_on_every_node_and_spreads_over_the_cluster() {
         },
     );
     let hosts = task_hosts(&lab, "web");
+    eprintln!("web tasks on hosts {hosts:?}");
     let probe = (0..3)
         .find(|i| hosts.iter().filter(|h| *h == i).count() <= 1)
         .expect("a host with at most one task");
@@ -175,6 +177,7 @@ fn an_ingress_port_answers_on_every_node_and_spreads_over_the_cluster() {
         || {
             let pages: BTreeSet<String> =
                 (0..18).filter_map(|_| get(lab.host(probe), 8080)).collect();
+            eprintln!("pages from host {probe}: {pages:?}");
             pages.len() >= 2
         },
     );
