@@ -41,6 +41,9 @@ struct State {
     backends: HashMap<String, BTreeMap<String, Ipv4Addr>>,
     /// Underlay addresses of every cluster node.
     peers: Vec<Ipv4Addr>,
+    /// The last assignments applied by [`PublishedPorts::set_ingress`] (they run on blocking
+    /// threads, possibly out of order: an older one is skipped).
+    ingress_seq: u64,
 }
 
 impl State {
@@ -61,6 +64,8 @@ pub fn host_key(service: &str) -> String {
 pub struct PublishedPorts {
     ports: PortManager,
     state: Arc<Mutex<State>>,
+    /// Numbers the calls of [`PublishedPorts::next_ingress_seq`].
+    seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn mapping_of(p: &PortConfig) -> Result<PortMapping, String> {
@@ -180,6 +185,7 @@ impl PublishedPorts {
         PublishedPorts {
             ports,
             state: Arc::new(Mutex::new(State::default())),
+            seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -196,11 +202,18 @@ impl PublishedPorts {
         }
     }
 
-    /// The cluster's ingress services (from the assignments): every one of them is published
+    /// Takes a number for the next [`set_ingress`](Self::set_ingress), in the order the
+    /// assignments arrived.
+    pub fn next_ingress_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// The cluster's ingress services (from the assignments numbered `seq`): every one of them is published
     /// here, to this node's serving tasks and the other nodes that have some; the others are
     /// unpublished. Blocking.
     pub fn set_ingress(
         &self,
+        seq: u64,
         services: &[IngressService],
         node_addrs: &[String],
         own_node_id: &str,
@@ -210,6 +223,10 @@ impl PublishedPorts {
             .filter_map(|a| parse_node_addr(a))
             .collect();
         let mut state = lock(&self.state);
+        if seq <= state.ingress_seq {
+            return; // newer assignments were applied already
+        }
+        state.ingress_seq = seq;
         state.peers = peers.clone();
         let wanted: HashSet<&str> = services.iter().map(|s| s.service_id.as_str()).collect();
         let gone: Vec<String> = state
