@@ -514,6 +514,24 @@ async fn route(
                 {
                     concerned = Concerned::All;
                 }
+                // Every node opens the ingress ports of every service: one that comes, changes
+                // them or goes concerns them all.
+                if batch.iter().any(|e| match e {
+                    Event::Deleted {
+                        kind: "service", ..
+                    } => true,
+                    Event::Put {
+                        kind: "service",
+                        id,
+                    } => store
+                        .read()
+                        .services
+                        .get(id)
+                        .is_some_and(|s| !s.ingress_ports.is_empty()),
+                    _ => false,
+                }) {
+                    concerned = Concerned::All;
+                }
                 let wakers = lock(&wakers);
                 match concerned {
                     Concerned::All => wakers.values().for_each(bump),
