@@ -286,8 +286,17 @@ impl ContainersApi {
                     pids: r.pids_limit,
                 }),
                 networks: r.attachments.clone(),
+                // A standalone container's ports are its node's (`docker run -p`): host mode.
                 endpoint: (!r.ports.is_empty()).then(|| EndpointSpec {
-                    ports: r.ports.clone(),
+                    ports: r
+                        .ports
+                        .iter()
+                        .cloned()
+                        .map(|mut p| {
+                            p.set_publish_mode(shoal_proto::PublishMode::Host);
+                            p
+                        })
+                        .collect(),
                     mode: String::new(),
                 }),
                 ..Default::default()

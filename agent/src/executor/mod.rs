@@ -147,8 +147,13 @@ impl Executor {
             networks,
             secrets,
             overlay_peers,
-            ingress: _,
+            ingress,
+            node_addrs,
         } = assignments;
+        // The routing mesh: every ingress service's ports open here (blocking: nft).
+        let ports = self.inner.networks.ports().clone();
+        let (own, seq) = (node_id.to_string(), ports.next_ingress_seq());
+        tokio::task::spawn_blocking(move || ports.set_ingress(seq, &ingress, &node_addrs, &own));
         tracing::debug!(tasks = tasks.len(), "assignments");
         *lock(&self.inner.known_secrets) = secrets.into_iter().map(|s| (s.id.clone(), s)).collect();
         let known: HashMap<String, Network> =

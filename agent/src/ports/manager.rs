@@ -61,11 +61,17 @@ struct Published {
 struct KeyState {
     ports: Vec<Published>,
     backends: Vec<Ipv4Addr>,
+    /// Ingress routing mesh: other nodes serving the key, (underlay address, serving tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    remotes: Vec<(Ipv4Addr, u32)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PortState {
     keys: BTreeMap<String, KeyState>,
+    /// Underlay addresses of every cluster node (the mesh peers), see [`super::rules::ruleset`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<Ipv4Addr>,
 }
 
 type HoldKey = (Protocol, Option<Ipv4Addr>, u16);
@@ -343,9 +349,16 @@ impl PortManager {
             })
             .collect();
         let out: Vec<PortMapping> = ports.iter().map(|p| p.resolved).collect();
+        let remotes = old.map(|ks| ks.remotes.clone()).unwrap_or_default();
         let mut next = inner.state.clone();
-        next.keys
-            .insert(key.to_string(), KeyState { ports, backends });
+        next.keys.insert(
+            key.to_string(),
+            KeyState {
+                ports,
+                backends,
+                remotes,
+            },
+        );
         self.commit(inner, key, next, new_holds)?;
         Ok(out)
     }
@@ -366,6 +379,37 @@ impl PortManager {
             return Ok(());
         }
         ks.backends = backends;
+        self.commit(inner, key, next, HashMap::new())
+    }
+
+    /// Sets the routing-mesh side of `key` (published already): the other nodes that serve it,
+    /// (underlay address, serving tasks there), and the underlay addresses of every cluster
+    /// node (`peers`, shared by all keys). Local backends stay as they are; one nft
+    /// transaction, like [`set_backends`](Self::set_backends).
+    pub fn set_remotes(
+        &self,
+        key: &str,
+        remotes: &[(Ipv4Addr, u32)],
+        peers: &[Ipv4Addr],
+    ) -> Result<(), PortError> {
+        let mut remotes: Vec<(Ipv4Addr, u32)> =
+            remotes.iter().copied().filter(|(_, n)| *n > 0).collect();
+        remotes.sort();
+        remotes.dedup_by_key(|(a, _)| *a);
+        validate_backends(&remotes.iter().map(|(a, _)| *a).collect::<Vec<_>>())?;
+        let mut peers = validate_backends(peers)?;
+        peers.sort();
+        let inner = self.lock();
+        let mut next = inner.state.clone();
+        let ks = next
+            .keys
+            .get_mut(key)
+            .ok_or_else(|| PortError::Invalid(format!("{key} has no published ports")))?;
+        if ks.remotes == remotes && next.peers == peers {
+            return Ok(());
+        }
+        ks.remotes = remotes;
+        next.peers = peers;
         self.commit(inner, key, next, HashMap::new())
     }
 
@@ -446,7 +490,7 @@ impl PortManager {
         let mut host = self.lock_host();
         let mut inner = self.lock();
         self.sys
-            .apply_nft(&ruleset(&self.cfg.nft_table, &[], &[]))?;
+            .apply_nft(&ruleset(&self.cfg.nft_table, &[], &[], &[]))?;
         inner.holds.clear();
         inner.state = PortState::default();
         inner.generation += 1;
@@ -552,10 +596,11 @@ impl PortManager {
                     key: k,
                     mapping: p.resolved,
                     backends: &ks.backends,
+                    remotes: &ks.remotes,
                 })
             })
             .collect();
-        ruleset(&self.cfg.nft_table, &entries, routes)
+        ruleset(&self.cfg.nft_table, &entries, routes, &state.peers)
     }
 
     /// Loopback DNAT needs `route_localnet` on the backends' links (see the module docs), then
@@ -713,7 +758,7 @@ mod tests {
         m.unpublish("c1").unwrap();
         m.unpublish("c1").unwrap();
         let s = fake.get();
-        assert_eq!(s.nft_script, ruleset("ptest", &[], &[]));
+        assert_eq!(s.nft_script, ruleset("ptest", &[], &[], &[]));
         assert!(s.held.is_empty());
         assert!(m.set_backends("c1", &[B1]).is_err());
     }
@@ -898,7 +943,7 @@ mod tests {
         assert_eq!(m2.list(), m.list());
         m.remove_all().unwrap();
         assert!(m.list().is_empty() && fake.get().held.is_empty());
-        assert_eq!(fake.get().nft_script, ruleset("ptest", &[], &[]));
+        assert_eq!(fake.get().nft_script, ruleset("ptest", &[], &[], &[]));
     }
 
     #[test]

@@ -436,12 +436,19 @@ fn assignments_of(store: &Store, node_id: &str) -> Assignments {
         .into_iter()
         .filter_map(|id| state.secrets.get(id).cloned())
         .collect();
+    let ingress = overlay::ingress_services(&state);
+    let node_addrs = if ingress.is_empty() {
+        Vec::new()
+    } else {
+        overlay::up_node_addrs(&state)
+    };
     Assignments {
         tasks,
         networks,
         secrets,
         overlay_peers,
-        ingress: overlay::ingress_services(&state),
+        ingress,
+        node_addrs,
     }
 }
 
@@ -505,6 +512,24 @@ async fn route(
                             || state.services.values().any(|s| !s.ingress_ports.is_empty())
                     }
                 {
+                    concerned = Concerned::All;
+                }
+                // Every node opens the ingress ports of every service: one that comes, changes
+                // them or goes concerns them all.
+                if batch.iter().any(|e| match e {
+                    Event::Deleted {
+                        kind: "service", ..
+                    } => true,
+                    Event::Put {
+                        kind: "service",
+                        id,
+                    } => store
+                        .read()
+                        .services
+                        .get(id)
+                        .is_some_and(|s| !s.ingress_ports.is_empty()),
+                    _ => false,
+                }) {
                     concerned = Concerned::All;
                 }
                 let wakers = lock(&wakers);
@@ -610,6 +635,7 @@ impl DispatcherRpc for Dispatcher {
                 i32,
                 Vec<OverlayPeers>,
                 Vec<IngressService>,
+                Vec<String>,
             );
             let mut last_sent: Option<Fingerprint> = None;
             let mut leadership = tokio::time::interval(LEADERSHIP_CHECK);
@@ -642,6 +668,7 @@ impl DispatcherRpc for Dispatcher {
                     role,
                     assignments.overlay_peers.clone(),
                     assignments.ingress.clone(),
+                    assignments.node_addrs.clone(),
                 );
                 if last_sent.as_ref() != Some(&fingerprint) {
                     let message = SessionMessage {

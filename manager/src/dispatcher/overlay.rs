@@ -91,6 +91,20 @@ fn serving(task: &Task) -> bool {
         && task.desired_state() == TaskState::Running
 }
 
+/// The underlay address of every up node, sorted (the routing mesh's peers).
+pub fn up_node_addrs(state: &State) -> Vec<String> {
+    let mut addrs: Vec<String> = state
+        .nodes
+        .values()
+        .filter(|n| is_up(n))
+        .filter_map(|n| n.status.as_ref().map(|s| s.addr.clone()))
+        .filter(|a| !a.is_empty())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
 /// Every service with ingress ports, and how many serving tasks it has on each up node.
 pub fn ingress_services(state: &State) -> Vec<IngressService> {
     state
