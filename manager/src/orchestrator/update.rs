@@ -229,10 +229,13 @@ pub fn plan_update(
     // (busy: their worker still waits).
     let (mut unsettled, mut busy) = (0usize, 0usize);
     for task in slots.iter().filter(|s| !s.dirty).filter_map(|s| s.current) {
-        if created_at(task) < started_at {
+        let state = state_of(task);
+        // An older task of the target spec counts only until it runs: a rollback finds the
+        // tasks it returns to, and one of them that is not running yet (with a start-first
+        // predecessor still serving beside it) is not done.
+        if created_at(task) < started_at && state >= TaskState::Running {
             continue;
         }
-        let state = state_of(task);
         if state < TaskState::Running {
             unsettled += 1;
             busy += 1;
