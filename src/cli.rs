@@ -559,6 +559,10 @@ pub struct DaemonArgs {
     /// new cluster; later starts and joining nodes keep the cluster's.
     #[arg(long, value_name = "CIDR")]
     pub overlay_address_pool: Option<shoal_agent::network::Ipv4Net>,
+    /// Where ingress ports published as 0 (`-p 80`) come from, cluster-wide, FIRST-LAST
+    /// (default Swarm's 30000-32767). Taken when this daemon makes a new cluster.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_port_range)]
+    pub ingress_port_range: Option<String>,
     /// Prefix of the bridge and veth names this daemon makes (1-5 of [a-z0-9]).
     #[arg(long, default_value = "sh")]
     pub network_prefix: String,
@@ -576,6 +580,10 @@ pub struct DaemonArgs {
 }
 
 /// `base=10.10.0.0/16,size=24`.
+fn parse_port_range(text: &str) -> Result<String, String> {
+    shoal_manager::ingress::parse_range(text).map(|r| format!("{}-{}", r.start(), r.end()))
+}
+
 fn parse_address_pool(text: &str) -> Result<shoal_agent::network::AddressPool, String> {
     let mut base = None;
     let mut size = None;

@@ -3,7 +3,8 @@
 //!
 //! - Two services cannot publish the same ingress port (and protocol): the second is refused
 //!   when it is created or updated, naming the first ([`check_ports`]).
-//! - A port asked as 0 gets a free one from [`RANGE`] (Swarm's), chosen once by the manager
+//! - A port asked as 0 gets a free one from the cluster's range (`Cluster.ingress_port_range`,
+//!   Swarm's [`DEFAULT_RANGE`] unless set when the cluster was made), chosen once by the manager
 //!   and kept in the service (`Service.ingress_ports`), so that every node opens the same one
 //!   ([`IngressPorts::resolve`]).
 //! - Host-mode ports are each node's own business: the agent picks its random ones.
@@ -15,8 +16,34 @@ use shoal_proto::{PortConfig, PortProtocol, PublishMode, Service, ServiceSpec};
 
 use crate::store::State;
 
-/// Where ingress ports asked as 0 come from (Swarm's dynamic range).
-pub const RANGE: RangeInclusive<u32> = 30000..=32767;
+/// Where ingress ports asked as 0 come from unless the cluster says otherwise (Swarm's dynamic
+/// range).
+pub const DEFAULT_RANGE: RangeInclusive<u32> = 30000..=32767;
+
+/// Parses a port range `FIRST-LAST` (1–65535, FIRST ≤ LAST).
+pub fn parse_range(text: &str) -> Result<RangeInclusive<u32>, String> {
+    let bad = || format!("port range {text:?}: expected FIRST-LAST, e.g. 30000-32767");
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let first: u32 = first.trim().parse().map_err(|_| bad())?;
+    let last: u32 = last.trim().parse().map_err(|_| bad())?;
+    if first == 0 || last > 65535 || first > last {
+        return Err(format!(
+            "port range {text:?}: ports go from 1 to 65535, the first no higher than the last"
+        ));
+    }
+    Ok(first..=last)
+}
+
+/// The cluster's range for ingress ports asked as 0.
+fn range_of(state: &State) -> RangeInclusive<u32> {
+    state
+        .cluster
+        .as_ref()
+        .map(|c| c.ingress_port_range.as_str())
+        .filter(|r| !r.is_empty())
+        .and_then(|r| parse_range(r).ok())
+        .unwrap_or(DEFAULT_RANGE)
+}
 
 fn ingress_of(spec: Option<&ServiceSpec>) -> impl Iterator<Item = &PortConfig> {
     spec.and_then(|s| s.endpoint.as_ref())
@@ -60,6 +87,7 @@ pub fn check_ports(state: &State, service_id: &str, spec: &ServiceSpec) -> Resul
 /// service.
 pub struct IngressPorts {
     taken: HashSet<(PortProtocol, u32)>,
+    range: RangeInclusive<u32>,
 }
 
 impl IngressPorts {
@@ -71,7 +99,10 @@ impl IngressPorts {
             .filter(|p| p.published_port != 0)
             .map(key)
             .collect();
-        IngressPorts { taken }
+        IngressPorts {
+            taken,
+            range: range_of(state),
+        }
     }
 
     /// The ingress ports `service` should hold, when they differ from those it holds: its
@@ -81,7 +112,7 @@ impl IngressPorts {
         let mut kept: Vec<&PortConfig> = service
             .ingress_ports
             .iter()
-            .filter(|p| RANGE.contains(&p.published_port))
+            .filter(|p| self.range.contains(&p.published_port))
             .collect();
         let mut resolved = Vec::new();
         for port in ingress_of(service.spec.as_ref()) {
@@ -96,7 +127,8 @@ impl IngressPorts {
                     Some(i) => kept.remove(i).published_port,
                     None => {
                         let proto = port.protocol();
-                        let free = RANGE.clone().find(|n| !self.taken.contains(&(proto, *n)))?;
+                        let taken = &self.taken;
+                        let free = self.range.clone().find(|n| !taken.contains(&(proto, *n)))?;
                         self.taken.insert((proto, free));
                         free
                     }
@@ -172,5 +204,31 @@ mod tests {
         assert_eq!(resolved[0].published_port, 30001);
         b.ingress_ports = resolved;
         assert_eq!(ports.resolve(&b), None, "kept");
+    }
+
+    #[test]
+    fn the_cluster_may_narrow_the_range() {
+        let mut state = State::default();
+        state.cluster = Some(shoal_proto::Cluster {
+            ingress_port_range: "31000-31001".into(),
+            ..Default::default()
+        });
+        let mut ports = IngressPorts::new(&state);
+        let one = |ports: &mut IngressPorts, id: &str| {
+            ports
+                .resolve(&service(id, vec![port(0, 80, PublishMode::Ingress)]))
+                .map(|p| p[0].published_port)
+        };
+        assert_eq!(one(&mut ports, "a"), Some(31000));
+        assert_eq!(one(&mut ports, "b"), Some(31001));
+        assert_eq!(one(&mut ports, "c"), None, "the range is used up");
+    }
+
+    #[test]
+    fn port_ranges_parse_or_say_why_not() {
+        assert_eq!(parse_range("30000-30010"), Ok(30000..=30010));
+        for bad in ["30000", "a-b", "0-10", "10-5", "1-70000"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
     }
 }

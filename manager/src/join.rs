@@ -37,6 +37,7 @@ pub fn new_cluster(now_secs: i64) -> Result<Cluster, ca::CaError> {
         revoked_nodes: Vec::new(),
         node_cert_expiry_secs: 0,
         overlay_address_pool: String::new(),
+        ingress_port_range: String::new(),
     })
 }
 

@@ -195,6 +195,7 @@ pub async fn open(
             .as_ref()
             .map(|p| p.to_string())
             .unwrap_or_default();
+        cluster.ingress_port_range = args.ingress_port_range.clone().unwrap_or_default();
         writer
             .commit(vec![change(ChangeKind::Create, Object::Cluster(cluster))])
             .await?;

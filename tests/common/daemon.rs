@@ -107,6 +107,12 @@ impl TestDaemon {
         self.dir.path().join("data")
     }
 
+    /// The cluster's range for ingress ports asked as 0 (see `spawn`).
+    pub fn ingress_port_range(&self) -> String {
+        let first = 30000 + (u32::from(self.pool_octet) % 150) * 16;
+        format!("{first}-{}", first + 15)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("shoal.sock")
     }
@@ -145,6 +151,10 @@ impl TestDaemon {
                 &format!("base=10.{}.0.0/17,size=24", self.pool_octet),
                 "--overlay-address-pool",
                 &format!("10.{}.128.0/17", self.pool_octet),
+                // Ingress ports asked as 0 are host ports: 16 of its own per pool octet, so
+                // that daemons of tests running side by side never pick the same one.
+                "--ingress-port-range",
+                &self.ingress_port_range(),
                 // Tests send nothing off the machine: unknown names fail at once.
                 "--dns-upstream",
                 "none",
