@@ -415,6 +415,7 @@ pub(super) fn assess_slots<'a>(
         .map(|w| SlotView {
             current: w.current.map(|i| w.tasks[i]),
             dirty: w.dirty.is_some(),
+            refilled: w.create,
         })
         .collect();
     let history: Vec<&Task> = works.iter().flat_map(|w| w.tasks.iter().copied()).collect();

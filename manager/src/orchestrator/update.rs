@@ -53,6 +53,9 @@ pub struct SlotView<'a> {
     pub current: Option<&'a Task>,
     /// The current task runs an outdated spec.
     pub dirty: bool,
+    /// The slot gets a new task in this pass (its task ended, or its node was lost): it is not
+    /// settled, whatever its current task.
+    pub refilled: bool,
 }
 
 /// What [`plan_update`] decided.
@@ -325,7 +328,7 @@ pub fn plan_update(
         .take(capacity)
         .collect();
 
-    if dirty == 0 && unsettled == 0 {
+    if dirty == 0 && unsettled == 0 && !slots.iter().any(|s| s.refilled) {
         let done = if rolling_back {
             UpdateState::RollbackCompleted
         } else {
@@ -502,10 +505,12 @@ mod tests {
             SlotView {
                 current: Some(&t),
                 dirty: true,
+                refilled: false,
             },
             SlotView {
                 current: Some(&t),
                 dirty: true,
+                refilled: false,
             },
         ];
         let step = plan_update(&s, &slots, &[], 50);
@@ -531,6 +536,7 @@ mod tests {
         let d = SlotView {
             current: Some(&t),
             dirty: true,
+            refilled: false,
         };
         let step = plan_update(&s, &[d, SlotView::default(), d], &[], 0);
         assert_eq!(step.replace, vec![0, 2]);
@@ -555,10 +561,12 @@ mod tests {
             SlotView {
                 current: Some(&new),
                 dirty: false,
+                refilled: false,
             },
             SlotView {
                 current: Some(&old),
                 dirty: true,
+                refilled: false,
             },
         ];
         let step = plan_update(&s, &slots, &[&new], 1_000);
@@ -579,6 +587,7 @@ mod tests {
         let slots = [SlotView {
             current: Some(&new),
             dirty: false,
+            refilled: false,
         }];
         let step = plan_update(&s, &slots, &[&new], 5_199);
         assert_eq!((step.service.is_none(), step.wake_at), (true, Some(5_200)));
@@ -602,6 +611,7 @@ mod tests {
             SlotView {
                 current: Some(&old),
                 dirty: true,
+                refilled: false,
             },
         ];
         let step = plan_update(&s, &slots, &[&failed], 400);
@@ -646,6 +656,7 @@ mod tests {
         slots[3] = SlotView {
             current: Some(&old),
             dirty: true,
+            refilled: false,
         };
         assert!(plan_update(&s, &slots, &[&f1], 400).service.is_none());
         let status = plan_update(&s, &slots, &[&f1, &f2], 400)
@@ -667,6 +678,7 @@ mod tests {
             SlotView {
                 current: Some(&running_old),
                 dirty: true,
+                refilled: false,
             },
         ];
         let mut cont = s.clone();
