@@ -191,3 +191,25 @@ pub fn machine() -> String {
     };
     format!("{cpus} CPUs ({model}), Linux {kernel}, {cgroup}")
 }
+
+/// `GET /` over a fresh connection to 127.0.0.1:`port` (HTTP/1.0, so the server closes it):
+/// the page's last line, or why it failed (a status other than 200 counts as failed).
+#[allow(dead_code)] // shared by path; not every bench loads a port
+pub fn http_get(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let go = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        if !text.contains(" 200 ") {
+            return Err(std::io::Error::other(format!("bad answer {text:?}")));
+        }
+        Ok(text.lines().last().unwrap_or_default().trim().to_string())
+    };
+    go().map_err(|e| e.to_string())
+}

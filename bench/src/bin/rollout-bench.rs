@@ -42,7 +42,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use stats::Stats;
-use util::{poll, poll_during_cleanup, run, succeeds};
+use util::{http_get, poll, poll_during_cleanup, run, succeeds};
 
 /// Tasks replaced at a time, in both systems.
 const PARALLELISM: &str = "5";
@@ -159,25 +159,6 @@ struct Load {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn get(port: u16) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let go = || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(2),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        if !text.contains(" 200 ") {
-            return Err(std::io::Error::other(format!("bad answer {text:?}")));
-        }
-        Ok(text.lines().last().unwrap_or_default().trim().to_string())
-    };
-    go().map_err(|e| e.to_string())
-}
-
 impl Load {
     fn start(port: u16) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
@@ -189,7 +170,7 @@ impl Load {
                     let began = Instant::now();
                     while !stop.load(Ordering::Relaxed) && began.elapsed() < TIMEOUT {
                         let at = Instant::now();
-                        let answer = get(port);
+                        let answer = http_get(port);
                         if let Ok(mut a) = answers.lock() {
                             a.push((at, answer));
                         }
@@ -386,7 +367,7 @@ fn shoal_scenarios(d: &shoal::Shoal, args: &Args) -> Result<(Vec<Figure>, Figure
     poll(
         "the published port to answer",
         TIMEOUT,
-        || Ok(get(port).ok()),
+        || Ok(http_get(port).ok()),
         String::new,
     )?;
 
