@@ -161,8 +161,9 @@ impl Executor {
         let remote = overlay::remote_view(&overlay_peers, node_id, |id| {
             known.get(id)?.spec.as_ref().map(|s| s.name.clone())
         });
+        self.inner.networks.set_remote(remote);
         let networks = self.inner.networks.clone();
-        tokio::spawn(async move { networks.set_remote(remote).await });
+        tokio::spawn(async move { networks.apply_remote().await });
         *lock(&self.inner.needed_networks) = TaskNetworks::needed_by(&tasks, &known);
         *lock(&self.inner.known_networks) = known;
         // Who the manager holds out of rotation: set before any worker starts or changes, so

@@ -198,17 +198,17 @@ impl TaskNetworks {
         }
     }
 
-    /// Takes the manager's latest view of the other nodes' tasks on the overlay networks
-    /// and applies it (forwarding entries, DNS records).
-    pub async fn set_remote(&self, view: RemoteView) {
+    /// Takes the manager's latest view of the other nodes' tasks on the overlay networks, in
+    /// the order the assignments came (so synchronous: an older view never replaces a newer
+    /// one); [`Self::apply_remote`] programs it.
+    pub fn set_remote(&self, view: RemoteView) {
         *self.remote.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
-        self.apply_remote().await;
     }
 
     /// Applies the latest remote view: each network's peers to the driver, the serving
     /// endpoints' names to the DNS table (of networks this node has; a network made later
     /// gets them when it is made).
-    async fn apply_remote(&self) {
+    pub async fn apply_remote(&self) {
         let mut applied = self.remote.applied.lock().await;
         let view = self
             .remote
