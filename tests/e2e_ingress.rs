@@ -23,23 +23,6 @@ use common::require_root;
 const SERVE: &str =
     "mkdir -p /www && echo web-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
 
-fn three_hosts() -> Lab {
-    let mut lab = Lab::new();
-    lab.add_first_manager();
-    lab.add_joined(0, "worker");
-    lab.add_joined(0, "worker");
-    for h in lab.hosts() {
-        h.ok(&["image", "bootstrap", "busybox"]);
-    }
-    lab.wait_for("three ready nodes", Duration::from_secs(60), || {
-        let nodes = lab.host(0).json(&["node", "ls", "--format", "json"]);
-        nodes
-            .as_array()
-            .is_some_and(|n| n.iter().filter(|n| n["status"]["state"] == "ready").count() == 3)
-    });
-    lab
-}
-
 /// The index of the host with node id `node`.
 fn host_of_node(lab: &Lab, node: &str) -> usize {
     let nodes = lab.host(0).json(&["node", "ls", "--format", "json"]);
@@ -121,7 +104,7 @@ fn an_ingress_port_answers_on_every_node_and_spreads_over_the_cluster() {
     if !require_root() {
         return;
     }
-    let mut lab = three_hosts();
+    let mut lab = Lab::three_ready_nodes_with_busybox();
 
     // Host mode: only the task's host answers.
     create(&lab, "local", "published=8081,target=80,mode=host");

@@ -31,24 +31,6 @@ services:
     stop_grace_period: 1s
 "#;
 
-/// A manager and two workers, every node ready with busybox.
-fn three_hosts() -> Lab {
-    let mut lab = Lab::new();
-    lab.add_first_manager();
-    lab.add_joined(0, "worker");
-    lab.add_joined(0, "worker");
-    for h in lab.hosts() {
-        h.ok(&["image", "bootstrap", "busybox"]);
-    }
-    lab.wait_for("three ready nodes", Duration::from_secs(60), || {
-        let nodes = lab.host(0).json(&["node", "ls", "--format", "json"]);
-        nodes
-            .as_array()
-            .is_some_and(|n| n.iter().filter(|n| n["status"]["state"] == "ready").count() == 3)
-    });
-    lab
-}
-
 /// A running task of `service`: (node id, container id, overlay address).
 fn running(lab: &Lab, service: &str) -> Vec<(String, String, String)> {
     let out = lab
@@ -108,7 +90,7 @@ fn a_stack_spread_over_three_hosts_talks_by_name_and_drops_a_dead_nodes_tasks() 
     if !require_root() {
         return;
     }
-    let mut lab = three_hosts();
+    let mut lab = Lab::three_ready_nodes_with_busybox();
     let nodes: Vec<String> = (0..3).map(|i| lab.node_id(0, i)).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("stack.yaml");

@@ -141,6 +141,25 @@ impl Lab {
 
     /// A host that joins through `via` (a host index) with the `role` token ("manager" or
     /// "worker").
+    /// A manager and two workers, every node ready, busybox on each.
+    #[allow(dead_code)] // shared by path; not every test file needs three hosts
+    pub fn three_ready_nodes_with_busybox() -> Lab {
+        let mut lab = Lab::new();
+        lab.add_first_manager();
+        lab.add_joined(0, "worker");
+        lab.add_joined(0, "worker");
+        for h in lab.hosts() {
+            h.ok(&["image", "bootstrap", "busybox"]);
+        }
+        lab.wait_for("three ready nodes", Duration::from_secs(60), || {
+            let nodes = lab.host(0).json(&["node", "ls", "--format", "json"]);
+            nodes
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|n| n["status"]["state"] == "ready").count() == 3)
+        });
+        lab
+    }
+
     pub fn add_joined(&mut self, via: usize, role: &str) -> &mut Host {
         let seed = &self.hosts[via];
         let token = seed.ok(&["join-token", role, "-q"]).trim().to_string();

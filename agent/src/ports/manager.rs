@@ -74,6 +74,15 @@ struct PortState {
     peers: Vec<Ipv4Addr>,
 }
 
+/// The state of a key that is published, or why not.
+fn published_mut<'a>(
+    keys: &'a mut BTreeMap<String, KeyState>,
+    key: &str,
+) -> Result<&'a mut KeyState, PortError> {
+    keys.get_mut(key)
+        .ok_or_else(|| PortError::Invalid(format!("{key} has no published ports")))
+}
+
 type HoldKey = (Protocol, Option<Ipv4Addr>, u16);
 
 fn hold_key(m: &PortMapping) -> HoldKey {
@@ -371,10 +380,7 @@ impl PortManager {
         let backends = validate_backends(backends)?;
         let inner = self.lock();
         let mut next = inner.state.clone();
-        let ks = next
-            .keys
-            .get_mut(key)
-            .ok_or_else(|| PortError::Invalid(format!("{key} has no published ports")))?;
+        let ks = published_mut(&mut next.keys, key)?;
         if ks.backends == backends {
             return Ok(());
         }
@@ -401,10 +407,7 @@ impl PortManager {
         peers.sort();
         let inner = self.lock();
         let mut next = inner.state.clone();
-        let ks = next
-            .keys
-            .get_mut(key)
-            .ok_or_else(|| PortError::Invalid(format!("{key} has no published ports")))?;
+        let ks = published_mut(&mut next.keys, key)?;
         if ks.remotes == remotes && next.peers == peers {
             return Ok(());
         }
