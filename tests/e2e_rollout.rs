@@ -1,7 +1,8 @@
 //! Rolling updates under load: a start-first update and a `service rollback` of a published
 //! service answer every request, a stop-first update drains slow requests before stopping the
-//! old tasks, an update whose tasks never get healthy rolls back by itself, and a stack
-//! rollback restores every service (one of them blue-green).
+//! old tasks, a drain ends as soon as the task serves nobody (and not before), an update
+//! whose tasks never get healthy rolls back by itself, and a stack rollback restores every
+//! service (one of them blue-green).
 
 mod common;
 
@@ -243,6 +244,73 @@ fn a_stop_first_update_drains_slow_requests_before_stopping_old_tasks() {
     assert_eq!(stopped.len(), 3, "{tasks}");
     assert!(stopped.iter().all(|t| t["drain_ms"] == 1500), "{tasks}");
     d.ok(&["service", "rm", "slow"]);
+}
+
+/// The state of `service`'s task, while `service ps` lists one (a task scaled away is deleted
+/// once its container stopped).
+fn listed_state(d: &TestDaemon, service: &str) -> Option<String> {
+    let tasks = d.json(&["service", "ps", service, "--format", "json"]);
+    let task = tasks.as_array()?.first()?.clone();
+    Some(task["status"]["state"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn a_drain_ends_when_the_task_serves_nobody_and_not_before() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::with_busybox();
+    // A drain period far longer than the test: only the early end can stop these tasks.
+    for name in ["idle", "held"] {
+        d.ok(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "-p",
+            "80",
+            "--update-drain",
+            "10m",
+            "--stop-grace-period",
+            "1s",
+            "--init",
+            "busybox",
+            "sh",
+            "-c",
+            HTTPD,
+        ]);
+    }
+    let (idle, held) = (published_port(&d, "idle"), published_port(&d, "held"));
+    for port in [idle, held] {
+        d.wait_for("the page to answer", Duration::from_secs(20), || {
+            get(port).is_ok()
+        });
+    }
+    // A client that connected and has not sent its request yet: the task still serves it.
+    let client = std::net::TcpStream::connect(("127.0.0.1", held)).expect("connect to held");
+    std::thread::sleep(Duration::from_millis(300));
+    for name in ["idle", "held"] {
+        d.ok(&["service", "scale", "-d", &format!("{name}=0")]);
+    }
+    d.wait_for("the idle task to stop", Duration::from_secs(15), || {
+        listed_state(&d, "idle").is_none()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        listed_state(&d, "held").as_deref(),
+        Some("running"),
+        "{}",
+        d.log()
+    );
+    drop(client);
+    d.wait_for(
+        "the held task to stop once its client left",
+        Duration::from_secs(15),
+        || listed_state(&d, "held").is_none(),
+    );
+    for name in ["idle", "held"] {
+        d.ok(&["service", "rm", name]);
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, PTR};
@@ -533,6 +533,8 @@ fn answer_locally(table: &DnsTable, peer: SocketAddr, query: &Message) -> Option
     let mut resp = response_for(query, ResponseCode::NoError);
     resp.metadata.authoritative = true;
     if matches!(qtype, RecordType::A | RecordType::ANY) {
+        let ttl = Duration::from_secs(u64::from(LOCAL_TTL_SECS));
+        table.note_handed_out(&ips, Instant::now(), ttl);
         for ip in ips {
             resp.add_answer(Record::from_rdata(
                 qname.clone(),

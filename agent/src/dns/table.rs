@@ -7,7 +7,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 /// Normalises a DNS name for the table: ASCII-lowercase, one trailing dot dropped.
 pub(crate) fn normalize_name(name: &str) -> String {
@@ -139,6 +140,9 @@ pub struct DnsTable {
     inner: Arc<RwLock<Inner>>,
     /// Bumped on every answered lookup; the answer list is rotated by it (round robin).
     rotation: Arc<AtomicUsize>,
+    /// When each address was last given out in an answer: a client may still hold it in its
+    /// cache for the answer's TTL, so a task leaving rotation must not stop before then.
+    handed_out: Arc<Mutex<HashMap<Ipv4Addr, Instant>>>,
 }
 
 impl DnsTable {
@@ -235,6 +239,24 @@ impl DnsTable {
         let len = ips.len();
         ips.rotate_left(turn % len);
         Some(ips)
+    }
+
+    /// Records that `ips` were just given out in an answer that lives `ttl`. Entries whose TTL
+    /// ran out are dropped as the map grows, so it stays as small as the addresses in use.
+    pub fn note_handed_out(&self, ips: &[Ipv4Addr], now: Instant, ttl: Duration) {
+        let mut handed = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.len() >= 1024 {
+            handed.retain(|_, at| now.saturating_duration_since(*at) < ttl);
+        }
+        for ip in ips {
+            handed.insert(*ip, now);
+        }
+    }
+
+    /// When `ip` was last given out in an answer, if ever (or since it was forgotten).
+    pub fn handed_out_at(&self, ip: Ipv4Addr) -> Option<Instant> {
+        let handed = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        handed.get(&ip).copied()
     }
 
     /// The PTR name (without trailing dot) for `ip`, if it is an endpoint address on one of the

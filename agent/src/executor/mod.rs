@@ -5,6 +5,7 @@
 //! replacing them, so no replica is ever duplicated.
 
 mod config;
+mod drain;
 mod fetch;
 mod health;
 mod mounts;
@@ -500,7 +501,8 @@ impl Worker {
             // Out of rotation first (DNS, published ports), then drained, then stopped: no
             // new client is sent to a dying task, and the requests it has get time to finish.
             // A task that never served (or left long ago: blue kept after a switch) stops at
-            // once; one that served waits out its drain period from the moment it left.
+            // once; one that served waits out its drain period from the moment it left, or
+            // less once nobody is served by it any more (see `drain`).
             let left = self.executor.inner.networks.withdraw(&self.id).await;
             if let Some(left) = left.filter(|_| stopped && (unhealthy.is_none() || handed_off)) {
                 let drain = latest
@@ -508,9 +510,11 @@ impl Worker {
                     .map(Task::drain_period_ms)
                     .unwrap_or(shoal_proto::DEFAULT_DRAIN_MS);
                 let until = left + Duration::from_millis(drain);
+                let networks = &self.executor.inner.networks;
                 tokio::select! {
                     _ = runtime.wait(&self.id) => {}
                     _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = networks.idle_after(&self.id, self.pid, left), if self.pid > 0 => {}
                 }
             }
             if stopped {

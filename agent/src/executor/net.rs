@@ -386,6 +386,52 @@ impl TaskNetworks {
         .flatten()
     }
 
+    /// Resolves once the container, out of rotation since `left`, serves nobody any more and
+    /// no DNS answer naming it can still be cached (see [`super::drain`]); pending forever
+    /// when that cannot be told (its sockets are unreadable), so the full period applies.
+    pub async fn idle_after(&self, container_id: &str, pid: i32, left: std::time::Instant) {
+        use super::drain::{serving_in, MIN_DRAIN, POLL, QUIET_FOR};
+        let ips: Vec<_> = self
+            .manager
+            .attachments(container_id)
+            .iter()
+            .map(|a| a.ip)
+            .collect();
+        let ttl = std::time::Duration::from_secs(u64::from(crate::dns::LOCAL_TTL_SECS));
+        let table = self.dns.table().clone();
+        let cached = |now: std::time::Instant| {
+            ips.iter().any(|ip| {
+                table
+                    .handed_out_at(*ip)
+                    .is_some_and(|at| now.saturating_duration_since(at) < ttl)
+            })
+        };
+        let mut quiet_since = None;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = std::time::Instant::now();
+            let serving = tokio::task::spawn_blocking(move || serving_in(pid))
+                .await
+                .ok()
+                .flatten();
+            let idle = now >= left + MIN_DRAIN && !cached(now) && serving == Some(false);
+            tracing::trace!(
+                container = container_id,
+                ?serving,
+                dns_cached = cached(now),
+                "draining"
+            );
+            if !idle {
+                quiet_since = None;
+                continue;
+            }
+            let since = *quiet_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= QUIET_FOR {
+                return;
+            }
+        }
+    }
+
     /// The task serves while another running task of its service is held out of rotation
     /// here: a blue-green standby the manager may switch back to.
     pub fn has_standby(&self, task_id: &str, service_id: &str) -> bool {

@@ -1,0 +1,160 @@
+//! When a draining task may stop before its drain period is over.
+//!
+//! A task leaving rotation waits its drain period so that requests in flight finish and
+//! clients holding its address in a DNS cache do not find it gone. Most of the time neither is
+//! the case long before the period ends: the period is an upper bound, as a load balancer's
+//! deregistration delay is. The drain ends early once, for [`QUIET_FOR`] in a row:
+//!
+//! - no inbound TCP connection is open in the task's network namespace (a socket on a port the
+//!   task listens on, in a state where the request may still be served or answered), and
+//! - the task has no bound UDP socket (a datagram service: nothing tells us it is idle), and
+//! - no DNS answer naming the task's addresses can still be cached by a client,
+//!
+//! and never before [`MIN_DRAIN`] has passed since the task left, which covers other nodes
+//! that learn of the change a little later and connections already on their way.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// The drain never ends before this, whatever the sockets say.
+pub const MIN_DRAIN: Duration = Duration::from_millis(250);
+/// How long the task must look idle, checked every [`POLL`].
+pub const QUIET_FOR: Duration = Duration::from_millis(100);
+/// How often the sockets are looked at.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// TCP states (as `/proc/net/tcp` prints them) in which an accepted connection may still carry
+/// a request: SYN_RECV, ESTABLISHED (also the ones waiting in the accept queue) and
+/// CLOSE_WAIT (the client is done sending; the answer may not be written yet).
+const SERVING_STATES: [&str; 3] = ["03", "01", "08"];
+const LISTEN: &str = "0A";
+/// UDP "state" 07 is an unconnected (bound, receiving) socket.
+const UDP_UNCONNECTED: &str = "07";
+
+/// `(local port, state)` of each socket in a `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` table.
+fn sockets(table: &str) -> impl Iterator<Item = (u16, &str)> {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        Some((port, state))
+    })
+}
+
+/// Whether the namespace whose socket tables are given still serves someone: an inbound TCP
+/// connection in a serving state, or any bound UDP socket.
+pub fn serving(tcp: &[&str], udp: &[&str]) -> bool {
+    let listening: HashSet<u16> = tcp
+        .iter()
+        .flat_map(|t| sockets(t))
+        .filter(|(_, st)| st.eq_ignore_ascii_case(LISTEN))
+        .map(|(port, _)| port)
+        .collect();
+    let inbound = tcp.iter().flat_map(|t| sockets(t)).any(|(port, st)| {
+        listening.contains(&port) && SERVING_STATES.iter().any(|s| st.eq_ignore_ascii_case(s))
+    });
+    inbound
+        || udp
+            .iter()
+            .flat_map(|t| sockets(t))
+            .any(|(_, st)| st == UDP_UNCONNECTED)
+}
+
+/// Reads the socket tables of `pid`'s network namespace. `None` when they cannot be read (the
+/// process is gone, or the namespace has no IPv6): the caller then waits the full period.
+pub fn serving_in(pid: i32) -> Option<bool> {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok();
+    let (tcp, tcp6, udp, udp6) = (read("tcp")?, read("tcp6"), read("udp")?, read("udp6"));
+    let tcp: Vec<&str> = [Some(tcp.as_str()), tcp6.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let udp: Vec<&str> = [Some(udp.as_str()), udp6.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    Some(serving(&tcp, &udp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    fn table(rows: &[(&str, &str, &str)]) -> String {
+        let mut t = HEADER.to_string();
+        for (i, (local, remote, st)) in rows.iter().enumerate() {
+            t.push_str(&format!(
+                "   {i}: {local} {remote} {st} 00000000:00000000 00:00000000 00000000     0        0 1234 1 0000000000000000 100 0 0 10 0\n"
+            ));
+        }
+        t
+    }
+
+    #[test]
+    fn a_listener_alone_is_idle() {
+        let tcp = table(&[("00000000:0050", "00000000:0000", "0A")]);
+        assert!(!serving(&[&tcp], &[HEADER]));
+    }
+
+    #[test]
+    fn an_accepted_connection_is_serving_until_it_closes() {
+        for st in ["01", "03", "08"] {
+            let tcp = table(&[
+                ("00000000:0050", "00000000:0000", "0A"),
+                ("0200000A:0050", "0100000A:D431", st),
+            ]);
+            assert!(serving(&[&tcp], &[HEADER]), "state {st}");
+        }
+        for st in ["06", "04", "05", "09"] {
+            let tcp = table(&[
+                ("00000000:0050", "00000000:0000", "0A"),
+                ("0200000A:0050", "0100000A:D431", st),
+            ]);
+            assert!(!serving(&[&tcp], &[HEADER]), "state {st}");
+        }
+    }
+
+    #[test]
+    fn outbound_connections_do_not_hold_the_drain() {
+        // The task talks to a database on 5432; it listens on 80.
+        let tcp = table(&[
+            ("00000000:0050", "00000000:0000", "0A"),
+            ("0200000A:9C40", "0300000A:1538", "01"),
+        ]);
+        assert!(!serving(&[&tcp], &[HEADER]));
+    }
+
+    #[test]
+    fn ipv6_connections_count() {
+        let tcp6 = table(&[
+            (
+                "00000000000000000000000000000000:1F90",
+                "00000000000000000000000000000000:0000",
+                "0A",
+            ),
+            (
+                "0000000000000000FFFF00000200000A:1F90",
+                "0000000000000000FFFF00000100000A:C350",
+                "01",
+            ),
+        ]);
+        assert!(serving(&[HEADER, &tcp6], &[HEADER]));
+    }
+
+    #[test]
+    fn a_bound_udp_socket_keeps_the_full_drain() {
+        let udp = table(&[("00000000:0035", "00000000:0000", "07")]);
+        assert!(serving(&[HEADER], &[&udp]));
+        let connected = table(&[("0200000A:C000", "0300000A:0035", "01")]);
+        assert!(!serving(&[HEADER], &[&connected]));
+    }
+
+    #[test]
+    fn garbage_lines_are_ignored() {
+        let tcp = format!("{HEADER}nonsense\n   1: zz:zz 00:00 01\n");
+        assert!(!serving(&[&tcp], &[HEADER]));
+    }
+}
