@@ -187,6 +187,8 @@ pub fn reconcile_all_refs<'a>(
 /// Node states by id, built once per call.
 pub(super) struct Nodes<'a> {
     state: HashMap<&'a str, NodeState>,
+    /// Every node, for the placement constraints of global services.
+    by_id: HashMap<&'a str, &'a Node>,
     /// Nodes a global service runs on: READY and ACTIVE, in id order.
     global_targets: Vec<&'a str>,
     /// Nodes that keep the tasks they have but get no new ones (PAUSE).
@@ -221,6 +223,7 @@ impl<'a> Nodes<'a> {
         };
         Nodes {
             state,
+            by_id: nodes.iter().map(|n| (n.id.as_str(), n)).collect(),
             global_targets,
             paused: with(NodeAvailability::Pause),
             drained: with(NodeAvailability::Drain),
@@ -245,6 +248,11 @@ impl<'a> Nodes<'a> {
 
     pub(super) fn global_targets(&self) -> &[&'a str] {
         &self.global_targets
+    }
+
+    /// The node with this id, if it is in the cluster.
+    pub(super) fn get(&self, node_id: &str) -> Option<&'a Node> {
+        self.by_id.get(node_id).copied()
     }
 
     pub(super) fn is_paused(&self, node_id: &str) -> bool {
