@@ -118,7 +118,13 @@ fn constraints_max_replicas_and_global_services_follow_node_labels() {
     create(
         &lab,
         "capped",
-        &["--replicas", "4", "--replicas-max-per-node", "1", "--detach"],
+        &[
+            "--replicas",
+            "4",
+            "--replicas-max-per-node",
+            "1",
+            "--detach",
+        ],
     );
     lab.wait_for("three capped tasks running", WAIT, || {
         running_on(&lab, "capped").len() == 3
@@ -126,16 +132,20 @@ fn constraints_max_replicas_and_global_services_follow_node_labels() {
     let nodes: BTreeSet<String> = running_on(&lab, "capped").into_iter().collect();
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     let reason = "no suitable node (max replicas per node limit exceed on 3 nodes)";
-    lab.wait_for("the fourth capped task pending with its reason", WAIT, || {
-        let tasks = lab
-            .host(0)
-            .json(&["service", "ps", "capped", "--format", "json"]);
-        tasks.as_array().into_iter().flatten().any(|t| {
-            t["desired_state"] == "running"
-                && t["status"]["state"] == "pending"
-                && t["scheduling_error"] == reason
-        })
-    });
+    lab.wait_for(
+        "the fourth capped task pending with its reason",
+        WAIT,
+        || {
+            let tasks = lab
+                .host(0)
+                .json(&["service", "ps", "capped", "--format", "json"]);
+            tasks.as_array().into_iter().flatten().any(|t| {
+                t["desired_state"] == "running"
+                    && t["status"]["state"] == "pending"
+                    && t["scheduling_error"] == reason
+            })
+        },
+    );
     let table = lab.host(0).ok(&["service", "ps", "capped"]);
     assert!(
         table.contains("no suitable node (max replicas per node"),

@@ -1470,7 +1470,9 @@ mod tests {
     #[test]
     fn placement_prefs_are_spread_only() {
         assert_eq!(
-            parse_placement_pref("spread=node.labels.zone").unwrap().spread,
+            parse_placement_pref("spread=node.labels.zone")
+                .unwrap()
+                .spread,
             "node.labels.zone"
         );
         assert!(parse_placement_pref("pack=node.labels.zone")

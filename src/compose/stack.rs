@@ -15,10 +15,9 @@ use shoal_proto::service_spec::Mode;
 use shoal_proto::{
     ContainerSpec, DependencyCondition, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
     NetworkAttachmentConfig, NetworkSpec, Placement, PlacementPreference, PortConfig, PortProtocol,
-    PromoteMode, PublishMode,
-    ReplicatedService, Resources, RestartCondition, RestartPolicy, SecretKind, SecretReference,
-    SecretSpec, ServiceDependency, ServiceSpec, StackSpec, Ulimit, UpdateConfig,
-    UpdateFailureAction, UpdateOrder, UpdateStrategy,
+    PromoteMode, PublishMode, ReplicatedService, Resources, RestartCondition, RestartPolicy,
+    SecretKind, SecretReference, SecretSpec, ServiceDependency, ServiceSpec, StackSpec, Ulimit,
+    UpdateConfig, UpdateFailureAction, UpdateOrder, UpdateStrategy,
 };
 
 use super::model::{FileObject, FileRef, Project, ResourceSpec, Service, ServiceVolume};
@@ -407,10 +406,7 @@ fn to_service_spec(
 
 /// `deploy.placement`: constraints and spread preferences as written, checked with the
 /// manager's own parser so that a typo names the service and the key here, not later.
-fn placement(
-    name: &str,
-    p: Option<&super::model::Placement>,
-) -> Result<Option<Placement>, String> {
+fn placement(name: &str, p: Option<&super::model::Placement>) -> Result<Option<Placement>, String> {
     let Some(p) = p else {
         return Ok(None);
     };
@@ -671,7 +667,11 @@ services:
                 max_replicas_per_node: 2,
             })
         );
-        let web = stack.services.iter().find(|s| s.name == "web").expect("web");
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
         assert_eq!(web.placement, None);
 
         let bad = project(
@@ -686,7 +686,9 @@ services:
         );
         let err = to_stack_spec(&bad, "demo", Flavor::Stack).unwrap_err();
         assert!(
-            err.starts_with("service db: deploy.placement: invalid placement \"engine.labels.disk==ssd\""),
+            err.starts_with(
+                "service db: deploy.placement: invalid placement \"engine.labels.disk==ssd\""
+            ),
             "{err}"
         );
     }

@@ -134,12 +134,17 @@ mod tests {
         let mut bad = s.clone();
         bad.placement.as_mut().unwrap().constraints = vec!["node.zone==a".into()];
         let err = validate_spec(&bad).unwrap_err();
-        assert!(err.contains("invalid placement \"node.zone==a\": unknown key"), "{err}");
+        assert!(
+            err.contains("invalid placement \"node.zone==a\": unknown key"),
+            "{err}"
+        );
         let mut bad = s.clone();
         bad.placement.as_mut().unwrap().preferences[0].spread = "engine.labels.x".into();
         assert!(validate_spec(&bad).unwrap_err().contains("engine labels"));
         let mut global = s;
         global.mode = Some(Mode::Global(shoal_proto::GlobalService {}));
-        assert!(validate_spec(&global).unwrap_err().contains("replicated services only"));
+        assert!(validate_spec(&global)
+            .unwrap_err()
+            .contains("replicated services only"));
     }
 }

@@ -35,8 +35,8 @@ pub(super) fn reconcile_global(
         by_node.entry(task.node_id.as_str()).or_default().push(task);
     }
     let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
-    let rules = Rules::parse(service.spec.as_ref().and_then(|s| s.placement.as_ref()))
-        .unwrap_or_default();
+    let rules =
+        Rules::parse(service.spec.as_ref().and_then(|s| s.placement.as_ref())).unwrap_or_default();
     let matches = |node_id: &str| nodes.get(node_id).is_some_and(|n| rules.admits(n));
     let mut plan = Plan::default();
     let slots = nodes

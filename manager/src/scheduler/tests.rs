@@ -951,7 +951,8 @@ fn an_invalid_placement_waits_with_the_reason() {
     );
     assert_eq!(d[0].node_id, None);
     assert!(
-        d[0].error.starts_with("no suitable node (invalid placement")
+        d[0].error
+            .starts_with("no suitable node (invalid placement")
             && d[0].error.contains("engine labels"),
         "{}",
         d[0].error
@@ -1002,7 +1003,11 @@ fn tasks_of_one_service_with_different_placements_are_placed_by_their_own() {
     let d = schedule(&nodes, &tasks);
     assert_eq!(
         placed(&d),
-        vec![("old", Some("n1")), ("new", Some("n2")), ("new2", Some("n2"))]
+        vec![
+            ("old", Some("n1")),
+            ("new", Some("n2")),
+            ("new2", Some("n2"))
+        ]
     );
 }
 
@@ -1013,7 +1018,12 @@ fn arb_labelled_node() -> impl Strategy<Value = Node> {
             6 => Just(NodeState::Ready),
             1 => Just(NodeState::Down),
         ],
-        prop_oneof![Just(None), Just(Some("a")), Just(Some("b")), Just(Some("c"))],
+        prop_oneof![
+            Just(None),
+            Just(Some("a")),
+            Just(Some("b")),
+            Just(Some("c"))
+        ],
         any::<bool>(),
         0i64..10,
     )
