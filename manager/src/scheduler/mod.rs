@@ -469,7 +469,7 @@ impl<'a> Cluster<'a> {
         for task in group {
             let mut tally = Tally::default();
             let mut best: Option<(Vec<u64>, u64, u64, usize)> = None;
-            for n in 0..self.nodes.len() {
+            for (n, node_branches) in branches.iter().enumerate() {
                 if self.eligibility[n].is_err() {
                     continue;
                 }
@@ -479,7 +479,7 @@ impl<'a> Cluster<'a> {
                     continue;
                 }
                 let key: (Vec<u64>, u64, u64, usize) = (
-                    branches[n].iter().map(|&id| in_branch[id]).collect(),
+                    node_branches.iter().map(|&id| in_branch[id]).collect(),
                     self.load[n],
                     mine,
                     n,
