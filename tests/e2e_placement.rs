@@ -1,7 +1,7 @@
 //! Placement on three test hosts (a manager and two workers, see `common::hosts`):
 //! constraints on node labels and roles, `--replicas-max-per-node` leaving a task pending with
-//! Swarm's reason, a constraint changed by `service update`, and a global service that
-//! follows node labels as they are added and removed.
+//! Swarm's reason, a constraint changed by `service update`, and global and replicated
+//! services that follow node labels as they are added and removed.
 
 mod common;
 
@@ -182,5 +182,31 @@ fn constraints_max_replicas_and_global_services_follow_node_labels() {
     assert!(
         !running_on(&lab, "agent").contains(&manager),
         "the manager has no zone label"
+    );
+
+    // A replicated task whose node stops matching is shut down and waits for a node that does.
+    create(
+        &lab,
+        "follow",
+        &["--replicas", "1", "--constraint", "node.labels.zone==b"],
+    );
+    assert_eq!(running_on(&lab, "follow"), vec![w2.clone()]);
+    lab.host(0)
+        .ok(&["node", "update", "--label-rm", "zone", w2.as_str()]);
+    let reason = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
+    lab.wait_for(
+        "follow's task leaves w2 and waits with its reason",
+        WAIT,
+        || {
+            let tasks = lab
+                .host(0)
+                .json(&["service", "ps", "follow", "--format", "json"]);
+            running_on(&lab, "follow").is_empty()
+                && tasks
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["desired_state"] == "running" && t["scheduling_error"] == reason)
+        },
     );
 }

@@ -379,6 +379,28 @@ fn a_global_service_runs_only_where_its_constraints_hold_and_follows_labels() {
 }
 
 #[test]
+fn a_replicated_task_on_a_node_that_stops_matching_is_replaced() {
+    let s = constrained(service(1, 2), "node.labels.zone==b");
+    let mut on_n2 = running(&s, "b", 2, 10);
+    on_n2.node_id = "n2".into();
+    let tasks = vec![running(&s, "a", 1, 10), on_n2];
+    let matching = vec![
+        labelled(node("n1", NodeState::Ready), "zone", "b"),
+        labelled(node("n2", NodeState::Ready), "zone", "b"),
+    ];
+    assert!(run(Some(&s), &tasks, &matching, NOW).is_empty());
+    // n1 loses its label: its task is shut down and its slot gets a new, unplaced task.
+    let nodes = vec![
+        node("n1", NodeState::Ready),
+        labelled(node("n2", NodeState::Ready), "zone", "b"),
+    ];
+    let plan = run(Some(&s), &tasks, &nodes, NOW);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+    assert_eq!(slots_of(&plan), vec![1]);
+    assert!(plan.create.iter().all(|t| t.node_id.is_empty()));
+}
+
+#[test]
 fn a_changed_placement_replaces_the_tasks() {
     let old = service(3, 2);
     let new = constrained(service(8, 2), "node.role==worker");
