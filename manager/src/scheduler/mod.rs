@@ -50,9 +50,9 @@
 //! O(tasks · log nodes + groups · nodes · constraints), never O(tasks × nodes × tasks).
 //!
 //! A group with spread preferences scans every node for each of its tasks instead: O(tasks ·
-//! nodes · preferences) for that group. Spread services are sized for fault domains (a few
-//! zones, tens of replicas), where the scan costs microseconds; the heap path is what keeps
-//! the large replicated services cheap.
+//! nodes · preferences) for that group. Spreading is for fault domains (a few zones, tens of
+//! replicas), not for 100k-task services; those take the heap path. (Not measured by
+//! scheduler-bench, which places services without preferences.)
 
 pub mod constraint;
 
@@ -77,7 +77,8 @@ pub struct Decision {
 /// empty node_id. `tasks` is every task in the store: the others count as load and
 /// reservations on their nodes.
 ///
-/// Decisions come in a deterministic order (by service, reservations, slot, task id).
+/// Decisions come in a deterministic order: by service and reservations, then by placement
+/// and host-mode ports (in the order of their first task), then slot and task id.
 pub fn schedule(nodes: &[Node], tasks: &[Task]) -> Vec<Decision> {
     let tasks: Vec<&Task> = tasks.iter().collect();
     schedule_refs(nodes, &tasks)
