@@ -726,6 +726,10 @@ pub enum ServiceCommand {
         /// Replace every task even if nothing changed.
         #[arg(long)]
         force: bool,
+        /// Placement changes (--constraint-add/-rm, --placement-pref-add/-rm,
+        /// --replicas-max-per-node).
+        #[command(flatten)]
+        placement: crate::commands::service::PlacementArgs,
         /// Rolling-update and rollback settings (--update-*, --rollback-*).
         #[command(flatten)]
         rollout: Box<crate::commands::service::RolloutArgs>,
@@ -896,6 +900,16 @@ pub struct CreateArgs {
     /// Log driver options (max-size=10m, max-file=3).
     #[arg(long = "log-opt")]
     pub log_opts: Vec<String>,
+    /// Placement constraint, e.g. node.labels.zone==a or node.role!=manager (repeatable).
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
+    /// Placement preference: spread=node.labels.KEY splits the tasks evenly over the label's
+    /// values (repeatable: nested, outermost first).
+    #[arg(long = "placement-pref")]
+    pub placement_prefs: Vec<String>,
+    /// At most this many tasks of the service on one node (0: no limit).
+    #[arg(long = "replicas-max-per-node")]
+    pub replicas_max_per_node: Option<u64>,
     /// Rolling-update and rollback settings (--update-*, --rollback-*).
     #[command(flatten)]
     pub rollout: crate::commands::service::RolloutArgs,

@@ -182,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         env_rm,
                         replicas,
                         force,
+                        placement,
                         rollout,
                         detach,
                         service: s,
@@ -192,6 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             env_rm,
                             replicas,
                             force,
+                            placement,
                             rollout: *rollout,
                         };
                         service::update(&mut client, &s, &change, detach).await

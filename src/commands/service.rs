@@ -99,11 +99,127 @@ pub fn spec_from_args(a: &CreateArgs) -> Result<ServiceSpec> {
                 .concat(),
             mode: a.endpoint_mode.clone().unwrap_or_default(),
         }),
+        placement: placement_from_args(a)?,
         depends_on: Vec::new(),
         update_config: a.rollout.update_config(None)?,
         rollback_config: a.rollout.rollback_config(None)?,
         force_update: 0,
     })
+}
+
+/// `--constraint`, `--placement-pref`, `--replicas-max-per-node` on create; `None` when none
+/// is given. Checked here so that a typo is refused before anything is sent.
+fn placement_from_args(a: &CreateArgs) -> Result<Option<Placement>> {
+    let placement = Placement {
+        constraints: a.constraints.iter().map(|c| c.trim().to_string()).collect(),
+        preferences: a
+            .placement_prefs
+            .iter()
+            .map(|p| parse_placement_pref(p))
+            .collect::<Result<_>>()?,
+        max_replicas_per_node: a.replicas_max_per_node.unwrap_or(0),
+    };
+    if placement == Placement::default() {
+        return Ok(None);
+    }
+    check_placement(&placement)?;
+    Ok(Some(placement))
+}
+
+/// `spread=node.labels.zone`, Docker's only placement strategy.
+fn parse_placement_pref(text: &str) -> Result<PlacementPreference> {
+    match text.split_once('=') {
+        Some((strategy, descriptor)) if strategy.trim().eq_ignore_ascii_case("spread") => {
+            Ok(PlacementPreference {
+                spread: descriptor.trim().to_string(),
+            })
+        }
+        Some((strategy, _)) => bail!(
+            "invalid --placement-pref {text:?}: unsupported strategy {:?} (only spread is supported, e.g. spread=node.labels.zone)",
+            strategy.trim()
+        ),
+        None => bail!(
+            "invalid --placement-pref {text:?}: use spread=DESCRIPTOR, e.g. spread=node.labels.zone"
+        ),
+    }
+}
+
+/// The manager's own check, run on the client for an early, local error.
+fn check_placement(placement: &Placement) -> Result<()> {
+    shoal_manager::scheduler::constraint::Rules::parse(Some(placement))
+        .map(|_| ())
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// `service update`'s placement flags, applied over the current placement.
+#[derive(clap::Args, Default, Clone, Debug)]
+pub struct PlacementArgs {
+    /// Add a placement constraint, e.g. node.labels.zone==a (repeatable).
+    #[arg(long = "constraint-add")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint, as written when it was added (repeatable).
+    #[arg(long = "constraint-rm")]
+    pub constraint_rm: Vec<String>,
+    /// Add a placement preference: spread=node.labels.KEY (repeatable).
+    #[arg(long = "placement-pref-add")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference: spread=node.labels.KEY (repeatable).
+    #[arg(long = "placement-pref-rm")]
+    pub placement_pref_rm: Vec<String>,
+    /// At most this many tasks of the service on one node (0: no limit).
+    #[arg(long = "replicas-max-per-node")]
+    pub replicas_max_per_node: Option<u64>,
+}
+
+impl PlacementArgs {
+    fn is_empty(&self) -> bool {
+        self.constraint_add.is_empty()
+            && self.constraint_rm.is_empty()
+            && self.placement_pref_add.is_empty()
+            && self.placement_pref_rm.is_empty()
+            && self.replicas_max_per_node.is_none()
+    }
+
+    /// Removals first, then additions (an added constraint already there is not repeated),
+    /// as Docker does.
+    pub fn apply(&self, base: Option<Placement>) -> Result<Option<Placement>> {
+        if self.is_empty() {
+            return Ok(base);
+        }
+        let mut p = base.unwrap_or_default();
+        let same = |a: &str, b: &str| constraint_key(a) == constraint_key(b);
+        for rm in &self.constraint_rm {
+            p.constraints.retain(|c| !same(c, rm));
+        }
+        for add in &self.constraint_add {
+            if !p.constraints.iter().any(|c| same(c, add)) {
+                p.constraints.push(add.trim().to_string());
+            }
+        }
+        for rm in &self.placement_pref_rm {
+            let rm = parse_placement_pref(rm)?;
+            p.preferences.retain(|x| x.spread != rm.spread);
+        }
+        for add in &self.placement_pref_add {
+            let add = parse_placement_pref(add)?;
+            if !p.preferences.contains(&add) {
+                p.preferences.push(add);
+            }
+        }
+        if let Some(max) = self.replicas_max_per_node {
+            p.max_replicas_per_node = max;
+        }
+        check_placement(&p)?;
+        Ok((p != Placement::default()).then_some(p))
+    }
+}
+
+/// A constraint in a form where spacing does not matter (`a == b` is `a==b`).
+fn constraint_key(text: &str) -> String {
+    match shoal_manager::scheduler::constraint::Constraint::parse(text) {
+        Ok(c) => c.to_string(),
+        Err(_) => text.trim().to_string(),
+    }
 }
 
 /// `--update-*` / `--rollback-*`: Swarm's rolling-update settings, on create and update.
@@ -872,6 +988,7 @@ pub struct SpecChange {
     pub replicas: Option<u64>,
     /// Replace every task although nothing else changes.
     pub force: bool,
+    pub placement: PlacementArgs,
     pub rollout: RolloutArgs,
 }
 
@@ -879,6 +996,7 @@ impl SpecChange {
     fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
         spec.update_config = self.rollout.update_config(spec.update_config.take())?;
         spec.rollback_config = self.rollout.rollback_config(spec.rollback_config.take())?;
+        spec.placement = self.placement.apply(spec.placement.take())?;
         let container = spec.container.get_or_insert_with(Default::default);
         if let Some(image) = &self.image {
             container.image = image.clone();
@@ -1302,6 +1420,69 @@ mod tests {
             update_status_line(&done).as_deref(),
             Some("Update status: completed, completed Less than a second ago: update completed")
         );
+    }
+
+    #[test]
+    fn placement_flags_edit_the_placement() {
+        let add = PlacementArgs {
+            constraint_add: vec!["node.labels.zone == a".into(), "node.role!=manager".into()],
+            placement_pref_add: vec!["spread=node.labels.zone".into()],
+            replicas_max_per_node: Some(2),
+            ..Default::default()
+        };
+        let p = add.apply(None).unwrap().unwrap();
+        assert_eq!(
+            p.constraints,
+            vec!["node.labels.zone == a", "node.role!=manager"]
+        );
+        assert_eq!(p.preferences[0].spread, "node.labels.zone");
+        assert_eq!(p.max_replicas_per_node, 2);
+        // Adding again repeats nothing; removing matches whatever the spacing.
+        let p = add.apply(Some(p)).unwrap().unwrap();
+        assert_eq!(p.constraints.len(), 2);
+        let rm = PlacementArgs {
+            constraint_rm: vec!["node.labels.zone==a".into(), "node.role != manager".into()],
+            placement_pref_rm: vec!["spread=node.labels.zone".into()],
+            replicas_max_per_node: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(rm.apply(Some(p)).unwrap(), None);
+        // No flag: the placement stays as it is.
+        let kept = Placement {
+            constraints: vec!["node.id==x".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            PlacementArgs::default().apply(Some(kept.clone())).unwrap(),
+            Some(kept)
+        );
+        let bad = PlacementArgs {
+            constraint_add: vec!["engine.labels.x==y".into()],
+            ..Default::default()
+        };
+        assert!(bad
+            .apply(None)
+            .unwrap_err()
+            .to_string()
+            .contains("engine labels are not supported"));
+    }
+
+    #[test]
+    fn placement_prefs_are_spread_only() {
+        assert_eq!(
+            parse_placement_pref("spread=node.labels.zone")
+                .unwrap()
+                .spread,
+            "node.labels.zone"
+        );
+        assert!(parse_placement_pref("pack=node.labels.zone")
+            .unwrap_err()
+            .to_string()
+            .contains("only spread is supported"));
+        assert!(parse_placement_pref("node.labels.zone")
+            .unwrap_err()
+            .to_string()
+            .contains("use spread=DESCRIPTOR"));
     }
 
     #[test]

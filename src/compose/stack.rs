@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
     ContainerSpec, DependencyCondition, EndpointSpec, GlobalService, HealthCheck, Mount, MountType,
-    NetworkAttachmentConfig, NetworkSpec, PortConfig, PortProtocol, PromoteMode, PublishMode,
-    ReplicatedService, Resources, RestartCondition, RestartPolicy, SecretKind, SecretReference,
-    SecretSpec, ServiceDependency, ServiceSpec, StackSpec, Ulimit, UpdateConfig,
-    UpdateFailureAction, UpdateOrder, UpdateStrategy,
+    NetworkAttachmentConfig, NetworkSpec, Placement, PlacementPreference, PortConfig, PortProtocol,
+    PromoteMode, PublishMode, ReplicatedService, Resources, RestartCondition, RestartPolicy,
+    SecretKind, SecretReference, SecretSpec, ServiceDependency, ServiceSpec, StackSpec, Ulimit,
+    UpdateConfig, UpdateFailureAction, UpdateOrder, UpdateStrategy,
 };
 
 use super::model::{FileObject, FileRef, Project, ResourceSpec, Service, ServiceVolume};
@@ -397,10 +397,33 @@ fn to_service_spec(
                 required: d.required,
             })
             .collect(),
+        placement: placement(name, deploy.placement.as_ref())?,
         update_config: rollout_config(name, "update_config", deploy_update(s, false))?,
         rollback_config: rollout_config(name, "rollback_config", deploy_update(s, true))?,
         force_update: 0,
     })
+}
+
+/// `deploy.placement`: constraints and spread preferences as written, checked with the
+/// manager's own parser so that a typo names the service and the key here, not later.
+fn placement(name: &str, p: Option<&super::model::Placement>) -> Result<Option<Placement>, String> {
+    let Some(p) = p else {
+        return Ok(None);
+    };
+    let placement = Placement {
+        constraints: p.constraints.iter().map(|c| c.trim().to_string()).collect(),
+        preferences: p
+            .preferences
+            .iter()
+            .map(|x| PlacementPreference {
+                spread: x.spread.trim().to_string(),
+            })
+            .collect(),
+        max_replicas_per_node: p.max_replicas_per_node.unwrap_or(0),
+    };
+    shoal_manager::scheduler::constraint::Rules::parse(Some(&placement))
+        .map_err(|e| format!("service {name}: deploy.placement: {e}"))?;
+    Ok((placement != Placement::default()).then_some(placement))
 }
 
 fn deploy_update(s: &Service, rollback: bool) -> Option<&super::model::UpdateConfig> {
@@ -611,6 +634,62 @@ services:
             agent.restart.as_ref().map(|r| r.condition()),
             Some(RestartCondition::None),
             "compose's default is no restart"
+        );
+    }
+
+    #[test]
+    fn deploy_placement_maps_onto_the_spec() {
+        let p = project(
+            r#"
+services:
+  db:
+    image: busybox
+    deploy:
+      replicas: 4
+      placement:
+        constraints: ["node.labels.zone != c", "node.role==worker"]
+        preferences:
+          - spread: node.labels.zone
+        max_replicas_per_node: 2
+  web:
+    image: busybox
+"#,
+        );
+        let (stack, _) = to_stack_spec(&p, "demo", Flavor::Stack).expect("maps");
+        let db = stack.services.iter().find(|s| s.name == "db").expect("db");
+        assert_eq!(
+            db.placement,
+            Some(Placement {
+                constraints: vec!["node.labels.zone != c".into(), "node.role==worker".into()],
+                preferences: vec![PlacementPreference {
+                    spread: "node.labels.zone".into()
+                }],
+                max_replicas_per_node: 2,
+            })
+        );
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
+        assert_eq!(web.placement, None);
+
+        let bad = project(
+            r#"
+services:
+  db:
+    image: busybox
+    deploy:
+      placement:
+        constraints: ["engine.labels.disk==ssd"]
+"#,
+        );
+        let err = to_stack_spec(&bad, "demo", Flavor::Stack).unwrap_err();
+        assert!(
+            err.starts_with(
+                "service db: deploy.placement: invalid placement \"engine.labels.disk==ssd\""
+            ),
+            "{err}"
         );
     }
 

@@ -64,6 +64,19 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), String> {
     if spec.mode.is_none() {
         return Err("the service has no mode (replicated or global)".into());
     }
+    if let Some(placement) = &spec.placement {
+        // The scheduler would only leave the tasks pending with this reason: say it now.
+        crate::scheduler::constraint::Rules::parse(Some(placement)).map_err(|e| e.to_string())?;
+        if placement.max_replicas_per_node > 0
+            && matches!(spec.mode, Some(shoal_proto::service_spec::Mode::Global(_)))
+        {
+            return Err(
+                "max replicas per node applies to replicated services only: a global service \
+                 runs one task per node already"
+                    .into(),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -105,5 +118,33 @@ mod tests {
         let mut s = spec();
         s.container = Some(ContainerSpec::default());
         assert!(validate_spec(&s).unwrap_err().contains("no image"));
+    }
+
+    #[test]
+    fn placements_are_checked() {
+        let mut s = spec();
+        s.placement = Some(shoal_proto::Placement {
+            constraints: vec!["node.labels.zone==a".into()],
+            preferences: vec![shoal_proto::PlacementPreference {
+                spread: "node.labels.zone".into(),
+            }],
+            max_replicas_per_node: 2,
+        });
+        assert!(validate_spec(&s).is_ok());
+        let mut bad = s.clone();
+        bad.placement.as_mut().unwrap().constraints = vec!["node.zone==a".into()];
+        let err = validate_spec(&bad).unwrap_err();
+        assert!(
+            err.contains("invalid placement \"node.zone==a\": unknown key"),
+            "{err}"
+        );
+        let mut bad = s.clone();
+        bad.placement.as_mut().unwrap().preferences[0].spread = "engine.labels.x".into();
+        assert!(validate_spec(&bad).unwrap_err().contains("engine labels"));
+        let mut global = s;
+        global.mode = Some(Mode::Global(shoal_proto::GlobalService {}));
+        assert!(validate_spec(&global)
+            .unwrap_err()
+            .contains("replicated services only"));
     }
 }

@@ -5,6 +5,11 @@
 //! created with its node already chosen; the scheduler only checks that the node can take it.
 //! Nodes that are READY and ACTIVE get a task; a PAUSEd node keeps the task it has but gets no
 //! new one; a drained, down or removed node's task is shut down (and not replaced elsewhere).
+//! Placement constraints narrow the nodes, as in Swarm: a node that stops matching them (a
+//! label removed, a role changed) has its task shut down, paused or not, and one that starts
+//! matching gets a task. A placement that does not parse (refused when written, so only a spec
+//! from elsewhere) narrows nothing: the scheduler then holds every task pending with the
+//! reason.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +17,7 @@ use shoal_proto::{Service, Task, TaskState};
 
 use super::replicated::{assess_slots, emit_slot, is_terminal, with_desired, Nodes, Plan};
 use super::restart;
+use crate::scheduler::constraint::Rules;
 
 /// Global tasks carry slot 0: their node is their identity.
 const GLOBAL_SLOT: u64 = 0;
@@ -29,10 +35,14 @@ pub(super) fn reconcile_global(
         by_node.entry(task.node_id.as_str()).or_default().push(task);
     }
     let limit = restart::history_limit(service.spec.as_ref().and_then(|s| s.restart.as_ref()));
+    let rules =
+        Rules::parse(service.spec.as_ref().and_then(|s| s.placement.as_ref())).unwrap_or_default();
+    let matches = |node_id: &str| nodes.get(node_id).is_some_and(|n| rules.admits(n));
     let mut plan = Plan::default();
     let slots = nodes
         .global_targets()
         .iter()
+        .filter(|&&node_id| matches(node_id))
         .map(|&node_id| {
             (
                 GLOBAL_SLOT,
@@ -49,7 +59,7 @@ pub(super) fn reconcile_global(
     // Nodes the service no longer runs on: paused ones keep a running task; the others' tasks
     // stop, and ended ones are forgotten.
     for (node_id, tasks) in by_node {
-        let keep = nodes.is_paused(node_id);
+        let keep = nodes.is_paused(node_id) && matches(node_id);
         for task in tasks {
             if is_terminal(task) {
                 if task.desired_state() != TaskState::Running {

@@ -187,6 +187,8 @@ pub fn reconcile_all_refs<'a>(
 /// Node states by id, built once per call.
 pub(super) struct Nodes<'a> {
     state: HashMap<&'a str, NodeState>,
+    /// Every node, for the placement constraints of global services.
+    by_id: HashMap<&'a str, &'a Node>,
     /// Nodes a global service runs on: READY and ACTIVE, in id order.
     global_targets: Vec<&'a str>,
     /// Nodes that keep the tasks they have but get no new ones (PAUSE).
@@ -221,6 +223,7 @@ impl<'a> Nodes<'a> {
         };
         Nodes {
             state,
+            by_id: nodes.iter().map(|n| (n.id.as_str(), n)).collect(),
             global_targets,
             paused: with(NodeAvailability::Pause),
             drained: with(NodeAvailability::Drain),
@@ -245,6 +248,28 @@ impl<'a> Nodes<'a> {
 
     pub(super) fn global_targets(&self) -> &[&'a str] {
         &self.global_targets
+    }
+
+    /// The task's node no longer satisfies the task's own placement constraints (a label
+    /// was removed or changed): Swarm's constraint enforcer replaces such a task elsewhere,
+    /// like a drained node's. A placement that does not parse enforces nothing here.
+    pub(super) fn violates_constraints(&self, task: &Task) -> bool {
+        let Some(placement) = task.spec.as_ref().and_then(|s| s.placement.as_ref()) else {
+            return false;
+        };
+        if placement.constraints.is_empty() {
+            return false;
+        }
+        let Some(node) = self.get(&task.node_id) else {
+            return false; // a removed node is `is_lost`
+        };
+        crate::scheduler::constraint::Rules::parse(Some(placement))
+            .is_ok_and(|rules| !rules.admits(node))
+    }
+
+    /// The node with this id, if it is in the cluster.
+    pub(super) fn get(&self, node_id: &str) -> Option<&'a Node> {
+        self.by_id.get(node_id).copied()
     }
 
     pub(super) fn is_paused(&self, node_id: &str) -> bool {
@@ -486,9 +511,13 @@ fn assess(
             // It ended while wanted: stop it, then the slot is judged like any slot without a
             // running task (below), which is also what the next call will see.
             work.desired[i] = TaskState::Shutdown;
-        } else if nodes.is_lost(&task.node_id) || nodes.is_drained(&task.node_id) {
-            // Swarm reschedules at once when a node fails or is drained; the old task's status
-            // stays as reported (a lost node's agent is gone; a drained one stops it).
+        } else if nodes.is_lost(&task.node_id)
+            || nodes.is_drained(&task.node_id)
+            || nodes.violates_constraints(task)
+        {
+            // Swarm reschedules at once when a node fails, is drained or stops satisfying the
+            // task's constraints; the old task's status stays as reported (a lost node's agent
+            // is gone; the others stop it).
             work.desired[i] = TaskState::Shutdown;
             return Need::Create;
         } else if update::is_dirty(task, service) {

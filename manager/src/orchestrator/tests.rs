@@ -328,6 +328,91 @@ fn a_drained_nodes_global_task_stops_and_a_paused_one_keeps_it() {
     assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
 }
 
+fn labelled(mut n: Node, key: &str, value: &str) -> Node {
+    n.labels.insert(key.into(), value.into());
+    n
+}
+
+fn constrained(mut s: Service, constraint: &str) -> Service {
+    if let Some(spec) = s.spec.as_mut() {
+        spec.placement = Some(shoal_proto::Placement {
+            constraints: vec![constraint.into()],
+            ..Default::default()
+        });
+    }
+    s
+}
+
+#[test]
+fn a_global_service_runs_only_where_its_constraints_hold_and_follows_labels() {
+    let s = constrained(global(service(1, 0)), "node.labels.zone==b");
+    let nodes = vec![
+        labelled(node("n1", NodeState::Ready), "zone", "b"),
+        node("n2", NodeState::Ready),
+        labelled(node("n3", NodeState::Ready), "zone", "a"),
+    ];
+    let plan = run(Some(&s), &[], &nodes, NOW);
+    let placed: Vec<&str> = plan.create.iter().map(|t| t.node_id.as_str()).collect();
+    assert_eq!(placed, vec!["n1"]);
+    let tasks = apply(&[], &plan, NOW);
+    assert!(run(Some(&s), &tasks, &nodes, NOW).is_empty(), "idempotent");
+
+    // n2 gets the label, n1 loses it (and n1 is paused: it would otherwise keep its task).
+    let nodes = vec![
+        with_availability(
+            node("n1", NodeState::Ready),
+            shoal_proto::NodeAvailability::Pause,
+        ),
+        labelled(node("n2", NodeState::Ready), "zone", "b"),
+        labelled(node("n3", NodeState::Ready), "zone", "a"),
+    ];
+    let plan = run(Some(&s), &tasks, &nodes, NOW);
+    let placed: Vec<&str> = plan.create.iter().map(|t| t.node_id.as_str()).collect();
+    assert_eq!(placed, vec!["n2"]);
+    assert_eq!(
+        plan.update
+            .iter()
+            .map(|t| (t.node_id.as_str(), t.desired_state()))
+            .collect::<Vec<_>>(),
+        vec![("n1", TaskState::Shutdown)]
+    );
+}
+
+#[test]
+fn a_replicated_task_on_a_node_that_stops_matching_is_replaced() {
+    let s = constrained(service(1, 2), "node.labels.zone==b");
+    let mut on_n2 = running(&s, "b", 2, 10);
+    on_n2.node_id = "n2".into();
+    let tasks = vec![running(&s, "a", 1, 10), on_n2];
+    let matching = vec![
+        labelled(node("n1", NodeState::Ready), "zone", "b"),
+        labelled(node("n2", NodeState::Ready), "zone", "b"),
+    ];
+    assert!(run(Some(&s), &tasks, &matching, NOW).is_empty());
+    // n1 loses its label: its task is shut down and its slot gets a new, unplaced task.
+    let nodes = vec![
+        node("n1", NodeState::Ready),
+        labelled(node("n2", NodeState::Ready), "zone", "b"),
+    ];
+    let plan = run(Some(&s), &tasks, &nodes, NOW);
+    assert_eq!(desired_of(&plan), vec![("a", TaskState::Shutdown)]);
+    assert_eq!(slots_of(&plan), vec![1]);
+    assert!(plan.create.iter().all(|t| t.node_id.is_empty()));
+}
+
+#[test]
+fn a_changed_placement_replaces_the_tasks() {
+    let old = service(3, 2);
+    let new = constrained(service(8, 2), "node.role==worker");
+    let tasks = vec![running(&old, "a", 1, 10), running(&old, "b", 2, 10)];
+    let plan = run(Some(&new), &tasks, &nodes(), NOW);
+    assert_eq!(
+        desired_of(&plan),
+        vec![("a", TaskState::Shutdown), ("b", TaskState::Shutdown)]
+    );
+    assert!(plan.create.iter().all(|t| t.spec == new.spec));
+}
+
 #[test]
 fn a_global_task_that_failed_restarts_on_its_node_by_the_policy() {
     let s = global(service(1, 0));

@@ -360,7 +360,9 @@ pub fn is_dirty(task: &Task, service: &Service) -> bool {
 }
 
 /// Whether two specs make the same task. The service's name, labels, mode (replicas), start
-/// dependencies and rollout settings do not reach the task's container; everything else does. The
+/// dependencies and rollout settings do not reach the task's container; everything else does,
+/// placement included: as in Swarm, a new constraint replaces the tasks (through the rolling
+/// update) so that each lands where the new rules allow. The
 /// destructuring is exhaustive on purpose: a field added to `ServiceSpec` fails to compile
 /// here until someone decides.
 pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool {
@@ -375,6 +377,7 @@ pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool 
         restart,
         networks,
         endpoint,
+        placement,
         depends_on: _,
         update_config: _,
         rollback_config: _,
@@ -388,6 +391,7 @@ pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool 
         && *restart == b.restart
         && *networks == b.networks
         && *endpoint == b.endpoint
+        && *placement == b.placement
 }
 
 #[cfg(test)]

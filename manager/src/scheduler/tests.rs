@@ -612,3 +612,544 @@ fn a_preassigned_task_is_confirmed_on_its_node_or_told_why_not() {
         decisions[1].error
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Placement: constraints, host-mode ports, max replicas per node, spread preferences
+// ---------------------------------------------------------------------------------------------
+
+fn labelled(id: &str, labels: &[(&str, &str)]) -> Node {
+    let mut n = ready(id);
+    n.labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    n
+}
+
+fn placed_with(mut t: Task, placement: shoal_proto::Placement) -> Task {
+    if let Some(spec) = t.spec.as_mut() {
+        spec.placement = Some(placement);
+    }
+    t
+}
+
+fn constrained(id: &str, slot: u64, constraints: &[&str]) -> Task {
+    placed_with(
+        task(id, "s", slot, 0, 0),
+        shoal_proto::Placement {
+            constraints: constraints.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+}
+
+fn publishing_host(mut t: Task, port: u32) -> Task {
+    if let Some(spec) = t.spec.as_mut() {
+        spec.endpoint = Some(shoal_proto::EndpointSpec {
+            ports: vec![shoal_proto::PortConfig {
+                target_port: 80,
+                published_port: port,
+                publish_mode: PublishMode::Host as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    t
+}
+
+fn max_per_node(t: Task, max: u64) -> Task {
+    placed_with(
+        t,
+        shoal_proto::Placement {
+            max_replicas_per_node: max,
+            ..Default::default()
+        },
+    )
+}
+
+fn spread(t: Task, descriptors: &[&str]) -> Task {
+    placed_with(
+        t,
+        shoal_proto::Placement {
+            preferences: descriptors
+                .iter()
+                .map(|d| shoal_proto::PlacementPreference {
+                    spread: d.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
+fn count_on(decisions: &[Decision]) -> HashMap<String, usize> {
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for d in decisions {
+        if let Some(n) = &d.node_id {
+            *per.entry(n.clone()).or_default() += 1;
+        }
+    }
+    per
+}
+
+#[test]
+fn constraints_keep_tasks_on_matching_nodes() {
+    let nodes = [
+        labelled("n1", &[("zone", "a")]),
+        labelled("n2", &[("zone", "b")]),
+        labelled("n3", &[]),
+    ];
+    let tasks = [
+        constrained("t1", 1, &["node.labels.zone==b"]),
+        constrained("t2", 2, &["node.labels.zone==b"]),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(placed(&d), vec![("t1", Some("n2")), ("t2", Some("n2"))]);
+
+    let tasks = [constrained("t1", 1, &["node.labels.zone!=b"])];
+    assert_eq!(placed(&schedule(&nodes, &tasks)), vec![("t1", Some("n1"))]);
+
+    let tasks = [constrained("t1", 1, &["node.labels.zone==c"])];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(d[0].node_id, None);
+    assert_eq!(
+        d[0].error,
+        "no suitable node (scheduling constraints not satisfied on 3 nodes)"
+    );
+}
+
+#[test]
+fn role_constraints_read_the_nodes_role() {
+    let mut manager = ready("n2");
+    manager.set_role(shoal_proto::NodeRole::Manager);
+    let nodes = [ready("n1"), manager];
+    let tasks = [
+        constrained("t1", 1, &["node.role==manager"]),
+        constrained("t2", 2, &["node.role == Manager"]),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(placed(&d), vec![("t1", Some("n2")), ("t2", Some("n2"))]);
+}
+
+#[test]
+fn a_host_mode_port_is_held_by_one_task_per_node() {
+    let nodes = [ready("n1"), ready("n2")];
+    let tasks = [
+        on(
+            publishing_host(task("old", "other", 1, 0, 0), 8080),
+            "n1",
+            TaskState::Running,
+        ),
+        publishing_host(task("t1", "s", 1, 0, 0), 8080),
+        publishing_host(task("t2", "s", 2, 0, 0), 8080),
+        // A port the node chooses (0) never conflicts.
+        publishing_host(task("t3", "u", 1, 0, 0), 0),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(
+        placed(&d),
+        vec![("t1", Some("n2")), ("t2", None), ("t3", Some("n1"))]
+    );
+    assert_eq!(
+        d[1].error,
+        "no suitable node (host-mode port already in use on 2 nodes)"
+    );
+    // A stopped task gave its port back.
+    let tasks = [
+        on(
+            publishing_host(task("old", "other", 1, 0, 0), 8080),
+            "n1",
+            TaskState::Failed,
+        ),
+        publishing_host(task("t1", "s", 1, 0, 0), 8080),
+        publishing_host(task("t2", "s", 2, 0, 0), 8080),
+    ];
+    let per = count_on(&schedule(&nodes, &tasks));
+    assert_eq!(per.get("n1"), Some(&1));
+    assert_eq!(per.get("n2"), Some(&1));
+}
+
+#[test]
+fn max_replicas_per_node_leaves_the_rest_pending() {
+    let nodes = [ready("n1"), ready("n2"), ready("n3")];
+    let mut tasks: Vec<Task> = (1..=4)
+        .map(|i| max_per_node(task(&format!("t{i}"), "s", i, 0, 0), 1))
+        .collect();
+    // One already runs on n3.
+    tasks[0] = on(tasks[0].clone(), "n3", TaskState::Running);
+    tasks.push(max_per_node(task("t5", "s", 5, 0, 0), 1));
+    let d = schedule(&nodes, &tasks);
+    let per = count_on(&d);
+    assert_eq!(per.get("n1"), Some(&1));
+    assert_eq!(per.get("n2"), Some(&1));
+    assert_eq!(per.get("n3"), None);
+    let pending: Vec<&Decision> = d.iter().filter(|d| d.node_id.is_none()).collect();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(
+        pending[0].error,
+        "no suitable node (max replicas per node limit exceed on 3 nodes)"
+    );
+}
+
+#[test]
+fn reasons_aggregate_over_every_filter_in_order() {
+    let mut n4 = labelled("n4", &[("zone", "b")]);
+    n4.description = None; // no resources reported
+    let nodes = [
+        labelled("n1", &[("zone", "a")]),
+        labelled("n2", &[("zone", "a")]),
+        labelled("n3", &[("zone", "b")]),
+        labelled("n5", &[("zone", "b")]),
+        n4,
+        node(
+            "n6",
+            NodeState::Down,
+            NodeAvailability::Active,
+            8 << 30,
+            4_000_000_000,
+        ),
+    ];
+    let rules = |t: Task| {
+        placed_with(
+            publishing_host(t, 9000),
+            shoal_proto::Placement {
+                constraints: vec!["node.labels.zone==b".into()],
+                max_replicas_per_node: 1,
+                ..Default::default()
+            },
+        )
+    };
+    let tasks = [
+        // n3 holds the port (another service), n5 one task of the service already.
+        on(
+            publishing_host(task("x", "x", 1, 0, 0), 9000),
+            "n3",
+            TaskState::Running,
+        ),
+        on(
+            max_per_node(task("t0", "s", 1, 1 << 20, 0), 1),
+            "n5",
+            TaskState::Running,
+        ),
+        rules(task("t9", "s", 9, 1 << 20, 0)),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        d[0].error,
+        "no suitable node (insufficient memory on 1 node; scheduling constraints not satisfied \
+         on 2 nodes; host-mode port already in use on 1 node; max replicas per node limit \
+         exceed on 1 node; 1 node not ready)"
+    );
+}
+
+#[test]
+fn spread_splits_tasks_evenly_over_label_values() {
+    // Zone a: one node; zone b: three; one node without the label: a group of its own.
+    let nodes = [
+        labelled("n1", &[("zone", "a")]),
+        labelled("n2", &[("zone", "b")]),
+        labelled("n3", &[("zone", "b")]),
+        labelled("n4", &[("zone", "b")]),
+        labelled("n5", &[]),
+    ];
+    let tasks: Vec<Task> = (1..=6)
+        .map(|i| spread(task(&format!("t{i}"), "s", i, 0, 0), &["node.labels.zone"]))
+        .collect();
+    let per = count_on(&schedule(&nodes, &tasks));
+    assert_eq!(per.get("n1"), Some(&2));
+    assert_eq!(
+        per.get("n2").unwrap_or(&0) + per.get("n3").unwrap_or(&0) + per.get("n4").unwrap_or(&0),
+        2
+    );
+    assert_eq!(per.get("n5"), Some(&2));
+}
+
+#[test]
+fn spread_counts_the_tasks_already_running() {
+    let nodes = [
+        labelled("n1", &[("zone", "a")]),
+        labelled("n2", &[("zone", "b")]),
+    ];
+    let tasks = vec![
+        on(
+            spread(task("r1", "s", 1, 0, 0), &["node.labels.zone"]),
+            "n1",
+            TaskState::Running,
+        ),
+        on(
+            spread(task("r2", "s", 2, 0, 0), &["node.labels.zone"]),
+            "n1",
+            TaskState::Running,
+        ),
+        spread(task("t3", "s", 3, 0, 0), &["node.labels.zone"]),
+        spread(task("t4", "s", 4, 0, 0), &["node.labels.zone"]),
+        spread(task("t5", "s", 5, 0, 0), &["node.labels.zone"]),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(
+        placed(&d),
+        vec![("t3", Some("n2")), ("t4", Some("n2")), ("t5", Some("n1"))]
+    );
+}
+
+#[test]
+fn nested_spread_preferences_split_within_each_value() {
+    let nodes = [
+        labelled("n1", &[("dc", "x"), ("rack", "1")]),
+        labelled("n2", &[("dc", "x"), ("rack", "2")]),
+        labelled("n3", &[("dc", "y"), ("rack", "1")]),
+    ];
+    let tasks: Vec<Task> = (1..=4)
+        .map(|i| {
+            spread(
+                task(&format!("t{i}"), "s", i, 0, 0),
+                &["node.labels.dc", "node.labels.rack"],
+            )
+        })
+        .collect();
+    let per = count_on(&schedule(&nodes, &tasks));
+    // dc x and y get 2 each; within x, racks 1 and 2 one each.
+    assert_eq!(per.get("n1"), Some(&1));
+    assert_eq!(per.get("n2"), Some(&1));
+    assert_eq!(per.get("n3"), Some(&2));
+}
+
+#[test]
+fn spread_groups_only_nodes_that_match_the_constraints() {
+    let nodes = [
+        labelled("n1", &[("zone", "a"), ("tier", "db")]),
+        labelled("n2", &[("zone", "b")]),
+        labelled("n3", &[("zone", "c"), ("tier", "db")]),
+    ];
+    let tasks: Vec<Task> = (1..=4)
+        .map(|i| {
+            placed_with(
+                task(&format!("t{i}"), "s", i, 0, 0),
+                shoal_proto::Placement {
+                    constraints: vec!["node.labels.tier==db".into()],
+                    preferences: vec![shoal_proto::PlacementPreference {
+                        spread: "node.labels.zone".into(),
+                    }],
+                    max_replicas_per_node: 0,
+                },
+            )
+        })
+        .collect();
+    let per = count_on(&schedule(&nodes, &tasks));
+    assert_eq!(per.get("n1"), Some(&2));
+    assert_eq!(per.get("n3"), Some(&2));
+    assert_eq!(per.get("n2"), None);
+}
+
+#[test]
+fn an_invalid_placement_waits_with_the_reason() {
+    let d = schedule(
+        &[ready("n1")],
+        &[constrained("t1", 1, &["engine.labels.os==linux"])],
+    );
+    assert_eq!(d[0].node_id, None);
+    assert!(
+        d[0].error
+            .starts_with("no suitable node (invalid placement")
+            && d[0].error.contains("engine labels"),
+        "{}",
+        d[0].error
+    );
+}
+
+#[test]
+fn a_preassigned_task_must_satisfy_constraints_and_ports() {
+    let nodes = [labelled("n1", &[("zone", "a")]), ready("n2")];
+    let mut global = constrained("g1", 0, &["node.labels.zone==a"]);
+    global.node_id = "n2".into();
+    let mut fine = constrained("g2", 0, &["node.labels.zone==a"]);
+    fine.node_id = "n1".into();
+    let mut port = publishing_host(task("g3", "h", 0, 0, 0), 7000);
+    port.node_id = "n1".into();
+    let holder = on(
+        publishing_host(task("x", "x", 1, 0, 0), 7000),
+        "n1",
+        TaskState::Running,
+    );
+    let d = schedule(&nodes, &[global, fine, port, holder]);
+    assert_eq!(
+        placed(&d),
+        vec![("g1", None), ("g2", Some("n1")), ("g3", None)]
+    );
+    assert_eq!(
+        d[0].error,
+        "no suitable node (scheduling constraints not satisfied on its node)"
+    );
+    assert_eq!(
+        d[2].error,
+        "no suitable node (host-mode port already in use on its node)"
+    );
+}
+
+#[test]
+fn tasks_of_one_service_with_different_placements_are_placed_by_their_own() {
+    // Mid-update: old tasks may go anywhere, new ones only to zone b.
+    let nodes = [
+        labelled("n1", &[("zone", "a")]),
+        labelled("n2", &[("zone", "b")]),
+    ];
+    let tasks = [
+        task("old", "s", 1, 0, 0),
+        constrained("new", 2, &["node.labels.zone==b"]),
+        constrained("new2", 3, &["node.labels.zone==b"]),
+    ];
+    let d = schedule(&nodes, &tasks);
+    assert_eq!(
+        placed(&d),
+        vec![
+            ("old", Some("n1")),
+            ("new", Some("n2")),
+            ("new2", Some("n2"))
+        ]
+    );
+}
+
+fn arb_labelled_node() -> impl Strategy<Value = Node> {
+    (
+        0usize..8,
+        prop_oneof![
+            6 => Just(NodeState::Ready),
+            1 => Just(NodeState::Down),
+        ],
+        prop_oneof![
+            Just(None),
+            Just(Some("a")),
+            Just(Some("b")),
+            Just(Some("c"))
+        ],
+        any::<bool>(),
+        0i64..10,
+    )
+        .prop_map(|(id, state, zone, manager, mem)| {
+            let mut n = node(
+                &format!("n{id}"),
+                state,
+                NodeAvailability::Active,
+                mem * 100,
+                0,
+            );
+            if let Some(z) = zone {
+                n.labels.insert("zone".into(), z.into());
+            }
+            if manager {
+                n.set_role(shoal_proto::NodeRole::Manager);
+            }
+            n
+        })
+}
+
+fn arb_placed_task() -> impl Strategy<Value = Task> {
+    (
+        0usize..3,
+        1u64..20,
+        prop_oneof![3 => Just(0i64), 1 => 1i64..400],
+        proptest::option::weighted(
+            0.3,
+            (
+                0usize..9,
+                prop_oneof![Just(TaskState::Running), Just(TaskState::Failed)],
+            ),
+        ),
+    )
+        .prop_map(|(svc, slot, mem, where_)| {
+            // Placement is per service: every task of a service asks the same.
+            let placement = match svc {
+                0 => shoal_proto::Placement {
+                    constraints: vec!["node.labels.zone!=c".into()],
+                    max_replicas_per_node: 2,
+                    ..Default::default()
+                },
+                1 => shoal_proto::Placement {
+                    constraints: vec!["node.role==worker".into()],
+                    preferences: vec![shoal_proto::PlacementPreference {
+                        spread: "node.labels.zone".into(),
+                    }],
+                    max_replicas_per_node: 3,
+                },
+                _ => shoal_proto::Placement {
+                    preferences: vec![shoal_proto::PlacementPreference {
+                        spread: "node.labels.zone".into(),
+                    }],
+                    max_replicas_per_node: 1,
+                    ..Default::default()
+                },
+            };
+            let mut t = placed_with(task("", &format!("s{svc}"), slot, mem, 0), placement);
+            if svc == 2 {
+                t = publishing_host(t, 8080);
+            }
+            match where_ {
+                None => t,
+                Some((n, state)) => on(t, &format!("n{n}"), state),
+            }
+        })
+}
+
+proptest! {
+    #[test]
+    fn placement_rules_always_hold(
+        nodes in proptest::collection::vec(arb_labelled_node(), 0..8),
+        tasks in proptest::collection::vec(arb_placed_task(), 0..40),
+    ) {
+        let tasks = with_ids(tasks);
+        let decisions = schedule(&nodes, &tasks);
+        let mut by_id: HashMap<&str, &Node> = HashMap::new();
+        for n in &nodes {
+            by_id.entry(n.id.as_str()).or_insert(n);
+        }
+        let task_by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        // Non-terminal tasks per (service, node) and host ports per node, after the decisions.
+        let mut per: HashMap<(&str, &str), u64> = HashMap::new();
+        let mut ports: HashMap<&str, u64> = HashMap::new();
+        for t in tasks.iter().filter(|t| !t.node_id.is_empty() && !is_terminal(t)) {
+            *per.entry((t.service_id.as_str(), t.node_id.as_str())).or_default() += 1;
+        }
+        let mut placed_count: HashMap<(&str, &str), u64> = HashMap::new();
+        for d in &decisions {
+            let Some(n) = d.node_id.as_deref() else { continue };
+            let t = task_by_id[d.task_id.as_str()];
+            let node = by_id[n];
+            let rules = constraint::Rules::parse(t.spec.as_ref().and_then(|s| s.placement.as_ref())).unwrap();
+            prop_assert!(rules.admits(node), "{} on {:?}", t.id, node);
+            *placed_count.entry((t.service_id.as_str(), n)).or_default() += 1;
+            if !host_ports(t).is_empty() {
+                *ports.entry(n).or_default() += 1;
+            }
+        }
+        for ((service, n), placed) in &placed_count {
+            let max = match *service { "s0" => 2, "s1" => 3, _ => 1 };
+            let before = per.get(&(*service, *n)).copied().unwrap_or(0);
+            // Never beyond the limit (a node over it already gets none: `placed` counts > 0).
+            prop_assert!(before + placed <= max, "{} on {}: {} + {}", service, n, before, placed);
+        }
+        for (n, placed) in &ports {
+            let held = tasks.iter().filter(|t| t.node_id == *n && !is_terminal(t) && !host_ports(t).is_empty()).count() as u64;
+            prop_assert!(held + placed <= 1, "port 8080 twice on {}", n);
+        }
+    }
+
+    #[test]
+    fn placement_does_not_depend_on_input_order(
+        nodes in proptest::collection::vec(arb_labelled_node(), 0..8),
+        tasks in proptest::collection::vec(arb_placed_task(), 0..40),
+    ) {
+        let tasks = with_ids(tasks);
+        let first = schedule(&nodes, &tasks);
+        let mut reversed_tasks = tasks.clone();
+        reversed_tasks.reverse();
+        let mut reversed_nodes = nodes.clone();
+        reversed_nodes.reverse();
+        // Duplicate node ids: the first in input order wins, so compare on unique ids only.
+        let mut seen = std::collections::HashSet::new();
+        if nodes.iter().all(|n| seen.insert(n.id.clone())) {
+            prop_assert_eq!(schedule(&reversed_nodes, &reversed_tasks), first);
+        }
+    }
+}
