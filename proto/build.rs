@@ -53,5 +53,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     builder.compile_fds(fds)?;
+    share_task_spec()?;
+    Ok(())
+}
+
+/// `Task.spec` becomes a [`SharedSpec`](../src/shared_spec.rs) (an `Arc`, encoded exactly as
+/// the `ServiceSpec` it holds): the tasks of one service version share their spec in memory
+/// instead of carrying a ~1.4 KB copy each. prost-build has no option for a field's type, so
+/// the generated struct is edited here; the build fails if it no longer looks as expected.
+fn share_task_spec() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("shoal.v1.rs");
+    let code = std::fs::read_to_string(&out)?;
+    let start = code
+        .find("pub struct Task {")
+        .ok_or("build.rs: no `pub struct Task` in the generated code")?;
+    let end = start
+        + code[start..]
+            .find("\n}")
+            .ok_or("build.rs: `struct Task` does not end")?;
+    let field = "pub spec: ::core::option::Option<ServiceSpec>,";
+    let body = &code[start..end];
+    if body.matches(field).count() != 1 {
+        return Err(format!("build.rs: `{field}` not found once in `struct Task`").into());
+    }
+    let body = body.replace(
+        field,
+        "pub spec: ::core::option::Option<crate::SharedSpec>,",
+    );
+    let patched = format!("{}{}{}", &code[..start], body, &code[end..]);
+    std::fs::write(&out, patched)?;
     Ok(())
 }
