@@ -17,7 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = tonic_prost_build::configure()
         // The CLI prints any object with `--format json`; serde gives that for free.
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .message_attribute(".", "#[serde(default)]");
+        .message_attribute(".", "#[serde(default)]")
+        // A store change is as large as its largest object: a service, inline, is ~2.9 KB
+        // (two specs), which every change of a command of thousands of task changes
+        // would take (a log entry decoded for apply, a command kept for a retry).
+        .boxed(".shoal.v1.StoreObject.object.service");
     // Enum fields are i32 in prost; print them by name (see src/serde_enums.rs).
     for (field, module) in [
         ("shoal.v1.Task.desired_state", "task_state"),

@@ -484,7 +484,7 @@ impl State {
                 self.nodes.insert(o.id.clone(), o);
             }
             Object::Service(o) => {
-                self.services.insert(o.id.clone(), o);
+                self.services.insert(o.id.clone(), *o);
             }
             Object::Task(mut o) => {
                 self.share_spec(&mut o);
@@ -686,7 +686,7 @@ mod tests {
     use shoal_proto::{ServiceSpec, TaskState};
 
     fn service(id: &str, name: &str) -> Object {
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             id: id.into(),
             meta: None,
             spec: Some(ServiceSpec {
@@ -694,7 +694,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     fn cmd(request_id: &str, changes: Vec<StoreChange>) -> StoreCommand {
@@ -765,7 +765,7 @@ mod tests {
                 2,
                 &cmd(
                     "r2",
-                    vec![change(ChangeKind::Update, Object::Service(stale))],
+                    vec![change(ChangeKind::Update, Object::Service(Box::new(stale)))],
                 ),
             )
             .expect_err("stale version");
@@ -775,7 +775,7 @@ mod tests {
             3,
             &cmd(
                 "r3",
-                vec![change(ChangeKind::Update, Object::Service(fresh))],
+                vec![change(ChangeKind::Update, Object::Service(Box::new(fresh)))],
             ),
         )
         .expect("current version applies");
