@@ -263,44 +263,47 @@ impl ContainersApi {
         // A task-shaped request, so the executor's merge rules apply as they are.
         let task = Task {
             id: id.clone(),
-            spec: Some(ServiceSpec {
-                name: name.clone(),
-                container: Some(ContainerSpec {
-                    image: r.image.clone(),
-                    args: r.cmd.clone(),
-                    env: r.env.clone(),
-                    workdir: r.workdir.clone(),
-                    user: r.user.clone(),
-                    hostname: r.hostname.clone(),
-                    cap_add: r.cap_add.clone(),
-                    cap_drop: r.cap_drop.clone(),
-                    read_only: r.read_only,
-                    init: r.init,
-                    network_mode,
-                    mounts: r.mounts.clone(),
+            spec: Some(
+                ServiceSpec {
+                    name: name.clone(),
+                    container: Some(ContainerSpec {
+                        image: r.image.clone(),
+                        args: r.cmd.clone(),
+                        env: r.env.clone(),
+                        workdir: r.workdir.clone(),
+                        user: r.user.clone(),
+                        hostname: r.hostname.clone(),
+                        cap_add: r.cap_add.clone(),
+                        cap_drop: r.cap_drop.clone(),
+                        read_only: r.read_only,
+                        init: r.init,
+                        network_mode,
+                        mounts: r.mounts.clone(),
+                        ..Default::default()
+                    }),
+                    limits: Some(Resources {
+                        memory_bytes: r.memory_bytes,
+                        nano_cpus: r.nano_cpus,
+                        pids: r.pids_limit,
+                    }),
+                    networks: r.attachments.clone(),
+                    // A standalone container's ports are its node's (`docker run -p`): host mode.
+                    endpoint: (!r.ports.is_empty()).then(|| EndpointSpec {
+                        ports: r
+                            .ports
+                            .iter()
+                            .cloned()
+                            .map(|mut p| {
+                                p.set_publish_mode(shoal_proto::PublishMode::Host);
+                                p
+                            })
+                            .collect(),
+                        mode: String::new(),
+                    }),
                     ..Default::default()
-                }),
-                limits: Some(Resources {
-                    memory_bytes: r.memory_bytes,
-                    nano_cpus: r.nano_cpus,
-                    pids: r.pids_limit,
-                }),
-                networks: r.attachments.clone(),
-                // A standalone container's ports are its node's (`docker run -p`): host mode.
-                endpoint: (!r.ports.is_empty()).then(|| EndpointSpec {
-                    ports: r
-                        .ports
-                        .iter()
-                        .cloned()
-                        .map(|mut p| {
-                            p.set_publish_mode(shoal_proto::PublishMode::Host);
-                            p
-                        })
-                        .collect(),
-                    mode: String::new(),
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             // Published ports are kept per service: a standalone container is its own.
             service_id: id.clone(),
             ..Default::default()

@@ -252,7 +252,7 @@ pub fn address_of(cidr: &str) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{NetworkAttachmentConfig, ServiceSpec, TaskStatus};
+    use shoal_proto::{NetworkAttachmentConfig, ServiceSpec, SharedSpec, TaskStatus};
 
     fn overlay(id: &str, subnet: &str, vni: u32) -> Network {
         Network {
@@ -301,7 +301,7 @@ mod tests {
     fn task(id: &str, networks: &[&str], addresses: &[(&str, &str)], state: TaskState) -> Task {
         Task {
             id: id.into(),
-            spec: Some(ServiceSpec {
+            spec: Some(SharedSpec::new(ServiceSpec {
                 networks: networks
                     .iter()
                     .map(|n| NetworkAttachmentConfig {
@@ -310,7 +310,7 @@ mod tests {
                     })
                     .collect(),
                 ..Default::default()
-            }),
+            })),
             status: Some(TaskStatus {
                 state: state as i32,
                 ..Default::default()
@@ -377,7 +377,9 @@ mod tests {
         );
         let mut ipam = TaskIpam::new(&state);
         let mut service = Service {
-            spec: task("x", &["o", "b"], &[], TaskState::New).spec,
+            spec: task("x", &["o", "b"], &[], TaskState::New)
+                .spec
+                .map(SharedSpec::into_inner),
             ..Default::default()
         };
         let vips = ipam.virtual_ips(&service).expect("new");

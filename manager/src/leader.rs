@@ -187,7 +187,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
                 let mut s = s.clone();
                 s.virtual_ips = vips.unwrap_or(s.virtual_ips);
                 s.ingress_ports = ingress.unwrap_or(s.ingress_ports);
-                Some(change(ChangeKind::Update, Object::Service(s)))
+                Some(change(ChangeKind::Update, Object::Service(Box::new(s))))
             })
             .collect()
     };
@@ -217,7 +217,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
     let changes = plan
         .services
         .into_iter()
-        .map(|s| change(ChangeKind::Update, Object::Service(s)))
+        .map(|s| change(ChangeKind::Update, Object::Service(Box::new(s))))
         .chain(
             plan.create
                 .into_iter()
@@ -475,7 +475,7 @@ mod tests {
         writer
             .commit(vec![
                 change(ChangeKind::Create, Object::Node(node)),
-                change(ChangeKind::Create, Object::Service(service)),
+                change(ChangeKind::Create, Object::Service(Box::new(service))),
             ])
             .await
             .expect("seeded");

@@ -11,6 +11,8 @@ pub use v1::*;
 
 pub mod rollout;
 pub mod serde_enums;
+mod shared_spec;
+pub use shared_spec::SharedSpec;
 mod task_state;
 pub use rollout::DEFAULT_DRAIN_MS;
 pub use task_state::*;

@@ -32,13 +32,16 @@ mod tests {
     fn the_stamp_wins_then_the_spec_then_the_default() {
         let mut t = Task::default();
         assert_eq!(t.drain_period_ms(), DEFAULT_DRAIN_MS);
-        t.spec = Some(ServiceSpec {
-            update_config: Some(UpdateConfig {
-                drain_ms: Some(500),
+        t.spec = Some(
+            ServiceSpec {
+                update_config: Some(UpdateConfig {
+                    drain_ms: Some(500),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            }
+            .into(),
+        );
         assert_eq!(t.drain_period_ms(), 500);
         t.drain_ms = Some(0);
         assert_eq!(t.drain_period_ms(), 0);

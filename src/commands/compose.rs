@@ -1056,7 +1056,7 @@ mod tests {
             id: "t".into(),
             service_id: "s".into(),
             slot: 1,
-            spec: Some(spec.clone()),
+            spec: Some(spec.clone().into()),
             desired_state: TaskState::Running as i32,
             status: Some(TaskStatus {
                 state: state as i32,

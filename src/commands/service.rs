@@ -578,7 +578,7 @@ impl Progress {
         let spec = s.spec.clone().unwrap_or_default();
         // Only tasks of the current spec count: right after an update the old ones still run.
         let current = |t: &Task| {
-            shoal_manager::orchestrator::update::same_task_spec(t.spec.as_ref(), Some(&spec))
+            shoal_manager::orchestrator::update::same_task_spec(t.spec.as_deref(), Some(&spec))
         };
         let restart = spec.restart.unwrap_or_default();
         let job = spec.restart.is_some() && restart.condition() != RestartCondition::Any;
@@ -1205,7 +1205,7 @@ async fn follow_rollout(client: &mut Client, id: &str, rollback: bool) -> Result
                 let outdated = tasks.iter().any(|t| {
                     t.desired_state() == TaskState::Running
                         && !shoal_manager::orchestrator::update::same_task_spec(
-                            t.spec.as_ref(),
+                            t.spec.as_deref(),
                             s.spec.as_ref(),
                         )
                 });

@@ -215,17 +215,20 @@ mod tests {
         Task {
             id: "t1".into(),
             slot: 2,
-            spec: Some(ServiceSpec {
-                name: "web".into(),
-                container: Some(ContainerSpec {
-                    image: "img".into(),
-                    command: command.iter().map(|s| s.to_string()).collect(),
-                    args: args.iter().map(|s| s.to_string()).collect(),
-                    env: env.iter().map(|s| s.to_string()).collect(),
+            spec: Some(
+                ServiceSpec {
+                    name: "web".into(),
+                    container: Some(ContainerSpec {
+                        image: "img".into(),
+                        command: command.iter().map(|s| s.to_string()).collect(),
+                        args: args.iter().map(|s| s.to_string()).collect(),
+                        env: env.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

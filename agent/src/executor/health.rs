@@ -200,19 +200,22 @@ mod tests {
 
     fn task(test: &[&str]) -> Task {
         Task {
-            spec: Some(ServiceSpec {
-                container: Some(ContainerSpec {
-                    healthcheck: Some(HealthCheck {
-                        test: test.iter().map(|s| s.to_string()).collect(),
-                        interval_ms: Some(1000),
-                        retries: Some(2),
-                        start_period_ms: Some(10_000),
+            spec: Some(
+                ServiceSpec {
+                    container: Some(ContainerSpec {
+                        healthcheck: Some(HealthCheck {
+                            test: test.iter().map(|s| s.to_string()).collect(),
+                            interval_ms: Some(1000),
+                            retries: Some(2),
+                            start_period_ms: Some(10_000),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }
@@ -237,13 +240,16 @@ mod tests {
     #[test]
     fn a_verification_runs_like_a_probe() {
         let with = |verify: &[&str]| Task {
-            spec: Some(ServiceSpec {
-                update_config: Some(shoal_proto::UpdateConfig {
-                    verify: verify.iter().map(|s| s.to_string()).collect(),
+            spec: Some(
+                ServiceSpec {
+                    update_config: Some(shoal_proto::UpdateConfig {
+                        verify: verify.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         let p = verify_probe_of(&with(&["CMD-SHELL", "test -f /ok"])).expect("a probe");

@@ -155,13 +155,16 @@ mod tests {
     fn task(mounts: Vec<shoal_proto::Mount>) -> Task {
         Task {
             id: "t1".into(),
-            spec: Some(ServiceSpec {
-                container: Some(ContainerSpec {
-                    mounts,
+            spec: Some(
+                ServiceSpec {
+                    container: Some(ContainerSpec {
+                        mounts,
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

@@ -607,20 +607,23 @@ mod tests {
     fn task(mode: &str, networks: &[&str]) -> Task {
         Task {
             id: "t".into(),
-            spec: Some(ServiceSpec {
-                container: Some(ContainerSpec {
-                    network_mode: mode.into(),
+            spec: Some(
+                ServiceSpec {
+                    container: Some(ContainerSpec {
+                        network_mode: mode.into(),
+                        ..Default::default()
+                    }),
+                    networks: networks
+                        .iter()
+                        .map(|n| NetworkAttachmentConfig {
+                            target: n.to_string(),
+                            aliases: vec!["a".into()],
+                        })
+                        .collect(),
                     ..Default::default()
-                }),
-                networks: networks
-                    .iter()
-                    .map(|n| NetworkAttachmentConfig {
-                        target: n.to_string(),
-                        aliases: vec!["a".into()],
-                    })
-                    .collect(),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

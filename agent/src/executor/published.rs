@@ -377,13 +377,16 @@ mod tests {
         Task {
             id: "t1".into(),
             service_id: "s1".into(),
-            spec: Some(ServiceSpec {
-                endpoint: Some(EndpointSpec {
-                    ports,
-                    mode: String::new(),
-                }),
-                ..Default::default()
-            }),
+            spec: Some(
+                ServiceSpec {
+                    endpoint: Some(EndpointSpec {
+                        ports,
+                        mode: String::new(),
+                    }),
+                    ..Default::default()
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

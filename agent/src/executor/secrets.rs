@@ -215,17 +215,20 @@ mod tests {
         .collect();
         let task = Task {
             id: "c1".into(),
-            spec: Some(ServiceSpec {
-                container: Some(ContainerSpec {
-                    secrets: vec![
-                        reference("db", "", None),
-                        reference("tls", "/etc/tls.key", Some(0o400)),
-                    ],
-                    configs: vec![reference("conf", "/app/app.conf", None)],
+            spec: Some(
+                ServiceSpec {
+                    container: Some(ContainerSpec {
+                        secrets: vec![
+                            reference("db", "", None),
+                            reference("tls", "/etc/tls.key", Some(0o400)),
+                        ],
+                        configs: vec![reference("conf", "/app/app.conf", None)],
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         let mounts = prepare(root.path(), &task, &known).expect("prepares");
@@ -246,13 +249,16 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let task = Task {
             id: "c2".into(),
-            spec: Some(ServiceSpec {
-                container: Some(ContainerSpec {
-                    secrets: vec![reference("gone", "", None)],
+            spec: Some(
+                ServiceSpec {
+                    container: Some(ContainerSpec {
+                        secrets: vec![reference("gone", "", None)],
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }),
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         let e = prepare(root.path(), &task, &HashMap::new()).unwrap_err();

@@ -69,14 +69,17 @@ fn task(id: String, service: String, slot: u64, node: String, state: TaskState) 
         service_id: service,
         slot,
         node_id: node,
-        spec: Some(ServiceSpec {
-            reservations: Some(Resources {
-                memory_bytes: 1 << 20,
-                nano_cpus: 1_000,
-                pids: 0,
-            }),
-            ..Default::default()
-        }),
+        spec: Some(
+            ServiceSpec {
+                reservations: Some(Resources {
+                    memory_bytes: 1 << 20,
+                    nano_cpus: 1_000,
+                    pids: 0,
+                }),
+                ..Default::default()
+            }
+            .into(),
+        ),
         status: Some(TaskStatus {
             state: state as i32,
             ..Default::default()

@@ -298,7 +298,10 @@ impl Control for ControlApi {
             ..Default::default()
         };
         self.writer
-            .commit(vec![change(ChangeKind::Create, Object::Service(service))])
+            .commit(vec![change(
+                ChangeKind::Create,
+                Object::Service(Box::new(service)),
+            )])
             .await
             .map_err(write_status)?;
         let service = self.find_service(&id)?;
@@ -354,7 +357,10 @@ impl Control for ControlApi {
             }
             let id = service.id.clone();
             self.writer
-                .commit(vec![change(ChangeKind::Update, Object::Service(service))])
+                .commit(vec![change(
+                    ChangeKind::Update,
+                    Object::Service(Box::new(service)),
+                )])
                 .await
                 .map_err(write_status)?;
             return Ok(Response::new(UpdateServiceResponse {
@@ -388,7 +394,10 @@ impl Control for ControlApi {
         service.spec = Some(spec);
         let id = service.id.clone();
         self.writer
-            .commit(vec![change(ChangeKind::Update, Object::Service(service))])
+            .commit(vec![change(
+                ChangeKind::Update,
+                Object::Service(Box::new(service)),
+            )])
             .await
             .map_err(write_status)?;
         Ok(Response::new(UpdateServiceResponse {
@@ -425,7 +434,10 @@ impl Control for ControlApi {
             ..Default::default()
         };
         self.writer
-            .commit(vec![change(ChangeKind::Delete, Object::Service(gone))])
+            .commit(vec![change(
+                ChangeKind::Delete,
+                Object::Service(Box::new(gone)),
+            )])
             .await
             .map_err(write_status)?;
         Ok(Response::new(RemoveServiceResponse {}))
@@ -766,7 +778,10 @@ impl Control for ControlApi {
             let id = promoted.id.clone();
             match self
                 .writer
-                .commit(vec![change(ChangeKind::Update, Object::Service(promoted))])
+                .commit(vec![change(
+                    ChangeKind::Update,
+                    Object::Service(Box::new(promoted)),
+                )])
                 .await
             {
                 Ok(_) => {

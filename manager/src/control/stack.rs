@@ -102,12 +102,12 @@ pub fn plan_deploy(
             None => {
                 plan.changes.push(change(
                     ChangeKind::Create,
-                    Object::Service(Service {
+                    Object::Service(Box::new(Service {
                         id: new_id(),
                         meta: None,
                         spec: Some(spec_wanted.clone()),
                         ..Default::default()
-                    }),
+                    })),
                 ));
                 plan.created.push(name.clone());
             }
@@ -131,8 +131,10 @@ pub fn plan_deploy(
                     updated.update_status = None;
                 }
                 updated.spec = Some(spec_wanted.clone());
-                plan.changes
-                    .push(change(ChangeKind::Update, Object::Service(updated)));
+                plan.changes.push(change(
+                    ChangeKind::Update,
+                    Object::Service(Box::new(updated)),
+                ));
                 plan.updated.push(name.clone());
             }
         }
@@ -408,12 +410,12 @@ fn name_of(service: &Service) -> String {
 fn delete_service(service: &Service) -> StoreChange {
     change(
         ChangeKind::Delete,
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             id: service.id.clone(),
             meta: Some(Meta::default()),
             spec: None,
             ..Default::default()
-        }),
+        })),
     )
 }
 
@@ -518,12 +520,12 @@ mod tests {
             request_id: "r".into(),
             changes: vec![change(
                 ChangeKind::Create,
-                Object::Service(Service {
+                Object::Service(Box::new(Service {
                     id: "x".into(),
                     meta: None,
                     spec: Some(svc("app_web", "busybox")),
                     ..Default::default()
-                }),
+                })),
             )],
             timestamp: 1,
         };

@@ -137,7 +137,7 @@ pub fn ingress_services(state: &State) -> Vec<IngressService> {
 }
 
 fn endpoint(task: &Task, node: &Node, network_id: &str, address: &str) -> OverlayEndpoint {
-    let spec = task.spec.as_ref();
+    let spec = task.spec.as_deref();
     OverlayEndpoint {
         task_id: task.id.clone(),
         node_id: task.node_id.clone(),
@@ -165,7 +165,8 @@ fn aliases_on(spec: Option<&ServiceSpec>, network_id: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use shoal_proto::{
-        Network, NetworkAddress, NetworkAttachmentConfig, NetworkSpec, NodeStatus, TaskStatus,
+        Network, NetworkAddress, NetworkAttachmentConfig, NetworkSpec, NodeStatus, SharedSpec,
+        TaskStatus,
     };
 
     fn node(id: &str, addr: &str, state: NodeState) -> Node {
@@ -185,14 +186,14 @@ mod tests {
             id: id.into(),
             node_id: node.into(),
             slot: 1,
-            spec: Some(ServiceSpec {
+            spec: Some(SharedSpec::new(ServiceSpec {
                 name: "web".into(),
                 networks: vec![NetworkAttachmentConfig {
                     target: "o".into(),
                     aliases: vec!["www".into()],
                 }],
                 ..Default::default()
-            }),
+            })),
             desired_state: TaskState::Running as i32,
             status: Some(TaskStatus {
                 state: state as i32,

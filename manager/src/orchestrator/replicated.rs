@@ -37,7 +37,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::{
-    service_spec::Mode, Node, NodeAvailability, NodeState, Service, Task, TaskState, TaskStatus,
+    service_spec::Mode, Node, NodeAvailability, NodeState, Service, SharedSpec, Task, TaskState,
+    TaskStatus,
 };
 
 use super::restart::{self, Restart};
@@ -555,8 +556,14 @@ pub(super) fn emit_slot(
 ) {
     let created = usize::from(work.create);
     if work.create {
+        // The creates of one service share its spec (one copy per plan, not per task).
+        let version = service.meta.as_ref().map(|m| m.version).unwrap_or(0);
+        let spec = match plan.create.last() {
+            Some(t) if t.service_id == service_id && t.spec_version == version => t.spec.clone(),
+            _ => service.spec.clone().map(SharedSpec::new),
+        };
         plan.create
-            .push(new_task(service, service_id, work, now, new_id()));
+            .push(new_task(service, service_id, spec, work, now, new_id()));
     }
     for (i, (&task, &desired)) in work.tasks.iter().zip(&work.desired).enumerate() {
         // Position in the slot as the plan leaves it: the new task is the newest.
@@ -596,7 +603,14 @@ pub(super) fn with_desired(task: &Task, desired: TaskState) -> Task {
     task
 }
 
-fn new_task(service: &Service, service_id: &str, work: &SlotWork, now: i64, id: String) -> Task {
+fn new_task(
+    service: &Service,
+    service_id: &str,
+    spec: Option<SharedSpec>,
+    work: &SlotWork,
+    now: i64,
+    id: String,
+) -> Task {
     let mut status = TaskStatus {
         timestamp: now,
         message: "pending task scheduling".to_string(),
@@ -609,7 +623,7 @@ fn new_task(service: &Service, service_id: &str, work: &SlotWork, now: i64, id: 
         service_id: service_id.to_string(),
         slot: work.slot,
         node_id: work.node_id.to_string(),
-        spec: service.spec.clone(),
+        spec,
         spec_version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
         desired_state: 0,
         status: Some(status),

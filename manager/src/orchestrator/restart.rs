@@ -121,7 +121,7 @@ fn counts_as_attempt(task: &Task) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{ServiceSpec, TaskStatus};
+    use shoal_proto::{ServiceSpec, SharedSpec, TaskStatus};
 
     fn ended(state: TaskState, at: i64, exit: Option<i32>, policy: RestartPolicy) -> Task {
         let mut status = TaskStatus {
@@ -131,10 +131,10 @@ mod tests {
         };
         status.set_state(state);
         Task {
-            spec: Some(ServiceSpec {
+            spec: Some(SharedSpec::new(ServiceSpec {
                 restart: Some(policy),
                 ..Default::default()
-            }),
+            })),
             status: Some(status),
             ..Default::default()
         }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proptest::prelude::*;
 use shoal_proto::service_spec::Mode;
+use shoal_proto::SharedSpec;
 use shoal_proto::{
     ContainerSpec, GlobalService, Meta, Node, NodeState, NodeStatus, ReplicatedService,
     RestartCondition, RestartPolicy, Service, ServiceSpec, Task, TaskState, TaskStatus,
@@ -98,7 +99,7 @@ fn task(
         service_id: s.id.clone(),
         slot,
         node_id: "n1".into(),
-        spec: s.spec.clone(),
+        spec: s.spec.clone().map(SharedSpec::new),
         spec_version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
         status: Some(status),
         ..Default::default()
@@ -207,7 +208,7 @@ fn creates_a_task_per_missing_slot() {
     let t = &plan.create[0];
     assert_eq!(t.id, "new0001");
     assert_eq!(t.service_id, "svc");
-    assert_eq!(t.spec, s.spec);
+    assert_eq!(t.spec.as_deref(), s.spec.as_ref());
     assert_eq!(t.spec_version, 4);
     assert_eq!(t.desired_state(), TaskState::Running);
     assert_eq!(t.node_id, "");
@@ -791,7 +792,7 @@ fn a_changed_spec_replaces_every_task() {
     assert!(plan
         .create
         .iter()
-        .all(|t| t.spec_version == 8 && t.spec == new.spec));
+        .all(|t| t.spec_version == 8 && t.spec.as_deref() == new.spec.as_ref()));
     assert!(run(Some(&new), &apply(&tasks, &plan, NOW), &nodes(), NOW).is_empty());
 }
 
@@ -1165,7 +1166,7 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
                     .as_ref()
                     .filter(|s| s.meta.as_ref().map(|m| m.version) == Some(t.spec_version))
                 {
-                    t.spec = s.spec.clone();
+                    t.spec = s.spec.clone().map(SharedSpec::new);
                 }
             }
             Scenario {

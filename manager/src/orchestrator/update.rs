@@ -268,7 +268,7 @@ pub fn plan_update(
                     state_of(t),
                     TaskState::Failed | TaskState::Rejected | TaskState::Complete
                 )
-                && same_task_spec(t.spec.as_ref(), target)
+                && same_task_spec(t.spec.as_deref(), target)
         })
         .collect();
     failed.sort_by(|a, b| a.id.cmp(&b.id));
@@ -356,7 +356,7 @@ pub fn plan_update(
 /// keeps `docker service scale` (which bumps the version) from restarting every task.
 pub fn is_dirty(task: &Task, service: &Service) -> bool {
     let version = service.meta.as_ref().map(|m| m.version).unwrap_or(0);
-    task.spec_version < version && !same_task_spec(task.spec.as_ref(), service.spec.as_ref())
+    task.spec_version < version && !same_task_spec(task.spec.as_deref(), service.spec.as_ref())
 }
 
 /// Whether two specs make the same task. The service's name, labels, mode (replicas), start
@@ -397,7 +397,9 @@ pub fn same_task_spec(a: Option<&ServiceSpec>, b: Option<&ServiceSpec>) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{service_spec::Mode, ContainerSpec, Meta, ReplicatedService, TaskStatus};
+    use shoal_proto::{
+        service_spec::Mode, ContainerSpec, Meta, ReplicatedService, SharedSpec, TaskStatus,
+    };
 
     fn service(version: u64, image: &str, replicas: u64) -> Service {
         Service {
@@ -421,7 +423,7 @@ mod tests {
 
     fn task_of(s: &Service) -> Task {
         Task {
-            spec: s.spec.clone(),
+            spec: s.spec.clone().map(SharedSpec::new),
             spec_version: s.meta.as_ref().map(|m| m.version).unwrap_or(0),
             ..Default::default()
         }

@@ -28,7 +28,7 @@ fn create_service(i: usize) -> StoreCommand {
         request_id: format!("req-{i}"),
         changes: vec![change(
             ChangeKind::Create,
-            Object::Service(Service {
+            Object::Service(Box::new(Service {
                 id: format!("svc-{i}"),
                 meta: None,
                 spec: Some(ServiceSpec {
@@ -36,7 +36,7 @@ fn create_service(i: usize) -> StoreCommand {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
+            })),
         )],
         timestamp: 1_000 + i as i64,
     }

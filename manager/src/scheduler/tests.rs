@@ -1,6 +1,6 @@
 use super::*;
 use proptest::prelude::*;
-use shoal_proto::{NodeDescription, NodeStatus, Resources, ServiceSpec, TaskStatus};
+use shoal_proto::{NodeDescription, NodeStatus, Resources, ServiceSpec, SharedSpec, TaskStatus};
 
 fn node(id: &str, state: NodeState, availability: NodeAvailability, mem: i64, cpu: i64) -> Node {
     let mut n = Node {
@@ -38,14 +38,14 @@ fn task(id: &str, service: &str, slot: u64, mem: i64, cpu: i64) -> Task {
         id: id.to_string(),
         service_id: service.to_string(),
         slot,
-        spec: Some(ServiceSpec {
+        spec: Some(SharedSpec::new(ServiceSpec {
             reservations: Some(Resources {
                 memory_bytes: mem,
                 nano_cpus: cpu,
                 pids: 0,
             }),
             ..Default::default()
-        }),
+        })),
         status: Some(TaskStatus {
             state: TaskState::Pending as i32,
             ..Default::default()

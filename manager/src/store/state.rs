@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use shoal_proto::{
     store_object::Object, ChangeKind, Cluster, Meta, Network, Node, Secret, SecretKind, Service,
-    Stack, StoreChange, StoreCommand, StoreObject, StoreSnapshot, Task, TaskState,
+    SharedSpec, Stack, StoreChange, StoreCommand, StoreObject, StoreSnapshot, Task, TaskState,
 };
 
 /// How many request ids are remembered to make retried commands idempotent.
@@ -104,7 +104,7 @@ fn task_event(previous: Option<&Task>, task: &Task) -> TaskEvent {
 }
 
 fn is_cluster_wide(task: &Task) -> bool {
-    !task.network_addresses.is_empty() || crate::ingress::has_ingress_ports(task.spec.as_ref())
+    !task.network_addresses.is_empty() || crate::ingress::has_ingress_ports(task.spec.as_deref())
 }
 
 /// Whether two versions of a task differ in nothing but their status (and store metadata).
@@ -153,6 +153,11 @@ pub struct State {
     /// Task ids by the node they are assigned to: a dispatcher session reads its node's tasks
     /// on every change, which must not cost a scan of every task in the cluster.
     tasks_by_node: HashMap<String, BTreeSet<String>>,
+    /// The spec every stored task of a (service, spec version) shares (see [`SharedSpec`]):
+    /// a task decoded from the log or a snapshot brings its own copy, swapped for this one.
+    task_specs: HashMap<(String, u64), SharedSpec>,
+    /// The size of `task_specs` after its last pruning.
+    task_specs_pruned: usize,
 }
 
 fn kind_of(object: &Object) -> &'static str {
@@ -479,9 +484,10 @@ impl State {
                 self.nodes.insert(o.id.clone(), o);
             }
             Object::Service(o) => {
-                self.services.insert(o.id.clone(), o);
+                self.services.insert(o.id.clone(), *o);
             }
-            Object::Task(o) => {
+            Object::Task(mut o) => {
+                self.share_spec(&mut o);
                 self.index_task(&o);
                 if let Some(old) = self.tasks.insert(o.id.clone(), Box::new(o)) {
                     let moved = self.tasks.get(&old.id).map(|t| t.node_id != old.node_id);
@@ -554,7 +560,8 @@ impl State {
         for s in snapshot.services {
             state.services.insert(s.id.clone(), s);
         }
-        for t in snapshot.tasks {
+        for mut t in snapshot.tasks {
+            state.share_spec(&mut t);
             state.index_task(&t);
             state.tasks.insert(t.id.clone(), Box::new(t));
         }
@@ -607,6 +614,36 @@ impl State {
             .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
+    /// Points the task's spec at the one its (service, spec version) shares, if equal: a
+    /// hundred thousand replicas then hold one spec, not a copy each.
+    fn share_spec(&mut self, task: &mut Task) {
+        let Some(spec) = task.spec.as_mut() else {
+            return;
+        };
+        let key = (task.service_id.clone(), task.spec_version);
+        match self.task_specs.get(&key) {
+            Some(shared) if SharedSpec::ptr_eq(shared, spec) => {}
+            Some(shared) if **shared == **spec => *spec = shared.clone(),
+            // New, or (a hand-made task) another spec under the same key: it starts the
+            // sharing from now on; tasks that hold the older one keep it.
+            _ => {
+                self.task_specs.insert(key, spec.clone());
+                self.prune_specs();
+            }
+        }
+    }
+
+    /// Forgets the shared specs no task holds any more, once there are twice as many as
+    /// after the last pruning (so the cost is spread over the insertions).
+    fn prune_specs(&mut self) {
+        if self.task_specs.len() <= 2 * self.task_specs_pruned + 16 {
+            return;
+        }
+        self.task_specs
+            .retain(|_, spec| SharedSpec::holders(spec) > 1);
+        self.task_specs_pruned = self.task_specs.len();
+    }
+
     fn index_task(&mut self, task: &Task) {
         if !task.node_id.is_empty() {
             self.tasks_by_node
@@ -649,7 +686,7 @@ mod tests {
     use shoal_proto::{ServiceSpec, TaskState};
 
     fn service(id: &str, name: &str) -> Object {
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             id: id.into(),
             meta: None,
             spec: Some(ServiceSpec {
@@ -657,7 +694,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     fn cmd(request_id: &str, changes: Vec<StoreChange>) -> StoreCommand {
@@ -728,7 +765,7 @@ mod tests {
                 2,
                 &cmd(
                     "r2",
-                    vec![change(ChangeKind::Update, Object::Service(stale))],
+                    vec![change(ChangeKind::Update, Object::Service(Box::new(stale)))],
                 ),
             )
             .expect_err("stale version");
@@ -738,7 +775,7 @@ mod tests {
             3,
             &cmd(
                 "r3",
-                vec![change(ChangeKind::Update, Object::Service(fresh))],
+                vec![change(ChangeKind::Update, Object::Service(Box::new(fresh)))],
             ),
         )
         .expect("current version applies");
@@ -838,6 +875,56 @@ mod tests {
         assert_eq!(back.services, s.services);
         assert_eq!(back.tasks, s.tasks);
         assert!(back.recent_set.contains("r1"));
+    }
+
+    #[test]
+    fn tasks_of_one_service_version_share_their_spec() {
+        use prost::Message;
+        let spec = |name: &str| {
+            Some(SharedSpec::new(ServiceSpec {
+                name: name.into(),
+                ..Default::default()
+            }))
+        };
+        let task = |id: &str, version: u64, name: &str| Task {
+            id: id.into(),
+            service_id: "s".into(),
+            spec_version: version,
+            spec: spec(name),
+            ..Default::default()
+        };
+        // As the log hands them over: decoded, each with its own copy.
+        let decoded = |c: StoreCommand| StoreCommand::decode(c.encode_to_vec().as_slice());
+        let mut s = State::default();
+        for (i, t) in [
+            task("a", 1, "web"),
+            task("b", 1, "web"),
+            task("c", 2, "web2"),
+            task("d", 1, "hand-made"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = cmd(
+                &format!("r{i}"),
+                vec![change(ChangeKind::Create, Object::Task(t))],
+            );
+            s.apply(i as u64 + 1, &decoded(c).expect("decodes"))
+                .expect("applies");
+        }
+        let spec_of = |id: &str| s.tasks[id].spec.clone().expect("a spec");
+        assert!(SharedSpec::ptr_eq(&spec_of("a"), &spec_of("b")));
+        assert!(!SharedSpec::ptr_eq(&spec_of("a"), &spec_of("c")));
+        assert_eq!(spec_of("c").name, "web2");
+        // Another spec under a key already shared is kept as it came.
+        assert_eq!(spec_of("d").name, "hand-made");
+        assert_eq!(spec_of("a").name, "web");
+        let back = State::from_snapshot(
+            StoreSnapshot::decode(s.to_snapshot().encode_to_vec().as_slice()).expect("decodes"),
+        );
+        assert_eq!(back.tasks, s.tasks);
+        let spec_of = |id: &str| back.tasks[id].spec.clone().expect("a spec");
+        assert!(SharedSpec::ptr_eq(&spec_of("a"), &spec_of("b")));
     }
 
     #[test]
