@@ -61,9 +61,11 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let (log_store, state_machine) = storage::open(&dir.path().join(DB_FILE), Store::new())
-            .await
-            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        // Small segments: the suite rolls, truncates and purges across several of them.
+        let (log_store, state_machine) =
+            storage::open_with(&dir.path().join(RAFT_DIR), Store::new(), 4 << 10)
+                .await
+                .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         Ok((dir, log_store, state_machine))
     }
 }
@@ -71,6 +73,48 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 #[test]
 fn openraft_storage_suite() -> TestResult {
     Suite::test_all(Builder).map_err(Box::new)?;
+    Ok(())
+}
+
+/// The vote is on disk when `save_vote` returns; a replacement cut short by a crash (a
+/// leftover temporary file) leaves the previous vote.
+#[tokio::test]
+async fn the_vote_survives_a_reopen_and_a_crashed_replacement() -> TestResult {
+    use openraft::storage::RaftLogStorage;
+    let dir = tempfile::tempdir()?;
+    let raft_dir = dir.path().join(RAFT_DIR);
+    let (mut log, sm) = storage::open(&raft_dir, Store::new()).await?;
+    assert_eq!(log.read_vote().await?, None);
+    let vote = openraft::Vote::new(3, 7);
+    log.save_vote(&vote).await?;
+    let mut closed = log.closed();
+    drop((log, sm));
+    while closed.changed().await.is_ok() {}
+    // A crash while the next vote was being written: its temporary file is all there is.
+    std::fs::write(raft_dir.join("vote.tmp"), b"half a vo")?;
+    let (mut log, _sm) = storage::open(&raft_dir, Store::new()).await?;
+    assert_eq!(log.read_vote().await?, Some(vote));
+    let newer = openraft::Vote::new_committed(4, 7);
+    log.save_vote(&newer).await?;
+    assert_eq!(log.read_vote().await?, Some(newer));
+    Ok(())
+}
+
+/// A data dir from before the write-ahead log is refused with a message that says what to do.
+#[tokio::test]
+async fn the_old_redb_layout_is_refused_with_advice() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join(LEGACY_DB_FILE), b"redb")?;
+    match RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await {
+        Err(e @ RaftError::OldLayout { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains(LEGACY_DB_FILE), "{message}");
+            assert!(message.contains("older shoal"), "{message}");
+        }
+        Err(e) => return Err(format!("expected OldLayout, got {e}").into()),
+        Ok(_) => return Err("the old layout was opened".into()),
+    }
+    assert!(!dir.path().join(RAFT_DIR).exists());
     Ok(())
 }
 
@@ -241,7 +285,7 @@ async fn a_second_open_of_the_same_database_is_refused() -> TestResult {
                 message.contains("locked by another shoal process"),
                 "{message}"
             );
-            assert!(message.contains("raft.redb"), "{message}");
+            assert!(message.contains(RAFT_DIR), "{message}");
         }
         Err(e) => return Err(format!("expected Locked, got {e}").into()),
         Ok(_) => return Err("the database was opened twice".into()),
