@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 use crate::store::{Applied, ApplyError, Store};
 
 pub use network::{NetworkFactory, PeerNetwork, RaftService};
-pub use storage::{LogStore, SnapshotBuilder, StateMachine};
+pub use storage::{LogStore, SnapshotBuilder, StateMachine, WalStats};
 
 openraft::declare_raft_types!(
     /// shoal's Raft types: u64 node ids; a node's address is the "host:port" of its gRPC
@@ -388,6 +388,7 @@ struct Inner {
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
     /// Tells when the raft directory is closed, so its lock is free again.
     closed: watch::Receiver<()>,
+    wal_stats: Arc<WalStats>,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -421,6 +422,7 @@ impl RaftNode {
         let path = data_dir.join(RAFT_DIR);
         let (log_store, state_machine) = storage::open(&path, store.clone()).await?;
         let closed = log_store.closed();
+        let wal_stats = log_store.stats();
         let raft = openraft::Raft::new(
             node_id,
             raft_config,
@@ -458,6 +460,7 @@ impl RaftNode {
                 leader,
                 proposals,
                 closed,
+                wal_stats,
                 watcher: Mutex::new(Some(watcher)),
             }),
         })
@@ -717,6 +720,11 @@ impl RaftNode {
     /// Term, last log / applied index, membership... for `shoal info`.
     pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// The log writer's counters (syncs, time in them, appends covered).
+    pub fn wal_stats(&self) -> &WalStats {
+        &self.inner.wal_stats
     }
 
     /// The openraft handle, for membership changes and what this wrapper does not cover.

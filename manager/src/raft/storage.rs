@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -101,6 +102,34 @@ struct Shared {
     /// The stored snapshot's last log index (outer `None`: no snapshot); also serialises
     /// snapshot writes.
     snapshot: Mutex<Option<Option<u64>>>,
+    stats: Arc<WalStats>,
+}
+
+/// What the log writer has done so far: how many syncs, how long they took, how many
+/// appends they covered (to tell where the time of a write goes).
+#[derive(Debug, Default)]
+pub struct WalStats {
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+    appends: AtomicU64,
+}
+
+impl WalStats {
+    fn record(&self, took: std::time::Duration, appends: usize) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
+    }
+
+    /// (syncs, total time in them, appends they covered)
+    pub fn totals(&self) -> (u64, std::time::Duration, u64) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            std::time::Duration::from_nanos(self.sync_nanos.load(Ordering::Relaxed)),
+            self.appends.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// The snapshot as persisted: its meta and its protobuf bytes.
@@ -281,6 +310,7 @@ pub(crate) async fn open_with(
                 .as_ref()
                 .map(|(m, _)| m.last_log_id.map(|l| l.index)),
         ),
+        stats: Arc::default(),
     });
     let reader = wal.reader();
     let (jobs, queue) = mpsc::channel();
@@ -374,17 +404,17 @@ fn run_writer(mut wal: Wal, queue: mpsc::Receiver<Job>, shared: Arc<Shared>) {
                     }
                 }
                 Job::Vote { vote, reply } => {
-                    sync(&mut wal, &mut written, &mut failed);
+                    sync(&mut wal, &mut written, &mut failed, &shared.stats);
                     let _ = reply.send(run_job(&mut failed, || {
                         write_atomic(&shared.dir, VOTE, &vote)
                     }));
                 }
                 Job::Truncate { since, reply } => {
-                    sync(&mut wal, &mut written, &mut failed);
+                    sync(&mut wal, &mut written, &mut failed, &shared.stats);
                     let _ = reply.send(run_job(&mut failed, || wal.truncate(since)));
                 }
                 Job::Purge { upto, reply } => {
-                    sync(&mut wal, &mut written, &mut failed);
+                    sync(&mut wal, &mut written, &mut failed, &shared.stats);
                     let purged = encode("purged log id", &upto);
                     let _ = reply.send(match purged {
                         Ok(bytes) => run_job(&mut failed, || {
@@ -396,7 +426,7 @@ fn run_writer(mut wal: Wal, queue: mpsc::Receiver<Job>, shared: Arc<Shared>) {
                 }
             }
         }
-        sync(&mut wal, &mut written, &mut failed);
+        sync(&mut wal, &mut written, &mut failed, &shared.stats);
     }
     drop(wal);
     drop(shared);
@@ -424,11 +454,19 @@ fn fail(failed: &mut Option<String>, written: &mut Vec<LogFlushed<TypeConfig>>, 
 }
 
 /// Syncs what was written and reports it flushed (only now: it is on disk).
-fn sync(wal: &mut Wal, written: &mut Vec<LogFlushed<TypeConfig>>, failed: &mut Option<String>) {
+fn sync(
+    wal: &mut Wal,
+    written: &mut Vec<LogFlushed<TypeConfig>>,
+    failed: &mut Option<String>,
+    stats: &WalStats,
+) {
     if written.is_empty() {
         return;
     }
-    match wal.sync() {
+    let started = std::time::Instant::now();
+    let synced = wal.sync();
+    stats.record(started.elapsed(), written.len());
+    match synced {
         Ok(()) => {
             for callback in written.drain(..) {
                 callback.log_io_completed(Ok(()));
@@ -461,6 +499,11 @@ impl LogStore {
     /// Ends (`changed()` fails) once the raft directory is closed and its lock released.
     pub(crate) fn closed(&self) -> watch::Receiver<()> {
         self.shared.closed.subscribe()
+    }
+
+    /// The log writer's counters.
+    pub(crate) fn stats(&self) -> Arc<WalStats> {
+        self.shared.stats.clone()
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, LogMeta> {

@@ -766,3 +766,49 @@ async fn a_dead_peer_is_reported_unreachable() -> TestResult {
     );
     Ok(())
 }
+
+/// Proposals per second through one node, with 1 and 16 concurrent proposers, and where the
+/// time of one goes (run by hand: `cargo test --release -p shoal-manager --lib
+/// raft::tests::propose_rate -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn propose_rate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await?;
+    node.initialize_single("127.0.0.1:1").await?;
+    for clients in [1usize, 16] {
+        let before = node.wal_stats().totals();
+        let started = Instant::now();
+        let stop = started + Duration::from_secs(2);
+        let tasks = (0..clients).map(|c| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while Instant::now() < stop {
+                    node.propose(create_service(c * 1_000_000 + n)).await??;
+                    n += 1;
+                }
+                Ok::<usize, Box<dyn Error + Send + Sync>>(n)
+            })
+        });
+        let mut total = 0;
+        for t in futures::future::join_all(tasks).await {
+            total += t??;
+        }
+        let elapsed = started.elapsed();
+        let (syncs, synced, appends) = node.wal_stats().totals();
+        let (syncs, synced, appends) = (syncs - before.0, synced - before.1, appends - before.2);
+        let per_write = elapsed / total.max(1) as u32;
+        eprintln!(
+            "{clients:>2} proposer(s): {:.0} writes/s, {per_write:?} a write; {syncs} fdatasyncs \
+             of {:?} on average ({:.0}% of the time), {:.1} entries and {:.1} writes per sync",
+            total as f64 / elapsed.as_secs_f64(),
+            synced / syncs.max(1) as u32,
+            100.0 * synced.as_secs_f64() / elapsed.as_secs_f64(),
+            appends as f64 / syncs.max(1) as f64,
+            total as f64 / syncs.max(1) as f64,
+        );
+    }
+    node.shutdown().await;
+    Ok(())
+}
