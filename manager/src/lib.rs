@@ -1,7 +1,7 @@
 //! shoal's manager: the replicated store and the loops that act on it.
 //!
 //! - [`store`]: the cluster state and its pure, deterministic `apply` of a [`StoreCommand`];
-//! - [`raft`]: openraft over redb: makes every change durable and replicated, then applies it;
+//! - [`raft`]: openraft over a write-ahead log of our own: makes every change durable and replicated, then applies it;
 //! - [`membership`]: several managers: forwarding, read barriers, joins, the quorum check;
 //! - [`orchestrator`]: reconcile loops (desired services → tasks);
 //! - [`scheduler`]: a pure function that assigns tasks to nodes;

@@ -360,11 +360,11 @@ fn leave_manager_state(data_dir: &Path, managers: &[String], own: Option<&str>) 
     super::write_atomically(&data_dir.join("manager_addr"), first)?;
     let list: Vec<&str> = others.iter().map(|s| s.as_str()).collect();
     super::write_atomically(&data_dir.join("managers"), &list.join("\n"))?;
-    let db = data_dir.join(shoal_manager::raft::DB_FILE);
+    let db = data_dir.join(shoal_manager::raft::RAFT_DIR);
     if db.exists() {
         let aside = data_dir.join(format!(
             "{}.demoted-{}",
-            shoal_manager::raft::DB_FILE,
+            shoal_manager::raft::RAFT_DIR,
             shoal_proto::now_ms() / 1000
         ));
         std::fs::rename(&db, &aside)
@@ -389,14 +389,14 @@ mod tests {
     #[test]
     fn a_demoted_manager_keeps_the_other_managers_and_sets_raft_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join(shoal_manager::raft::DB_FILE), "x").expect("db");
+        std::fs::write(dir.path().join(shoal_manager::raft::RAFT_DIR), "x").expect("db");
         std::fs::write(dir.path().join("raft_id"), "7").expect("id");
         let managers = vec!["10.0.0.1:4242".to_string(), "10.0.0.2:4242".to_string()];
         leave_manager_state(dir.path(), &managers, Some("10.0.0.1:4242")).expect("done");
         let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("file");
         assert_eq!(read("manager_addr"), "10.0.0.2:4242");
         assert_eq!(read("managers"), "10.0.0.2:4242");
-        assert!(!dir.path().join(shoal_manager::raft::DB_FILE).exists());
+        assert!(!dir.path().join(shoal_manager::raft::RAFT_DIR).exists());
         assert!(!dir.path().join("raft_id").exists());
         let err = leave_manager_state(dir.path(), &managers[..1], Some("10.0.0.1:4242"))
             .expect_err("no other manager");

@@ -13,7 +13,7 @@
 //!   the same call, which only updates its address if it changed.
 //! - **`--force-new-cluster`**: when a majority of managers is lost for good, start one
 //!   surviving manager with it: its Raft membership is rewritten to itself alone (the old
-//!   database is kept as `raft.redb.before-force-new-cluster`), everything in its log is kept,
+//!   Raft directory is kept as `raft.before-force-new-cluster/`), everything in its log is kept,
 //!   and the cluster accepts changes again. Remove the lost managers (`node rm --force`) and
 //!   join new ones with fresh data dirs; never restart a lost manager on its old data.
 
@@ -153,7 +153,8 @@ pub async fn open(
 ) -> Result<Core> {
     let data_dir = &args.data_dir;
     let seed = data_dir.join("manager_addr");
-    let pristine_db = !data_dir.join(shoal_manager::raft::DB_FILE).exists();
+    let pristine_db = !data_dir.join(shoal_manager::raft::RAFT_DIR).exists()
+        && !data_dir.join(shoal_manager::raft::LEGACY_DB_FILE).exists();
     let joined = certs.is_some() && seed.exists();
     let raft_id = raft_id(data_dir, joined && pristine_db)?;
     if args.force_new_cluster {

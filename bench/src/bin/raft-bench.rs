@@ -4,7 +4,7 @@
 //! - shoal: one `shoal daemon` (a one-manager cluster, on loopback). 16 fake agents join it
 //!   (see `fake_agents.rs`), so every client has a node of its own to write to; a write is
 //!   `UpdateNode` (a label) over the control socket: a compare-and-set read, one Raft entry
-//!   committed (fsync'd by redb) and applied. One gRPC connection per client.
+//!   committed (fdatasync'd in the write-ahead log) and applied. One gRPC connection per client.
 //! - etcd: `etcd` (Debian's `etcd-server`) as a child process, its own data dir, loopback
 //!   ports, default durability (WAL fsync on every commit, as ours). A write is
 //!   `POST /v3/kv/put` on its JSON gateway, one keep-alive HTTP connection per client, each

@@ -1,11 +1,13 @@
-//! Raft for the managers: openraft 0.9 (storage-v2) over a redb log, with the in-memory
-//! [`Store`] as the state machine and openraft's own messages carried over tonic.
+//! Raft for the managers: openraft 0.9 (storage-v2) over a write-ahead log of our own, with
+//! the in-memory [`Store`] as the state machine and openraft's own messages carried over tonic.
 //!
-//! - **Durability.** The log, the vote, the committed log id and the latest snapshot live in one
-//!   redb file, `<data_dir>/raft.redb`. Every write is committed with `Durability::Immediate`
-//!   (fsync) before openraft is told it happened: an appended entry is reported flushed only
-//!   after its commit, and the vote is on disk before `save_vote` returns. So a write
-//!   [`RaftNode::propose`] acknowledged survives a crash of any minority of managers.
+//! - **Durability.** The log, the vote, the committed log id and the latest snapshot live in
+//!   `<data_dir>/raft/`: the log in preallocated segment files (see `wal`), the rest in small
+//!   files. An appended entry is reported flushed only after `fdatasync`, and the vote is on
+//!   disk before `save_vote` returns. So a write [`RaftNode::propose`] acknowledged survives a
+//!   crash of any minority of managers. Shoal before this layout kept all of it in one redb
+//!   file, `<data_dir>/raft.redb`: such a data dir is refused with a message (see
+//!   [`RaftError::OldLayout`]).
 //! - **State machine.** [`Store`] is memory only. At start the last snapshot is restored into
 //!   it, and openraft re-applies the committed entries after it (the committed log id is
 //!   persisted too, so a restarted node catches up without waiting for a quorum).
@@ -30,10 +32,12 @@
 //! [`StoreSnapshot`]: shoal_proto::StoreSnapshot
 
 pub(crate) mod codec;
+mod files;
 mod network;
 mod storage;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -51,7 +55,7 @@ use tokio::task::JoinHandle;
 use crate::store::{Applied, ApplyError, Store};
 
 pub use network::{NetworkFactory, PeerNetwork, RaftService};
-pub use storage::{LogStore, SnapshotBuilder, StateMachine};
+pub use storage::{LogStore, SnapshotBuilder, StateMachine, WalStats};
 
 openraft::declare_raft_types!(
     /// shoal's Raft types: u64 node ids; a node's address is the "host:port" of its gRPC
@@ -163,11 +167,13 @@ pub enum RaftError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the raft database {path} is locked by another shoal process: stop it first")]
+    #[error("the raft data {path} is locked by another shoal process: stop it first")]
     Locked { path: PathBuf },
-    #[error("cannot open the raft database {path}: {detail}")]
+    #[error("{path} holds the raft state in the layout of an older shoal (one redb file), which this shoal does not read: run the older shoal to finish with this manager (demote or remove it), then join it again with an empty data directory")]
+    OldLayout { path: PathBuf },
+    #[error("cannot open the raft data {path}: {detail}")]
     Open { path: PathBuf, detail: String },
-    #[error("the raft database {path} holds unreadable data ({detail}): restore it from a backup, or remove this manager from the cluster and join it again with an empty data directory")]
+    #[error("the raft data {path} holds unreadable data ({detail}): restore it from a backup, or remove this manager from the cluster and join it again with an empty data directory")]
     Corrupt { path: PathBuf, detail: String },
     #[error("invalid raft settings: {detail}")]
     Config { detail: String },
@@ -233,19 +239,44 @@ fn membership_error(
     }
 }
 
-/// Rewrites the Raft membership stored in `<data_dir>/raft.redb` to this manager alone, for a
-/// cluster that lost its quorum for good. The database is copied to
-/// `raft.redb.before-force-new-cluster` first. Everything in this manager's log is kept and
+/// Rewrites the Raft membership stored in `<data_dir>/raft/` to this manager alone, for a
+/// cluster that lost its quorum for good. The directory is copied to
+/// `raft.before-force-new-cluster/` first. Everything in this manager's log is kept and
 /// becomes committed once it elects itself. Run it with the daemon stopped; other former
 /// managers must not be started again on their old data.
 pub async fn force_new_cluster(data_dir: &Path, node_id: u64, addr: &str) -> Result<(), RaftError> {
-    let path = data_dir.join(DB_FILE);
-    let backup = data_dir.join(format!("{DB_FILE}.before-force-new-cluster"));
-    std::fs::copy(&path, &backup).map_err(|source| RaftError::DataDir {
+    let path = data_dir.join(RAFT_DIR);
+    refuse_old_layout(data_dir)?;
+    let backup = data_dir.join(format!("{RAFT_DIR}.before-force-new-cluster"));
+    copy_dir(&path, &backup).map_err(|source| RaftError::DataDir {
         path: backup.clone(),
         source,
     })?;
     storage::force_single_member(&path, node_id, addr).await
+}
+
+/// Copies the files of `from` into a new directory `to` (the raft directory has no
+/// subdirectories), and syncs them.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for item in std::fs::read_dir(from)? {
+        let item = item?;
+        if item.file_type()?.is_file() && item.file_name() != "LOCK" {
+            let target = to.join(item.file_name());
+            std::fs::copy(item.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(to)?.sync_all()
+}
+
+/// Refuses a data dir whose raft state is in the older one-file layout.
+fn refuse_old_layout(data_dir: &Path) -> Result<(), RaftError> {
+    let legacy = data_dir.join(LEGACY_DB_FILE);
+    if legacy.exists() && !data_dir.join(RAFT_DIR).exists() {
+        return Err(RaftError::OldLayout { path: legacy });
+    }
+    Ok(())
 }
 
 fn forward(f: &openraft::error::ForwardToLeader<u64, BasicNode>) -> RaftError {
@@ -265,8 +296,10 @@ pub fn random_node_id() -> u64 {
     }
 }
 
-/// The name of the database file inside the data directory.
-pub const DB_FILE: &str = "raft.redb";
+/// The directory of the Raft state inside the data directory.
+pub const RAFT_DIR: &str = "raft";
+/// Where shoal kept the Raft state before [`RAFT_DIR`]: one redb file.
+pub const LEGACY_DB_FILE: &str = "raft.redb";
 
 /// Largest gRPC message the Raft service sends or accepts: a batch of entries or a snapshot
 /// chunk (3 MiB) with room to spare.
@@ -353,13 +386,14 @@ struct Inner {
     leader: watch::Receiver<Option<u64>>,
     /// Commands for the next log entry (see [`RaftNode::propose_indexed`]).
     proposals: tokio::sync::mpsc::UnboundedSender<Proposal>,
-    /// Tells when the database file is closed, so its lock is free again.
+    /// Tells when the raft directory is closed, so its lock is free again.
     closed: watch::Receiver<()>,
+    wal_stats: Arc<WalStats>,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RaftNode {
-    /// Opens (or creates) `<data_dir>/raft.redb`, restores the last snapshot into `store`,
+    /// Opens (or creates) `<data_dir>/raft/`, restores the last snapshot into `store`,
     /// and starts openraft. A node that was a member rejoins its cluster by itself; a new one
     /// waits for [`initialize`](Self::initialize) or for a leader to add it.
     pub async fn open(
@@ -384,9 +418,11 @@ impl RaftNode {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let path = data_dir.join(DB_FILE);
+        refuse_old_layout(data_dir)?;
+        let path = data_dir.join(RAFT_DIR);
         let (log_store, state_machine) = storage::open(&path, store.clone()).await?;
         let closed = log_store.closed();
+        let wal_stats = log_store.stats();
         let raft = openraft::Raft::new(
             node_id,
             raft_config,
@@ -424,6 +460,7 @@ impl RaftNode {
                 leader,
                 proposals,
                 closed,
+                wal_stats,
                 watcher: Mutex::new(Some(watcher)),
             }),
         })
@@ -438,7 +475,7 @@ impl RaftNode {
         &self.inner.store
     }
 
-    /// The database file, for messages and `shoal info`.
+    /// The raft directory, for messages and `shoal info`.
     pub fn db_path(&self) -> &Path {
         &self.inner.path
     }
@@ -685,6 +722,11 @@ impl RaftNode {
         self.inner.raft.metrics().borrow().clone()
     }
 
+    /// The log writer's counters (syncs, time in them, appends covered).
+    pub fn wal_stats(&self) -> &WalStats {
+        &self.inner.wal_stats
+    }
+
     /// The openraft handle, for membership changes and what this wrapper does not cover.
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
@@ -697,7 +739,7 @@ impl RaftNode {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    /// Stops openraft and waits until the database file is closed, so that it can be opened
+    /// Stops openraft and waits until the raft directory is closed, so that it can be opened
     /// again at once (by a restart in the same process, or another one).
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
@@ -712,7 +754,7 @@ impl RaftNode {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
-        // openraft's state machine worker and a snapshot build may still hold the database
+        // openraft's state machine worker and a snapshot build may still hold the directory
         // for a moment after the core stopped.
         let mut closed = self.inner.closed.clone();
         let wait = async { while closed.changed().await.is_ok() {} };
@@ -720,7 +762,7 @@ impl RaftNode {
             .await
             .is_err()
         {
-            tracing::warn!(path = %self.inner.path.display(), "raft database still open 10 s after shutdown");
+            tracing::warn!(path = %self.inner.path.display(), "raft directory still open 10 s after shutdown");
         }
     }
 

@@ -1,18 +1,26 @@
-//! openraft's storage over one redb file: the log, the vote, the committed log id and the
-//! latest snapshot. The state machine is the in-memory [`Store`]; its durability is the log
-//! plus the snapshot.
+//! openraft's storage in `<data_dir>/raft/`: the log in a write-ahead log of our own
+//! ([`super::wal`]), the vote, the purged log id and the latest snapshot in small files
+//! replaced atomically, the committed log id in a small unsynced file ([`super::files`]).
+//! The state machine is the in-memory [`Store`]; its durability is the log plus the snapshot.
 //!
-//! Every write transaction commits with `Durability::Immediate` (fsync) before openraft
-//! hears it is done, and runs on a blocking thread so that fsync never stalls the runtime.
-//! One `append` call is one transaction, however many entries openraft hands over.
+//! One thread, `raft-wal`, owns the log: it takes every queued append, writes them all, syncs
+//! once (`fdatasync`) and only then reports each one flushed to openraft (group commit). Vote,
+//! truncate and purge go through it too, in order, and are durable before they return. So
+//! fsync never stalls the async runtime, and an acknowledged write is on disk.
+//!
+//! A `LOCK` file (flock) keeps a second process off the same directory.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::{Flock, FlockArg};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
@@ -20,69 +28,41 @@ use openraft::{
     StoredMembership, Vote,
 };
 use prost::Message;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_proto::StoreSnapshot;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
+use super::files::{read_atomic, write_atomic, Unsynced};
+use super::wal::{Wal, WalError, WalReader};
 use super::{codec, RaftError, Request, Response, TypeConfig};
 use crate::store::{Applied, Store};
 
-/// Log index → postcard-encoded `Entry`.
-const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Everything else, postcard-encoded, under the keys below.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const LOCK: &str = "LOCK";
+const VOTE: &str = "vote";
+const PURGED: &str = "purged";
+const COMMITTED: &str = "committed";
+const SNAPSHOT: &str = "snapshot";
 
-const KEY_FORMAT: &str = "format";
-const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
-const KEY_PURGED: &str = "last_purged";
-const KEY_SNAPSHOT_META: &str = "snapshot_meta";
-/// The snapshot's data: protobuf `StoreSnapshot` bytes, stored as they are.
-const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
-
-/// Bumped when the layout above changes, so an old binary refuses a newer file.
-const FORMAT: u32 = 1;
+/// The size of a log segment: written full of zeroes once, then overwritten by entries.
+pub(crate) const SEGMENT_SIZE: u64 = 16 << 20;
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
-/// Something went wrong reading or writing the database.
+/// Something went wrong reading or writing the raft directory.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DbError {
     #[error(transparent)]
-    Redb(#[from] redb::Error),
+    Wal(#[from] WalError),
     #[error("cannot decode the stored {what}: {detail}")]
     Decode { what: &'static str, detail: String },
     #[error("cannot encode the {what}: {detail}")]
     Encode { what: &'static str, detail: String },
-    #[error(
-        "the database file has format {found}, this shoal reads format {FORMAT}: run a newer shoal"
-    )]
-    Format { found: u32 },
+    #[error("the raft log stopped after an earlier error ({0}): restart the daemon")]
+    Failed(String),
     #[error("the storage thread failed: {0}")]
     Thread(String),
 }
-
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for DbError {
-            fn from(e: $t) -> Self {
-                DbError::Redb(e.into())
-            }
-        }
-    )*};
-}
-redb_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DbError> {
     codec::decode(bytes).map_err(|e| DbError::Decode {
@@ -102,132 +82,256 @@ fn sto(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl FnOnce(DbError) -> S
     move |e| StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
-/// The shared database handle.
-#[derive(Clone)]
-struct Db {
-    db: Arc<DbFile>,
+/// Runs `f` on a blocking thread (file reads and syncs).
+async fn blocking<T, F>(f: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, DbError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DbError::Thread(e.to_string()))?
 }
 
-/// The open database, and a signal that fires once it is closed: closing writes and syncs,
-/// so the file lock is free only after `Database`'s drop has finished, which an `Arc` count
-/// cannot tell.
-struct DbFile {
-    // Fields drop in order: the database first, then the signal.
-    db: Database,
+/// What every handle on the directory shares; the lock is released when the last one goes.
+struct Shared {
+    // Fields drop in order: the lock first, then the signal that it is free.
+    _lock: Flock<File>,
     closed: watch::Sender<()>,
+    dir: PathBuf,
+    /// The stored snapshot's last log index (outer `None`: no snapshot); also serialises
+    /// snapshot writes.
+    snapshot: Mutex<Option<Option<u64>>>,
+    stats: Arc<WalStats>,
 }
 
-impl Db {
-    /// Runs `f` on a blocking thread: redb reads may touch the disk and commits fsync.
-    async fn run<T, F>(&self, f: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, DbError> + Send + 'static,
-    {
-        let file = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&file.db))
-            .await
-            .map_err(|e| DbError::Thread(e.to_string()))?
+/// What the log writer has done so far: how many syncs, how long they took, how many
+/// appends they covered (to tell where the time of a write goes).
+#[derive(Debug, Default)]
+pub struct WalStats {
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+    appends: AtomicU64,
+}
+
+impl WalStats {
+    fn record(&self, took: std::time::Duration, appends: usize) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
     }
-}
 
-/// A write transaction that fsyncs on commit.
-fn begin_write(db: &Database) -> Result<WriteTransaction, DbError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    Ok(txn)
-}
-
-fn get_meta<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Option<T>, DbError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(META)?;
-    let value = table.get(key)?;
-    value.map(|v| decode(key, v.value())).transpose()
-}
-
-fn put_meta<T: Serialize>(db: &Database, key: &'static str, value: &T) -> Result<(), DbError> {
-    let bytes = encode(key, value)?;
-    let txn = begin_write(db)?;
-    {
-        let mut table = txn.open_table(META)?;
-        table.insert(key, bytes.as_slice())?;
+    /// (syncs, total time in them, appends they covered)
+    pub fn totals(&self) -> (u64, std::time::Duration, u64) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            std::time::Duration::from_nanos(self.sync_nanos.load(Ordering::Relaxed)),
+            self.appends.load(Ordering::Relaxed),
+        )
     }
-    txn.commit()?;
-    Ok(())
 }
 
 /// The snapshot as persisted: its meta and its protobuf bytes.
 type StoredSnapshot = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
 
-fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, DbError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(META)?;
-    let Some(meta) = table.get(KEY_SNAPSHOT_META)? else {
+fn read_snapshot(dir: &Path) -> Result<Option<StoredSnapshot>, DbError> {
+    let Some(bytes) = read_atomic(dir, SNAPSHOT)? else {
         return Ok(None);
     };
-    let meta: SnapshotMeta<u64, BasicNode> = decode("snapshot meta", meta.value())?;
-    let data = table
-        .get(KEY_SNAPSHOT_DATA)?
-        .map(|d| d.value().to_vec())
-        .unwrap_or_default();
-    Ok(Some((meta, data)))
+    let bad = || DbError::Decode {
+        what: "snapshot",
+        detail: "its meta is cut".into(),
+    };
+    let len: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let len = u32::from_le_bytes(len) as usize;
+    let meta = bytes.get(4..4 + len).ok_or_else(bad)?;
+    let meta: SnapshotMeta<u64, BasicNode> = decode("snapshot meta", meta)?;
+    Ok(Some((meta, bytes[4 + len..].to_vec())))
 }
 
 /// Persists a snapshot. Unless `replace`, keeps a newer one already stored (a snapshot
 /// installed from the leader while this one was being built).
 fn write_snapshot(
-    db: &Database,
+    shared: &Shared,
     meta: &SnapshotMeta<u64, BasicNode>,
     data: &[u8],
     replace: bool,
 ) -> Result<(), DbError> {
-    let meta_bytes = encode("snapshot meta", meta)?;
-    let txn = begin_write(db)?;
-    {
-        let mut table = txn.open_table(META)?;
-        if !replace {
-            let stored: Option<SnapshotMeta<u64, BasicNode>> = table
-                .get(KEY_SNAPSHOT_META)?
-                .map(|m| decode("snapshot meta", m.value()))
-                .transpose()?;
-            let index = |m: &SnapshotMeta<u64, BasicNode>| m.last_log_id.map(|l| l.index);
-            if stored.is_some_and(|s| index(&s) > index(meta)) {
-                return Ok(());
-            }
-        }
-        table.insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())?;
-        table.insert(KEY_SNAPSHOT_DATA, data)?;
+    let index = meta.last_log_id.map(|l| l.index);
+    let mut stored = shared
+        .snapshot
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !replace && stored.is_some_and(|s| s > index) {
+        return Ok(());
     }
-    txn.commit()?;
+    let meta_bytes = encode("snapshot meta", meta)?;
+    let mut bytes = Vec::with_capacity(4 + meta_bytes.len() + data.len());
+    bytes.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&meta_bytes);
+    bytes.extend_from_slice(data);
+    write_atomic(&shared.dir, SNAPSHOT, &bytes)?;
+    *stored = Some(index);
     Ok(())
 }
 
-/// Opens the database at `path`, creating it and its tables if needed, and restores the
-/// last snapshot into `store`.
-pub(crate) async fn open(path: &Path, store: Store) -> Result<(LogStore, StateMachine), RaftError> {
-    let owned = path.to_path_buf();
-    let opened = tokio::task::spawn_blocking(move || open_blocking(&owned))
+/// Everything read from the directory when opening it.
+struct Opened {
+    wal: Wal,
+    vote: Option<Vote<u64>>,
+    purged: Option<LogId<u64>>,
+    last: Option<LogId<u64>>,
+    committed_file: Unsynced,
+    committed: Option<LogId<u64>>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+fn open_error(dir: &Path) -> impl FnOnce(DbError) -> RaftError + '_ {
+    move |e| match e {
+        DbError::Wal(WalError::Io { .. }) | DbError::Thread(_) | DbError::Failed(_) => {
+            RaftError::Open {
+                path: dir.to_path_buf(),
+                detail: e.to_string(),
+            }
+        }
+        e => RaftError::Corrupt {
+            path: dir.to_path_buf(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn open_blocking(dir: &Path, segment_size: u64) -> Result<(Flock<File>, Opened), RaftError> {
+    std::fs::create_dir_all(dir).map_err(|source| RaftError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let lock_path = dir.join(LOCK);
+    let file = File::create(&lock_path).map_err(|e| RaftError::Open {
+        path: lock_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            return Err(RaftError::Locked {
+                path: dir.to_path_buf(),
+            })
+        }
+        Err((_, e)) => {
+            return Err(RaftError::Open {
+                path: lock_path,
+                detail: e.to_string(),
+            })
+        }
+    };
+    let read = || -> Result<Opened, DbError> {
+        let vote = read_atomic(dir, VOTE)?
+            .map(|b| decode::<Vote<u64>>("vote", &b))
+            .transpose()?;
+        let purged = read_atomic(dir, PURGED)?
+            .map(|b| decode::<LogId<u64>>("purged log id", &b))
+            .transpose()?;
+        let (committed_file, committed) = Unsynced::open(dir, COMMITTED)?;
+        // A committed id that does not decode is as good as lost, which openraft allows.
+        let committed = committed.and_then(|b| codec::decode::<LogId<u64>>(&b).ok());
+        let snapshot = read_snapshot(dir)?;
+        let (wal, recovered) = Wal::open(dir, segment_size, purged.map(|p| p.index))?;
+        if let Some((segment, offset)) = &recovered.torn {
+            tracing::warn!(
+                segment = %segment.display(),
+                offset,
+                "raft log: cut a write torn by a crash (it was never acknowledged)"
+            );
+        }
+        let last = match recovered.last {
+            Some(i) => {
+                let bytes = wal.reader().read(i, i + 1)?;
+                let bytes = bytes.first().ok_or_else(|| DbError::Decode {
+                    what: "log entry",
+                    detail: format!("entry {i} is missing"),
+                })?;
+                Some(decode::<Entry<TypeConfig>>("log entry", bytes)?.log_id)
+            }
+            None => None,
+        };
+        Ok(Opened {
+            wal,
+            vote,
+            purged,
+            last,
+            committed_file,
+            committed,
+            snapshot,
+        })
+    };
+    let opened = read().map_err(open_error(dir))?;
+    Ok((lock, opened))
+}
+
+/// Opens (creating) the raft directory `dir`, starts its log writer, and restores the last
+/// snapshot into `store`.
+pub(crate) async fn open(dir: &Path, store: Store) -> Result<(LogStore, StateMachine), RaftError> {
+    open_with(dir, store, SEGMENT_SIZE).await
+}
+
+/// [`open`] with log segments of `segment_size` bytes (small ones in tests).
+pub(crate) async fn open_with(
+    dir: &Path,
+    store: Store,
+    segment_size: u64,
+) -> Result<(LogStore, StateMachine), RaftError> {
+    let owned = dir.to_path_buf();
+    let (lock, opened) = tokio::task::spawn_blocking(move || open_blocking(&owned, segment_size))
         .await
         .map_err(|e| RaftError::Open {
-            path: path.to_path_buf(),
+            path: dir.to_path_buf(),
             detail: e.to_string(),
         })??;
-    let (db, snapshot) = opened;
-    let db = Db {
-        db: Arc::new(DbFile {
-            db,
-            closed: watch::channel(()).0,
-        }),
-    };
+    let Opened {
+        wal,
+        vote,
+        purged,
+        last,
+        committed_file,
+        committed,
+        snapshot,
+    } = opened;
+    let shared = Arc::new(Shared {
+        _lock: lock,
+        closed: watch::channel(()).0,
+        dir: dir.to_path_buf(),
+        snapshot: Mutex::new(
+            snapshot
+                .as_ref()
+                .map(|(m, _)| m.last_log_id.map(|l| l.index)),
+        ),
+        stats: Arc::default(),
+    });
+    let reader = wal.reader();
+    let (jobs, queue) = mpsc::channel();
+    let writer_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("raft-wal".into())
+        .spawn(move || run_writer(wal, queue, writer_shared))
+        .map_err(|e| RaftError::Open {
+            path: dir.to_path_buf(),
+            detail: format!("cannot start the log writer thread: {e}"),
+        })?;
+
     let mut sm = StateMachine {
-        db: db.clone(),
+        shared: shared.clone(),
         store,
         applied: None,
         membership: StoredMembership::default(),
     };
     if let Some((meta, data)) = snapshot {
         let state = StoreSnapshot::decode(data.as_slice()).map_err(|e| RaftError::Corrupt {
-            path: path.to_path_buf(),
+            path: dir.to_path_buf(),
             detail: format!("snapshot {}: {e}", meta.snapshot_id),
         })?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
@@ -236,72 +340,202 @@ pub(crate) async fn open(path: &Path, store: Store) -> Result<(LogStore, StateMa
         sm.membership = meta.last_membership;
         tracing::info!(index, "raft: restored the state from the last snapshot");
     }
-    Ok((LogStore { db }, sm))
+    let log = LogStore {
+        shared,
+        jobs,
+        reader,
+        meta: Arc::new(Mutex::new(LogMeta {
+            vote,
+            purged,
+            last,
+            committed,
+        })),
+        committed: Arc::new(committed_file),
+    };
+    Ok((log, sm))
 }
 
-/// redb's page cache. Its default (1 GiB) would keep every log entry written in memory until
-/// it is full: the log is written once and read back only for a lagging follower or at a
-/// restart, so a small cache costs little and the manager's memory stays its state's.
-const CACHE_BYTES: usize = 32 << 20;
+/// A reply from the log writer.
+type Reply = oneshot::Sender<Result<(), DbError>>;
 
-fn open_blocking(path: &PathBuf) -> Result<(Database, Option<StoredSnapshot>), RaftError> {
-    let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
-        Ok(db) => db,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(RaftError::Locked { path: path.clone() })
-        }
-        Err(e) => {
-            return Err(RaftError::Open {
-                path: path.clone(),
-                detail: e.to_string(),
-            })
-        }
-    };
-    let prepare = || -> Result<Option<StoredSnapshot>, DbError> {
-        let txn = begin_write(&db)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            txn.open_table(LOGS)?;
-            let found: Option<u32> = meta
-                .get(KEY_FORMAT)?
-                .map(|v| decode("format", v.value()))
-                .transpose()?;
-            match found {
-                Some(f) if f > FORMAT => return Err(DbError::Format { found: f }),
-                Some(_) => {}
-                None => {
-                    let bytes = encode("format", &FORMAT)?;
-                    meta.insert(KEY_FORMAT, bytes.as_slice())?;
+/// Work for the log writer thread, done in the order it was queued.
+enum Job {
+    /// Entries `(index, encoded entry)`; `callback` hears of them once they are synced.
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Vote {
+        vote: Vec<u8>,
+        reply: Reply,
+    },
+    Truncate {
+        since: u64,
+        reply: Reply,
+    },
+    Purge {
+        upto: LogId<u64>,
+        reply: Reply,
+    },
+}
+
+/// The log writer: drains the queue, writes every append in it, syncs once, then reports them
+/// all flushed. After an I/O error the log's state on disk is unknown: everything after it
+/// fails until the daemon restarts (and recovers from what is on disk).
+fn run_writer(mut wal: Wal, queue: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let mut failed: Option<String> = None;
+    let mut written: Vec<LogFlushed<TypeConfig>> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take().or_else(|| queue.try_recv().ok()) {
+            match job {
+                Job::Append { entries, callback } => {
+                    if let Some(f) = &failed {
+                        callback.log_io_completed(Err(std::io::Error::other(f.clone())));
+                        continue;
+                    }
+                    let appended = wal.append(entries.iter().map(|(i, b)| (*i, b.as_slice())));
+                    match appended {
+                        Ok(()) => written.push(callback),
+                        Err(e) => {
+                            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                            fail(&mut failed, &mut written, e.to_string());
+                        }
+                    }
+                }
+                Job::Vote { vote, reply } => {
+                    sync(&mut wal, &mut written, &mut failed, &shared.stats);
+                    let _ = reply.send(run_job(&mut failed, || {
+                        write_atomic(&shared.dir, VOTE, &vote)
+                    }));
+                }
+                Job::Truncate { since, reply } => {
+                    sync(&mut wal, &mut written, &mut failed, &shared.stats);
+                    let _ = reply.send(run_job(&mut failed, || wal.truncate(since)));
+                }
+                Job::Purge { upto, reply } => {
+                    sync(&mut wal, &mut written, &mut failed, &shared.stats);
+                    let purged = encode("purged log id", &upto);
+                    let _ = reply.send(match purged {
+                        Ok(bytes) => run_job(&mut failed, || {
+                            write_atomic(&shared.dir, PURGED, &bytes)?;
+                            wal.purge(upto.index)
+                        }),
+                        Err(e) => Err(e),
+                    });
                 }
             }
         }
-        txn.commit()?;
-        read_snapshot(&db)
-    };
-    match prepare() {
-        Ok(snapshot) => Ok((db, snapshot)),
-        Err(e @ (DbError::Decode { .. } | DbError::Format { .. })) => Err(RaftError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        }),
-        Err(e) => Err(RaftError::Open {
-            path: path.clone(),
-            detail: e.to_string(),
-        }),
+        sync(&mut wal, &mut written, &mut failed, &shared.stats);
+    }
+    drop(wal);
+    drop(shared);
+}
+
+/// Runs a job unless the log failed before; a failing job fails the log.
+fn run_job(
+    failed: &mut Option<String>,
+    job: impl FnOnce() -> Result<(), WalError>,
+) -> Result<(), DbError> {
+    if let Some(f) = failed {
+        return Err(DbError::Failed(f.clone()));
+    }
+    job().map_err(|e| {
+        *failed = Some(e.to_string());
+        DbError::Wal(e)
+    })
+}
+
+fn fail(failed: &mut Option<String>, written: &mut Vec<LogFlushed<TypeConfig>>, error: String) {
+    for callback in written.drain(..) {
+        callback.log_io_completed(Err(std::io::Error::other(error.clone())));
+    }
+    *failed = Some(error);
+}
+
+/// Syncs what was written and reports it flushed (only now: it is on disk).
+fn sync(
+    wal: &mut Wal,
+    written: &mut Vec<LogFlushed<TypeConfig>>,
+    failed: &mut Option<String>,
+    stats: &WalStats,
+) {
+    if written.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let synced = wal.sync();
+    stats.record(started.elapsed(), written.len());
+    match synced {
+        Ok(()) => {
+            for callback in written.drain(..) {
+                callback.log_io_completed(Ok(()));
+            }
+        }
+        Err(e) => fail(failed, written, e.to_string()),
     }
 }
 
-/// The Raft log and vote. Also its own log reader (redb readers never block the writer).
+/// What the log store keeps in memory besides the log.
+struct LogMeta {
+    vote: Option<Vote<u64>>,
+    purged: Option<LogId<u64>>,
+    /// The last entry's id (appended, maybe not synced yet).
+    last: Option<LogId<u64>>,
+    committed: Option<LogId<u64>>,
+}
+
+/// The Raft log and vote. Also its own log reader (reads never wait for the writer).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Db,
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Job>,
+    reader: WalReader,
+    meta: Arc<Mutex<LogMeta>>,
+    committed: Arc<Unsynced>,
 }
 
 impl LogStore {
-    /// Ends (`changed()` fails) once the database file is closed and its lock released.
+    /// Ends (`changed()` fails) once the raft directory is closed and its lock released.
     pub(crate) fn closed(&self) -> watch::Receiver<()> {
-        self.db.db.closed.subscribe()
+        self.shared.closed.subscribe()
     }
+
+    /// The log writer's counters.
+    pub(crate) fn stats(&self) -> Arc<WalStats> {
+        self.shared.stats.clone()
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, LogMeta> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a job for the writer and waits for its answer.
+    async fn ask(&self, job: impl FnOnce(Reply) -> Job) -> Result<(), DbError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| DbError::Thread("the log writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| DbError::Thread("the log writer has stopped".into()))?
+    }
+}
+
+fn index_range<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -309,21 +543,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
-        self.db
-            .run(move |db| {
-                let txn = db.begin_read()?;
-                let table = txn.open_table(LOGS)?;
-                let mut entries = Vec::new();
-                for item in table.range(bounds)? {
-                    let (_, value) = item?;
-                    entries.push(decode::<Entry<TypeConfig>>("log entry", value.value())?);
-                }
-                Ok(entries)
-            })
-            .await
-            .map_err(sto(ErrorSubject::Logs, ErrorVerb::Read))
+        let (from, to) = index_range(&range);
+        let read = || -> Result<Vec<Entry<TypeConfig>>, DbError> {
+            self.reader
+                .read(from, to)?
+                .iter()
+                .map(|bytes| decode("log entry", bytes))
+                .collect()
+        };
+        read().map_err(sto(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }
 
@@ -331,24 +559,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        self.db
-            .run(|db| {
-                let last_purged: Option<LogId<u64>> = get_meta(db, KEY_PURGED)?;
-                let txn = db.begin_read()?;
-                let table = txn.open_table(LOGS)?;
-                let last = match table.last()? {
-                    Some((_, value)) => {
-                        Some(decode::<Entry<TypeConfig>>("log entry", value.value())?.log_id)
-                    }
-                    None => None,
-                };
-                Ok(LogState {
-                    last_purged_log_id: last_purged,
-                    last_log_id: last.or(last_purged),
-                })
-            })
-            .await
-            .map_err(sto(ErrorSubject::Logs, ErrorVerb::Read))
+        let meta = self.meta();
+        let last = match (meta.last, meta.purged) {
+            (Some(l), Some(p)) => Some(if l.index >= p.index { l } else { p }),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState {
+            last_purged_log_id: meta.purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -356,45 +575,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
-        let vote = *vote;
-        self.db
-            .run(move |db| put_meta(db, KEY_VOTE, &vote))
+        let bytes = encode("vote", vote).map_err(sto(ErrorSubject::Vote, ErrorVerb::Write))?;
+        self.ask(|reply| Job::Vote { vote: bytes, reply })
             .await
-            .map_err(sto(ErrorSubject::Vote, ErrorVerb::Write))
+            .map_err(sto(ErrorSubject::Vote, ErrorVerb::Write))?;
+        self.meta().vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
-        self.db
-            .run(|db| get_meta(db, KEY_VOTE))
-            .await
-            .map_err(sto(ErrorSubject::Vote, ErrorVerb::Read))
+        Ok(self.meta().vote)
     }
 
-    /// Not fsync'd on its own (it rides on the next log append's fsync): openraft allows the
-    /// committed id to be lost or lag, it only lets a restarted node apply sooner. An fsync
-    /// here would double the cost of every write.
+    /// Not synced (see [`super::files`]): openraft allows the committed id to be lost or lag,
+    /// it only lets a restarted node apply sooner. A sync here would double the cost of
+    /// every write.
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.db
-            .run(move |db| {
-                let bytes = encode(KEY_COMMITTED, &committed)?;
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::None)?;
-                {
-                    let mut table = txn.open_table(META)?;
-                    table.insert(KEY_COMMITTED, bytes.as_slice())?;
-                }
-                txn.commit()?;
-                Ok(())
-            })
-            .await
-            .map_err(sto(ErrorSubject::Store, ErrorVerb::Write))
+        if let Some(c) = committed {
+            let bytes = encode("committed log id", &c)
+                .map_err(sto(ErrorSubject::Store, ErrorVerb::Write))?;
+            self.committed.write(&bytes).map_err(|e| {
+                sto(ErrorSubject::Store, ErrorVerb::Write)(DbError::Wal(WalError::Io {
+                    op: "write the committed log id in",
+                    path: self.shared.dir.clone(),
+                    source: e,
+                }))
+            })?;
+        }
+        self.meta().committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
-        self.db
-            .run(|db| Ok(get_meta::<Option<LogId<u64>>>(db, KEY_COMMITTED)?.flatten()))
-            .await
-            .map_err(sto(ErrorSubject::Store, ErrorVerb::Read))
+        Ok(self.meta().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -402,79 +615,77 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut last = None;
         let encoded = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, encode("log entry", &e)?)))
+            .map(|e| {
+                last = Some(e.log_id);
+                Ok((e.log_id.index, encode("log entry", &e)?))
+            })
             .collect::<Result<Vec<(u64, Vec<u8>)>, DbError>>();
-        let written = match encoded {
-            Ok(encoded) => {
-                self.db
-                    .run(move |db| {
-                        let txn = begin_write(db)?;
-                        {
-                            let mut table = txn.open_table(LOGS)?;
-                            for (index, bytes) in &encoded {
-                                table.insert(*index, bytes.as_slice())?;
-                            }
-                        }
-                        txn.commit()?;
-                        Ok(())
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        // Reported flushed only now: the commit above has fsync'd.
-        match written {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
+        let entries = match encoded {
+            Ok(entries) => entries,
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(sto(ErrorSubject::Logs, ErrorVerb::Write)(e))
+                return Err(sto(ErrorSubject::Logs, ErrorVerb::Write)(e));
             }
+        };
+        if entries.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
         }
+        // Reported flushed by the writer, after its sync.
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job::Append { entries, callback }) {
+            let e = DbError::Thread("the log writer has stopped".into());
+            if let Job::Append { callback, .. } = job {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            }
+            return Err(sto(ErrorSubject::Logs, ErrorVerb::Write)(e));
+        }
+        if last.is_some() {
+            self.meta().last = last;
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        self.db
-            .run(move |db| {
-                let txn = begin_write(db)?;
-                {
-                    let mut table = txn.open_table(LOGS)?;
-                    table.retain_in(log_id.index.., |_, _| false)?;
-                }
-                txn.commit()?;
-                Ok(())
-            })
+        let since = log_id.index;
+        self.ask(|reply| Job::Truncate { since, reply })
             .await
-            .map_err(sto(ErrorSubject::Logs, ErrorVerb::Delete))
+            .map_err(sto(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        let before = match since.checked_sub(1) {
+            Some(i) => self
+                .reader
+                .read(i, i + 1)
+                .map_err(DbError::Wal)
+                .and_then(|b| {
+                    b.first()
+                        .map(|b| decode::<Entry<TypeConfig>>("log entry", b).map(|e| e.log_id))
+                        .transpose()
+                })
+                .map_err(sto(ErrorSubject::Logs, ErrorVerb::Read))?,
+            None => None,
+        };
+        self.meta().last = before;
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        self.db
-            .run(move |db| {
-                let purged = encode("last purged log id", &log_id)?;
-                let txn = begin_write(db)?;
-                {
-                    let mut meta = txn.open_table(META)?;
-                    meta.insert(KEY_PURGED, purged.as_slice())?;
-                    let mut table = txn.open_table(LOGS)?;
-                    table.retain_in(..=log_id.index, |_, _| false)?;
-                }
-                txn.commit()?;
-                Ok(())
-            })
-            .await
-            .map_err(sto(ErrorSubject::Logs, ErrorVerb::Delete))
+        self.ask(|reply| Job::Purge {
+            upto: log_id,
+            reply,
+        })
+        .await
+        .map_err(sto(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        self.meta().purged = Some(log_id);
+        Ok(())
     }
 }
 
 /// The state machine: applies committed entries to the in-memory [`Store`], and keeps the
 /// last applied log id and membership beside it (they go into every snapshot).
 pub struct StateMachine {
-    db: Db,
+    shared: Arc<Shared>,
     store: Store,
     applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
@@ -483,7 +694,7 @@ pub struct StateMachine {
 /// A consistent view of the state taken between two applies; built and persisted while
 /// openraft goes on applying.
 pub struct SnapshotBuilder {
-    db: Db,
+    shared: Arc<Shared>,
     state: StoreSnapshot,
     applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
@@ -506,17 +717,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let state = std::mem::take(&mut self.state);
         let persisted = meta.clone();
-        let data = self
-            .db
-            .run(move |db| {
-                let data = state.encode_to_vec();
-                write_snapshot(db, &persisted, &data, false)?;
-                Ok(data)
-            })
-            .await
-            .map_err(|e| {
-                StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
-            })?;
+        let shared = self.shared.clone();
+        let data = blocking(move || {
+            let data = state.encode_to_vec();
+            write_snapshot(&shared, &persisted, &data, false)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "raft: snapshot built");
         Ok(Snapshot {
             meta,
@@ -573,7 +781,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            shared: self.shared.clone(),
             state: self.store.snapshot(),
             applied: self.applied,
             membership: self.membership.clone(),
@@ -595,8 +803,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         // On disk first: once openraft hears "installed" it may purge the log behind it.
         let persisted = meta.clone();
-        self.db
-            .run(move |db| write_snapshot(db, &persisted, &data, true))
+        let shared = self.shared.clone();
+        blocking(move || write_snapshot(&shared, &persisted, &data, true))
             .await
             .map_err(|e| {
                 StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
@@ -610,9 +818,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let stored = self
-            .db
-            .run(read_snapshot)
+        let dir = self.shared.dir.clone();
+        let stored = blocking(move || read_snapshot(&dir))
             .await
             .map_err(sto(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
         Ok(stored.map(|(meta, data)| Snapshot {
@@ -626,26 +833,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// new term, after the last entry of the log (or of the snapshot), and resets the vote to
 /// that term, so that the node elects itself and commits its whole log.
 pub(crate) async fn force_single_member(
-    path: &Path,
+    dir: &Path,
     node_id: u64,
     addr: &str,
 ) -> Result<(), RaftError> {
-    let owned = path.to_path_buf();
+    let owned = dir.to_path_buf();
     let addr = addr.to_string();
-    let opened = tokio::task::spawn_blocking(move || -> Result<(), RaftError> {
-        let (db, snapshot) = open_blocking(&owned)?;
+    tokio::task::spawn_blocking(move || -> Result<(), RaftError> {
+        let (_lock, opened) = open_blocking(&owned, SEGMENT_SIZE)?;
+        let Opened {
+            mut wal,
+            vote,
+            purged,
+            last,
+            snapshot,
+            ..
+        } = opened;
         let rewrite = || -> Result<(), DbError> {
-            let last_entry: Option<Entry<TypeConfig>> = {
-                let txn = db.begin_read()?;
-                let table = txn.open_table(LOGS)?;
-                let last = table.last()?;
-                last.map(|(_, v)| decode("log entry", v.value()))
-                    .transpose()?
-            };
-            let last_log_id = last_entry
-                .map(|e| e.log_id)
-                .or_else(|| snapshot.as_ref().and_then(|(m, _)| m.last_log_id));
-            let vote: Option<Vote<u64>> = get_meta(&db, KEY_VOTE)?;
+            let last_log_id = [last, snapshot.and_then(|(m, _)| m.last_log_id), purged]
+                .into_iter()
+                .flatten()
+                .max_by_key(|l| l.index);
             let term = vote
                 .map(|v| v.leader_id().term)
                 .max(last_log_id.map(|l| l.leader_id.term))
@@ -661,15 +869,9 @@ pub(crate) async fn force_single_member(
                 payload: EntryPayload::Membership(membership),
             };
             let bytes = encode("log entry", &entry)?;
-            let vote_bytes = encode(KEY_VOTE, &Vote::new(term, node_id))?;
-            let txn = begin_write(&db)?;
-            {
-                let mut logs = txn.open_table(LOGS)?;
-                logs.insert(index, bytes.as_slice())?;
-                let mut meta = txn.open_table(META)?;
-                meta.insert(KEY_VOTE, vote_bytes.as_slice())?;
-            }
-            txn.commit()?;
+            wal.append([(index, bytes.as_slice())])?;
+            wal.sync()?;
+            write_atomic(&owned, VOTE, &encode("vote", &Vote::new(term, node_id))?)?;
             tracing::warn!(
                 node_id,
                 term,
@@ -678,15 +880,11 @@ pub(crate) async fn force_single_member(
             );
             Ok(())
         };
-        rewrite().map_err(|e| RaftError::Open {
-            path: owned.clone(),
-            detail: e.to_string(),
-        })
+        rewrite().map_err(open_error(&owned))
     })
     .await
     .map_err(|e| RaftError::Open {
-        path: path.to_path_buf(),
+        path: dir.to_path_buf(),
         detail: e.to_string(),
-    })?;
-    opened
+    })?
 }

@@ -61,9 +61,11 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let (log_store, state_machine) = storage::open(&dir.path().join(DB_FILE), Store::new())
-            .await
-            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        // Small segments: the suite rolls, truncates and purges across several of them.
+        let (log_store, state_machine) =
+            storage::open_with(&dir.path().join(RAFT_DIR), Store::new(), 4 << 10)
+                .await
+                .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         Ok((dir, log_store, state_machine))
     }
 }
@@ -71,6 +73,48 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 #[test]
 fn openraft_storage_suite() -> TestResult {
     Suite::test_all(Builder).map_err(Box::new)?;
+    Ok(())
+}
+
+/// The vote is on disk when `save_vote` returns; a replacement cut short by a crash (a
+/// leftover temporary file) leaves the previous vote.
+#[tokio::test]
+async fn the_vote_survives_a_reopen_and_a_crashed_replacement() -> TestResult {
+    use openraft::storage::RaftLogStorage;
+    let dir = tempfile::tempdir()?;
+    let raft_dir = dir.path().join(RAFT_DIR);
+    let (mut log, sm) = storage::open(&raft_dir, Store::new()).await?;
+    assert_eq!(log.read_vote().await?, None);
+    let vote = openraft::Vote::new(3, 7);
+    log.save_vote(&vote).await?;
+    let mut closed = log.closed();
+    drop((log, sm));
+    while closed.changed().await.is_ok() {}
+    // A crash while the next vote was being written: its temporary file is all there is.
+    std::fs::write(raft_dir.join("vote.tmp"), b"half a vo")?;
+    let (mut log, _sm) = storage::open(&raft_dir, Store::new()).await?;
+    assert_eq!(log.read_vote().await?, Some(vote));
+    let newer = openraft::Vote::new_committed(4, 7);
+    log.save_vote(&newer).await?;
+    assert_eq!(log.read_vote().await?, Some(newer));
+    Ok(())
+}
+
+/// A data dir from before the write-ahead log is refused with a message that says what to do.
+#[tokio::test]
+async fn the_old_redb_layout_is_refused_with_advice() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join(LEGACY_DB_FILE), b"redb")?;
+    match RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await {
+        Err(e @ RaftError::OldLayout { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains(LEGACY_DB_FILE), "{message}");
+            assert!(message.contains("older shoal"), "{message}");
+        }
+        Err(e) => return Err(format!("expected OldLayout, got {e}").into()),
+        Ok(_) => return Err("the old layout was opened".into()),
+    }
+    assert!(!dir.path().join(RAFT_DIR).exists());
     Ok(())
 }
 
@@ -241,7 +285,7 @@ async fn a_second_open_of_the_same_database_is_refused() -> TestResult {
                 message.contains("locked by another shoal process"),
                 "{message}"
             );
-            assert!(message.contains("raft.redb"), "{message}");
+            assert!(message.contains(RAFT_DIR), "{message}");
         }
         Err(e) => return Err(format!("expected Locked, got {e}").into()),
         Ok(_) => return Err("the database was opened twice".into()),
@@ -720,5 +764,51 @@ async fn a_dead_peer_is_reported_unreachable() -> TestResult {
         matches!(answer, Err(RPCError::Unreachable(_))),
         "{answer:?}"
     );
+    Ok(())
+}
+
+/// Proposals per second through one node, with 1 and 16 concurrent proposers, and where the
+/// time of one goes (run by hand: `cargo test --release -p shoal-manager --lib
+/// raft::tests::propose_rate -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn propose_rate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await?;
+    node.initialize_single("127.0.0.1:1").await?;
+    for clients in [1usize, 16] {
+        let before = node.wal_stats().totals();
+        let started = Instant::now();
+        let stop = started + Duration::from_secs(2);
+        let tasks = (0..clients).map(|c| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while Instant::now() < stop {
+                    node.propose(create_service(c * 1_000_000 + n)).await??;
+                    n += 1;
+                }
+                Ok::<usize, Box<dyn Error + Send + Sync>>(n)
+            })
+        });
+        let mut total = 0;
+        for t in futures::future::join_all(tasks).await {
+            total += t??;
+        }
+        let elapsed = started.elapsed();
+        let (syncs, synced, appends) = node.wal_stats().totals();
+        let (syncs, synced, appends) = (syncs - before.0, synced - before.1, appends - before.2);
+        let per_write = elapsed / total.max(1) as u32;
+        eprintln!(
+            "{clients:>2} proposer(s): {:.0} writes/s, {per_write:?} a write; {syncs} fdatasyncs \
+             of {:?} on average ({:.0}% of the time), {:.1} entries and {:.1} writes per sync",
+            total as f64 / elapsed.as_secs_f64(),
+            synced / syncs.max(1) as u32,
+            100.0 * synced.as_secs_f64() / elapsed.as_secs_f64(),
+            appends as f64 / syncs.max(1) as f64,
+            total as f64 / syncs.max(1) as f64,
+        );
+    }
+    node.shutdown().await;
     Ok(())
 }

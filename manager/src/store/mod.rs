@@ -3,7 +3,7 @@
 //!
 //! Durability is Raft's job (see [`crate::raft`]): the state machine is this in-memory
 //! [`State`], rebuilt at start from the last snapshot plus the log entries after it, both
-//! fsync'd in redb before any write is acknowledged (swarmkit's design too).
+//! fsync'd before any write is acknowledged (swarmkit's design too).
 //! Only the Raft state machine calls [`Store::apply`]; everyone else reads.
 
 mod state;
