@@ -411,7 +411,10 @@ fn a_changed_placement_replaces_the_tasks() {
         desired_of(&plan),
         vec![("a", TaskState::Shutdown), ("b", TaskState::Shutdown)]
     );
-    assert!(plan.create.iter().all(|t| t.spec.as_deref() == new.spec.as_ref()));
+    assert!(plan
+        .create
+        .iter()
+        .all(|t| t.spec.as_deref() == new.spec.as_ref()));
 }
 
 #[test]

@@ -467,6 +467,19 @@ fn arb_task() -> impl Strategy<Value = Task> {
         })
 }
 
+/// Nodes by id (the first one of a repeated id) and tasks by id.
+fn indexed<'a>(
+    nodes: &'a [Node],
+    tasks: &'a [Task],
+) -> (HashMap<&'a str, &'a Node>, HashMap<&'a str, &'a Task>) {
+    let mut by_id: HashMap<&str, &Node> = HashMap::new();
+    for n in nodes {
+        by_id.entry(n.id.as_str()).or_insert(n);
+    }
+    let tasks = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    (by_id, tasks)
+}
+
 fn with_ids(mut tasks: Vec<Task>) -> Vec<Task> {
     for (i, t) in tasks.iter_mut().enumerate() {
         t.id = format!("t{i:03}");
@@ -496,11 +509,7 @@ proptest! {
     ) {
         let tasks = with_ids(tasks);
         let decisions = schedule(&nodes, &tasks);
-        let mut by_id: HashMap<&str, &Node> = HashMap::new();
-        for n in &nodes {
-            by_id.entry(n.id.as_str()).or_insert(n);
-        }
-        let task_by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        let (by_id, task_by_id) = indexed(&nodes, &tasks);
         // Final reservations per node.
         let mut reserved: HashMap<&str, (i64, i64)> = HashMap::new();
         for t in tasks.iter().filter(|t| !t.node_id.is_empty() && !is_terminal(t)) {
@@ -1100,11 +1109,7 @@ proptest! {
     ) {
         let tasks = with_ids(tasks);
         let decisions = schedule(&nodes, &tasks);
-        let mut by_id: HashMap<&str, &Node> = HashMap::new();
-        for n in &nodes {
-            by_id.entry(n.id.as_str()).or_insert(n);
-        }
-        let task_by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        let (by_id, task_by_id) = indexed(&nodes, &tasks);
         // Non-terminal tasks per (service, node) and host ports per node, after the decisions.
         let mut per: HashMap<(&str, &str), u64> = HashMap::new();
         let mut ports: HashMap<&str, u64> = HashMap::new();
