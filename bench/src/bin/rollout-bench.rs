@@ -884,6 +884,6 @@ fn report(args: &Args, shoal: &ShoalFigures, swarm: &Result<SwarmFigures, String
         switch_ms
     );
     println!(
-        "notes: a rollout is done when every task runs the new image and no old task still runs (shoal's draining tasks count as running: its default drain of 2 s is in the first two rows). The medians are of rounds without load, as Swarm's; one more round per row runs under a load of 3 clients on shoal's published port (a fresh connection per request), and every blue-green round does. shoal runs with Swarm's default heartbeat (5 s)."
+        "notes: a rollout is done when every task runs the new image and no old task still runs (shoal's draining tasks count as running: its drain (at most 2 s by default, ended early once a task serves nobody) is in the first two rows). The medians are of rounds without load, as Swarm's; one more round per row runs under a load of 3 clients on shoal's published port (a fresh connection per request), and every blue-green round does. shoal runs with Swarm's default heartbeat (5 s)."
     );
 }
