@@ -771,7 +771,7 @@ async fn a_dead_peer_is_reported_unreachable() -> TestResult {
 /// time of one goes (run by hand: `cargo test --release -p shoal-manager --lib
 /// raft::tests::propose_rate -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "benchmark: prints writes/s and where the time goes; run by hand"]
 async fn propose_rate() -> TestResult {
     let dir = tempfile::tempdir()?;
     let node = RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await?;
