@@ -12,6 +12,11 @@
 //!
 //! and never before [`MIN_DRAIN`] has passed since the task left, which covers other nodes
 //! that learn of the change a little later and connections already on their way.
+//!
+//! The socket tables are read only when the namespace's socket counters show more than the
+//! listeners seen last time: a table read walks the whole host's connection hash, and a
+//! rollout polls many draining tasks at once (reading them every poll cost more CPU than
+//! starting the new tasks).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -61,10 +66,66 @@ pub fn serving(tcp: &[&str], udp: &[&str]) -> bool {
             .any(|(_, st)| st == UDP_UNCONNECTED)
 }
 
-/// Reads the socket tables of `pid`'s network namespace. `None` when they cannot be read (the
+/// Socket counts of one network namespace, from `/proc/<pid>/net/sockstat` and `sockstat6`:
+/// the kernel keeps them per namespace, so reading them costs nothing, while reading the
+/// socket tables walks the whole host's connection hash (milliseconds each, and a rollout
+/// polls many draining tasks at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// TCP sockets in use (IPv4 and IPv6): listeners and connections, not SYN_RECV or TIME_WAIT.
+    pub tcp: u64,
+    /// UDP sockets in use (IPv4 and IPv6).
+    pub udp: u64,
+}
+
+/// Reads [`Counts`] out of `sockstat` and `sockstat6` texts.
+pub fn counts(sockstat: &str, sockstat6: &str) -> Option<Counts> {
+    let inuse = |text: &str, proto: &str| -> Option<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(proto))?;
+        let mut fields = line.split_whitespace();
+        fields.find(|f| *f == "inuse")?;
+        fields.next()?.parse().ok()
+    };
+    Some(Counts {
+        tcp: inuse(sockstat, "TCP:")? + inuse(sockstat6, "TCP6:").unwrap_or(0),
+        udp: inuse(sockstat, "UDP:")? + inuse(sockstat6, "UDP6:").unwrap_or(0),
+    })
+}
+
+/// What the socket tables said when last read: the TCP listeners they held.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LastRead {
+    listeners: Option<u64>,
+}
+
+impl LastRead {
+    /// Whether the counts alone show the namespace idle: no UDP socket, and no TCP socket but
+    /// the listeners the tables held when last read. Anything else needs the tables.
+    pub fn idle_by_counts(&self, counts: Counts) -> bool {
+        counts.udp == 0 && self.listeners == Some(counts.tcp)
+    }
+}
+
+/// Number of TCP listeners in the tables.
+fn listeners(tcp: &[&str]) -> u64 {
+    tcp.iter()
+        .flat_map(|t| sockets(t))
+        .filter(|(_, st)| st.eq_ignore_ascii_case(LISTEN))
+        .count() as u64
+}
+
+/// Whether `pid`'s network namespace still serves someone (see [`serving`]). The cheap
+/// counters answer when they can ([`LastRead::idle_by_counts`]); otherwise the socket tables
+/// are read and `last` remembers their listeners. `None` when the tables cannot be read (the
 /// process is gone, or the namespace has no IPv6): the caller then waits the full period.
-pub fn serving_in(pid: i32) -> Option<bool> {
+pub fn serving_in(pid: i32, last: &mut LastRead) -> Option<bool> {
     let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok();
+    let counted = read("sockstat").and_then(|s| counts(&s, &read("sockstat6").unwrap_or_default()));
+    if counted.is_some_and(|c| last.idle_by_counts(c)) {
+        return Some(false);
+    }
     let (tcp, tcp6, udp, udp6) = (read("tcp")?, read("tcp6"), read("udp")?, read("udp6"));
     let tcp: Vec<&str> = [Some(tcp.as_str()), tcp6.as_deref()]
         .into_iter()
@@ -74,6 +135,7 @@ pub fn serving_in(pid: i32) -> Option<bool> {
         .into_iter()
         .flatten()
         .collect();
+    last.listeners = Some(listeners(&tcp));
     Some(serving(&tcp, &udp))
 }
 
@@ -150,6 +212,34 @@ mod tests {
         assert!(serving(&[HEADER], &[&udp]));
         let connected = table(&[("0200000A:C000", "0300000A:0035", "01")]);
         assert!(!serving(&[HEADER], &[&connected]));
+    }
+
+    const SOCKSTAT: &str = "sockets: used 3\nTCP: inuse 2 orphan 0 tw 5 alloc 9 mem 26\nUDP: inuse 1 mem 0\nUDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n";
+    const SOCKSTAT6: &str =
+        "TCP6: inuse 1\nUDP6: inuse 0\nUDPLITE6: inuse 0\nRAW6: inuse 0\nFRAG6: inuse 0 memory 0\n";
+
+    #[test]
+    fn counts_add_both_families() {
+        assert_eq!(counts(SOCKSTAT, SOCKSTAT6), Some(Counts { tcp: 3, udp: 1 }));
+        assert_eq!(counts(SOCKSTAT, ""), Some(Counts { tcp: 2, udp: 1 }));
+        assert_eq!(counts("nonsense", SOCKSTAT6), None);
+    }
+
+    #[test]
+    fn counts_tell_idle_only_when_nothing_but_the_listeners_is_there() {
+        let tcp = table(&[
+            ("00000000:0050", "00000000:0000", "0A"),
+            ("00000000:1F90", "00000000:0000", "0A"),
+        ]);
+        let last = LastRead {
+            listeners: Some(listeners(&[&tcp])),
+        };
+        assert!(last.idle_by_counts(Counts { tcp: 2, udp: 0 }));
+        // A connection more (inbound or not), or any UDP socket: the tables must say.
+        assert!(!last.idle_by_counts(Counts { tcp: 3, udp: 0 }));
+        assert!(!last.idle_by_counts(Counts { tcp: 2, udp: 1 }));
+        // Before the tables were ever read, the counts prove nothing.
+        assert!(!LastRead::default().idle_by_counts(Counts { tcp: 0, udp: 0 }));
     }
 
     #[test]

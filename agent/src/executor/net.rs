@@ -390,7 +390,7 @@ impl TaskNetworks {
     /// no DNS answer naming it can still be cached (see [`super::drain`]); pending forever
     /// when that cannot be told (its sockets are unreadable), so the full period applies.
     pub async fn idle_after(&self, container_id: &str, pid: i32, left: std::time::Instant) {
-        use super::drain::{serving_in, MIN_DRAIN, POLL, QUIET_FOR};
+        use super::drain::{serving_in, LastRead, MIN_DRAIN, POLL, QUIET_FOR};
         let ips: Vec<_> = self
             .manager
             .attachments(container_id)
@@ -407,13 +407,17 @@ impl TaskNetworks {
             })
         };
         let mut quiet_since = None;
+        let mut last = LastRead::default();
         loop {
             tokio::time::sleep(POLL).await;
             let now = std::time::Instant::now();
-            let serving = tokio::task::spawn_blocking(move || serving_in(pid))
-                .await
-                .ok()
-                .flatten();
+            let (serving, read) = tokio::task::spawn_blocking(move || {
+                let serving = serving_in(pid, &mut last);
+                (serving, last)
+            })
+            .await
+            .unwrap_or((None, last));
+            last = read;
             let idle = now >= left + MIN_DRAIN && !cached(now) && serving == Some(false);
             tracing::trace!(
                 container = container_id,
