@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use shoal_proto::service_spec::Mode;
 use shoal_proto::{
-    ContainerInfo, InspectImagesRequest, ListContainersRequest, ListTasksRequest,
-    RemoveImagesRequest, RemoveVolumeRequest, ReplicatedService, Service, ServiceLogsRequest,
-    ServiceSpec, StackSpec, Task, TaskState,
+    ContainerInfo, InspectImagesRequest, ListContainersRequest, RemoveImagesRequest,
+    RemoveVolumeRequest, ReplicatedService, Service, ServiceLogsRequest, ServiceSpec, StackSpec,
+    Task, TaskState,
 };
 
 use super::service::{self, Progress};
@@ -277,6 +277,12 @@ async fn pull_before_up(
     flag: Option<&str>,
 ) -> Result<()> {
     let mut wanted = Vec::new();
+    let images: BTreeSet<String> = chosen
+        .iter()
+        .filter_map(|name| project.services[name].image.clone())
+        .collect();
+    // One question for the usual case (every image is here), one per image otherwise.
+    let all_present = images_present(client, images.into_iter().collect()).await;
     for name in chosen {
         let service = &project.services[name];
         let (Some(image), None) = (&service.image, &service.build) else {
@@ -291,13 +297,7 @@ async fn pull_before_up(
             });
             continue;
         }
-        let present = client
-            .images
-            .inspect(InspectImagesRequest {
-                images: vec![image.clone()],
-            })
-            .await
-            .is_ok();
+        let present = all_present || images_present(client, vec![image.clone()]).await;
         match policy {
             _ if present => {}
             PullPolicy::Never | PullPolicy::Build => bail!(
@@ -313,6 +313,12 @@ async fn pull_before_up(
         }
     }
     pull_images(client, &wanted, false).await
+}
+
+/// Whether every one of `images` is on this node.
+async fn images_present(client: &mut Client, images: Vec<String>) -> bool {
+    let request = InspectImagesRequest { images };
+    client.images.inspect(request).await.is_ok()
 }
 
 /// Pulls every image of `wanted` at once, each once, with a line per service.
@@ -450,16 +456,12 @@ async fn show_progress(
     let width = short.iter().map(|s| s.len()).max().unwrap_or(0) + project.len() + 1;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let mut errors: BTreeSet<String> = BTreeSet::new();
+    let mut watch = service::TaskWatch::default();
     loop {
-        // Two requests a round, whatever the project's size: its services, then the tasks.
+        // Two requests a round, whatever the project's size: its services, then the tasks
+        // (once they changed).
         let services = stack::stack_services(client, project).await?;
-        let all_tasks = client
-            .control
-            .list_tasks(ListTasksRequest::default())
-            .await
-            .map_err(|s| anyhow!(status_message(&s)))?
-            .into_inner()
-            .tasks;
+        let all_tasks = watch.next(client, "").await?;
         let mut all_done = true;
         for s in short {
             let full = format!("{project}_{s}");
@@ -505,7 +507,6 @@ async fn show_progress(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             bail!("timed out waiting for the project {project} to run (--wait-timeout)");
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -640,9 +640,10 @@ impl Progress {
 pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
     let mut last_line = String::new();
     let mut shown_errors: Vec<String> = Vec::new();
+    let mut watch = TaskWatch::default();
     loop {
         let s = get(client, service).await?;
-        let tasks = list_tasks(client, &s.id).await?;
+        let tasks = watch.next(client, &s.id).await?;
         let progress = Progress::of(&s, &tasks);
         if let Some(error) = &progress.failed {
             bail!(
@@ -668,7 +669,6 @@ pub async fn converge(client: &mut Client, service: &str) -> Result<()> {
             eprintln!("verify: Service {} converged", spec_name(&s));
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -730,16 +730,33 @@ pub async fn get(client: &mut Client, service: &str) -> Result<Service> {
 }
 
 pub async fn list_tasks(client: &mut Client, service: &str) -> Result<Vec<Task>> {
-    Ok(client
-        .control
-        .list_tasks(ListTasksRequest {
-            service: service.into(),
-            node_id: String::new(),
-        })
-        .await
-        .map_err(|s| anyhow!(status_message(&s)))?
-        .into_inner()
-        .tasks)
+    TaskWatch::default().next(client, service).await
+}
+
+/// Follows a task list as it changes: the first [`TaskWatch::next`] answers at once, each
+/// later one when the store has changed since (or after about a second), so a command waiting
+/// for tasks sees each change as it lands instead of polling.
+#[derive(Default)]
+pub struct TaskWatch {
+    seen: u64,
+}
+
+impl TaskWatch {
+    /// The tasks of `service` (empty: every task).
+    pub async fn next(&mut self, client: &mut Client, service: &str) -> Result<Vec<Task>> {
+        let answer = client
+            .control
+            .list_tasks(ListTasksRequest {
+                service: service.into(),
+                node_id: String::new(),
+                changed_after: self.seen,
+            })
+            .await
+            .map_err(|s| anyhow!(status_message(&s)))?
+            .into_inner();
+        self.seen = answer.index;
+        Ok(answer.tasks)
+    }
 }
 
 pub async fn ls(client: &mut Client, args: ListArgs) -> Result<()> {

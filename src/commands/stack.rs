@@ -1,12 +1,11 @@
 //! `shoal stack ...` and the `compose` verbs that deploy: a compose project is a stack.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use shoal_proto::{
-    DeployStackRequest, ListServicesRequest, ListStacksRequest, ListTasksRequest,
-    RemoveStackRequest, Service, StackSpec,
+    DeployStackRequest, ListServicesRequest, ListStacksRequest, RemoveStackRequest, Service,
+    StackSpec,
 };
 
 use crate::cli::{ComposeArgs, ComposeCommand, Format, ListArgs};
@@ -219,17 +218,11 @@ pub(crate) async fn down(client: &mut Client, stack: &str) -> Result<()> {
         return Ok(());
     }
     rm(client, &[stack.to_string()]).await?;
+    let mut watch = super::service::TaskWatch::default();
     loop {
-        let tasks = client
-            .control
-            .list_tasks(ListTasksRequest::default())
-            .await
-            .map_err(|s| anyhow!(status_message(&s)))?
-            .into_inner()
-            .tasks;
+        let tasks = watch.next(client, "").await?;
         if !tasks.iter().any(|t| ids.contains(&t.service_id)) {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -448,12 +448,23 @@ impl Control for ControlApi {
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let r = request.into_inner();
+        if r.changed_after > 0 {
+            let mut applied = self.store.applied_index();
+            // Timing out is an answer too: the caller asks again (and minds its deadline).
+            let _ = tokio::time::timeout(
+                LIST_TASKS_LONGEST_WAIT,
+                applied.wait_for(|index| *index > r.changed_after),
+            )
+            .await;
+        }
         self.barrier().await?;
         let service_id = if r.service.is_empty() {
             None
         } else {
             Some(self.find_service(&r.service)?.id)
         };
+        // Read before the state, so that the state is at least as new as the index given out.
+        let index = *self.store.applied_index().borrow();
         let state = self.store.read();
         let tasks = state
             .tasks
@@ -462,7 +473,7 @@ impl Control for ControlApi {
             .filter(|t| r.node_id.is_empty() || t.node_id == r.node_id)
             .map(|t| Task::clone(t))
             .collect();
-        Ok(Response::new(ListTasksResponse { tasks }))
+        Ok(Response::new(ListTasksResponse { tasks, index }))
     }
 
     async fn update_node(
@@ -814,6 +825,9 @@ impl Control for ControlApi {
         Ok(Response::new(self.follow_logs(service.id, tasks, r.tail)))
     }
 }
+
+/// The longest a `ListTasks` with `changed_after` waits for a change.
+const LIST_TASKS_LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often `logs --follow` looks for tasks that started since it began.
 const NEW_TASK_POLL: std::time::Duration = std::time::Duration::from_millis(250);
