@@ -408,8 +408,9 @@ impl TaskNetworks {
         };
         let mut quiet_since = None;
         let mut last = LastRead::default();
+        // Nothing ends the drain before MIN_DRAIN: looking earlier would be wasted.
+        tokio::time::sleep_until((left + MIN_DRAIN).into()).await;
         loop {
-            tokio::time::sleep(POLL).await;
             let now = std::time::Instant::now();
             let (serving, read) = tokio::task::spawn_blocking(move || {
                 let serving = serving_in(pid, &mut last);
@@ -427,12 +428,10 @@ impl TaskNetworks {
             );
             if !idle {
                 quiet_since = None;
-                continue;
-            }
-            let since = *quiet_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= QUIET_FOR {
+            } else if now.saturating_duration_since(*quiet_since.get_or_insert(now)) >= QUIET_FOR {
                 return;
             }
+            tokio::time::sleep(POLL).await;
         }
     }
 
