@@ -825,7 +825,7 @@ impl<N: NetOps> Core<N> {
         let mac = mac_for_ip(ip);
         self.plugging
             .push((container_id.to_string(), net.id.clone()));
-        Ok(Planned::Plug(PlannedAttach {
+        Ok(Planned::Plug(Box::new(PlannedAttach {
             created_ns,
             evicted,
             veth: VethPlug {
@@ -854,7 +854,7 @@ impl<N: NetOps> Core<N> {
                 aliases,
                 default_route,
             },
-        }))
+        })))
     }
 
     /// Gives a container with no namespace yet a warm sandbox of `net` as its namespace and
@@ -1510,7 +1510,7 @@ enum Planned {
     /// The asked-for address is about to be free: ask again shortly.
     Wait,
     /// Links to make on the host.
-    Plug(PlannedAttach),
+    Plug(Box<PlannedAttach>),
 }
 
 /// An attachment decided by [`Core::plan_attach`], to be made on the host.
@@ -1790,7 +1790,7 @@ impl<N: NetOps> NetworkManager<N> {
             {
                 Planned::Done(att) => return Ok(att),
                 Planned::Wait => tokio::time::sleep(Duration::from_millis(10)).await,
-                Planned::Plug(plan) => break plan,
+                Planned::Plug(plan) => break *plan,
             }
         };
         let ops = self.ops();
@@ -1896,7 +1896,7 @@ mod tests {
         let busy = m.remove_network("n").await.unwrap_err().to_string();
         assert!(busy.contains("c1"), "{busy}");
         plan.plug(&*m.ops()).unwrap();
-        m.core.lock().unwrap().finish_attach(plan, Ok(())).unwrap();
+        m.core.lock().unwrap().finish_attach(*plan, Ok(())).unwrap();
         assert!(m.remove_network("n").await.is_err(), "attached now");
         m.release_container("c1").await.unwrap();
         m.remove_network("n").await.unwrap();
