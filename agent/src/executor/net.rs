@@ -23,7 +23,7 @@ use super::published::PublishedPorts;
 use super::rotation::{Endpoint, Member, Rotation};
 use super::vip;
 use crate::dns::DnsServer;
-use crate::network::{Attachment, NetworkManager, NetworkSpec, OverlaySpec};
+use crate::network::{Attachment, NetworkManager, NetworkSpec, OverlaySpec, PoolPolicy};
 use crate::runtime::NetworkMode;
 
 /// The node-local network of services that name none.
@@ -186,7 +186,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl TaskNetworks {
+    /// Turns the manager's warm pool on: a container start takes a namespace plugged in
+    /// beforehand, and a stop leaves the deletion of its namespace to the background.
     pub fn new(manager: NetworkManager, dns: DnsServer, ports: PublishedPorts) -> Self {
+        manager.enable_pool(PoolPolicy::default());
         let rotation = Rotation::new(dns.table().clone(), ports.clone());
         TaskNetworks {
             manager,

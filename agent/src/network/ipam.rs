@@ -441,6 +441,43 @@ impl Ipam {
             .get_mut(id)
             .is_some_and(|n| n.allocated.remove(&ip).is_some())
     }
+
+    /// Who holds `ip` in network `id`.
+    pub fn owner(&self, id: &str, ip: Ipv4Addr) -> Option<&str> {
+        self.networks
+            .get(id)?
+            .allocated
+            .get(&ip)
+            .map(String::as_str)
+    }
+
+    /// Returns `ip` to network `id` if `owner` still holds it (it may have been given back
+    /// and handed out again meanwhile); true when it was released.
+    pub fn release_if_owner(&mut self, id: &str, ip: Ipv4Addr, owner: &str) -> bool {
+        match self.networks.get_mut(id) {
+            Some(n) if n.allocated.get(&ip).is_some_and(|o| o == owner) => {
+                n.allocated.remove(&ip);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands `ip` of network `id` from owner `from` to owner `to`; false (and no change) when
+    /// `from` does not hold it.
+    pub fn reassign(&mut self, id: &str, ip: Ipv4Addr, from: &str, to: &str) -> bool {
+        match self
+            .networks
+            .get_mut(id)
+            .and_then(|n| n.allocated.get_mut(&ip))
+        {
+            Some(o) if o == from => {
+                *o = to.to_string();
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -670,6 +707,22 @@ mod tests {
         assert!(ipam.allocate_specific("n", ip("10.0.0.255"), "c").is_err());
         assert!(ipam.release_address("n", ip("10.0.0.3")));
         ipam.allocate_specific("n", ip("10.0.0.3"), "c").unwrap();
+    }
+
+    #[test]
+    fn owners_hand_over_and_release_only_what_they_hold() {
+        let mut ipam = Ipam::default();
+        ipam.allocate_subnet("n", &SubnetRequest::default(), &[])
+            .unwrap();
+        let a = ipam.allocate_address("n", "pool:1").unwrap();
+        assert!(!ipam.reassign("n", a, "pool:2", "c1"), "not pool:2's");
+        assert!(ipam.reassign("n", a, "pool:1", "c1"));
+        assert_eq!(ipam.owner("n", a), Some("c1"));
+        assert!(!ipam.release_if_owner("n", a, "pool:1"));
+        assert!(!ipam.release_if_owner("gone", a, "c1"));
+        assert!(ipam.release_if_owner("n", a, "c1"));
+        assert_eq!(ipam.owner("n", a), None);
+        assert!(!ipam.reassign("n", a, "c1", "c2"), "free now");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ use super::ipam::{AddressPool, Ipam, IpamError, Ipv4Net, SubnetRequest};
 use super::overlay::{
     self, vxlan_name, OverlayEntries, OverlayPeer, OverlaySpec, VXLAN_OVERHEAD, VXLAN_PORT,
 };
+use super::pool::{self, NetworkUse, PoolPolicy, Retiring, RetiringLink, Sandbox};
 use super::{
     bridge_name, format_mac, mac_for_ip, validate_prefix, veth_names, NetError, NetOps, RealNetOps,
     VethPlug, VxlanLink,
@@ -146,6 +148,12 @@ pub struct NetworkState {
     pub ipam: Ipam,
     /// Container id → its netns file and attachments.
     pub containers: BTreeMap<String, ContainerNet>,
+    /// Warm sandboxes, ready for a container to take (see [`super::pool`]).
+    #[serde(default)]
+    pub pool: Vec<Sandbox>,
+    /// Namespaces and links being deleted; their addresses are held until they are gone.
+    #[serde(default)]
+    pub retiring: Vec<Retiring>,
     /// True when shoal switched `net.ipv4.ip_forward` on (and so may switch it off again).
     pub ip_forward_enabled: bool,
 }
@@ -158,6 +166,10 @@ pub struct ReconcileReport {
     pub removed_netns: Vec<PathBuf>,
     pub recreated_bridges: Vec<String>,
     pub recreated_vxlans: Vec<String>,
+    /// Warm sandboxes and retiring namespaces of the previous run, deleted.
+    pub removed_sandboxes: Vec<PathBuf>,
+    /// Addresses IPAM held for no container, sandbox or retiring namespace: released.
+    pub released_addresses: Vec<Ipv4Addr>,
 }
 
 struct Core<N: NetOps> {
@@ -170,7 +182,89 @@ struct Core<N: NetOps> {
     /// Remote endpoints of overlay networks, by network name (also of networks not created
     /// here yet). Not persisted: the cluster manager resends them.
     peers: BTreeMap<String, Peers>,
+    /// The warm pool's bookkeeping; `None` while the pool is off (then releases delete
+    /// namespaces and links before they return).
+    pool: Option<PoolBook>,
 }
+
+/// What the pool's worker and the attach path share, besides the persisted sandboxes.
+struct PoolBook {
+    policy: PoolPolicy,
+    /// The last attach to each network that could have taken a sandbox.
+    last_used: BTreeMap<String, Instant>,
+    /// The last failure to make a sandbox, by network.
+    failed_at: BTreeMap<String, Instant>,
+    /// Sandboxes being made (their addresses are allocated); a sandbox no longer here when
+    /// it is done was cancelled (its network went).
+    making: Vec<Sandbox>,
+    /// Retiring namespaces the worker is deleting now, by netns file.
+    busy: HashSet<PathBuf>,
+    /// The last failure to delete a retiring namespace: the worker waits before retrying.
+    retire_failed_at: Option<Instant>,
+    wake: Arc<Wake>,
+}
+
+/// Wakes the pool's worker.
+#[derive(Default)]
+struct Wake {
+    kicked: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn kick(&self) {
+        *self.kicked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits for a kick, at most `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let g = self.kicked.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |k| !*k)
+            .unwrap_or_else(|e| e.into_inner());
+        *g = false;
+    }
+}
+
+/// A piece of the pool worker's work, done outside the manager's lock.
+enum PoolJob {
+    /// Make this sandbox: its netns, then its veth.
+    Make { sandbox: Sandbox, veth: VethPlug },
+    /// Delete these links and this netns.
+    Retire(Retiring),
+}
+
+impl PoolJob {
+    fn run<N: NetOps>(&self, ops: &N) -> Result<(), NetError> {
+        match self {
+            PoolJob::Make { veth, .. } => {
+                ops.create_netns(&veth.netns)?;
+                ops.plug_veth(veth)
+            }
+            PoolJob::Retire(r) => retire(ops, r),
+        }
+    }
+}
+
+/// Deletes a retiring namespace's links (the host ends; a container end whose host end is
+/// gone too) and its netns file.
+fn retire<N: NetOps>(ops: &N, r: &Retiring) -> Result<(), NetError> {
+    for l in &r.links {
+        if !ops.delete_link(None, &l.host_ifname)? {
+            ops.delete_link(Some(r.netns_path.as_path()), &l.ifname)?;
+        }
+    }
+    ops.delete_netns(&r.netns_path)?;
+    Ok(())
+}
+
+/// The longest the pool's worker sleeps: it notices within this time that its manager went.
+const POOL_IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long an attach that asks for an address a sandbox or a retiring namespace still
+/// holds waits for it to be free, before it fails with "in use".
+const HELD_ADDRESS_WAIT: Duration = Duration::from_secs(10);
 
 /// One overlay network's remote endpoints.
 #[derive(Clone, Debug, Default)]
@@ -607,6 +701,7 @@ impl<N: NetOps> Core<N> {
                 users.join(", ")
             )));
         }
+        self.drain_network(&net.id);
         if let Some(vx) = net.vxlan() {
             // Its FDB and neighbour entries go with it.
             self.ops.delete_link(None, &vx)?;
@@ -623,14 +718,19 @@ impl<N: NetOps> Core<N> {
     }
 
     /// Decides an attachment under the lock: its address, names and routes, and the
-    /// container's entry (with its netns path) when it is the first. Nothing on the host yet.
+    /// container's entry (with its netns path) when it is the first. Nothing on the host yet,
+    /// unless a warm sandbox does it all: then the attachment is made and recorded.
+    ///
+    /// `may_wait`: an asked-for address that a sandbox being made or a retiring namespace
+    /// still holds gives [`Planned::Wait`] (it is free soon) rather than "in use".
     fn plan_attach(
         &mut self,
         container_id: &str,
         network: &str,
         aliases: Vec<String>,
         ip: Option<Ipv4Addr>,
-    ) -> Result<PlannedAttach, NetError> {
+        may_wait: bool,
+    ) -> Result<Planned, NetError> {
         check_container_id(container_id)?;
         let net = self.find_network(network)?;
         if let Some(c) = self.st.containers.get(container_id) {
@@ -641,6 +741,13 @@ impl<N: NetOps> Core<N> {
                 )));
             }
         }
+        // Only an address IPAM picks can come from a sandbox.
+        if ip.is_none() && net.overlay.is_none() {
+            if let Some(att) = self.take_sandbox(container_id, &net, &aliases)? {
+                return Ok(Planned::Done(att));
+            }
+        }
+        let mut evicted = None;
         let ip = match ip {
             Some(ip) => {
                 if !net.subnet.contains(ip)
@@ -659,10 +766,28 @@ impl<N: NetOps> Core<N> {
                         net.name
                     )));
                 }
-                self.st
-                    .ipam
-                    .allocate_specific(&net.id, ip, container_id)
-                    .map_err(|e| self.name_ipam_error(e))?;
+                if may_wait && self.address_settling(&net.id, ip) {
+                    return Ok(Planned::Wait);
+                }
+                // A warm sandbox holding the address gives way: the address is the
+                // container's, and the sandbox's links go before the container's are made.
+                if let Some(sb) = pool::take_holder(&mut self.st.pool, &net.id, ip) {
+                    if self
+                        .st
+                        .ipam
+                        .reassign(&net.id, ip, &sb.owner(), container_id)
+                    {
+                        evicted = Some(sb);
+                    } else {
+                        self.st.retiring.push(Retiring::of_sandbox(&sb));
+                    }
+                }
+                if evicted.is_none() {
+                    self.st
+                        .ipam
+                        .allocate_specific(&net.id, ip, container_id)
+                        .map_err(|e| self.name_ipam_error(e))?;
+                }
                 ip
             }
             // The cluster manager gives every overlay address: a node picking one itself
@@ -700,8 +825,9 @@ impl<N: NetOps> Core<N> {
         let mac = mac_for_ip(ip);
         self.plugging
             .push((container_id.to_string(), net.id.clone()));
-        Ok(PlannedAttach {
+        Ok(Planned::Plug(Box::new(PlannedAttach {
             created_ns,
+            evicted,
             veth: VethPlug {
                 host: host.clone(),
                 peer,
@@ -728,7 +854,85 @@ impl<N: NetOps> Core<N> {
                 aliases,
                 default_route,
             },
-        })
+        })))
+    }
+
+    /// Gives a container with no namespace yet a warm sandbox of `net` as its namespace and
+    /// first attachment, if one is ready. Notes the network as in use as a first network
+    /// either way (its pool is filled, or kept filled).
+    fn take_sandbox(
+        &mut self,
+        container_id: &str,
+        net: &Network,
+        aliases: &[String],
+    ) -> Result<Option<Attachment>, NetError> {
+        let Some(book) = &mut self.pool else {
+            return Ok(None);
+        };
+        if self.st.containers.contains_key(container_id) {
+            return Ok(None);
+        }
+        book.last_used.insert(net.id.clone(), Instant::now());
+        book.wake.kick();
+        while let Some(sb) = pool::take(&mut self.st.pool, &net.id) {
+            if sb.default_route == net.internal
+                || !self
+                    .st
+                    .ipam
+                    .reassign(&net.id, sb.ip, &sb.owner(), container_id)
+            {
+                // Not what this network's first attachment needs (not expected): it goes.
+                tracing::warn!(sandbox = %sb.key, network = %net.name, "inconsistent sandbox");
+                self.st.retiring.push(Retiring::of_sandbox(&sb));
+                continue;
+            }
+            let att = Attachment {
+                container_id: container_id.to_string(),
+                network_id: net.id.clone(),
+                network_name: net.name.clone(),
+                netns_path: sb.netns_path.clone(),
+                ifname: "eth0".into(),
+                host_ifname: sb.host_ifname.clone(),
+                ip: sb.ip,
+                prefix_len: net.subnet.prefix(),
+                mac: format_mac(mac_for_ip(sb.ip)),
+                gateway: net.gateway,
+                aliases: aliases.to_vec(),
+                default_route: sb.default_route,
+            };
+            self.st.containers.insert(
+                container_id.to_string(),
+                ContainerNet {
+                    netns_path: sb.netns_path,
+                    attachments: vec![att.clone()],
+                },
+            );
+            self.save_attachments()?;
+            return Ok(Some(att));
+        }
+        Ok(None)
+    }
+
+    /// True when address `ip` of network `network_id` is held by a sandbox being made or by
+    /// a retiring namespace: it is free once the pool's worker is done with it.
+    fn address_settling(&self, network_id: &str, ip: Ipv4Addr) -> bool {
+        let Some(book) = &self.pool else {
+            return false;
+        };
+        let making = book
+            .making
+            .iter()
+            .any(|s| s.network_id == network_id && s.ip == ip);
+        let retiring = self.st.retiring.iter().any(|r| {
+            self.st.ipam.owner(network_id, ip) == Some(r.owner.as_str())
+                && r.links
+                    .iter()
+                    .any(|l| l.network_id == network_id && l.ip == ip)
+        });
+        if making || retiring {
+            book.wake.kick();
+        }
+        making || retiring
     }
 
     /// Records a planned attachment once its links are in place, or undoes the plan (links,
@@ -740,6 +944,7 @@ impl<N: NetOps> Core<N> {
     ) -> Result<Attachment, NetError> {
         let PlannedAttach {
             created_ns,
+            evicted,
             veth,
             att,
         } = plan;
@@ -750,7 +955,21 @@ impl<N: NetOps> Core<N> {
         if let Err(e) = plugged {
             let _ = self.ops.delete_link(None, &veth.host);
             let _ = self.ops.delete_link(None, &veth.peer);
-            self.st.ipam.release_address(&att.network_id, att.ip);
+            match evicted {
+                // Its links may still carry the address: it is held until they are gone.
+                Some(sb) => {
+                    self.st
+                        .ipam
+                        .reassign(&att.network_id, att.ip, &att.container_id, &sb.owner());
+                    self.st.retiring.push(Retiring::of_sandbox(&sb));
+                    if let Some(b) = &self.pool {
+                        b.wake.kick();
+                    }
+                }
+                None => {
+                    self.st.ipam.release_address(&att.network_id, att.ip);
+                }
+            }
             if created_ns {
                 self.st.containers.remove(&att.container_id);
                 let _ = self.ops.delete_netns(&att.netns_path);
@@ -829,6 +1048,28 @@ impl<N: NetOps> Core<N> {
 
     fn release_container(&mut self, container_id: &str) -> Result<(), NetError> {
         check_container_id(container_id)?;
+        if let Some(book) = &self.pool {
+            // The pool's worker deletes the namespace and links; the addresses stay held
+            // until it has.
+            if let Some(c) = self.st.containers.remove(container_id) {
+                self.st.retiring.push(Retiring {
+                    owner: container_id.to_string(),
+                    netns_path: c.netns_path,
+                    links: c
+                        .attachments
+                        .iter()
+                        .map(|a| RetiringLink {
+                            network_id: a.network_id.clone(),
+                            host_ifname: a.host_ifname.clone(),
+                            ifname: a.ifname.clone(),
+                            ip: a.ip,
+                        })
+                        .collect(),
+                });
+                book.wake.kick();
+                return self.save_attachments();
+            }
+        }
         let mut first_err = None;
         let netns = match self.st.containers.get(container_id).cloned() {
             Some(c) => {
@@ -851,8 +1092,249 @@ impl<N: NetOps> Core<N> {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Before network `network_id` goes: its warm sandboxes go, those being made are
+    /// cancelled (the worker deletes them when done), and the retiring namespaces with a link
+    /// on it that the worker is not at are deleted now. Failures are logged: the bridge's
+    /// removal does not depend on them, and the worker (or the next restart) retries.
+    fn drain_network(&mut self, network_id: &str) {
+        let (mine, keep): (Vec<Sandbox>, Vec<Sandbox>) = std::mem::take(&mut self.st.pool)
+            .into_iter()
+            .partition(|s| s.network_id == network_id);
+        self.st.pool = keep;
+        self.st
+            .retiring
+            .extend(mine.iter().map(Retiring::of_sandbox));
+        let busy = match &mut self.pool {
+            Some(b) => {
+                b.making.retain(|s| s.network_id != network_id);
+                b.last_used.remove(network_id);
+                b.failed_at.remove(network_id);
+                b.busy.clone()
+            }
+            None => HashSet::new(),
+        };
+        let now: Vec<Retiring> = self
+            .st
+            .retiring
+            .iter()
+            .filter(|r| !busy.contains(&r.netns_path))
+            .filter(|r| r.links.iter().any(|l| l.network_id == network_id))
+            .cloned()
+            .collect();
+        for r in now {
+            let done = retire(&*self.ops, &r);
+            self.retired(&r, done);
+        }
+    }
+
+    /// Records the end of a retiring namespace's deletion: on success its entry goes and its
+    /// addresses are given back (where it still holds them).
+    fn retired(&mut self, r: &Retiring, done: Result<(), NetError>) {
+        if let Some(b) = &mut self.pool {
+            b.busy.remove(&r.netns_path);
+        }
+        if let Err(e) = done {
+            tracing::warn!(netns = %r.netns_path.display(), "deleting a released namespace: {e}");
+            if let Some(b) = &mut self.pool {
+                b.retire_failed_at = Some(Instant::now());
+            }
+            return;
+        }
+        if let Some(i) = self.st.retiring.iter().position(|x| x == r) {
+            self.st.retiring.swap_remove(i);
+        }
+        for l in &r.links {
+            self.st.ipam.release_if_owner(&l.network_id, l.ip, &r.owner);
+        }
+    }
+
+    /// Each bridge network's pool, for [`pool::plan`].
+    fn pool_uses(&self, book: &PoolBook) -> BTreeMap<String, NetworkUse> {
+        let mut uses: BTreeMap<String, NetworkUse> = self
+            .st
+            .networks
+            .values()
+            .filter(|n| n.overlay.is_none())
+            .map(|n| {
+                let u = NetworkUse {
+                    last_used: book.last_used.get(&n.id).copied(),
+                    failed_at: book.failed_at.get(&n.id).copied(),
+                    ..Default::default()
+                };
+                (n.id.clone(), u)
+            })
+            .collect();
+        // A sandbox of a network that is not (or no longer) here counts as cold.
+        for s in &self.st.pool {
+            uses.entry(s.network_id.clone()).or_default().ready += 1;
+        }
+        for s in &book.making {
+            uses.entry(s.network_id.clone()).or_default().making += 1;
+        }
+        uses
+    }
+
+    /// The pool worker's next jobs: retiring namespaces to delete (cold pools drained into
+    /// them first), and sandboxes to make (their addresses allocated now). Empty when the
+    /// pool is off or there is nothing to do.
+    fn pool_jobs(&mut self, now: Instant) -> Vec<PoolJob> {
+        let Some(book) = &self.pool else {
+            return Vec::new();
+        };
+        let plan = pool::plan(&book.policy, now, &self.pool_uses(book));
+        let mut changed = false;
+        for id in &plan.drain {
+            let (cold, keep): (Vec<Sandbox>, Vec<Sandbox>) = std::mem::take(&mut self.st.pool)
+                .into_iter()
+                .partition(|s| &s.network_id == id);
+            self.st.pool = keep;
+            self.st
+                .retiring
+                .extend(cold.iter().map(Retiring::of_sandbox));
+            changed = true;
+        }
+        let mut jobs = Vec::new();
+        let Some(book) = &mut self.pool else {
+            return jobs;
+        };
+        let may_retire = book
+            .retire_failed_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= book.policy.retry_after);
+        if may_retire {
+            for r in &self.st.retiring {
+                if book.busy.insert(r.netns_path.clone()) {
+                    jobs.push(PoolJob::Retire(r.clone()));
+                }
+            }
+        }
+        for (id, n) in plan.make {
+            let Some(net) = self.st.networks.get(&id).cloned() else {
+                continue;
+            };
+            for _ in 0..n {
+                let key = new_key();
+                let sandbox_owner = pool::owner_of(&key);
+                let ip = match self.st.ipam.allocate_address(&id, &sandbox_owner) {
+                    Ok(ip) => ip,
+                    Err(e) => {
+                        // A full network: no sandbox until the back-off ends.
+                        tracing::debug!(network = %net.name, "no warm sandbox: {e}");
+                        book.failed_at.insert(id.clone(), now);
+                        break;
+                    }
+                };
+                changed = true;
+                let netns = self.cfg.run_dir.join("netns").join(pool::netns_name(&key));
+                let (host, peer) = veth_names(&self.cfg.name_prefix, &key);
+                let default_route = !net.internal;
+                let sandbox = Sandbox {
+                    key,
+                    network_id: id.clone(),
+                    netns_path: netns.clone(),
+                    host_ifname: host.clone(),
+                    ip,
+                    default_route,
+                };
+                let veth = VethPlug {
+                    host,
+                    peer,
+                    bridge: net.bridge.clone(),
+                    netns,
+                    ifname: "eth0".into(),
+                    mac: mac_for_ip(ip),
+                    mtu: net.mtu,
+                    ip,
+                    prefix: net.subnet.prefix(),
+                    gateway: default_route.then_some(net.gateway),
+                };
+                book.making.push(sandbox.clone());
+                jobs.push(PoolJob::Make { sandbox, veth });
+            }
+        }
+        if changed {
+            if let Err(e) = self.save_attachments() {
+                tracing::warn!("saving the network state: {e}");
+            }
+        }
+        jobs
+    }
+
+    /// Records the end of a pool job.
+    fn pool_done(&mut self, job: PoolJob, done: Result<(), NetError>) {
+        match job {
+            PoolJob::Retire(r) => self.retired(&r, done),
+            PoolJob::Make { sandbox, .. } => {
+                let now = Instant::now();
+                let Some(book) = &mut self.pool else {
+                    return;
+                };
+                let wanted = match book.making.iter().position(|s| s.key == sandbox.key) {
+                    Some(i) => {
+                        book.making.swap_remove(i);
+                        true
+                    }
+                    // Cancelled: its network went.
+                    None => false,
+                };
+                if let Err(e) = &done {
+                    if wanted {
+                        tracing::warn!(network = %sandbox.network_id, "making a warm sandbox: {e}");
+                        book.failed_at.insert(sandbox.network_id.clone(), now);
+                    }
+                }
+                if wanted && done.is_ok() && self.st.networks.contains_key(&sandbox.network_id) {
+                    self.st.pool.push(sandbox);
+                } else {
+                    // What was made of it goes; its address once that is gone.
+                    self.st.retiring.push(Retiring::of_sandbox(&sandbox));
+                }
+            }
+        }
+        if let Err(e) = self.save_attachments() {
+            tracing::warn!("saving the network state: {e}");
+        }
+    }
+
+    /// When the pool's worker should look again unasked.
+    fn pool_next_wake(&self, now: Instant) -> Option<Duration> {
+        let book = self.pool.as_ref()?;
+        let retry = book
+            .retire_failed_at
+            .filter(|_| !self.st.retiring.is_empty())
+            .map(|t| (t + book.policy.retry_after).saturating_duration_since(now));
+        pool::next_wake(&book.policy, now, &self.pool_uses(book))
+            .into_iter()
+            .chain(retry)
+            .min()
+    }
+
     fn reconcile(&mut self, live: &HashSet<String>) -> Result<ReconcileReport, NetError> {
         let mut report = ReconcileReport::default();
+        // The last run's warm sandboxes and retiring namespaces go (a warm pool refills on
+        // the next attach). Those the worker of this run is at are left to it.
+        let leftover = std::mem::take(&mut self.st.pool);
+        self.st
+            .retiring
+            .extend(leftover.iter().map(Retiring::of_sandbox));
+        let busy = self
+            .pool
+            .as_ref()
+            .map(|b| b.busy.clone())
+            .unwrap_or_default();
+        let now: Vec<Retiring> = self
+            .st
+            .retiring
+            .iter()
+            .filter(|r| !busy.contains(&r.netns_path))
+            .cloned()
+            .collect();
+        for r in now {
+            let done = retire(&*self.ops, &r);
+            if done.is_ok() {
+                report.removed_sandboxes.push(r.netns_path.clone());
+            }
+            self.retired(&r, done);
+        }
         let dead: Vec<String> = self
             .st
             .containers
@@ -865,12 +1347,22 @@ impl<N: NetOps> Core<N> {
             report.released_containers.push(c);
         }
         let prefix = &self.cfg.name_prefix;
+        let making: &[Sandbox] = self.pool.as_ref().map_or(&[], |b| &b.making);
         let known_veths: HashSet<&str> = self
             .st
             .containers
             .values()
             .flat_map(|c| &c.attachments)
             .map(|a| a.host_ifname.as_str())
+            .chain(
+                self.st
+                    .retiring
+                    .iter()
+                    .flat_map(|r| &r.links)
+                    .map(|l| l.host_ifname.as_str()),
+            )
+            .chain(self.st.pool.iter().map(|s| s.host_ifname.as_str()))
+            .chain(making.iter().map(|s| s.host_ifname.as_str()))
             .collect();
         let bridges: HashSet<&str> = self
             .st
@@ -967,11 +1459,15 @@ impl<N: NetOps> Core<N> {
                 }
             }
         }
+        let making: &[Sandbox] = self.pool.as_ref().map_or(&[], |b| &b.making);
         let known_ns: HashSet<PathBuf> = self
             .st
             .containers
             .values()
             .map(|c| c.netns_path.clone())
+            .chain(self.st.retiring.iter().map(|r| r.netns_path.clone()))
+            .chain(self.st.pool.iter().map(|s| s.netns_path.clone()))
+            .chain(making.iter().map(|s| s.netns_path.clone()))
             .collect();
         let dir = self.cfg.run_dir.join("netns");
         if let Ok(rd) = std::fs::read_dir(&dir) {
@@ -982,16 +1478,47 @@ impl<N: NetOps> Core<N> {
                 }
             }
         }
+        // Addresses held for no one (a crash between an allocation and its record).
+        let mut owners: HashSet<String> = self.st.containers.keys().cloned().collect();
+        owners.extend(self.st.retiring.iter().map(|r| r.owner.clone()));
+        owners.extend(self.st.pool.iter().map(Sandbox::owner));
+        if let Some(b) = &self.pool {
+            owners.extend(b.making.iter().map(Sandbox::owner));
+        }
+        for n in self.st.ipam.networks.values_mut() {
+            let stray: Vec<Ipv4Addr> = n
+                .allocated
+                .iter()
+                .filter(|(_, o)| !owners.contains(*o))
+                .map(|(ip, _)| *ip)
+                .collect();
+            for ip in stray {
+                n.allocated.remove(&ip);
+                report.released_addresses.push(ip);
+            }
+        }
         self.apply_firewall()?;
         self.save()?;
         Ok(report)
     }
 }
 
+/// What [`Core::plan_attach`] decided.
+enum Planned {
+    /// A warm sandbox was taken: attached and recorded.
+    Done(Attachment),
+    /// The asked-for address is about to be free: ask again shortly.
+    Wait,
+    /// Links to make on the host.
+    Plug(Box<PlannedAttach>),
+}
+
 /// An attachment decided by [`Core::plan_attach`], to be made on the host.
 struct PlannedAttach {
     /// The plan made the container's entry: the netns is to be created too.
     created_ns: bool,
+    /// A warm sandbox that held the asked-for address: deleted first.
+    evicted: Option<Sandbox>,
     veth: VethPlug,
     att: Attachment,
 }
@@ -999,12 +1526,49 @@ struct PlannedAttach {
 impl PlannedAttach {
     /// Makes the planned netns and links (the slow part, outside the manager's lock).
     fn plug<N: NetOps>(&self, ops: &N) -> Result<(), NetError> {
+        if let Some(sb) = &self.evicted {
+            retire(ops, &Retiring::of_sandbox(sb))?;
+        }
         if self.created_ns {
             // A file no state knows is a leftover of a crash before the state was saved.
             ops.delete_netns(&self.veth.netns)?;
             ops.create_netns(&self.veth.netns)?;
         }
         ops.plug_veth(&self.veth)
+    }
+}
+
+/// The pool's worker: does the pool's work whenever kicked (or when a pool goes cold),
+/// until its manager is dropped.
+fn pool_worker<N: NetOps>(core: Weak<Mutex<Core<N>>>, wake: Arc<Wake>) {
+    loop {
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        let next = pool_rounds(&strong);
+        drop(strong);
+        wake.wait(next.map_or(POOL_IDLE_CHECK, |d| d.min(POOL_IDLE_CHECK)));
+    }
+}
+
+/// Runs pool jobs until there are none; returns when to look again unasked. Each job runs
+/// outside the manager's lock and is recorded as soon as it is done, so a sandbox is ready
+/// for the next container at once. Namespaces to delete go first: they hold addresses.
+fn pool_rounds<N: NetOps>(core: &Mutex<Core<N>>) -> Option<Duration> {
+    let lock = || core.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let (mut jobs, ops) = {
+            let mut c = lock();
+            (c.pool_jobs(Instant::now()), c.ops.clone())
+        };
+        if jobs.is_empty() {
+            return lock().pool_next_wake(Instant::now());
+        }
+        jobs.sort_by_key(|j| matches!(j, PoolJob::Make { .. }));
+        for job in jobs {
+            let done = job.run(&*ops);
+            lock().pool_done(job, done);
+        }
     }
 }
 
@@ -1072,8 +1636,63 @@ impl<N: NetOps> NetworkManager<N> {
                 st,
                 plugging: Vec::new(),
                 peers: BTreeMap::new(),
+                pool: None,
             })),
         })
+    }
+
+    /// Turns the warm pool on (see [`super::pool`]): containers take ready sandboxes of the
+    /// bridge networks in use, and a worker thread makes them, drains cold pools and deletes
+    /// released namespaces in the background. Once per manager; later calls change nothing.
+    pub fn enable_pool(&self, policy: PoolPolicy) {
+        if let Some(wake) = self.start_pool(policy) {
+            let core = Arc::downgrade(&self.core);
+            let spawned = std::thread::Builder::new()
+                .name("shoal-netpool".into())
+                .spawn(move || pool_worker(core, wake));
+            if let Err(e) = spawned {
+                // Without a worker nothing would ever be made or deleted: stay off.
+                tracing::warn!("no warm network pool: cannot start its thread: {e}");
+                self.core.lock().unwrap_or_else(|e| e.into_inner()).pool = None;
+            }
+        }
+    }
+
+    /// Turns the pool on without a worker: [`Self::settle_pool`] does its work (tests).
+    #[cfg(test)]
+    fn enable_pool_by_hand(&self, policy: PoolPolicy) {
+        self.start_pool(policy);
+    }
+
+    fn start_pool(&self, policy: PoolPolicy) -> Option<Arc<Wake>> {
+        let mut c = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if c.pool.is_some() {
+            return None;
+        }
+        let wake = Arc::new(Wake::default());
+        c.pool = Some(PoolBook {
+            policy,
+            last_used: BTreeMap::new(),
+            failed_at: BTreeMap::new(),
+            making: Vec::new(),
+            busy: HashSet::new(),
+            retire_failed_at: None,
+            wake: wake.clone(),
+        });
+        Some(wake)
+    }
+
+    /// Does the pool's pending work (sandboxes to make, namespaces to delete) here, until
+    /// there is none. The worker does the same on its own; this lets a caller wait for it.
+    pub async fn settle_pool(&self) {
+        let core = self.core.clone();
+        let _ = tokio::task::spawn_blocking(move || pool_rounds(&core)).await;
+    }
+
+    /// The warm sandboxes ready now.
+    pub fn pool(&self) -> Vec<Sandbox> {
+        let c = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        c.st.pool.clone()
     }
 
     /// The [`NetOps`] the manager uses.
@@ -1157,10 +1776,23 @@ impl<N: NetOps> NetworkManager<N> {
         aliases: Vec<String>,
         ip: Option<Ipv4Addr>,
     ) -> Result<Attachment, NetError> {
-        let (cid, net) = (container_id.to_string(), network.to_string());
-        let plan = self
-            .call(move |c| c.plan_attach(&cid, &net, aliases, ip))
-            .await?;
+        let deadline = Instant::now() + HELD_ADDRESS_WAIT;
+        let plan = loop {
+            let (cid, net, aliases) = (
+                container_id.to_string(),
+                network.to_string(),
+                aliases.clone(),
+            );
+            let may_wait = Instant::now() < deadline;
+            match self
+                .call(move |c| c.plan_attach(&cid, &net, aliases, ip, may_wait))
+                .await?
+            {
+                Planned::Done(att) => return Ok(att),
+                Planned::Wait => tokio::time::sleep(Duration::from_millis(10)).await,
+                Planned::Plug(plan) => break *plan,
+            }
+        };
         let ops = self.ops();
         let (plugged, plan) = tokio::task::spawn_blocking(move || (plan.plug(&*ops), plan))
             .await
@@ -1174,7 +1806,9 @@ impl<N: NetOps> NetworkManager<N> {
         self.call(move |c| c.detach(&cid, &net)).await
     }
 
-    /// Removes all of a container's attachments and its netns file. Idempotent.
+    /// Removes all of a container's attachments and its netns file. Idempotent. With the
+    /// warm pool on, the links and the netns file are deleted in the background, and the
+    /// addresses are given back once they are.
     pub async fn release_container(&self, container_id: &str) -> Result<(), NetError> {
         let cid = container_id.to_string();
         self.call(move |c| c.release_container(&cid)).await
@@ -1250,16 +1884,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let m = mgr(d.path());
         m.create_network(NetworkSpec::named("n")).await.unwrap();
-        let plan = m
+        let Planned::Plug(plan) = m
             .core
             .lock()
             .unwrap()
-            .plan_attach("c1", "n", vec![], None)
-            .unwrap();
+            .plan_attach("c1", "n", vec![], None, true)
+            .unwrap()
+        else {
+            panic!("no pool: links to make");
+        };
         let busy = m.remove_network("n").await.unwrap_err().to_string();
         assert!(busy.contains("c1"), "{busy}");
         plan.plug(&*m.ops()).unwrap();
-        m.core.lock().unwrap().finish_attach(plan, Ok(())).unwrap();
+        m.core.lock().unwrap().finish_attach(*plan, Ok(())).unwrap();
         assert!(m.remove_network("n").await.is_err(), "attached now");
         m.release_container("c1").await.unwrap();
         m.remove_network("n").await.unwrap();
@@ -1993,5 +2630,296 @@ mod tests {
             .find(|l| l.name == vx)
             .unwrap();
         assert_eq!(l.master.as_deref(), Some(n.bridge.as_str()));
+    }
+
+    fn pooled(dir: &Path, policy: PoolPolicy) -> NetworkManager<FakeNetOps> {
+        let m = mgr(dir);
+        m.enable_pool_by_hand(policy);
+        m
+    }
+
+    fn has_netns(m: &NetworkManager<FakeNetOps>, p: &Path) -> bool {
+        m.ops().list_links(Some(p)).is_ok()
+    }
+
+    fn owner(m: &NetworkManager<FakeNetOps>, net: &str, a: Ipv4Addr) -> Option<String> {
+        let id = m.network(net).unwrap().id;
+        m.state().ipam.owner(&id, a).map(str::to_string)
+    }
+
+    #[tokio::test]
+    async fn warm_sandboxes_are_taken_refilled_and_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        let n = m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.settle_pool().await;
+        assert!(
+            m.pool().is_empty(),
+            "lazily: not before the network is used"
+        );
+        // The first attach finds nothing ready and plugs as before; the pool fills up.
+        let a = m.attach("c1", "n", vec![], None).await.unwrap();
+        assert!(a.netns_path.ends_with("c1"));
+        m.settle_pool().await;
+        let pool = m.pool();
+        assert_eq!(pool.len(), 2);
+        assert_eq!(m.ops().netns_count(), 3);
+        for s in &pool {
+            assert_eq!(owner(&m, "n", s.ip), Some(s.owner()));
+            let ns = Some(s.netns_path.as_path());
+            let mut names = links(&m, ns);
+            names.sort();
+            assert_eq!(names, ["eth0", "lo"]);
+            assert_eq!(m.ops().default_gateway(ns), Some(n.gateway));
+            let host = m
+                .ops()
+                .list_links(None)
+                .unwrap()
+                .into_iter()
+                .find(|l| l.name == s.host_ifname)
+                .expect("host end");
+            assert_eq!(host.master.as_deref(), Some(n.bridge.as_str()));
+            assert!(host.up);
+        }
+        // The next container takes the oldest, as it is; another is made in its place.
+        let b = m.attach("c2", "n", vec!["web".into()], None).await.unwrap();
+        assert_eq!(b.netns_path, pool[0].netns_path);
+        assert_eq!((b.ip, b.ifname.as_str()), (pool[0].ip, "eth0"));
+        assert_eq!(b.mac, format_mac(mac_for_ip(b.ip)));
+        assert_eq!(b.aliases, ["web"]);
+        assert!(b.default_route);
+        assert_eq!(owner(&m, "n", b.ip).as_deref(), Some("c2"));
+        assert_eq!(m.netns_path("c2"), Some(b.netns_path.clone()));
+        assert_eq!(m.pool().len(), 1);
+        m.settle_pool().await;
+        assert_eq!(m.pool().len(), 2);
+        // A second network goes into the same namespace, the slow way.
+        m.create_network(NetworkSpec::named("m")).await.unwrap();
+        let b2 = m.attach("c2", "m", vec![], None).await.unwrap();
+        assert_eq!(
+            (b2.ifname.as_str(), b2.netns_path.clone()),
+            ("eth1", b.netns_path.clone())
+        );
+        assert!(!b2.default_route);
+
+        // A release returns at once; the namespace, links and addresses go in the background.
+        m.release_container("c2").await.unwrap();
+        assert!(m.attachments("c2").is_empty());
+        assert_eq!(m.state().retiring.len(), 1);
+        assert_eq!(
+            owner(&m, "n", b.ip).as_deref(),
+            Some("c2"),
+            "held until gone"
+        );
+        assert!(has_netns(&m, &b.netns_path));
+        m.settle_pool().await;
+        assert!(m.state().retiring.is_empty());
+        assert_eq!(owner(&m, "n", b.ip), None);
+        assert_eq!(owner(&m, "m", b2.ip), None);
+        assert!(!has_netns(&m, &b.netns_path));
+        assert!(!links(&m, None).contains(&b.host_ifname));
+        assert!(!links(&m, None).contains(&b2.host_ifname));
+        // The network "m" was never a first network: no pool of its own.
+        let m_id = m.network("m").unwrap().id;
+        assert!(m.pool().iter().all(|s| s.network_id != m_id));
+    }
+
+    #[tokio::test]
+    async fn an_internal_network_s_sandboxes_have_no_default_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        m.create_network(NetworkSpec {
+            internal: true,
+            ..NetworkSpec::named("i")
+        })
+        .await
+        .unwrap();
+        m.attach("c1", "i", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        let a = m.attach("c2", "i", vec![], None).await.unwrap();
+        assert!(a.netns_path.to_string_lossy().contains("pool:"));
+        assert!(!a.default_route);
+        assert_eq!(m.ops().default_gateway(Some(&a.netns_path)), None);
+    }
+
+    #[tokio::test]
+    async fn an_asked_for_address_evicts_a_sandbox_or_waits_for_a_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        m.create_network(NetworkSpec {
+            subnet: Some("10.5.0.0/24".parse().unwrap()),
+            ..NetworkSpec::named("b")
+        })
+        .await
+        .unwrap();
+        m.attach("c1", "b", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        let held = m.pool()[1].clone();
+        assert_eq!(held.ip, ip("10.5.0.4"));
+        let a = m.attach("c2", "b", vec![], Some(held.ip)).await.unwrap();
+        assert_eq!(a.ip, held.ip);
+        assert!(a.netns_path.ends_with("c2"), "its own namespace");
+        assert_eq!(owner(&m, "b", held.ip).as_deref(), Some("c2"));
+        assert!(!m.pool().iter().any(|s| s.key == held.key));
+        assert!(!has_netns(&m, &held.netns_path));
+        assert!(!links(&m, None).contains(&held.host_ifname));
+
+        // Released, the address is held until the namespace is gone: an attach asking for
+        // it waits for that rather than failing.
+        m.release_container("c2").await.unwrap();
+        let worker = {
+            let m = m.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                m.settle_pool().await;
+            })
+        };
+        let again = m.attach("c3", "b", vec![], Some(held.ip)).await.unwrap();
+        assert_eq!(again.ip, held.ip);
+        worker.await.unwrap();
+        // Someone else's address is still refused.
+        let e = m
+            .attach("c4", "b", vec![], Some(held.ip))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("(by c3)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn removing_a_network_drains_its_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach("c1", "n", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        assert_eq!(m.pool().len(), 2);
+        m.release_container("c1").await.unwrap();
+        // Not settled: the released namespace is still retiring.
+        m.remove_network("n").await.unwrap();
+        assert!(m.pool().is_empty());
+        assert!(m.state().retiring.is_empty());
+        assert_eq!(m.ops().netns_count(), 0);
+        assert!(links(&m, None).is_empty(), "{:?}", links(&m, None));
+        m.settle_pool().await;
+        assert_eq!(m.ops().netns_count(), 0, "nothing made for a network gone");
+
+        // Without a pool of its own (a fresh manager over the state a daemon left), too.
+        let n = m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach("c1", "n", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        m.release_container("c1").await.unwrap();
+        let kernel = m.ops().state.lock().unwrap().clone();
+        let fresh = NetworkManager::with_ops(
+            m.config(),
+            FakeNetOps {
+                state: std::sync::Mutex::new(kernel),
+            },
+        )
+        .unwrap();
+        assert_eq!(fresh.state().pool.len(), 2);
+        fresh.remove_network(&n.id).await.unwrap();
+        assert_eq!(fresh.ops().netns_count(), 0);
+        assert!(links(&fresh, None).is_empty());
+        assert!(fresh.state().pool.is_empty() && fresh.state().retiring.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_network_being_made_a_sandbox_for_can_go_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach("c1", "n", vec![], None).await.unwrap();
+        m.release_container("c1").await.unwrap();
+        // The worker has planned its jobs when the network goes.
+        let jobs = m.core.lock().unwrap().pool_jobs(Instant::now());
+        assert_eq!(jobs.len(), 3, "one release, two sandboxes");
+        m.remove_network("n").await.unwrap();
+        let ops = m.ops();
+        for job in jobs {
+            let done = job.run(&*ops);
+            m.core.lock().unwrap().pool_done(job, done);
+        }
+        assert!(m.pool().is_empty());
+        m.settle_pool().await;
+        assert_eq!(ops.netns_count(), 0);
+        assert!(links(&m, None).is_empty(), "{:?}", links(&m, None));
+        assert!(m.state().retiring.is_empty());
+    }
+
+    #[tokio::test]
+    async fn cold_pools_drain_and_failures_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = PoolPolicy {
+            size: 1,
+            keep_warm: Duration::from_millis(300),
+            retry_after: Duration::from_millis(200),
+        };
+        let m = pooled(dir.path(), policy);
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.ops().state.lock().unwrap().fail_ops = vec!["set_hairpin"];
+        m.attach("c1", "n", vec![], None).await.unwrap_err();
+        m.settle_pool().await;
+        assert!(m.pool().is_empty());
+        assert!(m.state().retiring.is_empty(), "the failed one is gone");
+        assert_eq!(m.ops().netns_count(), 0);
+        let id = m.network("n").unwrap().id;
+        assert!(m.state().ipam.network(&id).unwrap().allocated.is_empty());
+        m.ops().state.lock().unwrap().fail_ops.clear();
+        m.settle_pool().await;
+        assert!(m.pool().is_empty(), "backing off");
+        tokio::time::sleep(policy.retry_after).await;
+        m.settle_pool().await;
+        assert_eq!(m.pool().len(), 1);
+        let wake = m.core.lock().unwrap().pool_next_wake(Instant::now());
+        assert!(wake.is_some_and(|d| d <= policy.keep_warm), "{wake:?}");
+        tokio::time::sleep(policy.keep_warm).await;
+        m.settle_pool().await;
+        assert!(m.pool().is_empty(), "cold");
+        assert_eq!(m.ops().netns_count(), 0);
+        assert!(m.state().ipam.network(&id).unwrap().allocated.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restart_removes_the_last_run_s_sandboxes_and_stray_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach("alive", "n", vec![], None).await.unwrap();
+        m.attach("dead", "n", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        m.release_container("dead").await.unwrap();
+        let id = m.network("n").unwrap().id;
+        m.core
+            .lock()
+            .unwrap()
+            .st
+            .ipam
+            .allocate_address(&id, "ghost")
+            .unwrap();
+        m.core.lock().unwrap().save_attachments().unwrap();
+        assert_eq!(m.ops().netns_count(), 4);
+
+        let kernel = m.ops().state.lock().unwrap().clone();
+        let again = NetworkManager::with_ops(
+            m.config(),
+            FakeNetOps {
+                state: std::sync::Mutex::new(kernel),
+            },
+        )
+        .unwrap();
+        again.enable_pool_by_hand(PoolPolicy::default());
+        let r = again.reconcile(["alive".to_string()].into()).await.unwrap();
+        assert_eq!(r.removed_sandboxes.len(), 3, "{r:?}");
+        assert_eq!(r.released_addresses.len(), 1, "{r:?}");
+        let st = again.state();
+        assert!(st.pool.is_empty() && st.retiring.is_empty());
+        assert_eq!(again.ops().netns_count(), 1);
+        let held: Vec<&String> = st.ipam.network(&id).unwrap().allocated.values().collect();
+        assert_eq!(held, ["alive"]);
+        let veths: Vec<String> = links(&again, None)
+            .into_iter()
+            .filter(|l| l.starts_with("vsh"))
+            .collect();
+        assert_eq!(veths, [again.attachments("alive")[0].host_ifname.clone()]);
     }
 }

@@ -19,6 +19,11 @@
 //! How a container plugs in: [`NetworkManager::attach`] creates a persistent network namespace
 //! file for the container (`<run_dir>/netns/<container id>`, like `ip netns add`) the first
 //! time, and returns its path; the runtime joins it (`NetworkMode::Join(path)`) with `setns`.
+//! With the warm pool on ([`pool`], [`NetworkManager::enable_pool`]; the agent's executor turns
+//! it on), the first attach to a bridge network takes a namespace made beforehand instead
+//! (`<run_dir>/netns/pool:<key>`, already plugged in), and a release leaves the deletion of the
+//! namespace and links to the pool's worker thread: neither is on a container's start or stop
+//! path.
 //!
 //! Choices, Docker's unless said otherwise:
 //! - a network's bridge is `<prefix>-<first hex of the network id>` (prefix `sh`; ≤ 15 chars);
@@ -41,6 +46,7 @@ mod manager;
 mod netlink;
 mod ops;
 pub mod overlay;
+pub mod pool;
 
 use std::net::Ipv4Addr;
 
@@ -52,6 +58,7 @@ pub use manager::{
 pub use netlink::{create_netns_file, delete_netns_file, RealNetOps};
 pub use ops::{AddrInfo, FakeNetOps, FakeState, LinkInfo, NetOps, VethPlug, VxlanLink};
 pub use overlay::{OverlayEntries, OverlayPeer, OverlaySpec};
+pub use pool::{PoolPolicy, Retiring, Sandbox};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@
 //! ```text
 //! cargo build --release      # the shoal binary (the supervisor)
 //! cargo run --release -p shoal-bench --bin runtime-bench -- [--runs 100] [--shoal PATH]
+//!     [--e2e-only] [--e2e-runs 30] [--no-docker]
 //! ```
 //!
 //! Runs as root. Needs busybox-static; peers are used when installed (crun, runc, docker.io,
@@ -84,6 +85,10 @@ struct Args {
     /// Leave Docker out.
     #[arg(long)]
     no_docker: bool,
+    /// Only the one-shot end-to-end section (2): what a `run --rm` costs with and without
+    /// the default network.
+    #[arg(long)]
+    e2e_only: bool,
 }
 
 fn main() {
@@ -1407,6 +1412,142 @@ fn row(name: &str, s: Option<Stats>, extra: &str) -> Vec<String> {
     }
 }
 
+/// Section 2: `shoal run --rm` with its default bridge network and with `--network none`
+/// through a private daemon, and `docker run --rm` likewise when there is a Docker; then what
+/// the network adds to a start (bridge p50 − none p50).
+fn one_shot_section(args: &Args, shoal: &Path, base: &Path, tag: &str, docker: Option<&Docker>) {
+    let octet = 200 + (u32::from_str_radix(tag, 16).unwrap_or(0) % 50) as u8;
+    let daemon = daemon_with_busybox(shoal, base, tag, octet);
+    let mut sides: Vec<(String, OneShot)> = vec![
+        (
+            "shoal run --rm busybox /bin/true".into(),
+            shoal_run(shoal, &daemon, &[]),
+        ),
+        (
+            "shoal run --rm --network none busybox /bin/true".into(),
+            shoal_run(shoal, &daemon, &["--network", "none"]),
+        ),
+    ];
+    if let Some(d) = docker {
+        sides.push((
+            "docker run --rm busybox /bin/true".into(),
+            docker_run(&d.image, &[]),
+        ));
+        sides.push((
+            "docker run --rm --network none busybox /bin/true".into(),
+            docker_run(&d.image, &["--network", "none"]),
+        ));
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    let mut failed: Vec<Option<String>> = vec![None; sides.len()];
+    let warm = 2;
+    eprintln!("runtime-bench: one-shot end-to-end runs");
+    for i in 0..(warm + args.e2e_runs) {
+        for (k, (_, side)) in sides.iter_mut().enumerate() {
+            if failed[k].is_some() {
+                continue;
+            }
+            if let OneShot::Ready(f) = side {
+                match f() {
+                    Ok(d) if i >= warm => samples[k].push(ms(d)),
+                    Ok(_) => {}
+                    Err(e) => failed[k] = Some(format!("{e:#}")),
+                }
+            }
+        }
+    }
+    println!(
+        "2. one-shot end to end ({} runs per variant after {warm} warm-up; ms)",
+        args.e2e_runs
+    );
+    let mut rows = Vec::new();
+    for (k, (name, side)) in sides.iter().enumerate() {
+        match side {
+            OneShot::Unavailable(why) => rows.push(row(name, None, why)),
+            OneShot::Ready(_) => {
+                let s = Stats::of(&samples[k]);
+                // Docker's rows (2, 3) against shoal's with the same network (0, 1).
+                let shoal_p50 = k
+                    .checked_sub(2)
+                    .and_then(|j| Stats::of(&samples[j]))
+                    .map(|s| s.p50);
+                let extra = match (&failed[k], shoal_p50, s) {
+                    (Some(e), _, _) => format!("FAILED: {e}"),
+                    (None, Some(a), Some(b)) => format!(
+                        "docker / shoal p50 = {:.1}× (target ≥ 8×: {})",
+                        b.p50 / a,
+                        if b.p50 / a >= 8.0 { "met" } else { "NOT met" }
+                    ),
+                    _ => String::new(),
+                };
+                rows.push(row(name, s, &extra));
+            }
+        }
+    }
+    println!(
+        "{}",
+        table::format_table(&["system", "p50", "p90", "min–max", "n", "note"], &rows)
+    );
+    // What the default network adds to a one-shot run: bridge row minus none row.
+    for (who, bridge, none) in [("shoal", 0, 1), ("docker", 2, 3)] {
+        let p50 = |k: usize| {
+            (k < samples.len() && failed[k].is_none())
+                .then(|| Stats::of(&samples[k]))
+                .flatten()
+                .map(|s| s.p50)
+        };
+        if let (Some(b), Some(n)) = (p50(bridge), p50(none)) {
+            let added = b - n;
+            let target = if who == "shoal" {
+                format!(
+                    " (target ≤ 5 ms: {})",
+                    if added <= 5.0 { "met" } else { "NOT met" }
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{who}: the default bridge network adds {added:.2} ms to a run \
+                 (p50 {b:.2} − p50 {n:.2} with --network none){target}"
+            );
+        }
+    }
+    println!();
+    drop(sides);
+    drop(daemon);
+}
+
+/// Docker for sections 2 and 3, unless left out or not installed (then says why).
+fn start_docker(args: &Args, base: &Path, tag: &str, layer: &Path) -> Option<Docker> {
+    let docker = if args.no_docker {
+        Err("--no-docker".to_string())
+    } else if on_path("docker").is_none() || on_path("dockerd").is_none() {
+        Err("docker.io not installed".to_string())
+    } else {
+        Docker::start(base, tag, layer).map_err(|e| format!("{e:#}"))
+    };
+    let docker = match docker {
+        Ok(d) => Some(d),
+        Err(why) => {
+            println!("docker: not measured: {why}");
+            None
+        }
+    };
+    if let Some(d) = &docker {
+        println!(
+            "docker: Engine {}{}; image {} (docker import of the same rootfs)",
+            d.version,
+            if d.started_dockerd() {
+                ", dockerd started by the bench"
+            } else {
+                ", dockerd already running"
+            },
+            d.image
+        );
+    }
+    docker
+}
+
 fn run_all(args: &Args) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -1441,6 +1582,12 @@ fn run_all(args: &Args) -> Result<()> {
         shoal.display()
     );
     println!();
+
+    if args.e2e_only {
+        let docker = start_docker(args, base, &tag, &layer);
+        one_shot_section(args, &shoal, base, &tag, docker.as_ref());
+        return Ok(());
+    }
 
     // ---- 1. create → exit → remove of /bin/true
     let rt = ShoalRt::new(&base.join("c"), &shoal, &format!("rtb-{tag}"), &layer)?;
@@ -1678,111 +1825,10 @@ fn run_all(args: &Args) -> Result<()> {
     }
 
     // ---- Docker (sections 2 and 3)
-    let docker = if args.no_docker {
-        Err("--no-docker".to_string())
-    } else if on_path("docker").is_none() || on_path("dockerd").is_none() {
-        Err("docker.io not installed".to_string())
-    } else {
-        Docker::start(base, &tag, &layer).map_err(|e| format!("{e:#}"))
-    };
-    let mut docker = match docker {
-        Ok(d) => Some(d),
-        Err(why) => {
-            println!("docker: not measured: {why}");
-            None
-        }
-    };
-    if let Some(d) = &docker {
-        println!(
-            "docker: Engine {}{}; image {} (docker import of the same rootfs)",
-            d.version,
-            if d.started_dockerd() {
-                ", dockerd started by the bench"
-            } else {
-                ", dockerd already running"
-            },
-            d.image
-        );
-    }
+    let mut docker = start_docker(args, base, &tag, &layer);
 
     // ---- 2. one-shot end to end
-    {
-        let octet = 200 + (u32::from_str_radix(&tag, 16).unwrap_or(0) % 50) as u8;
-        let daemon = daemon_with_busybox(&shoal, base, &tag, octet);
-        let mut sides: Vec<(String, OneShot)> = vec![
-            (
-                "shoal run --rm busybox /bin/true".into(),
-                shoal_run(&shoal, &daemon, &[]),
-            ),
-            (
-                "shoal run --rm --network none busybox /bin/true".into(),
-                shoal_run(&shoal, &daemon, &["--network", "none"]),
-            ),
-        ];
-        if let Some(d) = &docker {
-            sides.push((
-                "docker run --rm busybox /bin/true".into(),
-                docker_run(&d.image, &[]),
-            ));
-            sides.push((
-                "docker run --rm --network none busybox /bin/true".into(),
-                docker_run(&d.image, &["--network", "none"]),
-            ));
-        }
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
-        let mut failed: Vec<Option<String>> = vec![None; sides.len()];
-        let warm = 2;
-        eprintln!("runtime-bench: one-shot end-to-end runs");
-        for i in 0..(warm + args.e2e_runs) {
-            for (k, (_, side)) in sides.iter_mut().enumerate() {
-                if failed[k].is_some() {
-                    continue;
-                }
-                if let OneShot::Ready(f) = side {
-                    match f() {
-                        Ok(d) if i >= warm => samples[k].push(ms(d)),
-                        Ok(_) => {}
-                        Err(e) => failed[k] = Some(format!("{e:#}")),
-                    }
-                }
-            }
-        }
-        println!(
-            "2. one-shot end to end ({} runs per variant after {warm} warm-up; ms)",
-            args.e2e_runs
-        );
-        let mut rows = Vec::new();
-        for (k, (name, side)) in sides.iter().enumerate() {
-            match side {
-                OneShot::Unavailable(why) => rows.push(row(name, None, why)),
-                OneShot::Ready(_) => {
-                    let s = Stats::of(&samples[k]);
-                    // Docker's rows (2, 3) against shoal's with the same network (0, 1).
-                    let shoal_p50 = k
-                        .checked_sub(2)
-                        .and_then(|j| Stats::of(&samples[j]))
-                        .map(|s| s.p50);
-                    let extra = match (&failed[k], shoal_p50, s) {
-                        (Some(e), _, _) => format!("FAILED: {e}"),
-                        (None, Some(a), Some(b)) => format!(
-                            "docker / shoal p50 = {:.1}× (target ≥ 8×: {})",
-                            b.p50 / a,
-                            if b.p50 / a >= 8.0 { "met" } else { "NOT met" }
-                        ),
-                        _ => String::new(),
-                    };
-                    rows.push(row(name, s, &extra));
-                }
-            }
-        }
-        println!(
-            "{}",
-            table::format_table(&["system", "p50", "p90", "min–max", "n", "note"], &rows)
-        );
-        println!();
-        drop(sides);
-        drop(daemon);
-    }
+    one_shot_section(args, &shoal, base, &tag, docker.as_ref());
 
     // ---- 3. supervisor memory
     {
