@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use shoal_proto::dispatcher_client::DispatcherClient;
 use shoal_proto::{
-    HeartbeatRequest, NodeDescription, SessionRequest, TaskStatusUpdate, UpdateTaskStatusRequest,
+    HeartbeatRequest, NodeDescription, SessionRequest, TaskState, TaskStatusUpdate,
+    UpdateTaskStatusRequest,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -27,6 +28,9 @@ use crate::executor::Executor;
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// A session that is not open within this (a paused or cut-off manager) is given up.
 const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long status reports gather before they are sent as one batch.
+const REPORT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 /// Makes (or reuses) the channel to the manager at an address.
 pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
@@ -175,11 +179,19 @@ impl Session {
                 }
                 update = self.updates.recv() => {
                     let Some(update) = update else { return Ok(()) };
+                    let running = update
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.state() == TaskState::Running);
                     pending.insert(update.task_id.clone(), update);
-                    // Reports that come while one is being written go together in the next
-                    // (one Raft write); the first of a burst goes at once, since a rollout
-                    // step waits on it. Yielding once lets tasks that are ready report too.
-                    tokio::task::yield_now().await;
+                    // Let a burst gather, so many reports become one Raft write. A task
+                    // turning RUNNING goes at once: the next step of a rollout or of a
+                    // dependency chain waits on it.
+                    if running {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(REPORT_BATCH_WINDOW).await;
+                    }
                     while let Ok(update) = self.updates.try_recv() {
                         pending.insert(update.task_id.clone(), update);
                     }
