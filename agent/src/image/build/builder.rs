@@ -685,16 +685,18 @@ impl Run<'_> {
             let _layer = store.lock_layer(&written.digest);
             if store.has_layer_blob(&written.digest)? {
                 let _ = std::fs::remove_file(&written.path);
-                return Ok(());
+            } else {
+                let file = File::open(&written.path)
+                    .map_err(|e| BuildError::Internal(format!("reopen a layer file: {e}")))?;
+                let blob = StagedBlob {
+                    path: written.path.clone(),
+                    digest: written.digest.clone(),
+                    size: written.size,
+                };
+                store.unpack_and_place(file, &written.digest, blob)?;
             }
-            let file = File::open(&written.path)
-                .map_err(|e| BuildError::Internal(format!("reopen a layer file: {e}")))?;
-            let blob = StagedBlob {
-                path: written.path.clone(),
-                digest: written.digest.clone(),
-                size: written.size,
-            };
-            store.unpack_and_place(file, &written.digest, blob)?;
+            // On disk before the cache entry that names it.
+            store.sync_layers(std::slice::from_ref(&written.digest))?;
             Ok(())
         })
         .await?;
