@@ -358,7 +358,8 @@ fn build_failing_run_reports_step_code_and_output_and_tags_nothing() {
             "FROM busybox\nCOPY --from=nowhere /a /b\n",
             "no stage of that name",
         ),
-        ("FROM no-such-image:1\n", "no such image"),
+        // Not in the store: pulled (from Docker Hub, unreachable or refusing here).
+        ("FROM no-such-image:1\n", "pulling it failed"),
     ] {
         write(&ctx.join("Dockerfile"), df);
         let err = d.fails(&["build", "-t", "bad:1", ctx_s]);

@@ -2,8 +2,9 @@
 //! (Debian's `docker-registry`, distribution 2.x) that each test starts on loopback with its own
 //! config and storage: anonymous, HTTP basic (htpasswd, bcrypt) and bearer tokens from a token
 //! server the test runs (JWTs signed with a key whose certificate the registry trusts). Also:
-//! tampered and truncated blobs and manifests are refused without a trace, and a service whose
-//! image the node lacks pulls it on the node.
+//! tampered and truncated blobs and manifests are refused without a trace, a service whose
+//! image the node lacks pulls it on the node, and a build pulls the images its `FROM` and
+//! `COPY --from` name.
 
 mod common;
 
@@ -868,6 +869,103 @@ fn service_pulls_a_missing_image_on_its_node() {
     );
     assert_store_clean(&d, 0);
     d.ok(&["service", "rm", "broken"]);
+    drop(registry);
+}
+
+#[test]
+fn build_pulls_missing_from_and_copy_from_images() {
+    if !require_root() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let registry = RegistryServer::start(&d.dir.path().join("registry"), "");
+    let cfg = d.dir.path().join("client-config");
+    let base = format!("{}/team/base:1", registry.host());
+    let other = format!("{}/team/other:2", registry.host());
+    load_test_image(&d, &d.dir.path().join("work"), &base);
+    d.ok(&["image", "tag", &base, &other]);
+    cli_ok(&d, &cfg, &["push", "-q", &base]);
+    cli_ok(&d, &cfg, &["push", "-q", &other]);
+    d.ok(&["image", "rm", &base, &other]);
+    assert_store_clean(&d, 0);
+
+    let ctx = d.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("context dir");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {base}\nCOPY --from={other} /etc/msg /etc/copied\nCMD [\"sh\", \"-c\", \
+             \"cat /etc/copied /etc/msg; wc -c < /data/blob\"]\n"
+        ),
+    )
+    .expect("Dockerfile");
+    let ctx_s = ctx.to_str().expect("utf-8");
+    let out = cli(
+        &d,
+        &cfg,
+        &["build", "-t", "built:1", "--progress", "plain", ctx_s],
+        None,
+    );
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "build failed:\n{progress}\ndaemon log:\n{}",
+        d.log()
+    );
+    // The FROM step shows the pull layer by layer; COPY --from finds the layers there.
+    let step_of = |needle: &str| {
+        progress
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().next())
+            .map(|id| format!("{id} "))
+            .unwrap_or_else(|| panic!("no step `{needle}`:\n{progress}"))
+    };
+    let from = step_of(&format!("FROM {base}"));
+    let from_log: Vec<&str> = progress.lines().filter(|l| l.starts_with(&from)).collect();
+    let from_log = from_log.join("\n");
+    assert!(from_log.contains("1: Pulling from team/base"), "{from_log}");
+    assert!(
+        from_log.matches(": Downloading ").count() >= 3,
+        "{from_log}"
+    );
+    assert_eq!(from_log.matches(": Pull complete").count(), 3, "{from_log}");
+    let copy = step_of(&format!("COPY --from={other}"));
+    let copy_log: Vec<&str> = progress.lines().filter(|l| l.starts_with(&copy)).collect();
+    let copy_log = copy_log.join("\n");
+    assert_eq!(
+        copy_log.matches(": Already exists").count(),
+        3,
+        "{copy_log}"
+    );
+
+    assert_eq!(
+        run_image(&d, "built:1"),
+        format!("hello-from-the-registry\n{EXPECTED_OUTPUT}")
+    );
+    // The pulled images stay, as after `docker build`.
+    run_image(&d, &base);
+    run_image(&d, &other);
+
+    // An image in neither the store nor the registry: the build says so and tags nothing.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}/team/nope:1\n", registry.host()),
+    )
+    .expect("Dockerfile");
+    let err = cli_fails(&d, &cfg, &["build", "-t", "never:1", ctx_s]);
+    assert!(
+        err.contains("team/nope:1")
+            && err.contains("pulling it failed")
+            && err.contains("not found"),
+        "{err}"
+    );
+    assert!(!d.shoal(&["image", "inspect", "never:1"]).status.success());
+    let tmp = d.data_dir().join("images/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|it| it.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "leftovers in {}: {left:?}", tmp.display());
     drop(registry);
 }
 

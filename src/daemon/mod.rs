@@ -340,7 +340,8 @@ impl Agent {
                 insecure: args.insecure_registries.clone(),
             },
         );
-        let builder = build::open(args, &images, &manager)?;
+        // Builds pull the base images the store lacks as `image pull` does.
+        let builder = build::open(args, &images, &manager)?.with_registry(registry.clone());
         Ok(Agent {
             runtime,
             registry,

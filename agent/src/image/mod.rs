@@ -34,8 +34,10 @@
 //! - An import or load unpacks into `tmp/`, then renames into `layers/`; a failure at any step
 //!   leaves no image or tag behind (layers it placed are garbage-collected at once). A load
 //!   registers all of its images at once, under the store's lock. Metadata is written
-//!   atomically (temporary file, fsync, rename, fsync of the directory); a layer's files are
-//!   flushed with one `syncfs`.
+//!   atomically (temporary file, fsync, rename, fsync of the directory). A loaded or pulled
+//!   layer is placed unsynced (its large files already on their way to disk); before an image
+//!   or a build cache entry names it, one `syncfs` makes it durable with its blob. A crash
+//!   before that leaves layers nothing names, which recovery removes.
 //! - Each layer is unpacked once and shared by every image that has it; two loads of the same
 //!   layer wait for each other (a per-layer lock) instead of unpacking it twice, and a load's
 //!   layers are pinned against garbage collection until its images are registered.

@@ -51,6 +51,10 @@ struct Inner {
 struct LayerLocks {
     unpacking: BTreeSet<String>,
     pinned: BTreeMap<String, usize>,
+    /// Layers placed whose files (and blob) may not be on disk yet: whatever registers an
+    /// image or a build cache entry on one syncs first ([`ImageStore::sync_layers`]). Until
+    /// then no image names them, so after a crash recovery removes them as unused.
+    unsynced: BTreeSet<String>,
 }
 
 /// A container that uses an image: its image layers (to match an image by), its name (for the
@@ -528,10 +532,8 @@ impl ImageStore {
         sync_filesystem(tmp.path())?;
 
         let _guard = self.lock();
-        let (short, layer_is_new) = self.commit_layer(&unpacked, tmp)?;
-        let result = self
-            .attach_blob(&unpacked.digest, blob)
-            .and_then(|()| self.commit_image(reference, &unpacked, new));
+        let (short, layer_is_new) = self.commit_layer(&unpacked, tmp, blob, true)?;
+        let result = self.commit_image(reference, &unpacked, new);
         if result.is_err() && layer_is_new {
             // Nothing references the layer yet (we hold the lock): take it back out.
             if let Err(e) = self.delete_layer_files(&short) {
@@ -553,14 +555,16 @@ impl ImageStore {
         if rec.blob.is_some() {
             return Ok(());
         }
-        self.store_blob(&blob)?;
+        self.store_blob(&blob, true)?;
         rec.blob = Some(blob.digest.clone());
         rec.blob_size = blob.size;
         write_json(&self.layer_record_path(&short), &rec)
     }
 
     /// Moves a staged file into `blobs/sha256/<hex>` (dropping it if an identical blob is there).
-    fn store_blob(&self, blob: &StagedBlob) -> Result<(), ImageError> {
+    /// `durable`: fsynced and the move made durable now; else the caller syncs the file system
+    /// before anything names the blob durably.
+    fn store_blob(&self, blob: &StagedBlob, durable: bool) -> Result<(), ImageError> {
         let hex = digest_hex(&blob.digest).ok_or_else(|| ImageError::Corrupt {
             path: blob.path.clone(),
             detail: format!("bad blob digest {}", blob.digest),
@@ -569,6 +573,9 @@ impl ImageStore {
         if dest.exists() {
             let _ = fs::remove_file(&blob.path);
             return Ok(());
+        }
+        if !durable {
+            return fs::rename(&blob.path, &dest).map_err(ImageError::io("move a blob to", &dest));
         }
         let f = fs::File::open(&blob.path).map_err(ImageError::io("open", &blob.path))?;
         f.sync_all().map_err(ImageError::io("fsync", &blob.path))?;
@@ -847,6 +854,11 @@ impl ImageStore {
     /// [`ImageStore::unpack_and_place`] for a layer unpacked as it streams in (a registry
     /// pull): `finish` runs once the unpacker is done with `reader`, and must hand over the
     /// verified blob (or fail, and then nothing is placed).
+    ///
+    /// The layer is placed without waiting for its files to reach the disk: it is marked
+    /// unsynced, and [`ImageStore::commit_images`] (or [`ImageStore::sync_layers`]) syncs the
+    /// file system once for all of an image's layers before registering it. One sync per
+    /// image instead of one per layer plus a handful of fsyncs for each.
     pub(crate) fn unpack_streamed<R: Read>(
         &self,
         reader: &mut R,
@@ -865,10 +877,30 @@ impl ImageStore {
                 ),
             });
         }
-        sync_filesystem(tmp.path())?;
         let _guard = self.lock();
-        self.commit_layer(&unpacked, tmp)?;
-        self.attach_blob(expected, Some(blob))
+        let (_, new) = self.commit_layer(&unpacked, tmp, Some(blob), false)?;
+        if new {
+            self.busy().unsynced.insert(unpacked.digest);
+        }
+        Ok(())
+    }
+
+    /// Makes the layers among `diff_ids` that were placed unsynced durable (files, blob,
+    /// record): one `syncfs`, which covers every layer placed before it.
+    pub(crate) fn sync_layers(&self, diff_ids: &[String]) -> Result<(), ImageError> {
+        let pending: Vec<String> = {
+            let busy = self.busy();
+            if !diff_ids.iter().any(|d| busy.unsynced.contains(d)) {
+                return Ok(());
+            }
+            busy.unsynced.iter().cloned().collect()
+        };
+        sync_filesystem(&self.inner.root)?;
+        let mut busy = self.busy();
+        for d in pending {
+            busy.unsynced.remove(&d);
+        }
+        Ok(())
     }
 
     /// Registers loaded images whose layers are in place and pinned: blobs moved into the
@@ -878,6 +910,11 @@ impl ImageStore {
         &self,
         images: Vec<PreparedImage>,
     ) -> Result<Vec<shoal_proto::Image>, ImageError> {
+        let layers: Vec<String> = images
+            .iter()
+            .flat_map(|i| i.config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        self.sync_layers(&layers)?;
         let _guard = self.lock();
         let mut tags = self.read_tags()?;
         let mut hexes = Vec::new();
@@ -990,12 +1027,18 @@ impl ImageStore {
         Ok(SaveSet { images })
     }
 
-    /// Moves an unpacked layer into place, or drops it if the store has it already. Returns the
-    /// layer's directory name and whether it is new.
+    /// Moves an unpacked layer into place with its blob, or drops it if the store has it
+    /// already (then the blob is attached if the layer had none). Returns the layer's
+    /// directory name and whether it is new. `durable`: the layer's files are on disk (synced
+    /// by the caller), and the moves are made durable now; else the layer is placed for the
+    /// caller to sync later (see [`ImageStore::unpack_streamed`]). The record is written
+    /// durably either way. Caller holds the lock.
     fn commit_layer(
         &self,
         unpacked: &UnpackedLayer,
         tmp: TmpDir,
+        blob: Option<StagedBlob>,
+        durable: bool,
     ) -> Result<(String, bool), ImageError> {
         let hex = digest_hex(&unpacked.digest).ok_or_else(|| ImageError::Corrupt {
             path: tmp.path().to_path_buf(),
@@ -1006,7 +1049,8 @@ impl ImageStore {
             let short = &hex[..len];
             match self.read_layer_record(short)? {
                 Some(rec) if rec.digest == unpacked.digest => {
-                    return Ok((short.to_string(), false))
+                    self.attach_blob(&unpacked.digest, blob)?;
+                    return Ok((short.to_string(), false));
                 }
                 Some(_) => {}
                 None => {
@@ -1029,15 +1073,24 @@ impl ImageStore {
         fs::rename(tmp.path(), &dest)
             .map_err(ImageError::io("move an unpacked layer to", &dest))?;
         tmp.disarm();
-        let record = LayerRecord {
+        let mut record = LayerRecord {
             digest: unpacked.digest.clone(),
             size: unpacked.size,
             created: now_ms(),
             blob: None,
             blob_size: 0,
         };
-        let written = fsync_dir(&self.layers_dir())
-            .and_then(|()| write_json(&self.layer_record_path(&short), &record));
+        let written = (|| {
+            if let Some(b) = &blob {
+                self.store_blob(b, durable)?;
+                record.blob = Some(b.digest.clone());
+                record.blob_size = b.size;
+            }
+            if durable {
+                fsync_dir(&self.layers_dir())?;
+            }
+            write_json(&self.layer_record_path(&short), &record)
+        })();
         if let Err(e) = written {
             let _ = self.delete_layer_files(&short);
             return Err(e);

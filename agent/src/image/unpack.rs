@@ -50,7 +50,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::error::ImageError;
-use super::fsutil::remove_tree;
+use super::fsutil::{remove_tree, start_writeback};
 
 /// Bounds on what one import may unpack (decompression bombs, runaway archives).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,10 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
 /// What the tar reader may buffer in memory for one entry (PAX records, GNU long names).
 const MAX_ENTRY_METADATA: u64 = 1 << 20;
+
+/// Files at least this large start their writeback as soon as they are written (see
+/// [`start_writeback`]); smaller ones are left for the kernel to batch.
+const WRITEBACK_MIN: u64 = 64 << 10;
 
 /// The result of a successful unpack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -588,6 +592,9 @@ impl Unpacker {
         })();
         self.buf = buf;
         copied?;
+        if entry.size() >= WRITEBACK_MIN {
+            start_writeback(&f, 0, 0);
+        }
         if self.as_root {
             std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))
                 .map_err(self.write_error(name))?;

@@ -4,9 +4,11 @@
 //! - Only the target stage (`--target`, else the last) and the stages it needs (`FROM stage`,
 //!   `COPY --from=stage`, by name or index) are built, in Dockerfile order. A stage can only
 //!   use stages defined before it.
-//! - `FROM` takes an image from the local store (the builder does not pull), an earlier
-//!   stage, or `scratch` (an empty filesystem with Docker's default `PATH`). `--platform` must
-//!   be this node's platform.
+//! - `FROM` takes an image from the local store, an earlier stage, or `scratch` (an empty
+//!   filesystem with Docker's default `PATH`). An image the store lacks (for `FROM` or
+//!   `COPY --from`) is pulled as Docker's builder does, by the node's registry client (the
+//!   one `image pull` uses: anonymous, plain HTTP only where the daemon allows it), with the
+//!   per-layer progress in the step's log. `--platform` must be this node's platform.
 //! - Each step's layer (and every layer of the base) is pinned against garbage collection for
 //!   the whole build; a layer is in the store before the cache entry naming it is written.
 //! - The result is registered, with all its tags at once, only when every step succeeded:
@@ -24,7 +26,7 @@ use super::cache::{state_id, step_key, BuildCache};
 use super::copy::{find_sources, hash_sources, resolve_owner, write_copy, Matched};
 use super::dockerfile::{self, Dockerfile, Instr};
 use super::layer::{diff_upper, LayerWriter, WrittenLayer};
-use super::progress::{Progress, Step};
+use super::progress::{Progress, PullLines, Step};
 use super::rootfs::{Rootfs, Scope};
 use super::run::{RunSpec, Runner};
 use super::state::{Action, BuildArgs, CopyPlan, Evaluated, StageState, StepError};
@@ -35,6 +37,7 @@ use crate::image::config::{
 };
 use crate::image::error::ImageError;
 use crate::image::reference::Reference;
+use crate::image::registry::{self, Registry};
 use crate::image::store::{ImageStore, PinGuard, PreparedImage, StagedBlob};
 
 /// What to build.
@@ -58,6 +61,8 @@ pub struct ImageBuilder {
     store: ImageStore,
     cache: BuildCache,
     runner: Option<Runner>,
+    /// Pulls the base images the store lacks (None: such a build fails, asking for a pull).
+    registry: Option<Registry>,
 }
 
 /// A finished stage.
@@ -148,7 +153,15 @@ impl ImageBuilder {
             store,
             cache,
             runner,
+            registry: None,
         })
+    }
+
+    /// Lets builds pull the images they name that the store lacks, through `registry` (which
+    /// must pull into this builder's store).
+    pub fn with_registry(mut self, registry: Registry) -> ImageBuilder {
+        self.registry = Some(registry);
+        self
     }
 
     pub fn store(&self) -> &ImageStore {
@@ -412,23 +425,13 @@ impl Run<'_> {
             })?;
             (b.config, b.id)
         } else {
-            let store = self.store().clone();
-            let reference = base.clone();
-            let found = blocking(move || Ok(store.image_config(&reference))).await?;
-            match found {
+            match self.find_image(&base, &step).await? {
                 Ok((id, config)) => (config, id),
-                Err(ImageError::NotFound { .. }) | Err(ImageError::InvalidReference { .. }) => {
-                    let e = fail_at(
-                        stage.line,
-                        format!(
-                            "FROM {base}: no such image in this node's store (shoal build does \
-                             not pull: pull, load or build it first)"
-                        ),
-                    );
+                Err(why) => {
+                    let e = fail_at(stage.line, format!("FROM {base}: {why}"));
                     self.progress.failed(&step, &e.to_string()).await;
                     return Err(e);
                 }
-                Err(e) => return Err(e.into()),
             }
         };
         self.pin(&config.rootfs.diff_ids);
@@ -511,7 +514,7 @@ impl Run<'_> {
                 Ok((config, false))
             }
             Action::Copy(plan) => {
-                let source = self.copy_source(&plan, stage).await?;
+                let source = self.copy_source(&plan, stage, step).await?;
                 let (inputs, src_layers) = match &source {
                     Source::Context => {
                         let ctx = self.req.context.clone();
@@ -539,8 +542,72 @@ impl Run<'_> {
         }
     }
 
-    /// Where a `COPY --from` reads: an earlier stage, or an image of the store.
-    async fn copy_source(&mut self, plan: &CopyPlan, stage: usize) -> Result<Source, BuildError> {
+    /// The image `reference` names in the store: (id, config). One the store lacks is pulled
+    /// first when the builder has a registry client, with the pull's progress in `step`'s log.
+    /// `Ok(Err(why))`: there is no such image, and `why` says so in words for the user.
+    async fn find_image(
+        &self,
+        reference: &str,
+        step: &Step,
+    ) -> Result<Result<(String, OciImageConfig), String>, BuildError> {
+        let lookup = |reference: &str| {
+            let (store, reference) = (self.store().clone(), reference.to_string());
+            blocking(move || Ok(store.image_config(&reference)))
+        };
+        match lookup(reference).await? {
+            Ok(found) => return Ok(Ok(found)),
+            Err(ImageError::NotFound { .. }) => {}
+            Err(e @ ImageError::InvalidReference { .. }) => {
+                return Ok(Err(format!("no such image in this node's store ({e})")))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let Some(registry) = self.b.registry.clone() else {
+            return Ok(Err(
+                "no such image in this node's store (this builder does not pull: \
+                 pull, load or build it first)"
+                    .into(),
+            ));
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pull = async move {
+            let progress = registry::Progress::to(tx);
+            registry.ensure_with(reference, &progress).await
+            // `progress` drops here: the log below ends.
+        };
+        let show = async {
+            let mut lines = PullLines::default();
+            while let Some(p) = rx.recv().await {
+                if let Some(line) = lines.line(&p) {
+                    self.progress.log(step, &line, false).await;
+                }
+            }
+        };
+        let (pulled, ()) = futures::join!(pull, show);
+        if let Err(e) = pulled {
+            return Ok(Err(format!(
+                "not in this node's store, and pulling it failed: {e}"
+            )));
+        }
+        match lookup(reference).await? {
+            Ok(found) => Ok(Ok(found)),
+            Err(ImageError::NotFound { .. }) => Ok(Err(
+                "pulled, but removed from this node's store before the build could use it: \
+                 build again"
+                    .into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where a `COPY --from` reads: an earlier stage, or an image of the store (pulled if
+    /// missing).
+    async fn copy_source(
+        &mut self,
+        plan: &CopyPlan,
+        stage: usize,
+        step: &Step,
+    ) -> Result<Source, BuildError> {
         let Some(from) = &plan.from else {
             return Ok(Source::Context);
         };
@@ -561,9 +628,7 @@ impl Run<'_> {
                 layers: b.config.rootfs.diff_ids.clone(),
             });
         }
-        let store = self.store().clone();
-        let reference = from.clone();
-        match blocking(move || Ok(store.image_config(&reference))).await? {
+        match self.find_image(from, step).await? {
             Ok((id, config)) => {
                 self.pin(&config.rootfs.diff_ids);
                 Ok(Source::Layers {
@@ -571,13 +636,9 @@ impl Run<'_> {
                     layers: config.rootfs.diff_ids,
                 })
             }
-            Err(ImageError::NotFound { .. }) | Err(ImageError::InvalidReference { .. }) => {
-                Err(BuildError::Invalid(format!(
-                    "--from={from}: no stage of that name, and no such image in this node's \
-                     store (shoal build does not pull: pull, load or build it first)"
-                )))
-            }
-            Err(e) => Err(e.into()),
+            Err(why) => Err(BuildError::Invalid(format!(
+                "--from={from}: no stage of that name, and {why}"
+            ))),
         }
     }
 
@@ -685,16 +746,18 @@ impl Run<'_> {
             let _layer = store.lock_layer(&written.digest);
             if store.has_layer_blob(&written.digest)? {
                 let _ = std::fs::remove_file(&written.path);
-                return Ok(());
+            } else {
+                let file = File::open(&written.path)
+                    .map_err(|e| BuildError::Internal(format!("reopen a layer file: {e}")))?;
+                let blob = StagedBlob {
+                    path: written.path.clone(),
+                    digest: written.digest.clone(),
+                    size: written.size,
+                };
+                store.unpack_and_place(file, &written.digest, blob)?;
             }
-            let file = File::open(&written.path)
-                .map_err(|e| BuildError::Internal(format!("reopen a layer file: {e}")))?;
-            let blob = StagedBlob {
-                path: written.path.clone(),
-                digest: written.digest.clone(),
-                size: written.size,
-            };
-            store.unpack_and_place(file, &written.digest, blob)?;
+            // On disk before the cache entry that names it.
+            store.sync_layers(std::slice::from_ref(&written.digest))?;
             Ok(())
         })
         .await?;

@@ -18,7 +18,9 @@
 //!    BuildKit-like steps (`progress.rs`).
 //!
 //! # Choices
-//! - `FROM` uses the local store only (no pull): load, pull or build the base first.
+//! - An image that `FROM` or `COPY --from` names and the store lacks is pulled (as Docker
+//!   does), anonymously, by the node's registry client when the daemon gave the builder one
+//!   ([`ImageBuilder::with_registry`]); its progress is the step's log.
 //! - `RUN` gets the node's default `bridge` network (NAT to the outside), the host's
 //!   nameservers (loopback ones dropped), Docker's default capabilities and seccomp profile.
 //! - The cache outlives daemon restarts and `image rm`; `image prune` drops the entries no

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashMap;
+
 use shoal_proto::{
     build_event, BuildEvent, BuildResult, BuildStepDone, BuildStepLog, BuildStepStarted,
+    RegistryProgress,
 };
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -20,7 +23,7 @@ pub struct Progress {
 }
 
 /// A step that started.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Step {
     pub id: u32,
     started: Instant,
@@ -103,5 +106,102 @@ impl Progress {
             tags: tags.to_vec(),
         }))
         .await;
+    }
+}
+
+/// Turns a base image pull's progress into a build step's log lines, as `docker pull` words
+/// them (`<layer>: Pull complete`); a layer's download shows at most at each quarter, so a
+/// plain log stays short.
+#[derive(Debug, Default)]
+pub(crate) struct PullLines {
+    /// The last quarter shown, by layer.
+    quarters: HashMap<String, u64>,
+}
+
+impl PullLines {
+    pub fn line(&mut self, p: &RegistryProgress) -> Option<String> {
+        if p.id.is_empty() {
+            return (!p.status.is_empty()).then(|| p.status.clone());
+        }
+        if p.total == 0 && p.current == 0 {
+            return Some(format!("{}: {}", p.id, p.status));
+        }
+        let quarter = (p.current.min(p.total) * 4)
+            .checked_div(p.total)
+            .unwrap_or(0);
+        let last = self.quarters.get(&p.id).copied();
+        if last.is_some_and(|l| l >= quarter) {
+            return None;
+        }
+        self.quarters.insert(p.id.clone(), quarter);
+        Some(format!(
+            "{}: {} {} / {}",
+            p.id,
+            p.status,
+            human_size(p.current),
+            human_size(p.total)
+        ))
+    }
+}
+
+/// `12.6MB`, `512kB`, `80B` (decimal, as Docker shows transfer sizes).
+fn human_size(n: u64) -> String {
+    let f = n as f64;
+    if f < 1e3 {
+        format!("{n}B")
+    } else if f < 1e6 {
+        format!("{:.1}kB", f / 1e3)
+    } else if f < 1e9 {
+        format!("{:.1}MB", f / 1e6)
+    } else {
+        format!("{:.2}GB", f / 1e9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str, status: &str, current: u64, total: u64) -> RegistryProgress {
+        RegistryProgress {
+            id: id.into(),
+            status: status.into(),
+            current,
+            total,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pull_lines_show_states_and_each_quarter_of_a_download_once() {
+        let mut l = PullLines::default();
+        assert_eq!(
+            l.line(&p("", "1.0: Pulling from team/app", 0, 0))
+                .as_deref(),
+            Some("1.0: Pulling from team/app")
+        );
+        assert_eq!(
+            l.line(&p("abc", "Pulling fs layer", 0, 0)).as_deref(),
+            Some("abc: Pulling fs layer")
+        );
+        let shown: Vec<String> = [0, 10, 260, 300, 510, 990, 1000, 1000]
+            .iter()
+            .filter_map(|c| l.line(&p("abc", "Downloading", *c, 1000)))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "abc: Downloading 0B / 1.0kB",
+                "abc: Downloading 260B / 1.0kB",
+                "abc: Downloading 510B / 1.0kB",
+                "abc: Downloading 990B / 1.0kB",
+                "abc: Downloading 1.0kB / 1.0kB",
+            ]
+        );
+        assert_eq!(
+            l.line(&p("abc", "Pull complete", 0, 0)).as_deref(),
+            Some("abc: Pull complete")
+        );
+        assert_eq!(l.line(&p("", "", 0, 0)), None);
     }
 }

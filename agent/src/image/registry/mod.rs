@@ -118,6 +118,16 @@ impl Registry {
     /// A task's image: found in the store, or else pulled (anonymously) now. Returns whether
     /// it was pulled. Concurrent calls for one reference share one pull.
     pub async fn ensure(&self, reference: &str) -> Result<bool, RegistryError> {
+        self.ensure_with(reference, &Progress::none()).await
+    }
+
+    /// [`Registry::ensure`], with the pull's progress sent to `progress` (a build's base
+    /// image). A caller that waited for another's pull of the same image hears nothing.
+    pub async fn ensure_with(
+        &self,
+        reference: &str,
+        progress: &Progress,
+    ) -> Result<bool, RegistryError> {
         if self.present(reference).await? {
             return Ok(false);
         }
@@ -131,7 +141,7 @@ impl Registry {
             Ok(false)
         } else {
             match self
-                .pull(reference, &Credentials::default(), false, &Progress::none())
+                .pull(reference, &Credentials::default(), false, progress)
                 .await
             {
                 Ok(pulled) => {
