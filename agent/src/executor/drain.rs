@@ -139,6 +139,29 @@ pub fn serving_in(pid: i32, last: &mut LastRead) -> Option<bool> {
     Some(serving(&tcp, &udp))
 }
 
+/// Whether every one of `ports` has a TCP listener in the tables.
+pub fn listens_on(tcp: &[&str], ports: &[u16]) -> bool {
+    let listening: HashSet<u16> = tcp
+        .iter()
+        .flat_map(|t| sockets(t))
+        .filter(|(_, st)| st.eq_ignore_ascii_case(LISTEN))
+        .map(|(port, _)| port)
+        .collect();
+    ports.iter().all(|p| listening.contains(p))
+}
+
+/// Whether `pid`'s network namespace has a TCP listener on every one of `ports`; `None` when
+/// its tables cannot be read.
+pub fn listening_in(pid: i32, ports: &[u16]) -> Option<bool> {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok();
+    let (tcp, tcp6) = (read("tcp")?, read("tcp6"));
+    let tables: Vec<&str> = [Some(tcp.as_str()), tcp6.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    Some(listens_on(&tables, ports))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +263,21 @@ mod tests {
         assert!(!last.idle_by_counts(Counts { tcp: 2, udp: 1 }));
         // Before the tables were ever read, the counts prove nothing.
         assert!(!LastRead::default().idle_by_counts(Counts { tcp: 0, udp: 0 }));
+    }
+
+    #[test]
+    fn a_port_counts_as_listened_on_in_either_family() {
+        let tcp = table(&[("00000000:0050", "00000000:0000", "0A")]);
+        let tcp6 = table(&[(
+            "00000000000000000000000000000000:1F90",
+            "00000000000000000000000000000000:0000",
+            "0A",
+        )]);
+        assert!(listens_on(&[&tcp, &tcp6], &[80, 8080]));
+        assert!(!listens_on(&[&tcp], &[80, 8080]));
+        // A connection on the port is not a listener.
+        let connected = table(&[("0200000A:0050", "0100000A:D431", "01")]);
+        assert!(!listens_on(&[&connected], &[80]));
     }
 
     #[test]

@@ -655,6 +655,7 @@ impl Worker {
                 // With a healthcheck the task stays `starting` until its first healthy probe.
                 if !matches!(health::probe_of(&task), Ok(Some(_))) {
                     let pid = self.pid;
+                    wait_for_listeners(&task, pid).await;
                     self.go_live(&task, pid, "started", None).await;
                 }
             }
@@ -686,5 +687,42 @@ impl Worker {
 
     fn reject(&mut self, error: &str) {
         self.report(TaskState::Rejected, "rejected", |s| s.error = error.into());
+    }
+}
+
+/// How long a started task without a healthcheck may take to listen on its published TCP
+/// ports before it joins their backends anyway.
+const LISTEN_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (within [`LISTEN_WAIT`]) until the task's process listens on every TCP port it
+/// publishes: a backend added before its server has bound would refuse the connections sent
+/// to it, which a rolling update under load would see as failed requests.
+async fn wait_for_listeners(task: &Task, pid: i32) {
+    let ports: Vec<u16> = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| e.ports.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.protocol() == shoal_proto::PortProtocol::Tcp)
+        .filter_map(|p| u16::try_from(p.target_port).ok())
+        .filter(|p| *p != 0)
+        .collect();
+    if ports.is_empty() || pid <= 0 {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    loop {
+        let ports = ports.clone();
+        let listening = tokio::task::spawn_blocking(move || drain::listening_in(pid, &ports))
+            .await
+            .ok()
+            .flatten();
+        // Unreadable tables (the process is gone): nothing to wait for.
+        if listening != Some(false) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
