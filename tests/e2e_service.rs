@@ -127,17 +127,22 @@ fn replicated_service_runs_isolated_limited_scales_and_leaves_nothing() {
         all_pids.iter().all(|p| !alive(p)),
         "no container process survives rm"
     );
-    // The node's warm network namespaces (`run/netns/pool:*`) belong to the network, not to a
-    // container: they stay for the next start, and go with the network.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    // A stopped container's network namespace is deleted in the background, soon after. The
+    // node's warm namespaces (`run/netns/pool:*`) belong to the network, not to a container:
+    // they stay for the next start, and go with the network.
     let data = d.data_dir().display().to_string();
     let pool = d.data_dir().join("run/netns/pool:").display().to_string();
-    assert!(
-        !mounts
+    let leftovers = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
             .lines()
-            .any(|m| m.contains(&data) && !m.contains(&pool)),
-        "no mount under the data dir remains:\n{mounts}"
-    );
+            .filter(|m| m.contains(&data) && !m.contains(&pool))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    d.wait_for("no mount under the data dir to remain", CONVERGE, || {
+        leftovers().is_empty()
+    });
     for dir in cgroup_dirs(&d.cgroup_parent) {
         let children: Vec<_> = std::fs::read_dir(&dir)
             .expect("cgroup dir")
