@@ -47,15 +47,31 @@ fn sockets(table: &str) -> impl Iterator<Item = (u16, &str)> {
     })
 }
 
-/// Whether the namespace whose socket tables are given still serves someone: an inbound TCP
-/// connection in a serving state, or any bound UDP socket.
-pub fn serving(tcp: &[&str], udp: &[&str]) -> bool {
-    let listening: HashSet<u16> = tcp
-        .iter()
+/// The ports with a TCP listener in the tables.
+fn listening_ports(tcp: &[&str]) -> HashSet<u16> {
+    tcp.iter()
         .flat_map(|t| sockets(t))
         .filter(|(_, st)| st.eq_ignore_ascii_case(LISTEN))
         .map(|(port, _)| port)
-        .collect();
+        .collect()
+}
+
+/// A socket table of `pid`'s namespace and its IPv6 twin (`tcp` and `tcp6`), if there is one.
+/// `None` when the first cannot be read.
+fn tables(pid: i32, name: &str) -> Option<Vec<String>> {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok();
+    let first = read(name)?;
+    Some(
+        std::iter::once(first)
+            .chain(read(&format!("{name}6")))
+            .collect(),
+    )
+}
+
+/// Whether the namespace whose socket tables are given still serves someone: an inbound TCP
+/// connection in a serving state, or any bound UDP socket.
+pub fn serving(tcp: &[&str], udp: &[&str]) -> bool {
+    let listening = listening_ports(tcp);
     let inbound = tcp.iter().flat_map(|t| sockets(t)).any(|(port, st)| {
         listening.contains(&port) && SERVING_STATES.iter().any(|s| st.eq_ignore_ascii_case(s))
     });
@@ -126,40 +142,25 @@ pub fn serving_in(pid: i32, last: &mut LastRead) -> Option<bool> {
     if counted.is_some_and(|c| last.idle_by_counts(c)) {
         return Some(false);
     }
-    let (tcp, tcp6, udp, udp6) = (read("tcp")?, read("tcp6"), read("udp")?, read("udp6"));
-    let tcp: Vec<&str> = [Some(tcp.as_str()), tcp6.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let udp: Vec<&str> = [Some(udp.as_str()), udp6.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let (tcp, udp) = (tables(pid, "tcp")?, tables(pid, "udp")?);
+    let tcp: Vec<&str> = tcp.iter().map(String::as_str).collect();
+    let udp: Vec<&str> = udp.iter().map(String::as_str).collect();
     last.listeners = Some(listeners(&tcp));
     Some(serving(&tcp, &udp))
 }
 
 /// Whether every one of `ports` has a TCP listener in the tables.
 pub fn listens_on(tcp: &[&str], ports: &[u16]) -> bool {
-    let listening: HashSet<u16> = tcp
-        .iter()
-        .flat_map(|t| sockets(t))
-        .filter(|(_, st)| st.eq_ignore_ascii_case(LISTEN))
-        .map(|(port, _)| port)
-        .collect();
+    let listening = listening_ports(tcp);
     ports.iter().all(|p| listening.contains(p))
 }
 
 /// Whether `pid`'s network namespace has a TCP listener on every one of `ports`; `None` when
 /// its tables cannot be read.
 pub fn listening_in(pid: i32, ports: &[u16]) -> Option<bool> {
-    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).ok();
-    let (tcp, tcp6) = (read("tcp")?, read("tcp6"));
-    let tables: Vec<&str> = [Some(tcp.as_str()), tcp6.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
-    Some(listens_on(&tables, ports))
+    let tcp = tables(pid, "tcp")?;
+    let tcp: Vec<&str> = tcp.iter().map(String::as_str).collect();
+    Some(listens_on(&tcp, ports))
 }
 
 #[cfg(test)]
