@@ -13,7 +13,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::builder::{BuildRequest, ImageBuilder};
-use super::progress::Progress;
+use super::progress::{decimal_size, Progress};
 use super::BuildError;
 use crate::image::error::ImageError;
 use crate::image::fsutil::remove_tree;
@@ -212,7 +212,7 @@ async fn run_build(
     progress
         .log(
             &step,
-            &format!("transferring context: {} done", human_bytes(received)),
+            &format!("transferring context: {} done", decimal_size(received, 2)),
             false,
         )
         .await;
@@ -229,20 +229,6 @@ async fn run_build(
         labels: options.labels.into_iter().collect(),
     };
     builder.build(&request, progress).await.map(drop)
-}
-
-/// `1.2kB`, `3.4MB` (decimal, as BuildKit prints sizes).
-fn human_bytes(n: u64) -> String {
-    let f = n as f64;
-    if f < 1e3 {
-        format!("{n}B")
-    } else if f < 1e6 {
-        format!("{:.2}kB", f / 1e3)
-    } else if f < 1e9 {
-        format!("{:.2}MB", f / 1e6)
-    } else {
-        format!("{:.2}GB", f / 1e9)
-    }
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

@@ -138,21 +138,22 @@ impl PullLines {
             "{}: {} {} / {}",
             p.id,
             p.status,
-            human_size(p.current),
-            human_size(p.total)
+            decimal_size(p.current, 1),
+            decimal_size(p.total, 1)
         ))
     }
 }
 
-/// `12.6MB`, `512kB`, `80B` (decimal, as Docker shows transfer sizes).
-fn human_size(n: u64) -> String {
+/// A size in decimal units with `decimals` digits: `12.6MB` (1, as Docker shows a pull's
+/// transfers), `1.23kB` (2, as BuildKit prints sizes); `80B` below a kilobyte.
+pub(super) fn decimal_size(n: u64, decimals: usize) -> String {
     let f = n as f64;
     if f < 1e3 {
         format!("{n}B")
     } else if f < 1e6 {
-        format!("{:.1}kB", f / 1e3)
+        format!("{:.decimals$}kB", f / 1e3)
     } else if f < 1e9 {
-        format!("{:.1}MB", f / 1e6)
+        format!("{:.decimals$}MB", f / 1e6)
     } else {
         format!("{:.2}GB", f / 1e9)
     }
