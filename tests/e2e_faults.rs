@@ -574,8 +574,18 @@ fn agents_keep_their_containers_while_no_manager_answers() {
         Duration::from_secs(60),
         || cluster_view(lab.host(0)).is_some_and(|(ready, r, l)| ready == 4 && r == 3 && l == 1),
     );
+    // `service ps` may fail for a moment while the restarted managers settle: wait for the
+    // same tasks (a replacement would never match), then hold them a while.
+    lab.wait_for("the same tasks running", Duration::from_secs(20), || {
+        running(lab.host(0), "keep") == tasks
+    });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(running(lab.host(0), "keep"), tasks, "the same tasks run");
+    assert_eq!(
+        running(lab.host(0), "keep"),
+        tasks,
+        "the same tasks run\n{}",
+        lab.logs()
+    );
     assert_eq!(containers(&lab, 3), before, "the same containers run");
 }
 

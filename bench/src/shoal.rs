@@ -193,6 +193,18 @@ impl Shoal {
         if self.containers_left() > 0 {
             self.kill_leftover_processes();
         }
+        // The node's ready network namespaces (and their veths) outlive the daemon: they are
+        // mounts under its data dir, kept for its next start.
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("data/run/netns")) {
+            for entry in entries.flatten() {
+                if let Err(e) = shoal_agent::network::delete_netns_file(&entry.path()) {
+                    problems.push(format!(
+                        "could not remove network namespace {}: {e}",
+                        entry.path().display()
+                    ));
+                }
+            }
+        }
         for dir in self.cgroup_dirs() {
             if let Err(e) = remove_cgroup(&dir) {
                 problems.push(format!("could not remove cgroup {}: {e}", dir.display()));

@@ -35,6 +35,13 @@ use crate::store::{change, ApplyError, Event, Store, TaskChange};
 /// How often agents heartbeat; a node is down after three missed periods.
 pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 
+/// How many heartbeat periods a new leader (or one that was stalled) waits before it marks
+/// silent nodes down. Every agent must first see its session end, find the new leader (backing
+/// off up to 500 ms between managers that are still starting) and register through Raft; a
+/// node marked down too early loses its tasks (they are rescheduled), the work the agents kept
+/// running through the managers' outage.
+const NEW_LEADER_GRACE_PERIODS: u32 = 10;
+
 /// How often a session checks that this manager still leads.
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
@@ -255,10 +262,11 @@ impl Dispatcher {
     }
 
     /// Marks DOWN every READY node without a live session. The leader calls this on a timer;
-    /// nodes get one full TTL after a leader starts before they can be marked down.
+    /// nodes get [`NEW_LEADER_GRACE_PERIODS`] after a leader starts before they can be marked
+    /// down.
     pub async fn expire_sessions(&self, leader_since: Instant) -> Result<(), WriteError> {
         let ttl = self.inner.heartbeat_period * 3;
-        if leader_since.elapsed() < ttl {
+        if leader_since.elapsed() < self.inner.heartbeat_period * NEW_LEADER_GRACE_PERIODS {
             return Ok(());
         }
         let live: Vec<String> = {
@@ -947,10 +955,12 @@ mod tests {
             .register(SessionRequest::default(), String::new())
             .await
             .expect("registers");
-        let leader_since = Instant::now() - period * 10;
-        d.expire_sessions(leader_since).await.expect("writes");
-        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        // A leader that just started gives the agents time to find it.
+        let new_leader = Instant::now();
         tokio::time::sleep(period * 4).await;
+        d.expire_sessions(new_leader).await.expect("writes");
+        assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Ready);
+        let leader_since = Instant::now() - period * NEW_LEADER_GRACE_PERIODS;
         d.expire_sessions(leader_since).await.expect("writes");
         assert_eq!(node_state(&store.read().nodes[&node_id]), NodeState::Down);
     }
