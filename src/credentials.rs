@@ -3,6 +3,7 @@
 //! `https://index.docker.io/v1/`), kept in `$SHOAL_CONFIG/config.json` or else
 //! `~/.shoal/config.json`, mode 0600. Other keys in the file are kept as they are.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,16 @@ fn config_path_from(shoal_config: Option<PathBuf>, home: Option<PathBuf>) -> Res
 pub struct Login {
     pub username: String,
     pub password: String,
+}
+
+/// What the daemon's registry requests carry.
+impl From<Login> for shoal_proto::RegistryCredentials {
+    fn from(login: Login) -> Self {
+        shoal_proto::RegistryCredentials {
+            username: login.username,
+            password: login.password,
+        }
+    }
 }
 
 /// The parsed file (an empty one if it does not exist).
@@ -107,6 +118,18 @@ impl CredentialsFile {
         }
     }
 
+    /// Every saved login, by server.
+    pub fn all(&self) -> Result<BTreeMap<String, Login>> {
+        let servers = self.doc.get("auths").and_then(Value::as_object);
+        let mut out = BTreeMap::new();
+        for server in servers.into_iter().flat_map(|a| a.keys()) {
+            if let Some(login) = self.get(server)? {
+                out.insert(server.clone(), login);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn set(&mut self, server: &str, login: &Login) {
         let auth = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", login.username, login.password));
@@ -169,6 +192,15 @@ impl CredentialsFile {
 /// The credentials saved for `server` in the user's file (none if there is no file).
 pub fn lookup(server: &str) -> Result<Option<Login>> {
     CredentialsFile::open(&config_path()?)?.get(server)
+}
+
+/// Every login saved in the user's file, by server (none if there is no file, or no place
+/// for one): what a build sends, as Docker's CLI does, for the base images it may pull.
+pub fn saved_logins() -> Result<BTreeMap<String, Login>> {
+    match config_path() {
+        Ok(path) => CredentialsFile::open(&path)?.all(),
+        Err(_) => Ok(BTreeMap::new()),
+    }
 }
 
 #[cfg(test)]

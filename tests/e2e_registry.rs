@@ -717,10 +717,28 @@ fn basic_auth_registry_needs_login() {
     cli_ok(&d, &cfg, &["pull", &image]);
     assert_eq!(run_image(&d, &image), before);
 
+    // A build's base image comes with the saved login too, as with `docker build`.
+    d.ok(&["image", "rm", &image]);
+    let ctx = d.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("context dir");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {image}
+"
+        ),
+    )
+    .expect("Dockerfile");
+    let ctx = ctx.to_str().expect("utf-8");
+    cli_ok(&d, &cfg, &["build", "-q", "-t", "on-private:1", ctx]);
+    assert_eq!(run_image(&d, "on-private:1"), before);
+    d.ok(&["image", "rm", "on-private:1", &image]);
+
     let out = cli_ok(&d, &cfg, &["logout", &registry.host()]);
     assert!(out.contains("Removing login credentials"), "{out}");
-    d.ok(&["image", "rm", &image]);
     let err = cli_fails(&d, &cfg, &["pull", &image]);
+    assert!(err.contains("requires authentication"), "{err}");
+    let err = cli_fails(&d, &cfg, &["build", "-t", "never:1", ctx]);
     assert!(err.contains("requires authentication"), "{err}");
     assert_store_clean(&d, 0);
     drop(registry);

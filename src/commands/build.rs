@@ -254,6 +254,10 @@ pub async fn run(client: &mut Client, spec: &BuildSpec) -> Result<String> {
         target: spec.target.clone().unwrap_or_default(),
         no_cache: spec.no_cache,
         labels: spec.labels.clone().into_iter().collect(),
+        registry_credentials: crate::credentials::saved_logins()?
+            .into_iter()
+            .map(|(server, login)| (server, login.into()))
+            .collect(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<BuildInput>(4);
     tx.send(BuildInput {

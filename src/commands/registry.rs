@@ -17,12 +17,7 @@ use crate::credentials::{self, CredentialsFile, Login};
 /// The saved credentials for the registry `reference` names, for the request.
 fn credentials_for(reference: &str) -> Result<Option<RegistryCredentials>> {
     let parsed = Reference::parse_any(reference).map_err(|e| anyhow!("{e}"))?;
-    Ok(
-        credentials::lookup(&credentials_key_of(&parsed))?.map(|l| RegistryCredentials {
-            username: l.username,
-            password: l.password,
-        }),
-    )
+    Ok(credentials::lookup(&credentials_key_of(&parsed))?.map(RegistryCredentials::from))
 }
 
 /// Asks the daemon to pull `reference` with the saved credentials; the progress stream.
@@ -269,10 +264,7 @@ pub async fn login(
         .registry
         .login(LoginRequest {
             server: server.unwrap_or_default().to_string(),
-            credentials: Some(RegistryCredentials {
-                username: login.username.clone(),
-                password: login.password.clone(),
-            }),
+            credentials: Some(login.clone().into()),
             insecure: false,
         })
         .await

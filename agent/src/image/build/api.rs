@@ -17,6 +17,7 @@ use super::progress::{decimal_size, Progress};
 use super::BuildError;
 use crate::image::error::ImageError;
 use crate::image::fsutil::remove_tree;
+use crate::image::registry::Credentials;
 use crate::image::unpack::unpack_layer;
 
 /// Context chunks buffered between the gRPC stream and the unpacker.
@@ -227,6 +228,11 @@ async fn run_build(
         target: Some(options.target).filter(|t| !t.is_empty()),
         no_cache: options.no_cache,
         labels: options.labels.into_iter().collect(),
+        credentials: options
+            .registry_credentials
+            .into_iter()
+            .map(|(key, c)| (key, Credentials::from(Some(c))))
+            .collect(),
     };
     builder.build(&request, progress).await.map(drop)
 }

@@ -53,6 +53,9 @@ pub struct BuildRequest {
     pub target: Option<String>,
     pub no_cache: bool,
     pub labels: BTreeMap<String, String>,
+    /// Registry logins by credentials key ([`registry::credentials_key`]): a base image the
+    /// store lacks is pulled with its registry's.
+    pub credentials: BTreeMap<String, registry::Credentials>,
 }
 
 /// Builds images into a store.
@@ -569,10 +572,17 @@ impl Run<'_> {
                     .into(),
             ));
         };
+        let credentials = Reference::parse_any(reference)
+            .ok()
+            .and_then(|r| self.req.credentials.get(&registry::credentials_key_of(&r)))
+            .cloned()
+            .unwrap_or_default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let pull = async move {
             let progress = registry::Progress::to(tx);
-            registry.ensure_with(reference, &progress).await
+            registry
+                .ensure_with(reference, &credentials, &progress)
+                .await
             // `progress` drops here: the log below ends.
         };
         let show = async {

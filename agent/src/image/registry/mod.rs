@@ -118,14 +118,17 @@ impl Registry {
     /// A task's image: found in the store, or else pulled (anonymously) now. Returns whether
     /// it was pulled. Concurrent calls for one reference share one pull.
     pub async fn ensure(&self, reference: &str) -> Result<bool, RegistryError> {
-        self.ensure_with(reference, &Progress::none()).await
+        self.ensure_with(reference, &Credentials::default(), &Progress::none())
+            .await
     }
 
-    /// [`Registry::ensure`], with the pull's progress sent to `progress` (a build's base
-    /// image). A caller that waited for another's pull of the same image hears nothing.
+    /// [`Registry::ensure`] with `credentials` for the image's registry, and the pull's
+    /// progress sent to `progress` (a build's base image). A caller that waited for another's
+    /// pull of the same image hears nothing.
     pub async fn ensure_with(
         &self,
         reference: &str,
+        credentials: &Credentials,
         progress: &Progress,
     ) -> Result<bool, RegistryError> {
         if self.present(reference).await? {
@@ -140,10 +143,7 @@ impl Registry {
         let result = if self.present(reference).await? {
             Ok(false)
         } else {
-            match self
-                .pull(reference, &Credentials::default(), false, progress)
-                .await
-            {
+            match self.pull(reference, credentials, false, progress).await {
                 Ok(pulled) => {
                     self.name_pinned(reference, &pulled.image.id).await;
                     Ok(true)
