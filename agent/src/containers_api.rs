@@ -15,6 +15,10 @@
 //!   resolved (made on this node if needed); mounts and published ports likewise go through
 //!   the executor's [`ContainerResources`], so a standalone container follows the same rules as
 //!   a task. Its endpoints and volumes are released when it is removed.
+//! - `--network container:NAME` (or `service:NAME`) shares a running container's network
+//!   namespace and /etc files (see the executor's `net`). The containers joined to one are
+//!   stopped when it is removed (its address goes back then), not when it merely stops: a
+//!   stopped standalone container keeps its address, as its namespace, until `rm`.
 //! - `--rm` (auto-remove) is done by this process: a daemon restart while such a container runs
 //!   leaves it behind (remove it with `rm`).
 //! - `start` of an exited container keeps its filesystem and log ([`Runtime::start_existing`]).
@@ -199,6 +203,17 @@ impl ContainersApi {
                 )))
             }
             "" | "bridge" | "default" => String::new(),
+            // Another container's namespace: resolved, and its conflicts refused, when the
+            // network side is prepared (as for a task).
+            shared if shared.starts_with("container:") || shared.starts_with("service:") => {
+                if !r.attachments.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "conflicting options: networks and --network {shared}: a container \
+                         that shares another's network namespace has that container's networks"
+                    )));
+                }
+                shared.to_string()
+            }
             other if r.attachments.is_empty() => {
                 return Err(Status::invalid_argument(format!(
                     "network {other:?} was not resolved: give the network's definition"
@@ -463,7 +478,11 @@ fn info_of(
         finished_at,
         labels: state.labels.clone().into_iter().collect(),
         standalone: state.labels.contains_key(STANDALONE_LABEL),
+        // Docker's HostConfig.NetworkMode for a shared namespace.
         network: match &state.config.network {
+            _ if !state.config.network_container.is_empty() => {
+                format!("container:{}", state.config.network_container)
+            }
             NetworkMode::New => "none".into(),
             NetworkMode::Host => "host".into(),
             NetworkMode::Join(path) => path.display().to_string(),
