@@ -211,6 +211,19 @@ pub fn resolve_targets(
             "network_mode {mode:?} cannot be combined with networks: give one or the other"
         ));
     }
+    let shared = mode.starts_with("container:") || mode.starts_with("service:");
+    let ports = spec.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+    let hostname = spec
+        .container
+        .as_ref()
+        .is_some_and(|c| !c.hostname.is_empty());
+    if shared && (ports || hostname) {
+        let what = if ports { "published ports" } else { "hostname" };
+        return Err(format!(
+            "conflicting options: {what} and network_mode {mode}: a task that shares another \
+             container's network namespace has that container's {what}"
+        ));
+    }
     Ok(())
 }
 
