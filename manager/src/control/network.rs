@@ -307,6 +307,31 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_namespace_refuses_ports_and_hostname() {
+        let state = State::default();
+        let shared = |hostname: &str, ports: bool| ServiceSpec {
+            container: Some(shoal_proto::ContainerSpec {
+                network_mode: "service:app_web".into(),
+                hostname: hostname.into(),
+                ..Default::default()
+            }),
+            endpoint: ports.then(|| shoal_proto::EndpointSpec {
+                ports: vec![shoal_proto::PortConfig::default()],
+                mode: String::new(),
+            }),
+            ..Default::default()
+        };
+        resolve_targets(&state, &mut shared("", false), &|_| None).expect("plain sharing");
+        let err = resolve_targets(&state, &mut shared("", true), &|_| None).unwrap_err();
+        assert!(
+            err.starts_with("conflicting options: published ports and network_mode service:"),
+            "{err}"
+        );
+        let err = resolve_targets(&state, &mut shared("h", false), &|_| None).unwrap_err();
+        assert!(err.starts_with("conflicting options: hostname"), "{err}");
+    }
+
+    #[test]
     fn targets_become_ids() {
         let state = with_network("abcdef", "front", "");
         let mut s = ServiceSpec {
