@@ -172,6 +172,71 @@ fn run_with_container_network_shares_loopback_address_hostname_and_etc_files() {
     );
     d.ok(&["rm", stopped.trim()]);
 
+    // An owner with `none` or `host`: the joiner gets the same.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lo-only",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        IDLE,
+    ]);
+    let links = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:lo-only",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -o link show | awk -F': ' '{print $2}'",
+    ]);
+    assert_eq!(links.trim(), "lo", "only lo with a `none` owner");
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "on-host",
+        "--network",
+        "host",
+        "busybox",
+        "sh",
+        "-c",
+        IDLE,
+    ]);
+    // The host's default-route interface (other tests add and remove veths meanwhile: the
+    // lists are not compared whole).
+    let route = std::process::Command::new("ip")
+        .args(["route", "show", "default"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let uplink = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or("lo")
+        .to_string();
+    let seen = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:on-host",
+        "busybox",
+        "cat",
+        "/proc/net/dev",
+    ]);
+    assert!(
+        seen.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{uplink}:"))),
+        "the host's {uplink} is not seen: {seen}"
+    );
+    d.ok(&["rm", "-f", "lo-only", "on-host"]);
+
     // Removing srv stops the joiner first (its address goes back with srv).
     d.ok(&["rm", "-f", "srv"]);
     let side = by_name(&d, "side");

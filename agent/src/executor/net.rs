@@ -854,6 +854,12 @@ impl TaskNetworks {
                 "releasing its network endpoints: {e}"
             );
         }
+        // Read by then (a task's worker asks before it releases); a standalone joiner's is
+        // never asked for.
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(container_id);
     }
 
     /// Removes the networks that no container uses and no assigned task needs (`needed`,
