@@ -306,9 +306,12 @@ fn compose_service_network_mode_shares_the_namespace_and_follows_its_owner() {
                 .contains(&format!("page=hello-web host={host}"))
         },
     );
-    // The sidecar has no address of its own.
+    // The sidecar has no address of its own, and started once: after web (the implicit
+    // depends_on), not failing first for want of it.
     let side = d.running_tasks("sidecar_side");
     assert_eq!(side.len(), 1);
+    let attempts = d.json(&["service", "ps", "sidecar_side", "--format", "json"]);
+    assert_eq!(attempts.as_array().map(Vec::len), Some(1), "{attempts}");
     let addresses = &side[0]["status"]["addresses"];
     assert!(
         addresses.as_array().is_none_or(|a| a.is_empty()),
@@ -341,13 +344,54 @@ fn compose_service_network_mode_shares_the_namespace_and_follows_its_owner() {
         })
     });
     // The orchestrator brings both back, sharing again.
-    d.wait_for("side back on the new web", Duration::from_secs(90), || {
-        web_host(&d).is_some_and(|h| {
-            h != host
+    let back_on_new_web = |d: &TestDaemon, old: &str| {
+        web_host(d).is_some_and(|h| {
+            h != old
                 && d.ok(&["service", "logs", "--tail", "3", "sidecar_side"])
                     .contains(&format!("page=hello-web host={h}"))
         })
+    };
+    d.wait_for("side back on the new web", Duration::from_secs(90), || {
+        back_on_new_web(&d, &host)
     });
+
+    // web dies while the daemon is down: on restart the sidecar is not adopted into a
+    // namespace whose owner is gone; it fails saying why, and both come back.
+    let host = web_host(&d).expect("a running web container");
+    let web_pid = by_name(&d, "sidecar_web.")
+        .iter()
+        .find(|c| c["state"] == "running")
+        .and_then(|c| c["pid"].as_i64())
+        .expect("web's pid");
+    let side_task = d.running_tasks("sidecar_side")[0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .expect("task id");
+    d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(web_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill web");
+    d.wait_for("web gone", Duration::from_secs(10), || {
+        !common::pid_alive(web_pid as i32)
+    });
+    d.spawn();
+    d.wait_for("the orphaned side failed", Duration::from_secs(60), || {
+        let tasks = d.json(&["service", "ps", "sidecar_side", "--format", "json"]);
+        tasks.as_array().into_iter().flatten().any(|t| {
+            t["id"] == side_task.as_str()
+                && t["status"]["state"] == "failed"
+                && t["status"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("network namespace it shared went away"))
+        })
+    });
+    d.wait_for(
+        "side back after the restart",
+        Duration::from_secs(90),
+        || back_on_new_web(&d, &host),
+    );
 
     d.ok(&["compose", "-f", &file, "down"]);
     d.wait_for("everything removed", Duration::from_secs(60), || {
