@@ -241,6 +241,9 @@ fn run_with_container_network_shares_loopback_address_hostname_and_etc_files() {
     d.ok(&["rm", "-f", "srv"]);
     let side = by_name(&d, "side");
     assert_eq!(side[0]["state"], "exited", "{side:?}");
+    // Its namespace is gone: it does not start again.
+    let err = d.fails(&["start", "side"]);
+    assert!(err.contains("remove it and run it again"), "{err}");
     d.ok(&["rm", &side_id]);
     d.ok(&["network", "rm", "appnet"]);
     d.wait_for(

@@ -170,6 +170,10 @@ impl ContainersApi {
                 state.name
             )));
         }
+        if !state.config.network_container.is_empty() {
+            let all = self.list_all().await?;
+            shared_netns_still_there(state, &all)?;
+        }
         let started = self
             .runtime
             .start_existing(&state.id)
@@ -345,6 +349,33 @@ impl ContainersApi {
         };
         Ok((config, task))
     }
+}
+
+/// A container sharing another's network namespace starts again only into that same
+/// namespace: its owner must run, and a `none` owner's namespace (named through its first
+/// process) must be the one it joined, not a later one's (or an unrelated process's, once
+/// the pid is reused).
+fn shared_netns_still_there(state: &ContainerState, all: &[ContainerState]) -> Result<(), Status> {
+    let owner_id = state.config.network_container.as_str();
+    let found = all.iter().find(|c| c.id == owner_id);
+    let owner = found.filter(|c| matches!(c.status, ContainerStatus::Running { .. }));
+    let same = match (owner, &state.config.network) {
+        (None, _) => false,
+        (Some(o), NetworkMode::Join(path)) if path.starts_with("/proc") => {
+            matches!(o.status, ContainerStatus::Running { pid }
+                if path.as_os_str() == format!("/proc/{pid}/ns/net").as_str())
+        }
+        (Some(_), _) => true,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "container {} shares the network namespace of container {}, which is gone or was \
+         restarted since: remove it and run it again with --network container:NAME",
+        state.name,
+        found.map_or(owner_id, |o| o.name.as_str())
+    )))
 }
 
 /// Finds `reference` among `all`: exact id, exact name, then unique id prefix.
@@ -1146,6 +1177,27 @@ mod tests {
             paused: false,
             config: ContainerConfig::default(),
         }
+    }
+
+    #[test]
+    fn a_joiner_starts_again_only_into_the_namespace_it_shared() {
+        let mut owner = state("o1", "owner");
+        owner.status = ContainerStatus::Running { pid: 7 };
+        let mut joiner = state("j1", "joiner");
+        joiner.config.network_container = "o1".into();
+        joiner.config.network = NetworkMode::Join("/run/netns/o1".into());
+        shared_netns_still_there(&joiner, &[owner.clone()]).expect("owner runs");
+        // A `none` owner: its namespace is its process's.
+        joiner.config.network = NetworkMode::Join("/proc/7/ns/net".into());
+        shared_netns_still_there(&joiner, &[owner.clone()]).expect("same process");
+        joiner.config.network = NetworkMode::Join("/proc/6/ns/net".into());
+        let err = shared_netns_still_there(&joiner, &[owner.clone()]).unwrap_err();
+        assert!(err.message().contains("restarted"), "{err:?}");
+        owner.status = ContainerStatus::Created;
+        joiner.config.network = NetworkMode::Join("/run/netns/o1".into());
+        let err = shared_netns_still_there(&joiner, &[owner]).unwrap_err();
+        assert!(err.message().contains("of container owner"), "{err:?}");
+        assert!(shared_netns_still_there(&joiner, &[]).is_err());
     }
 
     #[test]
