@@ -1143,7 +1143,8 @@ pub struct RunArgs {
     /// Run an init inside the container that forwards signals and reaps processes.
     #[arg(long)]
     pub init: bool,
-    /// `bridge` (the node's default network), `none` (only lo), `host`, or a network's name.
+    /// `bridge` (the node's default network), `none` (only lo), `host`, a network's name, or
+    /// `container:NAME` (share that running container's network namespace).
     #[arg(long, default_value = "bridge")]
     pub network: String,
     /// Publish a port: `[IP:][HOST:]CONTAINER[/tcp|/udp]`, ranges allowed (HOST omitted: a

@@ -15,6 +15,10 @@
 //!   resolved (made on this node if needed); mounts and published ports likewise go through
 //!   the executor's [`ContainerResources`], so a standalone container follows the same rules as
 //!   a task. Its endpoints and volumes are released when it is removed.
+//! - `--network container:NAME` (or `service:NAME`) shares a running container's network
+//!   namespace and /etc files (see the executor's `net`). The containers joined to one are
+//!   stopped when it is removed (its address goes back then), not when it merely stops: a
+//!   stopped standalone container keeps its address, as its namespace, until `rm`.
 //! - `--rm` (auto-remove) is done by this process: a daemon restart while such a container runs
 //!   leaves it behind (remove it with `rm`).
 //! - `start` of an exited container keeps its filesystem and log ([`Runtime::start_existing`]).
@@ -166,6 +170,10 @@ impl ContainersApi {
                 state.name
             )));
         }
+        if !state.config.network_container.is_empty() {
+            let all = self.list_all().await?;
+            shared_netns_still_there(state, &all)?;
+        }
         let started = self
             .runtime
             .start_existing(&state.id)
@@ -199,6 +207,17 @@ impl ContainersApi {
                 )))
             }
             "" | "bridge" | "default" => String::new(),
+            // Another container's namespace: resolved, and its conflicts refused, when the
+            // network side is prepared (as for a task).
+            shared if shared.starts_with("container:") || shared.starts_with("service:") => {
+                if !r.attachments.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "conflicting options: networks and --network {shared}: a container \
+                         that shares another's network namespace has that container's networks"
+                    )));
+                }
+                shared.to_string()
+            }
             other if r.attachments.is_empty() => {
                 return Err(Status::invalid_argument(format!(
                     "network {other:?} was not resolved: give the network's definition"
@@ -332,6 +351,33 @@ impl ContainersApi {
     }
 }
 
+/// A container sharing another's network namespace starts again only into that same
+/// namespace: its owner must run, and a `none` owner's namespace (named through its first
+/// process) must be the one it joined, not a later one's (or an unrelated process's, once
+/// the pid is reused).
+fn shared_netns_still_there(state: &ContainerState, all: &[ContainerState]) -> Result<(), Status> {
+    let owner_id = state.config.network_container.as_str();
+    let found = all.iter().find(|c| c.id == owner_id);
+    let owner = found.filter(|c| matches!(c.status, ContainerStatus::Running { .. }));
+    let same = match (owner, &state.config.network) {
+        (None, _) => false,
+        (Some(o), NetworkMode::Join(path)) if path.starts_with("/proc") => {
+            matches!(o.status, ContainerStatus::Running { pid }
+                if path.as_os_str() == format!("/proc/{pid}/ns/net").as_str())
+        }
+        (Some(_), _) => true,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "container {} shares the network namespace of container {}, which is gone or was \
+         restarted since: remove it and run it again with --network container:NAME",
+        state.name,
+        found.map_or(owner_id, |o| o.name.as_str())
+    )))
+}
+
 /// Finds `reference` among `all`: exact id, exact name, then unique id prefix.
 fn find(all: Vec<ContainerState>, reference: &str) -> Result<ContainerState, Status> {
     let reference = reference.trim().trim_start_matches('/');
@@ -463,7 +509,11 @@ fn info_of(
         finished_at,
         labels: state.labels.clone().into_iter().collect(),
         standalone: state.labels.contains_key(STANDALONE_LABEL),
+        // Docker's HostConfig.NetworkMode for a shared namespace.
         network: match &state.config.network {
+            _ if !state.config.network_container.is_empty() => {
+                format!("container:{}", state.config.network_container)
+            }
             NetworkMode::New => "none".into(),
             NetworkMode::Host => "host".into(),
             NetworkMode::Join(path) => path.display().to_string(),
@@ -1127,6 +1177,27 @@ mod tests {
             paused: false,
             config: ContainerConfig::default(),
         }
+    }
+
+    #[test]
+    fn a_joiner_starts_again_only_into_the_namespace_it_shared() {
+        let mut owner = state("o1", "owner");
+        owner.status = ContainerStatus::Running { pid: 7 };
+        let mut joiner = state("j1", "joiner");
+        joiner.config.network_container = "o1".into();
+        joiner.config.network = NetworkMode::Join("/run/netns/o1".into());
+        shared_netns_still_there(&joiner, &[owner.clone()]).expect("owner runs");
+        // A `none` owner: its namespace is its process's.
+        joiner.config.network = NetworkMode::Join("/proc/7/ns/net".into());
+        shared_netns_still_there(&joiner, &[owner.clone()]).expect("same process");
+        joiner.config.network = NetworkMode::Join("/proc/6/ns/net".into());
+        let err = shared_netns_still_there(&joiner, &[owner.clone()]).unwrap_err();
+        assert!(err.message().contains("restarted"), "{err:?}");
+        owner.status = ContainerStatus::Created;
+        joiner.config.network = NetworkMode::Join("/run/netns/o1".into());
+        let err = shared_netns_still_there(&joiner, &[owner]).unwrap_err();
+        assert!(err.message().contains("of container owner"), "{err:?}");
+        assert!(shared_netns_still_there(&joiner, &[]).is_err());
     }
 
     #[test]

@@ -450,12 +450,15 @@ pub(crate) async fn run_container(client: &mut Client, a: RunArgs) -> Result<()>
 }
 
 /// `--network NAME`: a store network, resolved here so the agent can make it on this node.
-/// The node's own modes (`bridge`, `none`, `host`) need nothing.
+/// The node's own modes (`bridge`, `none`, `host`, `container:NAME`) need nothing.
 pub(crate) async fn resolve_network(
     client: &mut Client,
     network: &str,
 ) -> Result<(Vec<NetworkAttachmentConfig>, Vec<Network>)> {
-    if matches!(network, "" | "bridge" | "default" | "none" | "host") {
+    if matches!(network, "" | "bridge" | "default" | "none" | "host")
+        || network.starts_with("container:")
+        || network.starts_with("service:")
+    {
         return Ok((Vec::new(), Vec::new()));
     }
     let found = client

@@ -39,7 +39,9 @@ pub fn to_stack_spec(
     let mut warnings = Vec::new();
     let mut services = Vec::new();
     for (service_name, service) in &project.services {
-        services.push(to_service_spec(project, service_name, service, flavor)?);
+        let mut spec = to_service_spec(project, service_name, service, flavor)?;
+        share_service_network(&mut spec, name);
+        services.push(spec);
     }
     let mut networks = Vec::new();
     for (key, n) in project.networks.iter().filter(|(_, n)| !n.external) {
@@ -281,6 +283,26 @@ pub fn mount(v: &ServiceVolume, source: String) -> Result<Mount, String> {
         tmpfs_mode: v.tmpfs.as_ref().and_then(|t| t.mode),
         volume_labels: HashMap::new(),
     })
+}
+
+/// `network_mode: service:web` names the stack's service by its full name (`<stack>_web`,
+/// as the agent finds its tasks), and makes the service wait for it to start, as Compose's
+/// implicit dependency does.
+fn share_service_network(spec: &mut ServiceSpec, stack: &str) {
+    let Some(c) = spec.container.as_mut() else {
+        return;
+    };
+    let Some(short) = c.network_mode.strip_prefix("service:").map(str::to_string) else {
+        return;
+    };
+    c.network_mode = format!("service:{stack}_{short}");
+    if !spec.depends_on.iter().any(|d| d.service == short) {
+        spec.depends_on.push(ServiceDependency {
+            service: short,
+            condition: DependencyCondition::Started as i32,
+            required: true,
+        });
+    }
 }
 
 fn to_service_spec(
@@ -635,6 +657,53 @@ services:
             Some(RestartCondition::None),
             "compose's default is no restart"
         );
+    }
+
+    #[test]
+    fn a_service_network_mode_names_the_full_service_and_waits_for_it() {
+        let p = project(
+            r#"
+services:
+  web:
+    image: busybox
+  side:
+    image: busybox
+    network_mode: service:web
+  late:
+    image: busybox
+    network_mode: "service:web"
+    depends_on:
+      web: { condition: service_healthy }
+"#,
+        );
+        let (stack, _) = to_stack_spec(&p, "demo", Flavor::Compose).expect("maps");
+        let spec = |name: &str| {
+            stack
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .expect("service")
+                .clone()
+        };
+        let side = spec("side");
+        let mode = side.container.as_ref().map(|c| c.network_mode.clone());
+        assert_eq!(mode.as_deref(), Some("service:demo_web"));
+        assert!(side.networks.is_empty());
+        assert_eq!(side.depends_on.len(), 1);
+        assert_eq!(side.depends_on[0].service, "web");
+        assert_eq!(
+            side.depends_on[0].condition,
+            DependencyCondition::Started as i32
+        );
+        // An explicit dependency stays as given.
+        let late = spec("late");
+        assert_eq!(late.depends_on.len(), 1);
+        assert_eq!(
+            late.depends_on[0].condition,
+            DependencyCondition::Healthy as i32
+        );
+        let web = spec("web");
+        assert_eq!(web.container.map(|c| c.network_mode), Some(String::new()));
     }
 
     #[test]

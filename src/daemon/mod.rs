@@ -343,11 +343,11 @@ impl Agent {
         // Builds pull the base images the store lacks as `image pull` does.
         let builder = build::open(args, &images, &manager)?.with_registry(registry.clone());
         Ok(Agent {
+            networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports), runtime.clone()),
             runtime,
             registry,
             builder,
             images,
-            networks: TaskNetworks::new(manager, dns, PublishedPorts::new(ports)),
             volumes: Arc::new(volumes),
             peer_addr: String::new(),
             peers: None,

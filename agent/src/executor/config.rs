@@ -6,7 +6,9 @@ use std::time::Duration;
 use shoal_proto::{ContainerSpec, ImageConfig, Task};
 
 use super::net::Prepared;
-use crate::runtime::{parse_extra_host, ContainerConfig, HostEntry, Limits, Ulimit};
+use crate::runtime::{
+    parse_extra_host, ContainerConfig, HostEntry, Limits, Mount, MountKind, Ulimit,
+};
 
 /// Docker's default stop grace period.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -158,7 +160,9 @@ fn security_opt(c: &ContainerSpec, key: &str, value: &str) -> Result<bool, Strin
 
 /// The container's network side: its namespace, its /etc/hosts (own addresses with its
 /// hostname, then `extra_hosts`) and its resolv.conf, which names the node's DNS server on the
-/// gateway of its first network (user `dns` servers follow).
+/// gateway of its first network (user `dns` servers follow). A container sharing another's
+/// namespace takes that one's hostname and its /etc files themselves (bind-mounted, as in
+/// Docker: a change to the owner's is seen by both).
 pub fn apply_network(
     config: &mut ContainerConfig,
     task: &Task,
@@ -170,6 +174,34 @@ pub fn apply_network(
         .and_then(|s| s.container.clone())
         .unwrap_or_default();
     config.network = prepared.mode.clone();
+    if let Some(joined) = &prepared.joined {
+        config.network_container = joined.id.clone();
+        config.hostname = joined.hostname.clone();
+        config.etc = Default::default();
+        let Some(dir) = &joined.etc_dir else {
+            return Ok(());
+        };
+        for (file, target) in [
+            ("hosts", "/etc/hosts"),
+            ("hostname", "/etc/hostname"),
+            ("resolv.conf", "/etc/resolv.conf"),
+        ] {
+            // A mount the user asked for at that path wins, as over the container's own.
+            if config.mounts.iter().any(|m| m.target == target) {
+                continue;
+            }
+            config.mounts.push(Mount {
+                kind: MountKind::Bind,
+                source: dir.join(file),
+                target: target.into(),
+                read_only: false,
+                propagation: None,
+                copy_up: false,
+                create_host_path: false,
+            });
+        }
+        return Ok(());
+    }
     let gateway = prepared.attachments.first().map(|a| a.gateway.to_string());
     let mut hosts: Vec<HostEntry> = prepared
         .attachments

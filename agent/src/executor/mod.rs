@@ -382,7 +382,15 @@ impl Worker {
         match existing {
             Some(ContainerStatus::Running { pid }) => {
                 let task = rx.borrow().clone();
-                if let Some(task) = task {
+                // A joiner whose namespace's owner stopped while the daemon was down: stopped
+                // now (it fails below, saying why), not adopted.
+                let orphaned = self
+                    .executor
+                    .inner
+                    .networks
+                    .stop_if_orphaned(&self.id)
+                    .await;
+                if let Some(task) = task.filter(|_| !orphaned) {
                     self.go_live(&task, pid, "running (adopted)", None).await;
                 }
             }
@@ -527,7 +535,14 @@ impl Worker {
                     tracing::warn!(task = %self.id, "stop failed: {e}");
                 }
             }
+            let lost = self.executor.inner.networks.lost_network(&self.id);
             match (runtime.wait(&self.id).await, unhealthy) {
+                (Ok(exit), _) if lost.is_some() && !stopped => {
+                    self.report(TaskState::Failed, "failed", |s| {
+                        s.exit_code = Some(exit.code);
+                        s.error = format!("task: {}", lost.unwrap_or_default());
+                    })
+                }
                 (Ok(exit), Some(output)) => self.report(TaskState::Failed, "failed", |s| {
                     s.exit_code = Some(exit.code);
                     s.health = health::HealthState::Unhealthy.as_str().into();

@@ -2,6 +2,23 @@
 //! first needed, and released with the container.
 //!
 //! - `network_mode: host` shares the host's stack; `none` gives a namespace with only `lo`.
+//! - `container:NAME` (NAME: a container of this node, by id, name or unique id prefix) joins
+//!   the network namespace of that running container, as Docker does: same addresses, ports
+//!   and loopback, and the same /etc/hosts, /etc/resolv.conf and hostname (its files are
+//!   bind-mounted). The joiner has no endpoint of its own: no address, no DNS name, no
+//!   published port; ports, a hostname, DNS settings, extra hosts or networks given with it
+//!   are refused ("conflicting options", Docker's words). If NAME runs with `host`, the
+//!   joiner gets the host's stack too; if NAME runs with `none`, the joiner shares NAME's
+//!   lo-only namespace; if NAME itself joined a third container, the joiner joins that one.
+//! - `service:NAME` (compose's form; the stack conversion gives the full service name) joins
+//!   the namespace of a running task container of service NAME on this node: the one with the
+//!   same slot, else the lowest slot. The scheduler only places such a task on a node that
+//!   has a task of NAME; with none running here yet the task fails and is retried.
+//! - A shared namespace's owner outlives its joiners: when the owner's endpoints are
+//!   released (the task stopped, the standalone container removed) its joiners are stopped
+//!   first, so that no process keeps an address that goes back to the pool. A joined task
+//!   stopped that way fails with a message naming the owner; after a daemon restart a joiner
+//!   whose owner is gone is stopped the same way.
 //! - Otherwise the container joins each of the service's networks (in order; the first
 //!   non-internal one carries the default route), or the node's default `bridge` network
 //!   when the service names none (Docker's `docker run` default).
@@ -24,7 +41,7 @@ use super::rotation::{Endpoint, Member, Rotation};
 use super::vip;
 use crate::dns::DnsServer;
 use crate::network::{Attachment, NetworkManager, NetworkSpec, OverlaySpec, PoolPolicy};
-use crate::runtime::NetworkMode;
+use crate::runtime::{ContainerState, ContainerStatus, NetworkMode, Runtime};
 
 /// The node-local network of services that name none.
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -33,8 +50,22 @@ pub const DEFAULT_NETWORK: &str = "bridge";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     pub mode: NetworkMode,
-    /// Its endpoints, in attach order (empty for `host` and `none`).
+    /// Its endpoints, in attach order (empty for `host`, `none` and a shared namespace).
     pub attachments: Vec<Attachment>,
+    /// The container whose namespace it shares (`container:` and `service:` modes).
+    pub joined: Option<Joined>,
+}
+
+/// The container a joiner shares its network namespace and /etc files with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    /// The owner's id (the end of the chain when the owner itself joined another).
+    pub id: String,
+    /// The owner's hostname: the joiner's too, as in Docker.
+    pub hostname: String,
+    /// The owner's state dir, holding its managed `hosts`, `hostname` and `resolv.conf`
+    /// (`None`: it has none, the joiner keeps the image's).
+    pub etc_dir: Option<std::path::PathBuf>,
 }
 
 /// Which networks a task asks for: (local network name, store network if any, aliases).
@@ -42,6 +73,10 @@ pub struct Prepared {
 enum Wanted {
     Host,
     None,
+    /// Another container's namespace, by id, name or unique id prefix.
+    Container(String),
+    /// The namespace of a task of this service (its full name) on this node.
+    Service(String),
     Networks(Vec<(String, Option<Network>, Vec<String>)>),
 }
 
@@ -61,9 +96,27 @@ fn wanted(task: &Task, known: &HashMap<String, Network>) -> Result<Wanted, Strin
         "none" => return Ok(Wanted::None),
         "" | "bridge" | "default" => {}
         other => {
-            return Err(format!(
-                "network_mode {other:?} is not supported: use host, none or networks"
-            ))
+            let shared = match other.split_once(':') {
+                Some(("container", name)) if !name.trim().is_empty() => {
+                    Wanted::Container(name.trim().to_string())
+                }
+                Some(("service", name)) if !name.trim().is_empty() => {
+                    Wanted::Service(name.trim().to_string())
+                }
+                _ => {
+                    return Err(format!(
+                        "network_mode {other:?} is not supported: use host, none, \
+                         container:NAME, service:NAME or networks"
+                    ))
+                }
+            };
+            if let Some(what) = conflict_with_shared(spec) {
+                return Err(format!(
+                    "conflicting options: {what} and network_mode {other}: a container that \
+                     shares another's network namespace has that container's {what}"
+                ));
+            }
+            return Ok(shared);
         }
     }
     if spec.networks.is_empty() {
@@ -91,6 +144,156 @@ fn wanted(task: &Task, known: &HashMap<String, Network>) -> Result<Wanted, Strin
         })
         .collect::<Result<_, String>>()
         .map(Wanted::Networks)
+}
+
+/// What a container sharing another's network namespace cannot have of its own. Pure.
+fn conflict_with_shared(spec: &shoal_proto::ServiceSpec) -> Option<&'static str> {
+    let c = spec.container.clone().unwrap_or_default();
+    let ports = spec.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+    [
+        (!spec.networks.is_empty(), "networks"),
+        (ports, "published ports"),
+        (!c.hostname.is_empty(), "hostname"),
+        (
+            !c.dns.is_empty() || !c.dns_search.is_empty(),
+            "DNS settings",
+        ),
+        (!c.extra_hosts.is_empty(), "extra hosts"),
+    ]
+    .into_iter()
+    .find(|(conflicts, _)| *conflicts)
+    .map(|(_, what)| what)
+}
+
+/// The task's slot, read from its container's name (`service.slot.taskid`); `None` when the
+/// name is not of that form.
+fn slot_of(c: &ContainerState, service: &str) -> Option<u64> {
+    c.name
+        .strip_prefix(service)?
+        .strip_prefix('.')?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Label of a task's container naming its service (Swarm's).
+const SERVICE_NAME_LABEL: &str = "com.docker.swarm.service.name";
+
+fn is_running(c: &ContainerState) -> bool {
+    matches!(c.status, ContainerStatus::Running { .. })
+}
+
+/// The running container whose network namespace the task shares, among this node's
+/// containers (`all`), following a chain of joiners to its end. Pure.
+fn owner_of<'a>(
+    wanted: &Wanted,
+    slot: u64,
+    all: &'a [ContainerState],
+) -> Result<&'a ContainerState, String> {
+    let first = match wanted {
+        Wanted::Container(reference) => {
+            let reference = reference.trim_start_matches('/');
+            let by_prefix: Vec<&ContainerState> =
+                all.iter().filter(|c| c.id.starts_with(reference)).collect();
+            let found = all
+                .iter()
+                .find(|c| c.id == reference)
+                .or_else(|| all.iter().find(|c| c.name == reference));
+            let c: &ContainerState = match (found, by_prefix.as_slice()) {
+                (Some(c), _) => c,
+                (None, [c]) => c,
+                (None, []) => {
+                    return Err(format!(
+                        "network_mode container:{reference}: no such container on this node"
+                    ))
+                }
+                (None, many) => {
+                    return Err(format!(
+                        "network_mode container:{reference}: the id prefix is ambiguous (it \
+                         matches {} containers): give more characters or the name",
+                        many.len()
+                    ))
+                }
+            };
+            if !is_running(c) {
+                return Err(format!(
+                    "network_mode container:{reference}: container {} is not running: start \
+                     it first",
+                    c.name
+                ));
+            }
+            c
+        }
+        Wanted::Service(service) => {
+            let mut tasks: Vec<(u64, &ContainerState)> = all
+                .iter()
+                .filter(|c| is_running(c))
+                .filter(|c| c.labels.get(SERVICE_NAME_LABEL) == Some(service))
+                .map(|c| (slot_of(c, service).unwrap_or(u64::MAX), c))
+                .collect();
+            tasks.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+            let same_slot = tasks.iter().find(|(s, _)| *s == slot && slot > 0);
+            match same_slot.or(tasks.first()) {
+                Some((_, c)) => *c,
+                None => {
+                    return Err(format!(
+                        "network_mode service:{service}: no task of service {service} runs on \
+                         this node to share the network namespace of (it is retried once one \
+                         does)"
+                    ))
+                }
+            }
+        }
+        _ => return Err("the task shares no other container's network".into()),
+    };
+    // A joiner's owner: the namespace is the one at the end of the chain.
+    let mut owner = first;
+    for _ in 0..8 {
+        if owner.config.network_container.is_empty() {
+            return Ok(owner);
+        }
+        owner = all
+            .iter()
+            .find(|c| c.id == owner.config.network_container && is_running(c))
+            .ok_or_else(|| {
+                format!(
+                    "container {} shares the network namespace of container {}, which is not \
+                     running",
+                    owner.name, owner.config.network_container
+                )
+            })?;
+    }
+    Err(format!(
+        "container {}: the chain of shared network namespaces is too long",
+        first.name
+    ))
+}
+
+/// The network side of a container joining `owner`'s namespace. Pure but for the owner's
+/// state dir (`dir`), which is only named.
+fn join(owner: &ContainerState, dir: std::path::PathBuf) -> Result<Prepared, String> {
+    let mode = match &owner.config.network {
+        NetworkMode::Host => NetworkMode::Host,
+        NetworkMode::Join(path) => NetworkMode::Join(path.clone()),
+        // `none`: its own lo-only namespace, named through its first process.
+        NetworkMode::New => match &owner.status {
+            ContainerStatus::Running { pid } => {
+                NetworkMode::Join(format!("/proc/{pid}/ns/net").into())
+            }
+            _ => return Err(format!("container {} is not running", owner.name)),
+        },
+    };
+    let hostname = crate::runtime::effective_hostname(&owner.config, &dir);
+    Ok(Prepared {
+        mode,
+        attachments: Vec::new(),
+        joined: Some(Joined {
+            id: owner.id.clone(),
+            hostname,
+            etc_dir: owner.config.manage_etc.then_some(dir),
+        }),
+    })
 }
 
 /// The node-local spec of a store network.
@@ -156,6 +359,10 @@ pub struct TaskNetworks {
     needed: std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
     rotation: Rotation,
     remote: std::sync::Arc<Remote>,
+    /// The node's containers: the owners of shared namespaces and their joiners.
+    runtime: std::sync::Arc<Runtime>,
+    /// Joiners stopped because their namespace's owner went: container id → why.
+    lost: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 /// The other nodes' tasks on this node's overlay networks: the latest view from the manager,
@@ -188,7 +395,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl TaskNetworks {
     /// Turns the manager's warm pool on: a container start takes a namespace plugged in
     /// beforehand, and a stop leaves the deletion of its namespace to the background.
-    pub fn new(manager: NetworkManager, dns: DnsServer, ports: PublishedPorts) -> Self {
+    pub fn new(
+        manager: NetworkManager,
+        dns: DnsServer,
+        ports: PublishedPorts,
+        runtime: std::sync::Arc<Runtime>,
+    ) -> Self {
         manager.enable_pool(PoolPolicy::default());
         let rotation = Rotation::new(dns.table().clone(), ports.clone());
         TaskNetworks {
@@ -198,7 +410,79 @@ impl TaskNetworks {
             needed: Default::default(),
             rotation,
             remote: Default::default(),
+            runtime,
+            lost: Default::default(),
         }
+    }
+
+    /// Why the container was stopped by this node, if it was stopped because the owner of
+    /// the network namespace it shared went away.
+    /// Asked once: the answer is forgotten.
+    pub fn lost_network(&self, container_id: &str) -> Option<String> {
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(container_id)
+    }
+
+    /// Stops the running containers that share `owner_id`'s network namespace (and says
+    /// why: see [`Self::lost_network`]), before the owner's addresses go back.
+    async fn stop_joiners(&self, owner_id: &str) {
+        let runtime = self.runtime.clone();
+        let Some(Ok(all)) = blocking(move || runtime.list()).await else {
+            return;
+        };
+        let joiners: Vec<&ContainerState> = all
+            .iter()
+            .filter(|c| c.config.network_container == owner_id && is_running(c))
+            .collect();
+        if joiners.is_empty() {
+            return;
+        }
+        let owner = all
+            .iter()
+            .find(|c| c.id == owner_id)
+            .map_or(owner_id, |c| c.name.as_str());
+        let mut stops = tokio::task::JoinSet::new();
+        for j in joiners {
+            tracing::info!(container = %j.name, owner, "stopping: the network it shares goes");
+            self.lost.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                j.id.clone(),
+                format!(
+                    "the network namespace it shared went away: container {owner} stopped \
+                     (network_mode container:{owner})"
+                ),
+            );
+            let (runtime, id, grace) = (self.runtime.clone(), j.id.clone(), j.config.stop_grace);
+            stops.spawn(async move {
+                if let Err(e) = runtime.stop(&id, grace).await {
+                    tracing::warn!(container = %id, "stopping a joined container: {e}");
+                }
+            });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// After a daemon restart: a running joiner whose namespace's owner is no longer running
+    /// is stopped (as it would have been, had the daemon seen the owner stop). Returns
+    /// whether it was.
+    pub async fn stop_if_orphaned(&self, container_id: &str) -> bool {
+        let runtime = self.runtime.clone();
+        let Some(Ok(all)) = blocking(move || runtime.list()).await else {
+            return false;
+        };
+        let Some(me) = all.iter().find(|c| c.id == container_id) else {
+            return false;
+        };
+        let owner_id = me.config.network_container.as_str();
+        if owner_id.is_empty() || !is_running(me) {
+            return false;
+        }
+        if all.iter().any(|c| c.id == owner_id && is_running(c)) {
+            return false;
+        }
+        self.stop_joiners(owner_id).await;
+        true
     }
 
     /// Takes the manager's latest view of the other nodes' tasks on the overlay networks, in
@@ -469,13 +753,24 @@ impl TaskNetworks {
                 return Ok(Prepared {
                     mode: NetworkMode::Host,
                     attachments: Vec::new(),
+                    joined: None,
                 })
             }
             Wanted::None => {
                 return Ok(Prepared {
                     mode: NetworkMode::New,
                     attachments: Vec::new(),
+                    joined: None,
                 })
+            }
+            shared @ (Wanted::Container(_) | Wanted::Service(_)) => {
+                let runtime = self.runtime.clone();
+                let all = blocking(move || runtime.list())
+                    .await
+                    .ok_or("listing the node's containers crashed")?
+                    .map_err(|e| format!("listing the node's containers: {e}"))?;
+                let owner = owner_of(&shared, task.slot, &all)?;
+                return join(owner, self.runtime.container_dir(&owner.id));
             }
             Wanted::Networks(n) => n,
         };
@@ -534,12 +829,15 @@ impl TaskNetworks {
         Ok(Prepared {
             mode: NetworkMode::Join(netns),
             attachments,
+            joined: None,
         })
     }
 
-    /// Releases the container's names, addresses, veths and netns file. Idempotent.
+    /// Releases the container's names, addresses, veths and netns file, once the containers
+    /// sharing its namespace are stopped. Idempotent.
     pub async fn release(&self, container_id: &str) {
         self.withdraw(container_id).await;
+        self.stop_joiners(container_id).await;
         let (ports, rotation, id) = (
             self.ports.clone(),
             self.rotation.clone(),
@@ -556,6 +854,12 @@ impl TaskNetworks {
                 "releasing its network endpoints: {e}"
             );
         }
+        // Read by then (a task's worker asks before it releases); a standalone joiner's is
+        // never asked for.
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(container_id);
     }
 
     /// Removes the networks that no container uses and no assigned task needs (`needed`,
@@ -653,7 +957,18 @@ mod tests {
     fn modes_and_networks_are_read() {
         assert_eq!(wanted(&task("host", &[]), &known()), Ok(Wanted::Host));
         assert_eq!(wanted(&task("none", &[]), &known()), Ok(Wanted::None));
-        assert!(wanted(&task("container:x", &[]), &known()).is_err());
+        assert_eq!(
+            wanted(&task("container:x", &[]), &known()),
+            Ok(Wanted::Container("x".into()))
+        );
+        assert_eq!(
+            wanted(&task("service:app_web", &[]), &known()),
+            Ok(Wanted::Service("app_web".into()))
+        );
+        for bad in ["container:", "service:", "bogus", "other:x"] {
+            let err = wanted(&task(bad, &[]), &known()).unwrap_err();
+            assert!(err.contains("not supported"), "{bad}: {err}");
+        }
         match wanted(&task("", &[]), &known()) {
             Ok(Wanted::Networks(n)) => assert_eq!(n[0].0, DEFAULT_NETWORK),
             other => panic!("{other:?}"),
@@ -667,6 +982,149 @@ mod tests {
         }
         let err = wanted(&task("", &["gone"]), &known()).unwrap_err();
         assert!(err.contains("unknown"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_namespace_refuses_endpoints_of_its_own() {
+        let with = |f: &dyn Fn(&mut shoal_proto::ServiceSpec)| {
+            let mut t = task("container:x", &[]);
+            if let Some(spec) = t.spec.as_mut() {
+                let mut s = (**spec).clone();
+                f(&mut s);
+                *spec = s.into();
+            }
+            wanted(&t, &known()).unwrap_err()
+        };
+        let ports = with(&|s| {
+            s.endpoint = Some(shoal_proto::EndpointSpec {
+                ports: vec![PortConfig::default()],
+                mode: String::new(),
+            })
+        });
+        assert_eq!(
+            ports,
+            "conflicting options: published ports and network_mode container:x: a container \
+             that shares another's network namespace has that container's published ports"
+        );
+        let hostname = with(&|s| {
+            if let Some(c) = s.container.as_mut() {
+                c.hostname = "h".into();
+            }
+        });
+        assert!(
+            hostname.starts_with("conflicting options: hostname"),
+            "{hostname}"
+        );
+        let networks = with(&|s| {
+            s.networks = vec![NetworkAttachmentConfig {
+                target: "n1".into(),
+                aliases: Vec::new(),
+            }]
+        });
+        assert!(
+            networks.starts_with("conflicting options: networks"),
+            "{networks}"
+        );
+    }
+
+    fn container(id: &str, name: &str, running: bool) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            name: name.into(),
+            labels: Default::default(),
+            supervisor_pid: None,
+            pid: running.then_some(42),
+            started_at: None,
+            status: if running {
+                ContainerStatus::Running { pid: 42 }
+            } else {
+                ContainerStatus::Created
+            },
+            paused: false,
+            config: Default::default(),
+        }
+    }
+
+    fn task_of(service: &str, slot: u64, id: &str) -> ContainerState {
+        let mut c = container(id, &format!("{service}.{slot}.{id}"), true);
+        c.labels
+            .insert(SERVICE_NAME_LABEL.into(), service.to_string());
+        c
+    }
+
+    #[test]
+    fn the_owner_is_found_by_id_name_or_unique_prefix_and_must_run() {
+        let all = [
+            container("abc123", "web", true),
+            container("abd456", "db", true),
+            container("ffff", "stopped", false),
+        ];
+        let by = |r: &str| owner_of(&Wanted::Container(r.into()), 0, &all).map(|c| c.id.clone());
+        assert_eq!(by("abc123"), Ok("abc123".into()));
+        assert_eq!(by("db"), Ok("abd456".into()));
+        assert_eq!(by("abd"), Ok("abd456".into()));
+        assert!(by("ab").unwrap_err().contains("ambiguous"));
+        assert!(by("nope").unwrap_err().contains("no such container"));
+        let err = by("stopped").unwrap_err();
+        assert!(err.contains("is not running"), "{err}");
+    }
+
+    #[test]
+    fn a_service_task_shares_the_same_slot_else_the_lowest() {
+        let all = [
+            task_of("app_web", 3, "c3"),
+            task_of("app_web", 2, "c2"),
+            task_of("app_webber", 1, "x1"),
+            container("c9", "app_web.1.c9", true), // not a task of the service (no label)
+        ];
+        let of =
+            |slot| owner_of(&Wanted::Service("app_web".into()), slot, &all).map(|c| c.id.clone());
+        assert_eq!(of(3), Ok("c3".into()));
+        assert_eq!(of(1), Ok("c2".into()));
+        assert_eq!(of(0), Ok("c2".into()));
+        let none = owner_of(&Wanted::Service("app_db".into()), 1, &all).unwrap_err();
+        assert!(
+            none.contains("no task of service app_db runs on this node"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn a_joiner_of_a_joiner_shares_the_first_owners_namespace() {
+        let mut owner = container("o1", "owner", true);
+        owner.config.network = NetworkMode::Join("/run/netns/o1".into());
+        owner.config.hostname = "owner-host".into();
+        let mut middle = container("m1", "middle", true);
+        middle.config.network_container = "o1".into();
+        let all = [owner, middle];
+        let found = owner_of(&Wanted::Container("middle".into()), 0, &all).expect("owner");
+        assert_eq!(found.id, "o1");
+        let prepared = join(found, "/data/containers/o1".into()).expect("joined");
+        assert_eq!(prepared.mode, NetworkMode::Join("/run/netns/o1".into()));
+        assert!(prepared.attachments.is_empty());
+        let joined = prepared.joined.expect("joined");
+        assert_eq!(joined.hostname, "owner-host");
+        assert_eq!(joined.etc_dir, Some("/data/containers/o1".into()));
+        // The chain's end not running: refused.
+        let mut lone = container("m2", "lone", true);
+        lone.config.network_container = "gone".into();
+        let err = owner_of(&Wanted::Container("lone".into()), 0, &[lone]).unwrap_err();
+        assert!(err.contains("not running"), "{err}");
+    }
+
+    #[test]
+    fn host_and_none_owners_give_their_mode() {
+        let mut host = container("h1", "h", true);
+        host.config.network = NetworkMode::Host;
+        assert_eq!(
+            join(&host, "/d/h1".into()).expect("host").mode,
+            NetworkMode::Host
+        );
+        let none = container("n1", "n", true);
+        assert_eq!(
+            join(&none, "/d/n1".into()).expect("none").mode,
+            NetworkMode::Join("/proc/42/ns/net".into())
+        );
     }
 
     #[test]

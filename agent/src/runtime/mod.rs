@@ -232,6 +232,11 @@ pub struct ContainerConfig {
     /// The network namespace.
     #[serde(default)]
     pub network: NetworkMode,
+    /// The container whose network namespace (and /etc files) this one shares
+    /// (`network_mode: container:<id>`); `""` → none. Kept so that the shared namespace's
+    /// owner can stop its joiners before its address goes back (see the executor's `net`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network_container: String,
 
     /// Bind mounts and volumes (`volumes:`), see [`Mount`].
     #[serde(default)]
@@ -286,6 +291,7 @@ impl Default for ContainerConfig {
             oom_score_adj: None,
             stop_signal: String::new(),
             network: NetworkMode::New,
+            network_container: String::new(),
             mounts: Vec::new(),
             manage_etc: true,
             etc: EtcFiles::default(),

@@ -211,6 +211,19 @@ pub fn resolve_targets(
             "network_mode {mode:?} cannot be combined with networks: give one or the other"
         ));
     }
+    let shared = mode.starts_with("container:") || mode.starts_with("service:");
+    let ports = spec.endpoint.as_ref().is_some_and(|e| !e.ports.is_empty());
+    let hostname = spec
+        .container
+        .as_ref()
+        .is_some_and(|c| !c.hostname.is_empty());
+    if shared && (ports || hostname) {
+        let what = if ports { "published ports" } else { "hostname" };
+        return Err(format!(
+            "conflicting options: {what} and network_mode {mode}: a task that shares another \
+             container's network namespace has that container's {what}"
+        ));
+    }
     Ok(())
 }
 
@@ -291,6 +304,31 @@ mod tests {
         assert!(check_network(&state, &mut overlay)
             .unwrap_err()
             .contains("not supported"));
+    }
+
+    #[test]
+    fn a_shared_namespace_refuses_ports_and_hostname() {
+        let state = State::default();
+        let shared = |hostname: &str, ports: bool| ServiceSpec {
+            container: Some(shoal_proto::ContainerSpec {
+                network_mode: "service:app_web".into(),
+                hostname: hostname.into(),
+                ..Default::default()
+            }),
+            endpoint: ports.then(|| shoal_proto::EndpointSpec {
+                ports: vec![shoal_proto::PortConfig::default()],
+                mode: String::new(),
+            }),
+            ..Default::default()
+        };
+        resolve_targets(&state, &mut shared("", false), &|_| None).expect("plain sharing");
+        let err = resolve_targets(&state, &mut shared("", true), &|_| None).unwrap_err();
+        assert!(
+            err.starts_with("conflicting options: published ports and network_mode service:"),
+            "{err}"
+        );
+        let err = resolve_targets(&state, &mut shared("h", false), &|_| None).unwrap_err();
+        assert!(err.starts_with("conflicting options: hostname"), "{err}");
     }
 
     #[test]

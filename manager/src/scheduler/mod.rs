@@ -13,7 +13,10 @@
 //!    node's filters, first.
 //! 2. Filters, per node, first failure wins (it is the one reported):
 //!    status READY → availability ACTIVE → memory → CPU → placement constraints
-//!    ([`constraint`]) → host-mode published ports → max replicas per node.
+//!    ([`constraint`]) → host-mode published ports → max replicas per node → the service whose
+//!    network namespace the task shares (`network_mode: service:NAME`, compose's sidecar
+//!    form): only a node with a non-terminal task of NAME (placed earlier in the same call
+//!    included) will do, as the agent joins that task's container there.
 //!    A reservation of 0 always fits; a node that reported no resources (0) fits only tasks
 //!    that reserve nothing, as in Swarm.
 //!    What a node has left is its reported resources minus the reservations of every
@@ -191,10 +194,24 @@ struct Needs<'a> {
     /// `None` also for an empty placement.
     placement: Option<&'a Placement>,
     host_ports: Vec<HostPort>,
+    /// The service whose network namespace the task shares (`network_mode: service:NAME`).
+    network_service: Option<&'a str>,
+}
+
+/// NAME of `network_mode: service:NAME`.
+fn network_service(task: &Task) -> Option<&str> {
+    task.spec
+        .as_ref()?
+        .container
+        .as_ref()?
+        .network_mode
+        .strip_prefix("service:")
+        .filter(|name| !name.is_empty())
 }
 
 fn needs(task: &Task) -> Needs<'_> {
     Needs {
+        network_service: network_service(task),
         placement: task
             .spec
             .as_ref()
@@ -234,6 +251,7 @@ enum Short {
     Constraints,
     Ports,
     MaxReplicas,
+    NetworkService,
 }
 
 /// How many nodes failed each task-dependent filter.
@@ -244,6 +262,7 @@ struct Tally {
     constraints: usize,
     ports: usize,
     max_replicas: usize,
+    network_service: usize,
 }
 
 impl Tally {
@@ -254,6 +273,7 @@ impl Tally {
             Short::Constraints => self.constraints += 1,
             Short::Ports => self.ports += 1,
             Short::MaxReplicas => self.max_replicas += 1,
+            Short::NetworkService => self.network_service += 1,
         }
     }
 }
@@ -273,6 +293,8 @@ struct Cluster<'a> {
     ports: Vec<HashSet<HostPort>>,
     /// Non-terminal tasks per service per node.
     per_service: HashMap<&'a str, HashMap<usize, u64>>,
+    /// The nodes holding a non-terminal task of each service, by service name.
+    by_name: HashMap<&'a str, HashSet<usize>>,
     /// How many nodes fail each static filter (the same for every task).
     not_ready: usize,
     paused: usize,
@@ -307,6 +329,7 @@ impl<'a> Cluster<'a> {
         let mut load = vec![0u64; sorted.len()];
         let mut ports = vec![HashSet::new(); sorted.len()];
         let mut per_service: HashMap<&str, HashMap<usize, u64>> = HashMap::new();
+        let mut by_name: HashMap<&str, HashSet<usize>> = HashMap::new();
         for &task in tasks {
             // Preassigned pending tasks are counted when their node accepts them.
             if task.node_id.is_empty() || is_terminal(task) || awaits_node_check(task) {
@@ -325,6 +348,9 @@ impl<'a> Cluster<'a> {
                 .or_default()
                 .entry(n)
                 .or_default() += 1;
+            if let Some(spec) = task.spec.as_ref() {
+                by_name.entry(spec.name.as_str()).or_default().insert(n);
+            }
         }
 
         let count = |which: Ineligible| eligibility.iter().filter(|e| **e == Err(which)).count();
@@ -339,6 +365,7 @@ impl<'a> Cluster<'a> {
             load,
             ports,
             per_service,
+            by_name,
         }
     }
 
@@ -368,6 +395,8 @@ impl<'a> Cluster<'a> {
         let service = first.service_id.as_str();
         let mut same_service = self.per_service.remove(service).unwrap_or_default();
         let group_filter = GroupFilter {
+            name: first.spec.as_ref().map(|s| s.name.as_str()).unwrap_or(""),
+            network_service: needs.network_service,
             wanted: reservation(first),
             host_ports: &needs.host_ports,
             max_replicas: rules.max_replicas_per_node,
@@ -396,7 +425,7 @@ impl<'a> Cluster<'a> {
     fn place_by_heap(
         &mut self,
         group: &[&'a Task],
-        filter: &GroupFilter,
+        filter: &GroupFilter<'_, 'a>,
         same_service: &mut HashMap<usize, u64>,
         decisions: &mut Vec<Decision>,
     ) {
@@ -437,7 +466,7 @@ impl<'a> Cluster<'a> {
     fn place_by_spread(
         &mut self,
         group: &[&'a Task],
-        filter: &GroupFilter,
+        filter: &GroupFilter<'_, 'a>,
         spread: &[Attribute],
         same_service: &mut HashMap<usize, u64>,
         decisions: &mut Vec<Decision>,
@@ -528,7 +557,7 @@ impl<'a> Cluster<'a> {
     }
 
     /// The task-dependent filters, in order; `mine` is the service's tasks on the node.
-    fn admits(&self, n: usize, filter: &GroupFilter, mine: u64) -> Result<(), Short> {
+    fn admits(&self, n: usize, filter: &GroupFilter<'_, 'a>, mine: u64) -> Result<(), Short> {
         self.fits(n, filter.wanted)?;
         if !filter.constraints_hold[n] {
             return Err(Short::Constraints);
@@ -539,17 +568,35 @@ impl<'a> Cluster<'a> {
         if filter.max_replicas > 0 && mine >= filter.max_replicas {
             return Err(Short::MaxReplicas);
         }
+        if !filter.network_service.is_none_or(|name| self.runs(name, n)) {
+            return Err(Short::NetworkService);
+        }
         Ok(())
     }
 
     /// Counts a task of the group as placed on node `n`.
-    fn take(&mut self, n: usize, filter: &GroupFilter, same_service: &mut HashMap<usize, u64>) {
+    fn take(
+        &mut self,
+        n: usize,
+        filter: &GroupFilter<'_, 'a>,
+        same_service: &mut HashMap<usize, u64>,
+    ) {
         let (mem, cpu) = filter.wanted;
         self.reserved[n].0 = self.reserved[n].0.saturating_add(mem);
         self.reserved[n].1 = self.reserved[n].1.saturating_add(cpu);
         self.load[n] += 1;
         self.ports[n].extend(filter.host_ports.iter().copied());
         *same_service.entry(n).or_default() += 1;
+        if !filter.name.is_empty() {
+            self.by_name.entry(filter.name).or_default().insert(n);
+        }
+    }
+
+    /// Whether node `n` holds a non-terminal task of the service named `name`.
+    fn runs(&self, name: &str, n: usize) -> bool {
+        self.by_name
+            .get(name)
+            .is_some_and(|nodes| nodes.contains(&n))
     }
 
     /// Confirms a task on the node it was created for, or says why that node cannot take it.
@@ -576,6 +623,11 @@ impl<'a> Cluster<'a> {
                 (Ok(()), Ok(())) if wanted_ports.iter().any(|p| self.ports[n].contains(p)) => {
                     Err("host-mode port already in use on its node".into())
                 }
+                (Ok(()), Ok(()))
+                    if !network_service(task).is_none_or(|name| self.runs(name, n)) =>
+                {
+                    Err("no task of its network_mode service on its node".into())
+                }
                 (Ok(()), Ok(())) => Ok(n),
             },
         };
@@ -585,6 +637,12 @@ impl<'a> Cluster<'a> {
                 self.reserved[n].1 = self.reserved[n].1.saturating_add(want.1);
                 self.load[n] += 1;
                 self.ports[n].extend(wanted_ports);
+                if let Some(spec) = task.spec.as_ref() {
+                    self.by_name
+                        .entry(spec.name.as_str())
+                        .or_default()
+                        .insert(n);
+                }
                 *self
                     .per_service
                     .entry(task.service_id.as_str())
@@ -636,6 +694,10 @@ impl<'a> Cluster<'a> {
             (tally.constraints, "scheduling constraints not satisfied on"),
             (tally.ports, "host-mode port already in use on"),
             (tally.max_replicas, "max replicas per node limit exceed on"),
+            (
+                tally.network_service,
+                "no task of the network_mode service on",
+            ),
         ] {
             if count > 0 {
                 reasons.push(format!("{what} {count} {}", nodes(count)));
@@ -655,7 +717,11 @@ impl<'a> Cluster<'a> {
 }
 
 /// What one group asks of every node, evaluated once for the group.
-struct GroupFilter<'g> {
+struct GroupFilter<'g, 'a> {
+    /// The group's service name (its placements count for `network_service`).
+    name: &'a str,
+    /// See [`Needs::network_service`].
+    network_service: Option<&'g str>,
     wanted: (i64, i64),
     host_ports: &'g [HostPort],
     /// 0: no limit.

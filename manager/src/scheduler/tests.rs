@@ -1158,3 +1158,70 @@ proptest! {
         }
     }
 }
+
+/// A task of service `name` (spec name and id alike), sharing `shares`'s network if given.
+fn named(id: &str, name: &str, slot: u64, shares: Option<&str>) -> Task {
+    let mut t = task(id, name, slot, 0, 0);
+    t.spec = Some(SharedSpec::new(ServiceSpec {
+        name: name.to_string(),
+        container: Some(shoal_proto::ContainerSpec {
+            network_mode: shares.map(|s| format!("service:{s}")).unwrap_or_default(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    t
+}
+
+#[test]
+fn a_task_sharing_a_service_network_goes_where_that_service_runs() {
+    let nodes = [ready("n1"), ready("n2"), ready("n3")];
+    // The web task is on n2 (the busiest node): the sidecar must go there anyway.
+    let web = on(named("w1", "app_web", 1, None), "n2", TaskState::Running);
+    let other = on(named("o1", "other", 1, None), "n2", TaskState::Running);
+    let side = named("s1", "app_side", 1, Some("app_web"));
+    let d = schedule(&nodes, &[web, other, side]);
+    assert_eq!(placed(&d), vec![("s1", Some("n2"))]);
+}
+
+#[test]
+fn a_task_sharing_a_service_network_waits_while_that_service_runs_nowhere() {
+    let nodes = [ready("n1"), ready("n2")];
+    // A terminal task of the service holds nothing.
+    let gone = on(named("w0", "app_web", 1, None), "n1", TaskState::Failed);
+    let side = named("s1", "app_side", 1, Some("app_web"));
+    let d = schedule(&nodes, &[gone, side]);
+    assert_eq!(placed(&d), vec![("s1", None)]);
+    assert_eq!(
+        d[0].error,
+        "no suitable node (no task of the network_mode service on 2 nodes)"
+    );
+}
+
+#[test]
+fn a_service_placed_in_the_same_pass_counts_for_its_sharers() {
+    // Groups go by service id: "a_web" is placed before "b_side", which follows it.
+    let nodes = [ready("n1"), ready("n2")];
+    let busy = on(named("x", "x", 1, None), "n1", TaskState::Running);
+    let web = named("w1", "a_web", 1, None);
+    let side = named("s1", "b_side", 1, Some("a_web"));
+    let d = schedule(&nodes, &[busy, web, side]);
+    assert_eq!(placed(&d), vec![("w1", Some("n2")), ("s1", Some("n2"))]);
+}
+
+#[test]
+fn a_preassigned_task_sharing_a_service_network_needs_it_on_its_node() {
+    let nodes = [ready("n1"), ready("n2")];
+    let web = on(named("w1", "app_web", 1, None), "n1", TaskState::Running);
+    let mut here = named("g1", "app_side", 0, Some("app_web"));
+    here.node_id = "n1".into();
+    let mut there = named("g2", "app_side", 0, Some("app_web"));
+    there.node_id = "n2".into();
+    let d = schedule(&nodes, &[web, here, there]);
+    assert_eq!(placed(&d), vec![("g1", Some("n1")), ("g2", None)]);
+    assert!(
+        d[1].error.contains("network_mode service"),
+        "{}",
+        d[1].error
+    );
+}
