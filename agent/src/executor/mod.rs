@@ -688,7 +688,7 @@ impl Worker {
     async fn go_live(&mut self, task: &Task, pid: i32, message: &str, health: Option<String>) {
         let networks = self.executor.inner.networks.clone();
         let ports = networks.announce(task, &container_name(task)).await;
-        let addresses = task_addresses(&networks.manager().attachments(&self.id));
+        let addresses = task_addresses(&networks.manager().read_attachments(&self.id).await);
         self.report(TaskState::Running, message, |s| {
             s.pid = pid as u32;
             s.addresses = addresses;

@@ -40,7 +40,9 @@ use super::published::PublishedPorts;
 use super::rotation::{Endpoint, Member, Rotation};
 use super::vip;
 use crate::dns::DnsServer;
-use crate::network::{Attachment, NetworkManager, NetworkSpec, OverlaySpec, PoolPolicy};
+use crate::network::{
+    Attachment, NetworkManager, NetworkSpec, NetworkState, OverlaySpec, PoolPolicy,
+};
 use crate::runtime::{ContainerState, ContainerStatus, NetworkMode, Runtime};
 
 /// The node-local network of services that name none.
@@ -520,6 +522,7 @@ impl TaskNetworks {
             }
         }
         applied.networks = view.peers.keys().cloned().collect();
+        let state = self.manager.read_state().await;
         let wanted: HashMap<String, Vec<DnsEntry>> = view
             .records
             .iter()
@@ -527,7 +530,7 @@ impl TaskNetworks {
                 let entries = records
                     .iter()
                     .filter_map(|(network, ip, names)| {
-                        let id = self.manager.network(network).ok()?.id;
+                        let id = state.network(network)?.id.clone();
                         Some((format!("{task}/{id}"), id, *ip, names.clone()))
                     })
                     .collect::<Vec<_>>();
@@ -550,13 +553,18 @@ impl TaskNetworks {
             self.dns.table().swap(&leaving, entering);
         }
         applied.records = wanted;
-        self.apply_vip_rules(&view, &mut applied.vip_rules).await;
+        self.apply_vip_rules(&view, &state, &mut applied.vip_rules)
+            .await;
     }
 
     /// Loads, in each of this node's containers on an overlay network, the VIPs of its
     /// networks where they changed.
-    async fn apply_vip_rules(&self, view: &RemoteView, applied: &mut HashMap<String, String>) {
-        let state = self.manager.state();
+    async fn apply_vip_rules(
+        &self,
+        view: &RemoteView,
+        state: &NetworkState,
+        applied: &mut HashMap<String, String>,
+    ) {
         let mut wanted: HashMap<String, (std::path::PathBuf, String)> = HashMap::new();
         for (container, net) in &state.containers {
             let vips: Vec<Vip> = net
@@ -604,7 +612,8 @@ impl TaskNetworks {
     /// their host ports resolved.
     pub async fn announce(&self, task: &Task, container_name: &str) -> Vec<PortConfig> {
         let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
-        let attachments = self.manager.attachments(&task.id);
+        let state = self.manager.read_state().await;
+        let attachments = state.attachments(&task.id);
         let dnsrr = task
             .spec
             .as_ref()
@@ -615,10 +624,9 @@ impl TaskNetworks {
             // On an overlay network the service's name is its virtual address's (see
             // `super::overlay`), unless it resolves to its tasks (dnsrr).
             let vip = !dnsrr
-                && self
-                    .manager
+                && state
                     .network(&a.network_id)
-                    .is_ok_and(|n| n.overlay.is_some());
+                    .is_some_and(|n| n.overlay.is_some());
             let listen = SocketAddr::new(a.gateway.into(), 53);
             if let Err(e) = self.dns.listen(listen).await {
                 tracing::warn!(network = %a.network_name, "no DNS on this network: {e}");
@@ -630,11 +638,9 @@ impl TaskNetworks {
                 names: dns_names(container_name, service, &a.aliases, vip),
             });
         }
-        let reachable = attachments.iter().find(|a| {
-            self.manager
-                .network(&a.network_id)
-                .is_ok_and(|n| !n.internal)
-        });
+        let reachable = attachments
+            .iter()
+            .find(|a| state.network(&a.network_id).is_some_and(|n| !n.internal));
         let (ports, rotation, task) = (self.ports.clone(), self.rotation.clone(), task.clone());
         let backend = reachable.map(|a| a.ip);
         let published = blocking(move || {
@@ -680,7 +686,8 @@ impl TaskNetworks {
         use super::drain::{serving_in, LastRead, MIN_DRAIN, POLL, QUIET_FOR};
         let ips: Vec<_> = self
             .manager
-            .attachments(container_id)
+            .read_attachments(container_id)
+            .await
             .iter()
             .map(|a| a.ip)
             .collect();
@@ -876,7 +883,7 @@ impl TaskNetworks {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let state = self.manager.state();
+        let state = self.manager.read_state().await;
         let used: HashSet<&str> = state
             .containers
             .values()

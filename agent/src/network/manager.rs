@@ -141,6 +141,31 @@ pub struct ContainerNet {
     pub attachments: Vec<Attachment>,
 }
 
+impl NetworkState {
+    /// A network by name, id or unique id prefix (of 4 characters at least), as in Docker.
+    pub fn network(&self, name_or_id: &str) -> Option<&Network> {
+        let networks = || self.networks.values();
+        networks()
+            .find(|n| n.name == name_or_id || n.id == name_or_id)
+            .or_else(|| {
+                let mut m =
+                    networks().filter(|n| name_or_id.len() >= 4 && n.id.starts_with(name_or_id));
+                match (m.next(), m.next()) {
+                    (Some(n), None) => Some(n),
+                    _ => None,
+                }
+            })
+    }
+
+    /// A container's endpoints (none if it has none here).
+    pub fn attachments(&self, container_id: &str) -> Vec<Attachment> {
+        self.containers
+            .get(container_id)
+            .map(|c| c.attachments.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Everything the manager persists.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkState {
@@ -335,21 +360,7 @@ impl<N: NetOps> Core<N> {
 
     fn find_network(&self, name_or_id: &str) -> Result<Network, NetError> {
         self.st
-            .networks
-            .values()
-            .find(|n| n.name == name_or_id || n.id == name_or_id)
-            .or_else(|| {
-                // A unique id prefix also works, as in Docker.
-                let mut m = self
-                    .st
-                    .networks
-                    .values()
-                    .filter(|n| name_or_id.len() >= 4 && n.id.starts_with(name_or_id));
-                match (m.next(), m.next()) {
-                    (Some(n), None) => Some(n),
-                    _ => None,
-                }
-            })
+            .network(name_or_id)
             .cloned()
             .ok_or_else(|| NetError::NotFound(format!("network {name_or_id:?}")))
     }
@@ -1793,10 +1804,14 @@ impl<N: NetOps> NetworkManager<N> {
                 Planned::Plug(plan) => break *plan,
             }
         };
-        let ops = self.ops();
-        let (plugged, plan) = tokio::task::spawn_blocking(move || (plan.plug(&*ops), plan))
-            .await
-            .map_err(|e| NetError::Invalid(format!("network task failed: {e}")))?;
+        // The ops are taken on the blocking thread too: the lock may be held a while.
+        let core = self.core.clone();
+        let (plugged, plan) = tokio::task::spawn_blocking(move || {
+            let ops = core.lock().unwrap_or_else(|e| e.into_inner()).ops.clone();
+            (plan.plug(&*ops), plan)
+        })
+        .await
+        .map_err(|e| NetError::Invalid(format!("network task failed: {e}")))?;
         self.call(move |c| c.finish_attach(plan, plugged)).await
     }
 
@@ -1832,9 +1847,14 @@ impl<N: NetOps> NetworkManager<N> {
 
     pub fn attachments(&self, container_id: &str) -> Vec<Attachment> {
         let c = self.core.lock().unwrap_or_else(|e| e.into_inner());
-        c.st.containers
-            .get(container_id)
-            .map(|c| c.attachments.clone())
+        c.st.attachments(container_id)
+    }
+
+    /// [`Self::attachments`] for async code (see [`Self::read_state`]).
+    pub async fn read_attachments(&self, container_id: &str) -> Vec<Attachment> {
+        let id = container_id.to_string();
+        self.call(move |c| Ok(c.st.attachments(&id)))
+            .await
             .unwrap_or_default()
     }
 
@@ -1844,6 +1864,14 @@ impl<N: NetOps> NetworkManager<N> {
         c.st.containers
             .get(container_id)
             .map(|c| c.netns_path.clone())
+    }
+
+    /// [`Self::state`] for async code: read on a blocking thread, because the lock may be held
+    /// by an operation doing slow kernel work (deleting a bridge or a veth waits for RCU grace
+    /// periods, ~50 ms each), and a runtime worker waiting for it stalls every task queued
+    /// behind it (the daemon's gRPC connections included).
+    pub async fn read_state(&self) -> NetworkState {
+        self.call(|c| Ok(c.st.clone())).await.unwrap_or_default()
     }
 
     /// A copy of the whole persisted state.
