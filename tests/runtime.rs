@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use shoal_agent::runtime::{
     read_log, CgroupFs, CgroupVersion, ContainerConfig, ContainerState, ContainerStatus, Limits,
-    LogEntry, LogStream, Runtime, RuntimeError, Stage,
+    LogEntry, LogOptions, LogStream, Runtime, RuntimeError, Stage, RELAY_BIN,
 };
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
@@ -607,6 +607,121 @@ async fn containers_outlive_the_runtime_and_are_adopted() {
     assert_eq!(
         second.state("adopt").expect("state").status,
         ContainerStatus::Exited(exit)
+    );
+}
+
+/// The executable a process runs (`/proc/PID/exe`).
+fn exe_of(pid: i32) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/PID/exe")
+}
+
+/// Once the container runs, its supervisor is `shoal-relay` (same pid, exec'd), and logs with
+/// rotation, forwarded signals, the exit code and adoption by a new runtime all work through it.
+#[tokio::test]
+async fn the_supervisor_becomes_the_relay() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let first = env.reopen();
+    let mut cfg = env.sh(
+        "relay",
+        "trap 'echo term; exit 5' TERM; i=0; while [ $i -lt 200 ]; do          echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; echo err >&2; echo ready;          while true; do sleep 0.05; done",
+    );
+    cfg.logging = LogOptions {
+        max_size: Some(4096),
+        max_files: Some(2),
+    };
+    let started = first.create_and_start(cfg).await.expect("start");
+    let sup = started.supervisor_pid.expect("supervisor pid");
+    let pid = running_pid(&started);
+    common::wait_for_line(&first, "relay", "ready").await;
+    let relay = Path::new(SHOAL).with_file_name(RELAY_BIN);
+    assert_eq!(exe_of(sup), relay, "the supervisor did not exec the relay");
+    // The init is still the relay's child.
+    let ppid = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+        });
+    assert_eq!(ppid, Some(sup));
+    // Rotated at 4 KiB into log.json.1; the live file stays under the limit.
+    let log_path = first.log_path("relay");
+    let live = fs::metadata(&log_path).expect("log").len();
+    assert!(live <= 4096, "log.json is {live} bytes");
+    assert!(log_path.with_file_name("log.json.1").is_file());
+    let log = read_log(&log_path, None).expect("log");
+    assert_eq!(lines(&log, LogStream::Stderr), ["err"]);
+    assert!(lines(&log, LogStream::Stdout).contains(&"line-199-xxxxxxxxxxxxxxxxxxxxxxxx".into()));
+    drop(first);
+
+    // A new runtime (a restarted daemon) adopts the container: pid and start time still match.
+    let second = env.reopen();
+    let list = second.list().expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].status, ContainerStatus::Running { pid });
+    assert_eq!(list[0].supervisor_pid, Some(sup));
+    // SIGTERM to the relay is forwarded to the init.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), Signal::SIGTERM)
+        .expect("signal the relay");
+    let exit = wait_exit(&second, "relay").await;
+    assert_eq!((exit.code, exit.signal, exit.lost), (5, None, false));
+    let log = read_log(&log_path, None).expect("log");
+    assert_eq!(
+        lines(&log, LogStream::Stdout).last().map(String::as_str),
+        Some("term")
+    );
+    for dir in env.cgroup_dirs("relay") {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    let sup_log = fs::read_to_string(second.container_dir("relay").join("supervisor.log"))
+        .expect("supervisor.log");
+    assert!(!sup_log.contains("in-process"), "{sup_log}");
+}
+
+/// Without `shoal-relay` beside the binary, the supervisor relays in-process and says so.
+#[tokio::test]
+async fn without_the_relay_the_supervisor_relays_in_process() {
+    if !common::require_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    // A hard link of shoal alone in a directory of its own (same filesystem as target/).
+    let bin_dir = tempfile::Builder::new()
+        .prefix("no-relay")
+        .tempdir_in(Path::new(SHOAL).parent().expect("target dir"))
+        .expect("tempdir");
+    let helper = bin_dir.path().join("shoal");
+    fs::hard_link(SHOAL, &helper).expect("hard link shoal");
+    let rt = Runtime::with_cgroups(
+        env.tmp.path().join("c"),
+        helper.clone(),
+        env.parent.clone(),
+        env.cgroups.clone(),
+    )
+    .expect("runtime");
+    let started = rt
+        .create_and_start(env.sh(
+            "inproc",
+            "echo hi; echo ready; while true; do sleep 0.05; done",
+        ))
+        .await
+        .expect("start");
+    let sup = started.supervisor_pid.expect("supervisor pid");
+    common::wait_for_line(&rt, "inproc", "ready").await;
+    assert_eq!(exe_of(sup), helper);
+    rt.kill("inproc", Signal::SIGKILL).expect("kill");
+    let exit = wait_exit(&rt, "inproc").await;
+    assert_eq!((exit.code, exit.lost), (137, false));
+    let log = read_log(&rt.log_path("inproc"), None).expect("log");
+    assert_eq!(lines(&log, LogStream::Stdout), ["hi", "ready"]);
+    let sup_log = fs::read_to_string(rt.container_dir("inproc").join("supervisor.log"))
+        .expect("supervisor.log");
+    assert_eq!(
+        sup_log.matches("relaying in-process").count(),
+        1,
+        "{sup_log}"
     );
 }
 

@@ -68,9 +68,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, Interest, ReadBuf};
 use super::cgroup::CgroupFs;
 use super::init;
 use super::lookup::{self, LookupError};
+use super::relay::set_nonblocking;
 use super::security;
 use super::supervisor::{
-    close_inherited_fds, read_to_end_fd, set_nonblocking, write_all_fd, write_json_fd, StartError,
+    close_inherited_fds, read_to_end_fd, write_all_fd, write_json_fd, StartError,
 };
 use super::user::{resolve_user, validate_spec, ExecUser};
 use super::{

@@ -132,7 +132,11 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 impl LogWriter {
     pub fn open(path: &Path, options: &LogOptions) -> io::Result<LogWriter> {
-        let file = open_append(path)?;
+        LogWriter::with_file(path, open_append(path)?, options)
+    }
+
+    /// Continues with a log file that is already open (the relay's inherited fd).
+    pub fn with_file(path: &Path, file: File, options: &LogOptions) -> io::Result<LogWriter> {
         let size = file.metadata()?.len();
         Ok(LogWriter {
             path: path.to_path_buf(),
@@ -141,6 +145,19 @@ impl LogWriter {
             max_size: options.max_size.filter(|&n| n > 0),
             max_files: options.max_files.unwrap_or(1).clamp(1, MAX_ROTATED),
         })
+    }
+
+    /// The open log file (handed to the relay across its exec).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The rotation in effect, as options that make the same writer again.
+    pub fn options(&self) -> LogOptions {
+        LogOptions {
+            max_size: self.max_size,
+            max_files: Some(self.max_files),
+        }
     }
 
     /// Appends whole encoded lines, rotating between lines as needed.

@@ -23,7 +23,13 @@
 //! the seccomp filter and execs (the full order is in `init.rs`, the policy in [`security`]).
 //! Any failure before the exec is written as JSON over a close-on-exec pipe (`stage`, `errno`,
 //! `message`), so the daemon's error says what went wrong where. P1 then relays stdout/stderr into `log.json`,
-//! waits for the init, writes `exit.json` atomically and removes the cgroup.
+//! waits for the init, writes `exit.json` atomically and removes the cgroup: after the start
+//! report it execs [`RELAY_BIN`] (`shoal-relay`, installed beside `shoal`; same pid, the init
+//! stays its child) which does exactly that with a fraction of the big binary's memory, or,
+//! when that file is missing or cannot be exec'd, does it in-process (see `relay.rs`). The
+//! one-binary rule is about the daemon and the CLI; `shoal-relay` is an internal helper, as
+//! containerd's shim is. Nothing identifies a supervisor by its executable or command line:
+//! the daemon checks its pid and start time (both unchanged by the exec).
 //!
 //! The container's init gets `PR_SET_PDEATHSIG = SIGKILL`: a container never outlives its
 //! supervisor, so a container is either supervised or gone (and then reported as lost).
@@ -72,6 +78,7 @@ mod init;
 mod log;
 mod lookup;
 mod mounts;
+mod relay;
 pub mod security;
 mod stats;
 mod supervisor;
@@ -101,6 +108,7 @@ pub use exec::{exec_main, ExecHandle, ExecResizer, ExecSpec, ExecStream, EXEC_AR
 pub use log::{parse_size, read_log, LogEntry, LogFollower, LogOptions, LogStream};
 pub use lookup::DEFAULT_PATH;
 pub use mounts::{Mount, MountKind};
+pub use relay::{relay_main, RELAY_BIN};
 pub use stats::{ContainerStats, ProcessInfo};
 pub use supervisor::supervisor_main;
 pub use user::{resolve_user, ExecUser, UserError};
@@ -748,7 +756,7 @@ fn read_state(dir: &Path) -> Result<(Option<StateFile>, bool), RuntimeError> {
 }
 
 /// Reads `<dir>/exit.json`. The supervisor fsyncs it after renaming it into place (see
-/// `supervisor::finish`): one a machine crash left unreadable reads as a lost exit.
+/// `relay::finish`): one a machine crash left unreadable reads as a lost exit.
 fn read_exit(dir: &Path) -> Result<Option<ExitStatus>, RuntimeError> {
     match read_json(&dir.join(EXIT_FILE)) {
         Err(RuntimeError::CorruptState { path, source }) => {

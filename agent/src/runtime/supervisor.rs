@@ -1,8 +1,9 @@
 //! The per-container supervisor: the `shoal` binary re-executed as
 //! `shoal __shoal-supervise <state dir> <v1|v2> <cgroup root> <cgroup path>`.
 //!
-//! Single-threaded, no tokio, blocking `poll` loop: it must stay tiny. See the module docs of
-//! [`super`] for the whole process model.
+//! Single-threaded, no tokio. It starts the container, then becomes the relay (`relay.rs`:
+//! exec of `shoal-relay`, or the same loop in-process). See the module docs of [`super`] for
+//! the whole process model.
 
 use std::ffi::OsString;
 use std::fs;
@@ -12,21 +13,20 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, getpid, pipe2, setsid, ForkResult, Pid};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, getpid, pipe2, setsid, ForkResult};
 use serde::{Deserialize, Serialize};
 
-use super::cgroup::{Cgroup, CgroupFs, CgroupVersion};
+use super::cgroup::{Cgroup, CgroupFs};
 use super::init::{self, InitContext};
-use super::log::{LineSplitter, LogStream, LogWriter};
+use super::log::LogWriter;
+use super::relay::{self, forwarded_signalfd, Running, Supervised};
 use super::security;
 use super::{
-    now_ms, pidfd_open, proc_stat, read_json, write_atomic, write_replace, ContainerConfig,
-    ExitStatus, Stage, StateFile, CONFIG_FILE, EXIT_FILE, LOG_FILE, STATE_FILE,
+    now_ms, proc_stat, read_json, write_replace, ContainerConfig, Stage, StateFile, CONFIG_FILE,
+    LOG_FILE, STATE_FILE,
 };
 
 /// What the supervisor tells the daemon about a start (one JSON line on its stdout).
@@ -79,13 +79,8 @@ impl StartError {
     }
 }
 
-#[derive(Debug)]
-struct Args {
-    dir: PathBuf,
-    version: CgroupVersion,
-    cgroup_root: PathBuf,
-    cgroup_rel: String,
-}
+/// The supervisor's arguments: where the container lives.
+type Args = Supervised;
 
 fn parse_args(args: &[OsString]) -> Result<Args, String> {
     let [dir, version, root, rel] = args else {
@@ -260,8 +255,17 @@ fn supervise(args: &Args, report: OwnedFd) -> i32 {
     let cgroup = CgroupFs::new(args.cgroup_root.clone(), args.version).cgroup(&args.cgroup_rel);
     match start(args, &*cgroup, &mut reporter) {
         Ok(running) => {
+            // Returns only if the relay executable cannot run: then relay here.
+            let running = relay::exec_relay(running, args);
+            // The config, the serde buffers and the init's policy are gone: give the freed
+            // heap and the start's pages back for the container's whole life.
+            // SAFETY: malloc_trim only returns free memory of this (single-threaded) process.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            drop_startup_pages();
             let status = running.relay();
-            finish(args, &*cgroup, status);
+            relay::finish(args, &*cgroup, status);
             0
         }
         Err(e) => {
@@ -273,28 +277,6 @@ fn supervise(args: &Args, report: OwnedFd) -> i32 {
             1
         }
     }
-}
-
-struct Running {
-    child: Pid,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    signals: Option<SignalFd>,
-    log: LogWriter,
-}
-
-/// The signals the supervisor forwards to the container's init.
-fn forwarded_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        set.add(s);
-    }
-    set
 }
 
 fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Running, StartError> {
@@ -357,11 +339,7 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     let (fail_r, fail_w) = pipe("error")?;
 
     // Forwarded signals arrive on a signalfd; the init unblocks them before exec.
-    let mask = forwarded_signals();
-    let signals = match sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
-        Ok(()) => SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok(),
-        Err(_) => None,
-    };
+    let signals = forwarded_signalfd();
 
     // A new pid namespace for our next child: it becomes PID 1 there.
     unshare(CloneFlags::CLONE_NEWPID)
@@ -452,14 +430,6 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         supervisor_pid: me,
         pid: child.as_raw(),
     });
-    // The config, the serde buffers and the init's policy are no longer needed: give the
-    // freed heap back for the container's whole life.
-    drop(config);
-    // SAFETY: malloc_trim only returns free memory of this (single-threaded) process.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    drop_startup_pages();
     Ok(Running {
         child,
         stdout: out_r,
@@ -469,10 +439,6 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
     })
 }
 
-/// `state.json` is replaced atomically (rename) but not fsync'd: it describes live processes
-/// only, all of which a machine crash ends; ext4 commits it with its journal within seconds
-/// (rename over an existing file: new or old contents), and a file left unreadable by a crash
-/// reads as "supervisor gone" (see `Runtime::state_of`).
 /// Unmaps the pages of code and read-only data that starting touched (the 100 MiB binary's
 /// option parsing, serde, the init's setup, the dynamic loader's relocation table) from this
 /// process: the relay loop faults back the little it uses. Only file mappings that are never
@@ -516,6 +482,10 @@ fn drop_startup_pages() {
     }
 }
 
+/// `state.json` is replaced atomically (rename) but not fsync'd: it describes live processes
+/// only, all of which a machine crash ends; ext4 commits it with its journal within seconds
+/// (rename over an existing file: new or old contents), and a file left unreadable by a crash
+/// reads as "supervisor gone" (see `Runtime::state_of`).
 fn write_state(dir: &Path, state: &StateFile) -> Result<(), StartError> {
     let path = dir.join(STATE_FILE);
     let data = serde_json::to_vec(state).unwrap_or_default();
@@ -524,219 +494,10 @@ fn write_state(dir: &Path, state: &StateFile) -> Result<(), StartError> {
         .map_err(|e| StartError::new(Stage::Supervisor, format!("write {}: {e}", path.display())))
 }
 
-pub(crate) fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
-}
-
-/// Upper bound of what is drained from the pipes after the init exited (something outside the
-/// container could hold a write end and keep writing).
-const MAX_DRAIN: usize = 64 << 20;
-
-impl Running {
-    /// Relays stdout/stderr into the log until the init exits; returns its wait status.
-    fn relay(mut self) -> WaitStatus {
-        set_nonblocking(self.stdout.as_raw_fd());
-        set_nonblocking(self.stderr.as_raw_fd());
-        let pidfd = pidfd_open(self.child.as_raw()).ok();
-        let mut open = [true, true];
-        let mut split = [
-            LineSplitter::new(LogStream::Stdout),
-            LineSplitter::new(LogStream::Stderr),
-        ];
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut out = Vec::new();
-        let mut log_failed = false;
-
-        let status = loop {
-            let (status, readable) = {
-                let mut fds = Vec::with_capacity(4);
-                let mut slots = [None; 4];
-                for (i, fd) in [&self.stdout, &self.stderr].into_iter().enumerate() {
-                    if open[i] {
-                        slots[i] = Some(fds.len());
-                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    }
-                }
-                if let Some(s) = &self.signals {
-                    slots[2] = Some(fds.len());
-                    fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-                }
-                if let Some(p) = &pidfd {
-                    slots[3] = Some(fds.len());
-                    fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-                }
-                let timeout = if pidfd.is_some() {
-                    PollTimeout::NONE
-                } else {
-                    PollTimeout::from(200u16)
-                };
-                match poll(&mut fds, timeout) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        eprintln!("supervisor: poll: {e}");
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                }
-                let ready = |slot: Option<usize>| {
-                    slot.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| !r.is_empty())
-                };
-                let readable = [
-                    ready(slots[0]),
-                    ready(slots[1]),
-                    ready(slots[2]),
-                    ready(slots[3]),
-                ];
-                (pidfd.is_none() || readable[3], readable)
-            };
-            let t = now_ms();
-            for i in 0..2 {
-                if readable[i] {
-                    let fd = if i == 0 { &self.stdout } else { &self.stderr };
-                    match nix::unistd::read(fd, &mut buf) {
-                        Ok(0) => {
-                            open[i] = false;
-                            split[i].finish(t, &mut out);
-                        }
-                        Ok(n) => split[i].push(t, &buf[..n], &mut out),
-                        Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                        Err(e) => {
-                            eprintln!("supervisor: read container output: {e}");
-                            open[i] = false;
-                            split[i].finish(t, &mut out);
-                        }
-                    }
-                }
-            }
-            if readable[2] {
-                if let Some(s) = &self.signals {
-                    while let Ok(Some(info)) = s.read_signal() {
-                        // SAFETY: kill(2) on our own child.
-                        unsafe {
-                            libc::kill(self.child.as_raw(), info.ssi_signo as libc::c_int);
-                        }
-                    }
-                }
-            }
-            flush(&mut self.log, &mut out, &mut log_failed);
-            if status {
-                match waitpid(self.child, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => {}
-                    Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break s,
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        eprintln!("supervisor: waitpid: {e}");
-                        break WaitStatus::Signaled(self.child, Signal::SIGKILL, false);
-                    }
-                }
-            }
-        };
-
-        // The init is gone and the kernel kills the rest of its pid namespace: drain what is
-        // left in the pipes.
-        let mut drained = 0usize;
-        for i in 0..2 {
-            let fd = if i == 0 { &self.stdout } else { &self.stderr };
-            while open[i] && drained < MAX_DRAIN {
-                match nix::unistd::read(fd, &mut buf) {
-                    Ok(0) => open[i] = false,
-                    Ok(n) => {
-                        drained += n;
-                        split[i].push(now_ms(), &buf[..n], &mut out);
-                        flush(&mut self.log, &mut out, &mut log_failed);
-                    }
-                    Err(Errno::EINTR) => {}
-                    Err(_) => break,
-                }
-            }
-            split[i].finish(now_ms(), &mut out);
-        }
-        flush(&mut self.log, &mut out, &mut log_failed);
-        status
-    }
-}
-
-/// Appends the encoded lines to the log (one write per batch and file; O_APPEND), rotating it
-/// as configured.
-fn flush(log: &mut LogWriter, out: &mut Vec<u8>, failed: &mut bool) {
-    if out.is_empty() {
-        return;
-    }
-    if let Err(e) = log.write(out) {
-        if !*failed {
-            eprintln!("supervisor: writing the container log: {e} (output is dropped)");
-            *failed = true;
-        }
-    }
-    out.clear();
-}
-
-/// Records the exit and removes the cgroup.
-fn finish(args: &Args, cgroup: &dyn Cgroup, status: WaitStatus) {
-    let (code, signal) = match status {
-        WaitStatus::Exited(_, code) => (code, None),
-        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
-        _ => (255, None),
-    };
-    let exit = ExitStatus {
-        code,
-        signal,
-        oom_killed: cgroup.oom_killed(),
-        finished_at: now_ms(),
-        lost: false,
-    };
-    // exit.json is durable before this process exits (the daemon's `wait` ends with it): it
-    // is renamed into place, then fsync'd with its directory on a thread while the cgroup is
-    // removed. fsync of the file after the rename commits the rename with it (one journal
-    // commit; the directory's fsync then finds nothing left to do). A crash before the fsync
-    // ends can leave it unreadable, which reads as a lost exit: as a crash just before it.
-    let path = args.dir.join(EXIT_FILE);
-    let data = serde_json::to_vec_pretty(&exit).unwrap_or_default();
-    let sync = match write_replace(&path, &data) {
-        Ok(file) => {
-            let dir = args.dir.clone();
-            let work = move || {
-                file.sync_all()
-                    .and_then(|()| fs::File::open(&dir)?.sync_all())
-            };
-            match std::thread::Builder::new().spawn(work) {
-                Ok(thread) => Some(thread),
-                Err(_) => {
-                    // No thread: write it again, fsync'd before the cgroup removal.
-                    if let Err(e) = write_atomic(&path, &data) {
-                        eprintln!("supervisor: writing {}: {e}", path.display());
-                    }
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("supervisor: writing {}: {e}", path.display());
-            None
-        }
-    };
-    if let Err(e) = cgroup.remove() {
-        eprintln!("supervisor: removing the cgroup: {e}");
-    }
-    if let Some(thread) = sync {
-        match thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("supervisor: fsync {}: {e}", path.display()),
-            Err(_) => eprintln!("supervisor: fsync {}: the thread panicked", path.display()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::CgroupVersion;
 
     #[test]
     fn report_wire_format() {
