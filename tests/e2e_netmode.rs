@@ -26,21 +26,23 @@ fn get_inside(d: &TestDaemon, container: &str, port: u16) -> String {
 /// The daemon's veths and bridges on the host, and its netns files (the warm pool's go with
 /// their network).
 fn leftovers(d: &TestDaemon) -> Vec<String> {
-    let links = std::process::Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let mut found: Vec<String> = links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
-        .filter(|n| n.contains(&d.net_prefix))
-        .collect();
+    let mut found = d.host_links();
     if let Ok(entries) = std::fs::read_dir(d.data_dir().join("run/netns")) {
         found.extend(entries.flatten().map(|e| e.path().display().to_string()));
     }
     found
+}
+
+/// Whether the sidecar's task `task` failed because its network's owner went away.
+fn failed_for_lost_owner(d: &TestDaemon, task: &str) -> bool {
+    let tasks = d.json(&["service", "ps", "sidecar_side", "--format", "json"]);
+    tasks.as_array().into_iter().flatten().any(|t| {
+        t["id"] == task
+            && t["status"]["state"] == "failed"
+            && t["status"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("network namespace it shared went away"))
+    })
 }
 
 /// `ps -a --format json`, one entry per container.
@@ -337,14 +339,7 @@ fn compose_service_network_mode_shares_the_namespace_and_follows_its_owner() {
     let web_id = web[0]["id"].as_str().expect("web id").to_string();
     d.ok(&["stop", &web_id]);
     d.wait_for("side stopped with web", Duration::from_secs(60), || {
-        let tasks = d.json(&["service", "ps", "sidecar_side", "--format", "json"]);
-        tasks.as_array().into_iter().flatten().any(|t| {
-            t["id"] == side_task.as_str()
-                && t["status"]["state"] == "failed"
-                && t["status"]["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("network namespace it shared went away"))
-        })
+        failed_for_lost_owner(&d, &side_task)
     });
     // The orchestrator brings both back, sharing again.
     let back_on_new_web = |d: &TestDaemon, old: &str| {
@@ -381,14 +376,7 @@ fn compose_service_network_mode_shares_the_namespace_and_follows_its_owner() {
     });
     d.spawn();
     d.wait_for("the orphaned side failed", Duration::from_secs(60), || {
-        let tasks = d.json(&["service", "ps", "sidecar_side", "--format", "json"]);
-        tasks.as_array().into_iter().flatten().any(|t| {
-            t["id"] == side_task.as_str()
-                && t["status"]["state"] == "failed"
-                && t["status"]["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("network namespace it shared went away"))
-        })
+        failed_for_lost_owner(&d, &side_task)
     });
     d.wait_for(
         "side back after the restart",

@@ -347,6 +347,22 @@ impl Drop for TestDaemon {
 }
 
 impl TestDaemon {
+    /// The links on the host whose names carry this daemon's network prefix (its bridges and
+    /// veths).
+    pub fn host_links(&self) -> Vec<String> {
+        let links = std::process::Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .filter(|n| n.contains(&self.net_prefix))
+            .collect()
+    }
+
     /// The network config the daemon runs with (see `spawn`).
     pub fn network_config(&self) -> shoal_agent::network::NetworkConfig {
         use shoal_agent::network::{AddressPool, Ipv4Net, NetworkConfig};
