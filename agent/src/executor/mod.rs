@@ -687,6 +687,11 @@ impl Worker {
     /// The task runs (and is healthy): it joins DNS and its published ports, and says so.
     async fn go_live(&mut self, task: &Task, pid: i32, message: &str, health: Option<String>) {
         let networks = self.executor.inner.networks.clone();
+        // Its status names its ingress ports: wait (briefly) for the assignment that made them.
+        let deadline = tokio::time::Instant::now() + INGRESS_WAIT;
+        while !networks.ports().ingress_ready(task) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let ports = networks.announce(task, &container_name(task)).await;
         let addresses = task_addresses(&networks.manager().read_attachments(&self.id).await);
         self.report(TaskState::Running, message, |s| {
@@ -704,6 +709,9 @@ impl Worker {
         self.report(TaskState::Rejected, "rejected", |s| s.error = error.into());
     }
 }
+
+/// How long a task going live waits for its service's ingress ports to be applied here.
+const INGRESS_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a started task without a healthcheck may take to listen on its published TCP
 /// ports before it joins their backends anyway.

@@ -298,6 +298,22 @@ impl PublishedPorts {
     /// restart, when the task was adopted rather than started). Returns its ports with the
     /// host ports resolved. Whether it gets connections is the rotation's business
     /// ([`PublishedPorts::set_backends`]). Blocking.
+    /// Whether the task's ingress ports are known here: it has none, or the cluster's
+    /// assignment of its service's ingress ports was applied ([`Self::set_ingress`] runs on a
+    /// blocking thread, and may still be under way when the task starts).
+    pub fn ingress_ready(&self, task: &Task) -> bool {
+        let wants_ingress = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.endpoint.as_ref())
+            .is_some_and(|e| {
+                e.ports
+                    .iter()
+                    .any(|p| p.publish_mode() == PublishMode::Ingress)
+            });
+        !wants_ingress || lock(&self.state).ingress.contains_key(&task.service_id)
+    }
+
     pub fn ensure(&self, task: &Task) -> Result<Vec<PortConfig>, String> {
         let mappings = mappings(task)?;
         let mut state = lock(&self.state);
