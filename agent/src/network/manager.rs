@@ -179,6 +179,10 @@ pub struct NetworkState {
     /// Namespaces and links being deleted; their addresses are held until they are gone.
     #[serde(default)]
     pub retiring: Vec<Retiring>,
+    /// Bridge networks removed whose bridge the pool's worker has yet to delete (after their
+    /// retiring namespaces): their subnets stay held until then.
+    #[serde(default)]
+    pub removed: Vec<Network>,
     /// True when shoal switched `net.ipv4.ip_forward` on (and so may switch it off again).
     pub ip_forward_enabled: bool,
 }
@@ -224,7 +228,10 @@ struct PoolBook {
     making: Vec<Sandbox>,
     /// Retiring namespaces the worker is deleting now, by netns file.
     busy: HashSet<PathBuf>,
-    /// The last failure to delete a retiring namespace: the worker waits before retrying.
+    /// Bridges of removed networks the worker is deleting now.
+    busy_bridges: HashSet<String>,
+    /// The last failure to delete a retiring namespace or a removed network's bridge: the
+    /// worker waits before retrying.
     retire_failed_at: Option<Instant>,
     wake: Arc<Wake>,
 }
@@ -259,6 +266,8 @@ enum PoolJob {
     Make { sandbox: Sandbox, veth: VethPlug },
     /// Delete these links and this netns.
     Retire(Retiring),
+    /// Delete a removed network's bridge.
+    RemoveBridge(Network),
 }
 
 impl PoolJob {
@@ -269,6 +278,7 @@ impl PoolJob {
                 ops.plug_veth(veth)
             }
             PoolJob::Retire(r) => retire(ops, r),
+            PoolJob::RemoveBridge(net) => ops.delete_link(None, &net.bridge).map(|_| ()),
         }
     }
 }
@@ -440,6 +450,10 @@ impl<N: NetOps> Core<N> {
                 break (id, bridge);
             }
         };
+        if spec.subnet.is_some() || spec.overlay.is_some() {
+            // It may ask for a subnet a removed network still holds.
+            self.finish_removed()?;
+        }
         let routes = self.ops.list_routes(None)?;
         let req = SubnetRequest {
             subnet: spec.subnet,
@@ -712,7 +726,31 @@ impl<N: NetOps> Core<N> {
                 users.join(", ")
             )));
         }
-        self.drain_network(&net.id);
+        self.st.networks.remove(&net.id);
+        if self.pool.is_some() && net.overlay.is_none() {
+            // A bridge goes in the background, after the namespaces still plugged into it,
+            // so a `compose down` then `up` does not wait for the kernel's teardown. An
+            // overlay's VXLAN device goes at once: a new network may want its VNI.
+            self.drain_network(&net.id, false);
+            self.st.removed.push(net);
+            if let Some(book) = &self.pool {
+                book.wake.kick();
+            }
+        } else {
+            self.drain_network(&net.id, true);
+            if let Err(e) = self.delete_network_links(&net) {
+                self.st.networks.insert(net.id.clone(), net);
+                return Err(e);
+            }
+            self.st.ipam.release_subnet(&net.id);
+        }
+        let r = self.apply_firewall();
+        self.save()?;
+        r
+    }
+
+    /// Deletes a removed network's VXLAN device (if any) and bridge.
+    fn delete_network_links(&mut self, net: &Network) -> Result<(), NetError> {
         if let Some(vx) = net.vxlan() {
             // Its FDB and neighbour entries go with it.
             self.ops.delete_link(None, &vx)?;
@@ -721,11 +759,22 @@ impl<N: NetOps> Core<N> {
             }
         }
         self.ops.delete_link(None, &net.bridge)?;
-        self.st.networks.remove(&net.id);
-        self.st.ipam.release_subnet(&net.id);
-        let r = self.apply_firewall();
-        self.save()?;
-        r
+        Ok(())
+    }
+
+    /// Finishes, here and now, the removal of the networks the pool's worker has yet to
+    /// delete (their namespaces, then their bridges), so their subnets are free: before a
+    /// network asks for a subnet of its own, and at a restart.
+    fn finish_removed(&mut self) -> Result<(), NetError> {
+        for net in std::mem::take(&mut self.st.removed) {
+            self.drain_network(&net.id, true);
+            if let Err(e) = self.delete_network_links(&net) {
+                self.st.removed.push(net);
+                return Err(e);
+            }
+            self.st.ipam.release_subnet(&net.id);
+        }
+        Ok(())
     }
 
     /// Decides an attachment under the lock: its address, names and routes, and the
@@ -1103,11 +1152,11 @@ impl<N: NetOps> Core<N> {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Before network `network_id` goes: its warm sandboxes go, those being made are
-    /// cancelled (the worker deletes them when done), and the retiring namespaces with a link
-    /// on it that the worker is not at are deleted now. Failures are logged: the bridge's
-    /// removal does not depend on them, and the worker (or the next restart) retries.
-    fn drain_network(&mut self, network_id: &str) {
+    /// Before network `network_id` goes: its warm sandboxes go and those being made are
+    /// cancelled (the worker deletes them when done). With `now`, the retiring namespaces
+    /// with a link on it that the worker is not at are deleted here; failures are logged: the
+    /// bridge's removal does not depend on them, and the worker (or the next restart) retries.
+    fn drain_network(&mut self, network_id: &str, now: bool) {
         let (mine, keep): (Vec<Sandbox>, Vec<Sandbox>) = std::mem::take(&mut self.st.pool)
             .into_iter()
             .partition(|s| s.network_id == network_id);
@@ -1124,7 +1173,10 @@ impl<N: NetOps> Core<N> {
             }
             None => HashSet::new(),
         };
-        let now: Vec<Retiring> = self
+        if !now {
+            return;
+        }
+        let plugged: Vec<Retiring> = self
             .st
             .retiring
             .iter()
@@ -1132,7 +1184,7 @@ impl<N: NetOps> Core<N> {
             .filter(|r| r.links.iter().any(|l| l.network_id == network_id))
             .cloned()
             .collect();
-        for r in now {
+        for r in plugged {
             let done = retire(&*self.ops, &r);
             self.retired(&r, done);
         }
@@ -1156,6 +1208,25 @@ impl<N: NetOps> Core<N> {
         }
         for l in &r.links {
             self.st.ipam.release_if_owner(&l.network_id, l.ip, &r.owner);
+        }
+    }
+
+    /// Records the end of a removed network's bridge deletion: on success its subnet is free.
+    fn bridge_removed(&mut self, net: &Network, done: Result<(), NetError>) {
+        if let Some(b) = &mut self.pool {
+            b.busy_bridges.remove(&net.bridge);
+        }
+        if let Err(e) = done {
+            tracing::warn!(bridge = %net.bridge, "deleting a removed network's bridge: {e}");
+            if let Some(b) = &mut self.pool {
+                b.retire_failed_at = Some(Instant::now());
+            }
+            return;
+        }
+        // Not there when it was finished meanwhile (see `finish_removed`).
+        if let Some(i) = self.st.removed.iter().position(|n| n.id == net.id) {
+            self.st.removed.swap_remove(i);
+            self.st.ipam.release_subnet(&net.id);
         }
     }
 
@@ -1217,6 +1288,17 @@ impl<N: NetOps> Core<N> {
                     jobs.push(PoolJob::Retire(r.clone()));
                 }
             }
+            // A removed network's bridge once no namespace is plugged into it.
+            for net in &self.st.removed {
+                let plugged = self
+                    .st
+                    .retiring
+                    .iter()
+                    .any(|r| r.links.iter().any(|l| l.network_id == net.id));
+                if !plugged && book.busy_bridges.insert(net.bridge.clone()) {
+                    jobs.push(PoolJob::RemoveBridge(net.clone()));
+                }
+            }
         }
         for (id, n) in plan.make {
             let Some(net) = self.st.networks.get(&id).cloned() else {
@@ -1274,6 +1356,7 @@ impl<N: NetOps> Core<N> {
     fn pool_done(&mut self, job: PoolJob, done: Result<(), NetError>) {
         match job {
             PoolJob::Retire(r) => self.retired(&r, done),
+            PoolJob::RemoveBridge(net) => self.bridge_removed(&net, done),
             PoolJob::Make { sandbox, .. } => {
                 let now = Instant::now();
                 let Some(book) = &mut self.pool else {
@@ -1311,7 +1394,7 @@ impl<N: NetOps> Core<N> {
         let book = self.pool.as_ref()?;
         let retry = book
             .retire_failed_at
-            .filter(|_| !self.st.retiring.is_empty())
+            .filter(|_| !self.st.retiring.is_empty() || !self.st.removed.is_empty())
             .map(|t| (t + book.policy.retry_after).saturating_duration_since(now));
         pool::next_wake(&book.policy, now, &self.pool_uses(book))
             .into_iter()
@@ -1345,6 +1428,9 @@ impl<N: NetOps> Core<N> {
                 report.removed_sandboxes.push(r.netns_path.clone());
             }
             self.retired(&r, done);
+        }
+        if let Err(e) = self.finish_removed() {
+            tracing::warn!("deleting the bridge of a removed network: {e}");
         }
         let dead: Vec<String> = self
             .st
@@ -1687,17 +1773,31 @@ impl<N: NetOps> NetworkManager<N> {
             failed_at: BTreeMap::new(),
             making: Vec::new(),
             busy: HashSet::new(),
+            busy_bridges: HashSet::new(),
             retire_failed_at: None,
             wake: wake.clone(),
         });
         Some(wake)
     }
 
-    /// Does the pool's pending work (sandboxes to make, namespaces to delete) here, until
-    /// there is none. The worker does the same on its own; this lets a caller wait for it.
+    /// Does the pool's pending work (sandboxes to make, namespaces and bridges to delete)
+    /// here, until there is none and the worker is not at a job either. The worker does the
+    /// same on its own; this lets a caller wait for it.
     pub async fn settle_pool(&self) {
         let core = self.core.clone();
-        let _ = tokio::task::spawn_blocking(move || pool_rounds(&core)).await;
+        let _ = tokio::task::spawn_blocking(move || loop {
+            pool_rounds(&core);
+            let c = core.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = c.pool.as_ref().is_none_or(|b| {
+                b.busy.is_empty() && b.busy_bridges.is_empty() && b.making.is_empty()
+            });
+            if idle {
+                return;
+            }
+            drop(c);
+            std::thread::sleep(Duration::from_millis(2));
+        })
+        .await;
     }
 
     /// The warm sandboxes ready now.
@@ -2817,7 +2917,7 @@ mod tests {
     async fn removing_a_network_drains_its_pool() {
         let dir = tempfile::tempdir().unwrap();
         let m = pooled(dir.path(), PoolPolicy::default());
-        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        let first = m.create_network(NetworkSpec::named("n")).await.unwrap();
         m.attach("c1", "n", vec![], None).await.unwrap();
         m.settle_pool().await;
         assert_eq!(m.pool().len(), 2);
@@ -2825,11 +2925,14 @@ mod tests {
         // Not settled: the released namespace is still retiring.
         m.remove_network("n").await.unwrap();
         assert!(m.pool().is_empty());
-        assert!(m.state().retiring.is_empty());
-        assert_eq!(m.ops().netns_count(), 0);
-        assert!(links(&m, None).is_empty(), "{:?}", links(&m, None));
+        assert!(m.state().networks.is_empty(), "the name is free at once");
+        // Its namespaces, then its bridge, go in the background; its subnet after them.
         m.settle_pool().await;
+        let st = m.state();
+        assert!(st.retiring.is_empty() && st.removed.is_empty());
+        assert!(st.ipam.network(&first.id).is_none());
         assert_eq!(m.ops().netns_count(), 0, "nothing made for a network gone");
+        assert!(links(&m, None).is_empty(), "{:?}", links(&m, None));
 
         // Without a pool of its own (a fresh manager over the state a daemon left), too.
         let n = m.create_network(NetworkSpec::named("n")).await.unwrap();
@@ -2849,6 +2952,28 @@ mod tests {
         assert_eq!(fresh.ops().netns_count(), 0);
         assert!(links(&fresh, None).is_empty());
         assert!(fresh.state().pool.is_empty() && fresh.state().retiring.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_networks_subnet_is_free_for_one_that_asks_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        let old = m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach("c1", "n", vec![], None).await.unwrap();
+        m.release_container("c1").await.unwrap();
+        m.remove_network("n").await.unwrap();
+        // Unsettled, an automatic subnet is another one...
+        let other = m.create_network(NetworkSpec::named("o")).await.unwrap();
+        assert_ne!(other.subnet, old.subnet);
+        // ...and one asked for by name finishes the removal first.
+        let mut spec = NetworkSpec::named("n");
+        spec.subnet = Some(old.subnet);
+        let again = m.create_network(spec).await.unwrap();
+        assert_eq!(again.subnet, old.subnet);
+        assert!(m.state().removed.is_empty());
+        assert!(!links(&m, None).contains(&old.bridge));
+        m.settle_pool().await;
+        assert!(links(&m, None).contains(&again.bridge));
     }
 
     #[tokio::test]
