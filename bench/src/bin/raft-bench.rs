@@ -59,6 +59,9 @@ struct Args {
     /// The shoal binary (default: `shoal` next to this one).
     #[arg(long)]
     shoal: Option<PathBuf>,
+    /// Measure shoal only (e.g. while profiling it), even when etcd is installed.
+    #[arg(long)]
+    no_etcd: bool,
 }
 
 async fn control(socket: &Path) -> Result<ControlClient<Channel>> {
@@ -331,8 +334,8 @@ fn main() -> Result<()> {
     // Let the registrations settle before measuring.
     std::thread::sleep(Duration::from_millis(500));
 
-    let etcd = Etcd::start()?;
-    if etcd.is_none() {
+    let etcd = if args.no_etcd { None } else { Etcd::start()? };
+    if etcd.is_none() && !args.no_etcd {
         println!("etcd is not installed (apt-get install -y etcd-server): shoal's figures only");
     }
     let mut shoal_rates = vec![Vec::new(); CLIENTS.len()];

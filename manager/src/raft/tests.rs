@@ -776,7 +776,7 @@ async fn propose_rate() -> TestResult {
     let dir = tempfile::tempdir()?;
     let node = RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await?;
     node.initialize_single("127.0.0.1:1").await?;
-    for clients in [1usize, 16] {
+    for (round, clients) in [1usize, 16].into_iter().enumerate() {
         let before = node.wal_stats().totals();
         let started = Instant::now();
         let stop = started + Duration::from_secs(2);
@@ -785,7 +785,7 @@ async fn propose_rate() -> TestResult {
             tokio::spawn(async move {
                 let mut n = 0usize;
                 while Instant::now() < stop {
-                    node.propose(create_service(c * 1_000_000 + n)).await??;
+                    node.propose(create_service((round * 100 + c) * 1_000_000 + n)).await??;
                     n += 1;
                 }
                 Ok::<usize, Box<dyn Error + Send + Sync>>(n)
