@@ -3,9 +3,10 @@
 //!
 //! # Process model
 //!
-//! The daemon is multi-threaded (tokio) and must never fork. To start a container it spawns the
-//! `shoal` binary again with the hidden first argument [`SUPERVISOR_ARG`]; `src/main.rs` hands
-//! that straight to [`supervisor_main`] before any thread exists. That process (P0) calls
+//! The daemon is multi-threaded (tokio) and must never fork. To start a container it spawns
+//! [`RELAY_BIN`] (installed beside `shoal`; `shoal` itself when it is missing) with the hidden
+//! first argument [`SUPERVISOR_ARG`]; both `main`s hand that straight to [`supervisor_main`]
+//! before any thread exists. The small binary loads in a fraction of `shoal`'s time. That process (P0) calls
 //! `setsid`, forks the real supervisor (P1) and exits at once, so P1 is not the daemon's child
 //! and survives a `kill -9` of it. P1 writes its start report itself on the daemon's pipe (P0's
 //! stdout) and closes it; the daemon returns as soon as it has read it (it reaps P0 aside).
@@ -1090,7 +1091,11 @@ fn dir_name(id: &str) -> String {
 #[derive(Debug)]
 pub struct Runtime {
     root: PathBuf,
+    /// The `shoal` binary (`exec` runs it as its helper).
     helper: PathBuf,
+    /// What supervises a container: [`RELAY_BIN`] beside `helper` when it is installed (it
+    /// loads in a fraction of `shoal`'s time), else `helper` itself.
+    supervisor: PathBuf,
     cgroup_parent: String,
     cgroups: CgroupFs,
 }
@@ -1159,9 +1164,16 @@ impl Runtime {
         if !trash.is_empty() {
             delete_in_background(trash);
         }
+        let relay = helper.with_file_name(RELAY_BIN);
+        let supervisor = if relay.is_file() {
+            relay
+        } else {
+            helper.clone()
+        };
         Ok(Runtime {
             root,
             helper,
+            supervisor,
             cgroup_parent,
             cgroups,
         })
@@ -1358,7 +1370,7 @@ impl Runtime {
             .map_err(io_err("create", &log_path))?;
         let _ = ensure_mode(&log_path, log.metadata(), 0o600);
 
-        let spawned = tokio::process::Command::new(&self.helper)
+        let spawned = tokio::process::Command::new(&self.supervisor)
             .arg(SUPERVISOR_ARG)
             .arg(dir)
             .arg(self.cgroups.version().to_string())
@@ -1374,7 +1386,7 @@ impl Runtime {
             Ok(child) => self.read_start_report(id, dir, child).await,
             Err(e) => Err(RuntimeError::Supervisor {
                 id: id.clone(),
-                helper: self.helper.clone(),
+                helper: self.supervisor.clone(),
                 what: format!("could not be spawned: {e}"),
                 log: String::new(),
             }),
@@ -1457,7 +1469,7 @@ impl Runtime {
             }),
             Err(_) => Err(RuntimeError::Supervisor {
                 id: id.to_string(),
-                helper: self.helper.clone(),
+                helper: self.supervisor.clone(),
                 what: format!(
                     "exited ({}) without reporting the start (is it the shoal binary?)",
                     match status {

@@ -1099,7 +1099,7 @@ struct Timeline {
 
 fn trace_timelines(log: &str, marks: &[BTreeMap<String, f64>], shoal: &Path) -> Vec<Timeline> {
     let calls = parse_strace(log);
-    let shoal_exec = format!("execve(\"{}\"", shoal.display());
+    let shoal_exec = format!("execve(\"{}\"", supervisor_binary(shoal).display());
     let mut out = Vec::new();
     for m in marks {
         let (Some(&b), Some(&s), Some(&w), Some(&r)) = (
@@ -1187,7 +1187,7 @@ fn trace_timelines(log: &str, marks: &[BTreeMap<String, f64>], shoal: &Path) -> 
         out.push(Timeline {
             events: vec![
                 (
-                    "execve(shoal) of the supervisor (daemon-side prep done)",
+                    "execve of the supervisor (daemon-side prep done)",
                     at(Some(exec)),
                 ),
                 ("P0 forks P1 (binary loaded, P0 setup)", at(fork_p1)),
@@ -1389,6 +1389,17 @@ fn shoal_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         );
     }
     Ok(fs::canonicalize(&bin)?)
+}
+
+/// What the runtime starts as a container's supervisor: `shoal-relay` beside `shoal` when it
+/// is there (as `Runtime` picks it), else `shoal`.
+fn supervisor_binary(shoal: &Path) -> PathBuf {
+    let relay = shoal.with_file_name(shoal_agent::runtime::RELAY_BIN);
+    if relay.is_file() {
+        relay
+    } else {
+        shoal.to_path_buf()
+    }
 }
 
 fn row(name: &str, s: Option<Stats>, extra: &str) -> Vec<String> {
@@ -1750,12 +1761,13 @@ fn run_all(args: &Args) -> Result<()> {
     drop(ocis);
     let mut problems = remove_cgroup_tree(&oci_parent);
 
-    // ---- Supervisor binary start cost (exec of the shoal binary alone).
+    // ---- Supervisor binary start cost (exec of the supervisor binary alone).
     {
+        let supervisor = supervisor_binary(&shoal);
         let mut v = Vec::new();
         for _ in 0..20 {
             let t = Instant::now();
-            let _ = Command::new(&shoal)
+            let _ = Command::new(&supervisor)
                 .arg(shoal_agent::runtime::SUPERVISOR_ARG)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -1763,12 +1775,13 @@ fn run_all(args: &Args) -> Result<()> {
                 .status();
             v.push(ms(t.elapsed()));
         }
-        let size = fs::metadata(&shoal).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(&supervisor).map(|m| m.len()).unwrap_or(0);
         let st = Stats::of(&v[5..]);
         if let Some(s) = st {
             println!(
-                "exec of the shoal binary ({:.0} MiB) as `{}` with no arguments (parse error, \
-                 report, exit): p50 {:.2} ms, p90 {:.2} ms (n={})",
+                "exec of the supervisor binary {} ({:.0} MiB on disk) as `{}` with no arguments \
+                 (parse error, report, exit): p50 {:.2} ms, p90 {:.2} ms (n={})",
+                supervisor.display(),
                 size as f64 / (1 << 20) as f64,
                 shoal_agent::runtime::SUPERVISOR_ARG,
                 s.p50,
@@ -1852,7 +1865,12 @@ fn run_all(args: &Args) -> Result<()> {
         let pss = Stats::of(&mems.iter().map(|m| m.1).collect::<Vec<_>>());
         let ok = rss.is_some_and(|r| r.p50 <= TARGET_SUPERVISOR_KIB);
         rows.push(vec![
-            "shoal supervisor (shoal __shoal-supervise)".into(),
+            format!(
+                "shoal supervisor ({})",
+                supervisor_binary(&shoal)
+                    .file_name()
+                    .map_or("?".into(), |n| n.to_string_lossy())
+            ),
             rss.map_or("-".into(), |s| kib(s.p50)),
             rss.map_or("-".into(), |s| format!("{}–{}", kib(s.min), kib(s.max))),
             pss.map_or("-".into(), |s| kib(s.p50)),

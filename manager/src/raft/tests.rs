@@ -785,7 +785,8 @@ async fn propose_rate() -> TestResult {
             tokio::spawn(async move {
                 let mut n = 0usize;
                 while Instant::now() < stop {
-                    node.propose(create_service((round * 100 + c) * 1_000_000 + n)).await??;
+                    node.propose(create_service((round * 100 + c) * 1_000_000 + n))
+                        .await??;
                     n += 1;
                 }
                 Ok::<usize, Box<dyn Error + Send + Sync>>(n)
