@@ -100,6 +100,12 @@ pub trait Cgroup: fmt::Debug + Send + Sync {
     /// The `cgroup.procs` files a process must be written to in order to join the cgroup (one
     /// per hierarchy the cgroup exists in).
     fn procs_files(&self) -> Vec<PathBuf>;
+    /// The files a single-threaded process writes "0" to in order to move itself into the
+    /// cgroup: v1's `tasks` in each hierarchy. Moving only the calling thread spares the kernel
+    /// the global threadgroup lock, whose RCU grace period makes a `cgroup.procs` write take
+    /// milliseconds. Empty on v2 (a domain cgroup takes whole processes only):
+    /// [`Cgroup::add_process`] then.
+    fn self_join_files(&self) -> Vec<PathBuf>;
     /// Freezes (`true`) or thaws the cgroup and waits until the kernel reports the state
     /// reached (v1 `freezer.state`, v2 `cgroup.freeze` / `cgroup.events`).
     fn freeze(&self, frozen: bool) -> Result<(), RuntimeError>;
@@ -434,6 +440,14 @@ impl Cgroup for CgroupV1 {
             .collect()
     }
 
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .map(|d| d.join("tasks"))
+            .collect()
+    }
+
     fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
         let file = self
             .root
@@ -657,6 +671,10 @@ impl Cgroup for CgroupV2 {
 
     fn procs_files(&self) -> Vec<PathBuf> {
         vec![self.dir().join("cgroup.procs")]
+    }
+
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        Vec::new()
     }
 
     fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {

@@ -54,6 +54,9 @@ pub(crate) struct InitContext<'a> {
     /// The supervisor put the container under a device cgroup allow-list (else the seccomp
     /// filter refuses mknod of device nodes).
     pub device_cgroup: bool,
+    /// Files to write "0" to first, joining the container's cgroup on our own (v1; see
+    /// `Cgroup::self_join_files`). Empty: the supervisor moves us.
+    pub cgroup_join: Vec<std::path::PathBuf>,
     /// Read end of the sync pipe: one byte = in the cgroup, go on; EOF = the supervisor died.
     pub go: OwnedFd,
     /// Write end (close-on-exec) of the error pipe.
@@ -89,6 +92,15 @@ fn wait_for_go(go: &OwnedFd) {
 
 fn setup(ctx: &InitContext) -> Result<Infallible, StartError> {
     let cfg = ctx.config;
+    // Into the cgroup before anything else (still in the host's mount namespace).
+    for file in &ctx.cgroup_join {
+        std::fs::write(file, "0").map_err(|e| {
+            StartError::new(
+                Stage::Cgroup,
+                format!("join the cgroup: write {}: {e}", file.display()),
+            )
+        })?;
+    }
     // Modes below are exact; the workload gets the usual 022.
     umask(Mode::empty());
     for (fd, target) in [(&ctx.stdout, 1), (&ctx.stderr, 2)] {

@@ -12,8 +12,11 @@
 //! stdout) and closes it; the daemon returns as soon as it has read it (it reaps P0 aside).
 //!
 //! P1 creates the cgroup and applies the limits, unshares a pid namespace and forks the
-//! container's init and moves it into the cgroup while the init sets up its namespaces and
-//! mounts; the init waits for the release (sync pipe) before anything of the workload's. The init
+//! container's init. On v1 the init joins the cgroup itself, first thing (it writes "0" to
+//! each hierarchy's `tasks`: moving only the calling thread spares the kernel's global lock
+//! and its RCU grace period, milliseconds per `cgroup.procs` write); on v2 P1 moves it while
+//! it sets up its namespaces and mounts. The init waits for the release (sync pipe) before
+//! anything of the workload's. The init
 //! unshares mount/uts/ipc/net namespaces, makes `/` rprivate, mounts the overlay rootfs (so the
 //! mount exists only in the container's mount namespace), fills fresh volumes from the image
 //! and clones the sources of its bind mounts and volumes ([`Mount`]), pivots into it, mounts

@@ -346,6 +346,8 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         .map_err(|e| StartError::errno(Stage::Namespaces, e, "unshare(CLONE_NEWPID)"))?;
 
     let hostname = super::effective_hostname(&config, &args.dir);
+    let cgroup_join = cgroup.self_join_files();
+    let joins_itself = !cgroup_join.is_empty();
 
     // SAFETY: single-threaded process.
     let child = match unsafe { fork() } {
@@ -363,6 +365,7 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
                 dir: &args.dir,
                 hostname,
                 device_cgroup,
+                cgroup_join,
                 go: go_r,
                 report: fail_w,
                 stdout: out_w,
@@ -395,8 +398,14 @@ fn start(args: &Args, cgroup: &dyn Cgroup, reporter: &mut Reporter) -> Result<Ru
         })
     };
 
-    // Into the cgroup before the init may run anything of the workload's.
-    if let Err(e) = cgroup.add_process(child.as_raw()) {
+    // Into the cgroup before the init may run anything of the workload's (on v1 the init
+    // joins on its own, first thing).
+    let joined = if joins_itself {
+        Ok(())
+    } else {
+        cgroup.add_process(child.as_raw())
+    };
+    if let Err(e) = joined {
         let _ = kill(child, Signal::SIGKILL);
         let e =
             init_error(&fail_r).unwrap_or_else(|| StartError::new(Stage::Cgroup, e.to_string()));
