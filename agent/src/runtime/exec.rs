@@ -11,8 +11,9 @@
 //! or failed, and one when it exited.
 //!
 //! The helper (single-threaded, host pid namespace) checks that the container's init is still
-//! the process `state.json` names (pid and start time, through a pidfd), opens the
-//! `cgroup.procs` files of the container's cgroups (the host's cgroupfs is not visible inside),
+//! the process `state.json` names (pid and start time, through a pidfd), opens the files that
+//! put a process into the container's cgroups (the host's cgroupfs is not visible inside: v1's
+//! `tasks`, which the child writes "0" to itself, or v2's `cgroup.procs`, written for it),
 //! computes the capability set and the seccomp program from the container's config (the same
 //! [`security`] policy as the init), then joins the init's ipc, uts, net, pid and mount
 //! namespaces (`setns` on the pidfd: all at once, exactly that process; `/proc/<pid>/ns/*` on
@@ -20,8 +21,8 @@
 //! container's /etc/passwd and /etc/group and, with a TTY, opens `/dev/ptmx` of the
 //! container's devpts (so the terminal is the container's `/dev/pts/N`). Then it forks: the
 //! child is in the container's pid namespace (a `setns` of the pid namespace applies to
-//! children). The helper writes the child into every cgroup of the container and only then
-//! releases it (sync pipe). The child: setsid (and the controlling TTY), stdio, rlimits,
+//! children). The helper releases it (sync pipe) once it is in every cgroup of the container
+//! (v2: the helper writes it in first; v1: its first act is to write itself in). The child: setsid (and the controlling TTY), stdio, rlimits,
 //! oom_score_adj, bounding set, user, working directory, capability sets, no_new_privs, PATH
 //! lookup, seccomp, execve: the init's order (`init.rs`). A failure before the exec is sent as
 //! JSON over a close-on-exec pipe, so [`RuntimeError::ExecFailed`] names the stage.
@@ -308,6 +309,8 @@ struct ChildCtx<'a> {
     stdio: [Option<OwnedFd>; 3],
     go: OwnedFd,
     errors: OwnedFd,
+    /// The container's v1 `tasks` files (opened on the host): written "0" first thing.
+    cgroup_join: Vec<fs::File>,
 }
 
 fn run_helper(control: &OwnedFd, req: &Request, fds: Vec<OwnedFd>) -> Result<(), Report> {
@@ -341,8 +344,16 @@ fn run_helper(control: &OwnedFd, req: &Request, fds: Vec<OwnedFd>) -> Result<(),
         });
     }
     // The host's cgroupfs is out of sight once in the container's mount namespace.
+    // On v1 the child joins on its own (see `Cgroup::self_join_files`), else we move it.
+    let self_join = cgroup.self_join_files();
+    let child_joins = !self_join.is_empty();
+    let join_files = if child_joins {
+        self_join
+    } else {
+        cgroup.procs_files()
+    };
     let mut procs = Vec::new();
-    for file in cgroup.procs_files() {
+    for file in join_files {
         let f = fs::OpenOptions::new()
             .write(true)
             .open(&file)
@@ -436,7 +447,7 @@ fn run_helper(control: &OwnedFd, req: &Request, fds: Vec<OwnedFd>) -> Result<(),
         }
         Ok(ForkResult::Child) => {
             drop((go_w, err_r, master));
-            drop(procs);
+            let cgroup_join = if child_joins { procs } else { Vec::new() };
             run_child(ChildCtx {
                 config: &config,
                 args: &spec.args,
@@ -449,6 +460,7 @@ fn run_helper(control: &OwnedFd, req: &Request, fds: Vec<OwnedFd>) -> Result<(),
                 stdio,
                 go: go_r,
                 errors: err_w,
+                cgroup_join,
             })
         }
         Ok(ForkResult::Parent { child }) => child,
@@ -461,6 +473,7 @@ fn run_helper(control: &OwnedFd, req: &Request, fds: Vec<OwnedFd>) -> Result<(),
         r
     };
     let child_fd = pidfd_open(child.as_raw()).ok();
+    let procs = if child_joins { Vec::new() } else { procs };
     for mut f in procs {
         use std::io::Write;
         if let Err(e) = f.write_all(child.as_raw().to_string().as_bytes()) {
@@ -686,6 +699,12 @@ fn run_child(ctx: ChildCtx) -> ! {
 
 fn child_setup(ctx: &ChildCtx) -> Result<Infallible, StartError> {
     let cfg = ctx.config;
+    for mut f in &ctx.cgroup_join {
+        use std::io::Write;
+        f.write_all(b"0").map_err(|e| {
+            StartError::new(Stage::Cgroup, format!("join the container's cgroup: {e}"))
+        })?;
+    }
     nix::unistd::setsid().map_err(|e| StartError::errno(Stage::Supervisor, e, "setsid"))?;
     let dup = |fd: RawFd, target: RawFd| {
         // SAFETY: dup2 onto a standard fd.
