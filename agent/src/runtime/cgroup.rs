@@ -307,6 +307,15 @@ impl CgroupV1 {
             .collect()
     }
 
+    /// `name` in each hierarchy the cgroup exists in.
+    fn files_named(&self, name: &str) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .map(|d| d.join(name))
+            .collect()
+    }
+
     fn require(&self, h: &str, what: &str) -> Result<PathBuf, RuntimeError> {
         if self.hierarchy_present(h) {
             Ok(self.root.join(h).join(&self.rel))
@@ -433,19 +442,11 @@ impl Cgroup for CgroupV1 {
     }
 
     fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs()
-            .into_iter()
-            .filter(|d| d.is_dir())
-            .map(|d| d.join("cgroup.procs"))
-            .collect()
+        self.files_named("cgroup.procs")
     }
 
     fn self_join_files(&self) -> Vec<PathBuf> {
-        self.dirs()
-            .into_iter()
-            .filter(|d| d.is_dir())
-            .map(|d| d.join("tasks"))
-            .collect()
+        self.files_named("tasks")
     }
 
     fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
