@@ -1,5 +1,6 @@
 //! `shoal`: one binary that is the daemon, the CLI, and the per-container supervisor.
 
+mod alloc;
 mod cli;
 mod client;
 mod commands;

@@ -35,10 +35,11 @@ pub struct ManagerInfo {
 }
 
 pub trait Consensus: Send + Sync + 'static {
-    /// Commits `command` to the replicated log and returns what applying it did.
+    /// Commits `command` to the replicated log and returns what applying it did. Shared, so
+    /// that a retry or a forward needs no copy.
     fn propose(
         &self,
-        command: StoreCommand,
+        command: Arc<StoreCommand>,
     ) -> BoxFuture<'_, Result<Result<Applied, ApplyError>, ConsensusError>>;
 
     /// Whether this manager leads now (only the leader runs the reconcile loops).
@@ -91,11 +92,11 @@ impl Writer {
     /// same command is retried: its request id makes a retry that follows a lost answer apply
     /// once.
     pub async fn commit(&self, changes: Vec<StoreChange>) -> Result<Applied, WriteError> {
-        let command = StoreCommand {
+        let command = Arc::new(StoreCommand {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             changes,
             timestamp: now_ms(),
-        };
+        });
         let mut delay = std::time::Duration::from_millis(20);
         let deadline = std::time::Instant::now() + COMMIT_PATIENCE;
         while std::time::Instant::now() < deadline {
@@ -170,10 +171,10 @@ impl Immediate {
 impl Consensus for Immediate {
     fn propose(
         &self,
-        command: StoreCommand,
+        command: Arc<StoreCommand>,
     ) -> BoxFuture<'_, Result<Result<Applied, ApplyError>, ConsensusError>> {
         let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
-        let result = self.store.apply(index, &command);
+        let result = self.store.apply(index, Arc::unwrap_or_clone(command));
         Box::pin(async move { Ok(result) })
     }
 
@@ -198,7 +199,7 @@ pub fn new_id() -> String {
 impl Consensus for crate::raft::RaftNode {
     fn propose(
         &self,
-        command: StoreCommand,
+        command: Arc<StoreCommand>,
     ) -> BoxFuture<'_, Result<Result<Applied, ApplyError>, ConsensusError>> {
         Box::pin(async move {
             crate::raft::RaftNode::propose(self, command)

@@ -234,7 +234,7 @@ mod tests {
         store
             .apply(
                 1,
-                &StoreCommand {
+                StoreCommand {
                     request_id: "r".into(),
                     changes: vec![change(ChangeKind::Create, Object::Cluster(cluster.clone()))],
                     timestamp: 1,

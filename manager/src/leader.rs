@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::store_object::Object;
-use shoal_proto::{now_ms, ChangeKind, StoreChange, Task, TaskState};
+use shoal_proto::{now_ms, ChangeKind, Node, StoreChange, Task, TaskState};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -196,7 +196,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
     // the reconcile itself, and hold twice the tasks in memory, on every pass.
     let plan = {
         let state = store.read();
-        let nodes: Vec<_> = state.nodes.values().cloned().collect();
+        let nodes: Vec<&Node> = state.nodes.values().collect();
         orchestrator::reconcile_all_refs(
             state.services.values(),
             state.tasks.values().map(|t| &**t),
@@ -243,7 +243,7 @@ async fn pass(store: &Store, writer: &Writer) -> Result<Option<i64>, WriteError>
     let mut decisions: Vec<Placement> = {
         let state = store.read();
         let tasks: Vec<&Task> = state.tasks.values().map(|t| &**t).collect();
-        let nodes: Vec<_> = state.nodes.values().cloned().collect();
+        let nodes: Vec<&Node> = state.nodes.values().collect();
         scheduler::schedule_refs(&nodes, &tasks)
             .into_iter()
             .filter_map(|d| {

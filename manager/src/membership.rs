@@ -243,7 +243,7 @@ impl Cluster {
 
     async fn propose_here_or_forward(
         &self,
-        command: StoreCommand,
+        command: Arc<StoreCommand>,
     ) -> Result<Result<Applied, ApplyError>, ConsensusError> {
         if let Some(message) = self.quorum_lost() {
             return Err(ConsensusError::NoQuorum(message));
@@ -269,7 +269,7 @@ impl Cluster {
         };
         let mut client = self.client(&addr)?;
         let mut request = Request::new(ProposeRequest {
-            command: Some(command),
+            command: Some(Arc::unwrap_or_clone(command)),
         });
         request.set_timeout(PROPOSE_TIMEOUT);
         let answer = client
@@ -393,7 +393,7 @@ impl Cluster {
 impl Consensus for Cluster {
     fn propose(
         &self,
-        command: StoreCommand,
+        command: Arc<StoreCommand>,
     ) -> BoxFuture<'_, Result<Result<Applied, ApplyError>, ConsensusError>> {
         Box::pin(self.propose_here_or_forward(command))
     }

@@ -264,7 +264,7 @@ mod tests {
             changes: vec![change(ChangeKind::Create, Object::Network(network))],
             timestamp: 1,
         };
-        state.apply(1, &command).expect("applies");
+        state.apply(1, command.clone()).expect("applies");
         state
     }
 

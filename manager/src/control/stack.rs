@@ -457,7 +457,7 @@ mod tests {
         state
             .apply(
                 index,
-                &StoreCommand {
+                StoreCommand {
                     request_id: format!("r{index}"),
                     changes: plan.changes.clone(),
                     timestamp: 1,
@@ -529,7 +529,7 @@ mod tests {
             )],
             timestamp: 1,
         };
-        state.apply(1, &lone).expect("applies");
+        state.apply(1, lone.clone()).expect("applies");
         let err = plan_deploy(&state, &stack(vec![svc("web", "busybox")]), false, &mut gen)
             .expect_err("name taken outside the stack");
         assert!(err.contains("outside stack"), "{err}");

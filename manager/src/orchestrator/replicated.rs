@@ -108,7 +108,8 @@ pub struct ReconcileInput<'a> {
 
 /// Reconciles one service. `new_id` names created tasks (injected so tests are deterministic).
 pub fn reconcile(input: &ReconcileInput, new_id: &mut dyn FnMut() -> String) -> Plan {
-    let nodes = Nodes::new(input.nodes);
+    let nodes: Vec<&Node> = input.nodes.iter().collect();
+    let nodes = Nodes::new(&nodes);
     let tasks: Vec<&Task> = input
         .tasks
         .iter()
@@ -133,15 +134,16 @@ pub fn reconcile_all(
     now: i64,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
-    reconcile_all_refs(services.iter(), tasks.iter(), nodes, now, new_id)
+    let nodes: Vec<&Node> = nodes.iter().collect();
+    reconcile_all_refs(services.iter(), tasks.iter(), &nodes, now, new_id)
 }
 
-/// [`reconcile_all`] over borrowed services and tasks: the leader calls it on the store as it
-/// stands, without copying every task first.
+/// [`reconcile_all`] over borrowed services, tasks and nodes: the leader calls it on the store
+/// as it stands, without copying anything first.
 pub fn reconcile_all_refs<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     tasks: impl IntoIterator<Item = &'a Task>,
-    nodes: &[Node],
+    nodes: &[&Node],
     now: i64,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
@@ -199,7 +201,7 @@ pub(super) struct Nodes<'a> {
 }
 
 impl<'a> Nodes<'a> {
-    pub(super) fn new(nodes: &'a [Node]) -> Nodes<'a> {
+    pub(super) fn new(nodes: &[&'a Node]) -> Nodes<'a> {
         let state_of = |n: &Node| {
             n.status
                 .as_ref()
@@ -224,7 +226,7 @@ impl<'a> Nodes<'a> {
         };
         Nodes {
             state,
-            by_id: nodes.iter().map(|n| (n.id.as_str(), n)).collect(),
+            by_id: nodes.iter().map(|n| (n.id.as_str(), *n)).collect(),
             global_targets,
             paused: with(NodeAvailability::Pause),
             drained: with(NodeAvailability::Drain),

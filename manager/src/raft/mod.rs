@@ -77,8 +77,11 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// [`RaftNode::propose`]). Its serde form is the protobuf encoding of a [`StoreCommandBatch`]
 /// (as bytes), so the log on disk and on the wire is protobuf, not a serde mirror of it. An
 /// entry written before batching (a bare `StoreCommand`) reads as a batch of one.
+///
+/// The commands are shared, not copied: the writer that proposed one keeps it to retry with
+/// while it is in the log. Applying an entry read back from the log owns them alone.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub Vec<StoreCommand>);
+pub struct Request(pub Vec<Arc<StoreCommand>>);
 
 /// The field number of `StoreCommandBatch.commands` (cluster.proto).
 const BATCH_COMMANDS_FIELD: u32 = 15;
@@ -90,11 +93,11 @@ impl Serialize for Request {
         let mut bytes = Vec::with_capacity(
             self.0
                 .iter()
-                .map(|c| prost::encoding::message::encoded_len(BATCH_COMMANDS_FIELD, c))
+                .map(|c| prost::encoding::message::encoded_len(BATCH_COMMANDS_FIELD, &**c))
                 .sum(),
         );
         for command in &self.0 {
-            prost::encoding::message::encode(BATCH_COMMANDS_FIELD, command, &mut bytes);
+            prost::encoding::message::encode(BATCH_COMMANDS_FIELD, &**command, &mut bytes);
         }
         serializer.serialize_bytes(&bytes)
     }
@@ -104,7 +107,7 @@ impl<'de> Deserialize<'de> for Request {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
             .deserialize_byte_buf(codec::ProtoVisitor::<codec::CommandsOrOne>::new())
-            .map(|c| Request(c.0))
+            .map(|c| Request(c.0.into_iter().map(Arc::new).collect()))
     }
 }
 
@@ -310,7 +313,7 @@ type Proposed = Result<(u64, Result<Applied, ApplyError>), RaftError>;
 
 /// A command waiting for the next log entry, and where its result goes.
 struct Proposal {
-    command: StoreCommand,
+    command: Arc<StoreCommand>,
     reply: tokio::sync::oneshot::Sender<Proposed>,
 }
 
@@ -345,8 +348,8 @@ async fn run_proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        // The commands move into the entry (no copy); the replies wait for its result.
-        let (commands, replies): (Vec<StoreCommand>, Vec<_>) =
+        // The commands go into the entry (shared, not copied); the replies wait for its result.
+        let (commands, replies): (Vec<Arc<StoreCommand>>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         match raft.client_write(Request(commands)).await {
             Ok(response) => {
@@ -542,7 +545,7 @@ impl RaftNode {
     /// leader lost its post mid-way): retry with the same `request_id`, which applies once.
     pub async fn propose(
         &self,
-        command: StoreCommand,
+        command: impl Into<Arc<StoreCommand>>,
     ) -> Result<Result<Applied, ApplyError>, RaftError> {
         self.propose_indexed(command)
             .await
@@ -557,9 +560,10 @@ impl RaftNode {
     /// fsync (openraft 0.9 appends and syncs each entry on its own).
     pub async fn propose_indexed(
         &self,
-        command: StoreCommand,
+        command: impl Into<Arc<StoreCommand>>,
     ) -> Result<(u64, Result<Applied, ApplyError>), RaftError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = command.into();
         self.inner
             .proposals
             .send(Proposal { command, reply })

@@ -760,8 +760,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Request(commands)) => {
                     // Each command of a batch on its own, in order, at the entry's index.
                     let results = commands
-                        .iter()
-                        .map(|command| self.store.apply(index, command))
+                        .into_iter()
+                        .map(|command| self.store.apply(index, Arc::unwrap_or_clone(command)))
                         .collect();
                     responses.push(Response(results));
                 }

@@ -121,12 +121,10 @@ async fn the_old_redb_layout_is_refused_with_advice() -> TestResult {
 #[test]
 fn request_serde_is_the_protobuf_encoding() -> TestResult {
     use prost::Message;
-    let request = Request(vec![create_service(7), create_service(8)]);
+    let commands = vec![create_service(7), create_service(8)];
+    let request = Request(commands.iter().cloned().map(Arc::new).collect());
     let bytes = codec::encode(&request)?;
-    let protobuf = shoal_proto::StoreCommandBatch {
-        commands: request.0.clone(),
-    }
-    .encode_to_vec();
+    let protobuf = shoal_proto::StoreCommandBatch { commands }.encode_to_vec();
     // postcard: a varint length, then the protobuf bytes as they are.
     assert!(bytes.ends_with(&protobuf));
     assert_eq!(codec::decode::<Request>(&bytes)?, request);
@@ -142,7 +140,10 @@ fn request_serde_is_the_protobuf_encoding() -> TestResult {
     }
     let single = create_service(9);
     let legacy = codec::encode(&Legacy(single.encode_to_vec()))?;
-    assert_eq!(codec::decode::<Request>(&legacy)?, Request(vec![single]));
+    assert_eq!(
+        codec::decode::<Request>(&legacy)?,
+        Request(vec![Arc::new(single)])
+    );
     Ok(())
 }
 

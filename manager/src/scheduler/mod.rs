@@ -83,13 +83,14 @@ pub struct Decision {
 /// Decisions come in a deterministic order: by service and reservations, then by placement
 /// and host-mode ports (in the order of their first task), then slot and task id.
 pub fn schedule(nodes: &[Node], tasks: &[Task]) -> Vec<Decision> {
+    let nodes: Vec<&Node> = nodes.iter().collect();
     let tasks: Vec<&Task> = tasks.iter().collect();
-    schedule_refs(nodes, &tasks)
+    schedule_refs(&nodes, &tasks)
 }
 
-/// [`schedule`] over borrowed tasks: the leader calls it on the store as it stands, without
-/// copying every task first.
-pub fn schedule_refs(nodes: &[Node], tasks: &[&Task]) -> Vec<Decision> {
+/// [`schedule`] over borrowed nodes and tasks: the leader calls it on the store as it stands,
+/// without copying anything first.
+pub fn schedule_refs(nodes: &[&Node], tasks: &[&Task]) -> Vec<Decision> {
     let mut pending: Vec<&Task> = tasks.iter().copied().filter(|t| wants_node(t)).collect();
     // Tasks whose node is already chosen (a global service's) only need that node's consent.
     let mut preassigned: Vec<&Task> = tasks
@@ -302,8 +303,8 @@ struct Cluster<'a> {
 }
 
 impl<'a> Cluster<'a> {
-    fn new(nodes: &'a [Node], tasks: &[&'a Task]) -> Cluster<'a> {
-        let mut sorted: Vec<&Node> = nodes.iter().collect();
+    fn new(nodes: &[&'a Node], tasks: &[&'a Task]) -> Cluster<'a> {
+        let mut sorted: Vec<&Node> = nodes.to_vec();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
         // A node id is unique in the store; should a snapshot repeat one, the first wins.
         sorted.dedup_by(|a, b| a.id == b.id);

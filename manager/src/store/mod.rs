@@ -63,7 +63,7 @@ impl Store {
     }
 
     /// Applies a committed entry and tells the watchers. Called by the Raft state machine only.
-    pub fn apply(&self, index: u64, command: &StoreCommand) -> Result<Applied, ApplyError> {
+    pub fn apply(&self, index: u64, command: StoreCommand) -> Result<Applied, ApplyError> {
         let result = {
             let mut state = self
                 .inner

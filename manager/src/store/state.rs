@@ -227,13 +227,19 @@ fn meta_mut(object: &mut Object) -> &mut Option<Meta> {
 }
 
 impl State {
-    /// Applies one log entry at `index`, atomically: every change or none.
+    /// Applies one log entry at `index`, atomically: every change or none. The objects move
+    /// from the command into the state.
     pub fn apply(
         &mut self,
         index: u64,
-        command: &StoreCommand,
+        command: StoreCommand,
     ) -> Result<(Applied, Vec<Event>), ApplyError> {
-        if !command.request_id.is_empty() && self.recent_set.contains(&command.request_id) {
+        let StoreCommand {
+            request_id,
+            changes,
+            timestamp,
+        } = command;
+        if !request_id.is_empty() && self.recent_set.contains(&request_id) {
             let applied = Applied {
                 version: index,
                 duplicate: true,
@@ -244,13 +250,12 @@ impl State {
         // on a scratch list of only the touched objects (indexed, so a command of thousands of
         // changes costs no quadratic scan, and nothing stored is cloned), then commit.
         let mut staged: Vec<(&'static str, String, Option<Object>)> =
-            Vec::with_capacity(command.changes.len());
+            Vec::with_capacity(changes.len());
         let mut latest: HashMap<(&'static str, String), usize> = HashMap::new();
-        for change in &command.changes {
+        for change in changes {
             let object = change
                 .object
-                .as_ref()
-                .and_then(|o| o.object.clone())
+                .and_then(|o| o.object)
                 .ok_or_else(|| ApplyError::Invalid("a change without an object".into()))?;
             let kind = kind_of(&object);
             let id = id_of(&object).to_string();
@@ -315,11 +320,11 @@ impl State {
                 let mut object = object;
                 let created_at = current
                     .and_then(|(_, created)| created)
-                    .unwrap_or(command.timestamp);
+                    .unwrap_or(timestamp);
                 *meta_mut(&mut object) = Some(Meta {
                     version: index,
                     created_at,
-                    updated_at: command.timestamp,
+                    updated_at: timestamp,
                 });
                 Some(object)
             };
@@ -361,7 +366,7 @@ impl State {
                 }
             }
         }
-        self.remember(&command.request_id);
+        self.remember(&request_id);
         Ok((
             Applied {
                 version: index,
@@ -711,7 +716,7 @@ mod tests {
         let (applied, events) = s
             .apply(
                 7,
-                &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
+                cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
             )
             .expect("applies");
         assert_eq!(applied.version, 7);
@@ -724,7 +729,7 @@ mod tests {
         let mut s = State::default();
         s.apply(
             1,
-            &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
+            cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
         )
         .expect("applies");
         let task = Object::Task(Task {
@@ -734,7 +739,7 @@ mod tests {
         let err = s
             .apply(
                 2,
-                &cmd(
+                cmd(
                     "r2",
                     vec![
                         change(ChangeKind::Create, task),
@@ -752,7 +757,7 @@ mod tests {
         let mut s = State::default();
         s.apply(
             1,
-            &cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
+            cmd("r1", vec![change(ChangeKind::Create, service("a", "web"))]),
         )
         .expect("applies");
         let mut stale = s.services["a"].clone();
@@ -763,7 +768,7 @@ mod tests {
         let err = s
             .apply(
                 2,
-                &cmd(
+                cmd(
                     "r2",
                     vec![change(ChangeKind::Update, Object::Service(Box::new(stale)))],
                 ),
@@ -773,7 +778,7 @@ mod tests {
         let fresh = s.services["a"].clone();
         s.apply(
             3,
-            &cmd(
+            cmd(
                 "r3",
                 vec![change(ChangeKind::Update, Object::Service(Box::new(fresh)))],
             ),
@@ -799,7 +804,7 @@ mod tests {
         };
         s.apply(
             1,
-            &cmd(
+            cmd(
                 "r1",
                 vec![
                     change(ChangeKind::Create, Object::Task(task("a", ""))),
@@ -815,7 +820,7 @@ mod tests {
         b.node_id = "n2".into();
         s.apply(
             2,
-            &cmd(
+            cmd(
                 "r2",
                 vec![
                     change(ChangeKind::Update, Object::Task(a)),
@@ -830,7 +835,7 @@ mod tests {
         assert_eq!(ids(&back, "n2"), ["b"]);
         s.apply(
             3,
-            &cmd(
+            cmd(
                 "r3",
                 vec![change(ChangeKind::Delete, Object::Task(task("b", "")))],
             ),
@@ -846,8 +851,8 @@ mod tests {
             "same",
             vec![change(ChangeKind::Create, service("a", "web"))],
         );
-        s.apply(1, &c).expect("applies");
-        let (applied, events) = s.apply(2, &c).expect("duplicate is not an error");
+        s.apply(1, c.clone()).expect("applies");
+        let (applied, events) = s.apply(2, c).expect("duplicate is not an error");
         assert!(applied.duplicate);
         assert!(events.is_empty());
     }
@@ -862,7 +867,7 @@ mod tests {
         };
         s.apply(
             1,
-            &cmd(
+            cmd(
                 "r1",
                 vec![
                     change(ChangeKind::Create, service("a", "web")),
@@ -909,7 +914,7 @@ mod tests {
                 &format!("r{i}"),
                 vec![change(ChangeKind::Create, Object::Task(t))],
             );
-            s.apply(i as u64 + 1, &decoded(c).expect("decodes"))
+            s.apply(i as u64 + 1, decoded(c).expect("decodes"))
                 .expect("applies");
         }
         let spec_of = |id: &str| s.tasks[id].spec.clone().expect("a spec");
@@ -932,7 +937,7 @@ mod tests {
         let mut s = State::default();
         s.apply(
             1,
-            &cmd(
+            cmd(
                 "r1",
                 vec![change(ChangeKind::Create, service("abc123", "web"))],
             ),
@@ -978,7 +983,7 @@ mod tests {
         let (_, events) = s
             .apply(
                 1,
-                &cmd(
+                cmd(
                     "r1",
                     vec![change(
                         ChangeKind::Create,
@@ -994,7 +999,7 @@ mod tests {
             t.status = task_on("", "", TaskState::Assigned).status;
         });
         let (_, events) = s
-            .apply(2, &cmd("r2", vec![change(ChangeKind::Update, assign)]))
+            .apply(2, cmd("r2", vec![change(ChangeKind::Update, assign)]))
             .expect("assigned");
         let event = &task_events(&events)[0];
         assert_eq!(
@@ -1009,7 +1014,7 @@ mod tests {
             t.status = task_on("", "", TaskState::Running).status;
         });
         let (_, events) = s
-            .apply(3, &cmd("r3", vec![change(ChangeKind::Update, report)]))
+            .apply(3, cmd("r3", vec![change(ChangeKind::Update, report)]))
             .expect("reported");
         let event = &task_events(&events)[0];
         assert_eq!(event.change, TaskChange::Status(TaskState::Running));
@@ -1020,7 +1025,7 @@ mod tests {
 
         let stop = edited(&s, "t", |t| t.set_desired_state(TaskState::Shutdown));
         let (_, events) = s
-            .apply(4, &cmd("r4", vec![change(ChangeKind::Update, stop)]))
+            .apply(4, cmd("r4", vec![change(ChangeKind::Update, stop)]))
             .expect("stopped");
         assert_eq!(task_events(&events)[0].change, TaskChange::Written);
 
@@ -1029,7 +1034,7 @@ mod tests {
             ..Default::default()
         });
         let (_, events) = s
-            .apply(5, &cmd("r5", vec![change(ChangeKind::Delete, gone)]))
+            .apply(5, cmd("r5", vec![change(ChangeKind::Delete, gone)]))
             .expect("deleted");
         let event = &task_events(&events)[0];
         assert_eq!(event.change, TaskChange::Deleted);
@@ -1052,7 +1057,7 @@ mod tests {
         let (_, events) = s
             .apply(
                 9,
-                &cmd(
+                cmd(
                     "r1",
                     vec![
                         change(ChangeKind::Create, Object::Task(created.clone())),
@@ -1067,7 +1072,7 @@ mod tests {
         let again = s
             .apply(
                 10,
-                &cmd(
+                cmd(
                     "r2",
                     vec![
                         change(
@@ -1100,7 +1105,7 @@ mod tests {
                 )
             })
             .collect();
-        let (_, events) = s.apply(1, &cmd("r1", changes)).expect("applies");
+        let (_, events) = s.apply(1, cmd("r1", changes)).expect("applies");
         assert_eq!(s.tasks.len(), 20_000);
         assert_eq!(events.len(), 20_000);
     }

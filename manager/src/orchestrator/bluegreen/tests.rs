@@ -687,7 +687,8 @@ fn a_rolling_service_is_not_this_modules() {
     let tasks: Vec<Task> = sim.tasks.values().cloned().collect();
     let refs: Vec<&Task> = tasks.iter().collect();
     let node_list = sim.nodes.clone();
-    let nodes = Nodes::new(&node_list);
+    let node_refs: Vec<&Node> = node_list.iter().collect();
+    let nodes = Nodes::new(&node_refs);
     assert!(!applies(&sim.service, &refs, &nodes));
     sim.update("v2", auto());
     assert!(applies(&sim.service, &refs, &nodes));
