@@ -79,39 +79,57 @@ async fn control(socket: &Path) -> Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel))
 }
 
-/// Writes/s of `clients` concurrent shoal clients, each labelling its own node.
-async fn shoal_run(socket: &Path, nodes: &[String], clients: usize, for_: Duration) -> Result<f64> {
+/// Writes/s of `clients` concurrent shoal clients, each labelling its own node. Each client
+/// is a thread of its own with a single-threaded runtime, as each etcd client is a thread of
+/// its own: neither system's figure carries another client's scheduling.
+fn shoal_run(socket: &Path, nodes: &[String], clients: usize, for_: Duration) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(std::sync::Barrier::new(clients + 1));
     let mut handles = Vec::new();
     for node in nodes.iter().take(clients) {
-        let mut client = control(socket).await?;
-        let (node, done, stop) = (node.clone(), done.clone(), stop.clone());
-        handles.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let request = UpdateNodeRequest {
-                    node: node.clone(),
-                    label_add: [(format!("k{}", i % 64), i.to_string())].into(),
-                    ..Default::default()
-                };
-                client
-                    .update_node(request)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("shoal write: {}", s.message()))?;
-                done.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-            Ok::<_, anyhow::Error>(())
+        let (node, done, stop, ready) = (node.clone(), done.clone(), stop.clone(), ready.clone());
+        let socket = socket.to_path_buf();
+        handles.push(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a client's runtime");
+            // Every client waits for the others before the clock starts, also when it failed.
+            let connected = match &runtime {
+                Ok(runtime) => runtime.block_on(control(&socket)),
+                Err(_) => Err(anyhow::anyhow!("no runtime")),
+            };
+            ready.wait();
+            let (runtime, mut client) = (runtime?, connected?);
+            runtime.block_on(async {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let request = UpdateNodeRequest {
+                        node: node.clone(),
+                        label_add: [(format!("k{}", i % 64), i.to_string())].into(),
+                        ..Default::default()
+                    };
+                    client
+                        .update_node(request)
+                        .await
+                        .map_err(|s| anyhow::anyhow!("shoal write: {}", s.message()))?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
         }));
     }
+    ready.wait();
     let started = Instant::now();
-    tokio::time::sleep(for_).await;
+    std::thread::sleep(for_);
     let count = done.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for h in handles {
-        h.await??;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a shoal client panicked"))??;
     }
     Ok(count as f64 / elapsed.as_secs_f64())
 }
@@ -342,7 +360,7 @@ fn main() -> Result<()> {
     let mut etcd_rates = vec![Vec::new(); CLIENTS.len()];
     for run in 0..args.runs {
         for (k, &clients) in CLIENTS.iter().enumerate() {
-            let ours = runtime.block_on(shoal_run(&manager.socket(), &nodes, clients, for_))?;
+            let ours = shoal_run(&manager.socket(), &nodes, clients, for_)?;
             shoal_rates[k].push(ours);
             let theirs = match &etcd {
                 Some(e) => {

@@ -103,6 +103,69 @@ struct Shared {
     /// snapshot writes.
     snapshot: Mutex<Option<Option<u64>>>,
     stats: Arc<WalStats>,
+    /// The entries appended and not yet applied, as appended.
+    recent: Mutex<Recent>,
+}
+
+impl Shared {
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The log's newest entries, kept as appended until they are applied: openraft reads each
+/// committed entry back to apply it, and from here that costs no disk read and no decoding
+/// (their commands are shared, see [`Request`]). Replication to a follower reads them too.
+/// Bounded: a state machine far behind reads from the log on disk.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+/// The most encoded bytes [`Recent`] holds.
+const RECENT_BYTES: usize = 64 << 20;
+
+impl Recent {
+    fn insert(&mut self, entry: Entry<TypeConfig>, bytes: usize) {
+        self.remove_from(entry.log_id.index);
+        self.bytes += bytes;
+        self.entries.insert(entry.log_id.index, (entry, bytes));
+        while self.bytes > RECENT_BYTES {
+            match self.entries.pop_first() {
+                Some((_, (_, b))) => self.bytes -= b,
+                None => break,
+            }
+        }
+    }
+
+    /// Entries `from..to` if all of them are here.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let expected = to.checked_sub(from)?;
+        let entries: Vec<Entry<TypeConfig>> = self
+            .entries
+            .range(from..to)
+            .map(|(_, (e, _))| e.clone())
+            .collect();
+        (entries.len() as u64 == expected).then_some(entries)
+    }
+
+    /// Forgets the entries from `index` on (truncated).
+    fn remove_from(&mut self, index: u64) {
+        for (_, (_, b)) in self.entries.split_off(&index) {
+            self.bytes -= b;
+        }
+    }
+
+    /// Forgets the entries up to `index` (applied or purged).
+    fn remove_upto(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        for (_, (_, b)) in std::mem::replace(&mut self.entries, kept) {
+            self.bytes -= b;
+        }
+    }
 }
 
 /// What the log writer has done so far: how many syncs, how long they took, how many
@@ -311,6 +374,7 @@ pub(crate) async fn open_with(
                 .map(|(m, _)| m.last_log_id.map(|l| l.index)),
         ),
         stats: Arc::default(),
+        recent: Mutex::default(),
     });
     let reader = wal.reader();
     let (jobs, queue) = mpsc::channel();
@@ -544,6 +608,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let (from, to) = index_range(&range);
+        if let Some(entries) = self.shared.recent().get(from, to) {
+            return Ok(entries);
+        }
         let read = || -> Result<Vec<Entry<TypeConfig>>, DbError> {
             self.reader
                 .read(from, to)?
@@ -616,11 +683,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut last = None;
+        let mut appended = Vec::new();
         let encoded = entries
             .into_iter()
             .map(|e| {
                 last = Some(e.log_id);
-                Ok((e.log_id.index, encode("log entry", &e)?))
+                let bytes = encode("log entry", &e)?;
+                let index = e.log_id.index;
+                appended.push((e, bytes.len()));
+                Ok((index, bytes))
             })
             .collect::<Result<Vec<(u64, Vec<u8>)>, DbError>>();
         let entries = match encoded {
@@ -634,6 +705,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
+        // Readable before the writer can report them flushed (and openraft apply them).
+        let mut recent = self.shared.recent();
+        for (entry, bytes) in appended {
+            recent.insert(entry, bytes);
+        }
+        drop(recent);
         // Reported flushed by the writer, after its sync.
         if let Err(mpsc::SendError(job)) = self.jobs.send(Job::Append { entries, callback }) {
             let e = DbError::Thread("the log writer has stopped".into());
@@ -650,6 +727,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         let since = log_id.index;
+        self.shared.recent().remove_from(since);
         self.ask(|reply| Job::Truncate { since, reply })
             .await
             .map_err(sto(ErrorSubject::Logs, ErrorVerb::Delete))?;
@@ -677,6 +755,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(sto(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        self.shared.recent().remove_upto(log_id.index);
         self.meta().purged = Some(log_id);
         Ok(())
     }
@@ -747,8 +826,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries = entries.into_iter();
-        let mut responses = Vec::with_capacity(entries.size_hint().0);
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // Applied entries leave the recent ones first: their commands are then this batch's
+        // alone and move into the store uncopied.
+        if let Some(last) = entries.last() {
+            self.shared.recent().remove_upto(last.log_id.index);
+        }
+        let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.log_id.index;
             self.applied = Some(entry.log_id);
@@ -810,6 +894,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
             })?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.shared.recent().remove_upto(index);
         self.store.restore(state, index);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
