@@ -43,9 +43,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if matches!(cli.command, Command::Daemon(_)) {
-        limit_malloc_arenas();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,15 +57,6 @@ fn main() {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// glibc gives each thread that meets contention an arena of its own (up to 8 per core) and
-/// rarely returns their free pages: after a burst (a 100,000-task deployment) the daemon kept
-/// about 100 MiB more than its heap peak. Two arenas serve the runtime's few threads as well.
-/// Set before any thread exists, so that no extra arena is made.
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only sets an allocator parameter; no thread allocates concurrently yet.
-    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

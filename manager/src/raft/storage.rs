@@ -973,3 +973,49 @@ pub(crate) async fn force_single_member(
         detail: e.to_string(),
     })?
 }
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        entries.map(|e| e.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_serve_whole_ranges_and_follow_truncation_apply_and_the_bound() {
+        let mut recent = Recent::default();
+        for i in 1..=5 {
+            recent.insert(entry(i), 10);
+        }
+        assert_eq!(indexes(recent.get(2, 5)), Some(vec![2, 3, 4]));
+        assert_eq!(
+            indexes(recent.get(4, 7)),
+            None,
+            "6 is not there: read the disk"
+        );
+        // A truncation (or an entry appended again at 4) drops 4 and everything after it.
+        recent.insert(entry(4), 10);
+        assert_eq!(indexes(recent.get(4, 5)), Some(vec![4]));
+        assert_eq!(indexes(recent.get(5, 6)), None);
+        recent.remove_from(3);
+        assert_eq!(recent.bytes, 20);
+        // Applied (or purged) entries go.
+        recent.remove_upto(1);
+        assert_eq!(indexes(recent.get(1, 2)), None);
+        assert_eq!(indexes(recent.get(2, 3)), Some(vec![2]));
+        assert_eq!(recent.bytes, 10);
+        // Past the byte bound the oldest go first.
+        recent.insert(entry(3), RECENT_BYTES);
+        assert_eq!(indexes(recent.get(2, 3)), None);
+        assert_eq!(indexes(recent.get(3, 4)), Some(vec![3]));
+        assert_eq!(recent.bytes, RECENT_BYTES);
+    }
+}
