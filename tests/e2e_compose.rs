@@ -197,18 +197,15 @@ fn compose_verbs_exec_run_logs_stop_start_restart_top_images_and_down_volumes() 
     assert!(compose(&["top", "store"]).contains("sleep 1000"));
     assert!(compose(&["images"]).contains("busybox"));
 
-    // A one-off on the project's network reaches web by name, with the service's volume.
-    // Known race (open): in about 1 run in 10 the embedded DNS answered the one-off's first
-    // lookup SERVFAIL (likely: its own address is registered a moment after its process
-    // starts), so the lookup is retried for up to 3 s.
+    // A one-off on the project's network reaches web by name, with the service's volume: its
+    // very first lookup is answered (the embedded DNS knows it from attach, before it starts).
     let one_off = compose(&[
         "run",
         "--rm",
         "web",
         "sh",
         "-c",
-        "for i in $(seq 30); do ip=$(nslookup web 2>/dev/null | awk '/^Address: /{print $2; exit}'); \
-         [ -n \"$ip\" ] && break; sleep 0.1; done; \
+        "ip=$(nslookup web 2>/dev/null | awk '/^Address: /{print $2; exit}'); \
          printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$ip\" 80 | tail -1; cat /www/index.html",
     ]);
     let lines: Vec<&str> = one_off.lines().collect();

@@ -33,6 +33,12 @@ struct Inner {
     by_ip: HashMap<Ipv4Addr, BTreeSet<String>>,
     /// container id (the endpoint id up to its first `/`) → ids of its endpoints.
     by_container: HashMap<String, BTreeSet<String>>,
+    /// container id → its `(network id, address)` pairs, from attach to release: a container
+    /// may ask before its names are published (its process starts before it joins rotation)
+    /// and after they are withdrawn (while it drains).
+    clients: HashMap<String, Vec<(String, Ipv4Addr)>>,
+    /// address → the registered clients carrying it.
+    clients_by_ip: HashMap<Ipv4Addr, BTreeSet<String>>,
 }
 
 /// The container part of an endpoint id `"<container id>/<network id>"` (the whole id when it
@@ -115,10 +121,12 @@ impl Inner {
     }
 
     /// Networks the client at `client` is attached to: the client is the container (or
-    /// containers) owning an endpoint with that address, and all of its endpoints count, so a
-    /// container on two networks sees both whichever of its addresses it asks from.
+    /// containers) registered with that address or owning an endpoint with it, and all of its
+    /// networks count, so a container on two networks sees both whichever of its addresses it
+    /// asks from.
     fn client_networks(&self, client: Ipv4Addr) -> HashSet<&str> {
-        self.by_ip
+        let by_endpoint = self
+            .by_ip
             .get(&client)
             .into_iter()
             .flatten()
@@ -129,8 +137,27 @@ impl Inner {
                     .flatten()
             })
             .filter_map(|id| self.endpoints.get(id))
-            .map(|ep| ep.network_id.as_str())
-            .collect()
+            .map(|ep| ep.network_id.as_str());
+        let registered = self
+            .clients_by_ip
+            .get(&client)
+            .into_iter()
+            .flatten()
+            .filter_map(|container| self.clients.get(container))
+            .flatten()
+            .map(|(network_id, _)| network_id.as_str());
+        by_endpoint.chain(registered).collect()
+    }
+
+    fn remove_client(&mut self, container_id: &str) {
+        for (_, ip) in self.clients.remove(container_id).into_iter().flatten() {
+            if let Some(set) = self.clients_by_ip.get_mut(&ip) {
+                set.remove(container_id);
+                if set.is_empty() {
+                    self.clients_by_ip.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -197,6 +224,28 @@ impl DnsTable {
         self.write().remove_container(container_id);
     }
 
+    /// Registers (or replaces) a container as a client: its address on each of its networks,
+    /// from the moment it is attached, before its process starts. It is then answered with the
+    /// names on those networks whether or not names of its own are published.
+    pub fn set_client(&self, container_id: &str, attachments: Vec<(String, Ipv4Addr)>) {
+        let mut inner = self.write();
+        inner.remove_client(container_id);
+        for (_, ip) in &attachments {
+            inner
+                .clients_by_ip
+                .entry(*ip)
+                .or_default()
+                .insert(container_id.to_string());
+        }
+        inner.clients.insert(container_id.to_string(), attachments);
+    }
+
+    /// Forgets a container registered by [`DnsTable::set_client`] (its endpoints stay, if
+    /// any); unknown ids are ignored.
+    pub fn remove_client(&self, container_id: &str) {
+        self.write().remove_client(container_id);
+    }
+
     /// Number of endpoints registered.
     pub fn len(&self) -> usize {
         self.read().endpoints.len()
@@ -208,7 +257,8 @@ impl DnsTable {
 
     /// Whether `client` is a known endpoint address (a container on one of our networks).
     pub fn knows_client(&self, client: Ipv4Addr) -> bool {
-        self.read().by_ip.contains_key(&client)
+        let inner = self.read();
+        inner.by_ip.contains_key(&client) || inner.clients_by_ip.contains_key(&client)
     }
 
     /// Answers A queries for `name` asked by the container whose address is `client`: searched in
@@ -407,6 +457,37 @@ mod tests {
             3,
             "each address comes first in turn: {firsts:?}"
         );
+    }
+
+    #[test]
+    fn a_registered_client_is_answered_before_and_after_its_own_names() {
+        let t = sample();
+        let newcomer = ip("10.0.0.30");
+        assert_eq!(t.lookup(newcomer, "web"), None, "unknown client");
+        // Attached, process starting, no names of its own yet: it sees net1 (and net2, its
+        // second network) but nothing else.
+        t.set_client(
+            "oneoff",
+            vec![("net1".into(), newcomer), ("net2".into(), ip("10.1.0.30"))],
+        );
+        assert!(t.knows_client(newcomer));
+        assert_eq!(
+            sorted(t.lookup(newcomer, "web").unwrap()),
+            vec![ip("10.0.0.5"), ip("10.0.0.6"), ip("10.1.0.5")]
+        );
+        assert_eq!(t.lookup(newcomer, "db"), Some(vec![ip("10.1.0.7")]));
+        assert_eq!(t.lookup(newcomer, "other"), None);
+        assert_eq!(
+            t.reverse(newcomer, ip("10.0.0.5")),
+            Some("web.1.abc".into())
+        );
+        // Its names come and go (rotation); it stays a client until released.
+        t.set_endpoint("oneoff/net1", "net1", newcomer, names(&["oneoff"]));
+        t.remove_container("oneoff");
+        assert_eq!(t.lookup(newcomer, "db"), Some(vec![ip("10.1.0.7")]));
+        t.remove_client("oneoff");
+        assert!(!t.knows_client(newcomer));
+        assert_eq!(t.lookup(newcomer, "web"), None);
     }
 
     #[test]

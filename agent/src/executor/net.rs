@@ -614,6 +614,8 @@ impl TaskNetworks {
         let service = task.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
         let state = self.manager.read_state().await;
         let attachments = state.attachments(&task.id);
+        // Already so since it was attached, unless this daemon restarted since.
+        self.register_client(&task.id, &attachments);
         let dnsrr = task
             .spec
             .as_ref()
@@ -833,6 +835,7 @@ impl TaskNetworks {
             .first()
             .map(|a| a.netns_path.clone())
             .ok_or("the task has no network to join")?;
+        self.register_client(container_id, &attachments);
         Ok(Prepared {
             mode: NetworkMode::Join(netns),
             attachments,
@@ -840,11 +843,22 @@ impl TaskNetworks {
         })
     }
 
+    /// Lets the embedded DNS answer the container as one of its networks' members from now
+    /// on: its process may look a name up before it joins rotation (a one-off's first act).
+    fn register_client(&self, container_id: &str, attachments: &[Attachment]) {
+        let addresses = attachments
+            .iter()
+            .map(|a| (a.network_id.clone(), a.ip))
+            .collect();
+        self.dns.table().set_client(container_id, addresses);
+    }
+
     /// Releases the container's names, addresses, veths and netns file, once the containers
     /// sharing its namespace are stopped. Idempotent.
     pub async fn release(&self, container_id: &str) {
         self.withdraw(container_id).await;
         self.stop_joiners(container_id).await;
+        self.dns.table().remove_client(container_id);
         let (ports, rotation, id) = (
             self.ports.clone(),
             self.rotation.clone(),
