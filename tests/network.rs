@@ -131,20 +131,13 @@ impl Env {
     /// Asserts that nothing with the test's prefix is left: links, addresses, nft tables,
     /// DOCKER-USER rules, netns files, mounts.
     fn assert_clean(&self) {
-        // Links and addresses are asked for again for up to 3 s before failing: once (in a
-        // CI run) the address dump still showed two bridges that the link dump just before
-        // no longer did, and both were gone when looked at again.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let (links, addrs) = (self.our_links(), self.our_addresses());
-            if links.is_empty() && addrs.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                panic!("links left: {links:?}; addresses left: {addrs:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // Both: a link whose message the netlink crates fail to parse (a bridge can be in such a
+        // state for a while) is missing from a link dump, while its addresses still show.
+        let (links, addrs) = (self.our_links(), self.our_addresses());
+        assert!(
+            links.is_empty() && addrs.is_empty(),
+            "links left: {links:?}; addresses left: {addrs:?}"
+        );
         let tables = self.ops.list_nft_tables().unwrap();
         assert!(
             !tables.iter().any(|(_, n)| n.starts_with(&self.table)),

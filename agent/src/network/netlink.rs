@@ -562,10 +562,14 @@ impl NetOps for RealNetOps {
         }
         let name = name.to_string();
         run_in(self.ns(ns), move |h| async move {
-            let Some(idx) = index_of(&h, &name).await? else {
-                return Ok(false);
-            };
-            match h.link().del(idx).execute().await {
+            // By name, in the kernel: no link message to parse first. The netlink crates drop
+            // a message they cannot parse without a word, and a bridge's can fail to parse in
+            // some states: looked up by index first, such a bridge was left behind as absent.
+            let mut del = h.link().del(0);
+            del.message_mut()
+                .attributes
+                .push(LinkAttribute::IfName(name));
+            match del.execute().await {
                 Ok(()) => Ok(true),
                 Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
                 Err(e) => Err(nl(e)),
