@@ -402,21 +402,18 @@ impl TestDaemon {
     }
 
     fn remove_networks_here(&self) {
-        let Ok(manager) = shoal_agent::network::NetworkManager::open(self.network_config()) else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        let manager = shoal_agent::network::NetworkManager::open(self.network_config());
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-        else {
-            return;
-        };
-        let state = manager.state();
-        for id in state.containers.keys() {
-            let _ = rt.block_on(manager.release_container(id));
-        }
-        for id in state.networks.keys() {
-            let _ = rt.block_on(manager.remove_network(id));
+            .build();
+        if let (Ok(manager), Ok(rt)) = (manager, rt) {
+            let state = manager.state();
+            for id in state.containers.keys() {
+                let _ = rt.block_on(manager.release_container(id));
+            }
+            for id in state.networks.keys() {
+                let _ = rt.block_on(manager.remove_network(id));
+            }
         }
         let ports = shoal_agent::ports::PortManager::open(shoal_agent::ports::PortConfig {
             state_dir: self.data_dir().join("ports"),
@@ -426,6 +423,13 @@ impl TestDaemon {
             let _ = ports.remove_all();
         }
         self.remove_netns_files();
+        // A link the state never recorded (the daemon killed between making a bridge or veth
+        // and saving its state) carries the prefix all the same.
+        for link in self.host_links() {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &link])
+                .output();
+        }
     }
 
     /// Netns files whose endpoint the state no longer knew (a daemon killed mid-attach).
