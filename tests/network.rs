@@ -385,6 +385,27 @@ fn egress_is_masqueraded_and_internal_networks_are_closed() {
     env.assert_clean();
 }
 
+/// Removing a link, a neighbour or a forwarding entry that is not there answers "nothing to
+/// remove" (the kernel's ENODEV), not an error, and not a silent success on a link that exists.
+#[test]
+fn removing_what_is_gone_answers_false() {
+    if !common::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let missing = format!("{}gone", env.prefix);
+    let ip = Ipv4Addr::new(10, env.octet, 9, 9);
+    assert!(!env.ops.delete_link(None, &missing).unwrap());
+    assert!(!env.ops.del_neighbour(&missing, ip).unwrap());
+    assert!(!env.ops.del_fdb(&missing, [2, 0, 0, 0, 0, 1], ip).unwrap());
+    // A link that exists is found and removed.
+    let (a, b) = (format!("{}ga", env.prefix), format!("{}gb", env.prefix));
+    env.ops.create_veth(&a, &b, 1500).unwrap();
+    assert!(!env.ops.del_neighbour(&a, ip).unwrap());
+    assert!(env.ops.delete_link(None, &a).unwrap());
+    env.assert_clean();
+}
+
 #[test]
 fn fifty_attachments_come_and_go_without_leaks() {
     if !common::require_root() {

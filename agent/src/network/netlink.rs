@@ -162,11 +162,17 @@ where
     })
 }
 
+/// The index of the link called `name`; `None` when the kernel says there is none.
 async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetError> {
     let mut s = handle.link().get().match_name(name.to_string()).execute();
     match s.try_next().await {
         Ok(Some(m)) => Ok(Some(m.header.index)),
-        Ok(None) => Ok(None),
+        // A missing link is answered ENODEV: an answer with no message means the netlink
+        // crates dropped one they could not decode. The link may well exist; saying it does
+        // not would leave it behind.
+        Ok(None) => Err(NetError::Netlink(format!(
+            "the kernel's answer about link {name} could not be decoded (see the daemon log)"
+        ))),
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
         Err(e) => Err(nl(e)),
     }
