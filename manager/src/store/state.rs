@@ -158,6 +158,10 @@ pub struct State {
     task_specs: HashMap<(String, u64), SharedSpec>,
     /// The size of `task_specs` after its last pruning.
     task_specs_pruned: usize,
+    /// The ids of the services, networks, secrets and configs by (kind, name): every write of
+    /// one checks that its name is free, which must not cost a scan of every object of its
+    /// kind. A set, so that names that clash anyway (state made outside `apply`) stay known.
+    names: HashMap<(&'static str, String), BTreeSet<String>>,
 }
 
 fn kind_of(object: &Object) -> &'static str {
@@ -391,8 +395,13 @@ impl State {
         if name.is_empty() {
             return Err(ApplyError::Invalid(format!("{kind} {id} has no name")));
         }
+        // Stored objects that this command changes are judged by their staged versions.
         let stored = self
-            .names_of(kind)
+            .names
+            .get(&(kind, name.to_string()))
+            .into_iter()
+            .flatten()
+            .map(|other| (other.as_str(), name))
             .filter(|(i, _)| !staged.iter().any(|(k, s, _)| *k == kind && s == i));
         let staged = staged
             .iter()
@@ -409,35 +418,6 @@ impl State {
                 id: other.into(),
             }),
             None => Ok(()),
-        }
-    }
-
-    /// (id, name) of every stored object of a kind whose names are unique.
-    fn names_of(&self, kind: &str) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
-        fn pair<'a>(id: &'a str, name: Option<&'a str>) -> (&'a str, &'a str) {
-            (id, name.unwrap_or(""))
-        }
-        match kind {
-            "service" => Box::new(
-                self.services
-                    .values()
-                    .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
-            ),
-            "network" => Box::new(
-                self.networks
-                    .values()
-                    .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
-            ),
-            "secret" | "config" => {
-                let wanted = if kind == "config" { "config" } else { "secret" };
-                Box::new(
-                    self.secrets
-                        .values()
-                        .filter(move |o| secret_kind_name(o) == wanted)
-                        .map(|o| pair(&o.id, o.spec.as_ref().map(|s| s.name.as_str()))),
-                )
-            }
-            _ => Box::new(std::iter::empty()),
         }
     }
 
@@ -483,6 +463,14 @@ impl State {
     }
 
     fn put(&mut self, object: Object) {
+        if let Some(name) = name_of(&object) {
+            let (kind, id) = (kind_of(&object), id_of(&object).to_string());
+            self.unname(kind, &id);
+            self.names
+                .entry((kind, name.to_string()))
+                .or_default()
+                .insert(id);
+        }
         match object {
             Object::Cluster(o) => self.cluster = Some(o),
             Object::Node(o) => {
@@ -514,6 +502,7 @@ impl State {
     }
 
     fn remove(&mut self, kind: &str, id: &str) {
+        self.unname(kind, id);
         match kind {
             "cluster" => self.cluster = None,
             "node" => {
@@ -540,6 +529,34 @@ impl State {
         }
     }
 
+    /// Forgets the name of the stored object `id` of `kind` (before it is replaced or
+    /// removed); nothing for kinds without names.
+    fn unname(&mut self, kind: &str, id: &str) {
+        let name = |spec: Option<&str>| spec.unwrap_or("").to_string();
+        let old = match kind {
+            "service" => self
+                .services
+                .get(id)
+                .map(|o| ("service", name(o.spec.as_ref().map(|s| s.name.as_str())))),
+            "network" => self
+                .networks
+                .get(id)
+                .map(|o| ("network", name(o.spec.as_ref().map(|s| s.name.as_str())))),
+            "secret" | "config" => self.secrets.get(id).map(|o| {
+                let spec = o.spec.as_ref().map(|s| s.name.as_str());
+                (secret_kind_name(o), name(spec))
+            }),
+            _ => None,
+        };
+        let Some(key) = old else { return };
+        if let Some(ids) = self.names.get_mut(&key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.names.remove(&key);
+            }
+        }
+    }
+
     /// The whole state, for a Raft snapshot.
     pub fn to_snapshot(&self) -> StoreSnapshot {
         StoreSnapshot {
@@ -563,7 +580,7 @@ impl State {
             state.nodes.insert(n.id.clone(), n);
         }
         for s in snapshot.services {
-            state.services.insert(s.id.clone(), s);
+            state.put(Object::Service(Box::new(s)));
         }
         for mut t in snapshot.tasks {
             state.share_spec(&mut t);
@@ -574,10 +591,10 @@ impl State {
             state.stacks.insert(s.id.clone(), s);
         }
         for n in snapshot.networks {
-            state.networks.insert(n.id.clone(), n);
+            state.put(Object::Network(n));
         }
         for s in snapshot.secrets {
-            state.secrets.insert(s.id.clone(), s);
+            state.put(Object::Secret(s));
         }
         for r in snapshot.recent_request_ids {
             state.remember(&r);
@@ -688,7 +705,7 @@ pub fn change(kind: ChangeKind, object: Object) -> StoreChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{ServiceSpec, TaskState};
+    use shoal_proto::{SecretKind, SecretSpec, ServiceSpec, TaskState};
 
     fn service(id: &str, name: &str) -> Object {
         Object::Service(Box::new(Service {
@@ -750,6 +767,67 @@ mod tests {
             .expect_err("name clash");
         assert!(matches!(err, ApplyError::NameInUse { .. }));
         assert!(s.tasks.is_empty(), "a rejected command must not half-apply");
+    }
+
+    /// The name index follows renames, deletions and snapshots, and keeps secrets and
+    /// configs apart.
+    #[test]
+    fn names_are_freed_by_rename_and_delete_and_survive_a_snapshot() {
+        let secret = |id: &str, name: &str, kind: SecretKind| {
+            Object::Secret(Secret {
+                id: id.into(),
+                meta: None,
+                spec: Some(SecretSpec {
+                    name: name.into(),
+                    kind: kind as i32,
+                    ..Default::default()
+                }),
+            })
+        };
+        let create = |o| vec![change(ChangeKind::Create, o)];
+        let clash = |s: &mut State, index, o| {
+            let err = s.apply(index, cmd(&format!("c{index}"), create(o)));
+            matches!(err, Err(ApplyError::NameInUse { .. }))
+        };
+        let mut s = State::default();
+        s.apply(1, cmd("r1", create(service("a", "web"))))
+            .expect("applies");
+        s.apply(2, cmd("r2", create(secret("s", "key", SecretKind::Secret))))
+            .expect("applies");
+        // A config may share a secret's name, a second secret may not.
+        s.apply(3, cmd("r3", create(secret("c", "key", SecretKind::Config))))
+            .expect("a config has names of its own");
+        assert!(clash(&mut s, 4, secret("s2", "key", SecretKind::Secret)));
+        // Renamed: the old name is free, the new one taken.
+        let mut renamed = s.services["a"].clone();
+        renamed.spec.get_or_insert_with(Default::default).name = "api".into();
+        s.apply(
+            5,
+            cmd(
+                "r5",
+                vec![change(
+                    ChangeKind::Update,
+                    Object::Service(Box::new(renamed)),
+                )],
+            ),
+        )
+        .expect("renames");
+        assert!(clash(&mut s, 6, service("b", "api")));
+        s.apply(7, cmd("r7", create(service("b", "web"))))
+            .expect("the old name is free");
+        // Restored from a snapshot, the names are still known.
+        let mut restored = State::from_snapshot(s.to_snapshot());
+        assert!(clash(&mut restored, 8, service("c", "web")));
+        // Deleted: the name is free again.
+        restored
+            .apply(
+                9,
+                cmd("r9", vec![change(ChangeKind::Delete, service("b", ""))]),
+            )
+            .expect("deletes");
+        restored
+            .apply(10, cmd("r10", create(service("c", "web"))))
+            .expect("the deleted service's name is free");
     }
 
     #[test]
