@@ -94,7 +94,7 @@ impl TestDaemon {
             cgroup_parent: unique,
             nft_table: format!("shoaltest-{net_prefix}"),
             net_prefix,
-            pool_octet: 100 + ((random >> 16) % 150) as u8,
+            pool_octet: next_pool_octet(),
             extra_args,
             listen_addr: "127.0.0.1:0".into(),
             netns: None,
@@ -317,6 +317,19 @@ impl TestDaemon {
             .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
             .collect()
     }
+}
+
+/// A second octet (100–249) for a daemon's address pool, and so its ingress port range: the
+/// daemons of one test binary, which run side by side, each get another. A random pick let
+/// two share them (about one run in 25 with four daemons), and then the second one's ingress
+/// ports could not be published. The first is random, so that binaries run one after another
+/// vary.
+fn next_pool_octet() -> u8 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| super::random_u64() % 150);
+    100 + ((base + TAKEN.fetch_add(1, Ordering::Relaxed)) % 150) as u8
 }
 
 impl Drop for TestDaemon {
