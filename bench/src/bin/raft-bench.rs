@@ -14,6 +14,16 @@
 //! `--runs` times, alternating the two systems; the medians are printed side by side (goal:
 //! ≥ 3× etcd). Without etcd installed, only shoal's figures are printed.
 //!
+//! Beside them, what bounds them here, measured in the same runs:
+//! - **Info alone:** the same clients calling `Info` (no Raft): the control API's cost.
+//! - **Raft alone:** a one-member `RaftNode` in this process, its log on the same disk, with as
+//!   many concurrent proposers: consensus, log and apply without gRPC.
+//! - **Both in series:** `1 / (1/info + 1/raft)`, what a write costing both would reach.
+//! - **One client's floor:** its round trip plus one `fdatasync` (median of 2000 small synced
+//!   writes under the daemon's data dir): a client waits for both, whatever consensus does.
+//!
+//! Run:
+//!
 //!     cargo build --release --bin shoal -p shoal-bench --bin raft-bench
 //!     target/release/raft-bench [--runs 10] [--seconds 2] [--shoal target/release/shoal]
 //!
@@ -38,8 +48,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use daemons::{shoal_bin, wait_until, Daemon};
+use shoal_manager::raft::{RaftConfig, RaftNode};
+use shoal_manager::store::{change, Store};
 use shoal_proto::control_client::ControlClient;
-use shoal_proto::UpdateNodeRequest;
+use shoal_proto::store_object::Object;
+use shoal_proto::{
+    now_ms, ChangeKind, InfoRequest, Service, ServiceSpec, StoreCommand, UpdateNodeRequest,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const CLIENTS: [usize; 2] = [1, 16];
@@ -79,10 +94,25 @@ async fn control(socket: &Path) -> Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel))
 }
 
-/// Writes/s of `clients` concurrent shoal clients, each labelling its own node. Each client
-/// is a thread of its own with a single-threaded runtime, as each etcd client is a thread of
-/// its own: neither system's figure carries another client's scheduling.
-fn shoal_run(socket: &Path, nodes: &[String], clients: usize, for_: Duration) -> Result<f64> {
+/// What a shoal client sends, over and over.
+#[derive(Clone, Copy)]
+enum Call {
+    /// `UpdateNode` (a label on the client's own node): one Raft-durable write.
+    Write,
+    /// `Info`: the same control socket round trip, with no Raft in it (the floor under a write).
+    Info,
+}
+
+/// Calls/s of `clients` concurrent shoal clients, each on its own node. Each client is a
+/// thread of its own with a single-threaded runtime, as each etcd client is a thread of its
+/// own: neither system's figure carries another client's scheduling.
+fn shoal_run(
+    socket: &Path,
+    nodes: &[String],
+    clients: usize,
+    call: Call,
+    for_: Duration,
+) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(std::sync::Barrier::new(clients + 1));
@@ -105,15 +135,18 @@ fn shoal_run(socket: &Path, nodes: &[String], clients: usize, for_: Duration) ->
             runtime.block_on(async {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let request = UpdateNodeRequest {
-                        node: node.clone(),
-                        label_add: [(format!("k{}", i % 64), i.to_string())].into(),
-                        ..Default::default()
+                    let answered = match call {
+                        Call::Write => client
+                            .update_node(UpdateNodeRequest {
+                                node: node.clone(),
+                                label_add: [(format!("k{}", i % 64), i.to_string())].into(),
+                                ..Default::default()
+                            })
+                            .await
+                            .map(drop),
+                        Call::Info => client.info(InfoRequest {}).await.map(drop),
                     };
-                    client
-                        .update_node(request)
-                        .await
-                        .map_err(|s| anyhow::anyhow!("shoal write: {}", s.message()))?;
+                    answered.map_err(|s| anyhow::anyhow!("shoal call: {}", s.message()))?;
                     done.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
@@ -132,6 +165,131 @@ fn shoal_run(socket: &Path, nodes: &[String], clients: usize, for_: Duration) ->
             .map_err(|_| anyhow::anyhow!("a shoal client panicked"))??;
     }
     Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// shoal's Raft alone, in this process: a one-member [`RaftNode`] with its write-ahead log
+/// under the daemon's data dir, on a 2-worker runtime like the daemon's. What a write costs
+/// without the control API in front of it.
+struct RaftAlone {
+    runtime: tokio::runtime::Runtime,
+    node: RaftNode,
+    proposed: AtomicU64,
+    _dir: tempfile::TempDir,
+}
+
+impl RaftAlone {
+    fn open(under: &Path) -> Result<RaftAlone> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let dir = tempfile::Builder::new()
+            .prefix("raft-alone-")
+            .tempdir_in(under)?;
+        let node = runtime.block_on(async {
+            let node = RaftNode::open(dir.path(), 1, RaftConfig::default(), Store::new()).await?;
+            node.initialize_single("127.0.0.1:1").await?;
+            node.wait_for_leader(Duration::from_secs(10)).await?;
+            Ok::<_, anyhow::Error>(node)
+        })?;
+        Ok(RaftAlone {
+            runtime,
+            node,
+            proposed: AtomicU64::new(0),
+            _dir: dir,
+        })
+    }
+
+    /// Proposals/s of `clients` concurrent proposers, each creating and deleting a service of
+    /// its own in turn (the store stays small), and how many writes shared one fdatasync.
+    fn run(&self, clients: usize, for_: Duration) -> Result<(f64, f64)> {
+        let (syncs_before, _, _) = self.node.wal_stats().totals();
+        let started = Instant::now();
+        let stop = started + for_;
+        let first = self.proposed.fetch_add(1 << 32, Ordering::Relaxed);
+        let total = self.runtime.block_on(async {
+            let tasks = (0..clients as u64).map(|c| {
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < stop {
+                        let request = first + (c << 24) + n;
+                        // Each run its own services: a run may end with one created.
+                        let key = format!("{}-{c}", first >> 32);
+                        node.propose(create_or_delete(&key, n % 2 == 1, request))
+                            .await?
+                            .map_err(|e| {
+                                anyhow::anyhow!("applying a service create or delete: {e}")
+                            })?;
+                        n += 1;
+                    }
+                    Ok::<u64, anyhow::Error>(n)
+                })
+            });
+            let mut total = 0;
+            for t in futures::future::join_all(tasks).await {
+                total += t??;
+            }
+            Ok::<u64, anyhow::Error>(total)
+        })?;
+        let elapsed = started.elapsed();
+        let (syncs, _, _) = self.node.wal_stats().totals();
+        let per_sync = total as f64 / (syncs - syncs_before).max(1) as f64;
+        Ok((total as f64 / elapsed.as_secs_f64(), per_sync))
+    }
+}
+
+impl Drop for RaftAlone {
+    fn drop(&mut self) {
+        self.runtime.block_on(self.node.shutdown());
+    }
+}
+
+/// The service `key`, created or deleted: a write about the size of a label update.
+fn create_or_delete(key: &str, delete: bool, request: u64) -> StoreCommand {
+    let kind = if delete {
+        ChangeKind::Delete
+    } else {
+        ChangeKind::Create
+    };
+    StoreCommand {
+        request_id: format!("raft-alone-{request}"),
+        changes: vec![change(
+            kind,
+            Object::Service(Box::new(Service {
+                id: format!("svc-{key}"),
+                spec: Some(ServiceSpec {
+                    name: format!("web-{key}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        )],
+        timestamp: now_ms(),
+    }
+}
+
+/// The median time of one small `pwrite` + `fdatasync` in a preallocated file under `dir`:
+/// what one durable log append costs on this disk, whoever does it.
+fn fdatasync_median(dir: &Path) -> Result<Duration> {
+    use std::os::unix::fs::FileExt;
+    const SIZE: u64 = 4 << 20;
+    const RECORD: usize = 256;
+    let temp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file under {}", dir.display()))?;
+    let file = temp.as_file();
+    file.write_all_at(&vec![0; SIZE as usize], 0)?;
+    file.sync_all()?;
+    let mut times: Vec<f64> = (0..2000u64)
+        .map(|i| {
+            let started = Instant::now();
+            file.write_all_at(&[1; RECORD], i * RECORD as u64 % SIZE)?;
+            file.sync_data()?;
+            Ok(started.elapsed().as_secs_f64())
+        })
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("writing and syncing {}", temp.path().display()))?;
+    Ok(Duration::from_secs_f64(median(&mut times)))
 }
 
 /// A single-member etcd on loopback; killed (by pid) and its data dir removed on drop.
@@ -356,12 +514,21 @@ fn main() -> Result<()> {
     if etcd.is_none() && !args.no_etcd {
         println!("etcd is not installed (apt-get install -y etcd-server): shoal's figures only");
     }
+    let raft_alone = RaftAlone::open(&manager.data())?;
     let mut shoal_rates = vec![Vec::new(); CLIENTS.len()];
+    let mut rpc_rates = vec![Vec::new(); CLIENTS.len()];
+    let mut raft_rates = vec![Vec::new(); CLIENTS.len()];
+    let mut per_sync = vec![Vec::new(); CLIENTS.len()];
     let mut etcd_rates = vec![Vec::new(); CLIENTS.len()];
     for run in 0..args.runs {
         for (k, &clients) in CLIENTS.iter().enumerate() {
-            let ours = shoal_run(&manager.socket(), &nodes, clients, for_)?;
+            let ours = shoal_run(&manager.socket(), &nodes, clients, Call::Write, for_)?;
             shoal_rates[k].push(ours);
+            let rpc = shoal_run(&manager.socket(), &nodes, clients, Call::Info, for_)?;
+            rpc_rates[k].push(rpc);
+            let (raft, shared) = raft_alone.run(clients, for_)?;
+            raft_rates[k].push(raft);
+            per_sync[k].push(shared);
             let theirs = match &etcd {
                 Some(e) => {
                     let rate = etcd_run(e.port, clients, for_)?;
@@ -371,25 +538,38 @@ fn main() -> Result<()> {
                 None => "-".into(),
             };
             println!(
-                "run {:>2}, {clients:>2} client(s): shoal {ours:.0}/s, etcd {theirs}",
+                "run {:>2}, {clients:>2} client(s): shoal {ours:.0}/s (Info alone {rpc:.0}/s, \
+                 Raft alone {raft:.0}/s with {shared:.1} writes per fdatasync), etcd {theirs}",
                 run + 1
             );
         }
     }
+    drop(raft_alone);
+    let sync = fdatasync_median(&manager.data())?;
     let mut rows = Vec::new();
+    let mut round_trip = 0.0;
+    let mut first_etcd = None;
     for (k, &clients) in CLIENTS.iter().enumerate() {
         let ours = median(&mut shoal_rates[k]);
-        let (theirs, ratio) = if etcd_rates[k].is_empty() {
-            ("-".to_string(), "-".to_string())
-        } else {
-            let theirs = median(&mut etcd_rates[k]);
-            (format!("{theirs:.0}"), format!("{:.2}×", ours / theirs))
-        };
+        let rpc = median(&mut rpc_rates[k]);
+        let raft = median(&mut raft_rates[k]);
+        let theirs = (!etcd_rates[k].is_empty()).then(|| median(&mut etcd_rates[k]));
+        let versus = |rate: f64| theirs.map_or("-".to_string(), |t| format!("{:.2}×", rate / t));
+        // A write is both, on the same 2 cores: one client waits for them one after the
+        // other, many clients share the cores between them.
+        let series = 1.0 / (1.0 / rpc + 1.0 / raft);
+        if k == 0 {
+            round_trip = 1.0 / rpc;
+            first_etcd = theirs;
+        }
         rows.push(vec![
             clients.to_string(),
             format!("{ours:.0}"),
-            theirs,
-            ratio,
+            theirs.map_or("-".to_string(), |t| format!("{t:.0}")),
+            versus(ours),
+            format!("{rpc:.0}"),
+            format!("{raft:.0} ({:.1})", median(&mut per_sync[k])),
+            format!("{series:.0} ({})", versus(series)),
         ]);
     }
     println!(
@@ -397,9 +577,28 @@ fn main() -> Result<()> {
         args.runs,
         args.seconds,
         table::format_table(
-            &["clients", "shoal writes/s", "etcd writes/s", "shoal / etcd"],
+            &[
+                "clients",
+                "shoal writes/s",
+                "etcd writes/s",
+                "shoal / etcd",
+                "Info alone/s",
+                "Raft alone/s (writes/sync)",
+                "both in series/s (/ etcd)",
+            ],
             &rows
         )
+    );
+    // One client waits for each write before sending the next: its round trip and one log
+    // sync are in series, whatever consensus does. No system gets past this here.
+    let ceiling = 1.0 / (round_trip + sync.as_secs_f64());
+    println!(
+        "\nFloor under one client's write: control round trip {:.0} µs (Info) + fdatasync {:.0} µs \
+         (median of 2000 under {}) → at most {ceiling:.0} writes/s{}",
+        round_trip * 1e6,
+        sync.as_secs_f64() * 1e6,
+        manager.data().display(),
+        first_etcd.map_or(String::new(), |t| format!(" ({:.2}× etcd)", ceiling / t)),
     );
     Ok(())
 }
