@@ -211,6 +211,7 @@ impl Executor {
                     .status
                     .clone()
                     .filter(|_| observed == TaskState::Running),
+                ingress_pending: false,
             };
             tokio::spawn(worker.run(rx));
         }
@@ -284,6 +285,9 @@ struct Worker {
     pid: i32,
     /// The status last reported (a verification result is added to it).
     last_status: Option<TaskStatus>,
+    /// It went live before its service's ingress ports were applied here: they are added to
+    /// its RUNNING status once they are.
+    ingress_pending: bool,
 }
 
 /// How long an unhealthy task that serves while a blue-green standby of its service is held
@@ -429,6 +433,9 @@ impl Worker {
             let mut verifying: Option<Verification> = None;
             // The manager stopped an unhealthy task it was told about (see below).
             let mut handed_off = false;
+            let mut ingress_applied = self.executor.inner.networks.ports().ingress_applied();
+            // Applied since it went live, maybe: looked at once at the start.
+            ingress_applied.mark_changed();
             let stopped = loop {
                 if let Some(t) = rx.borrow().as_ref() {
                     latest = Some(t.clone());
@@ -454,6 +461,12 @@ impl Worker {
                 tokio::select! {
                     _ = runtime.wait(&self.id) => break false,
                     changed = rx.changed() => if changed.is_err() { break true },
+                    applied = ingress_applied.changed(), if self.ingress_pending => {
+                        match (applied, latest.as_ref()) {
+                            (Ok(()), Some(task)) => self.report_ingress(task),
+                            _ => self.ingress_pending = false,
+                        }
+                    }
                     (passed, output) = async {
                         match verifying.as_mut() {
                             Some(v) => v.await,
@@ -687,11 +700,12 @@ impl Worker {
     /// The task runs (and is healthy): it joins DNS and its published ports, and says so.
     async fn go_live(&mut self, task: &Task, pid: i32, message: &str, health: Option<String>) {
         let networks = self.executor.inner.networks.clone();
-        // Its status names its ingress ports: wait (briefly) for the assignment that made them.
-        let deadline = tokio::time::Instant::now() + INGRESS_WAIT;
-        while !networks.ports().ingress_ready(task) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Its status names its ingress ports: wait (briefly) for the assignment that made
+        // them; if it comes later, the ports are reported then (see `report_ingress`).
+        let mut applied = networks.ports().ingress_applied();
+        let ready = applied.wait_for(|_| networks.ports().ingress_ready(task));
+        self.ingress_pending =
+            !matches!(tokio::time::timeout(INGRESS_WAIT, ready).await, Ok(Ok(_)));
         let ports = networks.announce(task, &container_name(task)).await;
         let addresses = task_addresses(&networks.manager().read_attachments(&self.id).await);
         self.report(TaskState::Running, message, |s| {
@@ -703,6 +717,18 @@ impl Worker {
                 s.health_output = output;
             }
         });
+    }
+
+    /// The task's ingress ports, applied here after it went live, added to its RUNNING status.
+    fn report_ingress(&mut self, task: &Task) {
+        let Some(reported) = self.last_status.as_ref().map(|s| s.ports.clone()) else {
+            return;
+        };
+        let ports = self.executor.inner.networks.ports();
+        if let Some(resolved) = ports.resolve_ingress(task, &reported) {
+            self.ingress_pending = false;
+            self.report_running(|s| s.ports = resolved);
+        }
     }
 
     fn reject(&mut self, error: &str) {

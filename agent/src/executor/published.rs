@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use shoal_proto::{IngressService, PortConfig, PortProtocol, PublishMode, Task};
+use tokio::sync::watch;
 
 use crate::ports::{PortManager, PortMapping, Protocol};
 
@@ -66,6 +67,9 @@ pub struct PublishedPorts {
     state: Arc<Mutex<State>>,
     /// Numbers the calls of [`PublishedPorts::next_ingress_seq`].
     seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The `seq` of the ingress assignment applied last: a task that went live before its
+    /// service's ingress ports were applied here learns them when this moves.
+    ingress_applied: Arc<watch::Sender<u64>>,
 }
 
 fn mapping_of(p: &PortConfig) -> Result<PortMapping, String> {
@@ -134,6 +138,24 @@ fn configs(task: &Task, host: &[PortMapping], ingress: &[PortMapping]) -> Vec<Po
         .collect()
 }
 
+/// `ports` with their ingress-mode entries' published ports taken, in order, from `ingress`.
+/// Pure.
+fn with_ingress(ports: &[PortConfig], ingress: &[PortMapping]) -> Vec<PortConfig> {
+    let mut ingress = ingress.iter();
+    ports
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            if p.publish_mode() == PublishMode::Ingress {
+                if let Some(m) = ingress.next() {
+                    p.published_port = u32::from(m.host_port);
+                }
+            }
+            p
+        })
+        .collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -186,7 +208,13 @@ impl PublishedPorts {
             ports,
             state: Arc::new(Mutex::new(State::default())),
             seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            ingress_applied: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Changes whenever an ingress assignment was applied (see [`Self::ingress_ready`]).
+    pub fn ingress_applied(&self) -> watch::Receiver<u64> {
+        self.ingress_applied.subscribe()
     }
 
     /// After a daemon restart: drops the ports of services with no container left here (the
@@ -265,6 +293,8 @@ impl PublishedPorts {
         if state.ingress.values().any(|i| !i.remotes.is_empty()) {
             enable_forwarding();
         }
+        drop(state);
+        self.ingress_applied.send_replace(seq);
     }
 
     /// Reserves the task's host-mode ports before it starts. Blocking (the port layer runs
@@ -294,10 +324,6 @@ impl PublishedPorts {
         }
     }
 
-    /// The task runs: its service's host-mode ports are published (again, after a daemon
-    /// restart, when the task was adopted rather than started). Returns its ports with the
-    /// host ports resolved. Whether it gets connections is the rotation's business
-    /// ([`PublishedPorts::set_backends`]). Blocking.
     /// Whether the task's ingress ports are known here: it has none, or the cluster's
     /// assignment of its service's ingress ports was applied ([`Self::set_ingress`] runs on a
     /// blocking thread, and may still be under way when the task starts).
@@ -314,6 +340,18 @@ impl PublishedPorts {
         !wants_ingress || lock(&self.state).ingress.contains_key(&task.service_id)
     }
 
+    /// `reported` (the task's ports as its status gave them) with its ingress ports as the
+    /// cluster resolved them, once their assignment was applied here; `None` before.
+    pub fn resolve_ingress(&self, task: &Task, reported: &[PortConfig]) -> Option<Vec<PortConfig>> {
+        let state = lock(&self.state);
+        let ingress = state.ingress.get(&task.service_id)?;
+        Some(with_ingress(reported, &ingress.mappings))
+    }
+
+    /// The task runs: its service's host-mode ports are published (again, after a daemon
+    /// restart, when the task was adopted rather than started). Returns its ports with the
+    /// host ports resolved. Whether it gets connections is the rotation's business
+    /// ([`PublishedPorts::set_backends`]). Blocking.
     pub fn ensure(&self, task: &Task) -> Result<Vec<PortConfig>, String> {
         let mappings = mappings(task)?;
         let mut state = lock(&self.state);
@@ -438,6 +476,29 @@ mod tests {
             ..Default::default()
         }]);
         assert!(mappings(&bad).is_err());
+    }
+
+    #[test]
+    fn ingress_ports_learned_later_fill_in_the_reported_ones() {
+        let host = PortConfig {
+            target_port: 80,
+            published_port: 8080,
+            publish_mode: PublishMode::Host as i32,
+            ..Default::default()
+        };
+        let ingress = |target_port| PortConfig {
+            target_port,
+            publish_mode: PublishMode::Ingress as i32,
+            ..Default::default()
+        };
+        let reported = vec![ingress(443), host.clone(), ingress(53)];
+        let assigned = [PortMapping::tcp(30001, 443), PortMapping::tcp(30002, 53)];
+        let resolved = with_ingress(&reported, &assigned);
+        let published: Vec<u32> = resolved.iter().map(|p| p.published_port).collect();
+        assert_eq!(published, [30001, 8080, 30002]);
+        assert_eq!(resolved[1], host);
+        // Not assigned (yet): left as reported.
+        assert_eq!(with_ingress(&reported, &[]), reported);
     }
 }
 
