@@ -607,11 +607,16 @@ impl State {
         if let Some(s) = self.services.get(key) {
             return Ok(s);
         }
-        if let Some(s) = self
-            .services
-            .values()
-            .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == key))
-        {
+        // By name: the index, or a scan where the state was built outside `apply` (tests).
+        let named = self
+            .names
+            .get(&("service", key.to_string()))
+            .and_then(|ids| ids.iter().find_map(|id| self.services.get(id)));
+        if let Some(s) = named.or_else(|| {
+            self.services
+                .values()
+                .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == key))
+        }) {
             return Ok(s);
         }
         let mut by_prefix = self.services.values().filter(|s| s.id.starts_with(key));
