@@ -210,6 +210,7 @@ async fn run_manager(args: DaemonArgs, certs: Option<NodeCerts>) -> Result<()> {
     tracing::info!(%node_id, %addr, socket = %socket.display(), "shoal daemon ready");
     let served = api.await;
     tracing::info!("shutting down; containers keep running");
+    agent.networks.manager().empty_pool().await;
     tcp.abort();
     raft.shutdown().await;
     let _ = std::fs::remove_file(&socket);
@@ -272,6 +273,7 @@ async fn run_worker(args: DaemonArgs, certs: NodeCerts) -> Result<()> {
     tracing::info!(%node_id, manager = %manager.trim(), socket = %socket.display(), "shoal worker ready");
     let served = api.await;
     tracing::info!("shutting down; containers keep running");
+    agent.networks.manager().empty_pool().await;
     let _ = std::fs::remove_file(&socket);
     served.context("the image API server failed")?;
     Ok(())

@@ -1800,6 +1800,21 @@ impl<N: NetOps> NetworkManager<N> {
         .await;
     }
 
+    /// The daemon stops: the pool keeps nothing ready any more, and its sandboxes and the
+    /// released namespaces waiting for deletion are deleted now (a stopped daemon leaves
+    /// mounted only its containers' namespaces, and its data dir can be removed). Returns
+    /// once the worker is done; one that fails is left to the next start, as after a crash.
+    pub async fn empty_pool(&self) {
+        {
+            let mut c = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            match c.pool.as_mut() {
+                Some(book) => book.policy.size = 0,
+                None => return,
+            }
+        }
+        self.settle_pool().await;
+    }
+
     /// The warm sandboxes ready now.
     pub fn pool(&self) -> Vec<Sandbox> {
         let c = self.core.lock().unwrap_or_else(|e| e.into_inner());
@@ -2911,6 +2926,27 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("(by c3)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stopping_daemon_empties_its_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = pooled(dir.path(), PoolPolicy::default());
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach("c1", "n", vec![], None).await.unwrap();
+        m.attach("c2", "n", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        assert_eq!(m.pool().len(), 2);
+        m.release_container("c2").await.unwrap();
+        m.empty_pool().await;
+        let st = m.state();
+        assert!(st.pool.is_empty() && st.retiring.is_empty(), "{st:?}");
+        assert_eq!(m.ops().netns_count(), 1, "the running container's alone");
+        // It stays empty: nothing is made for the next start.
+        m.attach("c3", "n", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        assert!(m.pool().is_empty());
+        assert_eq!(m.ops().netns_count(), 2);
     }
 
     #[tokio::test]
