@@ -2781,6 +2781,22 @@ mod tests {
         m
     }
 
+    /// A pooled manager with network "n": `running` and `released` were attached, the pool
+    /// filled, then `released` let go (its namespace is retiring, not yet deleted).
+    async fn pool_with_one_released(
+        dir: &Path,
+        running: &str,
+        released: &str,
+    ) -> NetworkManager<FakeNetOps> {
+        let m = pooled(dir, PoolPolicy::default());
+        m.create_network(NetworkSpec::named("n")).await.unwrap();
+        m.attach(running, "n", vec![], None).await.unwrap();
+        m.attach(released, "n", vec![], None).await.unwrap();
+        m.settle_pool().await;
+        m.release_container(released).await.unwrap();
+        m
+    }
+
     fn has_netns(m: &NetworkManager<FakeNetOps>, p: &Path) -> bool {
         m.ops().list_links(Some(p)).is_ok()
     }
@@ -2931,13 +2947,9 @@ mod tests {
     #[tokio::test]
     async fn a_stopping_daemon_empties_its_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let m = pooled(dir.path(), PoolPolicy::default());
-        m.create_network(NetworkSpec::named("n")).await.unwrap();
-        m.attach("c1", "n", vec![], None).await.unwrap();
-        m.attach("c2", "n", vec![], None).await.unwrap();
-        m.settle_pool().await;
+        let m = pool_with_one_released(dir.path(), "c1", "c2").await;
         assert_eq!(m.pool().len(), 2);
-        m.release_container("c2").await.unwrap();
+        assert_eq!(m.state().retiring.len(), 1);
         m.empty_pool().await;
         let st = m.state();
         assert!(st.pool.is_empty() && st.retiring.is_empty(), "{st:?}");
@@ -3071,12 +3083,7 @@ mod tests {
     #[tokio::test]
     async fn a_restart_removes_the_last_run_s_sandboxes_and_stray_addresses() {
         let dir = tempfile::tempdir().unwrap();
-        let m = pooled(dir.path(), PoolPolicy::default());
-        m.create_network(NetworkSpec::named("n")).await.unwrap();
-        m.attach("alive", "n", vec![], None).await.unwrap();
-        m.attach("dead", "n", vec![], None).await.unwrap();
-        m.settle_pool().await;
-        m.release_container("dead").await.unwrap();
+        let m = pool_with_one_released(dir.path(), "alive", "dead").await;
         let id = m.network("n").unwrap().id;
         m.core
             .lock()
